@@ -1,0 +1,250 @@
+//! What the node asks its driver to do, and the events it reports.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::message::Message;
+use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
+
+/// One thing the driver MUST do. Drain them with [`crate::Node::poll_action`]
+/// after every input; they come out in this order, and the driver performs
+/// them in it:
+///
+/// 1. persistence: [`Action::SaveHardState`], [`Action::TruncateLog`],
+///    [`Action::AppendLog`] in the order given. All of them MUST be durable
+///    (fsynced) before any later `Send` leaves the node and before any client
+///    is told a write succeeded. One fsync may cover the whole batch.
+/// 2. [`Action::Send`]: hand the message to the transport. Delivery is best
+///    effort: a lost message is repaired by the protocol.
+/// 3. [`Action::Apply`]: apply committed entries to the state machine, in
+///    index order, each exactly once per process lifetime.
+/// 4. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer linearizable
+///    reads; a ready read is served from the state machine as it stands
+///    after the applies above.
+/// 5. [`Action::Event`]: informational (logs, metrics).
+#[must_use = "every action must be carried out by the driver"]
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Action {
+    /// Durably record the current term and vote, replacing the previous ones.
+    SaveHardState(HardState),
+    /// Durably remove every log entry with index `>= from` (a conflicting
+    /// suffix, §5.3). Never touches committed entries.
+    TruncateLog {
+        /// First index to remove.
+        from: LogIndex,
+    },
+    /// Durably append these entries; the first follows the last entry
+    /// persisted so far (after any preceding truncation).
+    AppendLog(Vec<Entry>),
+    /// Send this message to `message.to`.
+    Send(Message),
+    /// Apply this committed entry. Entries come in index order with no gaps;
+    /// after a restart they start again from the first index in the log.
+    Apply(Entry),
+    /// The read registered with this id may be served now.
+    ReadReady {
+        /// The caller's id for the read.
+        id: u64,
+    },
+    /// The read registered with this id cannot be served by this node
+    /// (leadership was lost before it was confirmed).
+    ReadFailed {
+        /// The caller's id for the read.
+        id: u64,
+        /// Where to retry, as far as this node knows.
+        error: ReadError,
+    },
+    /// Something worth logging or counting happened.
+    Event(Event),
+}
+
+/// A node's role (§5.1, plus the pre-candidate of §9.6).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Asks whether it could win an election, without raising the term.
+    PreCandidate,
+    /// Campaigns in a new term.
+    Candidate,
+    /// Leads the current term.
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name, as in `INFO raft`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "precandidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Informational events, for logs and metrics. Carrying them out is optional.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// The node started a pre-vote or an election.
+    ElectionStarted {
+        /// The term campaigned in (for a pre-vote: the term it would use).
+        term: Term,
+        /// Whether this is a pre-vote round.
+        pre_vote: bool,
+        /// Why.
+        reason: ElectionReason,
+    },
+    /// The node's role changed.
+    RoleChanged {
+        /// The new role.
+        role: Role,
+        /// The term it holds that role in.
+        term: Term,
+        /// Why.
+        reason: RoleChangeReason,
+    },
+    /// The leader this node knows of changed (`None`: no leader known).
+    LeaderChanged {
+        /// The new leader.
+        leader: Option<NodeId>,
+        /// The term.
+        term: Term,
+    },
+}
+
+/// Why an election (or pre-vote) started.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ElectionReason {
+    /// No AppendEntries from a leader within the election timeout.
+    ElectionTimeout {
+        /// The leader last followed, if any.
+        last_leader: Option<NodeId>,
+        /// Time since that leader was last heard from, if ever.
+        silent_for: Option<Duration>,
+    },
+    /// The driver reported the link to the leader lost.
+    LeaderLinkLost {
+        /// The leader whose link was lost.
+        leader: NodeId,
+    },
+    /// A majority granted the pre-vote; this is the real election.
+    PreVoteWon,
+}
+
+impl fmt::Display for ElectionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ElectionReason::ElectionTimeout {
+                last_leader: Some(l),
+                silent_for: Some(d),
+            } => write!(
+                f,
+                "election timeout: no heartbeat from leader {l} for {} ms",
+                d.as_millis()
+            ),
+            ElectionReason::ElectionTimeout { .. } => {
+                write!(f, "election timeout: no leader known")
+            }
+            ElectionReason::LeaderLinkLost { leader } => {
+                write!(f, "leader {leader} link lost")
+            }
+            ElectionReason::PreVoteWon => write!(f, "pre-vote won"),
+        }
+    }
+}
+
+/// Why the role changed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RoleChangeReason {
+    /// A message carried a higher term (§5.1).
+    HigherTerm {
+        /// Who sent it.
+        from: NodeId,
+    },
+    /// A leader of this term was heard from.
+    LeaderHeard {
+        /// The leader.
+        leader: NodeId,
+    },
+    /// A majority voted for this node.
+    WonElection,
+    /// Pre-vote or election started.
+    Campaign,
+    /// CheckQuorum: no majority heard from within an election timeout.
+    LostQuorum,
+    /// A pre-vote round was lost; waiting again as a follower.
+    PreVoteLost,
+    /// An election was lost (a majority refused); waiting again.
+    ElectionLost,
+}
+
+impl fmt::Display for RoleChangeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoleChangeReason::HigherTerm { from } => write!(f, "higher term from {from}"),
+            RoleChangeReason::LeaderHeard { leader } => write!(f, "heard from leader {leader}"),
+            RoleChangeReason::WonElection => write!(f, "won election"),
+            RoleChangeReason::Campaign => write!(f, "campaigning"),
+            RoleChangeReason::LostQuorum => {
+                write!(f, "check quorum: no majority heard within election timeout")
+            }
+            RoleChangeReason::PreVoteLost => write!(f, "pre-vote rejected by a majority"),
+            RoleChangeReason::ElectionLost => write!(f, "election rejected by a majority"),
+        }
+    }
+}
+
+/// Why a proposal was not accepted. All are ordinary outcomes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; this is who it is, if known.
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Too many proposals are waiting to commit; retry later.
+    Busy,
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: Some(l) } => write!(f, "not leader; leader is {l}"),
+            ProposeError::NotLeader { leader: None } => write!(f, "not leader; no leader known"),
+            ProposeError::Busy => write!(f, "too many uncommitted proposals"),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// Why a read could not be served here.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReadError {
+    /// Only the leader serves linearizable reads; this is who it is, if known.
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Too many reads pending; retry later.
+    Busy,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::NotLeader { leader: Some(l) } => write!(f, "not leader; leader is {l}"),
+            ReadError::NotLeader { leader: None } => write!(f, "not leader; no leader known"),
+            ReadError::Busy => write!(f, "too many pending reads"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}

@@ -1,0 +1,146 @@
+//! Elections: PreVote (§9.6), RequestVote (§5.2) and the election
+//! restriction (§5.4.1).
+
+use crate::action::{ElectionReason, Event, Role, RoleChangeReason};
+use crate::message::{MessageBody, RequestVote, RequestVoteResponse};
+use crate::node::{Node, RoleState};
+use crate::quorum::{VoteResult, VoteTally};
+use crate::types::{NodeId, Term, Time};
+
+impl Node {
+    /// Starts a pre-vote (or, without PreVote, an election).
+    pub(crate) fn campaign(&mut self, now: Time, reason: ElectionReason) {
+        if self.config.pre_vote {
+            self.start_pre_vote(now, reason);
+        } else {
+            self.start_election(now, reason);
+        }
+    }
+
+    fn start_pre_vote(&mut self, now: Time, reason: ElectionReason) {
+        let mut votes = VoteTally::new(self.config.voters.len());
+        votes.record(self.config.id, true);
+        self.role = RoleState::PreCandidate { votes };
+        self.set_leader(None);
+        self.last_leader_contact = None;
+        self.reset_election_deadline(now);
+        let term = self.current_term.next();
+        self.events.push_back(Event::ElectionStarted { term, pre_vote: true, reason });
+        self.events.push_back(Event::RoleChanged {
+            role: Role::PreCandidate,
+            term: self.current_term,
+            reason: RoleChangeReason::Campaign,
+        });
+        self.request_votes(term, true);
+        self.tally(now);
+    }
+
+    fn start_election(&mut self, now: Time, reason: ElectionReason) {
+        self.current_term = self.current_term.next();
+        self.voted_for = Some(self.config.id);
+        self.hard_state_dirty = true;
+        let mut votes = VoteTally::new(self.config.voters.len());
+        votes.record(self.config.id, true);
+        self.role = RoleState::Candidate { votes };
+        self.set_leader(None);
+        self.last_leader_contact = None;
+        self.reset_election_deadline(now);
+        self.events.push_back(Event::ElectionStarted {
+            term: self.current_term,
+            pre_vote: false,
+            reason,
+        });
+        self.events.push_back(Event::RoleChanged {
+            role: Role::Candidate,
+            term: self.current_term,
+            reason: RoleChangeReason::Campaign,
+        });
+        self.request_votes(self.current_term, false);
+        self.tally(now);
+    }
+
+    fn request_votes(&mut self, term: Term, pre_vote: bool) {
+        let rv = RequestVote {
+            pre_vote,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        for peer in self.peers.clone() {
+            self.sends.push_back(crate::message::Message {
+                from: self.config.id,
+                to: peer,
+                term,
+                body: MessageBody::RequestVote(rv.clone()),
+            });
+        }
+    }
+
+    /// Answers a (pre-)vote request whose term is not below ours (the term
+    /// rules ran already; a real request's term now equals ours).
+    pub(crate) fn handle_request_vote(&mut self, now: Time, from: NodeId, term: Term, rv: RequestVote) {
+        // We may vote for `from` if we already did in this term, if we have
+        // neither voted nor know a leader, or (pre-vote only) if it asks
+        // about a later term.
+        let can_vote = self.voted_for == Some(from)
+            || (self.voted_for.is_none() && self.leader.is_none())
+            || (rv.pre_vote && term > self.current_term);
+        let granted = can_vote && self.log.is_up_to_date(rv.last_log_term, rv.last_log_index);
+        if rv.pre_vote {
+            // A granted pre-vote answers in the asked term, so the
+            // pre-candidate does not take it as stale; a refusal in ours.
+            let reply_term = if granted { term } else { self.current_term };
+            self.send_vote_response(from, reply_term, true, granted);
+            return;
+        }
+        if granted {
+            assert!(
+                self.voted_for.is_none() || self.voted_for == Some(from),
+                "vote invariant: one vote per term"
+            );
+            if self.voted_for != Some(from) {
+                self.voted_for = Some(from);
+                self.hard_state_dirty = true;
+            }
+            // §5.2: granting a vote resets the election timer.
+            self.reset_election_deadline(now);
+        }
+        self.send_vote_response(from, self.current_term, false, granted);
+    }
+
+    pub(crate) fn handle_vote_response(&mut self, now: Time, from: NodeId, term: Term, r: RequestVoteResponse) {
+        match &mut self.role {
+            RoleState::PreCandidate { votes } if r.pre_vote => {
+                // Grants come in the asked term (ours + 1), refusals in ours.
+                let expected = if r.granted { self.current_term.next() } else { self.current_term };
+                if term != expected {
+                    return;
+                }
+                votes.record(from, r.granted);
+            }
+            RoleState::Candidate { votes } if !r.pre_vote && term == self.current_term => {
+                votes.record(from, r.granted);
+            }
+            _ => return,
+        }
+        self.tally(now);
+    }
+
+    fn tally(&mut self, now: Time) {
+        let (result, pre) = match &self.role {
+            RoleState::PreCandidate { votes } => (votes.result(), true),
+            RoleState::Candidate { votes } => (votes.result(), false),
+            _ => return,
+        };
+        match (result, pre) {
+            (VoteResult::Won, true) => self.start_election(now, ElectionReason::PreVoteWon),
+            (VoteResult::Won, false) => self.become_leader(now),
+            (VoteResult::Lost, true) => {
+                self.become_follower(now, self.current_term, None, RoleChangeReason::PreVoteLost)
+            }
+            (VoteResult::Lost, false) => {
+                self.become_follower(now, self.current_term, None, RoleChangeReason::ElectionLost)
+            }
+            (VoteResult::Pending, _) => {}
+        }
+    }
+}

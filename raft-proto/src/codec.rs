@@ -1,0 +1,1421 @@
+//! The wire codec: the only way bytes become a [`Message`].
+//!
+//! [`decode`] checks every length, tag and bound, and every rule a handler
+//! relies on that can be checked without the node's state, so that handlers
+//! can trust the types. It never panics and never allocates more than a
+//! small multiple of the frame's declared length, which is itself bounded by
+//! [`MAX_FRAME_LEN`] before anything is buffered for it. [`encode`] writes
+//! only messages that [`decode`] accepts, so what one member sends, another
+//! reads back equal.
+//!
+//! # Format
+//!
+//! All integers are big-endian; there are no varints and no optional
+//! padding, so every message has exactly one encoding.
+//!
+//! ```text
+//! frame    = len:u32 body                    len = body length, 1..=MAX_FRAME_LEN
+//! body     = version:u8 message              version = VERSION
+//! message  = tag:u8 from:u64 to:u64 term:u64 fields
+//!   tag 1  RequestVote            pre_vote:bool last_log_index:u64 last_log_term:u64
+//!   tag 2  RequestVoteResponse    pre_vote:bool granted:bool
+//!   tag 3  AppendEntries          prev_log_index:u64 prev_log_term:u64
+//!                                 leader_commit:u64 round:u64 count:u32 entry{count}
+//!   tag 4  AppendEntriesResponse  round:u64 result
+//! entry    = term:u64 index:u64 payload
+//! payload  = 1                               Noop
+//!          | 2 len:u32 byte{len}             Command
+//! result   = 1 match_index:u64               Success
+//!          | 2 rejected_index:u64 last_log_index:u64
+//!            conflict_term:option conflict_index:u64                         Conflict
+//! option   = 0 | 1 term:u64
+//! bool     = 0 | 1
+//! ```
+//!
+//! Tags start at 1, so a zero-filled buffer is never a message.
+//!
+//! # What `decode` rejects besides malformed bytes
+//!
+//! - node id 0 in `from` or `to` (0 means "none", [`NodeId`]);
+//! - a log position `(index, term)` (`last_log_*`, `prev_log_*`) where index 0
+//!   does not have term 0 or a real index has term 0, or whose term exceeds
+//!   the message's term: the sender's log cannot hold entries from the future;
+//! - entries whose indexes are not `prev_log_index + 1, + 2, ...`, whose
+//!   terms decrease, fall below `prev_log_term`, are 0, or exceed the
+//!   leader's term (terms never decrease along a log, §5.3 Log Matching);
+//! - a conflict hint that breaks the contract of [`AppendResult::Conflict`]:
+//!   `rejected_index` is at least 1 (index 0 always matches); with a
+//!   `conflict_term` (at least 1, at most the follower's term) the follower
+//!   holds `rejected_index` and `1 <= conflict_index <= rejected_index <=
+//!   last_log_index`; without one its log is shorter, `rejected_index >
+//!   last_log_index`, and `conflict_index` is `last_log_index + 1`.
+//!
+//! Whatever needs the receiver's state (is `to` me, is `from` a voter, does
+//! `match_index` exceed my log) is the node's to check.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::message::{
+    AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,
+    RequestVoteResponse,
+};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+
+/// Version of the wire format, carried in every frame and in the
+/// [`Handshake`]. A frame of any other version is rejected with
+/// [`DecodeError::UnsupportedVersion`].
+pub const VERSION: u8 = 1;
+
+/// The largest length prefix [`decode`] accepts, and so the largest body
+/// (version byte plus message) [`encode`] writes: 16 MiB. A whole frame is at
+/// most `MAX_FRAME_LEN + 4` bytes.
+///
+/// An AppendEntries batch of the default configuration (256 entries, 1 MiB
+/// of payload) takes about 1.01 MiB. The batch limit lets a single larger
+/// entry through so that it still makes progress, so the server MUST cap the
+/// size of a proposed command: a batch is at most `max_bytes_per_append`
+/// plus one command plus [`ENTRY_OVERHEAD`] per entry plus a few dozen bytes
+/// of header, and that must stay within this bound. A cap of 8 MiB per
+/// command leaves ample room with the defaults.
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+/// Bytes of a frame before the message: the `u32` length prefix and the
+/// version byte.
+pub const FRAME_HEADER_LEN: usize = LEN_PREFIX_LEN + 1;
+
+/// Bytes an AppendEntries spends on one entry besides its command: term,
+/// index, payload tag and command length.
+pub const ENTRY_OVERHEAD: usize = 8 + 8 + 1 + 4;
+
+/// Length of an encoded [`Handshake`].
+pub const HANDSHAKE_LEN: usize = 4 + 1 + 8 + 8;
+
+/// First bytes of a [`Handshake`]: they tell a Raft peer from anything else
+/// that connects to the peer port (a RESP client, a port scanner).
+pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RAFT";
+
+const LEN_PREFIX_LEN: usize = 4;
+
+// The length prefix is a u32.
+const _: () = assert!(MAX_FRAME_LEN <= u32::MAX as usize);
+
+const TAG_REQUEST_VOTE: u8 = 1;
+const TAG_REQUEST_VOTE_RESPONSE: u8 = 2;
+const TAG_APPEND_ENTRIES: u8 = 3;
+const TAG_APPEND_ENTRIES_RESPONSE: u8 = 4;
+
+const PAYLOAD_NOOP: u8 = 1;
+const PAYLOAD_COMMAND: u8 = 2;
+
+const RESULT_SUCCESS: u8 = 1;
+const RESULT_CONFLICT: u8 = 2;
+
+/// tag, from, to, term.
+const MESSAGE_HEADER_LEN: usize = 1 + 8 + 8 + 8;
+/// prev_log_index, prev_log_term, leader_commit, round, count.
+const APPEND_ENTRIES_FIXED_LEN: usize = 8 + 8 + 8 + 8 + 4;
+/// The smallest entry, a Noop: term, index, payload tag. Bounds how many
+/// entries a frame can hold.
+const MIN_ENTRY_LEN: usize = 8 + 8 + 1;
+
+/// Why bytes are not a valid frame or handshake. Any of them means the peer
+/// is broken or not a peer: the connection MUST be closed, since its framing
+/// can no longer be trusted.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum DecodeError {
+    /// The length prefix exceeds [`MAX_FRAME_LEN`]; detected before the body
+    /// is buffered.
+    FrameTooLarge {
+        /// Declared body length.
+        len: usize,
+        /// [`MAX_FRAME_LEN`].
+        max: usize,
+    },
+    /// A frame or handshake of another version of the protocol.
+    UnsupportedVersion(u8),
+    /// A handshake that does not start with [`HANDSHAKE_MAGIC`].
+    BadMagic,
+    /// An unknown tag or flag byte.
+    UnknownTag {
+        /// Which field.
+        what: &'static str,
+        /// The byte found.
+        tag: u8,
+    },
+    /// The frame ends inside a field, or declares more than it holds.
+    Truncated {
+        /// The field that did not fit.
+        what: &'static str,
+    },
+    /// The message ends before its frame does.
+    TrailingBytes {
+        /// How many bytes are left over.
+        n: usize,
+    },
+    /// Well-formed bytes that no correct member sends.
+    Invalid {
+        /// The rule broken.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+            DecodeError::UnsupportedVersion(v) => {
+                write!(f, "unsupported wire version {v} (expected {VERSION})")
+            }
+            DecodeError::BadMagic => write!(f, "not a Raft peer handshake"),
+            DecodeError::UnknownTag { what, tag } => write!(f, "unknown {what} tag {tag}"),
+            DecodeError::Truncated { what } => write!(f, "frame truncated in {what}"),
+            DecodeError::TrailingBytes { n } => write!(f, "{n} trailing bytes in frame"),
+            DecodeError::Invalid { what } => write!(f, "invalid message: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Length of the frame [`encode`] writes for `msg`, length prefix included.
+/// Lets a sender bound its output queue in bytes before encoding.
+pub fn encoded_len(msg: &Message) -> usize {
+    LEN_PREFIX_LEN + body_len(msg)
+}
+
+/// Appends one whole frame holding `msg` to `dst`, reserving the space first.
+///
+/// # Panics
+///
+/// On caller misuse only: if the frame's body would exceed
+/// [`MAX_FRAME_LEN`] (the server failed to cap command sizes), or if `msg`
+/// breaks a rule [`decode`] enforces (see the module docs), which means the
+/// node built a message no correct member sends. Either way the peer would
+/// reject the frame, so sending it would only hide the bug.
+pub fn encode(msg: &Message, dst: &mut BytesMut) {
+    if let Err(what) = check(msg) {
+        panic!("codec::encode: invalid {} message: {what}", msg.kind());
+    }
+    let body_len = body_len(msg);
+    assert!(
+        body_len <= MAX_FRAME_LEN,
+        "codec::encode: {} message of {body_len} bytes exceeds MAX_FRAME_LEN ({MAX_FRAME_LEN}); \
+         commands must be capped before they are proposed",
+        msg.kind(),
+    );
+    dst.reserve(LEN_PREFIX_LEN + body_len);
+    let start = dst.len();
+    dst.put_u32(u32::try_from(body_len).expect("MAX_FRAME_LEN fits in u32"));
+    dst.put_u8(VERSION);
+    put_message(msg, dst);
+    assert_eq!(
+        dst.len() - start,
+        LEN_PREFIX_LEN + body_len,
+        "codec::encode: encoded_len disagrees with what was written"
+    );
+}
+
+/// Takes one frame off the front of `src` and decodes it.
+///
+/// - `Ok(None)`: `src` does not yet hold a whole frame. Nothing is consumed;
+///   call again after reading more bytes. `decode` does not reserve space for
+///   the rest of the frame: a peer that declares a large frame and stalls
+///   costs only the bytes it actually sent.
+/// - `Ok(Some(msg))`: exactly one frame was consumed. Command payloads are
+///   zero-copy slices of the frame, so they keep the buffer they were split
+///   from alive for as long as they live; a driver that retains entries for
+///   long and reads into large buffers may want to copy them.
+/// - `Err(_)`: the input is not a valid frame. How much of `src` was
+///   consumed is unspecified; the caller MUST close the connection.
+///
+/// A length prefix above [`MAX_FRAME_LEN`] and a wrong version byte are
+/// rejected as soon as they arrive, without waiting for the body.
+pub fn decode(src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+    if src.len() < LEN_PREFIX_LEN {
+        return Ok(None);
+    }
+    let declared = (&src[..LEN_PREFIX_LEN]).get_u32();
+    let len = usize::try_from(declared).unwrap_or(usize::MAX);
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len == 0 {
+        return Err(DecodeError::Truncated { what: "version" });
+    }
+    if let Some(&version) = src.get(LEN_PREFIX_LEN) {
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+    }
+    if src.len() - LEN_PREFIX_LEN < len {
+        return Ok(None);
+    }
+    src.advance(LEN_PREFIX_LEN);
+    let body = src.split_to(len).freeze();
+    decode_body(body).map(Some)
+}
+
+/// The first thing each side of a peer connection sends: who it is, and
+/// which cluster it belongs to. The receiver MUST close the connection if
+/// `cluster_id` is not its own, so that members of two clusters sharing a
+/// network never exchange votes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Handshake {
+    /// The cluster the sender belongs to.
+    pub cluster_id: u64,
+    /// The sender; never 0.
+    pub node_id: NodeId,
+}
+
+/// Appends the [`HANDSHAKE_LEN`] bytes of `hs` to `dst`: [`HANDSHAKE_MAGIC`],
+/// [`VERSION`], `cluster_id`, `node_id`.
+///
+/// # Panics
+///
+/// If `hs.node_id` is 0, which [`decode_handshake`] rejects.
+pub fn encode_handshake(hs: &Handshake, dst: &mut BytesMut) {
+    assert!(hs.node_id.0 != 0, "codec::encode_handshake: node id 0");
+    dst.reserve(HANDSHAKE_LEN);
+    dst.put_slice(&HANDSHAKE_MAGIC);
+    dst.put_u8(VERSION);
+    dst.put_u64(hs.cluster_id);
+    dst.put_u64(hs.node_id.0);
+}
+
+/// Takes a [`Handshake`] off the front of `src`, with the same contract as
+/// [`decode`]: `Ok(None)` consumes nothing, `Ok(Some(_))` consumes exactly
+/// [`HANDSHAKE_LEN`] bytes, and after `Err(_)` the caller MUST close the
+/// connection. A wrong magic or version is rejected as soon as its first
+/// wrong byte arrives, so a client that dialed the wrong port is turned away
+/// without waiting.
+pub fn decode_handshake(src: &mut BytesMut) -> Result<Option<Handshake>, DecodeError> {
+    let magic_seen = src.len().min(HANDSHAKE_MAGIC.len());
+    if src[..magic_seen] != HANDSHAKE_MAGIC[..magic_seen] {
+        return Err(DecodeError::BadMagic);
+    }
+    if let Some(&version) = src.get(HANDSHAKE_MAGIC.len()) {
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+    }
+    if src.len() < HANDSHAKE_LEN {
+        return Ok(None);
+    }
+    src.advance(HANDSHAKE_MAGIC.len() + 1);
+    let cluster_id = src.get_u64();
+    let node_id = src.get_u64();
+    if node_id == 0 {
+        return Err(DecodeError::Invalid {
+            what: "handshake node id is 0",
+        });
+    }
+    Ok(Some(Handshake {
+        cluster_id,
+        node_id: NodeId(node_id),
+    }))
+}
+
+/// The length prefix `encode` writes: version byte plus message.
+fn body_len(msg: &Message) -> usize {
+    let fields = match &msg.body {
+        MessageBody::RequestVote(_) => 1 + 8 + 8,
+        MessageBody::RequestVoteResponse(_) => 1 + 1,
+        MessageBody::AppendEntries(ae) => {
+            APPEND_ENTRIES_FIXED_LEN + ae.entries.iter().map(entry_len).sum::<usize>()
+        }
+        MessageBody::AppendEntriesResponse(r) => {
+            8 + 1
+                + match r.result {
+                    AppendResult::Success { .. } => 8,
+                    AppendResult::Conflict { conflict_term, .. } => {
+                        8 + 8 + 1 + conflict_term.map_or(0, |_| 8) + 8
+                    }
+                }
+        }
+    };
+    1 + MESSAGE_HEADER_LEN + fields
+}
+
+fn entry_len(e: &Entry) -> usize {
+    match &e.payload {
+        EntryPayload::Noop => MIN_ENTRY_LEN,
+        EntryPayload::Command(c) => ENTRY_OVERHEAD + c.len(),
+    }
+}
+
+fn put_message(msg: &Message, dst: &mut BytesMut) {
+    let tag = match &msg.body {
+        MessageBody::RequestVote(_) => TAG_REQUEST_VOTE,
+        MessageBody::RequestVoteResponse(_) => TAG_REQUEST_VOTE_RESPONSE,
+        MessageBody::AppendEntries(_) => TAG_APPEND_ENTRIES,
+        MessageBody::AppendEntriesResponse(_) => TAG_APPEND_ENTRIES_RESPONSE,
+    };
+    dst.put_u8(tag);
+    dst.put_u64(msg.from.0);
+    dst.put_u64(msg.to.0);
+    dst.put_u64(msg.term.0);
+    match &msg.body {
+        MessageBody::RequestVote(rv) => {
+            dst.put_u8(u8::from(rv.pre_vote));
+            dst.put_u64(rv.last_log_index.0);
+            dst.put_u64(rv.last_log_term.0);
+        }
+        MessageBody::RequestVoteResponse(r) => {
+            dst.put_u8(u8::from(r.pre_vote));
+            dst.put_u8(u8::from(r.granted));
+        }
+        MessageBody::AppendEntries(ae) => {
+            dst.put_u64(ae.prev_log_index.0);
+            dst.put_u64(ae.prev_log_term.0);
+            dst.put_u64(ae.leader_commit.0);
+            dst.put_u64(ae.round);
+            // The frame bound, checked by the caller, bounds the count.
+            dst.put_u32(u32::try_from(ae.entries.len()).expect("entry count fits in u32"));
+            for e in &ae.entries {
+                dst.put_u64(e.term.0);
+                dst.put_u64(e.index.0);
+                match &e.payload {
+                    EntryPayload::Noop => dst.put_u8(PAYLOAD_NOOP),
+                    EntryPayload::Command(c) => {
+                        dst.put_u8(PAYLOAD_COMMAND);
+                        dst.put_u32(u32::try_from(c.len()).expect("command length fits in u32"));
+                        dst.put_slice(c);
+                    }
+                }
+            }
+        }
+        MessageBody::AppendEntriesResponse(r) => {
+            dst.put_u64(r.round);
+            match r.result {
+                AppendResult::Success { match_index } => {
+                    dst.put_u8(RESULT_SUCCESS);
+                    dst.put_u64(match_index.0);
+                }
+                AppendResult::Conflict {
+                    rejected_index,
+                    last_log_index,
+                    conflict_term,
+                    conflict_index,
+                } => {
+                    dst.put_u8(RESULT_CONFLICT);
+                    dst.put_u64(rejected_index.0);
+                    dst.put_u64(last_log_index.0);
+                    match conflict_term {
+                        None => dst.put_u8(0),
+                        Some(t) => {
+                            dst.put_u8(1);
+                            dst.put_u64(t.0);
+                        }
+                    }
+                    dst.put_u64(conflict_index.0);
+                }
+            }
+        }
+    }
+}
+
+fn decode_body(body: Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader { buf: body };
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let msg = r.message()?;
+    if r.buf.has_remaining() {
+        return Err(DecodeError::TrailingBytes {
+            n: r.buf.remaining(),
+        });
+    }
+    check(&msg).map_err(|what| DecodeError::Invalid { what })?;
+    Ok(msg)
+}
+
+/// Reads fields off one frame's body, turning a short read into
+/// [`DecodeError::Truncated`] instead of the panic `Buf::get_*` would raise.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            return Err(DecodeError::Truncated { what });
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, what)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, what)?;
+        Ok(self.buf.get_u32())
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, what)?;
+        Ok(self.buf.get_u64())
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(DecodeError::UnknownTag { what, tag }),
+        }
+    }
+
+    fn term(&mut self, what: &'static str) -> Result<Term, DecodeError> {
+        self.u64(what).map(Term)
+    }
+
+    fn index(&mut self, what: &'static str) -> Result<LogIndex, DecodeError> {
+        self.u64(what).map(LogIndex)
+    }
+
+    /// `n` bytes as a slice of the frame, without copying.
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes, DecodeError> {
+        self.need(n, what)?;
+        Ok(self.buf.split_to(n))
+    }
+
+    fn message(&mut self) -> Result<Message, DecodeError> {
+        let tag = self.u8("message tag")?;
+        if !(TAG_REQUEST_VOTE..=TAG_APPEND_ENTRIES_RESPONSE).contains(&tag) {
+            return Err(DecodeError::UnknownTag {
+                what: "message",
+                tag,
+            });
+        }
+        let from = NodeId(self.u64("from")?);
+        let to = NodeId(self.u64("to")?);
+        let term = self.term("term")?;
+        let body = match tag {
+            TAG_REQUEST_VOTE => MessageBody::RequestVote(RequestVote {
+                pre_vote: self.bool("pre_vote")?,
+                last_log_index: self.index("last_log_index")?,
+                last_log_term: self.term("last_log_term")?,
+            }),
+            TAG_REQUEST_VOTE_RESPONSE => MessageBody::RequestVoteResponse(RequestVoteResponse {
+                pre_vote: self.bool("pre_vote")?,
+                granted: self.bool("granted")?,
+            }),
+            TAG_APPEND_ENTRIES => MessageBody::AppendEntries(self.append_entries()?),
+            _ => MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+                round: self.u64("round")?,
+                result: self.append_result()?,
+            }),
+        };
+        Ok(Message {
+            from,
+            to,
+            term,
+            body,
+        })
+    }
+
+    fn append_entries(&mut self) -> Result<AppendEntries, DecodeError> {
+        let prev_log_index = self.index("prev_log_index")?;
+        let prev_log_term = self.term("prev_log_term")?;
+        let leader_commit = self.index("leader_commit")?;
+        let round = self.u64("round")?;
+        let count = usize::try_from(self.u32("entry count")?).unwrap_or(usize::MAX);
+        // Every entry takes at least MIN_ENTRY_LEN bytes, so a count the rest
+        // of the frame cannot hold is rejected before allocating for it. This
+        // bounds the Vec by the frame's length.
+        if count > self.buf.remaining() / MIN_ENTRY_LEN {
+            return Err(DecodeError::Truncated { what: "entries" });
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(self.entry()?);
+        }
+        Ok(AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+            round,
+        })
+    }
+
+    fn entry(&mut self) -> Result<Entry, DecodeError> {
+        let term = self.term("entry term")?;
+        let index = self.index("entry index")?;
+        let payload = match self.u8("entry payload tag")? {
+            PAYLOAD_NOOP => EntryPayload::Noop,
+            PAYLOAD_COMMAND => {
+                let len = usize::try_from(self.u32("command length")?).unwrap_or(usize::MAX);
+                EntryPayload::Command(self.bytes(len, "command")?)
+            }
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "entry payload",
+                    tag,
+                })
+            }
+        };
+        Ok(Entry {
+            term,
+            index,
+            payload,
+        })
+    }
+
+    fn append_result(&mut self) -> Result<AppendResult, DecodeError> {
+        match self.u8("append result tag")? {
+            RESULT_SUCCESS => Ok(AppendResult::Success {
+                match_index: self.index("match_index")?,
+            }),
+            RESULT_CONFLICT => {
+                let rejected_index = self.index("rejected_index")?;
+                let last_log_index = self.index("last_log_index")?;
+                let conflict_term = match self.u8("conflict_term flag")? {
+                    0 => None,
+                    1 => Some(self.term("conflict_term")?),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "conflict_term flag",
+                            tag,
+                        })
+                    }
+                };
+                Ok(AppendResult::Conflict {
+                    rejected_index,
+                    last_log_index,
+                    conflict_term,
+                    conflict_index: self.index("conflict_index")?,
+                })
+            }
+            tag => Err(DecodeError::UnknownTag {
+                what: "append result",
+                tag,
+            }),
+        }
+    }
+}
+
+/// The rules of the module docs that a well-formed message must also obey;
+/// `Err` names the rule broken. `decode` rejects, and `encode` panics on,
+/// exactly these.
+fn check(msg: &Message) -> Result<(), &'static str> {
+    if msg.from.0 == 0 {
+        return Err("from is node id 0");
+    }
+    if msg.to.0 == 0 {
+        return Err("to is node id 0");
+    }
+    match &msg.body {
+        MessageBody::RequestVote(rv) => {
+            check_log_position(rv.last_log_index, rv.last_log_term, msg.term).map_err(|rule| {
+                match rule {
+                    PositionRule::NonZeroAtIndexZero => "last_log_term of an empty log is not 0",
+                    PositionRule::ZeroAtRealIndex => "last_log_term is 0 for a non-empty log",
+                    PositionRule::AboveSenderTerm => "last_log_term exceeds the candidate's term",
+                }
+            })
+        }
+        MessageBody::RequestVoteResponse(_) => Ok(()),
+        MessageBody::AppendEntries(ae) => check_append_entries(ae, msg.term),
+        MessageBody::AppendEntriesResponse(r) => match r.result {
+            AppendResult::Success { .. } => Ok(()),
+            AppendResult::Conflict { rejected_index, .. } if rejected_index.0 == 0 => {
+                Err("rejected_index is 0")
+            }
+            AppendResult::Conflict {
+                rejected_index,
+                last_log_index,
+                conflict_term: Some(t),
+                conflict_index,
+            } => {
+                if t.0 == 0 {
+                    Err("conflict_term is 0")
+                } else if t > msg.term {
+                    Err("conflict_term exceeds the follower's term")
+                } else if rejected_index > last_log_index {
+                    Err("conflict_term for an index beyond the follower's log")
+                } else if conflict_index.0 == 0 || conflict_index > rejected_index {
+                    Err("conflict_index outside 1..=rejected_index")
+                } else {
+                    Ok(())
+                }
+            }
+            AppendResult::Conflict {
+                rejected_index,
+                last_log_index,
+                conflict_term: None,
+                conflict_index,
+            } => {
+                if rejected_index <= last_log_index {
+                    Err("no conflict_term for an index within the follower's log")
+                } else if last_log_index.0.checked_add(1) != Some(conflict_index.0) {
+                    Err("conflict_index without conflict_term is not last_log_index + 1")
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    }
+}
+
+enum PositionRule {
+    NonZeroAtIndexZero,
+    ZeroAtRealIndex,
+    AboveSenderTerm,
+}
+
+/// Index 0 is the empty prefix and has term 0; every entry has a term of at
+/// least 1, and no sender holds an entry from a term after its own.
+fn check_log_position(index: LogIndex, term: Term, sender_term: Term) -> Result<(), PositionRule> {
+    if index.0 == 0 && term.0 != 0 {
+        return Err(PositionRule::NonZeroAtIndexZero);
+    }
+    if index.0 != 0 && term.0 == 0 {
+        return Err(PositionRule::ZeroAtRealIndex);
+    }
+    if term > sender_term {
+        return Err(PositionRule::AboveSenderTerm);
+    }
+    Ok(())
+}
+
+fn check_append_entries(ae: &AppendEntries, leader_term: Term) -> Result<(), &'static str> {
+    check_log_position(ae.prev_log_index, ae.prev_log_term, leader_term).map_err(
+        |rule| match rule {
+            PositionRule::NonZeroAtIndexZero => "prev_log_term of index 0 is not 0",
+            PositionRule::ZeroAtRealIndex => "prev_log_term is 0 for an index above 0",
+            PositionRule::AboveSenderTerm => "prev_log_term exceeds the leader's term",
+        },
+    )?;
+    let mut expected_index = ae.prev_log_index;
+    let mut min_term = ae.prev_log_term;
+    for e in &ae.entries {
+        expected_index = match expected_index.0.checked_add(1) {
+            Some(i) => LogIndex(i),
+            None => return Err("entry index overflows"),
+        };
+        if e.index != expected_index {
+            return Err("entry indexes are not consecutive from prev_log_index + 1");
+        }
+        if e.term.0 == 0 {
+            return Err("entry term is 0");
+        }
+        if e.term < min_term {
+            return Err("entry terms decrease");
+        }
+        if e.term > leader_term {
+            return Err("entry term exceeds the leader's term");
+        }
+        min_term = e.term;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // ---- strategies: valid messages of every kind --------------------------
+
+    fn node_id() -> impl Strategy<Value = NodeId> {
+        prop_oneof![1u64..8, Just(u64::MAX), 1..=u64::MAX].prop_map(NodeId)
+    }
+
+    fn term() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..5, Just(u64::MAX), any::<u64>()]
+    }
+
+    fn index() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..20, Just(u64::MAX - 1), Just(u64::MAX), any::<u64>()]
+    }
+
+    /// A valid `(index, term)` log position for a sender at `sender_term`.
+    fn log_position(sender_term: u64) -> BoxedStrategy<(LogIndex, Term)> {
+        if sender_term == 0 {
+            return Just((LogIndex(0), Term(0))).boxed();
+        }
+        prop_oneof![
+            Just((LogIndex(0), Term(0))),
+            (index(), 1..=sender_term).prop_map(|(i, t)| (LogIndex(i.max(1)), Term(t))),
+        ]
+        .boxed()
+    }
+
+    fn payload() -> impl Strategy<Value = EntryPayload> {
+        prop_oneof![
+            Just(EntryPayload::Noop),
+            proptest::collection::vec(any::<u8>(), 0..48)
+                .prop_map(|v| EntryPayload::Command(Bytes::from(v))),
+        ]
+    }
+
+    fn append_entries(t: u64) -> impl Strategy<Value = MessageBody> {
+        (
+            log_position(t),
+            proptest::collection::vec((any::<u64>(), payload()), 0..6),
+            index(),
+            any::<u64>(),
+        )
+            .prop_map(
+                move |((prev_log_index, prev_log_term), raw, leader_commit, round)| {
+                    // Terms are sorted draws from [max(prev_log_term, 1), t];
+                    // indexes follow prev_log_index without overflowing.
+                    let lo = prev_log_term.0.max(1);
+                    let room = u64::MAX - prev_log_index.0;
+                    let n = if t < lo {
+                        0
+                    } else {
+                        raw.len().min(room as usize)
+                    };
+                    let mut terms: Vec<u64> = raw[..n]
+                        .iter()
+                        .map(|(r, _)| lo + r % (t - lo + 1))
+                        .collect();
+                    terms.sort_unstable();
+                    let entries = raw[..n]
+                        .iter()
+                        .zip(terms)
+                        .zip(1u64..)
+                        .map(|(((_, p), term), k)| Entry {
+                            term: Term(term),
+                            index: prev_log_index.plus(k),
+                            payload: p.clone(),
+                        })
+                        .collect();
+                    MessageBody::AppendEntries(AppendEntries {
+                        prev_log_index,
+                        prev_log_term,
+                        entries,
+                        leader_commit: LogIndex(leader_commit),
+                        round,
+                    })
+                },
+            )
+    }
+
+    fn append_result(t: u64) -> impl Strategy<Value = AppendResult> {
+        prop_oneof![
+            index().prop_map(|i| AppendResult::Success {
+                match_index: LogIndex(i)
+            }),
+            (index(), any::<bool>(), any::<[u64; 3]>()).prop_map(
+                move |(last, with_term, [r1, r2, r3])| {
+                    if with_term && t >= 1 && last >= 1 {
+                        // 1 <= conflict_index <= rejected_index <= last
+                        let rejected = 1 + r2 % last;
+                        AppendResult::Conflict {
+                            rejected_index: LogIndex(rejected),
+                            last_log_index: LogIndex(last),
+                            conflict_term: Some(Term(1 + r1 % t)),
+                            conflict_index: LogIndex(1 + r3 % rejected),
+                        }
+                    } else {
+                        // last < rejected_index
+                        let last = last.min(u64::MAX - 1);
+                        let rejected = last + 1 + r2 % (u64::MAX - last);
+                        AppendResult::Conflict {
+                            rejected_index: LogIndex(rejected),
+                            last_log_index: LogIndex(last),
+                            conflict_term: None,
+                            conflict_index: LogIndex(last + 1),
+                        }
+                    }
+                }
+            ),
+        ]
+    }
+
+    fn body(t: u64) -> impl Strategy<Value = MessageBody> {
+        prop_oneof![
+            (any::<bool>(), log_position(t)).prop_map(|(pre_vote, (i, lt))| {
+                MessageBody::RequestVote(RequestVote {
+                    pre_vote,
+                    last_log_index: i,
+                    last_log_term: lt,
+                })
+            }),
+            (any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted)| {
+                MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted })
+            }),
+            append_entries(t),
+            (any::<u64>(), append_result(t)).prop_map(|(round, result)| {
+                MessageBody::AppendEntriesResponse(AppendEntriesResponse { round, result })
+            }),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (node_id(), node_id(), term()).prop_flat_map(|(from, to, t)| {
+            body(t).prop_map(move |body| Message {
+                from,
+                to,
+                term: Term(t),
+                body,
+            })
+        })
+    }
+
+    // ---- helpers ----------------------------------------------------------
+
+    fn encoded(msg: &Message) -> BytesMut {
+        let mut buf = BytesMut::new();
+        encode(msg, &mut buf);
+        buf
+    }
+
+    /// A frame with a correct length prefix around hand-written bytes.
+    fn raw_frame(write: impl FnOnce(&mut BytesMut)) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_u8(VERSION);
+        write(&mut body);
+        let mut frame = BytesMut::new();
+        frame.put_u32(body.len() as u32);
+        frame.put_slice(&body);
+        frame
+    }
+
+    fn header(b: &mut BytesMut, tag: u8, from: u64, to: u64, term: u64) {
+        b.put_u8(tag);
+        b.put_u64(from);
+        b.put_u64(to);
+        b.put_u64(term);
+    }
+
+    /// An AppendEntries at term 5 from 1 to 2 with these (term, index) Noops.
+    fn append_frame(prev: (u64, u64), count: u32, entries: &[(u64, u64)]) -> BytesMut {
+        raw_frame(|b| {
+            header(b, TAG_APPEND_ENTRIES, 1, 2, 5);
+            b.put_u64(prev.0);
+            b.put_u64(prev.1);
+            b.put_u64(0); // leader_commit
+            b.put_u64(7); // round
+            b.put_u32(count);
+            for &(term, index) in entries {
+                b.put_u64(term);
+                b.put_u64(index);
+                b.put_u8(PAYLOAD_NOOP);
+            }
+        })
+    }
+
+    fn heartbeat() -> Message {
+        Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(3),
+            body: MessageBody::AppendEntries(AppendEntries {
+                prev_log_index: LogIndex(10),
+                prev_log_term: Term(2),
+                entries: vec![],
+                leader_commit: LogIndex(9),
+                round: 4,
+            }),
+        }
+    }
+
+    fn invalid(what: &'static str) -> Result<Option<Message>, DecodeError> {
+        Err(DecodeError::Invalid { what })
+    }
+
+    /// Decodes frames until `None` or an error; every message decoded must
+    /// re-encode to exactly the bytes it came from (the format is canonical).
+    fn decode_all_canonical(mut buf: BytesMut) {
+        loop {
+            let before = buf.clone();
+            match decode(&mut buf) {
+                Ok(Some(msg)) => {
+                    let consumed = before.len() - buf.len();
+                    assert_eq!(encoded_len(&msg), consumed);
+                    assert_eq!(&encoded(&msg)[..], &before[..consumed]);
+                }
+                Ok(None) => {
+                    assert_eq!(buf, before, "Ok(None) consumed input");
+                    return;
+                }
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- properties -------------------------------------------------------
+
+    proptest! {
+        #[test]
+        fn round_trip(msg in message()) {
+            prop_assert_eq!(check(&msg), Ok(()), "strategy made an invalid message");
+            let mut buf = encoded(&msg);
+            prop_assert_eq!(buf.len(), encoded_len(&msg));
+            prop_assert_eq!(decode(&mut buf), Ok(Some(msg)));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn every_proper_prefix_is_incomplete(msg in message()) {
+            let frame = encoded(&msg);
+            for n in 0..frame.len() {
+                let mut buf = BytesMut::from(&frame[..n]);
+                prop_assert_eq!(decode(&mut buf), Ok(None), "prefix of {} bytes", n);
+                prop_assert_eq!(&buf[..], &frame[..n], "Ok(None) consumed input");
+            }
+        }
+
+        #[test]
+        fn frames_back_to_back(msgs in proptest::collection::vec(message(), 0..8)) {
+            let mut buf = BytesMut::new();
+            for m in &msgs {
+                encode(m, &mut buf);
+            }
+            for m in msgs {
+                prop_assert_eq!(decode(&mut buf), Ok(Some(m)));
+            }
+            prop_assert_eq!(decode(&mut buf), Ok(None));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            decode_all_canonical(BytesMut::from(&bytes[..]));
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = decode_handshake(&mut buf);
+        }
+
+        /// Random bytes rarely get past the length prefix; corrupting valid
+        /// frames reaches the field checks.
+        #[test]
+        fn corrupted_frames_never_panic(
+            msg in message(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            cut in any::<usize>(),
+        ) {
+            let mut frame = encoded(&msg);
+            for (at, byte) in edits {
+                let at = at % frame.len();
+                frame[at] = byte;
+            }
+            frame.truncate(cut % (frame.len() + 1) + 1);
+            decode_all_canonical(frame);
+        }
+
+        #[test]
+        fn handshake_round_trip(cluster_id in any::<u64>(), node in node_id()) {
+            let hs = Handshake { cluster_id, node_id: node };
+            let mut buf = BytesMut::new();
+            encode_handshake(&hs, &mut buf);
+            prop_assert_eq!(buf.len(), HANDSHAKE_LEN);
+            for n in 0..HANDSHAKE_LEN {
+                let mut prefix = BytesMut::from(&buf[..n]);
+                prop_assert_eq!(decode_handshake(&mut prefix), Ok(None));
+                prop_assert_eq!(prefix.len(), n);
+            }
+            prop_assert_eq!(decode_handshake(&mut buf), Ok(Some(hs)));
+            prop_assert!(buf.is_empty());
+        }
+    }
+
+    // ---- specific cases ---------------------------------------------------
+
+    #[test]
+    fn huge_length_prefix_is_rejected_before_the_body() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::FrameTooLarge {
+                len: u32::MAX as usize,
+                max: MAX_FRAME_LEN
+            })
+        );
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_FRAME_LEN as u32 + 1);
+        assert!(matches!(
+            decode(&mut buf),
+            Err(DecodeError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn largest_length_prefix_waits_without_reserving() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_u32(MAX_FRAME_LEN as u32);
+        buf.put_u8(VERSION);
+        let capacity = buf.capacity();
+        assert_eq!(decode(&mut buf), Ok(None));
+        assert_eq!(buf.len(), 5);
+        assert_eq!(buf.capacity(), capacity);
+    }
+
+    /// `heartbeat()` carrying one command entry.
+    fn append_command(command: Bytes) -> Message {
+        let mut msg = heartbeat();
+        let MessageBody::AppendEntries(ae) = &mut msg.body else {
+            unreachable!()
+        };
+        ae.entries.push(Entry {
+            term: Term(3),
+            index: LogIndex(11),
+            payload: EntryPayload::Command(command),
+        });
+        msg
+    }
+
+    #[test]
+    fn largest_frame_round_trips() {
+        let overhead = encoded_len(&append_command(Bytes::new()));
+        let largest = MAX_FRAME_LEN + LEN_PREFIX_LEN;
+        let msg = append_command(Bytes::from(vec![7u8; largest - overhead]));
+        assert_eq!(encoded_len(&msg), largest);
+        let mut buf = encoded(&msg);
+        assert_eq!(decode(&mut buf), Ok(Some(msg)));
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds MAX_FRAME_LEN")]
+    fn encoding_an_oversized_message_panics() {
+        encoded(&append_command(Bytes::from(vec![0u8; MAX_FRAME_LEN])));
+    }
+
+    #[test]
+    #[should_panic(expected = "not consecutive")]
+    fn encoding_an_invalid_message_panics() {
+        let mut msg = heartbeat();
+        let MessageBody::AppendEntries(ae) = &mut msg.body else {
+            unreachable!()
+        };
+        ae.entries.push(Entry {
+            term: Term(3),
+            index: LogIndex(12),
+            payload: EntryPayload::Noop,
+        });
+        encoded(&msg);
+    }
+
+    #[test]
+    fn unsupported_version() {
+        let mut frame = encoded(&heartbeat());
+        frame[LEN_PREFIX_LEN] = VERSION + 1;
+        // Rejected as soon as the version byte arrives.
+        let mut early = BytesMut::from(&frame[..FRAME_HEADER_LEN]);
+        assert_eq!(
+            decode(&mut early),
+            Err(DecodeError::UnsupportedVersion(VERSION + 1))
+        );
+        assert_eq!(
+            decode(&mut frame),
+            Err(DecodeError::UnsupportedVersion(VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn empty_body() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::Truncated { what: "version" })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes() {
+        let frame = encoded(&heartbeat());
+        let mut buf = BytesMut::new();
+        buf.put_u32((frame.len() - LEN_PREFIX_LEN + 2) as u32);
+        buf.put_slice(&frame[LEN_PREFIX_LEN..]);
+        buf.put_slice(&[0, 0]);
+        assert_eq!(decode(&mut buf), Err(DecodeError::TrailingBytes { n: 2 }));
+    }
+
+    #[test]
+    fn zero_node_id() {
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_REQUEST_VOTE_RESPONSE, 0, 2, 1);
+            b.put_slice(&[0, 1]);
+        });
+        assert_eq!(decode(&mut buf), invalid("from is node id 0"));
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_REQUEST_VOTE_RESPONSE, 1, 0, 1);
+            b.put_slice(&[0, 1]);
+        });
+        assert_eq!(decode(&mut buf), invalid("to is node id 0"));
+    }
+
+    #[test]
+    fn unknown_tags_and_bad_bools() {
+        let mut buf = raw_frame(|b| header(b, 9, 1, 2, 1));
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::UnknownTag {
+                what: "message",
+                tag: 9
+            })
+        );
+        let mut buf = raw_frame(|b| b.put_u8(0));
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::UnknownTag {
+                what: "message",
+                tag: 0
+            })
+        );
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_REQUEST_VOTE_RESPONSE, 1, 2, 1);
+            b.put_slice(&[1, 2]);
+        });
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::UnknownTag {
+                what: "granted",
+                tag: 2
+            })
+        );
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_APPEND_ENTRIES_RESPONSE, 1, 2, 1);
+            b.put_u64(0);
+            b.put_u8(RESULT_CONFLICT);
+            b.put_u64(4);
+            b.put_u64(4);
+            b.put_u8(2); // option flag
+            b.put_u64(1);
+            b.put_u64(1);
+        });
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::UnknownTag {
+                what: "conflict_term flag",
+                tag: 2
+            })
+        );
+    }
+
+    #[test]
+    fn entries_must_follow_prev_log_index() {
+        let ok = append_frame((10, 2), 2, &[(3, 11), (4, 12)]);
+        assert!(decode(&mut ok.clone()).unwrap().is_some());
+        for (entries, what) in [
+            (
+                [(3, 11), (4, 13)],
+                "entry indexes are not consecutive from prev_log_index + 1",
+            ),
+            (
+                [(3, 12), (4, 13)],
+                "entry indexes are not consecutive from prev_log_index + 1",
+            ),
+            ([(4, 11), (3, 12)], "entry terms decrease"),
+            ([(1, 11), (3, 12)], "entry terms decrease"),
+            ([(3, 11), (6, 12)], "entry term exceeds the leader's term"),
+        ] {
+            let mut buf = append_frame((10, 2), 2, &entries);
+            assert_eq!(decode(&mut buf), invalid(what), "{entries:?}");
+        }
+        let mut buf = append_frame((u64::MAX, 2), 1, &[(3, 0)]);
+        assert_eq!(decode(&mut buf), invalid("entry index overflows"));
+        let mut buf = append_frame((0, 0), 1, &[(0, 1)]);
+        assert_eq!(decode(&mut buf), invalid("entry term is 0"));
+    }
+
+    #[test]
+    fn log_positions_must_be_consistent() {
+        let mut buf = append_frame((0, 1), 0, &[]);
+        assert_eq!(
+            decode(&mut buf),
+            invalid("prev_log_term of index 0 is not 0")
+        );
+        let mut buf = append_frame((3, 0), 0, &[]);
+        assert_eq!(
+            decode(&mut buf),
+            invalid("prev_log_term is 0 for an index above 0")
+        );
+        let mut buf = append_frame((3, 6), 0, &[]);
+        assert_eq!(
+            decode(&mut buf),
+            invalid("prev_log_term exceeds the leader's term")
+        );
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_REQUEST_VOTE, 1, 2, 5);
+            b.put_u8(1);
+            b.put_u64(9);
+            b.put_u64(6);
+        });
+        assert_eq!(
+            decode(&mut buf),
+            invalid("last_log_term exceeds the candidate's term")
+        );
+    }
+
+    #[test]
+    fn conflict_hints_must_follow_the_contract() {
+        let conflict = |rejected: u64, last: u64, term: Option<u64>, index: u64| {
+            raw_frame(|b| {
+                header(b, TAG_APPEND_ENTRIES_RESPONSE, 2, 1, 5);
+                b.put_u64(0);
+                b.put_u8(RESULT_CONFLICT);
+                b.put_u64(rejected);
+                b.put_u64(last);
+                match term {
+                    None => b.put_u8(0),
+                    Some(t) => {
+                        b.put_u8(1);
+                        b.put_u64(t);
+                    }
+                }
+                b.put_u64(index);
+            })
+        };
+        assert!(decode(&mut conflict(7, 9, Some(2), 4)).unwrap().is_some());
+        assert!(decode(&mut conflict(7, 9, Some(2), 7)).unwrap().is_some());
+        assert!(decode(&mut conflict(12, 9, None, 10)).unwrap().is_some());
+        for (frame, what) in [
+            (conflict(0, 9, Some(2), 4), "rejected_index is 0"),
+            (conflict(0, 0, None, 1), "rejected_index is 0"),
+            (conflict(7, 9, Some(0), 4), "conflict_term is 0"),
+            (
+                conflict(7, 9, Some(6), 4),
+                "conflict_term exceeds the follower's term",
+            ),
+            (
+                conflict(10, 9, Some(2), 4),
+                "conflict_term for an index beyond the follower's log",
+            ),
+            (
+                conflict(7, 9, Some(2), 0),
+                "conflict_index outside 1..=rejected_index",
+            ),
+            (
+                conflict(7, 9, Some(2), 8),
+                "conflict_index outside 1..=rejected_index",
+            ),
+            (
+                conflict(9, 9, None, 10),
+                "no conflict_term for an index within the follower's log",
+            ),
+            (
+                conflict(12, 9, None, 9),
+                "conflict_index without conflict_term is not last_log_index + 1",
+            ),
+        ] {
+            assert_eq!(decode(&mut frame.clone()), invalid(what));
+        }
+    }
+
+    #[test]
+    fn entry_count_beyond_the_frame_is_rejected_before_allocating() {
+        let mut buf = append_frame((10, 2), u32::MAX, &[]);
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::Truncated { what: "entries" })
+        );
+        // One entry short of the count.
+        let mut buf = append_frame((10, 2), 3, &[(3, 11), (4, 12)]);
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::Truncated { what: "entries" })
+        );
+    }
+
+    #[test]
+    fn command_length_beyond_the_frame() {
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_APPEND_ENTRIES, 1, 2, 5);
+            b.put_slice(&[0; 32]);
+            b.put_u32(1);
+            b.put_u64(1);
+            b.put_u64(1);
+            b.put_u8(PAYLOAD_COMMAND);
+            b.put_u32(u32::MAX);
+            b.put_slice(b"abc");
+        });
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::Truncated { what: "command" })
+        );
+    }
+
+    #[test]
+    fn commands_are_slices_of_the_frame() {
+        let msg = append_command(Bytes::from_static(b"set x 1"));
+        let mut buf = encoded(&msg);
+        let frame = buf.as_ptr_range();
+        let Some(Message {
+            body: MessageBody::AppendEntries(ae),
+            ..
+        }) = decode(&mut buf).unwrap()
+        else {
+            panic!("not an AppendEntries")
+        };
+        let EntryPayload::Command(c) = &ae.entries[0].payload else {
+            panic!("not a command")
+        };
+        assert_eq!(&c[..], b"set x 1");
+        assert!(frame.contains(&c.as_ptr()), "command was copied");
+    }
+
+    #[test]
+    fn handshake_rejections() {
+        // A RESP client on the peer port is turned away at its first byte.
+        let mut buf = BytesMut::from(&b"*"[..]);
+        assert_eq!(decode_handshake(&mut buf), Err(DecodeError::BadMagic));
+        let mut buf = BytesMut::from(&b"RAFX"[..]);
+        assert_eq!(decode_handshake(&mut buf), Err(DecodeError::BadMagic));
+
+        let hs = Handshake {
+            cluster_id: 42,
+            node_id: NodeId(3),
+        };
+        let mut good = BytesMut::new();
+        encode_handshake(&hs, &mut good);
+
+        let mut buf = good.clone();
+        buf[4] = VERSION + 1;
+        buf.truncate(5);
+        assert_eq!(
+            decode_handshake(&mut buf),
+            Err(DecodeError::UnsupportedVersion(VERSION + 1))
+        );
+
+        let mut buf = good.clone();
+        buf[HANDSHAKE_LEN - 8..].fill(0);
+        assert_eq!(
+            decode_handshake(&mut buf),
+            Err(DecodeError::Invalid {
+                what: "handshake node id is 0"
+            })
+        );
+    }
+
+    #[test]
+    fn handshake_then_frames() {
+        let hs = Handshake {
+            cluster_id: 7,
+            node_id: NodeId(1),
+        };
+        let mut buf = BytesMut::new();
+        encode_handshake(&hs, &mut buf);
+        encode(&heartbeat(), &mut buf);
+        assert_eq!(decode_handshake(&mut buf), Ok(Some(hs)));
+        assert_eq!(decode(&mut buf), Ok(Some(heartbeat())));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "node id 0")]
+    fn encoding_a_zero_handshake_panics() {
+        encode_handshake(
+            &Handshake {
+                cluster_id: 1,
+                node_id: NodeId(0),
+            },
+            &mut BytesMut::new(),
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Node configuration and its validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::types::NodeId;
+
+/// Everything a [`crate::Node`] needs to know that is not replicated state.
+///
+/// Defaults follow the interface contract: 50 ms heartbeats, elections after
+/// a silence randomized in [300, 600) ms, PreVote and CheckQuorum on.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This member.
+    pub id: NodeId,
+    /// Every voting member, this one included.
+    pub voters: Vec<NodeId>,
+    /// The leader sends an AppendEntries (empty if nothing is new) to every
+    /// follower this often.
+    pub heartbeat_interval: Duration,
+    /// The election timeout is drawn uniformly from `[min, max)` each time a
+    /// follower's timer is reset (§5.2).
+    pub election_timeout_min: Duration,
+    /// Upper (exclusive) bound of the election timeout.
+    pub election_timeout_max: Duration,
+    /// Seed of the node's PRNG: election timeouts and failover jitter are
+    /// the only random choices. The server seeds it from the OS and logs it;
+    /// the simulator derives it from the run's seed.
+    pub seed: u64,
+    /// Entries per AppendEntries message at most.
+    pub max_entries_per_append: usize,
+    /// Payload bytes per AppendEntries message at most (at least one entry
+    /// is always sent, so a single large entry still makes progress).
+    pub max_bytes_per_append: usize,
+    /// AppendEntries messages in flight to one follower at most, once the
+    /// leader knows where the follower's log matches (pipelining).
+    pub max_inflight_appends: usize,
+    /// Proposed but not yet committed entries at most; past it `propose`
+    /// answers [`crate::ProposeError::Busy`].
+    pub max_uncommitted_entries: u64,
+    /// Pending linearizable reads at most.
+    pub max_pending_reads: usize,
+    /// Run a PreVote round (§9.6) before a real election, so that a member
+    /// that was cut off does not raise the term when it returns.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority for an election timeout
+    /// steps down, and followers that heard from a leader within the minimum
+    /// election timeout refuse votes (§6.2, "leader stickiness").
+    pub check_quorum: bool,
+    /// When the driver reports the link to the leader lost, start a
+    /// pre-vote after a short random delay in `[0, heartbeat_interval)`
+    /// rather than waiting for the election timeout.
+    pub fast_failover: bool,
+}
+
+impl Config {
+    /// A configuration with the default timings and limits.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            seed: 0,
+            max_entries_per_append: 256,
+            max_bytes_per_append: 1 << 20,
+            max_inflight_appends: 64,
+            max_uncommitted_entries: 8192,
+            max_pending_reads: 8192,
+            pre_vote: true,
+            check_quorum: true,
+            fast_failover: true,
+        }
+    }
+
+    /// Checks the configuration; every `Node` constructor calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.0 == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        if self.voters.iter().any(|v| v.0 == 0) {
+            return Err(ConfigError::ZeroId);
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::NotAVoter(self.id));
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() {
+            return Err(ConfigError::DuplicateVoter);
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::ZeroHeartbeat);
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(ConfigError::EmptyElectionRange {
+                min: self.election_timeout_min,
+                max: self.election_timeout_max,
+            });
+        }
+        // A follower must see several heartbeats per election timeout, or one
+        // delayed heartbeat starts an election and the cluster flaps.
+        if self.election_timeout_min < self.heartbeat_interval * MIN_HEARTBEATS_PER_TIMEOUT {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat: self.heartbeat_interval,
+                election_min: self.election_timeout_min,
+            });
+        }
+        if self.max_entries_per_append == 0
+            || self.max_bytes_per_append == 0
+            || self.max_inflight_appends == 0
+            || self.max_uncommitted_entries == 0
+            || self.max_pending_reads == 0
+        {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(())
+    }
+}
+
+/// The minimum election timeout must be at least this many heartbeat
+/// intervals.
+pub const MIN_HEARTBEATS_PER_TIMEOUT: u32 = 3;
+
+/// Why a [`Config`] was rejected.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ConfigError {
+    /// Id 0 means "none" and cannot name a member.
+    ZeroId,
+    /// The node is not in its own voter list.
+    NotAVoter(NodeId),
+    /// A voter appears twice.
+    DuplicateVoter,
+    /// A zero heartbeat interval.
+    ZeroHeartbeat,
+    /// `election_timeout_min >= election_timeout_max`.
+    EmptyElectionRange {
+        /// Configured minimum.
+        min: Duration,
+        /// Configured maximum.
+        max: Duration,
+    },
+    /// The heartbeat interval is not well below the election timeout.
+    HeartbeatTooSlow {
+        /// Configured heartbeat interval.
+        heartbeat: Duration,
+        /// Configured minimum election timeout.
+        election_min: Duration,
+    },
+    /// A batching or queue limit of zero.
+    ZeroLimit,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroId => write!(f, "node id 0 is reserved for \"none\""),
+            ConfigError::NotAVoter(id) => write!(f, "node {id} is not in the voter list"),
+            ConfigError::DuplicateVoter => write!(f, "a voter is listed twice"),
+            ConfigError::ZeroHeartbeat => write!(f, "heartbeat interval must be positive"),
+            ConfigError::EmptyElectionRange { min, max } => write!(
+                f,
+                "election timeout range [{} ms, {} ms) is empty: min must be below max",
+                min.as_millis(),
+                max.as_millis()
+            ),
+            ConfigError::HeartbeatTooSlow {
+                heartbeat,
+                election_min,
+            } => write!(
+                f,
+                "heartbeat interval {} ms is too close to the minimum election timeout {} ms: \
+                 it must be at most 1/{} of it, or one late heartbeat starts an election",
+                heartbeat.as_millis(),
+                election_min.as_millis(),
+                MIN_HEARTBEATS_PER_TIMEOUT
+            ),
+            ConfigError::ZeroLimit => write!(f, "batching and queue limits must be positive"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

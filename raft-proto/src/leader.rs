@@ -1,0 +1,235 @@
+//! The leader: no-op on election, replication with flow control (§5.3),
+//! the commit rule (§5.4.2), heartbeats, CheckQuorum and ReadIndex (§6.4).
+
+use std::collections::BTreeMap;
+
+use crate::action::{Action, Event, Role, RoleChangeReason};
+use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, MessageBody};
+use crate::node::{LeaderState, Node, RoleState};
+use crate::progress::Progress;
+use crate::quorum::{majority, quorum_index};
+use crate::read::ReadQueue;
+use crate::types::{Entry, EntryId, EntryPayload, NodeId, Time};
+
+impl Node {
+    pub(crate) fn become_leader(&mut self, now: Time) {
+        let next = self.log.last_index().next();
+        let progress: BTreeMap<NodeId, Progress> = self.peers.iter().map(|&p| (p, Progress::new(next))).collect();
+        self.role = RoleState::Leader(Box::new(LeaderState {
+            progress,
+            round: 0,
+            round_pending: false,
+            reads: ReadQueue::default(),
+            heartbeat_deadline: now + self.config.heartbeat_interval,
+            check_quorum_deadline: now + self.config.election_timeout_min,
+        }));
+        self.election_reason = None;
+        self.set_leader(Some(self.config.id));
+        self.events.push_back(Event::RoleChanged {
+            role: Role::Leader,
+            term: self.current_term,
+            reason: RoleChangeReason::WonElection,
+        });
+        // §5.4.2 / §8: commit an entry of our own term right away, which
+        // also commits everything before it and lets reads start.
+        self.leader_append(EntryPayload::Noop);
+        self.leader_replicate_all();
+    }
+
+    /// Appends to the leader's own log. The leader counts itself as holding
+    /// the entry at once: the driver makes it durable before any message
+    /// that could let it commit goes out (persist-before-send).
+    pub(crate) fn leader_append(&mut self, payload: EntryPayload) -> EntryId {
+        let entry = Entry {
+            term: self.current_term,
+            index: self.log.last_index().next(),
+            payload,
+        };
+        let id = entry.id();
+        self.log.push(entry.clone());
+        match self.persist.back_mut() {
+            // Coalesce appends made before the next drain into one action.
+            Some(Action::AppendLog(batch)) => batch.push(entry),
+            _ => self.persist.push_back(Action::AppendLog(vec![entry])),
+        }
+        // A single-node cluster commits on its own.
+        self.leader_maybe_commit();
+        id
+    }
+
+    pub(crate) fn leader_replicate_all(&mut self) {
+        for peer in self.peers.clone() {
+            self.send_append(peer, false);
+        }
+    }
+
+    /// Sends the next batch to `peer` if flow control allows. With `force`,
+    /// sends even when there is nothing new (a probe).
+    pub(crate) fn send_append(&mut self, peer: NodeId, force: bool) {
+        let commit = self.commit_index;
+        let max_inflight = self.config.max_inflight_appends;
+        let RoleState::Leader(ls) = &mut self.role else { return };
+        let round = ls.round;
+        let pr = ls.progress.get_mut(&peer).expect("progress for every peer");
+        if pr.is_paused(max_inflight) {
+            return;
+        }
+        let entries = if pr.next_index <= self.log.last_index() {
+            self.log.slice(pr.next_index, self.config.max_entries_per_append, self.config.max_bytes_per_append)
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && !force {
+            return;
+        }
+        let prev_log_index = pr.next_index.prev();
+        let prev_log_term = self.log.term_at(prev_log_index).expect("prev entry held (no compaction yet)");
+        let last = prev_log_index.plus(entries.len() as u64);
+        pr.sent(last, !entries.is_empty());
+        let ae = AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: commit,
+            round,
+        };
+        self.send(peer, MessageBody::AppendEntries(ae));
+    }
+
+    /// Heartbeats: an empty AppendEntries to every follower, anchored at its
+    /// match index so it never fails the consistency check and never
+    /// commits beyond what the follower is known to hold.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let commit = self.commit_index;
+        let RoleState::Leader(ls) = &self.role else { return };
+        let round = ls.round;
+        let beats: Vec<(NodeId, AppendEntries)> = ls
+            .progress
+            .iter()
+            .map(|(&peer, pr)| {
+                let prev_log_index = pr.match_index;
+                (
+                    peer,
+                    AppendEntries {
+                        prev_log_index,
+                        prev_log_term: self.log.term_at(prev_log_index).expect("match index held"),
+                        entries: Vec::new(),
+                        leader_commit: commit.min(prev_log_index),
+                        round,
+                    },
+                )
+            })
+            .collect();
+        for (peer, ae) in beats {
+            self.send(peer, MessageBody::AppendEntries(ae));
+        }
+    }
+
+    pub(crate) fn leader_tick(&mut self, now: Time) {
+        let RoleState::Leader(ls) = &mut self.role else { return };
+        if now >= ls.check_quorum_deadline {
+            // CheckQuorum (§6.2): step down if a majority was silent for a
+            // whole election timeout; a partitioned leader thus stops
+            // accepting writes it could never commit.
+            let active = 1 + ls.progress.values().filter(|p| p.recent_active).count();
+            if self.config.check_quorum && active < majority(self.config.voters.len()) {
+                let term = self.current_term;
+                self.become_follower(now, term, None, RoleChangeReason::LostQuorum);
+                return;
+            }
+            for pr in ls.progress.values_mut() {
+                pr.recent_active = false;
+            }
+            ls.check_quorum_deadline = now + self.config.election_timeout_min;
+        }
+        let RoleState::Leader(ls) = &mut self.role else { return };
+        if now >= ls.heartbeat_deadline {
+            ls.heartbeat_deadline = now + self.config.heartbeat_interval;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    pub(crate) fn handle_append_response(&mut self, _now: Time, from: NodeId, r: AppendEntriesResponse) {
+        let max_inflight = self.config.max_inflight_appends;
+        let RoleState::Leader(ls) = &mut self.role else { return };
+        if r.round > ls.round {
+            // Echoes a round this leader never sent: not an answer to us.
+            return;
+        }
+        let pr = ls.progress.get_mut(&from).expect("progress for every peer");
+        pr.recent_active = true;
+        pr.acked_round = pr.acked_round.max(r.round);
+        let mut matched = false;
+        let mut lagging = false;
+        match r.result {
+            AppendResult::Success { match_index } => {
+                if match_index > self.log.last_index() {
+                    // Cannot happen with an honest follower of this term.
+                    return;
+                }
+                matched = pr.on_success(match_index);
+                if !matched {
+                    // A heartbeat's answer (or a duplicate).
+                    pr.on_heartbeat_answer(max_inflight);
+                    // The follower lags although nothing more may be in
+                    // flight: an append was lost. Send from next_index even
+                    // if that is empty; a follower missing the entries
+                    // rejects it, and the conflict turns the follower back
+                    // to probing from where its log really ends.
+                    lagging = pr.match_index < self.log.last_index();
+                }
+            }
+            AppendResult::Conflict {
+                rejected_index,
+                conflict_term,
+                conflict_index,
+                ..
+            } => {
+                let hint_next = match conflict_term {
+                    Some(t) => match self.log.last_index_of_term(t, rejected_index) {
+                        Some(k) => k.next(),
+                        None => conflict_index,
+                    },
+                    None => conflict_index,
+                };
+                pr.on_conflict(rejected_index, hint_next);
+            }
+        }
+        if matched {
+            self.leader_maybe_commit();
+        }
+        self.advance_reads();
+        self.send_append(from, lagging);
+    }
+
+    /// §5.4.2: commit the highest index a majority holds, but only by
+    /// counting replicas of an entry from the current term (Figure 8).
+    pub(crate) fn leader_maybe_commit(&mut self) {
+        let RoleState::Leader(ls) = &self.role else { return };
+        let mut matches: Vec<_> = ls.progress.values().map(|p| p.match_index).collect();
+        matches.push(self.log.last_index());
+        let n = quorum_index(matches);
+        if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
+            self.advance_commit(n);
+            // Followers learn the new commit index with the next append or
+            // heartbeat; no extra message is needed for safety.
+        }
+    }
+
+    /// Serves reads whose round a majority acknowledged and whose read
+    /// index is applied.
+    pub(crate) fn advance_reads(&mut self) {
+        let last_applied = self.last_applied;
+        let RoleState::Leader(ls) = &mut self.role else { return };
+        if ls.reads.len() == 0 {
+            return;
+        }
+        let mut rounds: Vec<u64> = ls.progress.values().map(|p| p.acked_round).collect();
+        rounds.push(u64::MAX); // the leader confirms itself
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_round = rounds[majority(rounds.len()) - 1];
+        for id in ls.reads.pop_ready(quorum_round, last_applied) {
+            self.read_results.push_back(Action::ReadReady { id });
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! # raft-proto: a Sans-IO Raft state machine
+//!
+//! A [`Node`] is one member of a Raft cluster with no I/O of its own. The
+//! driver feeds it inputs and carries out the [`Action`]s it hands back:
+//!
+//! ```text
+//!   inputs (each takes `now`)            outputs
+//!   ------------------------------       --------------------------------------
+//!   handle_message(now, Message)   -->   poll_action() -> Option<Action>
+//!   handle_timeout(now)                    1. SaveHardState / TruncateLog / AppendLog
+//!   handle_link_down(now, peer)               (durable before anything below)
+//!   handle_link_up(now, peer)              2. Send(Message)
+//!   propose(now, command)                  3. Apply(Entry)
+//!   read_index(now, id)                    4. ReadReady / ReadFailed
+//!   shutdown()                             5. Event (logs, metrics)
+//!                                        poll_timeout() -> Option<Time>
+//! ```
+//!
+//! The driver's loop: wait for I/O or `poll_timeout()`; read the clock once;
+//! feed what happened; drain `poll_action()` until `None`, performing the
+//! actions in the order they come (persist and fsync, then send, then apply,
+//! then answer reads); repeat. Calling `handle_timeout` early or twice is
+//! harmless: it fires only what is due.
+//!
+//! The crate never reads a clock ([`Time`] is passed in), never touches a
+//! socket or a file, and draws all randomness from a PRNG seeded through
+//! [`Config::seed`]: the same inputs give the same outputs, which is what
+//! the deterministic simulator (feature `sim`) relies on.
+//!
+//! Protocol: leader election with randomized timeouts, PreVote and
+//! CheckQuorum (on by default), fast failover when the driver reports the
+//! leader's link lost, log replication with conflict hints, bounded batching
+//! and pipelining, the leader's no-op and the §5.4.2 commit rule, and
+//! linearizable reads by ReadIndex (no lease reads).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod action;
+mod candidate;
+pub mod codec;
+mod config;
+mod follower;
+mod leader;
+mod log;
+mod message;
+mod node;
+mod progress;
+mod quorum;
+mod read;
+mod rng;
+mod types;
+
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use action::{
+    Action, ElectionReason, Event, ProposeError, ReadError, Role, RoleChangeReason,
+};
+pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
+pub use message::{
+    AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,
+    RequestVoteResponse,
+};
+pub use node::{Node, PersistentState, Status};
+pub use rng::Rng;
+pub use types::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time};

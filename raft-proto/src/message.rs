@@ -1,0 +1,121 @@
+//! Messages exchanged between members. Bytes become a [`Message`] only through
+//! [`crate::codec::decode`], which checks every bound; the handlers trust the types.
+
+use crate::types::{Entry, LogIndex, NodeId, Term};
+
+/// A message from one member to another.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Addressee.
+    pub to: NodeId,
+    /// The sender's current term, or for a pre-vote request the term the
+    /// sender would campaign in (§9.6).
+    pub term: Term,
+    /// What it says.
+    pub body: MessageBody,
+}
+
+/// The Raft RPCs (Figure 2) plus PreVote (§9.6).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum MessageBody {
+    /// RequestVote, or a PreVote request when `pre_vote` is set.
+    RequestVote(RequestVote),
+    /// The answer to a [`RequestVote`].
+    RequestVoteResponse(RequestVoteResponse),
+    /// AppendEntries; an empty one is a heartbeat.
+    AppendEntries(AppendEntries),
+    /// The answer to an [`AppendEntries`].
+    AppendEntriesResponse(AppendEntriesResponse),
+}
+
+/// RequestVote / PreVote arguments.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RequestVote {
+    /// A pre-vote asks "would you vote for me?" without anyone changing term.
+    pub pre_vote: bool,
+    /// Index of the candidate's last log entry (§5.4.1).
+    pub last_log_index: LogIndex,
+    /// Term of the candidate's last log entry (§5.4.1).
+    pub last_log_term: Term,
+}
+
+/// RequestVote / PreVote result.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RequestVoteResponse {
+    /// Echoes the request's flag.
+    pub pre_vote: bool,
+    /// Whether the vote (or pre-vote) was granted.
+    pub granted: bool,
+}
+
+/// AppendEntries arguments.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AppendEntries {
+    /// Index of the entry immediately preceding `entries`.
+    pub prev_log_index: LogIndex,
+    /// Term of that entry.
+    pub prev_log_term: Term,
+    /// Entries to store, in order, starting at `prev_log_index + 1`; empty
+    /// for a heartbeat.
+    pub entries: Vec<Entry>,
+    /// The leader's commit index.
+    pub leader_commit: LogIndex,
+    /// The leader's heartbeat round when it sent this message, echoed in the
+    /// response. A response with round `r` proves the follower still accepted
+    /// the leader after the leader started round `r`, which is how ReadIndex
+    /// confirms leadership (§6.4).
+    pub round: u64,
+}
+
+/// AppendEntries result.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AppendEntriesResponse {
+    /// Echo of the request's `round`.
+    pub round: u64,
+    /// The outcome of the consistency check.
+    pub result: AppendResult,
+}
+
+/// Outcome of the AppendEntries consistency check.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AppendResult {
+    /// The follower's log now matches the leader's up to and including
+    /// `match_index` (`prev_log_index + entries.len()`).
+    Success {
+        /// Highest index known to match the leader's log.
+        match_index: LogIndex,
+    },
+    /// The follower has no entry at `prev_log_index` with `prev_log_term`.
+    /// The hint lets the leader skip a whole term of conflicting entries per
+    /// round trip instead of one entry (§5.3, the optimization at its end).
+    Conflict {
+        /// The request's `prev_log_index`, so the leader can tell a fresh
+        /// rejection from a stale, reordered one.
+        rejected_index: LogIndex,
+        /// The follower's last log index.
+        last_log_index: LogIndex,
+        /// The term of the follower's entry at `prev_log_index`, or `None` if
+        /// its log is shorter than that.
+        conflict_term: Option<Term>,
+        /// With `conflict_term`: the first index the follower holds of that
+        /// term. Without: `last_log_index + 1`.
+        conflict_index: LogIndex,
+    },
+}
+
+impl Message {
+    /// A short name for the message kind, for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match &self.body {
+            MessageBody::RequestVote(rv) if rv.pre_vote => "PreVote",
+            MessageBody::RequestVote(_) => "RequestVote",
+            MessageBody::RequestVoteResponse(r) if r.pre_vote => "PreVoteResponse",
+            MessageBody::RequestVoteResponse(_) => "RequestVoteResponse",
+            MessageBody::AppendEntries(ae) if ae.entries.is_empty() => "Heartbeat",
+            MessageBody::AppendEntries(_) => "AppendEntries",
+            MessageBody::AppendEntriesResponse(_) => "AppendEntriesResponse",
+        }
+    }
+}

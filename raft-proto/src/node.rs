@@ -1,0 +1,659 @@
+//! The Raft node: state, inputs, outputs and the term rules. The per-role
+//! message handlers live in `follower.rs`, `candidate.rs` and `leader.rs`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::action::{
+    Action, ElectionReason, Event, ProposeError, ReadError, Role, RoleChangeReason,
+};
+use crate::config::{Config, ConfigError};
+use crate::log::RaftLog;
+use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
+use crate::progress::Progress;
+use crate::quorum::VoteTally;
+use crate::read::ReadQueue;
+use crate::rng::Rng;
+use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time};
+
+/// What a node finds on disk when it starts: the hard state and the log.
+/// An empty value is a first boot.
+#[derive(Clone, Debug, Default)]
+pub struct PersistentState {
+    /// Term and vote as last saved.
+    pub hard_state: HardState,
+    /// The log as persisted: consecutive entries starting at index 1.
+    pub entries: Vec<Entry>,
+}
+
+/// A snapshot of a node's externally visible state (`INFO raft`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Its vote in the current term.
+    pub voted_for: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit_index: LogIndex,
+    /// Highest index handed out as [`Action::Apply`].
+    pub last_applied: LogIndex,
+    /// Index of the last log entry.
+    pub last_log_index: LogIndex,
+    /// Term of the last log entry.
+    pub last_log_term: Term,
+}
+
+/// Role-specific state lives in the role's variant (STYLE §6).
+#[derive(Debug)]
+pub(crate) enum RoleState {
+    Follower,
+    PreCandidate { votes: VoteTally },
+    Candidate { votes: VoteTally },
+    Leader(Box<LeaderState>),
+}
+
+#[derive(Debug)]
+pub(crate) struct LeaderState {
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Heartbeat round: bumped for each broadcast that confirms leadership
+    /// for reads; every AppendEntries carries the current value.
+    pub(crate) round: u64,
+    /// Reads wait for `round + 1`, to be sent at the next drain.
+    pub(crate) round_pending: bool,
+    pub(crate) reads: ReadQueue,
+    pub(crate) heartbeat_deadline: Time,
+    pub(crate) check_quorum_deadline: Time,
+}
+
+/// One member of a Raft cluster, with no I/O of its own. See the crate
+/// documentation for the driver's contract.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) config: Config,
+    pub(crate) peers: Vec<NodeId>,
+    pub(crate) rng: Rng,
+
+    // Persistent state (Figure 2).
+    pub(crate) current_term: Term,
+    pub(crate) voted_for: Option<NodeId>,
+    pub(crate) log: RaftLog,
+
+    // Volatile state.
+    pub(crate) commit_index: LogIndex,
+    pub(crate) last_applied: LogIndex,
+    pub(crate) role: RoleState,
+    pub(crate) leader: Option<NodeId>,
+    /// When a follower or candidate starts the next (pre-)election.
+    pub(crate) election_deadline: Time,
+    /// Why the next election will start, if not a plain timeout.
+    pub(crate) election_reason: Option<ElectionReason>,
+    /// Last time a leader of the current term was heard from (CheckQuorum's
+    /// vote lease, and the "silent for" in election logs).
+    pub(crate) last_leader_contact: Option<Time>,
+    pub(crate) last_leader: Option<NodeId>,
+    pub(crate) shut_down: bool,
+
+    // Output, drained in this order by `poll_action`.
+    pub(crate) hard_state_dirty: bool,
+    pub(crate) persist: VecDeque<Action>,
+    pub(crate) sends: VecDeque<Message>,
+    pub(crate) applies: VecDeque<Entry>,
+    pub(crate) read_results: VecDeque<Action>,
+    pub(crate) events: VecDeque<Event>,
+}
+
+impl Node {
+    /// Creates a node from its configuration and what it persisted before
+    /// (empty for a first boot). It starts as a follower with a randomized
+    /// election deadline after `now`.
+    pub fn new(config: Config, state: PersistentState, now: Time) -> Result<Node, ConfigError> {
+        config.validate()?;
+        let mut peers: Vec<NodeId> = config.voters.iter().copied().filter(|&v| v != config.id).collect();
+        peers.sort();
+        let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Warm the generator so nodes with nearby seeds diverge at once.
+        rng.next_u64();
+        let log = RaftLog::new(LogIndex(0), Term(0), state.entries);
+        assert!(
+            log.last_term() <= state.hard_state.current_term,
+            "persisted log has an entry from a term after the persisted current term"
+        );
+        let mut node = Node {
+            config,
+            peers,
+            rng,
+            current_term: state.hard_state.current_term,
+            voted_for: state.hard_state.voted_for,
+            log,
+            commit_index: LogIndex(0),
+            last_applied: LogIndex(0),
+            role: RoleState::Follower,
+            leader: None,
+            election_deadline: now,
+            election_reason: None,
+            last_leader_contact: None,
+            last_leader: None,
+            shut_down: false,
+            hard_state_dirty: false,
+            persist: VecDeque::new(),
+            sends: VecDeque::new(),
+            applies: VecDeque::new(),
+            read_results: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        node.reset_election_deadline(now);
+        node.check_invariants();
+        Ok(node)
+    }
+
+    // ----- Inputs -------------------------------------------------------
+
+    /// Handles a message from a peer. Messages addressed to another node,
+    /// or from a node that is not a voter, are dropped.
+    pub fn handle_message(&mut self, now: Time, msg: Message) {
+        if self.shut_down || msg.to != self.config.id || !self.peers.contains(&msg.from) {
+            return;
+        }
+        self.step(now, msg);
+        self.debug_check_invariants();
+    }
+
+    /// Fires every timer that is due at `now`: elections for followers and
+    /// candidates, heartbeats and CheckQuorum for the leader. Early or
+    /// repeated calls do nothing.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.shut_down {
+            return;
+        }
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader_tick(now);
+        } else if now >= self.election_deadline {
+            let reason = self.election_reason.take().unwrap_or(ElectionReason::ElectionTimeout {
+                last_leader: self.last_leader,
+                silent_for: self.last_leader_contact.map(|t| now.saturating_since(t)),
+            });
+            self.campaign(now, reason);
+        }
+        self.debug_check_invariants();
+    }
+
+    /// The driver lost its connection to `peer` (EOF, reset, refused). For a
+    /// follower whose leader that is, the leader is no longer trusted: a
+    /// pre-vote starts after a short random delay instead of a full election
+    /// timeout. The pre-vote only succeeds if a majority also lost the
+    /// leader, so one broken link never forces an election.
+    pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
+        if self.shut_down || !self.peers.contains(&peer) {
+            return;
+        }
+        match &mut self.role {
+            RoleState::Leader(ls) => {
+                if let Some(pr) = ls.progress.get_mut(&peer) {
+                    pr.become_probe();
+                }
+            }
+            RoleState::Follower if self.leader == Some(peer) => {
+                self.leader = None;
+                self.last_leader_contact = None;
+                self.events.push_back(Event::LeaderChanged {
+                    leader: None,
+                    term: self.current_term,
+                });
+                if self.config.fast_failover {
+                    let jitter = self.rng.range(0, self.config.heartbeat_interval.as_nanos() as u64);
+                    let at = now + Duration::from_nanos(jitter);
+                    if at < self.election_deadline {
+                        self.election_deadline = at;
+                        self.election_reason = Some(ElectionReason::LeaderLinkLost { leader: peer });
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.debug_check_invariants();
+    }
+
+    /// The driver (re)established its connection to `peer`. A leader probes
+    /// the peer at once, so a restarted follower hears from it before its
+    /// own election timeout.
+    pub fn handle_link_up(&mut self, now: Time, peer: NodeId) {
+        if self.shut_down || !self.peers.contains(&peer) {
+            return;
+        }
+        let _ = now;
+        if let RoleState::Leader(ls) = &mut self.role {
+            if let Some(pr) = ls.progress.get_mut(&peer) {
+                pr.become_probe();
+            }
+            self.send_append(peer, true);
+        }
+        self.debug_check_invariants();
+    }
+
+    /// Proposes a command. On the leader it is appended to the log and
+    /// replicated; the returned id tells the caller which applied entry is
+    /// its own (same index and term). Anywhere else the answer says who the
+    /// leader is.
+    pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
+        let _ = now;
+        if self.shut_down {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        if !matches!(self.role, RoleState::Leader(_)) {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let uncommitted = self.log.last_index().0 - self.commit_index.0;
+        if uncommitted >= self.config.max_uncommitted_entries {
+            return Err(ProposeError::Busy);
+        }
+        let id = self.leader_append(EntryPayload::Command(command));
+        self.leader_replicate_all();
+        self.debug_check_invariants();
+        Ok(id)
+    }
+
+    /// Registers a linearizable read under the caller's `id` (§6.4). When
+    /// the leader has confirmed it still leads and applied everything
+    /// committed when the read arrived, [`Action::ReadReady`] with this id
+    /// comes out; if leadership is lost first, [`Action::ReadFailed`].
+    pub fn read_index(&mut self, now: Time, id: u64) -> Result<(), ReadError> {
+        let _ = now;
+        if self.shut_down {
+            return Err(ReadError::NotLeader { leader: None });
+        }
+        let max_reads = self.config.max_pending_reads;
+        let read_index = self.committed_in_current_term().then_some(self.commit_index);
+        let RoleState::Leader(ls) = &mut self.role else {
+            return Err(ReadError::NotLeader { leader: self.leader });
+        };
+        if ls.reads.len() >= max_reads {
+            return Err(ReadError::Busy);
+        }
+        ls.round_pending = true;
+        ls.reads.push(crate::read::PendingRead {
+            id,
+            round: ls.round + 1,
+            read_index,
+        });
+        // A single-node cluster confirms itself.
+        self.advance_reads();
+        self.debug_check_invariants();
+        Ok(())
+    }
+
+    /// Stops the node: no more actions, no more deadlines. Pending output
+    /// is discarded (the process is going away).
+    pub fn shutdown(&mut self) {
+        self.shut_down = true;
+        self.hard_state_dirty = false;
+        self.persist.clear();
+        self.sends.clear();
+        self.applies.clear();
+        self.read_results.clear();
+        self.events.clear();
+    }
+
+    // ----- Outputs ------------------------------------------------------
+
+    /// The next action for the driver, in the order documented on
+    /// [`Action`]. Drain until `None` after every input.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.shut_down {
+            return None;
+        }
+        if self.hard_state_dirty {
+            self.hard_state_dirty = false;
+            return Some(Action::SaveHardState(self.hard_state()));
+        }
+        if let Some(a) = self.persist.pop_front() {
+            return Some(a);
+        }
+        if let RoleState::Leader(ls) = &mut self.role {
+            if ls.round_pending {
+                ls.round_pending = false;
+                ls.round += 1;
+                self.broadcast_heartbeat();
+            }
+        }
+        if let Some(m) = self.sends.pop_front() {
+            return Some(Action::Send(m));
+        }
+        if let Some(e) = self.applies.pop_front() {
+            return Some(Action::Apply(e));
+        }
+        if let Some(r) = self.read_results.pop_front() {
+            return Some(r);
+        }
+        self.events.pop_front().map(Action::Event)
+    }
+
+    /// The next time `handle_timeout` has something to do, or `None` after
+    /// `shutdown`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if self.shut_down {
+            return None;
+        }
+        Some(match &self.role {
+            RoleState::Leader(ls) => ls.heartbeat_deadline.min(ls.check_quorum_deadline),
+            _ => self.election_deadline,
+        })
+    }
+
+    // ----- Getters ------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::PreCandidate { .. } => Role::PreCandidate,
+            RoleState::Candidate { .. } => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.current_term
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Highest index known committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+
+    /// Highest index handed out as [`Action::Apply`].
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+
+    /// Index of the last log entry.
+    pub fn last_log_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// Term and vote, as they must be persisted.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            current_term: self.current_term,
+            voted_for: self.voted_for,
+        }
+    }
+
+    /// The entry at `index`, if this node's log holds it.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    /// Everything `INFO raft` shows.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.config.id,
+            role: self.role(),
+            term: self.current_term,
+            leader: self.leader,
+            voted_for: self.voted_for,
+            commit_index: self.commit_index,
+            last_applied: self.last_applied,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- The term rules (§5.1), in one place --------------------------
+
+    fn step(&mut self, now: Time, msg: Message) {
+        if msg.term > self.current_term {
+            match &msg.body {
+                MessageBody::RequestVote(rv) => {
+                    if self.in_lease(now) {
+                        // CheckQuorum's stickiness: we heard from a live
+                        // leader within the minimum election timeout, so a
+                        // candidate must not depose it. Keep our term.
+                        if rv.pre_vote {
+                            self.send_vote_response(msg.from, self.current_term, true, false);
+                        }
+                        return;
+                    }
+                    if !rv.pre_vote {
+                        self.become_follower(now, msg.term, None, RoleChangeReason::HigherTerm { from: msg.from });
+                    }
+                }
+                // A granted pre-vote carries the term the candidate asked
+                // for; it is not a newer term anyone is in.
+                MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => {}
+                MessageBody::AppendEntries(_) => {
+                    self.become_follower(
+                        now,
+                        msg.term,
+                        Some(msg.from),
+                        RoleChangeReason::LeaderHeard { leader: msg.from },
+                    );
+                }
+                _ => {
+                    self.become_follower(now, msg.term, None, RoleChangeReason::HigherTerm { from: msg.from });
+                }
+            }
+        } else if msg.term < self.current_term {
+            match &msg.body {
+                // A deposed leader that was cut off learns our term from this
+                // answer and steps down (needed with CheckQuorum/PreVote,
+                // where our term may have moved on without it).
+                MessageBody::AppendEntries(ae) => {
+                    let reply = AppendResult::Conflict {
+                        rejected_index: ae.prev_log_index,
+                        last_log_index: self.log.last_index(),
+                        conflict_term: None,
+                        conflict_index: self.log.last_index().next(),
+                    };
+                    self.send_append_response(msg.from, ae.round, reply);
+                }
+                MessageBody::RequestVote(rv) if rv.pre_vote => {
+                    self.send_vote_response(msg.from, self.current_term, true, false);
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match msg.body {
+            MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
+            MessageBody::RequestVoteResponse(r) => self.handle_vote_response(now, msg.from, msg.term, r),
+            MessageBody::AppendEntries(ae) => {
+                if msg.term == self.current_term {
+                    self.handle_append_entries(now, msg.from, ae);
+                }
+            }
+            MessageBody::AppendEntriesResponse(r) => {
+                if msg.term == self.current_term {
+                    self.handle_append_response(now, msg.from, r);
+                }
+            }
+        }
+    }
+
+    /// Whether a leader is known to be alive: this node leads, or heard from
+    /// its leader within the minimum election timeout.
+    pub(crate) fn in_lease(&self, now: Time) -> bool {
+        if !self.config.check_quorum {
+            return false;
+        }
+        match (&self.role, self.leader, self.last_leader_contact) {
+            (RoleState::Leader(_), _, _) => true,
+            (_, Some(_), Some(t)) => now.saturating_since(t) < self.config.election_timeout_min,
+            _ => false,
+        }
+    }
+
+    // ----- Role transitions ---------------------------------------------
+
+    pub(crate) fn become_follower(
+        &mut self,
+        now: Time,
+        term: Term,
+        leader: Option<NodeId>,
+        reason: RoleChangeReason,
+    ) {
+        assert!(term >= self.current_term, "term invariant: terms never decrease");
+        let was = self.role();
+        if term > self.current_term {
+            self.current_term = term;
+            self.voted_for = None;
+            self.hard_state_dirty = true;
+        }
+        if let RoleState::Leader(ls) = &mut self.role {
+            let leader_hint = leader;
+            for id in ls.reads.drain_ids() {
+                self.read_results.push_back(Action::ReadFailed {
+                    id,
+                    error: ReadError::NotLeader { leader: leader_hint },
+                });
+            }
+        }
+        self.role = RoleState::Follower;
+        self.set_leader(leader);
+        if leader.is_some() {
+            self.last_leader_contact = Some(now);
+        }
+        self.election_reason = None;
+        self.reset_election_deadline(now);
+        if was != Role::Follower {
+            self.events.push_back(Event::RoleChanged {
+                role: Role::Follower,
+                term: self.current_term,
+                reason,
+            });
+        }
+    }
+
+    pub(crate) fn set_leader(&mut self, leader: Option<NodeId>) {
+        if self.leader != leader {
+            self.leader = leader;
+            if leader.is_some() {
+                self.last_leader = leader;
+            }
+            self.events.push_back(Event::LeaderChanged {
+                leader,
+                term: self.current_term,
+            });
+        }
+    }
+
+    pub(crate) fn reset_election_deadline(&mut self, now: Time) {
+        let min = self.config.election_timeout_min.as_nanos() as u64;
+        let max = self.config.election_timeout_max.as_nanos() as u64;
+        self.election_deadline = now + Duration::from_nanos(self.rng.range(min, max));
+    }
+
+    // ----- Output helpers -------------------------------------------------
+
+    pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.sends.push_back(Message {
+            from: self.config.id,
+            to,
+            term: self.current_term,
+            body,
+        });
+    }
+
+    pub(crate) fn send_vote_response(&mut self, to: NodeId, term: Term, pre_vote: bool, granted: bool) {
+        self.sends.push_back(Message {
+            from: self.config.id,
+            to,
+            term,
+            body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted }),
+        });
+    }
+
+    /// Moves `commit_index` forward and queues the newly committed entries
+    /// for application.
+    pub(crate) fn advance_commit(&mut self, index: LogIndex) {
+        if index <= self.commit_index {
+            return;
+        }
+        assert!(index <= self.log.last_index(), "commit invariant: commit within log");
+        self.commit_index = index;
+        let from = self.last_applied.next();
+        for e in self.log.range(from, index) {
+            self.applies.push_back(e.clone());
+        }
+        self.last_applied = index;
+        if let RoleState::Leader(ls) = &mut self.role {
+            if self.log.term_at(index) == Some(self.current_term) {
+                ls.reads.set_missing_read_index(index);
+            }
+        }
+        self.advance_reads();
+    }
+
+    pub(crate) fn committed_in_current_term(&self) -> bool {
+        self.log.term_at(self.commit_index) == Some(self.current_term)
+    }
+
+    // ----- Invariants -----------------------------------------------------
+
+    fn debug_check_invariants(&self) {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    /// Asserts the node's internal invariants, naming the one that fails.
+    /// Runs after every input in debug builds; the simulator calls it after
+    /// every step in any build.
+    pub fn check_invariants(&self) {
+        self.log.check_tail();
+        assert!(
+            self.commit_index <= self.log.last_index(),
+            "invariant: commit_index <= last log index"
+        );
+        assert!(self.last_applied <= self.commit_index, "invariant: last_applied <= commit_index");
+        assert!(
+            self.log.last_term() <= self.current_term,
+            "invariant: no log entry from a future term"
+        );
+        match &self.role {
+            RoleState::Leader(ls) => {
+                assert_eq!(self.leader, Some(self.config.id), "invariant: a leader knows it leads");
+                assert_eq!(self.voted_for, Some(self.config.id), "invariant: a leader voted for itself");
+                for pr in ls.progress.values() {
+                    pr.check_invariants(self.log.last_index(), self.config.max_inflight_appends);
+                }
+            }
+            RoleState::Candidate { .. } => {
+                assert_eq!(self.voted_for, Some(self.config.id), "invariant: a candidate voted for itself");
+                assert_eq!(self.leader, None, "invariant: a candidate knows no leader");
+            }
+            RoleState::PreCandidate { .. } => {
+                assert_eq!(self.leader, None, "invariant: a pre-candidate knows no leader");
+            }
+            RoleState::Follower => {
+                assert_ne!(self.leader, Some(self.config.id), "invariant: a follower does not lead");
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Pending linearizable reads (ReadIndex, §6.4).
+
+use std::collections::VecDeque;
+
+use crate::types::LogIndex;
+
+/// A read waiting to be confirmed by a heartbeat round and for the state
+/// machine to catch up.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingRead {
+    /// The caller's id.
+    pub(crate) id: u64,
+    /// The heartbeat round that must be acknowledged by a majority: the
+    /// first round the leader started after the read arrived.
+    pub(crate) round: u64,
+    /// The commit index when the read arrived, once the leader has committed
+    /// an entry of its own term; until then the leader does not know the
+    /// latest commit index and the read waits (§6.4 step 1).
+    pub(crate) read_index: Option<LogIndex>,
+}
+
+/// Reads in arrival order. Rounds and read indexes never decrease along
+/// the queue, so reads complete in order.
+#[derive(Debug, Default)]
+pub(crate) struct ReadQueue {
+    reads: VecDeque<PendingRead>,
+}
+
+impl ReadQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.reads.len()
+    }
+
+    pub(crate) fn push(&mut self, read: PendingRead) {
+        if let Some(last) = self.reads.back() {
+            assert!(last.round <= read.round, "read invariant: rounds ascend");
+        }
+        self.reads.push_back(read);
+    }
+
+    /// Gives reads that were waiting for the term's first commit their read
+    /// index.
+    pub(crate) fn set_missing_read_index(&mut self, commit_index: LogIndex) {
+        for r in self.reads.iter_mut().filter(|r| r.read_index.is_none()) {
+            r.read_index = Some(commit_index);
+        }
+    }
+
+    /// Removes and returns the ids of the reads that may be served: their
+    /// round is acknowledged by a majority and the state machine has applied
+    /// their read index.
+    pub(crate) fn pop_ready(&mut self, quorum_round: u64, last_applied: LogIndex) -> Vec<u64> {
+        let mut ready = Vec::new();
+        while let Some(front) = self.reads.front() {
+            let ok = front.round <= quorum_round && front.read_index.is_some_and(|ri| ri <= last_applied);
+            if !ok {
+                break;
+            }
+            ready.push(front.id);
+            self.reads.pop_front();
+        }
+        ready
+    }
+
+    pub(crate) fn drain_ids(&mut self) -> Vec<u64> {
+        self.reads.drain(..).map(|r| r.id).collect()
+    }
+}

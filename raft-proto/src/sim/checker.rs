@@ -1,0 +1,208 @@
+//! Safety properties of Raft (Figure 3), checked after every step.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use crate::Role;
+
+/// A broken safety property, with where and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn entry_hash(e: &Entry) -> u64 {
+    // FNV-1a over term, index and payload: a fingerprint for comparisons.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for b in e.term.0.to_le_bytes().into_iter().chain(e.index.0.to_le_bytes()) {
+        eat(b);
+    }
+    match &e.payload {
+        EntryPayload::Noop => eat(0),
+        EntryPayload::Command(c) => {
+            eat(1);
+            for &b in c.iter() {
+                eat(b);
+            }
+        }
+    }
+    h
+}
+
+/// The per-node mirror of what is on "disk", with a hash chain over the log
+/// so that log matching is checked in O(1) per appended entry.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DiskLog {
+    pub(crate) entries: Vec<Entry>,
+    chain: Vec<u64>,
+}
+
+impl DiskLog {
+    pub(crate) fn truncate_from(&mut self, from: LogIndex) {
+        let keep = from.0.saturating_sub(1) as usize;
+        self.entries.truncate(keep);
+        self.chain.truncate(keep);
+    }
+
+    pub(crate) fn append(&mut self, e: Entry) -> u64 {
+        let prev = self.chain.last().copied().unwrap_or(0);
+        let h = prev.rotate_left(17) ^ entry_hash(&e).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.entries.push(e);
+        self.chain.push(h);
+        h
+    }
+}
+
+/// Watches every node's persisted state and outputs.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Election safety: the leader of each term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Log matching: (index, term) -> hash of the log prefix ending there.
+    prefixes: HashMap<(u64, u64), u64>,
+    /// State machine safety: what was applied at each index, anywhere.
+    committed: Vec<u64>,
+    /// The entries behind `committed`, for leader completeness.
+    committed_terms: Vec<Term>,
+    /// Per node, this process lifetime: last applied and commit index seen.
+    last_applied: BTreeMap<NodeId, LogIndex>,
+    last_commit: BTreeMap<NodeId, LogIndex>,
+    roles: BTreeMap<NodeId, (Role, Term)>,
+}
+
+impl Checker {
+    pub(crate) fn on_restart(&mut self, id: NodeId) {
+        self.last_applied.remove(&id);
+        self.last_commit.remove(&id);
+        self.roles.remove(&id);
+    }
+
+    pub(crate) fn on_hard_state(&mut self, id: NodeId, old: HardState, new: HardState) -> Result<(), Violation> {
+        if new.current_term < old.current_term {
+            return Err(Violation(format!("node {id}: term went back from {} to {}", old.current_term, new.current_term)));
+        }
+        if new.current_term == old.current_term && old.voted_for.is_some() && new.voted_for != old.voted_for {
+            return Err(Violation(format!(
+                "node {id}: vote changed within term {} from {:?} to {:?}",
+                new.current_term, old.voted_for, new.voted_for
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_truncate(&mut self, id: NodeId, role: Role, from: LogIndex) -> Result<(), Violation> {
+        if role == Role::Leader {
+            return Err(Violation(format!("node {id}: leader truncated its log from {from} (leader append-only)")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_append(&mut self, id: NodeId, role: Role, log: &mut DiskLog, entries: Vec<Entry>) -> Result<(), Violation> {
+        for e in entries {
+            if e.index.0 != log.entries.len() as u64 + 1 {
+                return Err(Violation(format!("node {id}: appended entry {} after {} entries", e.index, log.entries.len())));
+            }
+            let _ = role;
+            let (i, t) = (e.index.0, e.term.0);
+            let h = log.append(e);
+            match self.prefixes.get(&(i, t)) {
+                Some(&seen) if seen != h => {
+                    return Err(Violation(format!(
+                        "node {id}: log matching violated: entry ({i}, term {t}) has a prefix that differs from another node's"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    self.prefixes.insert((i, t), h);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_apply(&mut self, id: NodeId, e: &Entry) -> Result<(), Violation> {
+        let last = self.last_applied.get(&id).copied().unwrap_or(LogIndex(0));
+        if e.index != last.next() {
+            return Err(Violation(format!("node {id}: applied {} after {last} (gap or repeat)", e.index)));
+        }
+        self.last_applied.insert(id, e.index);
+        let pos = (e.index.0 - 1) as usize;
+        let h = entry_hash(e);
+        if pos < self.committed.len() {
+            if self.committed[pos] != h {
+                return Err(Violation(format!(
+                    "node {id}: state machine safety violated: applied a different entry at index {} (term {})",
+                    e.index, e.term
+                )));
+            }
+        } else {
+            assert_eq!(pos, self.committed.len(), "applies are gapless");
+            self.committed.push(h);
+            self.committed_terms.push(e.term);
+        }
+        Ok(())
+    }
+
+    /// Checks role-level properties of one live node after a step.
+    pub(crate) fn after_step(
+        &mut self,
+        id: NodeId,
+        role: Role,
+        term: Term,
+        commit: LogIndex,
+        log: &DiskLog,
+    ) -> Result<(), Violation> {
+        let prev_commit = self.last_commit.get(&id).copied().unwrap_or(LogIndex(0));
+        if commit < prev_commit {
+            return Err(Violation(format!("node {id}: commit index went back from {prev_commit} to {commit}")));
+        }
+        self.last_commit.insert(id, commit);
+        let became_leader = role == Role::Leader && self.roles.get(&id) != Some(&(Role::Leader, term));
+        self.roles.insert(id, (role, term));
+        if role == Role::Leader {
+            match self.leaders.get(&term) {
+                Some(&other) if other != id => {
+                    return Err(Violation(format!("election safety violated: nodes {other} and {id} both lead term {term}")))
+                }
+                Some(_) => {}
+                None => {
+                    self.leaders.insert(term, id);
+                }
+            }
+        }
+        if became_leader {
+            // Leader completeness (§5.4): a new leader holds every entry
+            // committed so far.
+            for (pos, (&h, &t)) in self.committed.iter().zip(&self.committed_terms).enumerate() {
+                match log.entries.get(pos) {
+                    Some(e) if e.term == t && entry_hash(e) == h => {}
+                    _ => {
+                        return Err(Violation(format!(
+                            "leader completeness violated: new leader {id} of term {term} lacks committed entry {}",
+                            pos + 1
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries applied anywhere so far.
+    pub fn committed_len(&self) -> u64 {
+        self.committed.len() as u64
+    }
+
+    /// Terms that had a leader.
+    pub fn leader_terms(&self) -> usize {
+        self.leaders.len()
+    }
+}

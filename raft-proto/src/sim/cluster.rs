@@ -1,0 +1,649 @@
+//! An in-memory cluster of real [`Node`]s on a virtual clock and a seeded,
+//! faulty network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::checker::{Checker, DiskLog, Violation};
+use crate::{
+    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, Node, NodeId,
+    PersistentState, ProposeError, ReadError, Rng, Role, Term, Time,
+};
+
+/// The network's behaviour.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// One-way delay is uniform in `[min_delay, max_delay)`; different delays
+    /// reorder messages.
+    pub min_delay: Duration,
+    /// Upper bound of the delay.
+    pub max_delay: Duration,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// How long after a process dies its peers see the connection close.
+    pub eof_delay: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> NetConfig {
+        NetConfig {
+            min_delay: Duration::from_micros(200),
+            max_delay: Duration::from_millis(2),
+            loss: 0.0,
+            duplicate: 0.0,
+            eof_delay: Duration::from_millis(1),
+        }
+    }
+}
+
+/// What the cluster reports to a workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// `node` applied the entry at `index`, of term `term`, with `payload`.
+    Applied {
+        /// The node.
+        node: NodeId,
+        /// The entry.
+        entry: Entry,
+    },
+    /// A read registered on `node` may be served; `value` is what that
+    /// node's state machine holds for the read's key.
+    ReadReady {
+        /// The node.
+        node: NodeId,
+        /// The read's id.
+        id: u64,
+        /// The value read.
+        value: Option<u64>,
+    },
+    /// A read failed.
+    ReadFailed {
+        /// The node.
+        node: NodeId,
+        /// The read's id.
+        id: u64,
+    },
+    /// The node's process ended (crash): its pending work has an unknown
+    /// outcome.
+    Crashed {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+#[derive(Debug)]
+enum Scheduled {
+    Deliver(Message),
+    LinkDown { node: NodeId, peer: NodeId },
+    LinkUp { node: NodeId, peer: NodeId },
+}
+
+/// The sim's state machine: a register per key. Commands are 16 bytes:
+/// key and value, big-endian.
+pub fn encode_write(key: u64, value: u64) -> Bytes {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&key.to_be_bytes());
+    v.extend_from_slice(&value.to_be_bytes());
+    Bytes::from(v)
+}
+
+fn decode_write(cmd: &[u8]) -> Option<(u64, u64)> {
+    if cmd.len() != 16 {
+        return None;
+    }
+    let key = u64::from_be_bytes(cmd[..8].try_into().ok()?);
+    let value = u64::from_be_bytes(cmd[8..].try_into().ok()?);
+    Some((key, value))
+}
+
+struct Member {
+    node: Option<Node>,
+    frozen: bool,
+    hard_state: HardState,
+    log: DiskLog,
+    machine: BTreeMap<u64, u64>,
+    reads: BTreeMap<u64, u64>,
+    incarnation: u64,
+}
+
+/// A simulated cluster. Every step delivers one message, fires one node's
+/// timers, or reports one link change, then checks the safety properties.
+pub struct Cluster {
+    now: Time,
+    seed: u64,
+    ids: Vec<NodeId>,
+    members: BTreeMap<NodeId, Member>,
+    queue: BTreeMap<(Time, u64), Scheduled>,
+    seq: u64,
+    /// Directed links that drop everything (iptables DROP).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    rng: Rng,
+    /// The network's behaviour; may be changed between steps.
+    pub net: NetConfig,
+    template: Config,
+    checker: Checker,
+    completions: Vec<Completion>,
+    sent: BTreeMap<&'static str, u64>,
+    trace: Option<Vec<String>>,
+    violation: Option<Violation>,
+}
+
+impl Cluster {
+    /// A cluster of `n` fresh nodes with ids 1..=n, the default node
+    /// configuration and a perfect network, all randomness derived from `seed`.
+    pub fn new(n: u64, seed: u64) -> Cluster {
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let template = Config::new(NodeId(1), ids.clone());
+        Cluster::with_config(template, seed)
+    }
+
+    /// A cluster whose nodes use `template` (its `id` and `seed` are
+    /// replaced per node).
+    pub fn with_config(template: Config, seed: u64) -> Cluster {
+        let ids = template.voters.clone();
+        let mut c = Cluster {
+            now: Time::ZERO,
+            seed,
+            ids: ids.clone(),
+            members: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            blocked: BTreeSet::new(),
+            rng: Rng::new(seed ^ 0x5EED_0F_C1A5_7E25),
+            net: NetConfig::default(),
+            template,
+            checker: Checker::default(),
+            completions: Vec::new(),
+            sent: BTreeMap::new(),
+            trace: None,
+            violation: None,
+        };
+        for id in ids {
+            c.members.insert(
+                id,
+                Member {
+                    node: None,
+                    frozen: false,
+                    hard_state: HardState::default(),
+                    log: DiskLog::default(),
+                    machine: BTreeMap::new(),
+                    reads: BTreeMap::new(),
+                    incarnation: 0,
+                },
+            );
+            c.boot(id);
+        }
+        c
+    }
+
+    fn boot(&mut self, id: NodeId) {
+        let m = self.members.get_mut(&id).expect("member");
+        m.incarnation += 1;
+        let mut cfg = self.template.clone();
+        cfg.id = id;
+        cfg.seed = self.seed.wrapping_mul(0x100_0000_01B3).wrapping_add(id.0 * 1_000_003 + m.incarnation);
+        let state = PersistentState {
+            hard_state: m.hard_state,
+            entries: m.log.entries.clone(),
+        };
+        m.node = Some(Node::new(cfg, state, self.now).expect("valid sim config"));
+        m.machine.clear();
+        m.reads.clear();
+        m.frozen = false;
+        self.checker.on_restart(id);
+    }
+
+    /// Records every step as a line of text, for transcripts and replays.
+    pub fn enable_trace(&mut self) {
+        self.trace = Some(Vec::new());
+    }
+
+    /// The trace so far (empty unless enabled).
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn log_line(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            t.push(format!("{} {}", self.now, line()));
+        }
+    }
+
+    // ----- Observation ----------------------------------------------------
+
+    /// Virtual time now.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Member ids.
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// The node, if its process is running.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.members.get(&id).and_then(|m| m.node.as_ref())
+    }
+
+    /// Whether the node is running and not frozen.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.node.is_some() && !m.frozen)
+    }
+
+    /// The running, unfrozen node that leads the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.ids
+            .iter()
+            .filter(|&&id| self.is_up(id))
+            .filter_map(|&id| self.node(id).filter(|n| n.role() == Role::Leader).map(|n| (n.term(), id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// The value `node`'s state machine holds for `key`.
+    pub fn value(&self, node: NodeId, key: u64) -> Option<u64> {
+        self.members[&node].machine.get(&key).copied()
+    }
+
+    /// Messages sent so far, by kind (see [`Message::kind`]).
+    pub fn messages_sent(&self) -> &BTreeMap<&'static str, u64> {
+        &self.sent
+    }
+
+    /// Resets the message counters.
+    pub fn reset_message_counts(&mut self) {
+        self.sent.clear();
+    }
+
+    /// The safety checker (for statistics).
+    pub fn checker(&self) -> &Checker {
+        &self.checker
+    }
+
+    /// The first safety violation seen, if any. Once set, the run is over.
+    pub fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+
+    /// Takes the completions reported since the last call.
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    // ----- Client operations ------------------------------------------------
+
+    /// Proposes a command on `id`.
+    pub fn propose(&mut self, id: NodeId, command: Bytes) -> Result<EntryId, ProposeError> {
+        if !self.is_up(id) {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        let now = self.now;
+        let r = self.members.get_mut(&id).and_then(|m| m.node.as_mut()).expect("up").propose(now, command);
+        self.after_input(id);
+        r
+    }
+
+    /// Registers a linearizable read of `key` on `id`.
+    pub fn read(&mut self, id: NodeId, read_id: u64, key: u64) -> Result<(), ReadError> {
+        if !self.is_up(id) {
+            return Err(ReadError::NotLeader { leader: None });
+        }
+        let now = self.now;
+        let m = self.members.get_mut(&id).expect("member");
+        let r = m.node.as_mut().expect("up").read_index(now, read_id);
+        if r.is_ok() {
+            m.reads.insert(read_id, key);
+        }
+        self.after_input(id);
+        r
+    }
+
+    // ----- Faults -------------------------------------------------------------
+
+    /// Kills the process: what was not persisted is lost, peers see the
+    /// connection close after `net.eof_delay`.
+    pub fn crash(&mut self, id: NodeId) {
+        let m = self.members.get_mut(&id).expect("member");
+        if m.node.is_none() {
+            return;
+        }
+        m.node = None;
+        m.frozen = false;
+        m.reads.clear();
+        self.log_line(|| format!("n{id} crashed"));
+        self.completions.push(Completion::Crashed { node: id });
+        let at = self.now + self.net.eof_delay;
+        for peer in self.ids.clone() {
+            if peer != id {
+                self.schedule(at, Scheduled::LinkDown { node: peer, peer: id });
+            }
+        }
+    }
+
+    /// Starts a crashed process again from what it persisted; links come up
+    /// shortly after, as the driver reconnects.
+    pub fn restart(&mut self, id: NodeId) {
+        if self.members[&id].node.is_some() {
+            return;
+        }
+        self.boot(id);
+        self.log_line(|| format!("n{id} restarted"));
+        let at = self.now + self.net.eof_delay;
+        for peer in self.ids.clone() {
+            if peer != id {
+                self.schedule(at, Scheduled::LinkUp { node: peer, peer: id });
+                self.schedule(at, Scheduled::LinkUp { node: id, peer });
+            }
+        }
+    }
+
+    /// Stops the process without closing its sockets (SIGSTOP): it neither
+    /// handles timers nor messages; messages to it wait in its buffers.
+    pub fn freeze(&mut self, id: NodeId) {
+        if let Some(m) = self.members.get_mut(&id) {
+            if m.node.is_some() {
+                m.frozen = true;
+            }
+        }
+        self.log_line(|| format!("n{id} frozen"));
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&mut self, id: NodeId) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.frozen = false;
+        }
+        self.log_line(|| format!("n{id} thawed"));
+    }
+
+    /// Drops every message from `from` to `to` (one direction).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Cuts `id` off from everyone, both directions, silently (DROP).
+    pub fn isolate(&mut self, id: NodeId) {
+        for peer in self.ids.clone() {
+            if peer != id {
+                self.blocked.insert((id, peer));
+                self.blocked.insert((peer, id));
+            }
+        }
+        self.log_line(|| format!("n{id} isolated"));
+    }
+
+    /// Splits the cluster: no traffic between `group` and the rest. With
+    /// `reset`, both sides see their connections reset (REJECT with TCP RST).
+    pub fn partition(&mut self, group: &[NodeId], reset: bool) {
+        for &a in group {
+            for b in self.ids.clone() {
+                if !group.contains(&b) {
+                    self.blocked.insert((a, b));
+                    self.blocked.insert((b, a));
+                    if reset {
+                        let at = self.now + self.net.eof_delay;
+                        self.schedule(at, Scheduled::LinkDown { node: a, peer: b });
+                        self.schedule(at, Scheduled::LinkDown { node: b, peer: a });
+                    }
+                }
+            }
+        }
+        self.log_line(|| format!("partition {group:?} | rest (reset: {reset})"));
+    }
+
+    /// Removes every partition and block; links that were reset come back.
+    pub fn heal(&mut self) {
+        let at = self.now + self.net.eof_delay;
+        for (a, b) in std::mem::take(&mut self.blocked) {
+            self.schedule(at, Scheduled::LinkUp { node: a, peer: b });
+        }
+        self.log_line(|| "network healed".to_string());
+    }
+
+    // ----- Running ------------------------------------------------------------
+
+    fn schedule(&mut self, at: Time, what: Scheduled) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), what);
+    }
+
+    /// The time of the next step, if anything is pending.
+    fn next_event(&self) -> Option<Time> {
+        let net = self.queue.keys().next().map(|(t, _)| *t);
+        let timers = self
+            .members
+            .values()
+            .filter(|m| !m.frozen)
+            .filter_map(|m| m.node.as_ref().and_then(|n| n.poll_timeout()))
+            .min();
+        // A deadline that passed while a node was frozen fires at once.
+        let next = match (net, timers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|t| t.max(self.now))
+    }
+
+    /// Runs until `deadline` or until a completion is reported or a safety
+    /// violation found, whichever is first. Returns false on a violation.
+    pub fn run_until(&mut self, deadline: Time) -> bool {
+        while self.violation.is_none() && self.completions.is_empty() {
+            match self.next_event() {
+                Some(t) if t <= deadline => self.step(t),
+                _ => {
+                    self.now = self.now.max(deadline);
+                    break;
+                }
+            }
+        }
+        self.violation.is_none()
+    }
+
+    /// Runs for `d` of virtual time, discarding completions.
+    pub fn run_for(&mut self, d: Duration) -> bool {
+        let deadline = self.now + d;
+        while self.now < deadline && self.violation.is_none() {
+            self.run_until(deadline);
+            self.completions.clear();
+        }
+        self.violation.is_none()
+    }
+
+    /// Runs until `pred` holds or `d` passes; returns whether it held.
+    pub fn run_until_pred(&mut self, d: Duration, mut pred: impl FnMut(&Cluster) -> bool) -> bool {
+        let deadline = self.now + d;
+        loop {
+            if pred(self) {
+                return true;
+            }
+            if self.now >= deadline || self.violation.is_some() {
+                return false;
+            }
+            // Step one event at a time so the predicate sees every state.
+            match self.next_event() {
+                Some(t) if t <= deadline => self.step(t),
+                _ => self.now = deadline,
+            }
+            self.completions.clear();
+        }
+    }
+
+    fn step(&mut self, t: Time) {
+        assert!(t >= self.now, "virtual time never goes back");
+        self.now = t;
+        // Network events first, in order; then timers.
+        if let Some((&(at, seq), _)) = self.queue.iter().next() {
+            if at <= t {
+                let what = self.queue.remove(&(at, seq)).expect("present");
+                self.handle_scheduled(what);
+                return;
+            }
+        }
+        for id in self.ids.clone() {
+            let due = self.members[&id].node.as_ref().and_then(|n| n.poll_timeout()).is_some_and(|d| d <= t);
+            if due && !self.members[&id].frozen {
+                let now = self.now;
+                self.members.get_mut(&id).and_then(|m| m.node.as_mut()).expect("up").handle_timeout(now);
+                self.after_input(id);
+                return;
+            }
+        }
+    }
+
+    fn handle_scheduled(&mut self, what: Scheduled) {
+        match what {
+            Scheduled::Deliver(msg) => {
+                let to = msg.to;
+                if self.blocked.contains(&(msg.from, to)) {
+                    return;
+                }
+                let m = &self.members[&to];
+                if m.node.is_none() {
+                    return;
+                }
+                if m.frozen {
+                    // Held in the socket buffer until the process runs again.
+                    let at = self.now + Duration::from_millis(5);
+                    self.schedule(at, Scheduled::Deliver(msg));
+                    return;
+                }
+                self.log_line(|| format!("n{} <- n{} {} t{} {:?}", to, msg.from, msg.kind(), msg.term, msg.body));
+                let now = self.now;
+                self.members.get_mut(&to).and_then(|m| m.node.as_mut()).expect("up").handle_message(now, msg);
+                self.after_input(to);
+            }
+            Scheduled::LinkDown { node, peer } | Scheduled::LinkUp { node, peer } if !self.is_up(node) => {
+                let _ = (node, peer);
+            }
+            Scheduled::LinkDown { node, peer } => {
+                self.log_line(|| format!("n{node} link to n{peer} down"));
+                let now = self.now;
+                self.members.get_mut(&node).and_then(|m| m.node.as_mut()).expect("up").handle_link_down(now, peer);
+                self.after_input(node);
+            }
+            Scheduled::LinkUp { node, peer } => {
+                if !self.is_up(peer) || self.blocked.contains(&(node, peer)) {
+                    return;
+                }
+                self.log_line(|| format!("n{node} link to n{peer} up"));
+                let now = self.now;
+                self.members.get_mut(&node).and_then(|m| m.node.as_mut()).expect("up").handle_link_up(now, peer);
+                self.after_input(node);
+            }
+        }
+    }
+
+    /// Drains the node's actions the way a driver does, then checks safety.
+    fn after_input(&mut self, id: NodeId) {
+        let mut sends = Vec::new();
+        let member = self.members.get_mut(&id).expect("member");
+        let node = member.node.as_mut().expect("running");
+        let mut result = Ok(());
+        while let Some(action) = node.poll_action() {
+            let role = node.role();
+            let r = match action {
+                Action::SaveHardState(hs) => {
+                    let r = self.checker.on_hard_state(id, member.hard_state, hs);
+                    member.hard_state = hs;
+                    r
+                }
+                Action::TruncateLog { from } => {
+                    member.log.truncate_from(from);
+                    self.checker.on_truncate(id, role, from)
+                }
+                Action::AppendLog(entries) => self.checker.on_append(id, role, &mut member.log, entries),
+                Action::Send(m) => {
+                    sends.push(m);
+                    Ok(())
+                }
+                Action::Apply(e) => {
+                    if let EntryPayload::Command(c) = &e.payload {
+                        if let Some((k, v)) = decode_write(c) {
+                            member.machine.insert(k, v);
+                        }
+                    }
+                    let r = self.checker.on_apply(id, &e);
+                    self.completions.push(Completion::Applied { node: id, entry: e });
+                    r
+                }
+                Action::ReadReady { id: read_id } => {
+                    let key = member.reads.remove(&read_id).expect("read registered");
+                    let value = member.machine.get(&key).copied();
+                    self.completions.push(Completion::ReadReady { node: id, id: read_id, value });
+                    Ok(())
+                }
+                Action::ReadFailed { id: read_id, .. } => {
+                    member.reads.remove(&read_id);
+                    self.completions.push(Completion::ReadFailed { node: id, id: read_id });
+                    Ok(())
+                }
+                Action::Event(ev) => {
+                    if let Some(t) = &mut self.trace {
+                        t.push(format!("{} n{id} {}", self.now, describe(&ev)));
+                    }
+                    Ok(())
+                }
+            };
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        node.check_invariants();
+        let (role, term, commit) = (node.role(), node.term(), node.commit_index());
+        if result.is_ok() {
+            result = self.checker.after_step(id, role, term, commit, &member.log);
+        }
+        if let Err(v) = result {
+            self.violation.get_or_insert(Violation(format!("at {}: {v}", self.now)));
+        }
+        for m in sends {
+            self.transmit(m);
+        }
+    }
+
+    fn transmit(&mut self, m: Message) {
+        *self.sent.entry(m.kind()).or_insert(0) += 1;
+        if self.rng.chance(self.net.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.net.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let d = self.rng.range(self.net.min_delay.as_nanos() as u64, self.net.max_delay.as_nanos() as u64);
+            let at = self.now + Duration::from_nanos(d);
+            self.schedule(at, Scheduled::Deliver(m.clone()));
+        }
+    }
+
+    /// The persisted hard state of `id`.
+    pub fn persisted_hard_state(&self, id: NodeId) -> HardState {
+        self.members[&id].hard_state
+    }
+
+    /// The persisted log length of `id`.
+    pub fn persisted_last_index(&self, id: NodeId) -> LogIndex {
+        LogIndex(self.members[&id].log.entries.len() as u64)
+    }
+
+    /// Term of `id`'s persisted log entry at `index`.
+    pub fn persisted_term_at(&self, id: NodeId, index: LogIndex) -> Option<Term> {
+        self.members[&id].log.entries.get((index.0 as usize).wrapping_sub(1)).map(|e| e.term)
+    }
+}
+
+/// One line for an event, as the server logs it.
+pub fn describe(ev: &Event) -> String {
+    match ev {
+        Event::ElectionStarted { term, pre_vote, reason } => {
+            let what = if *pre_vote { "pre-vote" } else { "election" };
+            format!("{what} for term {term} ({reason})")
+        }
+        Event::RoleChanged { role, term, reason } => format!("became {role} in term {term} ({reason})"),
+        Event::LeaderChanged { leader: Some(l), term } => format!("leader is n{l} (term {term})"),
+        Event::LeaderChanged { leader: None, term } => format!("no leader (term {term})"),
+    }
+}

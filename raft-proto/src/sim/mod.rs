@@ -1,0 +1,15 @@
+//! A deterministic cluster simulator, the main test of this crate (feature
+//! `sim`): real nodes on a virtual clock that jumps to the next deadline or
+//! delivery, a seeded network (delay, loss, duplication, reordering,
+//! partitions), crashes that keep only what was persisted, freezes, link
+//! reports like the driver's, and safety checks after every step. Everything
+//! random derives from one seed, so a seed replays a run exactly.
+
+mod checker;
+mod cluster;
+pub mod linearizability;
+mod run;
+
+pub use checker::{Checker, Violation};
+pub use cluster::{describe, encode_write, Cluster, Completion, NetConfig};
+pub use run::{run_seed, RunOptions, RunReport};

@@ -1,0 +1,447 @@
+//! One seeded simulator run: a nemesis injects faults while clients read and
+//! write; then the network heals and the cluster must recover.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::cluster::{encode_write, Cluster, Completion, NetConfig};
+use super::linearizability::{self, Op, OpKind};
+use crate::{Config, EntryId, NodeId, ProposeError, ReadError, Rng, Time};
+
+/// Knobs of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Cluster size; `None` picks 3, 5 or 7 from the seed.
+    pub nodes: Option<u64>,
+    /// How long the nemesis injects faults (virtual time).
+    pub fault_time: Duration,
+    /// After healing, how long the cluster has to elect a leader and commit.
+    pub recovery_bound: Duration,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Keys the clients use.
+    pub keys: u64,
+    /// Record a step-by-step trace.
+    pub trace: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            nodes: None,
+            fault_time: Duration::from_secs(20),
+            recovery_bound: Duration::from_secs(10),
+            clients: 5,
+            keys: 3,
+            trace: false,
+        }
+    }
+}
+
+/// What a successful run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Cluster size.
+    pub nodes: u64,
+    /// Faults injected, as text.
+    pub faults: Vec<String>,
+    /// Operations in the history, by outcome.
+    pub ok: u64,
+    /// Operations that failed (no effect).
+    pub failed: u64,
+    /// Writes with unknown outcome.
+    pub unknown: u64,
+    /// Entries committed.
+    pub committed: u64,
+    /// Terms that had a leader.
+    pub leader_terms: usize,
+    /// Virtual time from healing to a new commit on every node.
+    pub recovery: Duration,
+    /// The trace, when asked for.
+    pub trace: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Write { node: NodeId, id: EntryId, value: u64 },
+    Read { node: NodeId, read_id: u64 },
+}
+
+struct Client {
+    id: u64,
+    leader_guess: Option<NodeId>,
+    next_at: Time,
+    op: Option<(Op, Pending, Time)>,
+}
+
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs one seed. `Err` carries the seed's failure: a safety violation, a
+/// non-linearizable history, or no recovery after healing. Node assertions
+/// panic; the caller may catch them.
+pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
+    let mut rng = Rng::new(seed);
+    let n = opts.nodes.unwrap_or([3, 5, 7][rng.range(0, 3) as usize]);
+    let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+    let mut config = Config::new(NodeId(1), ids.clone());
+    // Small batches and windows make flow control and batching bite.
+    config.max_entries_per_append = 1 + rng.range(0, 64) as usize;
+    config.max_inflight_appends = 1 + rng.range(0, 8) as usize;
+    let mut cluster = Cluster::with_config(config, seed);
+    if opts.trace {
+        cluster.enable_trace();
+    }
+    let mut report = RunReport { nodes: n, ..RunReport::default() };
+
+    let mut clients: Vec<Client> = (0..opts.clients)
+        .map(|i| Client { id: i + 1, leader_guess: None, next_at: Time::ZERO, op: None })
+        .collect();
+    let mut history: Vec<Op> = Vec::new();
+    let mut next_value: u64 = 1;
+    let mut next_read_id: u64 = 1;
+
+    let fault_end = Time::ZERO + opts.fault_time;
+    let mut next_fault = Time::ZERO + Duration::from_millis(rng.range(500, 2000));
+    let mut crashed: Vec<NodeId> = Vec::new();
+    let mut frozen: Vec<NodeId> = Vec::new();
+
+    while cluster.now() < fault_end {
+        // Nemesis.
+        if cluster.now() >= next_fault {
+            let text = inject_fault(&mut cluster, &mut rng, &ids, &mut crashed, &mut frozen);
+            report.faults.push(format!("{} {text}", cluster.now()));
+            next_fault = cluster.now() + Duration::from_millis(rng.range(200, 3000));
+        }
+        // Clients.
+        let now = cluster.now();
+        for c in clients.iter_mut() {
+            if c.op.is_none() && now >= c.next_at {
+                start_op(&mut cluster, &mut rng, c, opts.keys, &mut next_value, &mut next_read_id, &mut history);
+            }
+            if let Some((op, _, started)) = &c.op {
+                if now >= *started + OP_TIMEOUT {
+                    // Timed out: a write's outcome is unknown; a read had no effect.
+                    if let OpKind::Write(_) = op.kind {
+                        history.push(*op);
+                        report.unknown += 1;
+                    } else {
+                        report.failed += 1;
+                    }
+                    c.op = None;
+                    c.leader_guess = None;
+                }
+            }
+        }
+        let wake = clients
+            .iter()
+            .map(|c| match &c.op {
+                None => c.next_at,
+                Some((_, _, started)) => *started + OP_TIMEOUT,
+            })
+            .chain([next_fault, fault_end])
+            .min()
+            .expect("some deadline")
+            .max(cluster.now());
+        if !cluster.run_until(wake) {
+            break;
+        }
+        for done in cluster.take_completions() {
+            complete_ops(&cluster, &mut clients, &done, &mut history, &mut report, &mut rng);
+        }
+    }
+    if let Some(v) = cluster.violation().map(|v| v.to_string()) {
+        return Err(fail(&mut cluster, &report, &v));
+    }
+
+    // Heal: every process up, network whole and reliable.
+    cluster.heal();
+    for id in frozen.drain(..) {
+        cluster.thaw(id);
+    }
+    for id in crashed.drain(..) {
+        cluster.restart(id);
+    }
+    cluster.net = NetConfig::default();
+    let healed_at = cluster.now();
+    // Outstanding client operations end with unknown outcome.
+    for c in clients.iter_mut() {
+        if let Some((op, _, _)) = c.op.take() {
+            if let OpKind::Write(_) = op.kind {
+                history.push(op);
+                report.unknown += 1;
+            }
+        }
+    }
+
+    // Liveness: a leader, and a fresh write applied on every node, in bound.
+    let deadline = healed_at + opts.recovery_bound;
+    let probe_value = next_value;
+    let mut probe: Option<(NodeId, EntryId)> = None;
+    let mut recovered = false;
+    while cluster.now() < deadline {
+        if probe.is_none() {
+            if let Some(l) = cluster.leader() {
+                match cluster.propose(l, encode_write(u64::MAX, probe_value)) {
+                    Ok(id) => probe = Some((l, id)),
+                    Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Busy) => {}
+                }
+            }
+        }
+        if let Some((_, id)) = probe {
+            let everywhere = ids.iter().all(|&n| {
+                cluster.node(n).is_some_and(|node| node.last_applied() >= id.index)
+                    && cluster.persisted_term_at(n, id.index) == Some(id.term)
+            });
+            if everywhere {
+                recovered = true;
+                break;
+            }
+            // The node we proposed to no longer leads that term (a stale
+            // leader that was frozen, say): the probe may be lost, so
+            // propose again on the current leader.
+            let (l, _) = probe.expect("set");
+            if cluster.node(l).is_none_or(|n| n.role() != crate::Role::Leader || n.term() != id.term) {
+                probe = None;
+            }
+        }
+        let step_to = cluster.now() + Duration::from_millis(10);
+        if !cluster.run_for(step_to - cluster.now()) {
+            break;
+        }
+    }
+    if let Some(v) = cluster.violation().map(|v| v.to_string()) {
+        return Err(fail(&mut cluster, &report, &v));
+    }
+    if !recovered {
+        let mut msg = format!(
+            "liveness: no leader with a new commit on every node within {} ms of healing (probe {probe:?})",
+            opts.recovery_bound.as_millis()
+        );
+        for &id in &ids {
+            let _ = write!(msg, "\n  n{id}: {:?}", cluster.node(id).map(|n| n.status()));
+        }
+        return Err(fail(&mut cluster, &report, &msg));
+    }
+    report.recovery = cluster.now() - healed_at;
+
+    // Every acknowledged write must be in the final state or overwritten,
+    // which the linearizability check covers: it includes a final read of
+    // every key from the leader after recovery.
+    if let Some(l) = cluster.leader() {
+        let t = cluster.now().as_nanos();
+        for key in 0..opts.keys {
+            history.push(Op { client: 0, key, kind: OpKind::Read(cluster.value(l, key)), invoke: t, complete: Some(t) });
+        }
+    }
+    if let Err(e) = linearizability::check(&history) {
+        return Err(fail(&mut cluster, &report, &e.to_string()));
+    }
+    report.committed = cluster.checker().committed_len();
+    report.leader_terms = cluster.checker().leader_terms();
+    report.trace = cluster.take_trace();
+    Ok(report)
+}
+
+fn fail(cluster: &mut Cluster, report: &RunReport, what: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{what}");
+    let _ = writeln!(s, "faults injected ({} nodes):", report.nodes);
+    for f in &report.faults {
+        let _ = writeln!(s, "  {f}");
+    }
+    let trace = cluster.take_trace();
+    if !trace.is_empty() {
+        let _ = writeln!(s, "last steps:");
+        for line in trace.iter().rev().take(60).rev() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    s
+}
+
+fn inject_fault(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    ids: &[NodeId],
+    crashed: &mut Vec<NodeId>,
+    frozen: &mut Vec<NodeId>,
+) -> String {
+    let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64) as usize];
+    match rng.range(0, 12) {
+        0 | 1 => {
+            let id = cluster.leader().unwrap_or_else(|| pick(rng));
+            cluster.crash(id);
+            crashed.push(id);
+            format!("crash n{id} (leader: {})", cluster.leader().is_none())
+        }
+        2 => {
+            let id = pick(rng);
+            cluster.crash(id);
+            crashed.push(id);
+            format!("crash n{id}")
+        }
+        3 | 4 => {
+            let mut s = Vec::new();
+            for id in crashed.drain(..) {
+                cluster.restart(id);
+                s.push(format!("n{id}"));
+            }
+            format!("restart {}", s.join(" "))
+        }
+        5 => {
+            let id = cluster.leader().unwrap_or_else(|| pick(rng));
+            cluster.isolate(id);
+            format!("isolate n{id}")
+        }
+        6 => {
+            let mut group: Vec<NodeId> = ids.iter().copied().filter(|_| rng.chance(0.5)).collect();
+            if group.is_empty() {
+                group.push(pick(rng));
+            }
+            let reset = rng.chance(0.5);
+            cluster.partition(&group, reset);
+            format!("partition {group:?} reset={reset}")
+        }
+        7 => {
+            let (a, b) = (pick(rng), pick(rng));
+            if a != b {
+                cluster.block(a, b);
+            }
+            format!("block n{a} -> n{b}")
+        }
+        8 => {
+            let id = cluster.leader().unwrap_or_else(|| pick(rng));
+            cluster.freeze(id);
+            frozen.push(id);
+            format!("freeze n{id}")
+        }
+        9 => {
+            for id in frozen.drain(..) {
+                cluster.thaw(id);
+            }
+            cluster.heal();
+            "heal + thaw".to_string()
+        }
+        10 => {
+            cluster.net.loss = [0.0, 0.01, 0.05, 0.2][rng.range(0, 4) as usize];
+            cluster.net.duplicate = [0.0, 0.02, 0.1][rng.range(0, 3) as usize];
+            cluster.net.max_delay = Duration::from_millis([2, 10, 50][rng.range(0, 3) as usize]);
+            format!("net loss={} dup={} max_delay={:?}", cluster.net.loss, cluster.net.duplicate, cluster.net.max_delay)
+        }
+        _ => {
+            // Kill everything, then bring it all back: only what was
+            // persisted survives.
+            for &id in ids {
+                cluster.crash(id);
+            }
+            for &id in ids {
+                cluster.restart(id);
+            }
+            crashed.clear();
+            frozen.clear();
+            "crash all + restart all".to_string()
+        }
+    }
+}
+
+fn start_op(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    c: &mut Client,
+    keys: u64,
+    next_value: &mut u64,
+    next_read_id: &mut u64,
+    history: &mut [Op],
+) {
+    let _ = history;
+    let ids = cluster.ids().to_vec();
+    let target = c.leader_guess.unwrap_or_else(|| ids[rng.range(0, ids.len() as u64) as usize]);
+    let key = rng.range(0, keys);
+    let now = cluster.now();
+    let invoke = now.as_nanos();
+    if rng.chance(0.5) {
+        let value = *next_value;
+        *next_value += 1;
+        match cluster.propose(target, encode_write(key, value)) {
+            Ok(id) => {
+                let op = Op { client: c.id, key, kind: OpKind::Write(value), invoke, complete: None };
+                c.op = Some((op, Pending::Write { node: target, id, value }, now));
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                c.leader_guess = leader;
+                c.next_at = now + Duration::from_millis(if leader.is_some() { 0 } else { 50 });
+            }
+            Err(ProposeError::Busy) => c.next_at = now + Duration::from_millis(20),
+        }
+    } else {
+        let read_id = *next_read_id;
+        *next_read_id += 1;
+        match cluster.read(target, read_id, key) {
+            Ok(()) => {
+                let op = Op { client: c.id, key, kind: OpKind::Read(None), invoke, complete: None };
+                c.op = Some((op, Pending::Read { node: target, read_id }, now));
+            }
+            Err(ReadError::NotLeader { leader }) => {
+                c.leader_guess = leader;
+                c.next_at = now + Duration::from_millis(if leader.is_some() { 0 } else { 50 });
+            }
+            Err(ReadError::Busy) => c.next_at = now + Duration::from_millis(20),
+        }
+    }
+}
+
+fn complete_ops(
+    cluster: &Cluster,
+    clients: &mut [Client],
+    done: &Completion,
+    history: &mut Vec<Op>,
+    report: &mut RunReport,
+    rng: &mut Rng,
+) {
+    let now = cluster.now();
+    for c in clients.iter_mut() {
+        let Some((op, pending, _)) = &c.op else { continue };
+        let mut op = *op;
+        let finished = match (pending, done) {
+            (Pending::Write { node, id, value }, Completion::Applied { node: n, entry }) if n == node && entry.index == id.index => {
+                let _ = value;
+                if entry.term == id.term {
+                    op.complete = Some(now.as_nanos());
+                    history.push(op);
+                    report.ok += 1;
+                } else {
+                    // Another entry took the index: the write never happened.
+                    report.failed += 1;
+                }
+                true
+            }
+            (Pending::Write { node, .. }, Completion::Crashed { node: n }) if n == node => {
+                history.push(op);
+                report.unknown += 1;
+                true
+            }
+            (Pending::Read { node, read_id }, Completion::ReadReady { node: n, id, value }) if n == node && id == read_id => {
+                op.kind = OpKind::Read(*value);
+                op.complete = Some(now.as_nanos());
+                history.push(op);
+                report.ok += 1;
+                true
+            }
+            (Pending::Read { node, read_id }, Completion::ReadFailed { node: n, id }) if n == node && id == read_id => {
+                report.failed += 1;
+                c.leader_guess = None;
+                true
+            }
+            (Pending::Read { node, .. }, Completion::Crashed { node: n }) if n == node => {
+                report.failed += 1;
+                c.leader_guess = None;
+                true
+            }
+            _ => false,
+        };
+        if finished {
+            c.op = None;
+            c.next_at = now + Duration::from_millis(rng.range(0, 20));
+        }
+    }
+}

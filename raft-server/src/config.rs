@@ -1,0 +1,778 @@
+//! Command line and cluster file.
+//!
+//! `raft-node --config FILE --id N --data-dir DIR` names the cluster file (the
+//! same on every member), this member's id in it and its data directory. The
+//! timing flags override the file. [`Settings::load`] turns both into one
+//! validated [`Settings`]; every error is a single line naming the file (or
+//! the flag) and what is wrong, ready for `main` to print before exiting 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use raft_proto::NodeId;
+use serde::Deserialize;
+
+/// Default leader heartbeat interval, as in the interface contract.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+/// Default election timeout range `[min, max)`, as in the interface contract.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: [u64; 2] = [300, 600];
+/// The minimum election timeout must be at least this many heartbeats, or one
+/// late heartbeat starts an election. Mirrors
+/// `raft_proto::MIN_HEARTBEATS_PER_TIMEOUT`, checked here too so that the
+/// message can name the file or flag at fault.
+pub const MIN_HEARTBEATS_PER_TIMEOUT: u64 = 3;
+/// Members in one cluster at most. Raft clusters are small; the bound keeps
+/// per-peer state (connections, queues) bounded by construction.
+pub const MAX_MEMBERS: usize = 64;
+/// Cluster files larger than this are refused before parsing.
+pub const MAX_CONFIG_FILE_LEN: u64 = 1 << 20;
+
+/// The command line of `raft-node`.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(
+    name = "raft-node",
+    version,
+    about = "One member of a Raft cluster serving a replicated key-value store over RESP2 \
+             (redis-cli, redis-py, ...).",
+    long_about = None,
+    after_help = "Exit status: 0 after SIGTERM/SIGINT, 2 on bad configuration, an unusable \
+                  data dir or corrupt durable state.\nRUST_LOG sets the log level (default: info)."
+)]
+pub struct Cli {
+    /// Cluster file (TOML), identical on every member: heartbeat_ms,
+    /// election_timeout_ms = [MIN, MAX] and one [[node]] table per member with
+    /// id, peer_addr, client_addr and optional metrics_addr.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// This member's id: one of the [[node]] ids in the cluster file (not 0).
+    #[arg(long, value_name = "N")]
+    pub id: u64,
+
+    /// Directory for this member's durable state (term, vote, log). Created if
+    /// missing; an empty directory is a first boot, one with state a restart.
+    /// Only one process may use it at a time.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Leader heartbeat interval in milliseconds (overrides heartbeat_ms in the
+    /// cluster file; default 50).
+    #[arg(long, value_name = "N")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Election timeout range in milliseconds, randomized in [MIN, MAX)
+    /// (overrides election_timeout_ms in the cluster file; default 300-600).
+    /// MIN must be at least 3 heartbeats.
+    #[arg(long, value_name = "MIN-MAX")]
+    pub election_timeout_ms: Option<ElectionRange>,
+
+    /// Serve Prometheus metrics at GET /metrics on this address (overrides this
+    /// member's metrics_addr in the cluster file; off when neither is set).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
+impl Cli {
+    /// Parses the process arguments. `Err(Ok(text))` is `--help`/`--version`
+    /// output to print on stdout (exit 0); `Err(Err(line))` is a usage error as
+    /// one line (exit 2).
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, Result<String, String>>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => Ok(cli),
+            Err(e) => match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Err(Ok(e.render().to_string()))
+                }
+                _ => {
+                    // clap renders several lines (error, usage, hint); the
+                    // contract is one line, so keep the first and point at --help.
+                    // The message proper is what precedes the usage block.
+                    let rendered = e.render().to_string();
+                    let msg: Vec<&str> = rendered
+                        .lines()
+                        .map(str::trim)
+                        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    let msg = msg.join(" ");
+                    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+                    Err(Err(format!("raft-node: {msg} (see --help)")))
+                }
+            },
+        }
+    }
+}
+
+/// An election timeout range `MIN-MAX` in milliseconds, as given on the
+/// command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionRange {
+    /// Lower bound (inclusive), ms.
+    pub min_ms: u64,
+    /// Upper bound (exclusive), ms.
+    pub max_ms: u64,
+}
+
+impl FromStr for ElectionRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (min, max) = s
+            .split_once('-')
+            .ok_or_else(|| format!("expected MIN-MAX in milliseconds, e.g. 300-600, got {s:?}"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("expected MIN-MAX in milliseconds, e.g. 300-600, got {s:?}"))
+        };
+        Ok(ElectionRange {
+            min_ms: parse(min)?,
+            max_ms: parse(max)?,
+        })
+    }
+}
+
+/// One member as listed in the cluster file, addresses resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's id (never 0).
+    pub id: NodeId,
+    /// Raft traffic: the member listens here and binds its outgoing peer
+    /// connections to this IP.
+    pub peer_addr: SocketAddr,
+    /// RESP clients.
+    pub client_addr: SocketAddr,
+    /// Prometheus metrics, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Everything the server needs from the command line and the cluster file,
+/// validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The cluster file, as given.
+    pub config_path: PathBuf,
+    /// This member's data directory.
+    pub data_dir: PathBuf,
+    /// This member.
+    pub id: NodeId,
+    /// Every member, this one included, sorted by id.
+    pub members: Vec<Member>,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range, lower bound (inclusive).
+    pub election_timeout_min: Duration,
+    /// Election timeout range, upper bound (exclusive).
+    pub election_timeout_max: Duration,
+    /// Where this member serves metrics (flag, else its `metrics_addr`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Identifies the cluster's membership: see [`cluster_id`].
+    pub cluster_id: u64,
+}
+
+impl Settings {
+    /// Reads and validates the cluster file named by `cli`, applies the flag
+    /// overrides, and checks that `--id` is a member.
+    pub fn load(cli: &Cli) -> Result<Settings, LoadError> {
+        let text = read_config_file(&cli.config)?;
+        Settings::from_toml(cli, &text)
+    }
+
+    /// Like [`Settings::load`], with the file's contents already read (the
+    /// path is only used in messages).
+    pub fn from_toml(cli: &Cli, text: &str) -> Result<Settings, LoadError> {
+        let path = &cli.config;
+        let file_err = |msg: String| LoadError::File {
+            path: path.clone(),
+            msg,
+        };
+        let file: ClusterFile = toml::from_str(text).map_err(|e| file_err(toml_error(&e, text)))?;
+
+        if file.nodes.is_empty() {
+            return Err(file_err("no [[node]] entries".into()));
+        }
+        if file.nodes.len() > MAX_MEMBERS {
+            return Err(file_err(format!(
+                "{} nodes listed, at most {MAX_MEMBERS} are supported",
+                file.nodes.len()
+            )));
+        }
+
+        let mut members = Vec::with_capacity(file.nodes.len());
+        // Every socket address must belong to exactly one listener.
+        let mut addr_owner: HashMap<SocketAddr, (u64, &'static str)> = HashMap::new();
+        let mut ids: HashMap<u64, ()> = HashMap::new();
+        for node in &file.nodes {
+            if node.id == 0 {
+                return Err(file_err(
+                    "node id 0 is reserved for \"no node\"; ids start at 1".into(),
+                ));
+            }
+            if ids.insert(node.id, ()).is_some() {
+                return Err(file_err(format!("node id {} is listed twice", node.id)));
+            }
+            let mut resolve = |field: &'static str, value: &str| -> Result<SocketAddr, LoadError> {
+                let addr = resolve_addr(value).map_err(|why| {
+                    file_err(format!("node {}: {field} {value:?}: {why}", node.id))
+                })?;
+                if let Some((other, other_field)) = addr_owner.insert(addr, (node.id, field)) {
+                    return Err(file_err(format!(
+                        "node {}: {field} {addr} is already used as {other_field} of node {other}",
+                        node.id
+                    )));
+                }
+                Ok(addr)
+            };
+            let peer_addr = resolve("peer_addr", &node.peer_addr)?;
+            let client_addr = resolve("client_addr", &node.client_addr)?;
+            let metrics_addr = match &node.metrics_addr {
+                Some(m) => Some(resolve("metrics_addr", m)?),
+                None => None,
+            };
+            members.push(Member {
+                id: NodeId(node.id),
+                peer_addr,
+                client_addr,
+                metrics_addr,
+            });
+        }
+        members.sort_by_key(|m| m.id);
+
+        if cli.id == 0 {
+            return Err(LoadError::Flag(
+                "--id 0: node id 0 is reserved for \"no node\"; ids start at 1".into(),
+            ));
+        }
+        let Some(me) = members.iter().find(|m| m.id == NodeId(cli.id)) else {
+            let listed: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+            return Err(file_err(format!(
+                "--id {} is not a member (ids listed: {})",
+                cli.id,
+                listed.join(", ")
+            )));
+        };
+
+        // Timing: flags override the file; a bad value is blamed on its source.
+        let (heartbeat_ms, hb_src) = match cli.heartbeat_ms {
+            Some(v) => (v, Source::Flag("--heartbeat-ms")),
+            None => (file.heartbeat_ms, Source::File("heartbeat_ms")),
+        };
+        let (min_ms, max_ms, et_src) = match cli.election_timeout_ms {
+            Some(r) => (r.min_ms, r.max_ms, Source::Flag("--election-timeout-ms")),
+            None => (
+                file.election_timeout_ms[0],
+                file.election_timeout_ms[1],
+                Source::File("election_timeout_ms"),
+            ),
+        };
+        let blame = |src: Source, msg: String| match src {
+            Source::Flag(flag) => LoadError::Flag(format!("{flag}: {msg}")),
+            Source::File(key) => file_err(format!("{key}: {msg}")),
+        };
+        if heartbeat_ms == 0 {
+            return Err(blame(hb_src, "must be at least 1 ms".into()));
+        }
+        if min_ms == 0 || min_ms >= max_ms {
+            return Err(blame(
+                et_src,
+                format!("[{min_ms}, {max_ms}) is not a range: need 0 < MIN < MAX"),
+            ));
+        }
+        if min_ms < heartbeat_ms.saturating_mul(MIN_HEARTBEATS_PER_TIMEOUT) {
+            let src = if matches!(et_src, Source::Flag(_)) {
+                et_src
+            } else {
+                hb_src
+            };
+            return Err(blame(
+                src,
+                format!(
+                    "minimum election timeout {min_ms} ms must be at least \
+                     {MIN_HEARTBEATS_PER_TIMEOUT} heartbeats ({heartbeat_ms} ms each), \
+                     or one late heartbeat starts an election"
+                ),
+            ));
+        }
+        // Far beyond any sane setting; keeps Duration arithmetic trivially safe.
+        const MAX_TIMING_MS: u64 = 3_600_000;
+        if max_ms > MAX_TIMING_MS {
+            return Err(blame(et_src, format!("{max_ms} ms is more than an hour")));
+        }
+
+        let metrics_addr = match &cli.metrics_addr {
+            Some(m) => Some(
+                resolve_addr(m)
+                    .map_err(|why| LoadError::Flag(format!("--metrics-addr {m:?}: {why}")))?,
+            ),
+            None => me.metrics_addr,
+        };
+
+        Ok(Settings {
+            config_path: path.clone(),
+            data_dir: cli.data_dir.clone(),
+            id: me.id,
+            cluster_id: cluster_id(&file.nodes),
+            members,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_timeout_min: Duration::from_millis(min_ms),
+            election_timeout_max: Duration::from_millis(max_ms),
+            metrics_addr,
+        })
+    }
+
+    /// This member's entry.
+    pub fn me(&self) -> &Member {
+        self.member(self.id).expect("validated: --id is a member")
+    }
+
+    /// The member with this id, if any.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Every member but this one.
+    pub fn peers(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(move |m| m.id != self.id)
+    }
+
+    /// The voter ids, sorted.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// A `raft_proto::Config` with these timings and the protocol's default
+    /// limits, seeded with `seed`.
+    pub fn proto_config(&self, seed: u64) -> raft_proto::Config {
+        let mut c = raft_proto::Config::new(self.id, self.voters());
+        c.heartbeat_interval = self.heartbeat;
+        c.election_timeout_min = self.election_timeout_min;
+        c.election_timeout_max = self.election_timeout_max;
+        c.seed = seed;
+        c
+    }
+}
+
+/// Where a timing value came from, to blame the right one.
+#[derive(Clone, Copy)]
+enum Source {
+    Flag(&'static str),
+    File(&'static str),
+}
+
+/// Why the configuration was refused. `Display` is one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The cluster file could not be read or is invalid.
+    File {
+        /// The cluster file.
+        path: PathBuf,
+        /// What is wrong, one line.
+        msg: String,
+    },
+    /// A command-line flag is invalid.
+    Flag(String),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::File { path, msg } => write!(f, "{}: {msg}", path.display()),
+            LoadError::Flag(msg) => write!(f, "raft-node: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The cluster file as written. Unknown keys are refused so that a typo
+/// (`hearbeat_ms`) does not silently fall back to a default.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    #[serde(default = "default_heartbeat_ms")]
+    heartbeat_ms: u64,
+    #[serde(default = "default_election_timeout_ms")]
+    election_timeout_ms: [u64; 2],
+    #[serde(rename = "node", default)]
+    nodes: Vec<NodeEntry>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    id: u64,
+    peer_addr: String,
+    client_addr: String,
+    metrics_addr: Option<String>,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    DEFAULT_HEARTBEAT_MS
+}
+
+fn default_election_timeout_ms() -> [u64; 2] {
+    DEFAULT_ELECTION_TIMEOUT_MS
+}
+
+fn read_config_file(path: &Path) -> Result<String, LoadError> {
+    let err = |msg: String| LoadError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if meta.len() > MAX_CONFIG_FILE_LEN {
+        return Err(err(format!(
+            "{} bytes is too large for a cluster file (at most {MAX_CONFIG_FILE_LEN})",
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))
+}
+
+/// A TOML error as `line L, column C: message` on one line (the toml crate's
+/// own rendering spans several lines with a source excerpt).
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Resolves `HOST:PORT` (an IP address or a name) to one socket address. Port
+/// 0 is refused: other members and clients must be able to reach it.
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            if !s.contains(':') {
+                return Err("expected HOST:PORT".into());
+            }
+            let mut addrs = s
+                .to_socket_addrs()
+                .map_err(|e| format!("not a valid HOST:PORT ({e})"))?;
+            addrs
+                .next()
+                .ok_or_else(|| "host name resolves to no address".to_string())?
+        }
+    };
+    if addr.port() == 0 {
+        return Err("port 0 is not a reachable address".into());
+    }
+    Ok(addr)
+}
+
+/// The cluster id: a 64-bit FNV-1a hash of the membership, the `(id,
+/// peer_addr)` pairs sorted by id with the addresses as written in the file.
+///
+/// Members exchange it in the peer handshake, so that a member of another
+/// cluster (or of an edited membership) is refused rather than mixed in; the
+/// data dir records it too. Timings and client addresses are not part of it:
+/// changing them is not a different cluster.
+fn cluster_id(nodes: &[NodeEntry]) -> u64 {
+    let mut pairs: Vec<(u64, &str)> = nodes.iter().map(|n| (n.id, n.peer_addr.trim())).collect();
+    pairs.sort_unstable();
+    let mut h = Fnv1a::new();
+    h.write(b"raft-cluster-v1");
+    for (id, addr) in pairs {
+        h.write(&id.to_le_bytes());
+        h.write(&(addr.len() as u64).to_le_bytes());
+        h.write(addr.as_bytes());
+    }
+    h.finish()
+}
+
+/// 64-bit FNV-1a: tiny, stable across Rust versions and platforms (unlike
+/// `std`'s `DefaultHasher`), which an identifier stored on disk requires.
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new() -> Self {
+        Fnv1a(Self::OFFSET)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"
+heartbeat_ms = 50
+election_timeout_ms = [300, 600]
+
+[[node]]
+id = 1
+peer_addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:6401"
+metrics_addr = "127.0.0.1:9401"
+
+[[node]]
+id = 2
+peer_addr = "127.0.0.1:7002"
+client_addr = "127.0.0.1:6402"
+
+[[node]]
+id = 3
+peer_addr = "127.0.0.1:7003"
+client_addr = "127.0.0.1:6403"
+"#;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["raft-node", "--config", "cluster.toml", "--data-dir", "d"];
+        v.extend_from_slice(args);
+        Cli::parse_args(v).expect("valid args")
+    }
+
+    fn load(args: &[&str], text: &str) -> Result<Settings, LoadError> {
+        Settings::from_toml(&cli(args), text)
+    }
+
+    fn load_err(args: &[&str], text: &str) -> String {
+        let e = load(args, text).expect_err("should be refused").to_string();
+        assert!(!e.contains('\n'), "error must be one line: {e}");
+        e
+    }
+
+    #[test]
+    fn parses_the_interface_example() {
+        let s = load(&["--id", "2"], THREE).unwrap();
+        assert_eq!(s.id, NodeId(2));
+        assert_eq!(s.members.len(), 3);
+        assert_eq!(s.me().client_addr, "127.0.0.1:6402".parse().unwrap());
+        assert_eq!(s.heartbeat, Duration::from_millis(50));
+        assert_eq!(s.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(s.election_timeout_max, Duration::from_millis(600));
+        assert_eq!(s.metrics_addr, None);
+        assert_eq!(
+            s.peers().map(|m| m.id).collect::<Vec<_>>(),
+            vec![NodeId(1), NodeId(3)]
+        );
+        let s1 = load(&["--id", "1"], THREE).unwrap();
+        assert_eq!(s1.metrics_addr, Some("127.0.0.1:9401".parse().unwrap()));
+        assert_eq!(s1.cluster_id, s.cluster_id);
+        let pc = s.proto_config(7);
+        assert_eq!(pc.voters, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert!(pc.validate().is_ok());
+    }
+
+    #[test]
+    fn defaults_apply_when_timings_are_absent() {
+        let text =
+            "[[node]]\nid = 1\npeer_addr = \"127.0.0.1:7001\"\nclient_addr = \"127.0.0.1:6401\"\n";
+        let s = load(&["--id", "1"], text).unwrap();
+        assert_eq!(s.heartbeat, Duration::from_millis(DEFAULT_HEARTBEAT_MS));
+        assert_eq!(s.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(s.election_timeout_max, Duration::from_millis(600));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let s = load(
+            &[
+                "--id",
+                "1",
+                "--heartbeat-ms",
+                "20",
+                "--election-timeout-ms",
+                "100-200",
+                "--metrics-addr",
+                "127.0.0.1:9999",
+            ],
+            THREE,
+        )
+        .unwrap();
+        assert_eq!(s.heartbeat, Duration::from_millis(20));
+        assert_eq!(s.election_timeout_min, Duration::from_millis(100));
+        assert_eq!(s.election_timeout_max, Duration::from_millis(200));
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
+    }
+
+    #[test]
+    fn cluster_id_depends_on_membership_only() {
+        let a = load(&["--id", "1"], THREE).unwrap().cluster_id;
+        // Order of [[node]] tables and timings do not matter.
+        let reordered = THREE
+            .replace("heartbeat_ms = 50", "heartbeat_ms = 40")
+            .replace("id = 1\n", "id = 9\n")
+            .replace("id = 3\n", "id = 1\n")
+            .replace("id = 9\n", "id = 3\n")
+            .replace("7001", "7xxx")
+            .replace("7003", "7001")
+            .replace("7xxx", "7003")
+            .replace("6401", "6xxx")
+            .replace("6403", "6401")
+            .replace("6xxx", "6403");
+        let b = load(&["--id", "1"], &reordered).unwrap().cluster_id;
+        assert_eq!(a, b);
+        let moved = THREE.replace("7002", "7012");
+        let c = load(&["--id", "1"], &moved).unwrap().cluster_id;
+        assert_ne!(a, c);
+        let client_moved = THREE.replace("6402", "6412");
+        assert_eq!(a, load(&["--id", "1"], &client_moved).unwrap().cluster_id);
+    }
+
+    #[test]
+    fn refuses_unknown_keys() {
+        let e = load_err(
+            &["--id", "1"],
+            &THREE.replace("heartbeat_ms", "hearbeat_ms"),
+        );
+        assert!(e.starts_with("cluster.toml: line 2"), "{e}");
+        assert!(e.contains("hearbeat_ms"), "{e}");
+        let e = load_err(
+            &["--id", "1"],
+            &THREE.replace("metrics_addr", "metric_addr"),
+        );
+        assert!(e.contains("metric_addr"), "{e}");
+    }
+
+    #[test]
+    fn refuses_duplicates_and_zero() {
+        let e = load_err(&["--id", "1"], &THREE.replace("id = 3", "id = 2"));
+        assert_eq!(e, "cluster.toml: node id 2 is listed twice");
+        let e = load_err(&["--id", "1"], &THREE.replace("7003", "7002"));
+        assert_eq!(
+            e,
+            "cluster.toml: node 3: peer_addr 127.0.0.1:7002 is already used as peer_addr of node 2"
+        );
+        let e = load_err(&["--id", "1"], &THREE.replace("6403", "7001"));
+        assert!(e.contains("already used as peer_addr of node 1"), "{e}");
+        let e = load_err(&["--id", "1"], &THREE.replace("id = 3", "id = 0"));
+        assert!(e.contains("node id 0 is reserved"), "{e}");
+        let e = load_err(&["--id", "0"], THREE);
+        assert!(e.starts_with("raft-node: --id 0"), "{e}");
+    }
+
+    #[test]
+    fn refuses_id_not_in_file() {
+        let e = load_err(&["--id", "4"], THREE);
+        assert_eq!(
+            e,
+            "cluster.toml: --id 4 is not a member (ids listed: 1, 2, 3)"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_addresses() {
+        let e = load_err(
+            &["--id", "1"],
+            &THREE.replace("127.0.0.1:7002", "127.0.0.1"),
+        );
+        assert!(
+            e.contains("node 2: peer_addr \"127.0.0.1\": expected HOST:PORT"),
+            "{e}"
+        );
+        let e = load_err(
+            &["--id", "1"],
+            &THREE.replace("127.0.0.1:6402", "127.0.0.1:99999"),
+        );
+        assert!(e.contains("node 2: client_addr"), "{e}");
+        let e = load_err(
+            &["--id", "1"],
+            &THREE.replace("127.0.0.1:6402", "127.0.0.1:0"),
+        );
+        assert!(e.contains("port 0"), "{e}");
+        let e = load_err(&["--id", "1", "--metrics-addr", "nonsense"], THREE);
+        assert!(e.starts_with("raft-node: --metrics-addr"), "{e}");
+    }
+
+    #[test]
+    fn refuses_bad_timings() {
+        let e = load_err(&["--id", "1"], &THREE.replace("[300, 600]", "[600, 300]"));
+        assert!(e.starts_with("cluster.toml: election_timeout_ms"), "{e}");
+        let e = load_err(&["--id", "1", "--heartbeat-ms", "0"], THREE);
+        assert!(e.starts_with("raft-node: --heartbeat-ms"), "{e}");
+        let e = load_err(&["--id", "1", "--heartbeat-ms", "200"], THREE);
+        assert!(e.contains("at least 3 heartbeats"), "{e}");
+        let e = load_err(&["--id", "1"], &THREE.replace("[300, 600]", "[300]"));
+        assert!(e.starts_with("cluster.toml: line 3"), "{e}");
+        let e = load_err(&["--id", "1"], "");
+        assert_eq!(e, "cluster.toml: no [[node]] entries");
+    }
+
+    #[test]
+    fn cli_errors_are_one_line() {
+        let e = Cli::parse_args(["raft-node", "--id", "1"])
+            .unwrap_err()
+            .unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("--config"), "{e}");
+        let e = Cli::parse_args([
+            "raft-node",
+            "--config",
+            "c",
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+            "--election-timeout-ms",
+            "300",
+        ])
+        .unwrap_err()
+        .unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("MIN-MAX"), "{e}");
+        let help = Cli::parse_args(["raft-node", "--help"])
+            .unwrap_err()
+            .unwrap();
+        for flag in [
+            "--config",
+            "--id",
+            "--data-dir",
+            "--heartbeat-ms",
+            "--election-timeout-ms",
+            "--metrics-addr",
+        ] {
+            assert!(help.contains(flag), "help lacks {flag}: {help}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let c = Cli::parse_args([
+            "raft-node",
+            "--config",
+            "/nonexistent/cluster.toml",
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        let e = Settings::load(&c).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/nonexistent/cluster.toml: cannot read"),
+            "{e}"
+        );
+    }
+}
