@@ -48,8 +48,8 @@ pub struct Config {
     /// election timeout refuse votes (§6.2, "leader stickiness").
     pub check_quorum: bool,
     /// When the driver reports the link to the leader lost, start a
-    /// pre-vote after a short random delay in `[0, heartbeat_interval)`
-    /// rather than waiting for the election timeout.
+    /// pre-vote after a short delay (the survivors take turns, half a
+    /// heartbeat interval apart) rather than waiting for the election timeout.
     pub fast_failover: bool,
 }
 

@@ -317,12 +317,25 @@ impl Cluster {
         m.reads.clear();
         self.log_line(|| format!("n{id} crashed"));
         self.completions.push(Completion::Crashed { node: id });
-        let at = self.now + self.net.eof_delay;
         for peer in self.ids.clone() {
             if peer != id {
+                // Like TCP, the close arrives after all data sent before it.
+                let at = self.last_delivery(id, peer).max(self.now) + self.net.eof_delay;
                 self.schedule(at, Scheduled::LinkDown { node: peer, peer: id });
             }
         }
+    }
+
+    /// When the last message in flight from `from` to `to` arrives.
+    fn last_delivery(&self, from: NodeId, to: NodeId) -> Time {
+        self.queue
+            .iter()
+            .filter_map(|(&(t, _), s)| match s {
+                Scheduled::Deliver(m) if m.from == from && m.to == to => Some(t),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(self.now)
     }
 
     /// Starts a crashed process again from what it persisted; links come up

@@ -1,0 +1,64 @@
+# Entry points for people and CI. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+SIM_SEEDS ?= 0..500
+SIM_LONG_SEEDS ?= 0..20000
+FUZZ_SECS ?= 60
+
+.PHONY: help build release test test-unit sim sim-long fuzz bench bench-proto clippy fmt cluster stop clean
+
+help:
+	@echo "make cluster    build release, start 3 members on 127.0.0.1/.2/.3, wait for a leader"
+	@echo "make stop       stop the members started by make cluster"
+	@echo "make test       the whole test suite (what CI runs)"
+	@echo "make sim        simulator sweep over SIM_SEEDS ($(SIM_SEEDS))"
+	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
+	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
+	@echo "make bench      benchmarks (raft-proto criterion benches)"
+	@echo "make clippy     lints, warnings are errors"
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace
+
+# Unit tests, scenario tests, process-level tests, then the simulator sweep.
+test: release
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	$(MAKE) sim
+
+test-unit:
+	$(CARGO) test --workspace
+
+sim:
+	$(CARGO) run --release -q -p tools --bin raft-sim -- --seeds $(SIM_SEEDS)
+
+sim-long:
+	$(CARGO) run --release -q -p tools --bin raft-sim -- --seeds $(SIM_LONG_SEEDS)
+
+fuzz:
+	tools/fuzz.sh $(FUZZ_SECS)
+
+bench: bench-proto
+
+bench-proto:
+	$(CARGO) bench -p raft-proto --bench proto
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+cluster: release
+	tools/cluster.sh start
+
+stop:
+	tools/cluster.sh stop
+
+clean:
+	$(CARGO) clean
+	rm -rf data

