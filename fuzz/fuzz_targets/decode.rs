@@ -43,8 +43,16 @@ fuzz_target!(|data: &[u8]| {
 
         let mut again = BytesMut::new();
         encode(&msg, &mut again);
-        assert_eq!(&again[..], &data[start..start + consumed], "frame not canonical");
-        assert_eq!(decode(&mut again), Ok(Some(msg)), "round trip changed the message");
+        assert_eq!(
+            &again[..],
+            &data[start..start + consumed],
+            "frame not canonical"
+        );
+        assert_eq!(
+            decode(&mut again),
+            Ok(Some(msg)),
+            "round trip changed the message"
+        );
         assert!(again.is_empty());
     }
 });

@@ -25,7 +25,11 @@ impl Node {
         self.last_leader_contact = None;
         self.reset_election_deadline(now);
         let term = self.current_term.next();
-        self.events.push_back(Event::ElectionStarted { term, pre_vote: true, reason });
+        self.events.push_back(Event::ElectionStarted {
+            term,
+            pre_vote: true,
+            reason,
+        });
         self.events.push_back(Event::RoleChanged {
             role: Role::PreCandidate,
             term: self.current_term,
@@ -77,7 +81,13 @@ impl Node {
 
     /// Answers a (pre-)vote request whose term is not below ours (the term
     /// rules ran already; a real request's term now equals ours).
-    pub(crate) fn handle_request_vote(&mut self, now: Time, from: NodeId, term: Term, rv: RequestVote) {
+    pub(crate) fn handle_request_vote(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        term: Term,
+        rv: RequestVote,
+    ) {
         // We may vote for `from` if we already did in this term, if we have
         // neither voted nor know a leader, or (pre-vote only) if it asks
         // about a later term.
@@ -107,11 +117,21 @@ impl Node {
         self.send_vote_response(from, self.current_term, false, granted);
     }
 
-    pub(crate) fn handle_vote_response(&mut self, now: Time, from: NodeId, term: Term, r: RequestVoteResponse) {
+    pub(crate) fn handle_vote_response(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        term: Term,
+        r: RequestVoteResponse,
+    ) {
         match &mut self.role {
             RoleState::PreCandidate { votes } if r.pre_vote => {
                 // Grants come in the asked term (ours + 1), refusals in ours.
-                let expected = if r.granted { self.current_term.next() } else { self.current_term };
+                let expected = if r.granted {
+                    self.current_term.next()
+                } else {
+                    self.current_term
+                };
                 if term != expected {
                     return;
                 }

@@ -10,12 +10,20 @@ impl Node {
     pub(crate) fn handle_append_entries(&mut self, now: Time, from: NodeId, ae: AppendEntries) {
         match self.role {
             RoleState::Leader(_) => {
-                panic!("election safety violated: two leaders ({} and {from}) in term {}", self.config.id, self.current_term)
+                panic!(
+                    "election safety violated: two leaders ({} and {from}) in term {}",
+                    self.config.id, self.current_term
+                )
             }
             RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 // §5.2: a candidate that hears from the leader of its term
                 // (or a later one) returns to follower.
-                self.become_follower(now, self.current_term, Some(from), RoleChangeReason::LeaderHeard { leader: from });
+                self.become_follower(
+                    now,
+                    self.current_term,
+                    Some(from),
+                    RoleChangeReason::LeaderHeard { leader: from },
+                );
             }
             RoleState::Follower => {
                 self.set_leader(Some(from));
@@ -46,7 +54,10 @@ impl Node {
             Some(t) => {
                 // Everything up to the commit index is known to match any
                 // leader's log (§5.4), so a mismatch there is impossible.
-                assert!(prev > self.commit_index, "log matching violated: committed entry {prev} conflicts with leader");
+                assert!(
+                    prev > self.commit_index,
+                    "log matching violated: committed entry {prev} conflicts with leader"
+                );
                 return AppendResult::Conflict {
                     rejected_index: prev,
                     last_log_index: last,
@@ -69,7 +80,8 @@ impl Node {
                         e.index
                     );
                     self.log.truncate_from(e.index);
-                    self.persist.push_back(Action::TruncateLog { from: e.index });
+                    self.persist
+                        .push_back(Action::TruncateLog { from: e.index });
                     new_from = Some(i);
                     break;
                 }
@@ -97,7 +109,9 @@ impl Node {
     }
 
     pub(crate) fn send_append_response(&mut self, to: NodeId, round: u64, result: AppendResult) {
-        self.send(to, MessageBody::AppendEntriesResponse(AppendEntriesResponse { round, result }));
+        self.send(
+            to,
+            MessageBody::AppendEntriesResponse(AppendEntriesResponse { round, result }),
+        );
     }
-
 }

@@ -14,7 +14,11 @@ use crate::types::{Entry, EntryId, EntryPayload, NodeId, Time};
 impl Node {
     pub(crate) fn become_leader(&mut self, now: Time) {
         let next = self.log.last_index().next();
-        let progress: BTreeMap<NodeId, Progress> = self.peers.iter().map(|&p| (p, Progress::new(next))).collect();
+        let progress: BTreeMap<NodeId, Progress> = self
+            .peers
+            .iter()
+            .map(|&p| (p, Progress::new(next)))
+            .collect();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,
             round: 0,
@@ -68,14 +72,20 @@ impl Node {
     pub(crate) fn send_append(&mut self, peer: NodeId, force: bool) {
         let commit = self.commit_index;
         let max_inflight = self.config.max_inflight_appends;
-        let RoleState::Leader(ls) = &mut self.role else { return };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         let round = ls.round;
         let pr = ls.progress.get_mut(&peer).expect("progress for every peer");
         if pr.is_paused(max_inflight) {
             return;
         }
         let entries = if pr.next_index <= self.log.last_index() {
-            self.log.slice(pr.next_index, self.config.max_entries_per_append, self.config.max_bytes_per_append)
+            self.log.slice(
+                pr.next_index,
+                self.config.max_entries_per_append,
+                self.config.max_bytes_per_append,
+            )
         } else {
             Vec::new()
         };
@@ -83,7 +93,10 @@ impl Node {
             return;
         }
         let prev_log_index = pr.next_index.prev();
-        let prev_log_term = self.log.term_at(prev_log_index).expect("prev entry held (no compaction yet)");
+        let prev_log_term = self
+            .log
+            .term_at(prev_log_index)
+            .expect("prev entry held (no compaction yet)");
         let last = prev_log_index.plus(entries.len() as u64);
         pr.sent(last, !entries.is_empty());
         let ae = AppendEntries {
@@ -101,7 +114,9 @@ impl Node {
     /// commits beyond what the follower is known to hold.
     pub(crate) fn broadcast_heartbeat(&mut self) {
         let commit = self.commit_index;
-        let RoleState::Leader(ls) = &self.role else { return };
+        let RoleState::Leader(ls) = &self.role else {
+            return;
+        };
         let round = ls.round;
         let beats: Vec<(NodeId, AppendEntries)> = ls
             .progress
@@ -126,7 +141,9 @@ impl Node {
     }
 
     pub(crate) fn leader_tick(&mut self, now: Time) {
-        let RoleState::Leader(ls) = &mut self.role else { return };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         if now >= ls.check_quorum_deadline {
             // CheckQuorum (§6.2): step down if a majority was silent for a
             // whole election timeout; a partitioned leader thus stops
@@ -142,16 +159,25 @@ impl Node {
             }
             ls.check_quorum_deadline = now + self.config.election_timeout_min;
         }
-        let RoleState::Leader(ls) = &mut self.role else { return };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         if now >= ls.heartbeat_deadline {
             ls.heartbeat_deadline = now + self.config.heartbeat_interval;
             self.broadcast_heartbeat();
         }
     }
 
-    pub(crate) fn handle_append_response(&mut self, _now: Time, from: NodeId, r: AppendEntriesResponse) {
+    pub(crate) fn handle_append_response(
+        &mut self,
+        _now: Time,
+        from: NodeId,
+        r: AppendEntriesResponse,
+    ) {
         let max_inflight = self.config.max_inflight_appends;
-        let RoleState::Leader(ls) = &mut self.role else { return };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         if r.round > ls.round {
             // Echoes a round this leader never sent: not an answer to us.
             return;
@@ -205,7 +231,9 @@ impl Node {
     /// §5.4.2: commit the highest index a majority holds, but only by
     /// counting replicas of an entry from the current term (Figure 8).
     pub(crate) fn leader_maybe_commit(&mut self) {
-        let RoleState::Leader(ls) = &self.role else { return };
+        let RoleState::Leader(ls) = &self.role else {
+            return;
+        };
         let mut matches: Vec<_> = ls.progress.values().map(|p| p.match_index).collect();
         matches.push(self.log.last_index());
         let n = quorum_index(matches);
@@ -220,7 +248,9 @@ impl Node {
     /// index is applied.
     pub(crate) fn advance_reads(&mut self) {
         let last_applied = self.last_applied;
-        let RoleState::Leader(ls) = &mut self.role else { return };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         if ls.reads.len() == 0 {
             return;
         }

@@ -54,9 +54,7 @@ mod types;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use action::{
-    Action, ElectionReason, Event, ProposeError, ReadError, Role, RoleChangeReason,
-};
+pub use action::{Action, ElectionReason, Event, ProposeError, ReadError, Role, RoleChangeReason};
 pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
 pub use message::{
     AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,

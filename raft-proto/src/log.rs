@@ -41,7 +41,11 @@ impl RaftLog {
     /// The O(1) part of the invariants, for checks after every input.
     pub(crate) fn check_tail(&self) {
         if let Some(last) = self.entries.last() {
-            assert_eq!(last.index, self.last_index(), "log invariant: indexes are consecutive");
+            assert_eq!(
+                last.index,
+                self.last_index(),
+                "log invariant: indexes are consecutive"
+            );
             let before = self.term_at(last.index.prev()).expect("entry before last");
             assert!(last.term >= before, "log invariant: terms never decrease");
         }
@@ -99,7 +103,10 @@ impl RaftLog {
         if from > to {
             return &[];
         }
-        assert!(from > self.offset && to <= self.last_index(), "range out of log");
+        assert!(
+            from > self.offset && to <= self.last_index(),
+            "range out of log"
+        );
         let a = (from.0 - self.offset.0 - 1) as usize;
         let b = (to.0 - self.offset.0) as usize;
         &self.entries[a..b]
@@ -107,8 +114,15 @@ impl RaftLog {
 
     /// Appends one entry at `last_index() + 1`.
     pub(crate) fn push(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index().next(), "log append must be contiguous");
-        assert!(entry.term >= self.last_term(), "log append must not lower the term");
+        assert_eq!(
+            entry.index,
+            self.last_index().next(),
+            "log append must be contiguous"
+        );
+        assert!(
+            entry.term >= self.last_term(),
+            "log append must not lower the term"
+        );
         self.entries.push(entry);
     }
 
@@ -148,7 +162,8 @@ impl RaftLog {
     /// §5.4.1: a candidate's log is at least as up-to-date as ours if its
     /// last term is higher, or equal with an index at least as high.
     pub(crate) fn is_up_to_date(&self, last_term: Term, last_index: LogIndex) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 }
 
@@ -183,11 +198,23 @@ mod tests {
     #[test]
     fn term_runs() {
         let log = log_of(&[1, 1, 2, 2, 2, 4]);
-        assert_eq!(log.first_index_of_term_run(LogIndex(5), Term(2)), LogIndex(3));
-        assert_eq!(log.first_index_of_term_run(LogIndex(2), Term(1)), LogIndex(1));
-        assert_eq!(log.last_index_of_term(Term(2), LogIndex(6)), Some(LogIndex(5)));
+        assert_eq!(
+            log.first_index_of_term_run(LogIndex(5), Term(2)),
+            LogIndex(3)
+        );
+        assert_eq!(
+            log.first_index_of_term_run(LogIndex(2), Term(1)),
+            LogIndex(1)
+        );
+        assert_eq!(
+            log.last_index_of_term(Term(2), LogIndex(6)),
+            Some(LogIndex(5))
+        );
         assert_eq!(log.last_index_of_term(Term(3), LogIndex(6)), None);
-        assert_eq!(log.last_index_of_term(Term(1), LogIndex(6)), Some(LogIndex(2)));
+        assert_eq!(
+            log.last_index_of_term(Term(1), LogIndex(6)),
+            Some(LogIndex(2))
+        );
     }
 
     #[test]

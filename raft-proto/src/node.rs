@@ -116,7 +116,12 @@ impl Node {
     /// election deadline after `now`.
     pub fn new(config: Config, state: PersistentState, now: Time) -> Result<Node, ConfigError> {
         config.validate()?;
-        let mut peers: Vec<NodeId> = config.voters.iter().copied().filter(|&v| v != config.id).collect();
+        let mut peers: Vec<NodeId> = config
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != config.id)
+            .collect();
         peers.sort();
         let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Warm the generator so nodes with nearby seeds diverge at once.
@@ -176,10 +181,13 @@ impl Node {
         if matches!(self.role, RoleState::Leader(_)) {
             self.leader_tick(now);
         } else if now >= self.election_deadline {
-            let reason = self.election_reason.take().unwrap_or(ElectionReason::ElectionTimeout {
-                last_leader: self.last_leader,
-                silent_for: self.last_leader_contact.map(|t| now.saturating_since(t)),
-            });
+            let reason = self
+                .election_reason
+                .take()
+                .unwrap_or(ElectionReason::ElectionTimeout {
+                    last_leader: self.last_leader,
+                    silent_for: self.last_leader_contact.map(|t| now.saturating_since(t)),
+                });
             self.campaign(now, reason);
         }
         self.debug_check_invariants();
@@ -216,12 +224,17 @@ impl Node {
                     // heartbeat apart, plus a little jitter): the first
                     // one with an up-to-date log wins in a round trip.
                     let step = self.config.heartbeat_interval.as_nanos() as u64 / 2;
-                    let rank = self.peers.iter().filter(|&&p| p != peer && p < self.config.id).count() as u64;
+                    let rank = self
+                        .peers
+                        .iter()
+                        .filter(|&&p| p != peer && p < self.config.id)
+                        .count() as u64;
                     let jitter = self.rng.range(0, step / 4 + 1);
                     let at = now + Duration::from_nanos(rank * step + jitter);
                     if at < self.election_deadline {
                         self.election_deadline = at;
-                        self.election_reason = Some(ElectionReason::LeaderLinkLost { leader: peer });
+                        self.election_reason =
+                            Some(ElectionReason::LeaderLinkLost { leader: peer });
                     }
                 }
             }
@@ -257,7 +270,9 @@ impl Node {
             return Err(ProposeError::NotLeader { leader: None });
         }
         if !matches!(self.role, RoleState::Leader(_)) {
-            return Err(ProposeError::NotLeader { leader: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
         }
         let uncommitted = self.log.last_index().0 - self.commit_index.0;
         if uncommitted >= self.config.max_uncommitted_entries {
@@ -279,9 +294,13 @@ impl Node {
             return Err(ReadError::NotLeader { leader: None });
         }
         let max_reads = self.config.max_pending_reads;
-        let read_index = self.committed_in_current_term().then_some(self.commit_index);
+        let read_index = self
+            .committed_in_current_term()
+            .then_some(self.commit_index);
         let RoleState::Leader(ls) = &mut self.role else {
-            return Err(ReadError::NotLeader { leader: self.leader });
+            return Err(ReadError::NotLeader {
+                leader: self.leader,
+            });
         };
         if ls.reads.len() >= max_reads {
             return Err(ReadError::Busy);
@@ -449,7 +468,12 @@ impl Node {
                         return;
                     }
                     if !rv.pre_vote {
-                        self.become_follower(now, msg.term, None, RoleChangeReason::HigherTerm { from: msg.from });
+                        self.become_follower(
+                            now,
+                            msg.term,
+                            None,
+                            RoleChangeReason::HigherTerm { from: msg.from },
+                        );
                     }
                 }
                 // A granted pre-vote carries the term the candidate asked
@@ -464,7 +488,12 @@ impl Node {
                     );
                 }
                 _ => {
-                    self.become_follower(now, msg.term, None, RoleChangeReason::HigherTerm { from: msg.from });
+                    self.become_follower(
+                        now,
+                        msg.term,
+                        None,
+                        RoleChangeReason::HigherTerm { from: msg.from },
+                    );
                 }
             }
         } else if msg.term < self.current_term {
@@ -491,7 +520,9 @@ impl Node {
 
         match msg.body {
             MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
-            MessageBody::RequestVoteResponse(r) => self.handle_vote_response(now, msg.from, msg.term, r),
+            MessageBody::RequestVoteResponse(r) => {
+                self.handle_vote_response(now, msg.from, msg.term, r)
+            }
             MessageBody::AppendEntries(ae) => {
                 if msg.term == self.current_term {
                     self.handle_append_entries(now, msg.from, ae);
@@ -527,7 +558,10 @@ impl Node {
         leader: Option<NodeId>,
         reason: RoleChangeReason,
     ) {
-        assert!(term >= self.current_term, "term invariant: terms never decrease");
+        assert!(
+            term >= self.current_term,
+            "term invariant: terms never decrease"
+        );
         let was = self.role();
         if term > self.current_term {
             self.current_term = term;
@@ -539,7 +573,9 @@ impl Node {
             for id in ls.reads.drain_ids() {
                 self.read_results.push_back(Action::ReadFailed {
                     id,
-                    error: ReadError::NotLeader { leader: leader_hint },
+                    error: ReadError::NotLeader {
+                        leader: leader_hint,
+                    },
                 });
             }
         }
@@ -589,7 +625,13 @@ impl Node {
         });
     }
 
-    pub(crate) fn send_vote_response(&mut self, to: NodeId, term: Term, pre_vote: bool, granted: bool) {
+    pub(crate) fn send_vote_response(
+        &mut self,
+        to: NodeId,
+        term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) {
         self.sends.push_back(Message {
             from: self.config.id,
             to,
@@ -604,7 +646,10 @@ impl Node {
         if index <= self.commit_index {
             return;
         }
-        assert!(index <= self.log.last_index(), "commit invariant: commit within log");
+        assert!(
+            index <= self.log.last_index(),
+            "commit invariant: commit within log"
+        );
         self.commit_index = index;
         let from = self.last_applied.next();
         for e in self.log.range(from, index) {
@@ -640,28 +685,50 @@ impl Node {
             self.commit_index <= self.log.last_index(),
             "invariant: commit_index <= last log index"
         );
-        assert!(self.last_applied <= self.commit_index, "invariant: last_applied <= commit_index");
+        assert!(
+            self.last_applied <= self.commit_index,
+            "invariant: last_applied <= commit_index"
+        );
         assert!(
             self.log.last_term() <= self.current_term,
             "invariant: no log entry from a future term"
         );
         match &self.role {
             RoleState::Leader(ls) => {
-                assert_eq!(self.leader, Some(self.config.id), "invariant: a leader knows it leads");
-                assert_eq!(self.voted_for, Some(self.config.id), "invariant: a leader voted for itself");
+                assert_eq!(
+                    self.leader,
+                    Some(self.config.id),
+                    "invariant: a leader knows it leads"
+                );
+                assert_eq!(
+                    self.voted_for,
+                    Some(self.config.id),
+                    "invariant: a leader voted for itself"
+                );
                 for pr in ls.progress.values() {
                     pr.check_invariants(self.log.last_index(), self.config.max_inflight_appends);
                 }
             }
             RoleState::Candidate { .. } => {
-                assert_eq!(self.voted_for, Some(self.config.id), "invariant: a candidate voted for itself");
+                assert_eq!(
+                    self.voted_for,
+                    Some(self.config.id),
+                    "invariant: a candidate voted for itself"
+                );
                 assert_eq!(self.leader, None, "invariant: a candidate knows no leader");
             }
             RoleState::PreCandidate { .. } => {
-                assert_eq!(self.leader, None, "invariant: a pre-candidate knows no leader");
+                assert_eq!(
+                    self.leader, None,
+                    "invariant: a pre-candidate knows no leader"
+                );
             }
             RoleState::Follower => {
-                assert_ne!(self.leader, Some(self.config.id), "invariant: a follower does not lead");
+                assert_ne!(
+                    self.leader,
+                    Some(self.config.id),
+                    "invariant: a follower does not lead"
+                );
             }
         }
     }

@@ -56,10 +56,16 @@ impl Progress {
             "progress invariant: next_index <= last_index + 1"
         );
         if let ProgressState::Replicate { inflight } = &self.state {
-            assert!(inflight.len() <= max_inflight, "progress invariant: inflight bounded");
+            assert!(
+                inflight.len() <= max_inflight,
+                "progress invariant: inflight bounded"
+            );
             let mut prev = self.match_index;
             for &i in inflight {
-                assert!(i > prev, "progress invariant: inflight ascending above match");
+                assert!(
+                    i > prev,
+                    "progress invariant: inflight ascending above match"
+                );
                 prev = i;
             }
         }
@@ -182,7 +188,12 @@ mod tests {
         assert!(!p.is_paused(4));
         p.sent(LogIndex(11), true);
         assert!(p.on_success(LogIndex(11)));
-        assert_eq!(p.state, ProgressState::Replicate { inflight: VecDeque::new() });
+        assert_eq!(
+            p.state,
+            ProgressState::Replicate {
+                inflight: VecDeque::new()
+            }
+        );
         assert_eq!(p.next_index, LogIndex(12));
         p.check_invariants(LogIndex(11), 4);
     }

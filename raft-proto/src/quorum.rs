@@ -12,7 +12,10 @@ pub(crate) fn majority(voters: usize) -> usize {
 /// The highest index that at least a majority of `match_indexes` (one per
 /// voter, the leader's own included) has reached.
 pub(crate) fn quorum_index(mut match_indexes: Vec<LogIndex>) -> LogIndex {
-    assert!(!match_indexes.is_empty(), "a cluster has at least one voter");
+    assert!(
+        !match_indexes.is_empty(),
+        "a cluster has at least one voter"
+    );
     match_indexes.sort_unstable_by(|a, b| b.cmp(a));
     match_indexes[majority(match_indexes.len()) - 1]
 }

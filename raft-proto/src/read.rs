@@ -52,7 +52,8 @@ impl ReadQueue {
     pub(crate) fn pop_ready(&mut self, quorum_round: u64, last_applied: LogIndex) -> Vec<u64> {
         let mut ready = Vec::new();
         while let Some(front) = self.reads.front() {
-            let ok = front.round <= quorum_round && front.read_index.is_some_and(|ri| ri <= last_applied);
+            let ok = front.round <= quorum_round
+                && front.read_index.is_some_and(|ri| ri <= last_applied);
             if !ok {
                 break;
             }

@@ -14,7 +14,10 @@ const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
 fn elect(c: &mut Cluster) -> NodeId {
-    assert!(c.run_until_pred(5 * SEC, |c| c.leader().is_some()), "no leader elected");
+    assert!(
+        c.run_until_pred(5 * SEC, |c| c.leader().is_some()),
+        "no leader elected"
+    );
     c.leader().unwrap()
 }
 
@@ -22,9 +25,13 @@ fn elect(c: &mut Cluster) -> NodeId {
 /// committed).
 fn commit(c: &mut Cluster, value: u64) -> LogIndex {
     let leader = c.leader().expect("a leader");
-    let id = c.propose(leader, encode_write(1, value)).expect("leader accepts");
+    let id = c
+        .propose(leader, encode_write(1, value))
+        .expect("leader accepts");
     assert!(
-        c.run_until_pred(5 * SEC, |c| c.node(leader).is_some_and(|n| n.last_applied() >= id.index)),
+        c.run_until_pred(5 * SEC, |c| c
+            .node(leader)
+            .is_some_and(|n| n.last_applied() >= id.index)),
         "entry {} not committed",
         id.index
     );
@@ -36,17 +43,21 @@ fn commit_everywhere(c: &mut Cluster, value: u64) -> LogIndex {
     let index = commit(c, value);
     let ids = c.ids().to_vec();
     assert!(
-        c.run_until_pred(5 * SEC, |c| ids
-            .iter()
-            .filter(|&&n| c.is_up(n))
-            .all(|&n| c.node(n).unwrap().last_applied() >= index)),
+        c.run_until_pred(5 * SEC, |c| ids.iter().filter(|&&n| c.is_up(n)).all(|&n| c
+            .node(n)
+            .unwrap()
+            .last_applied()
+            >= index)),
         "entry {index} not applied everywhere"
     );
     index
 }
 
 fn terms(c: &Cluster) -> Vec<Term> {
-    c.ids().iter().filter_map(|&n| c.node(n).map(|x| x.term())).collect()
+    c.ids()
+        .iter()
+        .filter_map(|&n| c.node(n).map(|x| x.term()))
+        .collect()
 }
 
 // ----- Election (§5.2) ---------------------------------------------------
@@ -130,7 +141,10 @@ fn agreement_with_a_failed_follower() {
     }
     c.restart(f);
     let last = commit_everywhere(&mut c, 6);
-    assert!(c.node(f).unwrap().last_applied() >= last, "the follower caught up");
+    assert!(
+        c.node(f).unwrap().last_applied() >= last,
+        "the follower caught up"
+    );
     assert_eq!(c.value(f, 1), Some(6));
 }
 
@@ -146,7 +160,11 @@ fn no_commit_without_majority() {
     }
     let id = c.propose(l, encode_write(1, 2)).unwrap();
     c.run_for(SEC);
-    assert_eq!(c.node(l).unwrap().commit_index(), before, "no majority, no commit");
+    assert_eq!(
+        c.node(l).unwrap().commit_index(),
+        before,
+        "no majority, no commit"
+    );
     c.heal();
     assert!(c.run_until_pred(5 * SEC, |c| c.leader().is_some()));
     let _ = id;
@@ -156,12 +174,22 @@ fn no_commit_without_majority() {
 fn concurrent_proposals() {
     let mut c = Cluster::new(3, 8);
     let l = elect(&mut c);
-    let ids: Vec<_> = (0..200).map(|v| c.propose(l, encode_write(v % 7, v)).unwrap()).collect();
+    let ids: Vec<_> = (0..200)
+        .map(|v| c.propose(l, encode_write(v % 7, v)).unwrap())
+        .collect();
     let last = ids.last().unwrap().index;
     let nodes = c.ids().to_vec();
-    assert!(c.run_until_pred(5 * SEC, |c| nodes.iter().all(|&n| c.node(n).unwrap().last_applied() >= last)));
+    assert!(c.run_until_pred(5 * SEC, |c| nodes.iter().all(|&n| c
+        .node(n)
+        .unwrap()
+        .last_applied()
+        >= last)));
     for w in ids.windows(2) {
-        assert_eq!(w[1].index, w[0].index.next(), "proposals take consecutive indexes");
+        assert_eq!(
+            w[1].index,
+            w[0].index.next(),
+            "proposals take consecutive indexes"
+        );
     }
 }
 
@@ -180,7 +208,11 @@ fn rejoin_of_old_leader_with_uncommitted_entries() {
     c.heal();
     let last = commit_everywhere(&mut c, 3);
     assert!(c.node(l1).unwrap().last_applied() >= last);
-    assert_eq!(c.value(l1, 1), Some(3), "the old leader's uncommitted writes were overwritten");
+    assert_eq!(
+        c.value(l1, 1),
+        Some(3),
+        "the old leader's uncommitted writes were overwritten"
+    );
 }
 
 #[test]
@@ -205,7 +237,11 @@ fn backup_of_a_long_divergent_log() {
     c.reset_message_counts();
     let last = commit_everywhere(&mut c, 2);
     assert!(c.node(l1).unwrap().last_applied() >= last);
-    let rejections = c.messages_sent().get("AppendEntriesResponse").copied().unwrap_or(0);
+    let rejections = c
+        .messages_sent()
+        .get("AppendEntriesResponse")
+        .copied()
+        .unwrap_or(0);
     assert!(rejections < 200, "repair took {rejections} responses");
 }
 
@@ -217,9 +253,21 @@ fn hand_node(id: u64, hs: HardState, terms: &[u64]) -> Node {
     let entries = terms
         .iter()
         .enumerate()
-        .map(|(i, &t)| Entry { term: Term(t), index: LogIndex(i as u64 + 1), payload: EntryPayload::Noop })
+        .map(|(i, &t)| Entry {
+            term: Term(t),
+            index: LogIndex(i as u64 + 1),
+            payload: EntryPayload::Noop,
+        })
         .collect();
-    Node::new(Config::new(NodeId(id), voters), PersistentState { hard_state: hs, entries }, Time::ZERO).unwrap()
+    Node::new(
+        Config::new(NodeId(id), voters),
+        PersistentState {
+            hard_state: hs,
+            entries,
+        },
+        Time::ZERO,
+    )
+    .unwrap()
 }
 
 fn drain(n: &mut Node) -> Vec<Action> {
@@ -227,7 +275,12 @@ fn drain(n: &mut Node) -> Vec<Action> {
 }
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term),
+        body,
+    }
 }
 
 /// Runs a pre-vote and an election on `n` with grants from 2 and 3.
@@ -235,12 +288,24 @@ fn win_election(n: &mut Node, now: Time) {
     n.handle_timeout(now);
     let term = n.term().0;
     for p in [2, 3] {
-        let grant = RequestVoteResponse { pre_vote: true, granted: true };
-        n.handle_message(now, msg(p, 1, term + 1, MessageBody::RequestVoteResponse(grant)));
+        let grant = RequestVoteResponse {
+            pre_vote: true,
+            granted: true,
+        };
+        n.handle_message(
+            now,
+            msg(p, 1, term + 1, MessageBody::RequestVoteResponse(grant)),
+        );
     }
     for p in [2, 3] {
-        let grant = RequestVoteResponse { pre_vote: false, granted: true };
-        n.handle_message(now, msg(p, 1, term + 1, MessageBody::RequestVoteResponse(grant)));
+        let grant = RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        };
+        n.handle_message(
+            now,
+            msg(p, 1, term + 1, MessageBody::RequestVoteResponse(grant)),
+        );
     }
     assert_eq!(n.role(), Role::Leader);
 }
@@ -248,7 +313,10 @@ fn win_election(n: &mut Node, now: Time) {
 #[test]
 fn figure_8_old_term_entries_are_not_committed_by_counting() {
     // S1's log: [1, 2]; it wins term 4 and appends its no-op at index 3.
-    let hs = HardState { current_term: Term(3), voted_for: None };
+    let hs = HardState {
+        current_term: Term(3),
+        voted_for: None,
+    };
     let mut s1 = hand_node(1, hs, &[1, 2]);
     let t = Time::ZERO + SEC;
     win_election(&mut s1, t);
@@ -258,13 +326,30 @@ fn figure_8_old_term_entries_are_not_committed_by_counting() {
     // S2 and S3 now hold index 2 (term 2): a majority with S1, but of an
     // old term. §5.4.2: it must not be committed by counting.
     for p in [2, 3] {
-        let r = AppendEntriesResponse { round: 0, result: AppendResult::Success { match_index: LogIndex(2) } };
+        let r = AppendEntriesResponse {
+            round: 0,
+            result: AppendResult::Success {
+                match_index: LogIndex(2),
+            },
+        };
         s1.handle_message(t, msg(p, 1, 4, MessageBody::AppendEntriesResponse(r)));
     }
-    assert_eq!(s1.commit_index(), LogIndex(0), "Figure 8: a term-2 entry on a majority is not committed");
+    assert_eq!(
+        s1.commit_index(),
+        LogIndex(0),
+        "Figure 8: a term-2 entry on a majority is not committed"
+    );
     // Once the term-4 entry is on a majority, everything up to it commits.
-    let r = AppendEntriesResponse { round: 0, result: AppendResult::Success { match_index: LogIndex(3) } };
-    s1.handle_message(t, msg(2, 1, 4, MessageBody::AppendEntriesResponse(r.clone())));
+    let r = AppendEntriesResponse {
+        round: 0,
+        result: AppendResult::Success {
+            match_index: LogIndex(3),
+        },
+    };
+    s1.handle_message(
+        t,
+        msg(2, 1, 4, MessageBody::AppendEntriesResponse(r.clone())),
+    );
     assert_eq!(s1.commit_index(), LogIndex(0));
     s1.handle_message(t, msg(3, 1, 4, MessageBody::AppendEntriesResponse(r)));
     assert_eq!(s1.commit_index(), LogIndex(3));
@@ -273,13 +358,26 @@ fn figure_8_old_term_entries_are_not_committed_by_counting() {
 #[test]
 fn election_restriction_refuses_a_stale_log() {
     // §5.4.1: a voter whose log is more up to date refuses its vote.
-    let hs = HardState { current_term: Term(2), voted_for: None };
+    let hs = HardState {
+        current_term: Term(2),
+        voted_for: None,
+    };
     let mut voter = hand_node(2, hs, &[1, 2]);
-    let rv = raft_proto::RequestVote { pre_vote: false, last_log_index: LogIndex(5), last_log_term: Term(1) };
+    let rv = raft_proto::RequestVote {
+        pre_vote: false,
+        last_log_index: LogIndex(5),
+        last_log_term: Term(1),
+    };
     voter.handle_message(Time::ZERO + SEC, msg(1, 2, 3, MessageBody::RequestVote(rv)));
     let actions = drain(&mut voter);
     let granted = actions.iter().any(|a| {
-        matches!(a, Action::Send(Message { body: MessageBody::RequestVoteResponse(RequestVoteResponse { granted: true, .. }), .. }))
+        matches!(
+            a,
+            Action::Send(Message {
+                body: MessageBody::RequestVoteResponse(RequestVoteResponse { granted: true, .. }),
+                ..
+            })
+        )
     });
     assert!(!granted);
     assert_eq!(voter.hard_state().voted_for, None);
@@ -299,8 +397,15 @@ fn persistence_across_restarts() {
     }
     for &n in &ids {
         c.restart(n);
-        assert_eq!(c.node(n).unwrap().term(), before[n.0 as usize - 1].current_term, "term survives");
-        assert!(c.node(n).unwrap().last_log_index() >= LogIndex(21), "log survives");
+        assert_eq!(
+            c.node(n).unwrap().term(),
+            before[n.0 as usize - 1].current_term,
+            "term survives"
+        );
+        assert!(
+            c.node(n).unwrap().last_log_index() >= LogIndex(21),
+            "log survives"
+        );
     }
     elect(&mut c);
     commit_everywhere(&mut c, 21);
@@ -375,14 +480,20 @@ fn steady_state_has_no_elections_and_heartbeats_reset_every_timer() {
             assert_eq!(n.term(), term, "a follower's term changed");
             assert_eq!(n.role(), Role::Follower);
             let ahead = n.poll_timeout().unwrap() - c.now();
-            assert!(ahead >= min_timeout - hb - 2 * MS, "follower {f} timer not reset: {ahead:?} left");
+            assert!(
+                ahead >= min_timeout - hb - 2 * MS,
+                "follower {f} timer not reset: {ahead:?} left"
+            );
         }
         c.now() >= end
     });
     assert!(ok);
     let beats = c.messages_sent()["Heartbeat"];
     // One heartbeat per interval per follower (+1 for the boundary).
-    assert!(beats <= 2 * 10_001, "{beats} heartbeats for 10,000 intervals");
+    assert!(
+        beats <= 2 * 10_001,
+        "{beats} heartbeats for 10,000 intervals"
+    );
     assert!(beats >= 2 * 9_999);
     assert!(!c.messages_sent().contains_key("PreVote"));
     assert!(!c.messages_sent().contains_key("RequestVote"));
@@ -421,7 +532,11 @@ fn follower_cut_off_and_back_changes_nothing() {
     let f = *c.ids().iter().find(|&&n| n != l).unwrap();
     c.isolate(f);
     c.run_for(5 * SEC); // many election timeouts: f pre-votes in vain
-    assert_eq!(c.node(f).unwrap().term(), term, "pre-vote kept the cut-off follower's term");
+    assert_eq!(
+        c.node(f).unwrap().term(),
+        term,
+        "pre-vote kept the cut-off follower's term"
+    );
     c.heal();
     c.run_for(2 * SEC);
     assert_eq!(c.leader(), Some(l), "the leader was not unseated");
@@ -452,7 +567,10 @@ fn frozen_leader_is_replaced_within_an_election_timeout() {
     c.freeze(l); // no EOF: only the election timeout notices
     assert!(c.run_until_pred(2 * SEC, |c| c.leader().is_some_and(|x| x != l)));
     let took = c.now() - t0;
-    assert!(took <= Duration::from_millis(600 + 10), "failover took {took:?}");
+    assert!(
+        took <= Duration::from_millis(600 + 10),
+        "failover took {took:?}"
+    );
     // Thawed, the old leader steps down quietly.
     c.thaw(l);
     c.run_for(SEC);
@@ -476,21 +594,53 @@ fn one_broken_link_does_not_force_an_election() {
     assert_eq!(c.node(l).unwrap().term(), term);
 }
 
+/// Runs until a completion for read `id` arrives (or `d` passes).
+fn await_read(c: &mut Cluster, id: u64, d: Duration) -> Option<Completion> {
+    let deadline = c.now() + d;
+    while c.now() < deadline {
+        c.run_until(deadline);
+        for done in c.take_completions() {
+            match &done {
+                Completion::ReadReady { id: r, .. } | Completion::ReadFailed { id: r, .. }
+                    if *r == id =>
+                {
+                    return Some(done)
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
 #[test]
-fn reads_are_linearizable_and_fail_on_leader_loss() {
+fn reads_see_the_latest_commit_and_fail_on_leader_loss() {
     let mut c = Cluster::new(3, 20);
     let l = elect(&mut c);
     commit(&mut c, 7);
+    // §6.4: confirmed by a heartbeat round, served after applying.
     c.read(l, 1, 1).unwrap();
-    let mut got = None;
-    assert!(c.run_until_pred(SEC, |_| false) || true);
-    for done in c.take_completions() {
-        if let Completion::ReadReady { id: 1, value, .. } = done {
-            got = Some(value);
-        }
+    match await_read(&mut c, 1, SEC) {
+        Some(Completion::ReadReady { value, .. }) => assert_eq!(value, Some(7)),
+        other => panic!("read not served: {other:?}"),
     }
-    let _ = got;
-    // A follower redirects.
-    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
-    assert!(matches!(c.propose(f, encode_write(1, 1)), Err(ProposeError::NotLeader { leader: Some(x) }) if x == l));
+    // A leader cut off cannot confirm itself: the read is never served,
+    // and fails when CheckQuorum deposes the leader.
+    c.isolate(l);
+    c.read(l, 2, 1).unwrap();
+    match await_read(&mut c, 2, 2 * SEC) {
+        Some(Completion::ReadFailed { .. }) => {}
+        other => panic!("a partitioned leader answered a read: {other:?}"),
+    }
+    // Followers redirect writes and reads to the leader they know.
+    c.heal();
+    let l2 = elect(&mut c);
+    c.run_for(SEC);
+    let f = *c.ids().iter().find(|&&n| n != l2).unwrap();
+    assert!(
+        matches!(c.propose(f, encode_write(1, 1)), Err(ProposeError::NotLeader { leader: Some(x) }) if x == l2)
+    );
+    assert!(
+        matches!(c.read(f, 3, 1), Err(raft_proto::ReadError::NotLeader { leader: Some(x) }) if x == l2)
+    );
 }

@@ -22,7 +22,13 @@ fn entry_hash(e: &Entry) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     };
-    for b in e.term.0.to_le_bytes().into_iter().chain(e.index.0.to_le_bytes()) {
+    for b in e
+        .term
+        .0
+        .to_le_bytes()
+        .into_iter()
+        .chain(e.index.0.to_le_bytes())
+    {
         eat(b);
     }
     match &e.payload {
@@ -85,11 +91,22 @@ impl Checker {
         self.roles.remove(&id);
     }
 
-    pub(crate) fn on_hard_state(&mut self, id: NodeId, old: HardState, new: HardState) -> Result<(), Violation> {
+    pub(crate) fn on_hard_state(
+        &mut self,
+        id: NodeId,
+        old: HardState,
+        new: HardState,
+    ) -> Result<(), Violation> {
         if new.current_term < old.current_term {
-            return Err(Violation(format!("node {id}: term went back from {} to {}", old.current_term, new.current_term)));
+            return Err(Violation(format!(
+                "node {id}: term went back from {} to {}",
+                old.current_term, new.current_term
+            )));
         }
-        if new.current_term == old.current_term && old.voted_for.is_some() && new.voted_for != old.voted_for {
+        if new.current_term == old.current_term
+            && old.voted_for.is_some()
+            && new.voted_for != old.voted_for
+        {
             return Err(Violation(format!(
                 "node {id}: vote changed within term {} from {:?} to {:?}",
                 new.current_term, old.voted_for, new.voted_for
@@ -98,17 +115,34 @@ impl Checker {
         Ok(())
     }
 
-    pub(crate) fn on_truncate(&mut self, id: NodeId, role: Role, from: LogIndex) -> Result<(), Violation> {
+    pub(crate) fn on_truncate(
+        &mut self,
+        id: NodeId,
+        role: Role,
+        from: LogIndex,
+    ) -> Result<(), Violation> {
         if role == Role::Leader {
-            return Err(Violation(format!("node {id}: leader truncated its log from {from} (leader append-only)")));
+            return Err(Violation(format!(
+                "node {id}: leader truncated its log from {from} (leader append-only)"
+            )));
         }
         Ok(())
     }
 
-    pub(crate) fn on_append(&mut self, id: NodeId, role: Role, log: &mut DiskLog, entries: Vec<Entry>) -> Result<(), Violation> {
+    pub(crate) fn on_append(
+        &mut self,
+        id: NodeId,
+        role: Role,
+        log: &mut DiskLog,
+        entries: Vec<Entry>,
+    ) -> Result<(), Violation> {
         for e in entries {
             if e.index.0 != log.entries.len() as u64 + 1 {
-                return Err(Violation(format!("node {id}: appended entry {} after {} entries", e.index, log.entries.len())));
+                return Err(Violation(format!(
+                    "node {id}: appended entry {} after {} entries",
+                    e.index,
+                    log.entries.len()
+                )));
             }
             let _ = role;
             let (i, t) = (e.index.0, e.term.0);
@@ -131,7 +165,10 @@ impl Checker {
     pub(crate) fn on_apply(&mut self, id: NodeId, e: &Entry) -> Result<(), Violation> {
         let last = self.last_applied.get(&id).copied().unwrap_or(LogIndex(0));
         if e.index != last.next() {
-            return Err(Violation(format!("node {id}: applied {} after {last} (gap or repeat)", e.index)));
+            return Err(Violation(format!(
+                "node {id}: applied {} after {last} (gap or repeat)",
+                e.index
+            )));
         }
         self.last_applied.insert(id, e.index);
         let pos = (e.index.0 - 1) as usize;
@@ -162,15 +199,20 @@ impl Checker {
     ) -> Result<(), Violation> {
         let prev_commit = self.last_commit.get(&id).copied().unwrap_or(LogIndex(0));
         if commit < prev_commit {
-            return Err(Violation(format!("node {id}: commit index went back from {prev_commit} to {commit}")));
+            return Err(Violation(format!(
+                "node {id}: commit index went back from {prev_commit} to {commit}"
+            )));
         }
         self.last_commit.insert(id, commit);
-        let became_leader = role == Role::Leader && self.roles.get(&id) != Some(&(Role::Leader, term));
+        let became_leader =
+            role == Role::Leader && self.roles.get(&id) != Some(&(Role::Leader, term));
         self.roles.insert(id, (role, term));
         if role == Role::Leader {
             match self.leaders.get(&term) {
                 Some(&other) if other != id => {
-                    return Err(Violation(format!("election safety violated: nodes {other} and {id} both lead term {term}")))
+                    return Err(Violation(format!(
+                        "election safety violated: nodes {other} and {id} both lead term {term}"
+                    )))
                 }
                 Some(_) => {}
                 None => {

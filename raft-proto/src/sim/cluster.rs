@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::checker::{Checker, DiskLog, Violation};
 use crate::{
-    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, Node, NodeId,
-    PersistentState, ProposeError, ReadError, Rng, Role, Term, Time,
+    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, Node,
+    NodeId, PersistentState, ProposeError, ReadError, Rng, Role, Term, Time,
 };
 
 /// The network's behaviour.
@@ -153,7 +153,7 @@ impl Cluster {
             queue: BTreeMap::new(),
             seq: 0,
             blocked: BTreeSet::new(),
-            rng: Rng::new(seed ^ 0x5EED_0F_C1A5_7E25),
+            rng: Rng::new(seed ^ 0x005E_ED0F_C1A5_7E25),
             net: NetConfig::default(),
             template,
             checker: Checker::default(),
@@ -185,7 +185,10 @@ impl Cluster {
         m.incarnation += 1;
         let mut cfg = self.template.clone();
         cfg.id = id;
-        cfg.seed = self.seed.wrapping_mul(0x100_0000_01B3).wrapping_add(id.0 * 1_000_003 + m.incarnation);
+        cfg.seed = self
+            .seed
+            .wrapping_mul(0x100_0000_01B3)
+            .wrapping_add(id.0 * 1_000_003 + m.incarnation);
         let state = PersistentState {
             hard_state: m.hard_state,
             entries: m.log.entries.clone(),
@@ -232,7 +235,9 @@ impl Cluster {
 
     /// Whether the node is running and not frozen.
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.members.get(&id).is_some_and(|m| m.node.is_some() && !m.frozen)
+        self.members
+            .get(&id)
+            .is_some_and(|m| m.node.is_some() && !m.frozen)
     }
 
     /// The running, unfrozen node that leads the highest term, if any.
@@ -240,7 +245,11 @@ impl Cluster {
         self.ids
             .iter()
             .filter(|&&id| self.is_up(id))
-            .filter_map(|&id| self.node(id).filter(|n| n.role() == Role::Leader).map(|n| (n.term(), id)))
+            .filter_map(|&id| {
+                self.node(id)
+                    .filter(|n| n.role() == Role::Leader)
+                    .map(|n| (n.term(), id))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -283,7 +292,12 @@ impl Cluster {
             return Err(ProposeError::NotLeader { leader: None });
         }
         let now = self.now;
-        let r = self.members.get_mut(&id).and_then(|m| m.node.as_mut()).expect("up").propose(now, command);
+        let r = self
+            .members
+            .get_mut(&id)
+            .and_then(|m| m.node.as_mut())
+            .expect("up")
+            .propose(now, command);
         self.after_input(id);
         r
     }
@@ -321,7 +335,13 @@ impl Cluster {
             if peer != id {
                 // Like TCP, the close arrives after all data sent before it.
                 let at = self.last_delivery(id, peer).max(self.now) + self.net.eof_delay;
-                self.schedule(at, Scheduled::LinkDown { node: peer, peer: id });
+                self.schedule(
+                    at,
+                    Scheduled::LinkDown {
+                        node: peer,
+                        peer: id,
+                    },
+                );
             }
         }
     }
@@ -349,7 +369,13 @@ impl Cluster {
         let at = self.now + self.net.eof_delay;
         for peer in self.ids.clone() {
             if peer != id {
-                self.schedule(at, Scheduled::LinkUp { node: peer, peer: id });
+                self.schedule(
+                    at,
+                    Scheduled::LinkUp {
+                        node: peer,
+                        peer: id,
+                    },
+                );
                 self.schedule(at, Scheduled::LinkUp { node: id, peer });
             }
         }
@@ -498,10 +524,18 @@ impl Cluster {
             }
         }
         for id in self.ids.clone() {
-            let due = self.members[&id].node.as_ref().and_then(|n| n.poll_timeout()).is_some_and(|d| d <= t);
+            let due = self.members[&id]
+                .node
+                .as_ref()
+                .and_then(|n| n.poll_timeout())
+                .is_some_and(|d| d <= t);
             if due && !self.members[&id].frozen {
                 let now = self.now;
-                self.members.get_mut(&id).and_then(|m| m.node.as_mut()).expect("up").handle_timeout(now);
+                self.members
+                    .get_mut(&id)
+                    .and_then(|m| m.node.as_mut())
+                    .expect("up")
+                    .handle_timeout(now);
                 self.after_input(id);
                 return;
             }
@@ -525,18 +559,37 @@ impl Cluster {
                     self.schedule(at, Scheduled::Deliver(msg));
                     return;
                 }
-                self.log_line(|| format!("n{} <- n{} {} t{} {:?}", to, msg.from, msg.kind(), msg.term, msg.body));
+                self.log_line(|| {
+                    format!(
+                        "n{} <- n{} {} t{} {:?}",
+                        to,
+                        msg.from,
+                        msg.kind(),
+                        msg.term,
+                        msg.body
+                    )
+                });
                 let now = self.now;
-                self.members.get_mut(&to).and_then(|m| m.node.as_mut()).expect("up").handle_message(now, msg);
+                self.members
+                    .get_mut(&to)
+                    .and_then(|m| m.node.as_mut())
+                    .expect("up")
+                    .handle_message(now, msg);
                 self.after_input(to);
             }
-            Scheduled::LinkDown { node, peer } | Scheduled::LinkUp { node, peer } if !self.is_up(node) => {
+            Scheduled::LinkDown { node, peer } | Scheduled::LinkUp { node, peer }
+                if !self.is_up(node) =>
+            {
                 let _ = (node, peer);
             }
             Scheduled::LinkDown { node, peer } => {
                 self.log_line(|| format!("n{node} link to n{peer} down"));
                 let now = self.now;
-                self.members.get_mut(&node).and_then(|m| m.node.as_mut()).expect("up").handle_link_down(now, peer);
+                self.members
+                    .get_mut(&node)
+                    .and_then(|m| m.node.as_mut())
+                    .expect("up")
+                    .handle_link_down(now, peer);
                 self.after_input(node);
             }
             Scheduled::LinkUp { node, peer } => {
@@ -545,7 +598,11 @@ impl Cluster {
                 }
                 self.log_line(|| format!("n{node} link to n{peer} up"));
                 let now = self.now;
-                self.members.get_mut(&node).and_then(|m| m.node.as_mut()).expect("up").handle_link_up(now, peer);
+                self.members
+                    .get_mut(&node)
+                    .and_then(|m| m.node.as_mut())
+                    .expect("up")
+                    .handle_link_up(now, peer);
                 self.after_input(node);
             }
         }
@@ -569,7 +626,9 @@ impl Cluster {
                     member.log.truncate_from(from);
                     self.checker.on_truncate(id, role, from)
                 }
-                Action::AppendLog(entries) => self.checker.on_append(id, role, &mut member.log, entries),
+                Action::AppendLog(entries) => {
+                    self.checker.on_append(id, role, &mut member.log, entries)
+                }
                 Action::Send(m) => {
                     sends.push(m);
                     Ok(())
@@ -581,18 +640,26 @@ impl Cluster {
                         }
                     }
                     let r = self.checker.on_apply(id, &e);
-                    self.completions.push(Completion::Applied { node: id, entry: e });
+                    self.completions
+                        .push(Completion::Applied { node: id, entry: e });
                     r
                 }
                 Action::ReadReady { id: read_id } => {
                     let key = member.reads.remove(&read_id).expect("read registered");
                     let value = member.machine.get(&key).copied();
-                    self.completions.push(Completion::ReadReady { node: id, id: read_id, value });
+                    self.completions.push(Completion::ReadReady {
+                        node: id,
+                        id: read_id,
+                        value,
+                    });
                     Ok(())
                 }
                 Action::ReadFailed { id: read_id, .. } => {
                     member.reads.remove(&read_id);
-                    self.completions.push(Completion::ReadFailed { node: id, id: read_id });
+                    self.completions.push(Completion::ReadFailed {
+                        node: id,
+                        id: read_id,
+                    });
                     Ok(())
                 }
                 Action::Event(ev) => {
@@ -612,7 +679,8 @@ impl Cluster {
             result = self.checker.after_step(id, role, term, commit, &member.log);
         }
         if let Err(v) = result {
-            self.violation.get_or_insert(Violation(format!("at {}: {v}", self.now)));
+            self.violation
+                .get_or_insert(Violation(format!("at {}: {v}", self.now)));
         }
         for m in sends {
             self.transmit(m);
@@ -624,9 +692,16 @@ impl Cluster {
         if self.rng.chance(self.net.loss) {
             return;
         }
-        let copies = if self.rng.chance(self.net.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.net.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
-            let d = self.rng.range(self.net.min_delay.as_nanos() as u64, self.net.max_delay.as_nanos() as u64);
+            let d = self.rng.range(
+                self.net.min_delay.as_nanos() as u64,
+                self.net.max_delay.as_nanos() as u64,
+            );
             let at = self.now + Duration::from_nanos(d);
             self.schedule(at, Scheduled::Deliver(m.clone()));
         }
@@ -644,19 +719,32 @@ impl Cluster {
 
     /// Term of `id`'s persisted log entry at `index`.
     pub fn persisted_term_at(&self, id: NodeId, index: LogIndex) -> Option<Term> {
-        self.members[&id].log.entries.get((index.0 as usize).wrapping_sub(1)).map(|e| e.term)
+        self.members[&id]
+            .log
+            .entries
+            .get((index.0 as usize).wrapping_sub(1))
+            .map(|e| e.term)
     }
 }
 
 /// One line for an event, as the server logs it.
 pub fn describe(ev: &Event) -> String {
     match ev {
-        Event::ElectionStarted { term, pre_vote, reason } => {
+        Event::ElectionStarted {
+            term,
+            pre_vote,
+            reason,
+        } => {
             let what = if *pre_vote { "pre-vote" } else { "election" };
             format!("{what} for term {term} ({reason})")
         }
-        Event::RoleChanged { role, term, reason } => format!("became {role} in term {term} ({reason})"),
-        Event::LeaderChanged { leader: Some(l), term } => format!("leader is n{l} (term {term})"),
+        Event::RoleChanged { role, term, reason } => {
+            format!("became {role} in term {term} ({reason})")
+        }
+        Event::LeaderChanged {
+            leader: Some(l),
+            term,
+        } => format!("leader is n{l} (term {term})"),
         Event::LeaderChanged { leader: None, term } => format!("no leader (term {term})"),
     }
 }

@@ -47,7 +47,13 @@ impl fmt::Display for Op {
             None => "?".to_string(),
         };
         match self.kind {
-            OpKind::Write(v) => write!(f, "client {} write(key {}, {v}) [{:.3}s, {end}]", self.client, self.key, self.invoke as f64 / 1e9),
+            OpKind::Write(v) => write!(
+                f,
+                "client {} write(key {}, {v}) [{:.3}s, {end}]",
+                self.client,
+                self.key,
+                self.invoke as f64 / 1e9
+            ),
             OpKind::Read(r) => write!(
                 f,
                 "client {} read(key {}) -> {} [{:.3}s, {end}]",
@@ -72,7 +78,11 @@ pub struct NonLinearizable {
 
 impl fmt::Display for NonLinearizable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "history of key {} is not linearizable; smallest failing window:", self.key)?;
+        writeln!(
+            f,
+            "history of key {} is not linearizable; smallest failing window:",
+            self.key
+        )?;
         for op in &self.window {
             writeln!(f, "  {op}")?;
         }
@@ -122,9 +132,14 @@ fn check_key(key: u64, mut ops: Vec<Op>) -> Result<(), NonLinearizable> {
         .iter()
         .find(|o| matches!(o.kind, OpKind::Read(Some(v)) if !written.contains(&v)))
     {
-        return Err(NonLinearizable { key, window: vec![*bad] });
+        return Err(NonLinearizable {
+            key,
+            window: vec![*bad],
+        });
     }
-    Search::new(&ops).run().map_err(|window| NonLinearizable { key, window })
+    Search::new(&ops)
+        .run()
+        .map_err(|window| NonLinearizable { key, window })
 }
 
 /// Lowe's just-in-time linearization search over a doubly linked list of
@@ -196,7 +211,7 @@ impl<'a> Search<'a> {
                 // since every call's return follows it.
                 unreachable!("linearizability search: call without a return");
             }
-            if entry % 2 == 0 {
+            if entry.is_multiple_of(2) {
                 let i = entry / 2;
                 let (ok, new_state) = match self.ops[i].kind {
                     OpKind::Write(v) => (true, Some(v)),
@@ -252,7 +267,9 @@ impl<'a> Search<'a> {
         if let Some(before) = self
             .ops
             .iter()
-            .filter(|o| matches!(o.kind, OpKind::Write(_)) && o.complete.is_some_and(|c| c < op.invoke))
+            .filter(|o| {
+                matches!(o.kind, OpKind::Write(_)) && o.complete.is_some_and(|c| c < op.invoke)
+            })
             .max_by_key(|o| o.complete)
         {
             w.insert(0, *before);
@@ -267,15 +284,32 @@ mod tests {
     use super::*;
 
     fn w(client: u64, v: Value, invoke: u64, complete: Option<u64>) -> Op {
-        Op { client, key: 0, kind: OpKind::Write(v), invoke, complete }
+        Op {
+            client,
+            key: 0,
+            kind: OpKind::Write(v),
+            invoke,
+            complete,
+        }
     }
     fn r(client: u64, v: Option<Value>, invoke: u64, complete: u64) -> Op {
-        Op { client, key: 0, kind: OpKind::Read(v), invoke, complete: Some(complete) }
+        Op {
+            client,
+            key: 0,
+            kind: OpKind::Read(v),
+            invoke,
+            complete: Some(complete),
+        }
     }
 
     #[test]
     fn sequential_history_is_linearizable() {
-        let h = [w(1, 1, 0, Some(10)), r(2, Some(1), 20, 30), w(1, 2, 40, Some(50)), r(2, Some(2), 60, 70)];
+        let h = [
+            w(1, 1, 0, Some(10)),
+            r(2, Some(1), 20, 30),
+            w(1, 2, 40, Some(50)),
+            r(2, Some(2), 60, 70),
+        ];
         assert!(check(&h).is_ok());
     }
 
@@ -288,7 +322,11 @@ mod tests {
     #[test]
     fn stale_read_is_caught() {
         // Write 2 completed before the read began, yet the read saw 1.
-        let h = [w(1, 1, 0, Some(10)), w(1, 2, 20, Some(30)), r(2, Some(1), 40, 50)];
+        let h = [
+            w(1, 1, 0, Some(10)),
+            w(1, 2, 20, Some(30)),
+            r(2, Some(1), 40, 50),
+        ];
         let err = check(&h).unwrap_err();
         assert_eq!(err.key, 0);
         assert!(err.window.iter().any(|o| o.kind == OpKind::Read(Some(1))));
@@ -296,7 +334,11 @@ mod tests {
 
     #[test]
     fn concurrent_operations_may_order_either_way() {
-        let h = [w(1, 1, 0, Some(100)), r(2, Some(1), 10, 20), r(3, None, 5, 15)];
+        let h = [
+            w(1, 1, 0, Some(100)),
+            r(2, Some(1), 10, 20),
+            r(3, None, 5, 15),
+        ];
         assert!(check(&h).is_ok());
     }
 
@@ -316,7 +358,11 @@ mod tests {
 
     #[test]
     fn unknown_write_may_take_effect_late_or_never() {
-        let late = [w(1, 1, 0, None), r(2, None, 10, 20), r(2, Some(1), 1000, 1010)];
+        let late = [
+            w(1, 1, 0, None),
+            r(2, None, 10, 20),
+            r(2, Some(1), 1000, 1010),
+        ];
         assert!(check(&late).is_ok());
         let never = [w(1, 1, 0, None), r(2, None, 1000, 1010)];
         assert!(check(&never).is_ok());

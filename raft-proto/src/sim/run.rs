@@ -63,8 +63,15 @@ pub struct RunReport {
 
 #[derive(Debug)]
 enum Pending {
-    Write { node: NodeId, id: EntryId, value: u64 },
-    Read { node: NodeId, read_id: u64 },
+    Write {
+        node: NodeId,
+        id: EntryId,
+        value: u64,
+    },
+    Read {
+        node: NodeId,
+        read_id: u64,
+    },
 }
 
 struct Client {
@@ -91,10 +98,18 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     if opts.trace {
         cluster.enable_trace();
     }
-    let mut report = RunReport { nodes: n, ..RunReport::default() };
+    let mut report = RunReport {
+        nodes: n,
+        ..RunReport::default()
+    };
 
     let mut clients: Vec<Client> = (0..opts.clients)
-        .map(|i| Client { id: i + 1, leader_guess: None, next_at: Time::ZERO, op: None })
+        .map(|i| Client {
+            id: i + 1,
+            leader_guess: None,
+            next_at: Time::ZERO,
+            op: None,
+        })
         .collect();
     let mut history: Vec<Op> = Vec::new();
     let mut next_value: u64 = 1;
@@ -116,7 +131,15 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
         let now = cluster.now();
         for c in clients.iter_mut() {
             if c.op.is_none() && now >= c.next_at {
-                start_op(&mut cluster, &mut rng, c, opts.keys, &mut next_value, &mut next_read_id, &mut history);
+                start_op(
+                    &mut cluster,
+                    &mut rng,
+                    c,
+                    opts.keys,
+                    &mut next_value,
+                    &mut next_read_id,
+                    &mut history,
+                );
             }
             if let Some((op, _, started)) = &c.op {
                 if now >= *started + OP_TIMEOUT {
@@ -146,7 +169,14 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
             break;
         }
         for done in cluster.take_completions() {
-            complete_ops(&cluster, &mut clients, &done, &mut history, &mut report, &mut rng);
+            complete_ops(
+                &cluster,
+                &mut clients,
+                &done,
+                &mut history,
+                &mut report,
+                &mut rng,
+            );
         }
     }
     if let Some(v) = cluster.violation().map(|v| v.to_string()) {
@@ -189,7 +219,9 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
         }
         if let Some((_, id)) = probe {
             let everywhere = ids.iter().all(|&n| {
-                cluster.node(n).is_some_and(|node| node.last_applied() >= id.index)
+                cluster
+                    .node(n)
+                    .is_some_and(|node| node.last_applied() >= id.index)
                     && cluster.persisted_term_at(n, id.index) == Some(id.term)
             });
             if everywhere {
@@ -200,7 +232,10 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
             // leader that was frozen, say): the probe may be lost, so
             // propose again on the current leader.
             let (l, _) = probe.expect("set");
-            if cluster.node(l).is_none_or(|n| n.role() != crate::Role::Leader || n.term() != id.term) {
+            if cluster
+                .node(l)
+                .is_none_or(|n| n.role() != crate::Role::Leader || n.term() != id.term)
+            {
                 probe = None;
             }
         }
@@ -230,7 +265,13 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     if let Some(l) = cluster.leader() {
         let t = cluster.now().as_nanos();
         for key in 0..opts.keys {
-            history.push(Op { client: 0, key, kind: OpKind::Read(cluster.value(l, key)), invoke: t, complete: Some(t) });
+            history.push(Op {
+                client: 0,
+                key,
+                kind: OpKind::Read(cluster.value(l, key)),
+                invoke: t,
+                complete: Some(t),
+            });
         }
     }
     if let Err(e) = linearizability::check(&history) {
@@ -326,7 +367,10 @@ fn inject_fault(
             cluster.net.loss = [0.0, 0.01, 0.05, 0.2][rng.range(0, 4) as usize];
             cluster.net.duplicate = [0.0, 0.02, 0.1][rng.range(0, 3) as usize];
             cluster.net.max_delay = Duration::from_millis([2, 10, 50][rng.range(0, 3) as usize]);
-            format!("net loss={} dup={} max_delay={:?}", cluster.net.loss, cluster.net.duplicate, cluster.net.max_delay)
+            format!(
+                "net loss={} dup={} max_delay={:?}",
+                cluster.net.loss, cluster.net.duplicate, cluster.net.max_delay
+            )
         }
         _ => {
             // Kill everything, then bring it all back: only what was
@@ -355,7 +399,9 @@ fn start_op(
 ) {
     let _ = history;
     let ids = cluster.ids().to_vec();
-    let target = c.leader_guess.unwrap_or_else(|| ids[rng.range(0, ids.len() as u64) as usize]);
+    let target = c
+        .leader_guess
+        .unwrap_or_else(|| ids[rng.range(0, ids.len() as u64) as usize]);
     let key = rng.range(0, keys);
     let now = cluster.now();
     let invoke = now.as_nanos();
@@ -364,8 +410,22 @@ fn start_op(
         *next_value += 1;
         match cluster.propose(target, encode_write(key, value)) {
             Ok(id) => {
-                let op = Op { client: c.id, key, kind: OpKind::Write(value), invoke, complete: None };
-                c.op = Some((op, Pending::Write { node: target, id, value }, now));
+                let op = Op {
+                    client: c.id,
+                    key,
+                    kind: OpKind::Write(value),
+                    invoke,
+                    complete: None,
+                };
+                c.op = Some((
+                    op,
+                    Pending::Write {
+                        node: target,
+                        id,
+                        value,
+                    },
+                    now,
+                ));
             }
             Err(ProposeError::NotLeader { leader }) => {
                 c.leader_guess = leader;
@@ -378,8 +438,21 @@ fn start_op(
         *next_read_id += 1;
         match cluster.read(target, read_id, key) {
             Ok(()) => {
-                let op = Op { client: c.id, key, kind: OpKind::Read(None), invoke, complete: None };
-                c.op = Some((op, Pending::Read { node: target, read_id }, now));
+                let op = Op {
+                    client: c.id,
+                    key,
+                    kind: OpKind::Read(None),
+                    invoke,
+                    complete: None,
+                };
+                c.op = Some((
+                    op,
+                    Pending::Read {
+                        node: target,
+                        read_id,
+                    },
+                    now,
+                ));
             }
             Err(ReadError::NotLeader { leader }) => {
                 c.leader_guess = leader;
@@ -400,10 +473,14 @@ fn complete_ops(
 ) {
     let now = cluster.now();
     for c in clients.iter_mut() {
-        let Some((op, pending, _)) = &c.op else { continue };
+        let Some((op, pending, _)) = &c.op else {
+            continue;
+        };
         let mut op = *op;
         let finished = match (pending, done) {
-            (Pending::Write { node, id, value }, Completion::Applied { node: n, entry }) if n == node && entry.index == id.index => {
+            (Pending::Write { node, id, value }, Completion::Applied { node: n, entry })
+                if n == node && entry.index == id.index =>
+            {
                 let _ = value;
                 if entry.term == id.term {
                     op.complete = Some(now.as_nanos());
@@ -420,14 +497,18 @@ fn complete_ops(
                 report.unknown += 1;
                 true
             }
-            (Pending::Read { node, read_id }, Completion::ReadReady { node: n, id, value }) if n == node && id == read_id => {
+            (Pending::Read { node, read_id }, Completion::ReadReady { node: n, id, value })
+                if n == node && id == read_id =>
+            {
                 op.kind = OpKind::Read(*value);
                 op.complete = Some(now.as_nanos());
                 history.push(op);
                 report.ok += 1;
                 true
             }
-            (Pending::Read { node, read_id }, Completion::ReadFailed { node: n, id }) if n == node && id == read_id => {
+            (Pending::Read { node, read_id }, Completion::ReadFailed { node: n, id })
+                if n == node && id == read_id =>
+            {
                 report.failed += 1;
                 c.leader_guess = None;
                 true

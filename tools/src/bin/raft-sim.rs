@@ -14,7 +14,10 @@ use clap::Parser;
 use raft_proto::sim::{run_seed, RunOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "raft-sim", about = "Deterministic Raft cluster simulator: one seed replays one run exactly")]
+#[command(
+    name = "raft-sim",
+    about = "Deterministic Raft cluster simulator: one seed replays one run exactly"
+)]
 struct Args {
     /// Run this one seed.
     #[arg(long, conflicts_with = "seeds")]
