@@ -6,7 +6,7 @@
 //! validated [`Settings`]; every error is a single line naming the file (or
 //! the flag) and what is wrong, ready for `main` to print before exiting 2.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -212,14 +212,14 @@ impl Settings {
         let mut members = Vec::with_capacity(file.nodes.len());
         // Every socket address must belong to exactly one listener.
         let mut addr_owner: HashMap<SocketAddr, (u64, &'static str)> = HashMap::new();
-        let mut ids: HashMap<u64, ()> = HashMap::new();
+        let mut ids: HashSet<u64> = HashSet::new();
         for node in &file.nodes {
             if node.id == 0 {
                 return Err(file_err(
                     "node id 0 is reserved for \"no node\"; ids start at 1".into(),
                 ));
             }
-            if ids.insert(node.id, ()).is_some() {
+            if !ids.insert(node.id) {
                 return Err(file_err(format!("node id {} is listed twice", node.id)));
             }
             let mut resolve = |field: &'static str, value: &str| -> Result<SocketAddr, LoadError> {

@@ -222,11 +222,6 @@ impl Kv {
     pub fn len(&self) -> usize {
         self.map.len()
     }
-
-    /// Whether the store holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -291,7 +286,7 @@ mod tests {
     #[test]
     fn apply_set_get_del() {
         let mut kv = Kv::new();
-        assert!(kv.is_empty());
+        assert_eq!(kv.len(), 0);
         let set = |k: &str, v: &str| Command::Set {
             key: b(k),
             value: b(v),
@@ -306,7 +301,7 @@ mod tests {
         };
         assert_eq!(kv.apply(&del), Outcome::Deleted(2));
         assert_eq!(kv.get(b"a"), None);
-        assert!(kv.is_empty());
+        assert_eq!(kv.len(), 0);
     }
 
     #[test]

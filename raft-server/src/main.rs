@@ -9,19 +9,28 @@
 //!
 //! [`Node`]: raft_proto::Node
 
+mod client;
 mod config;
+mod conn;
+mod info;
 mod kv;
+mod peer;
 mod resp;
+mod server;
+mod signal;
 mod storage;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use config::{Cli, Settings};
+use server::Server;
 use storage::Storage;
 
 /// Exit status for bad configuration, an unusable data dir or corrupt state.
 const EXIT_CONFIG: u8 = 2;
+/// Exit status after a storage or poll failure at run time.
+const EXIT_FATAL: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_args(std::env::args_os()) {
@@ -44,7 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (_storage, recovered) =
+    let (storage, recovered) =
         match Storage::open(&settings.data_dir, settings.cluster_id, settings.id) {
             Ok(r) => r,
             Err(e) => {
@@ -63,7 +72,20 @@ fn main() -> ExitCode {
         recovered.hard_state.current_term,
         recovered.entries.len()
     );
-    ExitCode::SUCCESS
+    let server = match Server::new(settings, storage, recovered) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
 }
 
 /// Logs to stderr as `2026-11-23T18:00:00.123Z INFO  [n1] message`: UTC

@@ -59,11 +59,6 @@ impl ProtocolError {
     fn new(what: impl fmt::Display) -> Self {
         ProtocolError(format!("Protocol error: {what}"))
     }
-
-    /// The message, e.g. `Protocol error: invalid bulk length`.
-    pub fn message(&self) -> &str {
-        &self.0
-    }
 }
 
 impl fmt::Display for ProtocolError {
@@ -366,6 +361,8 @@ pub enum Reply {
     Bulk(Bytes),
     /// `$-1`: no such key.
     Nil,
+    /// `*n` and the elements.
+    Array(Vec<Reply>),
 }
 
 impl Reply {
@@ -377,6 +374,14 @@ impl Reply {
             Reply::Integer(n) => integer(out, *n),
             Reply::Bulk(b) => bulk(out, b),
             Reply::Nil => nil(out),
+            Reply::Array(items) => {
+                out.put_u8(b'*');
+                out.put_slice(items.len().to_string().as_bytes());
+                out.put_slice(b"\r\n");
+                for item in items {
+                    item.encode(out);
+                }
+            }
         }
     }
 }
@@ -634,9 +639,11 @@ mod tests {
         Reply::Bulk(Bytes::from_static(b"a\r\nb")).encode(&mut out);
         Reply::Bulk(Bytes::new()).encode(&mut out);
         Reply::Nil.encode(&mut out);
+        Reply::Array(vec![]).encode(&mut out);
+        Reply::Array(vec![Reply::Integer(1), Reply::Nil]).encode(&mut out);
         assert_eq!(
             &out[..],
-            &b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n-ERR bad  injected\r\n:-3\r\n$4\r\na\r\nb\r\n$0\r\n\r\n$-1\r\n"[..]
+            &b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n-ERR bad  injected\r\n:-3\r\n$4\r\na\r\nb\r\n$0\r\n\r\n$-1\r\n*0\r\n*2\r\n:1\r\n$-1\r\n"[..]
         );
     }
 

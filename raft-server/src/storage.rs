@@ -383,19 +383,9 @@ impl Storage {
         self.hard_state_dirty || !self.buf.is_empty()
     }
 
-    /// The hard state as of the latest [`Storage::save_hard_state`].
-    pub fn hard_state(&self) -> HardState {
-        self.hard_state
-    }
-
     /// Index of the last entry as of the latest buffered operation.
     pub fn last_index(&self) -> LogIndex {
         LogIndex(self.terms.len() as u64)
-    }
-
-    /// The data dir.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

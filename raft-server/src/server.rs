@@ -1,0 +1,809 @@
+//! The event loop: one thread, one `mio::Poll`, and a fixed order per turn
+//! (STYLE §13):
+//!
+//! 1. poll, with the timeout of the earliest deadline (the node's
+//!    `poll_timeout()`, redials and connection timeouts): zero CPU between;
+//! 2. read the clock once;
+//! 3. feed inputs: peer messages and link changes, client requests
+//!    (`propose`, `read_index`), timers (`handle_timeout`);
+//! 4. drain every action of the node, then carry them out in the documented
+//!    order: persist and fsync once for the whole turn (group commit), send,
+//!    apply and answer writes, answer reads, log events;
+//! 5. write queued output and recompute interests.
+//!
+//! No Raft decision is made here. An error on one socket closes that socket;
+//! only a storage failure (or the poll itself failing) ends the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use raft_proto::{
+    Action, ElectionReason, Entry, EntryPayload, Event, Node, NodeId, PersistentState,
+    ProposeError, ReadError, Role, Term, Time,
+};
+use slab::Slab;
+
+use crate::client::{self, Client, Command, MAX_CLIENTS};
+use crate::config::Settings;
+use crate::conn::ReadStatus;
+use crate::info::{self, Counters, MetricsServer, Snapshot};
+use crate::kv::{self, Kv, Outcome};
+use crate::peer::{PeerInput, PeerSet};
+use crate::resp::{Limits, Reply, Request};
+use crate::signal::ShutdownSignals;
+use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
+
+const PEER_LISTENER: Token = Token(0);
+const CLIENT_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const METRICS_LISTENER: Token = Token(3);
+/// Metrics HTTP connections use tokens from here (peer links use 1000+ and
+/// 2000+, see `peer`).
+const METRICS_BASE: usize = 3_000;
+/// Client connections use tokens from here (slab key + base).
+const CLIENT_BASE: usize = 10_000;
+/// Drain rounds per turn: a flush can take a link down, which is fed back
+/// to the node; anything left after this many rounds waits one turn.
+const MAX_DRAIN_ROUNDS: usize = 4;
+
+// A command accepted by the RESP limits always fits in one log entry, and a
+// log entry in one peer frame with room to spare (see `codec::MAX_FRAME_LEN`).
+const _: () = assert!(Limits::DEFAULT.max_request_len < MAX_PAYLOAD_LEN);
+const _: () = assert!(MAX_PAYLOAD_LEN <= raft_proto::codec::MAX_FRAME_LEN / 2);
+
+/// Why the server could not start. `Display` is one line.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not be bound.
+    Bind {
+        /// The cluster file.
+        config: String,
+        /// Which address.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The node refused its configuration.
+    Node(raft_proto::ConfigError),
+    /// The poll or the signal handlers could not be set up.
+    Io(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind {
+                config,
+                what,
+                addr,
+                source,
+            } => write!(f, "{config}: cannot listen on {what} {addr}: {source}"),
+            StartError::Node(e) => write!(f, "invalid Raft configuration: {e}"),
+            StartError::Io(e) => write!(f, "cannot set up the event loop: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why the loop stopped other than by a signal. The process must exit: the
+/// durable state can no longer be trusted to match what was acknowledged.
+#[derive(Debug)]
+pub enum FatalError {
+    /// A write or fsync of the data dir failed.
+    Storage(StorageError),
+    /// `epoll_wait` failed.
+    Poll(io::Error),
+}
+
+impl fmt::Display for FatalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FatalError::Storage(e) => write!(f, "storage failure, stopping: {e}"),
+            FatalError::Poll(e) => write!(f, "poll failed, stopping: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FatalError {}
+
+/// Identifies one request of one client connection.
+#[derive(Clone, Copy, Debug)]
+struct ReplyTo {
+    key: usize,
+    client_id: u64,
+    seq: u64,
+}
+
+/// A write waiting for its entry to be applied.
+#[derive(Debug)]
+struct PendingWrite {
+    to: ReplyTo,
+    /// The term `propose` returned: the write took effect iff the entry
+    /// applied at its index has this term.
+    term: Term,
+}
+
+/// A linearizable read waiting for `ReadReady`.
+#[derive(Debug)]
+struct PendingRead {
+    to: ReplyTo,
+    key: Bytes,
+}
+
+/// The running member.
+pub struct Server {
+    poll: Poll,
+    settings: Settings,
+    start: Instant,
+    node: Node,
+    storage: Storage,
+    kv: Kv,
+    peers: PeerSet,
+    client_listener: TcpListener,
+    clients: Slab<Client>,
+    next_client_id: u64,
+    limits: Limits,
+    metrics: Option<MetricsServer>,
+    signals: ShutdownSignals,
+    /// Pending writes by log index.
+    writes: BTreeMap<u64, PendingWrite>,
+    /// Pending reads by read id.
+    reads: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+    /// Peer inputs not yet fed to the node.
+    inputs: Vec<PeerInput>,
+    /// Clients with output to write this turn (may repeat).
+    dirty: Vec<usize>,
+    /// Clients whose back-pressure cleared, to service next turn.
+    resume: Vec<usize>,
+    /// Why the link to each peer last went down, for election log lines.
+    link_down_reason: HashMap<NodeId, String>,
+    counters: Counters,
+}
+
+impl Server {
+    /// Binds the listeners, starts the node from the recovered state and
+    /// schedules the first dials.
+    pub fn new(
+        settings: Settings,
+        storage: Storage,
+        recovered: Recovered,
+    ) -> Result<Server, StartError> {
+        let poll = Poll::new().map_err(StartError::Io)?;
+        let me = settings.me().clone();
+        let bind = |what: &'static str, addr: SocketAddr| {
+            TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                config: settings.config_path.display().to_string(),
+                what,
+                addr,
+                source,
+            })
+        };
+        let peer_listener = bind("peer_addr", me.peer_addr)?;
+        let mut client_listener = bind("client_addr", me.client_addr)?;
+        let metrics_listener = settings
+            .metrics_addr
+            .map(|a| bind("metrics_addr", a))
+            .transpose()?;
+
+        let start = Instant::now();
+        // Seeded from the OS and logged (STYLE §4): a run's election timing
+        // can be replayed in the simulator from this number.
+        let seed: u64 = rand::random();
+        let node = Node::new(
+            settings.proto_config(seed),
+            PersistentState {
+                hard_state: recovered.hard_state,
+                entries: recovered.entries,
+            },
+            Time::ZERO,
+        )
+        .map_err(StartError::Node)?;
+        let registry = poll.registry();
+        let signals = ShutdownSignals::install(registry, SIGNALS).map_err(StartError::Io)?;
+        registry
+            .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
+            .map_err(StartError::Io)?;
+        let metrics = metrics_listener
+            .map(|l| MetricsServer::new(l, METRICS_LISTENER, METRICS_BASE, registry))
+            .transpose()
+            .map_err(StartError::Io)?;
+        let peers = PeerSet::new(&settings, peer_listener, PEER_LISTENER, registry, start)
+            .map_err(StartError::Io)?;
+
+        log::info!(
+            "member {} of cluster {:016x} ({} members): peers on {}, clients on {}{}; heartbeat {} ms, \
+             election timeout {}-{} ms; term {}, {} log entries; PRNG seed {seed}",
+            settings.id,
+            settings.cluster_id,
+            settings.members.len(),
+            me.peer_addr,
+            me.client_addr,
+            settings.metrics_addr.map(|a| format!(", metrics on {a}")).unwrap_or_default(),
+            settings.heartbeat.as_millis(),
+            settings.election_timeout_min.as_millis(),
+            settings.election_timeout_max.as_millis(),
+            node.term(),
+            node.last_log_index(),
+        );
+        Ok(Server {
+            poll,
+            settings,
+            start,
+            node,
+            storage,
+            kv: Kv::new(),
+            peers,
+            client_listener,
+            clients: Slab::new(),
+            next_client_id: 0,
+            limits: Limits::DEFAULT,
+            metrics,
+            signals,
+            writes: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_id: 0,
+            inputs: Vec::new(),
+            dirty: Vec::new(),
+            resume: Vec::new(),
+            link_down_reason: HashMap::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Runs until SIGTERM/SIGINT (then shuts down cleanly and returns
+    /// `Ok`) or a fatal error.
+    pub fn run(mut self) -> Result<(), FatalError> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FatalError::Poll(e)),
+            }
+            let now = Instant::now();
+            let t = self.time(now);
+
+            let mut shutdown = None;
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => shutdown = shutdown.or(self.signals.received()),
+                    CLIENT_LISTENER => self.accept_clients(),
+                    token if self.peers.owns(token) => {
+                        self.peers
+                            .ready(token, self.poll.registry(), now, &mut self.inputs);
+                        self.feed(t);
+                    }
+                    token if token.0 >= CLIENT_BASE => {
+                        let key = token.0 - CLIENT_BASE;
+                        if let Some(c) = self.clients.get_mut(key) {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                c.mark_readable();
+                            }
+                            self.dirty.push(key);
+                            self.service_client(key, t);
+                        }
+                    }
+                    token => {
+                        if let Some(mut m) = self.metrics.take() {
+                            if m.owns(token) {
+                                let mut render = || info::render_metrics(&self.snapshot(now));
+                                m.ready(token, self.poll.registry(), now, &mut render);
+                            }
+                            self.metrics = Some(m);
+                        }
+                    }
+                }
+            }
+            if let Some(signal) = shutdown {
+                return self.shutdown(signal);
+            }
+
+            for key in std::mem::take(&mut self.resume) {
+                self.service_client(key, t);
+            }
+            self.peers.tick(self.poll.registry(), now, &mut self.inputs);
+            self.feed(t);
+            if let Some(m) = &mut self.metrics {
+                m.tick(self.poll.registry(), now);
+            }
+            self.node.handle_timeout(t);
+
+            for _ in 0..MAX_DRAIN_ROUNDS {
+                self.drain(now)?;
+                self.peers
+                    .flush(self.poll.registry(), now, &mut self.inputs);
+                self.flush_clients();
+                if self.inputs.is_empty() {
+                    break;
+                }
+                self.feed(t);
+            }
+        }
+    }
+
+    /// The node's clock: time since start.
+    fn time(&self, now: Instant) -> Time {
+        Time::from_duration(now.saturating_duration_since(self.start))
+    }
+
+    /// How long the next poll may sleep: until the earliest deadline, or not
+    /// at all if work is already waiting.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.resume.is_empty() || !self.inputs.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let node = self
+            .node
+            .poll_timeout()
+            .map(|t| self.start + t.since_epoch());
+        let metrics = self.metrics.as_ref().and_then(|m| m.next_deadline());
+        [node, self.peers.next_deadline(), metrics]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    /// Feeds the queued peer inputs to the node.
+    fn feed(&mut self, t: Time) {
+        for input in std::mem::take(&mut self.inputs) {
+            match input {
+                PeerInput::Message(m) => {
+                    self.counters.messages_received += 1;
+                    self.node.handle_message(t, m);
+                }
+                PeerInput::LinkUp(peer) => self.node.handle_link_up(t, peer),
+                PeerInput::LinkDown { peer, reason } => {
+                    if self.node.leader() == Some(peer) && self.node.role() != Role::Leader {
+                        log::info!("link to leader {peer} lost: {reason}");
+                    }
+                    self.link_down_reason.insert(peer, reason);
+                    self.node.handle_link_down(t, peer);
+                }
+            }
+        }
+    }
+
+    /// Takes every action from the node and carries them out in order:
+    /// persist and fsync, send, apply, answer reads, log events.
+    fn drain(&mut self, now: Instant) -> Result<(), FatalError> {
+        let mut sends = Vec::new();
+        let mut applies = Vec::new();
+        let mut reads = Vec::new();
+        let mut events = Vec::new();
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                Action::SaveHardState(hs) => self.storage.save_hard_state(hs),
+                Action::TruncateLog { from } => self.storage.truncate(from),
+                Action::AppendLog(entries) => {
+                    self.counters.entries_persisted += entries.len() as u64;
+                    self.storage.append(&entries);
+                }
+                Action::Send(m) => sends.push(m),
+                Action::Apply(e) => applies.push(e),
+                Action::ReadReady { id } => reads.push((id, None)),
+                Action::ReadFailed { id, error } => reads.push((id, Some(error))),
+                Action::Event(e) => events.push(e),
+            }
+        }
+        // Persistence before send (STYLE §12): one fsync covers the turn.
+        if self.storage.needs_sync() {
+            let t0 = Instant::now();
+            self.storage.sync().map_err(FatalError::Storage)?;
+            self.counters.fsyncs += 1;
+            self.counters.fsync_nanos += t0.elapsed().as_nanos() as u64;
+        }
+        for m in &sends {
+            self.counters.messages_sent += 1;
+            self.peers
+                .send(m, self.poll.registry(), now, &mut self.inputs);
+        }
+        for e in applies {
+            self.apply(e);
+        }
+        for (id, error) in reads {
+            self.answer_read(id, error);
+        }
+        for e in events {
+            self.on_event(e);
+        }
+        Ok(())
+    }
+
+    /// Applies a committed entry and answers the write that proposed it.
+    fn apply(&mut self, entry: Entry) {
+        self.counters.entries_applied += 1;
+        let result = match &entry.payload {
+            EntryPayload::Noop => None,
+            EntryPayload::Command(bytes) => Some(match kv::Command::decode(bytes) {
+                Ok(cmd) => Ok(self.kv.apply(&cmd)),
+                Err(e) => {
+                    // Every member holds the same bytes and skips them alike.
+                    log::error!(
+                        "log entry {} (term {}): {e}; not applied",
+                        entry.index,
+                        entry.term
+                    );
+                    Err(e)
+                }
+            }),
+        };
+        debug_assert!(
+            self.writes.range(..entry.index.0).next().is_none(),
+            "a pending write below the applied index was never answered"
+        );
+        let Some(w) = self.writes.remove(&entry.index.0) else {
+            return;
+        };
+        let reply = match result {
+            // §5.3: another leader's entry took the index; ours is gone.
+            _ if w.term != entry.term => {
+                Reply::Error("ERR write lost to a leader change; retry".into())
+            }
+            Some(Ok(Outcome::Ok)) => Reply::Simple("OK"),
+            Some(Ok(Outcome::Deleted(n))) => Reply::Integer(n as i64),
+            Some(Err(e)) => Reply::Error(format!("ERR {e}")),
+            None => Reply::Error("ERR internal error: no-op at a proposed index".into()),
+        };
+        if matches!(reply, Reply::Error(_)) {
+            self.counters.writes_failed += 1;
+        } else {
+            self.counters.writes_ok += 1;
+        }
+        self.deliver(w.to, reply);
+    }
+
+    fn answer_read(&mut self, id: u64, error: Option<ReadError>) {
+        let Some(r) = self.reads.remove(&id) else {
+            return;
+        };
+        let reply = match error {
+            None => {
+                self.counters.reads_ok += 1;
+                match self.kv.get(&r.key) {
+                    Some(v) => Reply::Bulk(v.clone()),
+                    None => Reply::Nil,
+                }
+            }
+            Some(e) => self.read_error(e),
+        };
+        self.deliver(r.to, reply);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ElectionStarted {
+                term,
+                pre_vote,
+                reason,
+            } => {
+                let detail = match &reason {
+                    ElectionReason::LeaderLinkLost { leader } => self
+                        .link_down_reason
+                        .get(leader)
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let what = if pre_vote { "pre-vote" } else { "election" };
+                log::info!("{what} for term {term}: {reason}{detail}");
+            }
+            Event::RoleChanged { role, term, reason } => {
+                log::info!("became {role} in term {term} ({reason})");
+                if role != Role::Leader {
+                    self.fail_pending_writes(
+                        "ERR leadership lost before the write committed; it may still take effect",
+                    );
+                }
+            }
+            Event::LeaderChanged { leader, term } => match leader {
+                Some(l) if l == self.settings.id => {
+                    log::info!("leader is this member in term {term}")
+                }
+                Some(l) => log::info!("leader is member {l} in term {term}"),
+                None => log::info!("no leader known in term {term}"),
+            },
+        }
+    }
+
+    /// Answers every pending write with an error: its outcome is unknown,
+    /// so it must not be reported as `+OK` (it may still commit).
+    fn fail_pending_writes(&mut self, msg: &str) {
+        for (_, w) in std::mem::take(&mut self.writes) {
+            self.counters.writes_failed += 1;
+            self.deliver(w.to, Reply::Error(msg.to_string()));
+        }
+    }
+
+    fn deliver(&mut self, to: ReplyTo, reply: Reply) {
+        if let Some(c) = self.clients.get_mut(to.key) {
+            if c.id == to.client_id {
+                c.fill(to.seq, reply);
+                self.dirty.push(to.key);
+            }
+        }
+    }
+
+    /// Where to send a client that asked a non-leader.
+    fn redirect(&mut self, leader: Option<NodeId>) -> Reply {
+        self.counters.redirects += 1;
+        match leader.and_then(|l| self.settings.member(l)) {
+            Some(m) => Reply::Error(format!("MOVED 0 {}", m.client_addr)),
+            None => Reply::Error("CLUSTERDOWN no leader".into()),
+        }
+    }
+
+    fn read_error(&mut self, e: ReadError) -> Reply {
+        match e {
+            ReadError::NotLeader { leader } => self.redirect(leader),
+            ReadError::Busy => Reply::Error("ERR too many pending reads; retry".into()),
+        }
+    }
+
+    // ----- Clients ------------------------------------------------------
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.client_listener.accept() {
+                Ok((mut sock, addr)) => {
+                    if self.clients.len() >= MAX_CLIENTS {
+                        // Redis' answer; a fresh socket takes a short write.
+                        let _ = sock.write(b"-ERR max number of clients reached\r\n");
+                        continue;
+                    }
+                    let entry = self.clients.vacant_entry();
+                    let token = Token(CLIENT_BASE + entry.key());
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut sock, token, Interest::READABLE)
+                    {
+                        log::warn!("client {addr}: cannot register: {e}");
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    self.next_client_id += 1;
+                    entry.insert(Client::new(self.next_client_id, sock, addr));
+                    self.counters.clients_accepted += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("client port: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Executes a client's buffered requests and reads more, until its
+    /// socket is drained or back-pressure stalls it.
+    fn service_client(&mut self, key: usize, t: Time) {
+        loop {
+            loop {
+                let Some(c) = self.clients.get_mut(key) else {
+                    return;
+                };
+                if c.paused() {
+                    break;
+                }
+                let Some(req) = c.next_request(&self.limits) else {
+                    break;
+                };
+                if c.must_wait(client::kind_of(&req)) {
+                    c.hold(req);
+                    break;
+                }
+                self.execute(key, req, t);
+            }
+            self.dirty.push(key);
+            let Some(c) = self.clients.get_mut(key) else {
+                return;
+            };
+            if c.closing() || c.holding() {
+                return;
+            }
+            if c.paused() {
+                c.stall();
+                return;
+            }
+            if !c.may_have_input() {
+                return;
+            }
+            match c.read(&self.limits) {
+                Ok(ReadStatus::Drained | ReadStatus::Full) => {}
+                Ok(ReadStatus::Eof) => {
+                    self.close_client(key);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("client {}: {e}", c.addr);
+                    self.close_client(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, key: usize, req: Request, t: Time) {
+        let cmd = match client::parse_command(&req) {
+            Ok(cmd) => cmd,
+            Err(reply) => {
+                self.clients[key].reply_now(reply);
+                return;
+            }
+        };
+        match cmd {
+            Command::Ping(None) => self.clients[key].reply_now(Reply::Simple("PONG")),
+            Command::Ping(Some(m)) | Command::Echo(m) => {
+                self.clients[key].reply_now(Reply::Bulk(m))
+            }
+            Command::Quit => {
+                let c = &mut self.clients[key];
+                c.reply_now(Reply::Simple("OK"));
+                c.close_after_replies();
+            }
+            Command::EmptyArray => self.clients[key].reply_now(Reply::Array(Vec::new())),
+            Command::Info(section) => {
+                let text = match section.as_deref() {
+                    None | Some("raft" | "all" | "default" | "everything") => {
+                        info::render_info(&self.snapshot(Instant::now()))
+                    }
+                    Some(_) => String::new(),
+                };
+                self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
+            }
+            Command::Get(k) => {
+                self.next_read_id += 1;
+                let id = self.next_read_id;
+                match self.node.read_index(t, id) {
+                    Ok(()) => {
+                        let c = &mut self.clients[key];
+                        let to = ReplyTo {
+                            key,
+                            client_id: c.id,
+                            seq: c.reserve(client::Kind::Read),
+                        };
+                        self.reads.insert(id, PendingRead { to, key: k });
+                    }
+                    Err(e) => {
+                        let reply = self.read_error(e);
+                        self.clients[key].reply_now(reply);
+                    }
+                }
+            }
+            Command::Set(k, v) => self.propose(key, kv::Command::Set { key: k, value: v }, t),
+            Command::Del(keys) => self.propose(key, kv::Command::Del { keys }, t),
+        }
+    }
+
+    fn propose(&mut self, key: usize, cmd: kv::Command, t: Time) {
+        match self.node.propose(t, cmd.encode()) {
+            Ok(id) => {
+                let c = &mut self.clients[key];
+                let to = ReplyTo {
+                    key,
+                    client_id: c.id,
+                    seq: c.reserve(client::Kind::Write),
+                };
+                let old = self
+                    .writes
+                    .insert(id.index.0, PendingWrite { to, term: id.term });
+                assert!(old.is_none(), "two pending writes at index {}", id.index);
+            }
+            Err(e) => {
+                let reply = match e {
+                    ProposeError::NotLeader { leader } => self.redirect(leader),
+                    ProposeError::Busy => {
+                        Reply::Error("ERR too many uncommitted writes; retry".into())
+                    }
+                };
+                self.clients[key].reply_now(reply);
+            }
+        }
+    }
+
+    /// Writes ready replies of every client touched this turn; closes the
+    /// finished ones and resumes those whose back-pressure cleared.
+    fn flush_clients(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty {
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            match c.flush(self.poll.registry(), Token(CLIENT_BASE + key)) {
+                Ok(true) => {
+                    if c.unstall_if_ready() {
+                        self.resume.push(key);
+                    }
+                }
+                Ok(false) => self.close_client(key),
+                Err(e) => {
+                    log::debug!("client {}: {e}", c.addr);
+                    self.close_client(key);
+                }
+            }
+        }
+    }
+
+    fn close_client(&mut self, key: usize) {
+        if self.clients.contains(key) {
+            let mut c = self.clients.remove(key);
+            let _ = self.poll.registry().deregister(c.sock());
+        }
+    }
+
+    // ----- Status and shutdown -----------------------------------------
+
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let status = self.node.status();
+        Snapshot {
+            status,
+            leader_client_addr: status
+                .leader
+                .and_then(|l| self.settings.member(l))
+                .map(|m| m.client_addr),
+            cluster_id: self.settings.cluster_id,
+            peers: self.peers.status(),
+            clients: self.clients.len(),
+            keys: self.kv.len(),
+            uptime: now.saturating_duration_since(self.start),
+            counters: self.counters,
+        }
+    }
+
+    /// Stops accepting work, makes everything durable, answers what is
+    /// pending with an error, closes every socket.
+    fn shutdown(mut self, signal: &str) -> Result<(), FatalError> {
+        log::info!("{signal} received: shutting down");
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut self.client_listener);
+        if let Some(m) = &mut self.metrics {
+            m.close_all(registry);
+        }
+        // Carry out whatever the node still asks for, then sync.
+        self.drain(Instant::now())?;
+        self.storage.sync().map_err(FatalError::Storage)?;
+        self.node.shutdown();
+        self.fail_pending_writes("ERR server shutting down; the write may still take effect");
+        for (_, r) in std::mem::take(&mut self.reads) {
+            self.deliver(r.to, Reply::Error("ERR server shutting down".into()));
+        }
+        for (key, c) in self.clients.iter_mut() {
+            // Best effort: one non-blocking write of what is ready.
+            let _ = c.flush(self.poll.registry(), Token(CLIENT_BASE + key));
+        }
+        self.peers.close_all(self.poll.registry());
+        self.clients.clear();
+        log::info!(
+            "shut down: term {}, log up to {}, applied up to {}",
+            self.node.term(),
+            self.node.last_log_index(),
+            self.node.last_applied()
+        );
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("id", &self.settings.id)
+            .field("clients", &self.clients.len())
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
