@@ -115,6 +115,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 println!("FAILED seed {seed}: {e}");
                 println!("replay with: cargo run --release -p tools --bin raft-sim -- --seed {seed} --trace");
+                println!("sim: {} passed, 1 failed", seed - start);
                 return ExitCode::FAILURE;
             }
         }
@@ -126,6 +127,7 @@ fn main() -> ExitCode {
             began.elapsed().as_secs_f64(),
             worst_recovery.as_millis()
         );
+        println!("sim: {} passed, 0 failed", end - start);
     }
     ExitCode::SUCCESS
 }

@@ -682,3 +682,43 @@ fn second_process_on_a_data_dir_is_refused() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("in use by another process"), "{err}");
 }
+
+/// `redis-cli -c` pointed at a follower follows `-MOVED` to the leader. CI
+/// installs redis-tools; without it this test says how to get it.
+#[test]
+fn redis_cli_follows_moved_to_the_leader() {
+    let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+    let found = Command::new(&cli)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{cli} not found: apt-get install redis-tools (or set REDIS_CLI)"
+    );
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let addr = c.m(follower).client;
+    let run = |args: &[&str]| {
+        let out = Command::new(&cli)
+            .args([
+                "-c",
+                "-h",
+                &addr.ip().to_string(),
+                "-p",
+                &addr.port().to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?} failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["SET", "via", "follower"]), "OK");
+    assert_eq!(run(&["GET", "via"]), "follower");
+    assert_eq!(run(&["DEL", "via"]), "1");
+    // And the write really went through the leader's log.
+    assert_eq!(c.exec(&["GET", "via"]), Resp::Bulk(None));
+}

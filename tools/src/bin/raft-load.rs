@@ -1,0 +1,966 @@
+//! `raft-load`: a closed-loop load generator for `raft-node` over RESP2.
+//!
+//! ```text
+//! raft-load --addr 127.0.0.1:6401,127.0.0.2:6402 --clients 16 --duration-secs 10 \
+//!           --op set --value-size 100 --keys 10000
+//! set clients=16 value=100B: 12345 ops/s, p50 1.23 ms, p99 4.56 ms, errors 0
+//! ```
+//!
+//! Each client is one thread with one blocking connection. It sends a batch of
+//! `--pipeline` commands, waits for every reply, and repeats until the
+//! duration is over. A request's latency runs from the moment its batch was
+//! first written to the moment its reply was parsed, including any `-MOVED`
+//! hops and `-CLUSTERDOWN` waits on the way, since that is what an application
+//! would see.
+//!
+//! - `-MOVED 0 host:port`: reconnect there and resend what was redirected.
+//! - `-CLUSTERDOWN`: sleep briefly, then resend.
+//! - Any other error reply, an unexpected reply, a lost connection or a reply
+//!   that does not come within [`GRACE`] after the end counts as an error. A
+//!   SET whose connection broke is not resent: its outcome is unknown, and the
+//!   interface forbids pretending otherwise.
+//!
+//! `get` and `mixed` first write every key once (not measured), so a nil
+//! reply to a GET means a write was lost and is counted as an error.
+//!
+//! Latencies go into a log-linear histogram (under 0.8% relative error), so
+//! memory stays bounded however long the run is.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raft-load",
+    about = "Load generator for raft-node: SET/GET throughput and latency over RESP2"
+)]
+struct Args {
+    /// Client addresses, comma separated. Client i starts at address i mod n
+    /// and follows `-MOVED` from there.
+    #[arg(long, value_delimiter = ',', required = true)]
+    addr: Vec<String>,
+    /// Concurrent clients (one thread and one connection each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    clients: u32,
+    /// Length of the measured phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration_secs: u64,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = Op::Set)]
+    op: Op,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=(1 << 20)))]
+    value_size: u32,
+    /// Distinct keys, chosen uniformly at random.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    keys: u64,
+    /// Commands in flight per client.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pipeline: u32,
+    /// Share of GETs in `--op mixed`, in percent.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    get_percent: u8,
+    /// Print one JSON object instead of the text line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Op {
+    Set,
+    Get,
+    Mixed,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Set => "set",
+            Op::Get => "get",
+            Op::Mixed => "mixed",
+        }
+    }
+}
+
+/// How long a client waits past the end of the run for replies in flight
+/// before it counts them as errors.
+const GRACE: Duration = Duration::from_secs(5);
+/// Socket read timeout: how often a blocked read wakes to look at the clock.
+const READ_POLL: Duration = Duration::from_millis(200);
+/// Pause after `-CLUSTERDOWN` or a failed connect before trying again.
+const RETRY_SLEEP: Duration = Duration::from_millis(50);
+/// Redirect rounds for one batch before its requests count as errors.
+const MAX_REDIRECTS: u32 = 50;
+/// A reply larger than this is treated as a protocol error.
+const MAX_BULK_LEN: usize = 64 << 20;
+/// Elements in one array reply at most.
+const MAX_ARRAY_LEN: usize = 1 << 20;
+/// Nesting of array replies at most.
+const MAX_DEPTH: u32 = 8;
+/// Distinct error messages kept for the report.
+const MAX_ERROR_SAMPLES: usize = 5;
+/// Commands per batch when writing the keys before a GET or mixed run.
+const POPULATE_PIPELINE: usize = 64;
+/// Time allowed for writing the keys before a GET or mixed run.
+const POPULATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------
+// RESP2
+
+/// One RESP2 reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    /// `None` is the nil bulk string.
+    Bulk(Option<Vec<u8>>),
+    /// `None` is the nil array.
+    Array(Option<Vec<Reply>>),
+}
+
+/// The peer sent something that is not RESP2.
+#[derive(Debug, PartialEq, Eq)]
+struct ProtocolError(String);
+
+/// Appends `args` as a RESP2 array of bulk strings.
+fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let _ = write!(out, "*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(out, "${}\r\n", a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Parses one reply from the front of `buf`: `Ok(None)` if more bytes are
+/// needed, else the reply and the bytes it took.
+fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    parse_at(buf, 0, 0)
+}
+
+fn parse_at(buf: &[u8], pos: usize, depth: u32) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if depth > MAX_DEPTH {
+        return Err(ProtocolError("arrays nested too deep".into()));
+    }
+    let Some(&kind) = buf.get(pos) else {
+        return Ok(None);
+    };
+    let Some(line_end) = find_crlf(buf, pos + 1) else {
+        if buf.len() - pos > 64 * 1024 {
+            return Err(ProtocolError("header line too long".into()));
+        }
+        return Ok(None);
+    };
+    let line = &buf[pos + 1..line_end];
+    let after = line_end + 2;
+    let text = || String::from_utf8_lossy(line).into_owned();
+    match kind {
+        b'+' => Ok(Some((Reply::Simple(text()), after))),
+        b'-' => Ok(Some((Reply::Error(text()), after))),
+        b':' => Ok(Some((Reply::Integer(parse_int(line)?), after))),
+        b'$' => {
+            let n = parse_int(line)?;
+            if n == -1 {
+                return Ok(Some((Reply::Bulk(None), after)));
+            }
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= MAX_BULK_LEN)
+                .ok_or_else(|| ProtocolError(format!("bad bulk length {n}")))?;
+            let end = after + n;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError("bulk string not followed by CRLF".into()));
+            }
+            Ok(Some((Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)))
+        }
+        b'*' => {
+            let n = parse_int(line)?;
+            if n == -1 {
+                return Ok(Some((Reply::Array(None), after)));
+            }
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= MAX_ARRAY_LEN)
+                .ok_or_else(|| ProtocolError(format!("bad array length {n}")))?;
+            let mut items = Vec::new();
+            let mut at = after;
+            for _ in 0..n {
+                match parse_at(buf, at, depth + 1)? {
+                    Some((item, next)) => {
+                        items.push(item);
+                        at = next;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(Some(items)), at)))
+        }
+        other => Err(ProtocolError(format!(
+            "unknown reply type byte {other:#04x}"
+        ))),
+    }
+}
+
+/// Index of the first `\r\n` at or after `from`.
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| from + i)
+}
+
+fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ProtocolError(format!("bad integer {:?}", String::from_utf8_lossy(line))))
+}
+
+// ---------------------------------------------------------------------------
+// Histogram
+
+/// Sub-buckets per power of two: values are kept to 8 significant bits.
+const SUB_BITS: u32 = 7;
+const SUB: u64 = 1 << SUB_BITS;
+/// Buckets needed to cover every `u64`.
+const BUCKETS: usize = ((64 - SUB_BITS as usize) * SUB as usize) + SUB as usize;
+
+/// A log-linear histogram of nanoseconds: exact below 256 ns, then 128
+/// buckets per power of two (relative error under 0.8%). Fixed size, so a
+/// long run costs no more memory than a short one.
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            max: 0,
+        }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < 2 * SUB {
+            return v as usize;
+        }
+        let shift = (63 - v.leading_zeros()) - SUB_BITS;
+        (shift as u64 * SUB + (v >> shift)) as usize
+    }
+
+    /// Lowest and highest value of bucket `i`.
+    fn bounds(i: usize) -> (u64, u64) {
+        let i = i as u64;
+        if i < 2 * SUB {
+            return (i, i);
+        }
+        let shift = i / SUB - 1;
+        let low = (i - shift * SUB) << shift;
+        (low, low + ((1u64 << shift) - 1))
+    }
+
+    fn record(&mut self, d: Duration) {
+        let v = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::index(v)] += 1;
+        self.total += 1;
+        self.max = self.max.max(v);
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The value at quantile `q` (0..=1), in nanoseconds; 0 if empty.
+    fn quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        if rank == self.total {
+            return self.max;
+        }
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let (low, high) = Self::bounds(i);
+                return (low + (high - low) / 2).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// What one client counted.
+struct Stats {
+    hist: Histogram,
+    ops: u64,
+    errors: u64,
+    redirects: u64,
+    error_samples: Vec<String>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            hist: Histogram::new(),
+            ops: 0,
+            errors: 0,
+            redirects: 0,
+            error_samples: Vec::new(),
+        }
+    }
+
+    /// Counts `n` failed requests and keeps `what` for the report.
+    fn error(&mut self, n: u64, what: &str) {
+        self.errors += n;
+        self.note(what);
+    }
+
+    /// Keeps a message for the report without counting an error (a failed
+    /// connect is retried, not lost).
+    fn note(&mut self, what: &str) {
+        if self.error_samples.len() < MAX_ERROR_SAMPLES
+            && !self.error_samples.iter().any(|s| s == what)
+        {
+            self.error_samples.push(what.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: &Stats) {
+        self.hist.merge(&other.hist);
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.redirects += other.redirects;
+        for s in &other.error_samples {
+            if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(s) {
+                self.error_samples.push(s.clone());
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ReqKind {
+    Get,
+    Set,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    kind: ReqKind,
+    key: u64,
+    /// When the request was first written; latency is measured from here.
+    first_sent: Option<Instant>,
+}
+
+/// Why a read gave up.
+enum ReadError {
+    Io(io::Error),
+    Eof,
+    Protocol(ProtocolError),
+    TimedOut,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "connection error: {e}"),
+            ReadError::Eof => write!(f, "connection closed by server"),
+            ReadError::Protocol(e) => write!(f, "protocol error: {}", e.0),
+            ReadError::TimedOut => write!(f, "no reply before the end of the grace period"),
+        }
+    }
+}
+
+/// One blocking connection with its read buffer.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already parsed.
+    start: usize,
+}
+
+impl Conn {
+    fn connect(addr: &str) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(READ_POLL))?;
+        stream.set_write_timeout(Some(GRACE))?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+        })
+    }
+
+    /// Reads one reply, giving up at `hard_deadline`.
+    fn read_reply(&mut self, hard_deadline: Instant) -> Result<Reply, ReadError> {
+        loop {
+            match parse_reply(&self.buf[self.start..]) {
+                Ok(Some((reply, used))) => {
+                    self.start += used;
+                    if self.start == self.buf.len() {
+                        self.buf.clear();
+                        self.start = 0;
+                    }
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Protocol(e)),
+            }
+            if Instant::now() >= hard_deadline {
+                return Err(ReadError::TimedOut);
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(ReadError::Eof),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}
+
+/// A small xorshift PRNG: each client gets its own stream of keys.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        // splitmix64 of the seed, so that neighbouring seeds differ widely.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn key_name(key: u64) -> String {
+    format!("key:{key:010}")
+}
+
+/// One client: a connection that follows the leader.
+struct Client<'a> {
+    addrs: &'a [String],
+    /// Where to connect next when there is no connection.
+    target: String,
+    /// Rotates through `addrs` when connecting fails.
+    next_addr: usize,
+    conn: Option<Conn>,
+    value: Vec<u8>,
+    out: Vec<u8>,
+    stats: Stats,
+}
+
+impl<'a> Client<'a> {
+    fn new(addrs: &'a [String], first: usize, value_size: usize) -> Self {
+        Client {
+            addrs,
+            target: addrs[first % addrs.len()].clone(),
+            next_addr: first + 1,
+            conn: None,
+            value: vec![b'x'; value_size],
+            out: Vec::new(),
+            stats: Stats::new(),
+        }
+    }
+
+    /// Connects if needed; on failure moves to the next address and sleeps.
+    fn ensure_connected(&mut self) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        match Conn::connect(&self.target) {
+            Ok(c) => {
+                self.conn = Some(c);
+                true
+            }
+            Err(e) => {
+                self.stats.note(&format!("connect {}: {e}", self.target));
+                self.target = self.addrs[self.next_addr % self.addrs.len()].clone();
+                self.next_addr += 1;
+                thread::sleep(RETRY_SLEEP);
+                false
+            }
+        }
+    }
+
+    /// Sends `batch` and waits for every reply, following redirects. Records
+    /// latencies into the stats when `measure` is set; errors are always
+    /// counted. Gives up at `hard_deadline`.
+    fn run_batch(&mut self, batch: &mut Vec<Request>, measure: bool, hard_deadline: Instant) {
+        let mut rounds = 0;
+        while !batch.is_empty() {
+            if Instant::now() >= hard_deadline {
+                self.stats.error(
+                    batch.len() as u64,
+                    "no reply before the end of the grace period",
+                );
+                batch.clear();
+                return;
+            }
+            if rounds > MAX_REDIRECTS {
+                self.stats
+                    .error(batch.len() as u64, "too many MOVED/CLUSTERDOWN rounds");
+                batch.clear();
+                return;
+            }
+            rounds += 1;
+            if !self.ensure_connected() {
+                continue;
+            }
+            self.out.clear();
+            let now = Instant::now();
+            for r in batch.iter_mut() {
+                r.first_sent.get_or_insert(now);
+                let key = key_name(r.key);
+                match r.kind {
+                    ReqKind::Get => encode_command(&mut self.out, &[b"GET", key.as_bytes()]),
+                    ReqKind::Set => {
+                        encode_command(&mut self.out, &[b"SET", key.as_bytes(), &self.value])
+                    }
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            if let Err(e) = conn.stream.write_all(&self.out) {
+                // Nothing or part of the batch reached the server: every
+                // outcome is unknown.
+                self.stats
+                    .error(batch.len() as u64, &format!("write failed: {e}"));
+                self.conn = None;
+                batch.clear();
+                return;
+            }
+            let mut retry = Vec::new();
+            let mut moved_to: Option<String> = None;
+            let mut cluster_down = false;
+            for (i, r) in batch.iter().enumerate() {
+                let reply = match conn.read_reply(hard_deadline) {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        self.stats.error((batch.len() - i) as u64, &e.to_string());
+                        self.conn = None;
+                        batch.clear();
+                        return;
+                    }
+                };
+                match classify(r.kind, &reply, self.value.len()) {
+                    Outcome::Ok => {
+                        if measure {
+                            let sent = r.first_sent.expect("stamped before writing");
+                            self.stats.hist.record(sent.elapsed());
+                            self.stats.ops += 1;
+                        }
+                    }
+                    Outcome::Moved(addr) => {
+                        self.stats.redirects += 1;
+                        moved_to = Some(addr);
+                        retry.push(*r);
+                    }
+                    Outcome::ClusterDown => {
+                        self.stats.redirects += 1;
+                        cluster_down = true;
+                        retry.push(*r);
+                    }
+                    Outcome::Error(what) => self.stats.error(1, &what),
+                }
+            }
+            *batch = retry;
+            if let Some(addr) = moved_to {
+                if addr != self.target {
+                    self.target = addr;
+                    self.conn = None;
+                } else {
+                    // Sent back to where we are: the leader is changing.
+                    thread::sleep(RETRY_SLEEP);
+                }
+            } else if cluster_down {
+                thread::sleep(RETRY_SLEEP);
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Ok,
+    Moved(String),
+    ClusterDown,
+    Error(String),
+}
+
+fn classify(kind: ReqKind, reply: &Reply, value_size: usize) -> Outcome {
+    match (kind, reply) {
+        (_, Reply::Error(e)) => {
+            let mut words = e.split_ascii_whitespace();
+            match words.next() {
+                Some("MOVED") => match (words.next(), words.next()) {
+                    (Some(_slot), Some(addr)) => Outcome::Moved(addr.to_string()),
+                    _ => Outcome::Error(format!("malformed redirect: -{e}")),
+                },
+                Some("CLUSTERDOWN") => Outcome::ClusterDown,
+                _ => Outcome::Error(format!("-{e}")),
+            }
+        }
+        (ReqKind::Set, Reply::Simple(s)) if s == "OK" => Outcome::Ok,
+        (ReqKind::Get, Reply::Bulk(Some(v))) if v.len() == value_size => Outcome::Ok,
+        (ReqKind::Get, Reply::Bulk(Some(v))) => Outcome::Error(format!(
+            "GET returned {} bytes, expected {value_size}",
+            v.len()
+        )),
+        (ReqKind::Get, Reply::Bulk(None)) => {
+            Outcome::Error("GET returned nil for a key that was written".into())
+        }
+        (kind, other) => Outcome::Error(format!("unexpected reply to {kind:?}: {other:?}")),
+    }
+}
+
+/// Client `id` of `clients`: writes its share of the keys, waits at the
+/// barrier, then runs for `duration`.
+fn run_client(args: &Args, id: u32, barrier: &Barrier, duration: Duration) -> Stats {
+    let mut client = Client::new(&args.addr, id as usize, args.value_size as usize);
+    let mut batch = Vec::with_capacity(POPULATE_PIPELINE.max(args.pipeline as usize));
+
+    if args.op != Op::Set {
+        let populate_deadline = Instant::now() + POPULATE_TIMEOUT;
+        let mut key = u64::from(id);
+        while key < args.keys && Instant::now() < populate_deadline {
+            while batch.len() < POPULATE_PIPELINE && key < args.keys {
+                batch.push(Request {
+                    kind: ReqKind::Set,
+                    key,
+                    first_sent: None,
+                });
+                key += u64::from(args.clients);
+            }
+            client.run_batch(&mut batch, false, populate_deadline);
+        }
+        if key < args.keys {
+            client
+                .stats
+                .note("populating the keys did not finish in time");
+        }
+        // Errors while populating would make later GETs fail; report them
+        // as part of the run rather than hide them.
+    }
+    // Connect before the clock starts, so the first requests do not pay for
+    // the handshake.
+    let connect_deadline = Instant::now() + GRACE;
+    while !client.ensure_connected() && Instant::now() < connect_deadline {}
+
+    barrier.wait();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let hard_deadline = deadline + GRACE;
+    let mut rng = Rng::new(u64::from(id));
+    while Instant::now() < deadline {
+        batch.clear();
+        for _ in 0..args.pipeline {
+            let kind = match args.op {
+                Op::Set => ReqKind::Set,
+                Op::Get => ReqKind::Get,
+                Op::Mixed if rng.below(100) < u64::from(args.get_percent) => ReqKind::Get,
+                Op::Mixed => ReqKind::Set,
+            };
+            batch.push(Request {
+                kind,
+                key: rng.below(args.keys),
+                first_sent: None,
+            });
+        }
+        client.run_batch(&mut batch, true, hard_deadline);
+    }
+    client.stats
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+struct Report<'a> {
+    args: &'a Args,
+    stats: Stats,
+    elapsed: Duration,
+}
+
+impl Report<'_> {
+    fn ops_per_sec(&self) -> f64 {
+        self.stats.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        self.stats.hist.quantile(q) as f64 / 1e6
+    }
+
+    fn text(&self) -> String {
+        let a = self.args;
+        let mut s = format!("{} clients={}", a.op.as_str(), a.clients);
+        if a.pipeline > 1 {
+            let _ = write!(s, " pipeline={}", a.pipeline);
+        }
+        let _ = write!(
+            s,
+            " value={}B: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            a.value_size,
+            self.ops_per_sec(),
+            self.ms(0.50),
+            self.ms(0.99),
+            self.stats.errors
+        );
+        s
+    }
+
+    fn json(&self) -> String {
+        let a = self.args;
+        let samples: Vec<String> = self
+            .stats
+            .error_samples
+            .iter()
+            .map(|e| json_string(e))
+            .collect();
+        format!(
+            concat!(
+                "{{\"op\":\"{}\",\"clients\":{},\"pipeline\":{},\"value_size\":{},",
+                "\"keys\":{},\"duration_secs\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},",
+                "\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},",
+                "\"max_ms\":{:.3},\"errors\":{},\"redirects\":{},\"error_samples\":[{}]}}"
+            ),
+            a.op.as_str(),
+            a.clients,
+            a.pipeline,
+            a.value_size,
+            a.keys,
+            self.elapsed.as_secs_f64(),
+            self.stats.ops,
+            self.ops_per_sec(),
+            self.ms(0.50),
+            self.ms(0.90),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.stats.hist.max as f64 / 1e6,
+            self.stats.errors,
+            self.stats.redirects,
+            samples.join(",")
+        )
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.duration_secs);
+    let barrier = Barrier::new(args.clients as usize + 1);
+
+    let (stats, elapsed) = thread::scope(|s| {
+        let handles: Vec<_> = (0..args.clients)
+            .map(|id| {
+                let (args, barrier) = (&args, &barrier);
+                thread::Builder::new()
+                    .name(format!("client-{id}"))
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, move || run_client(args, id, barrier, duration))
+                    .expect("spawning a client thread")
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut total = Stats::new();
+        for h in handles {
+            match h.join() {
+                Ok(st) => total.merge(&st),
+                Err(_) => total.error(1, "a client thread panicked"),
+            }
+        }
+        (total, start.elapsed())
+    });
+
+    let report = Report {
+        args: &args,
+        stats,
+        elapsed,
+    };
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        println!("{}", report.text());
+        if report.stats.redirects > 0 {
+            eprintln!("  redirects followed: {}", report.stats.redirects);
+        }
+        for e in &report.stats.error_samples {
+            eprintln!("  seen: {e}");
+        }
+    }
+    if report.stats.ops == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_commands_as_bulk_arrays() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[b"SET", b"k", b""]);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn parses_every_reply_type() {
+        let buf = b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n:-3\r\n$4\r\na\r\nb\r\n$-1\r\n*2\r\n:1\r\n$-1\r\n*-1\r\n";
+        let mut at = 0;
+        let mut got = Vec::new();
+        while at < buf.len() {
+            let (r, used) = parse_reply(&buf[at..]).unwrap().unwrap();
+            got.push(r);
+            at += used;
+        }
+        assert_eq!(
+            got,
+            vec![
+                Reply::Simple("OK".into()),
+                Reply::Error("MOVED 0 127.0.0.1:6401".into()),
+                Reply::Integer(-3),
+                Reply::Bulk(Some(b"a\r\nb".to_vec())),
+                Reply::Bulk(None),
+                Reply::Array(Some(vec![Reply::Integer(1), Reply::Bulk(None)])),
+                Reply::Array(None),
+            ]
+        );
+    }
+
+    #[test]
+    fn partial_replies_ask_for_more() {
+        let full = b"*2\r\n$3\r\nabc\r\n:7\r\n";
+        for n in 0..full.len() {
+            assert_eq!(parse_reply(&full[..n]), Ok(None), "prefix of {n} bytes");
+        }
+        assert!(parse_reply(full).unwrap().is_some());
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        for bad in [
+            &b"?x\r\n"[..],
+            b":12a\r\n",
+            b"$-2\r\n",
+            b"$3\r\nabcd\r\n",
+            b"*-5\r\n",
+            b"$99999999999\r\n",
+        ] {
+            assert!(
+                parse_reply(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn redirects_are_classified() {
+        let moved = Reply::Error("MOVED 0 127.0.0.2:6402".into());
+        assert!(
+            matches!(classify(ReqKind::Set, &moved, 1), Outcome::Moved(a) if a == "127.0.0.2:6402")
+        );
+        let down = Reply::Error("CLUSTERDOWN no leader".into());
+        assert!(matches!(
+            classify(ReqKind::Get, &down, 1),
+            Outcome::ClusterDown
+        ));
+        let nil = Reply::Bulk(None);
+        assert!(matches!(classify(ReqKind::Get, &nil, 1), Outcome::Error(_)));
+    }
+
+    #[test]
+    fn histogram_buckets_are_contiguous_and_tight() {
+        let mut prev_high = None;
+        for i in 0..BUCKETS {
+            let (low, high) = Histogram::bounds(i);
+            assert!(low <= high);
+            if let Some(p) = prev_high {
+                assert_eq!(low, p + 1, "bucket {i}");
+            }
+            assert_eq!(Histogram::index(low), i);
+            assert_eq!(Histogram::index(high), i);
+            assert!((high - low) as f64 <= low as f64 / 128.0 + 1.0);
+            prev_high = Some(high);
+        }
+        assert_eq!(prev_high, Some(u64::MAX));
+    }
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::new();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile(0.5) as f64 / 1e3;
+        let p99 = h.quantile(0.99) as f64 / 1e3;
+        assert!((p50 - 500.0).abs() < 500.0 * 0.01, "p50 {p50}");
+        assert!((p99 - 990.0).abs() < 990.0 * 0.01, "p99 {p99}");
+        assert_eq!(h.quantile(1.0), 1_000_000);
+    }
+}
