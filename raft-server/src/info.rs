@@ -10,8 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as MetricRegistry;
 use raft_proto::{Role, Status};
 use slab::Slab;
+use std::sync::atomic::AtomicU64;
 
 use crate::conn::{self, ReadStatus};
 use crate::peer::PeerStatus;
@@ -41,6 +48,46 @@ pub struct Counters {
     pub redirects: u64,
     /// Client connections accepted.
     pub clients_accepted: u64,
+    /// Pre-vote rounds started.
+    pub pre_votes_started: u64,
+    /// Real elections started (pre-votes won, or PreVote off).
+    pub elections_started: u64,
+    /// Times a leader became known after none was.
+    pub leader_changes: u64,
+    /// How long the last leaderless stretch lasted (loss of the leader to
+    /// the next one known): the last election's duration as seen here.
+    pub last_election_nanos: u64,
+    /// Total time without a known leader, closed stretches only.
+    pub no_leader_nanos: u64,
+    /// Heartbeats (empty AppendEntries) sent by this member as leader.
+    pub heartbeats_sent: u64,
+    /// Of those, dropped because the link to the follower was down.
+    pub heartbeats_failed: u64,
+}
+
+/// Latency distributions, kept across scrapes.
+#[derive(Clone, Debug)]
+pub struct Histograms {
+    /// Duration of each log fsync (one per loop turn with writes).
+    pub fsync: Histogram,
+    /// Time from an entry's append to this member's log to its application.
+    pub apply_lag: Histogram,
+}
+
+impl Histograms {
+    /// Empty histograms with buckets from 50 µs to about 1.6 s.
+    pub fn new() -> Histograms {
+        Histograms {
+            fsync: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            apply_lag: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
+}
+
+impl Default for Histograms {
+    fn default() -> Histograms {
+        Histograms::new()
+    }
 }
 
 /// Everything `INFO` and `/metrics` show, gathered at one instant.
@@ -62,6 +109,10 @@ pub struct Snapshot {
     pub uptime: Duration,
     /// Counters.
     pub counters: Counters,
+    /// How long no leader has been known, if none is now.
+    pub no_leader_for: Option<Duration>,
+    /// Latency histograms.
+    pub histograms: Histograms,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -99,6 +150,19 @@ pub fn render_info(s: &Snapshot) -> String {
         .collect();
     line("raft_peers", &s.peers.len());
     line("raft_peers_connected", &up.join(","));
+    for p in &s.peers {
+        line(&format!("raft_peer_{}", p.id), &peer_health(p));
+    }
+    let c = &s.counters;
+    let ms = |nanos: u64| format!("{:.1}", nanos as f64 / 1e6);
+    let open = s.no_leader_for.map_or(0, |d| d.as_nanos() as u64);
+    line("raft_pre_votes_started", &c.pre_votes_started);
+    line("raft_elections_started", &c.elections_started);
+    line("raft_leader_changes", &c.leader_changes);
+    line("raft_last_election_ms", &ms(c.last_election_nanos));
+    line("raft_no_leader_ms_total", &ms(c.no_leader_nanos + open));
+    line("raft_heartbeats_sent", &c.heartbeats_sent);
+    line("raft_heartbeats_failed", &c.heartbeats_failed);
     line("raft_fsyncs", &s.counters.fsyncs);
     line("connected_clients", &s.clients);
     line("keys", &s.keys);
@@ -106,135 +170,235 @@ pub fn render_info(s: &Snapshot) -> String {
     o
 }
 
-/// The Prometheus text exposition format (version 0.0.4).
+/// One peer's health for `INFO`: `up,for=12.3s,attempts=1,failures=0` or
+/// `down,for=4.2s,next_retry_ms=80,attempts=12,failures=11`.
+fn peer_health(p: &PeerStatus) -> String {
+    let state = if p.up {
+        "up"
+    } else if p.connect_failures == 0 {
+        "connecting"
+    } else {
+        "down"
+    };
+    let mut h = format!("{state},for={:.1}s", p.for_.as_secs_f64());
+    if let Some(d) = p.next_retry_in {
+        let _ = write!(h, ",next_retry_ms={}", d.as_millis());
+    }
+    let _ = write!(
+        h,
+        ",attempts={},failures={},dropped={}",
+        p.connect_attempts, p.connect_failures, p.dropped
+    );
+    h
+}
+
+/// The Prometheus text exposition format, built with `prometheus-client`
+/// from the snapshot at scrape time: the event loop keeps plain counters and
+/// nothing is shared between threads.
 pub fn render_metrics(s: &Snapshot) -> String {
     let st = &s.status;
     let c = &s.counters;
-    let mut o = String::with_capacity(4096);
-    let mut gauge = |name: &str, help: &str, v: u64| {
-        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    let mut r = MetricRegistry::with_prefix("raft");
+    let gauge = |r: &mut MetricRegistry, name: &str, help: &str, v: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(v);
+        r.register(name, help, g);
     };
-    gauge("raft_node_id", "This member's id.", st.id.0);
-    gauge("raft_term", "Current term.", st.term.0);
+    let fgauge = |r: &mut MetricRegistry, name: &str, help: &str, v: f64| {
+        let g: Gauge<f64, AtomicU64> = Gauge::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    let counter = |r: &mut MetricRegistry, name: &str, help: &str, v: u64| {
+        let k: Counter = Counter::default();
+        k.inc_by(v);
+        r.register(name, help, k);
+    };
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(&mut r, "node_id", "This member's id.", i(st.id.0));
+    gauge(&mut r, "term", "Current term.", i(st.term.0));
     gauge(
-        "raft_leader_id",
+        &mut r,
+        "leader_id",
         "Known leader's id (0: none).",
-        st.leader.map_or(0, |l| l.0),
+        i(st.leader.map_or(0, |l| l.0)),
     );
     gauge(
-        "raft_commit_index",
+        &mut r,
+        "commit_index",
         "Highest log index known committed.",
-        st.commit_index.0,
+        i(st.commit_index.0),
     );
     gauge(
-        "raft_last_applied",
+        &mut r,
+        "last_applied",
         "Highest log index applied.",
-        st.last_applied.0,
+        i(st.last_applied.0),
     );
     gauge(
-        "raft_last_log_index",
+        &mut r,
+        "last_log_index",
         "Index of the last log entry.",
-        st.last_log_index.0,
+        i(st.last_log_index.0),
     );
     gauge(
-        "raft_is_leader",
+        &mut r,
+        "is_leader",
         "1 if this member leads.",
-        u64::from(st.role == Role::Leader),
+        i64::from(st.role == Role::Leader),
     );
-    gauge(
-        "raft_client_connections",
-        "Open client connections.",
-        s.clients as u64,
-    );
-    gauge("raft_kv_keys", "Keys in the store.", s.keys as u64);
-    gauge(
-        "raft_uptime_seconds",
-        "Seconds since start.",
-        s.uptime.as_secs(),
-    );
-    let _ = write!(
-        o,
-        "# HELP raft_role Current role (1 for the role held).\n# TYPE raft_role gauge\n"
-    );
+    let roles = Family::<Vec<(String, String)>, Gauge>::default();
     for role in [
         Role::Follower,
         Role::PreCandidate,
         Role::Candidate,
         Role::Leader,
     ] {
-        let _ = writeln!(
-            o,
-            "raft_role{{role=\"{}\"}} {}",
-            role_name(role),
-            u64::from(st.role == role)
-        );
+        roles
+            .get_or_create(&vec![("role".into(), role_name(role).into())])
+            .set(i64::from(st.role == role));
     }
-    let _ = write!(
-        o,
-        "# HELP raft_peer_up Whether the link to a peer is up.\n# TYPE raft_peer_up gauge\n"
+    r.register("role", "Current role (1 for the role held).", roles);
+    gauge(
+        &mut r,
+        "client_connections",
+        "Open client connections.",
+        s.clients as i64,
     );
+    gauge(&mut r, "kv_keys", "Keys in the store.", s.keys as i64);
+    gauge(
+        &mut r,
+        "uptime_seconds",
+        "Seconds since start.",
+        i(s.uptime.as_secs()),
+    );
+
+    let peer_up = Family::<Vec<(String, String)>, Gauge>::default();
+    let peer_attempts = Family::<Vec<(String, String)>, Counter>::default();
+    let peer_failures = Family::<Vec<(String, String)>, Counter>::default();
+    let peer_dropped = Family::<Vec<(String, String)>, Counter>::default();
     for p in &s.peers {
-        let _ = writeln!(o, "raft_peer_up{{peer=\"{}\"}} {}", p.id, u64::from(p.up));
+        let l = vec![("peer".to_string(), p.id.to_string())];
+        peer_up.get_or_create(&l).set(i64::from(p.up));
+        peer_attempts.get_or_create(&l).inc_by(p.connect_attempts);
+        peer_failures.get_or_create(&l).inc_by(p.connect_failures);
+        peer_dropped.get_or_create(&l).inc_by(p.dropped);
     }
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = write!(
-            o,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        );
-    };
-    counter("raft_fsyncs_total", "Log fsyncs (group commits).", c.fsyncs);
+    r.register("peer_up", "Whether the link to a peer is up.", peer_up);
+    r.register(
+        "peer_connect_attempts",
+        "Connection attempts to a peer.",
+        peer_attempts,
+    );
+    r.register(
+        "peer_connect_failures",
+        "Failed attempts and broken links to a peer.",
+        peer_failures,
+    );
+    r.register(
+        "peer_messages_dropped",
+        "Messages to a peer dropped for want of a link.",
+        peer_dropped,
+    );
+
     counter(
-        "raft_entries_persisted_total",
+        &mut r,
+        "pre_votes_started",
+        "Pre-vote rounds started.",
+        c.pre_votes_started,
+    );
+    counter(
+        &mut r,
+        "elections_started",
+        "Elections started (terms campaigned in).",
+        c.elections_started,
+    );
+    counter(
+        &mut r,
+        "leader_changes",
+        "Times a leader became known after none was.",
+        c.leader_changes,
+    );
+    fgauge(
+        &mut r,
+        "last_election_seconds",
+        "Duration of the last leaderless stretch, loss of the leader to the next one.",
+        c.last_election_nanos as f64 / 1e9,
+    );
+    let open = s.no_leader_for.map_or(0, |d| d.as_nanos() as u64);
+    let k: Counter<f64, AtomicU64> = Counter::default();
+    k.inc_by((c.no_leader_nanos + open) as f64 / 1e9);
+    r.register("no_leader_seconds", "Total time without a known leader.", k);
+    counter(
+        &mut r,
+        "heartbeats_sent",
+        "Heartbeats sent as leader.",
+        c.heartbeats_sent,
+    );
+    counter(
+        &mut r,
+        "heartbeats_failed",
+        "Heartbeats dropped for want of a link.",
+        c.heartbeats_failed,
+    );
+    counter(&mut r, "fsyncs", "Log fsyncs (group commits).", c.fsyncs);
+    counter(
+        &mut r,
+        "entries_persisted",
         "Log entries written.",
         c.entries_persisted,
     );
     counter(
-        "raft_entries_applied_total",
+        &mut r,
+        "entries_applied",
         "Entries applied.",
         c.entries_applied,
     );
     counter(
-        "raft_messages_sent_total",
+        &mut r,
+        "messages_sent",
         "Messages queued to peers.",
         c.messages_sent,
     );
     counter(
-        "raft_messages_received_total",
+        &mut r,
+        "messages_received",
         "Messages received from peers.",
         c.messages_received,
     );
-    counter("raft_writes_ok_total", "Writes acknowledged.", c.writes_ok);
+    counter(&mut r, "writes_ok", "Writes acknowledged.", c.writes_ok);
     counter(
-        "raft_writes_failed_total",
+        &mut r,
+        "writes_failed",
         "Proposed writes answered with an error.",
         c.writes_failed,
     );
+    counter(&mut r, "reads_ok", "Linearizable reads served.", c.reads_ok);
     counter(
-        "raft_reads_ok_total",
-        "Linearizable reads served.",
-        c.reads_ok,
-    );
-    counter(
-        "raft_redirects_total",
+        &mut r,
+        "redirects",
         "MOVED and CLUSTERDOWN replies.",
         c.redirects,
     );
     counter(
-        "raft_clients_accepted_total",
+        &mut r,
+        "clients_accepted",
         "Client connections accepted.",
         c.clients_accepted,
     );
-    let dropped: u64 = s.peers.iter().map(|p| p.dropped).sum();
-    counter(
-        "raft_messages_dropped_total",
-        "Messages dropped for want of a link.",
-        dropped,
+    r.register(
+        "fsync_seconds",
+        "Duration of log fsyncs.",
+        s.histograms.fsync.clone(),
     );
-    let _ = write!(
-        o,
-        "# HELP raft_fsync_seconds_total Time spent in log fsyncs.\n# TYPE raft_fsync_seconds_total counter\nraft_fsync_seconds_total {:.6}\n",
-        c.fsync_nanos as f64 / 1e9
+    r.register(
+        "apply_lag_seconds",
+        "Time from an entry's append to this member's log to its application.",
+        s.histograms.apply_lag.clone(),
     );
+    let mut o = String::with_capacity(8192);
+    // Writing to a String cannot fail.
+    let _ = encode(&mut o, &r);
     o
 }
 
@@ -385,15 +549,18 @@ fn serve(
         if !complete && status == ReadStatus::Drained {
             return Ok(true);
         }
-        let (code, body) = if !complete {
-            ("400 Bad Request", "bad request\n".to_string())
+        const TEXT: &str = "text/plain; charset=utf-8";
+        // What prometheus-client writes; Prometheus negotiates it.
+        const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        let (code, ctype, body) = if !complete {
+            ("400 Bad Request", TEXT, "bad request\n".to_string())
         } else if c.inbuf.starts_with(b"GET /metrics ") || c.inbuf.starts_with(b"GET /metrics?") {
-            ("200 OK", render())
+            ("200 OK", OPENMETRICS, render())
         } else {
-            ("404 Not Found", "try GET /metrics\n".to_string())
+            ("404 Not Found", TEXT, "try GET /metrics\n".to_string())
         };
         let head = format!(
-            "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+            "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
@@ -432,18 +599,41 @@ mod tests {
                 PeerStatus {
                     id: NodeId(2),
                     up: true,
+                    for_: Duration::from_secs(3),
+                    next_retry_in: None,
+                    connect_attempts: 1,
+                    connect_failures: 0,
                     dropped: 0,
                 },
                 PeerStatus {
                     id: NodeId(3),
                     up: false,
+                    for_: Duration::from_millis(4200),
+                    next_retry_in: Some(Duration::from_millis(80)),
+                    connect_attempts: 12,
+                    connect_failures: 11,
                     dropped: 4,
                 },
             ],
             clients: 2,
             keys: 10,
             uptime: Duration::from_secs(5),
-            counters: Counters::default(),
+            counters: Counters {
+                elections_started: 2,
+                leader_changes: 3,
+                last_election_nanos: 14_000_000,
+                no_leader_nanos: 600_000_000,
+                heartbeats_sent: 100,
+                heartbeats_failed: 7,
+                ..Counters::default()
+            },
+            no_leader_for: None,
+            histograms: {
+                let h = Histograms::new();
+                h.fsync.observe(0.002);
+                h.apply_lag.observe(0.004);
+                h
+            },
         }
     }
 
@@ -459,6 +649,14 @@ mod tests {
             "raft_last_applied:1042\r\n",
             "raft_last_log_index:1043\r\n",
             "raft_peers_connected:2\r\n",
+            "raft_peer_2:up,for=3.0s,attempts=1,failures=0,dropped=0\r\n",
+            "raft_peer_3:down,for=4.2s,next_retry_ms=80,attempts=12,failures=11,dropped=4\r\n",
+            "raft_elections_started:2\r\n",
+            "raft_leader_changes:3\r\n",
+            "raft_last_election_ms:14.0\r\n",
+            "raft_no_leader_ms_total:600.0\r\n",
+            "raft_heartbeats_sent:100\r\n",
+            "raft_heartbeats_failed:7\r\n",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
@@ -480,7 +678,14 @@ mod tests {
             "raft_role{role=\"leader\"} 1\n",
             "raft_role{role=\"follower\"} 0\n",
             "raft_peer_up{peer=\"3\"} 0\n",
-            "raft_messages_dropped_total 4\n",
+            "raft_peer_messages_dropped_total{peer=\"3\"} 4\n",
+            "raft_peer_connect_failures_total{peer=\"3\"} 11\n",
+            "raft_elections_started_total 2\n",
+            "raft_heartbeats_failed_total 7\n",
+            "raft_last_election_seconds 0.014\n",
+            "raft_no_leader_seconds_total 0.6\n",
+            "raft_fsync_seconds_count 1\n",
+            "raft_apply_lag_seconds_bucket{le=\"0.0064\"} 1\n",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

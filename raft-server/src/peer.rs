@@ -191,6 +191,9 @@ struct Outbound {
     /// Messages dropped because the link was not up (the protocol repairs
     /// them), for metrics.
     dropped: u64,
+    /// Dials started, and failures (including links that broke), for metrics.
+    connect_attempts: u64,
+    connect_failures: u64,
 }
 
 struct Inbound {
@@ -212,6 +215,16 @@ pub struct PeerStatus {
     pub id: NodeId,
     /// Whether the outbound link is up.
     pub up: bool,
+    /// How long the link has been in its current state (up, or down /
+    /// not yet connected).
+    pub for_: Duration,
+    /// While down: time until the next connection attempt (zero while one
+    /// is in progress).
+    pub next_retry_in: Option<Duration>,
+    /// Connection attempts since start.
+    pub connect_attempts: u64,
+    /// Attempts that failed, and links that broke after coming up.
+    pub connect_failures: u64,
     /// Messages dropped for want of a link since start.
     pub dropped: u64,
 }
@@ -257,6 +270,8 @@ impl PeerSet {
                 link: None,
                 deadline: now,
                 attempt: 0,
+                connect_attempts: 0,
+                connect_failures: 0,
                 health: Health::Starting,
                 dropped: 0,
             })
@@ -321,23 +336,26 @@ impl PeerSet {
 
     /// Queues `msg` on its peer's link. Dropped if the link is not up; a
     /// full queue takes the link down.
+    /// Queues `msg` on its peer's link. Returns false if it was dropped
+    /// (no link up, or the send queue overflowed and the link was reset);
+    /// the protocol repairs lost messages.
     pub fn send(
         &mut self,
         msg: &Message,
         registry: &Registry,
         now: Instant,
         out: &mut Vec<PeerInput>,
-    ) {
+    ) -> bool {
         let Some(i) = self.outbound.iter().position(|o| o.id == msg.to) else {
             log::warn!("dropping {} to unknown member {}", msg.kind(), msg.to);
-            return;
+            return false;
         };
         let o = &mut self.outbound[i];
         let link = match (o.phase, o.link.as_mut()) {
             (Phase::Up, Some(link)) => link,
             _ => {
                 o.dropped += 1;
-                return;
+                return false;
             }
         };
         let len = codec::encoded_len(msg);
@@ -347,9 +365,10 @@ impl PeerSet {
                 link.out.len()
             );
             self.fail_outbound(i, registry, now, reason, out);
-            return;
+            return false;
         }
         codec::encode(msg, &mut link.out);
+        true
     }
 
     /// Writes queued output on every link.
@@ -429,13 +448,28 @@ impl PeerSet {
     }
 
     /// Link state of every peer, in id order.
-    pub fn status(&self) -> Vec<PeerStatus> {
+    pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
         self.outbound
             .iter()
-            .map(|o| PeerStatus {
-                id: o.id,
-                up: o.phase == Phase::Up,
-                dropped: o.dropped,
+            .map(|o| {
+                let up = o.phase == Phase::Up;
+                let since = match o.health {
+                    Health::Up { since } | Health::Down { since, .. } => Some(since),
+                    Health::Starting => None,
+                };
+                PeerStatus {
+                    id: o.id,
+                    up,
+                    for_: since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s)),
+                    next_retry_in: match o.phase {
+                        Phase::Up => None,
+                        Phase::Idle => Some(o.deadline.saturating_duration_since(now)),
+                        _ => Some(Duration::ZERO),
+                    },
+                    connect_attempts: o.connect_attempts,
+                    connect_failures: o.connect_failures,
+                    dropped: o.dropped,
+                }
             })
             .collect()
     }
@@ -461,6 +495,7 @@ impl PeerSet {
     fn dial(&mut self, i: usize, registry: &Registry, now: Instant, out: &mut Vec<PeerInput>) {
         let o = &mut self.outbound[i];
         debug_assert_eq!(o.phase, Phase::Idle);
+        o.connect_attempts += 1;
         match connect(o.addr, self.bind_ip) {
             Ok(mut sock) => {
                 if let Err(e) =
@@ -605,6 +640,7 @@ impl PeerSet {
         }
         o.phase = Phase::Idle;
         o.attempt = o.attempt.saturating_add(1);
+        o.connect_failures += 1;
         o.deadline = now + delay;
         match o.health {
             Health::Starting => {
@@ -852,7 +888,7 @@ impl fmt::Debug for PeerSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerSet")
             .field("me", &self.me)
-            .field("peers", &self.status())
+            .field("peers", &self.status(Instant::now()))
             .field("inbound", &self.inbound.len())
             .finish()
     }

@@ -14,7 +14,7 @@
 //! No Raft decision is made here. An error on one socket closes that socket;
 //! only a storage failure (or the poll itself failing) ends the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -32,12 +32,15 @@ use slab::Slab;
 use crate::client::{self, Client, Command, MAX_CLIENTS};
 use crate::config::Settings;
 use crate::conn::ReadStatus;
-use crate::info::{self, Counters, MetricsServer, Snapshot};
+use crate::info::{self, Counters, Histograms, MetricsServer, Snapshot};
 use crate::kv::{self, Kv, Outcome};
 use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
 use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
+
+/// Log entries whose append time is remembered for the apply-lag histogram.
+const MAX_APPLY_LAG_TRACKED: usize = 65_536;
 
 const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
@@ -168,6 +171,13 @@ pub struct Server {
     /// Why the link to each peer last went down, for election log lines.
     link_down_reason: HashMap<NodeId, String>,
     counters: Counters,
+    /// Since when no leader has been known (None while one is).
+    no_leader_since: Option<Instant>,
+    /// Fsync latency and apply lag.
+    histograms: Histograms,
+    /// When each log entry not yet applied was appended here, oldest first
+    /// (apply lag); bounded, the oldest forgotten past the bound.
+    appended_at: VecDeque<(u64, Instant)>,
 }
 
 impl Server {
@@ -257,6 +267,9 @@ impl Server {
             resume: Vec::new(),
             link_down_reason: HashMap::new(),
             counters: Counters::default(),
+            no_leader_since: Some(Instant::now()),
+            histograms: Histograms::new(),
+            appended_at: VecDeque::new(),
         })
     }
 
@@ -385,9 +398,20 @@ impl Server {
         while let Some(action) = self.node.poll_action() {
             match action {
                 Action::SaveHardState(hs) => self.storage.save_hard_state(hs),
-                Action::TruncateLog { from } => self.storage.truncate(from),
+                Action::TruncateLog { from } => {
+                    while self.appended_at.back().is_some_and(|&(i, _)| i >= from.0) {
+                        self.appended_at.pop_back();
+                    }
+                    self.storage.truncate(from)
+                }
                 Action::AppendLog(entries) => {
                     self.counters.entries_persisted += entries.len() as u64;
+                    for e in &entries {
+                        if self.appended_at.len() == MAX_APPLY_LAG_TRACKED {
+                            self.appended_at.pop_front();
+                        }
+                        self.appended_at.push_back((e.index.0, now));
+                    }
                     self.storage.append(&entries);
                 }
                 Action::Send(m) => sends.push(m),
@@ -401,15 +425,37 @@ impl Server {
         if self.storage.needs_sync() {
             let t0 = Instant::now();
             self.storage.sync().map_err(FatalError::Storage)?;
+            let took = t0.elapsed();
             self.counters.fsyncs += 1;
-            self.counters.fsync_nanos += t0.elapsed().as_nanos() as u64;
+            self.counters.fsync_nanos += took.as_nanos() as u64;
+            self.histograms.fsync.observe(took.as_secs_f64());
         }
         for m in &sends {
             self.counters.messages_sent += 1;
-            self.peers
+            let queued = self
+                .peers
                 .send(m, self.poll.registry(), now, &mut self.inputs);
+            if m.kind() == "Heartbeat" {
+                self.counters.heartbeats_sent += 1;
+                self.counters.heartbeats_failed += u64::from(!queued);
+            }
         }
+        let applied_at = Instant::now();
         for e in applies {
+            while self
+                .appended_at
+                .front()
+                .is_some_and(|&(i, _)| i < e.index.0)
+            {
+                self.appended_at.pop_front();
+            }
+            if let Some(&(i, at)) = self.appended_at.front() {
+                if i == e.index.0 {
+                    self.appended_at.pop_front();
+                    let lag = applied_at.saturating_duration_since(at);
+                    self.histograms.apply_lag.observe(lag.as_secs_f64());
+                }
+            }
             self.apply(e);
         }
         for (id, error) in reads {
@@ -497,6 +543,11 @@ impl Server {
                     _ => String::new(),
                 };
                 let what = if pre_vote { "pre-vote" } else { "election" };
+                if pre_vote {
+                    self.counters.pre_votes_started += 1;
+                } else {
+                    self.counters.elections_started += 1;
+                }
                 log::info!("{what} for term {term}: {reason}{detail}");
             }
             Event::RoleChanged { role, term, reason } => {
@@ -507,13 +558,37 @@ impl Server {
                     );
                 }
             }
-            Event::LeaderChanged { leader, term } => match leader {
-                Some(l) if l == self.settings.id => {
-                    log::info!("leader is this member in term {term}")
-                }
-                Some(l) => log::info!("leader is member {l} in term {term}"),
-                None => log::info!("no leader known in term {term}"),
-            },
+            Event::LeaderChanged { leader, term } => {
+                self.track_leader(leader.is_some());
+                self.log_leader(leader, term);
+            }
+        }
+    }
+
+    /// Leaderless time: an election's duration runs from losing the leader
+    /// to learning the next one.
+    fn track_leader(&mut self, known: bool) {
+        let now = Instant::now();
+        match (known, self.no_leader_since) {
+            (true, Some(since)) => {
+                let gap = now.saturating_duration_since(since);
+                self.counters.leader_changes += 1;
+                self.counters.last_election_nanos = gap.as_nanos() as u64;
+                self.counters.no_leader_nanos += gap.as_nanos() as u64;
+                self.no_leader_since = None;
+            }
+            (false, None) => self.no_leader_since = Some(now),
+            _ => {}
+        }
+    }
+
+    fn log_leader(&self, leader: Option<NodeId>, term: Term) {
+        match leader {
+            Some(l) if l == self.settings.id => {
+                log::info!("leader is this member in term {term}")
+            }
+            Some(l) => log::info!("leader is member {l} in term {term}"),
+            None => log::info!("no leader known in term {term}"),
         }
     }
 
@@ -757,11 +832,15 @@ impl Server {
                 .and_then(|l| self.settings.member(l))
                 .map(|m| m.client_addr),
             cluster_id: self.settings.cluster_id,
-            peers: self.peers.status(),
+            peers: self.peers.status(now),
             clients: self.clients.len(),
             keys: self.kv.len(),
             uptime: now.saturating_duration_since(self.start),
             counters: self.counters,
+            no_leader_for: self
+                .no_leader_since
+                .map(|t| now.saturating_duration_since(t)),
+            histograms: self.histograms.clone(),
         }
     }
 
