@@ -4,7 +4,7 @@
 use crate::action::{Action, RoleChangeReason};
 use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, MessageBody};
 use crate::node::{Node, RoleState};
-use crate::types::{NodeId, Time};
+use crate::types::{LogIndex, NodeId, Time};
 
 impl Node {
     pub(crate) fn handle_append_entries(&mut self, now: Time, from: NodeId, ae: AppendEntries) {
@@ -40,31 +40,18 @@ impl Node {
     /// The consistency check and the log update; returns the answer.
     fn append_to_log(&mut self, ae: &AppendEntries) -> AppendResult {
         let prev = ae.prev_log_index;
-        let last = self.log.last_index();
-        if prev > last {
-            return AppendResult::Conflict {
-                rejected_index: prev,
-                last_log_index: last,
-                conflict_term: None,
-                conflict_index: last.next(),
-            };
-        }
         match self.log.term_at(prev) {
             Some(t) if t == ae.prev_log_term => {}
-            Some(t) => {
+            Some(_) => {
                 // Everything up to the commit index is known to match any
                 // leader's log (§5.4), so a mismatch there is impossible.
                 assert!(
                     prev > self.commit_index,
                     "log matching violated: committed entry {prev} conflicts with leader"
                 );
-                return AppendResult::Conflict {
-                    rejected_index: prev,
-                    last_log_index: last,
-                    conflict_term: Some(t),
-                    conflict_index: self.log.first_index_of_term_run(prev, t),
-                };
+                return self.conflict(prev);
             }
+            None if prev > self.log.last_index() => return self.conflict(prev),
             None => unreachable!("prev_log_index below the log start needs snapshots"),
         }
 
@@ -106,6 +93,28 @@ impl Node {
             self.advance_commit(commit_to);
         }
         AppendResult::Success { match_index }
+    }
+
+    /// A rejection of an AppendEntries whose `prev_log_index` was `prev`,
+    /// with the hint that lets the leader skip a term per round trip: our
+    /// term at `prev` and where that term's run starts, or, when our log is
+    /// shorter, where it ends.
+    pub(crate) fn conflict(&self, prev: LogIndex) -> AppendResult {
+        let last = self.log.last_index();
+        match self.log.term_at(prev).filter(|_| prev <= last) {
+            Some(t) => AppendResult::Conflict {
+                rejected_index: prev,
+                last_log_index: last,
+                conflict_term: Some(t),
+                conflict_index: self.log.first_index_of_term_run(prev, t),
+            },
+            None => AppendResult::Conflict {
+                rejected_index: prev,
+                last_log_index: last,
+                conflict_term: None,
+                conflict_index: last.next(),
+            },
+        }
     }
 
     pub(crate) fn send_append_response(&mut self, to: NodeId, round: u64, result: AppendResult) {

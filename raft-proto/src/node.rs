@@ -500,15 +500,14 @@ impl Node {
             match &msg.body {
                 // A deposed leader that was cut off learns our term from this
                 // answer and steps down (needed with CheckQuorum/PreVote,
-                // where our term may have moved on without it).
-                MessageBody::AppendEntries(ae) => {
-                    let reply = AppendResult::Conflict {
-                        rejected_index: ae.prev_log_index,
-                        last_log_index: self.log.last_index(),
-                        conflict_term: None,
-                        conflict_index: self.log.last_index().next(),
+                // where our term may have moved on without it). Only the term
+                // matters: "match at index 0" is trivially true and moves no
+                // leader's progress, like etcd's empty MsgAppResp.
+                MessageBody::AppendEntries(_) => {
+                    let reply = AppendResult::Success {
+                        match_index: LogIndex(0),
                     };
-                    self.send_append_response(msg.from, ae.round, reply);
+                    self.send_append_response(msg.from, 0, reply);
                 }
                 MessageBody::RequestVote(rv) if rv.pre_vote => {
                     self.send_vote_response(msg.from, self.current_term, true, false);

@@ -689,6 +689,15 @@ impl Cluster {
 
     fn transmit(&mut self, m: Message) {
         *self.sent.entry(m.kind()).or_insert(0) += 1;
+        // Every message crosses the wire format, as in the real server: a
+        // message the codec refuses is a bug in the node.
+        let mut frame = bytes::BytesMut::new();
+        crate::codec::encode(&m, &mut frame);
+        let decoded = crate::codec::decode(&mut frame);
+        assert!(
+            matches!(&decoded, Ok(Some(d)) if *d == m) && frame.is_empty(),
+            "codec round trip changed {m:?} into {decoded:?}"
+        );
         if self.rng.chance(self.net.loss) {
             return;
         }
