@@ -1,0 +1,624 @@
+//! `raft-chaos`: a Jepsen-style check of a real raft-node cluster.
+//!
+//! Creates a private network namespace (every iptables rule stays inside
+//! it; deleting it removes everything), starts three members there with
+//! `tools/cluster.sh`, runs concurrent clients that write unique values and
+//! read a few keys, and lets a seeded nemesis inject faults through
+//! `tools/fault.sh`: kill and restart, freeze and thaw, isolate the leader
+//! or a follower, majority/minority partitions, packet loss, connection
+//! resets, kill everything and restart. Every operation is recorded with its
+//! start, end and outcome (ok, failed, or unknown when a write timed out or
+//! its connection broke). At the end the network heals, every member runs
+//! again, and the checker requires:
+//!
+//! - the cluster is live again (a write succeeds) within a bound;
+//! - the history, ending with a read of every key, is linearizable per key
+//!   (so every acknowledged write is readable or overwritten by a later one).
+//!
+//! On failure it prints the seed, the fault schedule and the smallest failing
+//! window of history, and keeps the members' data dirs and logs.
+//!
+//! ```text
+//! sudo target/release/raft-chaos --seed 7 --duration-secs 60
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use raft_proto::sim::linearizability::{self, Op, OpKind};
+use raft_proto::Rng;
+use tools::resp::{Conn, Reply};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "raft-chaos",
+    about = "Jepsen-style linearizability check of a real raft-node cluster under faults (needs root)"
+)]
+struct Args {
+    /// Seed of the fault schedule and the client workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds of faults and load.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: u64,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 3)]
+    keys: u64,
+    /// The raft-node binary.
+    #[arg(long, default_value = "target/release/raft-node")]
+    raft_node: PathBuf,
+    /// Keep the data dirs and logs even when the check passes.
+    #[arg(long)]
+    keep: bool,
+    /// Internal: run inside the namespace with this data dir.
+    #[arg(long, hide = true)]
+    inside: Option<PathBuf>,
+    /// Internal: the namespace's name.
+    #[arg(long, hide = true)]
+    netns: Option<String>,
+}
+
+const MEMBERS: u64 = 3;
+/// A request that has no answer within this is abandoned: a write's outcome
+/// is then unknown.
+const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+/// After healing, a write must succeed within this.
+const RECOVERY_BOUND: Duration = Duration::from_secs(15);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn client_addr(i: u64) -> SocketAddr {
+    format!("127.0.0.{i}:640{i}")
+        .parse()
+        .expect("valid address")
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match &args.inside {
+        Some(dir) => inside(&args, dir),
+        None => outside(&args),
+    }
+}
+
+/// Creates the namespace, runs the check inside it, cleans up.
+fn outside(args: &Args) -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "raft-chaos needs root (it creates a network namespace and iptables rules inside it)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let raft_node = match std::fs::canonicalize(&args.raft_node) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "{}: {e} (build it with cargo build --release)",
+                args.raft_node.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid = std::process::id();
+    let ns = format!("raft-chaos-{pid}");
+    let dir = std::env::temp_dir().join(format!("raft-chaos-{pid}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !sh(&format!(
+        "ip netns add {ns} && ip netns exec {ns} ip link set lo up"
+    )) {
+        eprintln!("could not create network namespace {ns}");
+        return ExitCode::FAILURE;
+    }
+    let me = std::env::current_exe().expect("own path");
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(me)
+        .arg("--inside")
+        .arg(&dir)
+        .arg("--netns")
+        .arg(&ns)
+        .arg("--raft-node")
+        .arg(&raft_node)
+        .args(["--seed", &args.seed.to_string()])
+        .args(["--duration-secs", &args.duration_secs.to_string()])
+        .args(["--clients", &args.clients.to_string()])
+        .args(["--keys", &args.keys.to_string()])
+        .status();
+    // Whatever happened inside: nothing of it may outlive the run.
+    sh(&format!(
+        "for p in $(ip netns pids {ns}); do kill -9 $p; done; sleep 0.2; ip netns del {ns}"
+    ));
+    let passed = status.is_ok_and(|s| s.success());
+    if passed && !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("member data dirs and logs kept in {}", dir.display());
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    netns: String,
+    raft_node: PathBuf,
+}
+
+impl Cluster {
+    fn script(&self, script: &str, args: &[&str]) -> bool {
+        let out = Command::new(repo_root().join("tools").join(script))
+            .args(args)
+            .env("DATA", &self.dir)
+            .env("RAFT_NETNS", &self.netns)
+            .env("RAFT_NODE", &self.raft_node)
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) => {
+                if !o.status.success() {
+                    eprintln!(
+                        "{script} {args:?} failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
+                }
+                o.status.success()
+            }
+            Err(e) => {
+                eprintln!("{script}: {e}");
+                false
+            }
+        }
+    }
+
+    fn fault(&self, args: &[&str]) -> bool {
+        self.script("fault.sh", args)
+    }
+
+    fn leader(&self) -> Option<u64> {
+        (1..=MEMBERS).find(|&i| {
+            let Ok(mut c) = Conn::connect(client_addr(i), Duration::from_millis(300)) else { return false };
+            matches!(c.cmd(&[b"INFO", b"raft"]), Ok(Reply::Bulk(Some(b))) if String::from_utf8_lossy(&b).contains("raft_role:leader"))
+        })
+    }
+
+    fn alive(&self, i: u64) -> bool {
+        let Some(pid) = read_pid(&self.dir, i) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+}
+
+fn read_pid(dir: &Path, member: u64) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("node{member}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What the nemesis did and undid, for the report.
+struct Schedule(Vec<String>);
+
+impl Schedule {
+    fn note(&mut self, start: Instant, what: String) {
+        println!("{:8.3}s nemesis: {what}", start.elapsed().as_secs_f64());
+        self.0
+            .push(format!("{:8.3}s {what}", start.elapsed().as_secs_f64()));
+    }
+}
+
+fn inside(args: &Args, dir: &Path) -> ExitCode {
+    let cluster = Cluster {
+        dir: dir.to_path_buf(),
+        netns: args.netns.clone().expect("--netns with --inside"),
+        raft_node: args.raft_node.clone(),
+    };
+    println!(
+        "seed {}: {} clients, {} keys, {} s of faults; data in {}",
+        args.seed,
+        args.clients,
+        args.keys,
+        args.duration_secs,
+        dir.display()
+    );
+    // Members are started by scripts that exit at once, so they would be
+    // reparented to pid 1, which may reap a killed one late: until then
+    // it looks alive and cannot be restarted. Adopt them instead, and reap
+    // them here as soon as they die.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let reaping = Arc::new(AtomicBool::new(true));
+    let reaper = {
+        let (dir, reaping) = (dir.to_path_buf(), reaping.clone());
+        thread::spawn(move || {
+            while reaping.load(Ordering::Relaxed) {
+                for i in 1..=MEMBERS {
+                    if let Some(pid) = read_pid(&dir, i) {
+                        let mut status = 0;
+                        // SAFETY: waits only for this pid, without blocking.
+                        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                    }
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    if !cluster.script("cluster.sh", &["start"]) {
+        eprintln!("the cluster did not start");
+        return ExitCode::FAILURE;
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.duration_secs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..args.clients)
+        .map(|c| {
+            let stop = stop.clone();
+            let (seed, keys) = (args.seed, args.keys);
+            thread::spawn(move || client(c + 1, seed, keys, start, &stop))
+        })
+        .collect();
+
+    let mut schedule = Schedule(Vec::new());
+    let mut rng = Rng::new(args.seed ^ 0xC4A0_5000);
+    while Instant::now() + Duration::from_secs(4) < end {
+        thread::sleep(Duration::from_millis(rng.range(300, 1500)));
+        nemesis(&cluster, &mut rng, &mut schedule, start);
+    }
+    while Instant::now() < end {
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut history: Vec<Op> = Vec::new();
+    let (mut ok, mut failed, mut unknown) = (0, 0, 0);
+    for w in workers {
+        let r = w.join().expect("client thread");
+        ok += r.ok;
+        failed += r.failed;
+        unknown += r.unknown;
+        history.extend(r.ops);
+    }
+
+    // Heal: network whole, every member running.
+    cluster.fault(&["heal"]);
+    for i in 1..=MEMBERS {
+        if cluster.alive(i) {
+            cluster.fault(&["thaw", &i.to_string()]);
+        } else {
+            cluster.fault(&["restart", &i.to_string()]);
+        }
+    }
+    schedule.note(start, "heal all, thaw all, restart the dead".into());
+    let healed = Instant::now();
+    let mut live = None;
+    while healed.elapsed() < RECOVERY_BOUND {
+        if let Some(Reply::Simple(s)) =
+            request(&mut None, &mut 1, &[b"SET", b"chaos-liveness", b"1"])
+        {
+            if s == "OK" {
+                live = Some(healed.elapsed());
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let verdict = match live {
+        None => Err(format!(
+            "liveness: no write succeeded within {} s of healing",
+            RECOVERY_BOUND.as_secs()
+        )),
+        Some(_) => {
+            // Final reads of every key through the leader.
+            let mut target = cluster.leader().unwrap_or(1);
+            for key in 0..args.keys {
+                let t0 = nanos(start);
+                let k = key.to_string();
+                match request(&mut None, &mut target, &[b"GET", k.as_bytes()]) {
+                    Some(Reply::Bulk(v)) => history.push(Op {
+                        client: 0,
+                        key,
+                        kind: OpKind::Read(
+                            v.and_then(|b| String::from_utf8_lossy(&b).parse().ok()),
+                        ),
+                        invoke: t0,
+                        complete: Some(nanos(start)),
+                    }),
+                    other => eprintln!("final read of key {key} failed: {other:?}"),
+                }
+            }
+            linearizability::check(&history).map_err(|e| e.to_string())
+        }
+    };
+    cluster.script("cluster.sh", &["stop"]);
+    reaping.store(false, Ordering::Relaxed);
+    let _ = reaper.join();
+    println!(
+        "history: {} ops ({ok} ok, {failed} failed, {unknown} unknown), {} faults; recovered {} ms after healing",
+        history.len(),
+        schedule.0.len(),
+        live.map_or("never".to_string(), |d| d.as_millis().to_string())
+    );
+    match verdict {
+        Ok(()) => {
+            println!("linearizable: yes");
+            println!("chaos: 1 passed, 0 failed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("FAILED seed {}: {e}", args.seed);
+            println!("fault schedule:");
+            for s in &schedule.0 {
+                println!("  {s}");
+            }
+            println!("chaos: 0 passed, 1 failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Injects one fault, holds it a while, and undoes it.
+fn nemesis(c: &Cluster, rng: &mut Rng, s: &mut Schedule, start: Instant) {
+    let member = 1 + rng.range(0, MEMBERS);
+    let leader = c.leader();
+    let follower = leader.map(|l| 1 + (l % MEMBERS)).unwrap_or(member);
+    let hold = Duration::from_millis(rng.range(500, 3000));
+    let (m, l, f) = (
+        member.to_string(),
+        leader.unwrap_or(member).to_string(),
+        follower.to_string(),
+    );
+    match rng.range(0, 10) {
+        0 => {
+            s.note(start, format!("kill {m}"));
+            c.fault(&["kill", &m]);
+            thread::sleep(hold);
+            c.fault(&["restart", &m]);
+            s.note(start, format!("restart {m}"));
+        }
+        1 => {
+            s.note(start, format!("kill leader {l}"));
+            c.fault(&["kill", &l]);
+            thread::sleep(hold);
+            c.fault(&["restart", &l]);
+            s.note(start, format!("restart {l}"));
+        }
+        2 => {
+            s.note(start, format!("freeze {l}"));
+            c.fault(&["freeze", &l]);
+            thread::sleep(hold);
+            c.fault(&["thaw", &l]);
+            s.note(start, format!("thaw {l}"));
+        }
+        3 => {
+            s.note(start, format!("isolate leader {l}"));
+            c.fault(&["isolate", &l]);
+            thread::sleep(hold);
+            c.fault(&["heal"]);
+            s.note(start, "heal".into());
+        }
+        4 => {
+            s.note(start, format!("isolate follower {f}"));
+            c.fault(&["isolate", &f]);
+            thread::sleep(hold);
+            c.fault(&["heal"]);
+            s.note(start, "heal".into());
+        }
+        5 => {
+            let rest: Vec<String> = (1..=MEMBERS)
+                .filter(|&i| i != member)
+                .map(|i| i.to_string())
+                .collect();
+            s.note(start, format!("partition {m} | {}", rest.join(",")));
+            c.fault(&["partition", &m, &rest.join(",")]);
+            thread::sleep(hold);
+            c.fault(&["heal"]);
+            s.note(start, "heal".into());
+        }
+        6 => {
+            s.note(start, "drop 20% of packets".into());
+            c.fault(&["drop", "20"]);
+            thread::sleep(hold);
+            c.fault(&["heal"]);
+            s.note(start, "heal".into());
+        }
+        7 => {
+            s.note(start, format!("reset connections of leader {l}"));
+            c.fault(&["reset", &l]);
+            thread::sleep(hold);
+            c.fault(&["heal"]);
+            s.note(start, "heal".into());
+        }
+        8 => {
+            s.note(start, "kill all".into());
+            for i in 1..=MEMBERS {
+                c.fault(&["kill", &i.to_string()]);
+            }
+            thread::sleep(hold.min(Duration::from_millis(1000)));
+            for i in 1..=MEMBERS {
+                c.fault(&["restart", &i.to_string()]);
+            }
+            s.note(start, "restart all".into());
+        }
+        _ => {
+            s.note(start, format!("freeze follower {f}"));
+            c.fault(&["freeze", &f]);
+            thread::sleep(hold);
+            c.fault(&["thaw", &f]);
+            s.note(start, format!("thaw {f}"));
+        }
+    }
+}
+
+fn nanos(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// How a request ended.
+enum Sent {
+    /// The server answered.
+    Reply(Reply),
+    /// It never left: no connection could be made.
+    NotSent,
+    /// Sent, but the connection broke or timed out before an answer.
+    Lost,
+}
+
+/// Sends one command to member `*target`, following `-MOVED` (up to three
+/// times).
+fn send(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Sent {
+    for _ in 0..4 {
+        if conn.is_none() {
+            *conn = Conn::connect(client_addr(*target), OP_TIMEOUT).ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            return Sent::NotSent;
+        };
+        match c.cmd(args) {
+            Ok(r) => match r
+                .moved_to()
+                .and_then(|a| (1..=MEMBERS).find(|&i| client_addr(i) == a))
+            {
+                Some(leader) => {
+                    *target = leader;
+                    *conn = None;
+                }
+                None => return Sent::Reply(r),
+            },
+            Err(_) => {
+                *conn = None;
+                return Sent::Lost;
+            }
+        }
+    }
+    Sent::NotSent
+}
+
+fn request(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Option<Reply> {
+    match send(conn, target, args) {
+        Sent::Reply(r) => Some(r),
+        _ => None,
+    }
+}
+
+struct ClientReport {
+    ops: Vec<Op>,
+    ok: u64,
+    failed: u64,
+    unknown: u64,
+}
+
+/// One client: sequential reads and writes of unique values until stopped.
+fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> ClientReport {
+    let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(id));
+    let mut r = ClientReport {
+        ops: Vec::new(),
+        ok: 0,
+        failed: 0,
+        unknown: 0,
+    };
+    let mut conn: Option<Conn> = None;
+    let mut target = 1 + rng.range(0, MEMBERS);
+    let mut counter = 0u64;
+    let backoff = || thread::sleep(Duration::from_millis(20));
+    while !stop.load(Ordering::Relaxed) {
+        let key = rng.range(0, keys);
+        let k = key.to_string();
+        let invoke = nanos(start);
+        if rng.chance(0.5) {
+            counter += 1;
+            let value = (id << 32) | counter;
+            let v = value.to_string();
+            let mut op = Op {
+                client: id,
+                key,
+                kind: OpKind::Write(value),
+                invoke,
+                complete: None,
+            };
+            match send(
+                &mut conn,
+                &mut target,
+                &[b"SET", k.as_bytes(), v.as_bytes()],
+            ) {
+                Sent::Reply(Reply::Simple(s)) if s == "OK" => {
+                    op.complete = Some(nanos(start));
+                    r.ok += 1;
+                    r.ops.push(op);
+                }
+                // Refused before it was proposed, or known lost to another
+                // leader's entry at its index: it never took effect.
+                Sent::Reply(Reply::Error(e))
+                    if e.starts_with("CLUSTERDOWN")
+                        || e.starts_with("ERR write lost")
+                        || e.starts_with("MOVED") =>
+                {
+                    r.failed += 1;
+                    backoff();
+                }
+                Sent::NotSent => {
+                    r.failed += 1;
+                    target = 1 + rng.range(0, MEMBERS);
+                    backoff();
+                }
+                // Any other error, a timeout or a broken connection: the
+                // write may or may not take effect.
+                _ => {
+                    r.unknown += 1;
+                    r.ops.push(op);
+                    conn = None;
+                    target = 1 + rng.range(0, MEMBERS);
+                    backoff();
+                }
+            }
+        } else {
+            match send(&mut conn, &mut target, &[b"GET", k.as_bytes()]) {
+                Sent::Reply(Reply::Bulk(v)) => {
+                    let value = v.and_then(|b| String::from_utf8_lossy(&b).parse().ok());
+                    r.ok += 1;
+                    r.ops.push(Op {
+                        client: id,
+                        key,
+                        kind: OpKind::Read(value),
+                        invoke,
+                        complete: Some(nanos(start)),
+                    });
+                }
+                // A failed read had no effect: it is left out of the history.
+                Sent::Reply(_) => {
+                    r.failed += 1;
+                    backoff();
+                }
+                Sent::NotSent | Sent::Lost => {
+                    r.failed += 1;
+                    conn = None;
+                    target = 1 + rng.range(0, MEMBERS);
+                    backoff();
+                }
+            }
+        }
+    }
+    r
+}
