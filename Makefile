@@ -5,7 +5,7 @@ SIM_SEEDS ?= 0..500
 SIM_LONG_SEEDS ?= 0..20000
 FUZZ_SECS ?= 60
 
-.PHONY: help build release test test-unit sim sim-long fuzz bench bench-proto clippy fmt cluster stop clean
+.PHONY: help build release test test-unit sim sim-long fuzz bench bench-proto bench-server clippy fmt cluster stop clean
 
 help:
 	@echo "make cluster    build release, start 3 members on 127.0.0.1/.2/.3, wait for a leader"
@@ -14,7 +14,7 @@ help:
 	@echo "make sim        simulator sweep over SIM_SEEDS ($(SIM_SEEDS))"
 	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
 	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
-	@echo "make bench      benchmarks (raft-proto criterion benches)"
+	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make clippy     lints, warnings are errors"
 
 build:
@@ -42,10 +42,15 @@ sim-long:
 fuzz:
 	tools/fuzz.sh $(FUZZ_SECS)
 
-bench: bench-proto
+bench: bench-proto bench-server
 
 bench-proto:
 	$(CARGO) bench -p raft-proto --bench proto
+
+# SET throughput and latency with 1, 16 and 64 clients, GET throughput, and
+# idle CPU and memory, on a temporary 3-node cluster on loopback.
+bench-server: release
+	tools/bench-server.sh
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -477,24 +477,24 @@ fn nanos(start: Instant) -> u64 {
 }
 
 /// How a request ended.
-enum Sent {
+enum Outcome {
     /// The server answered.
     Reply(Reply),
     /// It never left: no connection could be made.
-    NotSent,
+    Refused,
     /// Sent, but the connection broke or timed out before an answer.
     Lost,
 }
 
 /// Sends one command to member `*target`, following `-MOVED` (up to three
 /// times).
-fn send(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Sent {
+fn send(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Outcome {
     for _ in 0..4 {
         if conn.is_none() {
             *conn = Conn::connect(client_addr(*target), OP_TIMEOUT).ok();
         }
         let Some(c) = conn.as_mut() else {
-            return Sent::NotSent;
+            return Outcome::Refused;
         };
         match c.cmd(args) {
             Ok(r) => match r
@@ -505,20 +505,20 @@ fn send(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Sent {
                     *target = leader;
                     *conn = None;
                 }
-                None => return Sent::Reply(r),
+                None => return Outcome::Reply(r),
             },
             Err(_) => {
                 *conn = None;
-                return Sent::Lost;
+                return Outcome::Lost;
             }
         }
     }
-    Sent::NotSent
+    Outcome::Refused
 }
 
 fn request(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Option<Reply> {
     match send(conn, target, args) {
-        Sent::Reply(r) => Some(r),
+        Outcome::Reply(r) => Some(r),
         _ => None,
     }
 }
@@ -563,14 +563,14 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
                 &mut target,
                 &[b"SET", k.as_bytes(), v.as_bytes()],
             ) {
-                Sent::Reply(Reply::Simple(s)) if s == "OK" => {
+                Outcome::Reply(Reply::Simple(s)) if s == "OK" => {
                     op.complete = Some(nanos(start));
                     r.ok += 1;
                     r.ops.push(op);
                 }
                 // Refused before it was proposed, or known lost to another
                 // leader's entry at its index: it never took effect.
-                Sent::Reply(Reply::Error(e))
+                Outcome::Reply(Reply::Error(e))
                     if e.starts_with("CLUSTERDOWN")
                         || e.starts_with("ERR write lost")
                         || e.starts_with("MOVED") =>
@@ -578,7 +578,7 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
                     r.failed += 1;
                     backoff();
                 }
-                Sent::NotSent => {
+                Outcome::Refused => {
                     r.failed += 1;
                     target = 1 + rng.range(0, MEMBERS);
                     backoff();
@@ -595,7 +595,7 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
             }
         } else {
             match send(&mut conn, &mut target, &[b"GET", k.as_bytes()]) {
-                Sent::Reply(Reply::Bulk(v)) => {
+                Outcome::Reply(Reply::Bulk(v)) => {
                     let value = v.and_then(|b| String::from_utf8_lossy(&b).parse().ok());
                     r.ok += 1;
                     r.ops.push(Op {
@@ -607,11 +607,11 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
                     });
                 }
                 // A failed read had no effect: it is left out of the history.
-                Sent::Reply(_) => {
+                Outcome::Reply(_) => {
                     r.failed += 1;
                     backoff();
                 }
-                Sent::NotSent | Sent::Lost => {
+                Outcome::Refused | Outcome::Lost => {
                     r.failed += 1;
                     conn = None;
                     target = 1 + rng.range(0, MEMBERS);

@@ -96,8 +96,9 @@ const GRACE: Duration = Duration::from_secs(5);
 const READ_POLL: Duration = Duration::from_millis(200);
 /// Pause after `-CLUSTERDOWN` or a failed connect before trying again.
 const RETRY_SLEEP: Duration = Duration::from_millis(50);
-/// Redirect rounds for one batch before its requests count as errors.
-const MAX_REDIRECTS: u32 = 50;
+/// Rounds of redirects or failed connects for one batch before its requests
+/// count as errors (with [`RETRY_SLEEP`] between most of them).
+const MAX_RETRIES: u32 = 50;
 /// A reply larger than this is treated as a protocol error.
 const MAX_BULK_LEN: usize = 64 << 20;
 /// Elements in one array reply at most.
@@ -536,6 +537,7 @@ impl<'a> Client<'a> {
     /// counted. Gives up at `hard_deadline`.
     fn run_batch(&mut self, batch: &mut Vec<Request>, measure: bool, hard_deadline: Instant) {
         let mut rounds = 0;
+        let mut last_retry = "MOVED/CLUSTERDOWN";
         while !batch.is_empty() {
             if Instant::now() >= hard_deadline {
                 self.stats.error(
@@ -545,14 +547,17 @@ impl<'a> Client<'a> {
                 batch.clear();
                 return;
             }
-            if rounds > MAX_REDIRECTS {
-                self.stats
-                    .error(batch.len() as u64, "too many MOVED/CLUSTERDOWN rounds");
+            if rounds > MAX_RETRIES {
+                self.stats.error(
+                    batch.len() as u64,
+                    &format!("gave up after {MAX_RETRIES} retries (last: {last_retry})"),
+                );
                 batch.clear();
                 return;
             }
             rounds += 1;
             if !self.ensure_connected() {
+                last_retry = "connect failed";
                 continue;
             }
             self.out.clear();
@@ -623,6 +628,7 @@ impl<'a> Client<'a> {
             } else if cluster_down {
                 thread::sleep(RETRY_SLEEP);
             }
+            last_retry = if cluster_down { "CLUSTERDOWN" } else { "MOVED" };
         }
     }
 }
@@ -678,12 +684,19 @@ fn run_client(args: &Args, id: u32, barrier: &Barrier, duration: Duration) -> St
                 });
                 key += u64::from(args.clients);
             }
+            let sent = batch.len() as u64;
+            let errors = client.stats.errors;
             client.run_batch(&mut batch, false, populate_deadline);
+            if client.stats.errors - errors == sent {
+                // Not one write got through: the cluster is unusable, and the
+                // measured phase will say so.
+                break;
+            }
         }
         if key < args.keys {
             client
                 .stats
-                .note("populating the keys did not finish in time");
+                .note("writing the keys before the run stopped early");
         }
         // Errors while populating would make later GETs fail; report them
         // as part of the run rather than hide them.

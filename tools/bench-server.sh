@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Benchmarks a real 3-member raft-node cluster on 127.0.0.1/.2/.3 with
+# raft-load: SET with 1, 16 and 64 clients, GET with 16 clients, then the
+# idle CPU and RSS of the leader and a follower. Prints markdown table rows at
+# the end, ready for the README.
+#
+#   cargo build --release -p raft-server -p tools && tools/bench-server.sh
+#
+# Builds nothing. Environment:
+#   RAFT_NODE   raft-node binary      (target/release/raft-node)
+#   RAFT_LOAD   raft-load binary      (target/release/raft-load)
+#   BENCH_SECS  seconds per load run  (10)
+#   IDLE_SECS   idle measurement      (30)
+#   VALUE_SIZE  bytes per value       (100)
+#   KEYS        distinct keys         (10000)
+#   KEEP_DATA   1: keep the temp dir (data and node logs) instead of removing it;
+#               without it the dir is removed on success and failure alike,
+#               after a failure's last node log lines are printed
+#
+# Ports are chosen at random above 20000 and checked to be free, so this does
+# not collide with `make cluster` (7001-7003/6401-6403/9401-9403).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LC_ALL=C
+BIN=${RAFT_NODE:-target/release/raft-node}
+LOAD=${RAFT_LOAD:-target/release/raft-load}
+BENCH_SECS=${BENCH_SECS:-10}
+IDLE_SECS=${IDLE_SECS:-30}
+VALUE_SIZE=${VALUE_SIZE:-100}
+KEYS=${KEYS:-10000}
+N=3
+
+for b in "$BIN" "$LOAD"; do
+    [ -x "$b" ] || { echo "$b not built: cargo build --release -p raft-server -p tools (or set RAFT_NODE / RAFT_LOAD)" >&2; exit 1; }
+done
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/raft-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+    local status=$? i pid t
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for i in "${!PIDS[@]}"; do
+        pid=${PIDS[$i]}
+        t=0
+        while kill -0 "$pid" 2>/dev/null && [ $t -lt 50 ]; do sleep 0.1; t=$((t + 1)); done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "node $((i + 1)) (pid $pid) ignored SIGTERM for 5 s; sending SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$status" -ne 0 ]; then
+        for i in "${!PIDS[@]}"; do
+            echo "--- last lines of node $((i + 1))'s log:" >&2
+            tail -n 5 "$TMP/node$((i + 1)).log" >&2 2>/dev/null || true
+        done
+    fi
+    if [ "${KEEP_DATA:-0}" = 1 ]; then
+        echo "data and node logs kept in $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- ports -----------------------------------------------------------------
+
+port_free() { [ -z "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]; }
+
+# Nine consecutive free ports from a random base: peer, client and metrics
+# for each member.
+pick_base() {
+    local try base p ok
+    for try in $(seq 1 50); do
+        base=$((20000 + RANDOM % 40000))
+        ok=1
+        for p in $(seq "$base" $((base + 3 * N - 1))); do
+            port_free "$p" || { ok=0; break; }
+        done
+        [ $ok = 1 ] && { echo "$base"; return 0; }
+    done
+    echo "no 9 free consecutive ports found" >&2
+    return 1
+}
+BASE=$(pick_base)
+host() { echo "127.0.0.$1"; }
+peer_port() { echo $((BASE + $1 - 1)); }
+client_port() { echo $((BASE + N + $1 - 1)); }
+metrics_port() { echo $((BASE + 2 * N + $1 - 1)); }
+
+# --- talking to members ----------------------------------------------------
+
+# resp I ARGS...: one RESP command to member I; prints a simple/error reply's
+# line or a bulk reply's body. No redis-cli needed.
+resp() {
+    local i=$1 fd line n body req a
+    shift
+    req="*$#"$'\r\n'
+    for a in "$@"; do req+="\$${#a}"$'\r\n'"$a"$'\r\n'; done
+    exec {fd}<>"/dev/tcp/$(host "$i")/$(client_port "$i")" 2>/dev/null || return 1
+    printf '%s' "$req" >&"$fd"
+    if IFS= read -r -t 2 line <&"$fd"; then
+        line=${line%$'\r'}
+        if [ "${line:0:1}" = '$' ] && [ "${line:1}" -ge 0 ] 2>/dev/null; then
+            n=${line:1}
+            IFS= read -r -d '' -N "$n" -t 2 body <&"$fd" || true
+            printf '%s\n' "$body"
+        else
+            printf '%s\n' "$line"
+        fi
+    fi
+    exec {fd}>&-
+}
+
+field() { tr -d '\r' | sed -n "s/^$1://p" | head -1; }
+
+# metrics I: the Prometheus text of member I.
+metrics() {
+    local i=$1 fd
+    exec {fd}<>"/dev/tcp/$(host "$i")/$(metrics_port "$i")" 2>/dev/null || return 1
+    printf 'GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n' >&"$fd"
+    timeout 3 cat <&"$fd" || true
+    exec {fd}>&-
+}
+
+# fsync_counters I: "fsyncs entries seconds" of member I.
+fsync_counters() {
+    metrics "$1" | tr -d '\r' | awk '
+        $1 == "raft_fsyncs_total" { f = $2 }
+        $1 == "raft_entries_persisted_total" { e = $2 }
+        $1 == "raft_fsync_seconds_total" { s = $2 }
+        END { print f + 0, e + 0, s + 0 }'
+}
+
+# --- start -----------------------------------------------------------------
+
+CONF=$TMP/cluster.toml
+{
+    echo "# Generated by tools/bench-server.sh."
+    echo "heartbeat_ms = 50"
+    echo "election_timeout_ms = [300, 600]"
+    for i in $(seq 1 $N); do
+        printf '\n[[node]]\nid = %d\npeer_addr = "%s:%d"\nclient_addr = "%s:%d"\nmetrics_addr = "%s:%d"\n' \
+            "$i" "$(host "$i")" "$(peer_port "$i")" "$(host "$i")" "$(client_port "$i")" "$(host "$i")" "$(metrics_port "$i")"
+    done
+} >"$CONF"
+
+ADDRS=""
+for i in $(seq 1 $N); do
+    mkdir -p "$TMP/node$i"
+    "$BIN" --config "$CONF" --id "$i" --data-dir "$TMP/node$i" >"$TMP/node$i.log" 2>&1 </dev/null &
+    PIDS+=($!)
+    ADDRS+="${ADDRS:+,}$(host "$i"):$(client_port "$i")"
+done
+echo "cluster: $N members, client addresses $ADDRS, data in $TMP"
+echo "binary: $BIN ($(stat -c %y "$BIN" | cut -d. -f1)); $(nproc) CPUs; data dir on $(df -P "$TMP" | awk 'NR==2 {print $1}') ($(stat -f -c %T "$TMP"))"
+
+# wait_leader: sets LEADER once one member is leader and every member knows it.
+wait_leader() {
+    local deadline=$((SECONDS + 15)) i info role lid agree
+    while [ $SECONDS -lt $deadline ]; do
+        LEADER=""
+        agree=0
+        for i in $(seq 1 $N); do
+            kill -0 "${PIDS[$((i - 1))]}" 2>/dev/null || { echo "node $i exited:" >&2; tail -5 "$TMP/node$i.log" >&2; return 1; }
+            info=$(resp "$i" INFO raft 2>/dev/null || true)
+            role=$(field raft_role <<<"$info")
+            lid=$(field raft_leader_id <<<"$info")
+            [ "$role" = leader ] && LEADER=$i
+            [ -n "$lid" ] && [ "$lid" != 0 ] && agree=$((agree + 1))
+        done
+        [ -n "$LEADER" ] && [ $agree = $N ] && return 0
+        sleep 0.2
+    done
+    echo "no leader known to all members within 15 s; logs:" >&2
+    tail -n 5 "$TMP"/node*.log >&2
+    return 1
+}
+wait_leader
+FOLLOWER=$((LEADER % N + 1))
+echo "leader: node $LEADER; follower measured: node $FOLLOWER"
+echo
+
+# --- load ------------------------------------------------------------------
+
+ROWS=()
+jf() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
+
+# run_load OP CLIENTS: one raft-load run; prints its line and the leader's
+# group commit figures, and adds a table row.
+run_load() {
+    local op=$1 clients=$2 before after json ops opsps p50 p99 err fs ent sec per ms
+    before=$(fsync_counters "$LEADER")
+    if ! json=$("$LOAD" --addr "$ADDRS" --clients "$clients" --duration-secs "$BENCH_SECS" \
+        --op "$op" --value-size "$VALUE_SIZE" --keys "$KEYS" --json); then
+        echo "$op clients=$clients: raft-load failed: $json"
+        ROWS+=("| $op ${VALUE_SIZE} B | $clients | failed | | | | | |")
+        return 0
+    fi
+    after=$(fsync_counters "$LEADER")
+    read -r fs ent sec <<<"$(paste -d' ' <(echo "$before") <(echo "$after") |
+        awk '{ print $4 - $1, $5 - $2, $6 - $3 }')"
+    opsps=$(jf ops_per_sec <<<"$json"); ops=$(jf ops <<<"$json")
+    p50=$(jf p50_ms <<<"$json"); p99=$(jf p99_ms <<<"$json"); err=$(jf errors <<<"$json")
+    per=$(awk -v e="$ent" -v f="$fs" 'BEGIN { if (f > 0) printf "%.1f", e / f; else print "-" }')
+    ms=$(awk -v s="$sec" -v f="$fs" 'BEGIN { if (f > 0) printf "%.2f", s * 1000 / f; else print "-" }')
+    local note="leader: $fs fsyncs, $per entries/fsync, $ms ms/fsync"
+    if [ "$op" != set ]; then
+        # The counters span raft-load's unmeasured SET phase that writes the
+        # keys first, so they say nothing about the measured GETs.
+        note="leader, including the key-writing phase: $fs fsyncs, $ent entries"
+        per="n/a" ms="n/a"
+    fi
+    printf '%s clients=%s value=%sB: %.0f ops/s, p50 %.2f ms, p99 %.2f ms, errors %s  (%s ops; %s)\n' \
+        "$op" "$clients" "$VALUE_SIZE" "$opsps" "$p50" "$p99" "$err" "$ops" "$note"
+    if [ "$err" != 0 ]; then
+        echo "  errors seen: $(sed -n 's/.*"error_samples":\(.*\)}$/\1/p' <<<"$json")"
+    fi
+    ROWS+=("$(printf '| %s %s B | %s | %.0f | %.2f | %.2f | %s | %s | %s |' \
+        "$(tr a-z A-Z <<<"$op")" "$VALUE_SIZE" "$clients" "$opsps" "$p50" "$p99" "$err" "$per" "$ms")")
+}
+
+echo "load: ${BENCH_SECS} s per run, ${VALUE_SIZE} B values, ${KEYS} keys, every client on its own connection"
+run_load set 1
+run_load set 16
+run_load set 64
+run_load get 16
+echo
+
+# --- idle ------------------------------------------------------------------
+
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID: utime + stime in clock ticks (fields 14 and 15 of stat; the
+# command name in field 2 is skipped by cutting at its closing parenthesis).
+cpu_ticks() {
+    local s rest
+    s=$(<"/proc/$1/stat")
+    rest=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    echo $((${12} + ${13}))
+}
+# cpu_ns PID: time on CPU in ns (schedstat; finer than clock ticks).
+cpu_ns() { awk '{ print $1 }' "/proc/$1/schedstat" 2>/dev/null || echo 0; }
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+ctxsw() { echo $(($(status_kb "$1" voluntary_ctxt_switches) + $(status_kb "$1" nonvoluntary_ctxt_switches))); }
+
+LPID=${PIDS[$((LEADER - 1))]}
+FPID=${PIDS[$((FOLLOWER - 1))]}
+sleep 1 # let the last replies and appends drain
+declare -A T0 NS0 CS0 FS0 MEMBER=(["$LPID"]=$LEADER ["$FPID"]=$FOLLOWER)
+# The metrics scrape is done outside the CPU window: it costs the member work.
+for p in "$LPID" "$FPID"; do FS0[$p]=$(fsync_counters "${MEMBER[$p]}" | cut -d' ' -f1); done
+for p in "$LPID" "$FPID"; do T0[$p]=$(cpu_ticks "$p") NS0[$p]=$(cpu_ns "$p") CS0[$p]=$(ctxsw "$p"); done
+sleep "$IDLE_SECS"
+declare -A CPU RSS DETAIL
+declare -A T1 NS1 CS1
+for p in "$LPID" "$FPID"; do T1[$p]=$(cpu_ticks "$p") NS1[$p]=$(cpu_ns "$p") CS1[$p]=$(ctxsw "$p"); done
+for p in "$LPID" "$FPID"; do
+    ticks=$((T1[$p] - T0[$p]))
+    ns=$((NS1[$p] - NS0[$p]))
+    cs=$((CS1[$p] - CS0[$p]))
+    fs=$(($(fsync_counters "${MEMBER[$p]}" | cut -d' ' -f1) - FS0[$p]))
+    CPU[$p]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$IDLE_SECS" 'BEGIN { printf "%.2f", t / hz / s * 100 }')
+    RSS[$p]=$(awk -v k="$(status_kb "$p" VmRSS)" 'BEGIN { printf "%.1f", k / 1024 }')
+    DETAIL[$p]=$(awk -v t="$ticks" -v ns="$ns" -v cs="$cs" -v s="$IDLE_SECS" -v fs="$fs" \
+        'BEGIN { printf "%d ticks, %.1f ms on CPU (%.3f%%), %.1f context switches/s, %d fsyncs", t, ns / 1e6, ns / 1e9 / s * 100, cs / s, fs }')
+done
+echo "idle over $IDLE_SECS s: leader cpu ${CPU[$LPID]}% rss ${RSS[$LPID]} MB; follower cpu ${CPU[$FPID]}% rss ${RSS[$FPID]} MB"
+echo "  leader:   ${DETAIL[$LPID]}"
+echo "  follower: ${DETAIL[$FPID]}"
+echo "  data dir after the run: leader $(du -sm "$TMP/node$LEADER" | cut -f1) MB, follower $(du -sm "$TMP/node$FOLLOWER" | cut -f1) MB (the log is not compacted yet)"
+echo
+
+# --- summary ---------------------------------------------------------------
+
+echo "| workload | clients | ops/s | p50 ms | p99 ms | errors | entries/fsync | ms/fsync |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "| idle ${IDLE_SECS} s | CPU | RSS |"
+echo "| --- | ---: | ---: |"
+echo "| leader | ${CPU[$LPID]}% | ${RSS[$LPID]} MB |"
+echo "| follower | ${CPU[$FPID]}% | ${RSS[$FPID]} MB |"
