@@ -5,7 +5,10 @@ SIM_SEEDS ?= 0..500
 SIM_LONG_SEEDS ?= 0..20000
 FUZZ_SECS ?= 60
 
-.PHONY: help build release test test-unit sim sim-long fuzz bench bench-proto bench-server clippy fmt cluster stop clean
+.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean
+CHAOS_SEEDS ?= 1 2 3 4 5
+CHAOS_SECS ?= 120
+TRIALS ?= 10
 
 help:
 	@echo "make cluster    build release, start 3 members on 127.0.0.1/.2/.3, wait for a leader"
@@ -13,6 +16,8 @@ help:
 	@echo "make test       the whole test suite (what CI runs)"
 	@echo "make sim        simulator sweep over SIM_SEEDS ($(SIM_SEEDS))"
 	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
+	@echo "make chaos      Jepsen-style check of a real cluster under faults, seeds CHAOS_SEEDS, CHAOS_SECS s each (root)"
+	@echo "make failover-drill  kill, freeze and isolate the leader TRIALS times each; detection/election/unavailability (root)"
 	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make clippy     lints, warnings are errors"
@@ -29,6 +34,7 @@ test: release
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 	$(MAKE) sim
+	$(MAKE) chaos-short
 
 test-unit:
 	$(CARGO) test --workspace
@@ -38,6 +44,19 @@ sim:
 
 sim-long:
 	$(CARGO) run --release -q -p tools --bin raft-sim -- --seeds $(SIM_LONG_SEEDS)
+
+# A real cluster in a private network namespace, with iptables faults inside
+# it (needs root, iptables and iproute2; .ci/run installs them).
+chaos-short: release
+	target/release/raft-chaos --seed 1 --duration-secs 45
+
+chaos: release
+	for s in $(CHAOS_SEEDS); do target/release/raft-chaos --seed $$s --duration-secs $(CHAOS_SECS) || exit 1; done
+
+failover-drill: release
+	target/release/raft-drill --start --fault kill --trials $(TRIALS)
+	target/release/raft-drill --start --fault freeze --trials $(TRIALS)
+	target/release/raft-drill --start --fault isolate --trials $(TRIALS)
 
 fuzz:
 	tools/fuzz.sh $(FUZZ_SECS)

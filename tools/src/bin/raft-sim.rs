@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     }
     let began = Instant::now();
     let (mut ops, mut unknown, mut committed) = (0u64, 0u64, 0u64);
-    let mut worst_recovery = Duration::ZERO;
+    let mut worst_recovery = (Duration::ZERO, start);
     for seed in start..end {
         if single {
             println!("seed {seed}");
@@ -110,7 +110,9 @@ fn main() -> ExitCode {
                 ops += r.ok;
                 unknown += r.unknown;
                 committed += r.committed;
-                worst_recovery = worst_recovery.max(r.recovery);
+                if r.recovery > worst_recovery.0 {
+                    worst_recovery = (r.recovery, seed);
+                }
             }
             Err(e) => {
                 println!("FAILED seed {seed}: {e}");
@@ -122,10 +124,11 @@ fn main() -> ExitCode {
     }
     if !single {
         println!(
-            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, worst recovery after healing {} ms",
+            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, worst recovery after healing {} ms (seed {})",
             end - start,
             began.elapsed().as_secs_f64(),
-            worst_recovery.as_millis()
+            worst_recovery.0.as_millis(),
+            worst_recovery.1
         );
         println!("sim: {} passed, 0 failed", end - start);
     }
