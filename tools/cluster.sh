@@ -13,7 +13,13 @@ DATA=${DATA:-data}
 N=3
 
 pidfile() { echo "$DATA/node$1.pid"; }
-alive() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
+# Running: the pid exists and is not a zombie (a killed member may wait a
+# while to be reaped when its parent script is gone).
+alive() {
+    local p
+    p=$(cat "$(pidfile "$1")" 2>/dev/null) || return 1
+    kill -0 "$p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]
+}
 
 # Sends one RESP command to 127.0.0.$1:640$1 and prints the reply, without
 # needing redis-cli.

@@ -562,7 +562,8 @@ impl Node {
             "term invariant: terms never decrease"
         );
         let was = self.role();
-        if term > self.current_term {
+        let new_term = term > self.current_term;
+        if new_term {
             self.current_term = term;
             self.voted_for = None;
             self.hard_state_dirty = true;
@@ -585,7 +586,9 @@ impl Node {
         }
         self.election_reason = None;
         self.reset_election_deadline(now);
-        if was != Role::Follower {
+        // A follower that moves to a newer term says so too, so that every
+        // term change shows in the logs.
+        if was != Role::Follower || new_term {
             self.events.push_back(Event::RoleChanged {
                 role: Role::Follower,
                 term: self.current_term,

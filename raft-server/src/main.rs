@@ -103,4 +103,13 @@ fn init_logging(id: u64) {
             )
         })
         .init();
+    // A panic (a broken invariant: the process ends) is logged like
+    // everything else, with time and member id, not as a bare stderr line.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("fatal: {info}");
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+        }
+    }));
 }
