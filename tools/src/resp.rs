@@ -49,9 +49,15 @@ impl Conn {
     /// Connects with `timeout` for the connection and for every later read
     /// and write.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
+        Conn::connect_timeouts(addr, timeout, timeout)
+    }
+
+    /// Connects within `connect`; every later read and write must finish
+    /// within `io`.
+    pub fn connect_timeouts(addr: SocketAddr, connect: Duration, io: Duration) -> io::Result<Conn> {
+        let s = TcpStream::connect_timeout(&addr, connect)?;
+        s.set_read_timeout(Some(io))?;
+        s.set_write_timeout(Some(io))?;
         s.set_nodelay(true)?;
         Ok(Conn {
             addr,
@@ -86,6 +92,12 @@ impl Conn {
     pub fn cmd(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
         self.send(args)?;
         self.read()
+    }
+
+    /// [`Conn::cmd`] with text arguments.
+    pub fn call(&mut self, args: &[&str]) -> io::Result<Reply> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.cmd(&args)
     }
 }
 

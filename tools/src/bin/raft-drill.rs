@@ -53,10 +53,9 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,6 +64,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
+use tools::resp::{Conn, Reply};
 
 /// Set in the environment of the copy of the drill that runs inside the
 /// namespace, so that it does not re-execute itself again.
@@ -80,8 +80,6 @@ const WRITE_RETRY: Duration = Duration::from_millis(5);
 const POLL: Duration = Duration::from_millis(20);
 /// After the old leader rejoined: how long nothing may change.
 const QUIET_WINDOW: Duration = Duration::from_secs(1);
-/// Longest RESP line or bulk string accepted.
-const MAX_REPLY: usize = 1 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -485,9 +483,10 @@ impl Cluster {
 
     fn info(&self, id: u64) -> Result<Info, String> {
         let mut c =
-            Resp::connect(self.member(id).client_addr).map_err(|e| format!("member {id}: {e}"))?;
+            Conn::connect_timeouts(self.member(id).client_addr, CONNECT_TIMEOUT, IO_TIMEOUT)
+                .map_err(|e| format!("member {id}: {e}"))?;
         match c.call(&["INFO", "raft"]) {
-            Ok(Reply::Bulk(b)) => Ok(Info::parse(&String::from_utf8_lossy(&b))),
+            Ok(Reply::Bulk(Some(b))) => Ok(Info::parse(&String::from_utf8_lossy(&b))),
             Ok(r) => Err(format!("member {id}: INFO raft: unexpected reply {r:?}")),
             Err(e) => Err(format!("member {id}: INFO raft: {e}")),
         }
@@ -543,95 +542,6 @@ impl Info {
             last_applied: num("raft_last_applied"),
         }
     }
-}
-
-// ----- RESP --------------------------------------------------------------------
-
-#[derive(Debug)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Int,
-    Bulk(Vec<u8>),
-    Nil,
-}
-
-/// A blocking RESP2 connection with short timeouts.
-struct Resp {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Resp {
-    fn connect(addr: SocketAddr) -> io::Result<Resp> {
-        let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        s.set_nodelay(true)?;
-        Ok(Resp {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-        })
-    }
-
-    fn call(&mut self, args: &[&str]) -> io::Result<Reply> {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            let _ = write!(req, "${}\r\n{a}\r\n", a.len());
-        }
-        self.writer.write_all(req.as_bytes())?;
-        self.read_reply()
-    }
-
-    fn read_line(&mut self) -> io::Result<String> {
-        let mut line = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_REPLY as u64)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        if !line.ends_with(b"\r\n") {
-            return Err(bad("reply line without CRLF or too long"));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| bad("reply line is not UTF-8"))
-    }
-
-    fn read_reply(&mut self) -> io::Result<Reply> {
-        let line = self.read_line()?;
-        let (kind, rest) = line.split_at(line.len().min(1));
-        match kind {
-            "+" => Ok(Reply::Simple(rest.to_string())),
-            "-" => Ok(Reply::Error(rest.to_string())),
-            ":" => rest
-                .parse::<i64>()
-                .map(|_| Reply::Int)
-                .map_err(|_| bad("bad integer reply")),
-            "$" => {
-                let len: i64 = rest.parse().map_err(|_| bad("bad bulk length"))?;
-                if len < 0 {
-                    return Ok(Reply::Nil);
-                }
-                let len = usize::try_from(len).map_err(|_| bad("bad bulk length"))?;
-                if len > MAX_REPLY {
-                    return Err(bad("bulk reply too large"));
-                }
-                let mut buf = vec![0; len + 2];
-                self.reader.read_exact(&mut buf)?;
-                buf.truncate(len);
-                Ok(Reply::Bulk(buf))
-            }
-            _ => Err(bad("unexpected reply type")),
-        }
-    }
-}
-
-fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
 // ----- logs ----------------------------------------------------------------------
@@ -811,7 +721,7 @@ fn check_healthy(cl: &Cluster, tag: &str, n: &mut u64) -> Result<Healthy, String
         }
     }
     *n += 1;
-    let mut c = Resp::connect(cl.member(*leader).client_addr)
+    let mut c = Conn::connect_timeouts(cl.member(*leader).client_addr, CONNECT_TIMEOUT, IO_TIMEOUT)
         .map_err(|e| format!("leader {leader}: {e}"))?;
     match c.call(&["SET", &format!("drill:health:{tag}"), &n.to_string()]) {
         Ok(Reply::Simple(s)) if s == "OK" => {}
@@ -854,14 +764,18 @@ struct Writes {
 /// `stop` is set. Follows MOVED to other survivors, never to `old_leader`.
 fn writer(cl: &Cluster, start: u64, old_leader: u64, t0: Instant, trial: u32, w: &Writes) {
     let mut target = start;
-    let mut conn: Option<Resp> = None;
+    let mut conn: Option<Conn> = None;
     let mut seq = 0u64;
     while !w.stop.load(Ordering::SeqCst) {
         seq += 1;
         w.attempts.fetch_add(1, Ordering::Relaxed);
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match Resp::connect(cl.member(target).client_addr) {
+            None => match Conn::connect_timeouts(
+                cl.member(target).client_addr,
+                CONNECT_TIMEOUT,
+                IO_TIMEOUT,
+            ) {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
                     thread::sleep(WRITE_RETRY);

@@ -35,6 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use raft_proto::Rng;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -456,32 +457,6 @@ impl Conn {
     }
 }
 
-/// A small xorshift PRNG: each client gets its own stream of keys.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 of the seed, so that neighbouring seeds differ widely.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn key_name(key: u64) -> String {
     format!("key:{key:010}")
 }
@@ -710,6 +685,7 @@ fn run_client(args: &Args, id: u32, barrier: &Barrier, duration: Duration) -> St
     let start = Instant::now();
     let deadline = start + duration;
     let hard_deadline = deadline + GRACE;
+    // Each client its own stream of keys (raft-proto's seeded SplitMix64).
     let mut rng = Rng::new(u64::from(id));
     while Instant::now() < deadline {
         batch.clear();
@@ -717,12 +693,12 @@ fn run_client(args: &Args, id: u32, barrier: &Barrier, duration: Duration) -> St
             let kind = match args.op {
                 Op::Set => ReqKind::Set,
                 Op::Get => ReqKind::Get,
-                Op::Mixed if rng.below(100) < u64::from(args.get_percent) => ReqKind::Get,
+                Op::Mixed if rng.range(0, 100) < u64::from(args.get_percent) => ReqKind::Get,
                 Op::Mixed => ReqKind::Set,
             };
             batch.push(Request {
                 kind,
-                key: rng.below(args.keys),
+                key: rng.range(0, args.keys),
                 first_sent: None,
             });
         }
