@@ -119,3 +119,52 @@ impl Message {
         }
     }
 }
+
+impl std::fmt::Display for Message {
+    /// One line, as in traces: `n1->n2 t3 AppendEntries prev=4@t2 entries=5..7 commit=4 round=9`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n{}->n{} t{} {}",
+            self.from,
+            self.to,
+            self.term,
+            self.kind()
+        )?;
+        match &self.body {
+            MessageBody::RequestVote(rv) => {
+                write!(f, " last={}@t{}", rv.last_log_index, rv.last_log_term)
+            }
+            MessageBody::RequestVoteResponse(r) => {
+                f.write_str(if r.granted { " granted" } else { " rejected" })
+            }
+            MessageBody::AppendEntries(ae) => {
+                write!(f, " prev={}@t{}", ae.prev_log_index, ae.prev_log_term)?;
+                if let (Some(a), Some(b)) = (ae.entries.first(), ae.entries.last()) {
+                    write!(f, " entries={}..{}", a.index, b.index)?;
+                }
+                write!(f, " commit={} round={}", ae.leader_commit, ae.round)
+            }
+            MessageBody::AppendEntriesResponse(r) => match r.result {
+                AppendResult::Success { match_index } => {
+                    write!(f, " ok match={match_index} round={}", r.round)
+                }
+                AppendResult::Conflict {
+                    rejected_index,
+                    last_log_index,
+                    conflict_term,
+                    conflict_index,
+                } => {
+                    write!(
+                        f,
+                        " reject prev={rejected_index} last={last_log_index} hint="
+                    )?;
+                    match conflict_term {
+                        Some(t) => write!(f, "t{t}@{conflict_index}"),
+                        None => write!(f, "end@{conflict_index}"),
+                    }
+                }
+            },
+        }
+    }
+}

@@ -108,6 +108,8 @@ struct Member {
     machine: BTreeMap<u64, u64>,
     reads: BTreeMap<u64, u64>,
     incarnation: u64,
+    /// Messages that arrived while frozen, in order (the socket buffers).
+    held: Vec<Message>,
 }
 
 /// A simulated cluster. Every step delivers one message, fires one node's
@@ -173,6 +175,7 @@ impl Cluster {
                     machine: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     incarnation: 0,
+                    held: Vec::new(),
                 },
             );
             c.boot(id);
@@ -329,6 +332,7 @@ impl Cluster {
         m.node = None;
         m.frozen = false;
         m.reads.clear();
+        m.held.clear();
         self.log_line(|| format!("n{id} crashed"));
         self.completions.push(Completion::Crashed { node: id });
         for peer in self.ids.clone() {
@@ -394,8 +398,17 @@ impl Cluster {
 
     /// Resumes a frozen process (SIGCONT).
     pub fn thaw(&mut self, id: NodeId) {
-        if let Some(m) = self.members.get_mut(&id) {
-            m.frozen = false;
+        let held = match self.members.get_mut(&id) {
+            Some(m) => {
+                m.frozen = false;
+                std::mem::take(&mut m.held)
+            }
+            None => Vec::new(),
+        };
+        // What waited in the socket buffers comes first, in order.
+        for (i, msg) in held.into_iter().enumerate() {
+            let at = self.now + Duration::from_nanos(i as u64);
+            self.schedule(at, Scheduled::Deliver(msg));
         }
         self.log_line(|| format!("n{id} thawed"));
     }
@@ -555,20 +568,10 @@ impl Cluster {
                 }
                 if m.frozen {
                     // Held in the socket buffer until the process runs again.
-                    let at = self.now + Duration::from_millis(5);
-                    self.schedule(at, Scheduled::Deliver(msg));
+                    self.members.get_mut(&to).expect("member").held.push(msg);
                     return;
                 }
-                self.log_line(|| {
-                    format!(
-                        "n{} <- n{} {} t{} {:?}",
-                        to,
-                        msg.from,
-                        msg.kind(),
-                        msg.term,
-                        msg.body
-                    )
-                });
+                self.log_line(|| format!("{msg}"));
                 let now = self.now;
                 self.members
                     .get_mut(&to)
