@@ -133,7 +133,7 @@ fsync_counters() {
     metrics "$1" | tr -d '\r' | awk '
         $1 == "raft_fsyncs_total" { f = $2 }
         $1 == "raft_entries_persisted_total" { e = $2 }
-        $1 == "raft_fsync_seconds_total" { s = $2 }
+        $1 == "raft_fsync_seconds_sum" { s = $2 }
         END { print f + 0, e + 0, s + 0 }'
 }
 

@@ -12,8 +12,12 @@ use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 ///
 /// 1. persistence: [`Action::SaveHardState`], [`Action::TruncateLog`],
 ///    [`Action::AppendLog`] in the order given. All of them MUST be durable
-///    (fsynced) before any later `Send` leaves the node and before any client
-///    is told a write succeeded. One fsync may cover the whole batch.
+///    (fsynced) before any later `Send` leaves the node, except those whose
+///    message [`Message::may_precede_persistence`] (a leader's
+///    AppendEntries), and before any client is told a write succeeded. One
+///    fsync may cover the whole batch. After it, the driver reports the last
+///    entry appended with [`crate::Node::handle_log_persisted`]: the leader
+///    counts itself in commits only up to there.
 /// 2. [`Action::Send`]: hand the message to the transport. Delivery is best
 ///    effort: a lost message is repaired by the protocol.
 /// 3. [`Action::Apply`]: apply committed entries to the state machine, in

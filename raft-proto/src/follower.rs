@@ -67,6 +67,7 @@ impl Node {
                         e.index
                     );
                     self.log.truncate_from(e.index);
+                    self.persisted_index = self.persisted_index.min(e.index.prev());
                     self.persist
                         .push_back(Action::TruncateLog { from: e.index });
                     new_from = Some(i);

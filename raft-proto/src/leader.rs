@@ -41,8 +41,9 @@ impl Node {
     }
 
     /// Appends to the leader's own log. The leader counts itself as holding
-    /// the entry at once: the driver makes it durable before any message
-    /// that could let it commit goes out (persist-before-send).
+    /// the entry only once the driver reports it durable
+    /// ([`Node::handle_log_persisted`]); until then the AppendEntries that
+    /// carry it may already be on their way (thesis §10.2.1).
     pub(crate) fn leader_append(&mut self, payload: EntryPayload) -> EntryId {
         let entry = Entry {
             term: self.current_term,
@@ -235,7 +236,8 @@ impl Node {
             return;
         };
         let mut matches: Vec<_> = ls.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.log.last_index());
+        // Itself only as far as its own log is durable (§10.2.1).
+        matches.push(self.persisted_index);
         let n = quorum_index(matches);
         if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
             self.advance_commit(n);

@@ -106,6 +106,15 @@ pub enum AppendResult {
 }
 
 impl Message {
+    /// Whether the driver may send this message before the fsync of the
+    /// persistence actions drained with it: a leader's AppendEntries (thesis
+    /// §10.2.1; the leader counts itself in commits only once its entries
+    /// are reported durable). Every other message (votes, responses)
+    /// depends on what was just persisted and MUST wait for the fsync.
+    pub fn may_precede_persistence(&self) -> bool {
+        matches!(self.body, MessageBody::AppendEntries(_))
+    }
+
     /// A short name for the message kind, for logs and counters.
     pub fn kind(&self) -> &'static str {
         match &self.body {

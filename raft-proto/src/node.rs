@@ -85,6 +85,10 @@ pub struct Node {
     pub(crate) current_term: Term,
     pub(crate) voted_for: Option<NodeId>,
     pub(crate) log: RaftLog,
+    /// How far the driver has confirmed this node's log durable. The leader
+    /// counts itself in commits only up to here (thesis §10.2.1: it may
+    /// replicate entries before its own fsync completes).
+    pub(crate) persisted_index: LogIndex,
 
     // Volatile state.
     pub(crate) commit_index: LogIndex,
@@ -131,6 +135,7 @@ impl Node {
             log.last_term() <= state.hard_state.current_term,
             "persisted log has an entry from a term after the persisted current term"
         );
+        let persisted_index = log.last_index();
         let mut node = Node {
             config,
             peers,
@@ -138,6 +143,7 @@ impl Node {
             current_term: state.hard_state.current_term,
             voted_for: state.hard_state.voted_for,
             log,
+            persisted_index,
             commit_index: LogIndex(0),
             last_applied: LogIndex(0),
             role: RoleState::Follower,
@@ -315,6 +321,22 @@ impl Node {
         self.advance_reads();
         self.debug_check_invariants();
         Ok(())
+    }
+
+    /// The driver made this node's log durable up to and including the
+    /// entry `index` of `term` (everything handed out in `AppendLog` and
+    /// `TruncateLog` before it). A report for an entry the log no longer
+    /// holds (it was truncated since) is ignored. The leader counts itself
+    /// in commits only up to the durable index.
+    pub fn handle_log_persisted(&mut self, now: Time, index: LogIndex, term: Term) {
+        let _ = now;
+        if self.shut_down || self.log.term_at(index) != Some(term) || index <= self.persisted_index
+        {
+            return;
+        }
+        self.persisted_index = index;
+        self.leader_maybe_commit();
+        self.debug_check_invariants();
     }
 
     /// Stops the node: no more actions, no more deadlines. Pending output
@@ -690,6 +712,10 @@ impl Node {
         assert!(
             self.last_applied <= self.commit_index,
             "invariant: last_applied <= commit_index"
+        );
+        assert!(
+            self.persisted_index <= self.log.last_index(),
+            "invariant: persisted_index <= last log index"
         );
         assert!(
             self.log.last_term() <= self.current_term,

@@ -323,6 +323,8 @@ fn figure_8_old_term_entries_are_not_committed_by_counting() {
     assert_eq!(s1.term(), Term(4));
     assert_eq!(s1.last_log_index(), LogIndex(3));
     drain(&mut s1);
+    // The driver reports its own log durable (the no-op included).
+    s1.handle_log_persisted(t, LogIndex(3), Term(4));
     // S2 and S3 now hold index 2 (term 2): a majority with S1, but of an
     // old term. §5.4.2: it must not be committed by counting.
     for p in [2, 3] {
@@ -353,6 +355,35 @@ fn figure_8_old_term_entries_are_not_committed_by_counting() {
     assert_eq!(s1.commit_index(), LogIndex(0));
     s1.handle_message(t, msg(3, 1, 4, MessageBody::AppendEntriesResponse(r)));
     assert_eq!(s1.commit_index(), LogIndex(3));
+}
+
+#[test]
+fn leader_counts_itself_only_once_its_log_is_durable() {
+    // Thesis §10.2.1: the leader sends AppendEntries before its own fsync
+    // completes, so one follower's ack must not commit an entry the leader
+    // has not yet made durable: the leader could crash, lose it, and with
+    // the other follower outvote the one that holds it.
+    let mut c = Cluster::new(3, 21);
+    let l = elect(&mut c);
+    commit(&mut c, 1);
+    let others: Vec<NodeId> = c.ids().iter().copied().filter(|&n| n != l).collect();
+    c.block(l, others[1]);
+    c.net.fsync_delay = 60 * SEC; // the leader's disk stalls
+    let id = c.propose(l, encode_write(1, 2)).unwrap();
+    c.run_for(200 * MS);
+    assert!(
+        c.node(others[0]).unwrap().last_log_index() >= id.index,
+        "follower 1 holds the entry"
+    );
+    assert!(c.has_unsynced_entries(l));
+    assert!(
+        c.node(l).unwrap().commit_index() < id.index,
+        "committed on one durable copy of three"
+    );
+    // Once the second follower gets it, two durable copies commit it
+    // without the leader's.
+    c.heal();
+    assert!(c.run_until_pred(SEC, |c| c.node(l).unwrap().commit_index() >= id.index));
 }
 
 #[test]

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use raft_proto::{
-    Action, ElectionReason, Entry, EntryPayload, Event, Node, NodeId, PersistentState,
+    Action, ElectionReason, Entry, EntryPayload, Event, Message, Node, NodeId, PersistentState,
     ProposeError, ReadError, Role, Term, Time,
 };
 use slab::Slab;
@@ -391,11 +391,22 @@ impl Server {
     /// Takes every action from the node and carries them out in order:
     /// persist and fsync, send, apply, answer reads, log events.
     fn drain(&mut self, now: Instant) -> Result<(), FatalError> {
+        // Reporting the log durable can commit entries, which brings more
+        // actions: drain until the node has nothing left to say.
+        while self.drain_once(now)? {}
+        Ok(())
+    }
+
+    /// One pass over the node's actions. Returns whether there were any.
+    fn drain_once(&mut self, now: Instant) -> Result<bool, FatalError> {
         let mut sends = Vec::new();
         let mut applies = Vec::new();
         let mut reads = Vec::new();
         let mut events = Vec::new();
+        let mut appended = None;
+        let mut any = false;
         while let Some(action) = self.node.poll_action() {
+            any = true;
             match action {
                 Action::SaveHardState(hs) => self.storage.save_hard_state(hs),
                 Action::TruncateLog { from } => {
@@ -412,6 +423,7 @@ impl Server {
                         }
                         self.appended_at.push_back((e.index.0, now));
                     }
+                    appended = entries.last().map(|e| (e.index, e.term));
                     self.storage.append(&entries);
                 }
                 Action::Send(m) => sends.push(m),
@@ -421,7 +433,22 @@ impl Server {
                 Action::Event(e) => events.push(e),
             }
         }
-        // Persistence before send (STYLE §12): one fsync covers the turn.
+        if !any {
+            return Ok(false);
+        }
+        // A leader's AppendEntries go out before its own fsync (thesis
+        // §10.2.1): the disk write and the replication overlap, and the
+        // leader counts itself in commits only once told the log is durable.
+        let (early, late): (Vec<Message>, Vec<Message>) = sends
+            .into_iter()
+            .partition(Message::may_precede_persistence);
+        self.send_all(&early, now);
+        if !early.is_empty() {
+            self.peers
+                .flush(self.poll.registry(), now, &mut self.inputs);
+        }
+        // Everything else waits for persistence (STYLE §12): one fsync
+        // covers the turn.
         if self.storage.needs_sync() {
             let t0 = Instant::now();
             self.storage.sync().map_err(FatalError::Storage)?;
@@ -430,16 +457,10 @@ impl Server {
             self.counters.fsync_nanos += took.as_nanos() as u64;
             self.histograms.fsync.observe(took.as_secs_f64());
         }
-        for m in &sends {
-            self.counters.messages_sent += 1;
-            let queued = self
-                .peers
-                .send(m, self.poll.registry(), now, &mut self.inputs);
-            if m.kind() == "Heartbeat" {
-                self.counters.heartbeats_sent += 1;
-                self.counters.heartbeats_failed += u64::from(!queued);
-            }
+        if let Some((index, term)) = appended {
+            self.node.handle_log_persisted(self.time(now), index, term);
         }
+        self.send_all(&late, now);
         let applied_at = Instant::now();
         for e in applies {
             while self
@@ -464,7 +485,20 @@ impl Server {
         for e in events {
             self.on_event(e);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn send_all(&mut self, msgs: &[Message], now: Instant) {
+        for m in msgs {
+            self.counters.messages_sent += 1;
+            let queued = self
+                .peers
+                .send(m, self.poll.registry(), now, &mut self.inputs);
+            if m.kind() == "Heartbeat" {
+                self.counters.heartbeats_sent += 1;
+                self.counters.heartbeats_failed += u64::from(!queued);
+            }
+        }
     }
 
     /// Applies a committed entry and answers the write that proposed it.

@@ -26,6 +26,8 @@ pub struct NetConfig {
     pub duplicate: f64,
     /// How long after a process dies its peers see the connection close.
     pub eof_delay: Duration,
+    /// A leader's fsync of its own appends takes uniformly up to this.
+    pub fsync_delay: Duration,
 }
 
 impl Default for NetConfig {
@@ -36,6 +38,7 @@ impl Default for NetConfig {
             loss: 0.0,
             duplicate: 0.0,
             eof_delay: Duration::from_millis(1),
+            fsync_delay: Duration::from_millis(2),
         }
     }
 }
@@ -78,8 +81,19 @@ pub enum Completion {
 #[derive(Debug)]
 enum Scheduled {
     Deliver(Message),
-    LinkDown { node: NodeId, peer: NodeId },
-    LinkUp { node: NodeId, peer: NodeId },
+    /// The fsync of a leader's pending appends completes.
+    Persisted {
+        node: NodeId,
+        incarnation: u64,
+    },
+    LinkDown {
+        node: NodeId,
+        peer: NodeId,
+    },
+    LinkUp {
+        node: NodeId,
+        peer: NodeId,
+    },
 }
 
 /// The sim's state machine: a register per key. Commands are 16 bytes:
@@ -110,6 +124,9 @@ struct Member {
     incarnation: u64,
     /// Messages that arrived while frozen, in order (the socket buffers).
     held: Vec<Message>,
+    /// A leader's own appends written but not yet fsynced: its
+    /// AppendEntries may already be out (thesis §10.2.1); a crash loses them.
+    pending: Vec<Entry>,
 }
 
 /// A simulated cluster. Every step delivers one message, fires one node's
@@ -176,6 +193,7 @@ impl Cluster {
                     reads: BTreeMap::new(),
                     incarnation: 0,
                     held: Vec::new(),
+                    pending: Vec::new(),
                 },
             );
             c.boot(id);
@@ -333,6 +351,8 @@ impl Cluster {
         m.frozen = false;
         m.reads.clear();
         m.held.clear();
+        // Written but never fsynced: gone with the process.
+        m.pending.clear();
         self.log_line(|| format!("n{id} crashed"));
         self.completions.push(Completion::Crashed { node: id });
         for peer in self.ids.clone() {
@@ -580,6 +600,24 @@ impl Cluster {
                     .handle_message(now, msg);
                 self.after_input(to);
             }
+            Scheduled::Persisted { node, incarnation } => {
+                let m = self.members.get_mut(&node).expect("member");
+                if m.incarnation != incarnation || m.node.is_none() {
+                    return; // the process died before its fsync completed
+                }
+                if m.frozen {
+                    let at = self.now + Duration::from_millis(5);
+                    self.schedule(at, Scheduled::Persisted { node, incarnation });
+                    return;
+                }
+                if let Err(v) =
+                    Self::flush_pending(&mut self.checker, node, &mut m.pending, &mut m.log)
+                {
+                    self.violation
+                        .get_or_insert(Violation(format!("at {}: {v}", self.now)));
+                }
+                self.after_input(node);
+            }
             Scheduled::LinkDown { node, peer } | Scheduled::LinkUp { node, peer }
                 if !self.is_up(node) =>
             {
@@ -617,8 +655,38 @@ impl Cluster {
         let member = self.members.get_mut(&id).expect("member");
         let node = member.node.as_mut().expect("running");
         let mut result = Ok(());
-        while let Some(action) = node.poll_action() {
+        let mut schedule_fsync = false;
+        let mut notified = false;
+        loop {
+            let Some(action) = node.poll_action() else {
+                // Tell the node how far its log is durable; that may commit
+                // (a leader counts itself from here on) and bring actions.
+                if notified {
+                    break;
+                }
+                notified = true;
+                if member.pending.is_empty() {
+                    if let Some(last) = member.log.entries.last() {
+                        node.handle_log_persisted(self.now, last.index, last.term);
+                    }
+                }
+                continue;
+            };
+            notified = false;
             let role = node.role();
+            // Persistence happens in order: a leader's pending appends are
+            // fsynced before anything written after them.
+            if matches!(
+                action,
+                Action::SaveHardState(_) | Action::TruncateLog { .. } | Action::AppendLog(_)
+            ) && !(role == Role::Leader && matches!(action, Action::AppendLog(_)))
+            {
+                if let Err(v) =
+                    Self::flush_pending(&mut self.checker, id, &mut member.pending, &mut member.log)
+                {
+                    result = result.and(Err(v));
+                }
+            }
             let r = match action {
                 Action::SaveHardState(hs) => {
                     let r = self.checker.on_hard_state(id, member.hard_state, hs);
@@ -628,6 +696,13 @@ impl Cluster {
                 Action::TruncateLog { from } => {
                     member.log.truncate_from(from);
                     self.checker.on_truncate(id, role, from)
+                }
+                // A leader writes its own entries without waiting for the
+                // fsync; its AppendEntries leave at once (§10.2.1).
+                Action::AppendLog(entries) if role == Role::Leader => {
+                    member.pending.extend(entries);
+                    schedule_fsync = true;
+                    Ok(())
                 }
                 Action::AppendLog(entries) => {
                     self.checker.on_append(id, role, &mut member.log, entries)
@@ -685,9 +760,36 @@ impl Cluster {
             self.violation
                 .get_or_insert(Violation(format!("at {}: {v}", self.now)));
         }
+        if schedule_fsync {
+            let incarnation = member.incarnation;
+            let d = self
+                .rng
+                .range(0, self.net.fsync_delay.as_nanos() as u64 + 1);
+            let at = self.now + Duration::from_nanos(d);
+            self.schedule(
+                at,
+                Scheduled::Persisted {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
         for m in sends {
             self.transmit(m);
         }
+    }
+
+    /// Makes a member's pending appends durable.
+    fn flush_pending(
+        checker: &mut Checker,
+        id: NodeId,
+        pending: &mut Vec<Entry>,
+        log: &mut DiskLog,
+    ) -> Result<(), Violation> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        checker.on_append(id, Role::Leader, log, std::mem::take(pending))
     }
 
     fn transmit(&mut self, m: Message) {
@@ -717,6 +819,11 @@ impl Cluster {
             let at = self.now + Duration::from_nanos(d);
             self.schedule(at, Scheduled::Deliver(m.clone()));
         }
+    }
+
+    /// Whether `id` holds appends it wrote but has not fsynced yet.
+    pub fn has_unsynced_entries(&self, id: NodeId) -> bool {
+        !self.members[&id].pending.is_empty()
     }
 
     /// The persisted hard state of `id`.

@@ -308,7 +308,20 @@ fn inject_fault(
     frozen: &mut Vec<NodeId>,
 ) -> String {
     let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64) as usize];
-    match rng.range(0, 12) {
+    match rng.range(0, 13) {
+        12 => {
+            // Crash the leader at the worst moment for §10.2.1: while it
+            // holds entries it sent but has not fsynced.
+            let Some(id) = cluster.leader() else {
+                return "crash leader with unsynced entries: no leader".into();
+            };
+            let until = cluster.now() + Duration::from_millis(200);
+            cluster.run_until_pred(until - cluster.now(), |c| c.has_unsynced_entries(id));
+            let unsynced = cluster.has_unsynced_entries(id);
+            cluster.crash(id);
+            crashed.push(id);
+            format!("crash leader n{id} (unsynced entries: {unsynced})")
+        }
         0 | 1 => {
             let id = cluster.leader().unwrap_or_else(|| pick(rng));
             cluster.crash(id);
