@@ -93,7 +93,10 @@ impl fmt::Display for Role {
     }
 }
 
-/// Informational events, for logs and metrics. Carrying them out is optional.
+/// Informational events, for logs and metrics. Nothing in the protocol
+/// depends on them; a driver may still act on them (raft-node answers its
+/// pending writes with an error when it stops leading, while the applied
+/// entry at each index stays the authority on which write took effect).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     /// The node started a pre-vote or an election.

@@ -211,7 +211,7 @@ impl Node {
                 conflict_term,
                 conflict_index,
                 ..
-            } => {
+            } if rejected_index <= self.log.last_index() => {
                 let hint_next = match conflict_term {
                     Some(t) => match self.log.last_index_of_term(t, rejected_index) {
                         Some(k) => k.next(),
@@ -221,6 +221,8 @@ impl Node {
                 };
                 pr.on_conflict(rejected_index, hint_next);
             }
+            // Rejects an index this leader never sent: not an answer to us.
+            AppendResult::Conflict { .. } => return,
         }
         if matched {
             self.leader_maybe_commit();

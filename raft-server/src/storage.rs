@@ -169,7 +169,8 @@ impl Storage {
                     path: meta_path,
                     why: format!(
                         "file is missing but {} exists: the term and vote are lost, \
-                         refusing to start (restore the file or wipe the data dir)",
+                         refusing to start: restore the file from a backup. Do not wipe the data dir and restart \
+                         this member with the same id: it could vote twice in a term and lose committed entries",
                         log_path.display()
                     ),
                 })
@@ -180,7 +181,8 @@ impl Storage {
                         path: log_path,
                         why: format!(
                             "file is missing but {} records term {}: the log is lost, \
-                             refusing to start (restore the file or wipe the data dir)",
+                             refusing to start: restore the file from a backup. Do not wipe the data dir and restart \
+                         this member with the same id: it could vote twice in a term and lose committed entries",
                             meta_path.display(),
                             m.hard_state.current_term
                         ),
