@@ -99,7 +99,7 @@ impl Node {
             .term_at(prev_log_index)
             .expect("prev entry held (no compaction yet)");
         let last = prev_log_index.plus(entries.len() as u64);
-        pr.sent(last, !entries.is_empty());
+        pr.sent(last, !entries.is_empty(), round);
         let ae = AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -165,6 +165,10 @@ impl Node {
         };
         if now >= ls.heartbeat_deadline {
             ls.heartbeat_deadline = now + self.config.heartbeat_interval;
+            // Each heartbeat starts a round: answers to it prove that every
+            // earlier append was processed (flow control), and that the
+            // follower still follows (ReadIndex).
+            ls.round += 1;
             self.broadcast_heartbeat();
         }
     }
@@ -175,7 +179,6 @@ impl Node {
         from: NodeId,
         r: AppendEntriesResponse,
     ) {
-        let max_inflight = self.config.max_inflight_appends;
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -187,7 +190,6 @@ impl Node {
         pr.recent_active = true;
         pr.acked_round = pr.acked_round.max(r.round);
         let mut matched = false;
-        let mut lagging = false;
         match r.result {
             AppendResult::Success { match_index } => {
                 if match_index > self.log.last_index() {
@@ -197,13 +199,7 @@ impl Node {
                 matched = pr.on_success(match_index);
                 if !matched {
                     // A heartbeat's answer (or a duplicate).
-                    pr.on_heartbeat_answer(max_inflight);
-                    // The follower lags although nothing more may be in
-                    // flight: an append was lost. Send from next_index even
-                    // if that is empty; a follower missing the entries
-                    // rejects it, and the conflict turns the follower back
-                    // to probing from where its log really ends.
-                    lagging = pr.match_index < self.log.last_index();
+                    pr.on_answer_without_progress();
                 }
             }
             AppendResult::Conflict {
@@ -224,11 +220,14 @@ impl Node {
             // Rejects an index this leader never sent: not an answer to us.
             AppendResult::Conflict { .. } => return,
         }
+        // In-order links: an append of an earlier round still unanswered
+        // now was lost; resend from the match index.
+        pr.detect_loss(r.round);
         if matched {
             self.leader_maybe_commit();
         }
         self.advance_reads();
-        self.send_append(from, lagging);
+        self.send_append(from, false);
     }
 
     /// §5.4.2: commit the highest index a majority holds, but only by

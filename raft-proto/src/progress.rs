@@ -17,8 +17,9 @@ pub(crate) enum ProgressState {
     /// The follower's log matches up to `match_index`: stream entries
     /// optimistically, up to `max_inflight_appends` messages unanswered.
     Replicate {
-        /// Last index of each AppendEntries in flight, oldest first.
-        inflight: VecDeque<LogIndex>,
+        /// Last index and heartbeat round of each AppendEntries in flight,
+        /// oldest first.
+        inflight: VecDeque<(LogIndex, u64)>,
     },
 }
 
@@ -61,7 +62,7 @@ impl Progress {
                 "progress invariant: inflight bounded"
             );
             let mut prev = self.match_index;
-            for &i in inflight {
+            for &(i, _) in inflight {
                 assert!(
                     i > prev,
                     "progress invariant: inflight ascending above match"
@@ -91,13 +92,14 @@ impl Progress {
         self.next_index = self.match_index.next();
     }
 
-    /// Records that an AppendEntries ending at `last` was sent.
-    pub(crate) fn sent(&mut self, last: LogIndex, carried_entries: bool) {
+    /// Records that an AppendEntries ending at `last` was sent in heartbeat
+    /// round `round`.
+    pub(crate) fn sent(&mut self, last: LogIndex, carried_entries: bool, round: u64) {
         match &mut self.state {
             ProgressState::Probe { paused } => *paused = true,
             ProgressState::Replicate { inflight } => {
                 if carried_entries {
-                    inflight.push_back(last);
+                    inflight.push_back((last, round));
                     self.next_index = last.next();
                 }
             }
@@ -124,7 +126,7 @@ impl Progress {
                 }
             }
             ProgressState::Replicate { inflight } => {
-                while inflight.front().is_some_and(|&i| i <= index) {
+                while inflight.front().is_some_and(|&(i, _)| i <= index) {
                     inflight.pop_front();
                 }
             }
@@ -157,18 +159,30 @@ impl Progress {
         true
     }
 
-    /// A heartbeat answer: a probe may be retried, and in replicate mode a
-    /// full window gives up its oldest slot, so a lost append is found by
-    /// the next one's consistency check rather than stalling the follower.
-    pub(crate) fn on_heartbeat_answer(&mut self, max_inflight: usize) {
-        match &mut self.state {
-            ProgressState::Probe { paused } => *paused = false,
-            ProgressState::Replicate { inflight } => {
-                if inflight.len() >= max_inflight {
-                    inflight.pop_front();
-                }
-            }
+    /// A heartbeat's answer (or any answer that moved nothing): a probe
+    /// may be retried.
+    pub(crate) fn on_answer_without_progress(&mut self) {
+        if let ProgressState::Probe { paused } = &mut self.state {
+            *paused = false;
         }
+    }
+
+    /// An answer to a message of heartbeat round `round` arrived. Links
+    /// deliver in order, so every AppendEntries of an earlier round was
+    /// processed before it: one still unanswered was lost (its connection
+    /// broke). Go back to probing from the match index. Returns whether it
+    /// did. On a network that reorders this only costs a resend.
+    pub(crate) fn detect_loss(&mut self, round: u64) -> bool {
+        let lost = match &self.state {
+            ProgressState::Replicate { inflight } => {
+                inflight.front().is_some_and(|&(_, r)| r < round)
+            }
+            ProgressState::Probe { .. } => false,
+        };
+        if lost {
+            self.become_probe();
+        }
+        lost
     }
 }
 
@@ -180,13 +194,13 @@ mod tests {
     fn probe_then_replicate() {
         let mut p = Progress::new(LogIndex(11));
         assert!(!p.is_paused(4));
-        p.sent(LogIndex(11), true);
+        p.sent(LogIndex(11), true, 0);
         assert!(p.is_paused(4));
         // Rejected at prev 10: follower has only 5 entries.
         assert!(p.on_conflict(LogIndex(10), LogIndex(6)));
         assert_eq!(p.next_index, LogIndex(6));
         assert!(!p.is_paused(4));
-        p.sent(LogIndex(11), true);
+        p.sent(LogIndex(11), true, 0);
         assert!(p.on_success(LogIndex(11)));
         assert_eq!(
             p.state,
@@ -212,20 +226,24 @@ mod tests {
     }
 
     #[test]
-    fn replicate_window_is_bounded() {
+    fn replicate_window_is_bounded_and_losses_found_by_round() {
         let mut p = Progress::new(LogIndex(1));
         p.become_replicate();
         for i in 1..=4 {
             assert!(!p.is_paused(4));
-            p.sent(LogIndex(i), true);
+            p.sent(LogIndex(i), true, 1);
         }
         assert!(p.is_paused(4));
         p.on_success(LogIndex(2));
         assert!(!p.is_paused(4));
-        p.sent(LogIndex(5), true);
-        p.sent(LogIndex(6), true);
+        p.sent(LogIndex(5), true, 2);
+        p.sent(LogIndex(6), true, 2);
         assert!(p.is_paused(4));
-        p.on_heartbeat_answer(4);
-        assert!(!p.is_paused(4));
+        // An answer from round 2 while appends 3-4 of round 1 are still
+        // unanswered: they were lost; probe again from the match index.
+        assert!(!p.detect_loss(1));
+        assert!(p.detect_loss(2));
+        assert_eq!(p.state, ProgressState::Probe { paused: false });
+        assert_eq!(p.next_index, LogIndex(3));
     }
 }
