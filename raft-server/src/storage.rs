@@ -71,13 +71,16 @@ pub const MAX_PAYLOAD_LEN: usize = 4 << 20;
 
 const META_MAGIC: &[u8; 8] = b"RAFTMETA";
 const LOG_MAGIC: &[u8; 8] = b"RAFTLOG\0";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// magic 8 | version 4 | cluster 8 | member 8 | term 8 | voted_for 8 | crc 4
 const META_LEN: usize = 48;
 /// magic 8 | version 4 | cluster 8 | member 8 | crc 4
 const LOG_HEADER_LEN: usize = 32;
-/// length 4 | crc 4
-const RECORD_HEADER_LEN: usize = 8;
+/// length 4 | crc of the length 4 | crc of the body 4. The length has a
+/// checksum of its own so that a damaged length is never mistaken for a
+/// record the crash cut short (which recovery would cut off, dropping
+/// acknowledged entries behind it).
+const RECORD_HEADER_LEN: usize = 12;
 /// kind 1 | term 8 | index 8 | payload kind 1
 const ENTRY_BODY_FIXED_LEN: usize = 18;
 /// kind 1 | from 8
@@ -686,10 +689,11 @@ fn push_record(buf: &mut Vec<u8>, body: &[u8]) {
 fn seal_record(buf: &mut [u8], start: usize) {
     let body = &buf[start + RECORD_HEADER_LEN..];
     assert!(body.len() <= MAX_RECORD_LEN, "record too large");
-    let len = body.len() as u32;
+    let len = (body.len() as u32).to_le_bytes();
     let crc = crc32c::crc32c(body);
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    buf[start..start + 4].copy_from_slice(&len);
+    buf[start + 4..start + 8].copy_from_slice(&crc32c::crc32c(&len).to_le_bytes());
+    buf[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -781,7 +785,16 @@ fn scan_log(
             break;
         }
         let rlen = u32_at(bytes, off) as usize;
-        let crc = u32_at(bytes, off + 4);
+        let crc = u32_at(bytes, off + 8);
+        if crc32c::crc32c(&bytes[off..off + 4]) != u32_at(bytes, off + 4) {
+            // A header written in full but wrong: torn only if nothing was
+            // ever written after it.
+            if zeros_from(off) {
+                cut("zero-filled tail".into());
+                break;
+            }
+            return Err(corrupt(path, off as u64, "record length checksum mismatch"));
+        }
         if rlen == 0 || rlen > MAX_RECORD_LEN {
             if zeros_from(off) {
                 cut("zero-filled tail".into());
@@ -1154,6 +1167,28 @@ mod tests {
             "{err}"
         );
         assert_eq!(snapshot(dir.path()), before);
+    }
+
+    #[test]
+    fn damaged_length_of_the_last_record_is_corruption_not_a_torn_tail() {
+        // A bit flip makes the final record's length point past the end of
+        // the file, which looks like a write the crash cut short. Cutting
+        // it would silently drop an acknowledged entry; the length's own
+        // checksum tells the two apart.
+        let dir = tempfile::tempdir().unwrap();
+        populated(dir.path());
+        let log_path = dir.path().join(LOG_FILE);
+        let mut log = fs::read(&log_path).unwrap();
+        let last = *record_offsets(&log).last().unwrap();
+        log[last + 1] ^= 0x04; // +1 KiB: in range, past the end of the file
+        fs::write(&log_path, &log).unwrap();
+        let before = snapshot(dir.path());
+        let err = open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StorageError::Corrupt { offset, .. } if offset == last as u64),
+            "{err}"
+        );
+        assert_eq!(snapshot(dir.path()), before, "nothing on disk changed");
     }
 
     /// Appends a record with a valid checksum but the given body.
