@@ -167,8 +167,10 @@ impl Node {
             ls.heartbeat_deadline = now + self.config.heartbeat_interval;
             // Each heartbeat starts a round: answers to it prove that every
             // earlier append was processed (flow control), and that the
-            // follower still follows (ReadIndex).
+            // follower still follows (ReadIndex). Reads waiting for the next
+            // round are served by this one; no extra broadcast is needed.
             ls.round += 1;
+            ls.round_pending = false;
             self.broadcast_heartbeat();
         }
     }

@@ -63,15 +63,8 @@ pub struct RunReport {
 
 #[derive(Debug)]
 enum Pending {
-    Write {
-        node: NodeId,
-        id: EntryId,
-        value: u64,
-    },
-    Read {
-        node: NodeId,
-        read_id: u64,
-    },
+    Write { node: NodeId, id: EntryId },
+    Read { node: NodeId, read_id: u64 },
 }
 
 struct Client {
@@ -138,7 +131,6 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
                     opts.keys,
                     &mut next_value,
                     &mut next_read_id,
-                    &mut history,
                 );
             }
             if let Some((op, _, started)) = &c.op {
@@ -408,9 +400,7 @@ fn start_op(
     keys: u64,
     next_value: &mut u64,
     next_read_id: &mut u64,
-    history: &mut [Op],
 ) {
-    let _ = history;
     let ids = cluster.ids().to_vec();
     let target = c
         .leader_guess
@@ -430,15 +420,7 @@ fn start_op(
                     invoke,
                     complete: None,
                 };
-                c.op = Some((
-                    op,
-                    Pending::Write {
-                        node: target,
-                        id,
-                        value,
-                    },
-                    now,
-                ));
+                c.op = Some((op, Pending::Write { node: target, id }, now));
             }
             Err(ProposeError::NotLeader { leader }) => {
                 c.leader_guess = leader;
@@ -491,10 +473,9 @@ fn complete_ops(
         };
         let mut op = *op;
         let finished = match (pending, done) {
-            (Pending::Write { node, id, value }, Completion::Applied { node: n, entry })
+            (Pending::Write { node, id }, Completion::Applied { node: n, entry })
                 if n == node && entry.index == id.index =>
             {
-                let _ = value;
                 if entry.term == id.term {
                     op.complete = Some(now.as_nanos());
                     history.push(op);
