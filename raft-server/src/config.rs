@@ -359,6 +359,20 @@ impl Settings {
         c.election_timeout_min = self.election_timeout_min;
         c.election_timeout_max = self.election_timeout_max;
         c.seed = seed;
+        // Everything the leader may have in flight to one follower must fit
+        // in that peer's send queue, or a slow follower's link is reset
+        // (and it starts a needless pre-vote). A message carries at most
+        // max_bytes_per_append of payload, or one entry of at most one
+        // client request.
+        let per_message = c
+            .max_bytes_per_append
+            .max(crate::resp::Limits::DEFAULT.max_request_len);
+        assert!(
+            c.max_inflight_appends * (per_message + (64 << 10))
+                <= crate::peer::MAX_SEND_QUEUE / 4 * 3,
+            "in-flight window ({} x {per_message} B) does not fit the peer send queue",
+            c.max_inflight_appends
+        );
         c
     }
 }
@@ -561,6 +575,15 @@ client_addr = "127.0.0.1:6403"
         let e = load(args, text).expect_err("should be refused").to_string();
         assert!(!e.contains('\n'), "error must be one line: {e}");
         e
+    }
+
+    #[test]
+    fn proto_config_is_valid_and_its_window_fits_the_send_queue() {
+        let s = load(&["--id", "2"], THREE).unwrap();
+        // proto_config asserts the in-flight window fits the queue.
+        let c = s.proto_config(7);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.seed, 7);
     }
 
     #[test]
