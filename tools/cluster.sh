@@ -8,6 +8,8 @@
 #   tools/cluster.sh status   role and term of each member
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 BIN=${RAFT_NODE:-target/release/raft-node}
 DATA=${DATA:-data}
 N=3
@@ -21,19 +23,8 @@ alive() {
     kill -0 "$p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]
 }
 
-# Sends one RESP command to 127.0.0.$1:640$1 and prints the reply, without
-# needing redis-cli.
-resp() {
-    local i=$1; shift
-    local req="*$#\r\n" a
-    for a in "$@"; do req+="\$${#a}\r\n$a\r\n"; done
-    exec 3<>"/dev/tcp/127.0.0.$i/640$i" 2>/dev/null || return 1
-    printf "%b" "$req" >&3
-    timeout 1 cat <&3 | head -c 4096 || true
-    exec 3<&- 3>&- || true
-}
-
-field() { tr -d '\r' | sed -n "s/^$1://p" | head -1; }
+# Sends one RESP command to member $1 (127.0.0.$1:640$1); prints the reply.
+resp() { local i=$1; shift; resp_to "127.0.0.$i" "640$i" "$@"; }
 
 status() {
     local i

@@ -30,6 +30,8 @@
 # `drop` on one VM only. Delay proxies use the nat chain RAFT-DELAY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 ROOT=$PWD
 SELF="$ROOT/tools/fault.sh"
 DATA=${DATA:-data}
@@ -171,16 +173,7 @@ alive() {
 # ----- RESP ----------------------------------------------------------------
 
 # One RESP command to member $1's client address; prints the reply.
-resp() {
-    local i=$1; shift
-    local req="*$#\r\n" a
-    for a in "$@"; do req+="\$${#a}\r\n$a\r\n"; done
-    exec 3<>"/dev/tcp/${CLIENT_IP[$i]}/${CLIENT_PORT[$i]}" 2>/dev/null || return 1
-    printf "%b" "$req" >&3
-    timeout 1 cat <&3 | head -c 4096 || true
-    exec 3<&- 3>&- || true
-}
-field() { tr -d '\r' | sed -n "s/^$1://p" | head -1; }
+resp() { local i=$1; shift; resp_to "${CLIENT_IP[$i]}" "${CLIENT_PORT[$i]}" "$@"; }
 
 # The leader's id: a member that says it is leader, or else the leader the
 # members agree on. Empty when none is known.

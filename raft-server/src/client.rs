@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 
 use crate::conn::{self, ReadStatus};
 use crate::resp::{self, Limits, ProtocolError, Reply, Request};
@@ -272,15 +272,7 @@ impl Client {
             );
             return Ok(false);
         }
-        if done == self.writable {
-            self.writable = !done;
-            let interest = if self.writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry.reregister(&mut self.sock, token, interest)?;
-        }
+        conn::update_write_interest(registry, &mut self.sock, token, &mut self.writable, done)?;
         Ok(true)
     }
 }
@@ -458,7 +450,7 @@ mod tests {
         let mut sock = TcpStream::from_std(s);
         let poll = mio::Poll::new().unwrap();
         poll.registry()
-            .register(&mut sock, Token(7), Interest::READABLE)
+            .register(&mut sock, Token(7), mio::Interest::READABLE)
             .unwrap();
         (poll, Client::new(1, sock, addr), peer)
     }

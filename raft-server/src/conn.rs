@@ -6,6 +6,8 @@
 use std::io::{self, Read, Write};
 
 use bytes::{Buf, BytesMut};
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
 
 /// Bytes requested from the kernel per `read` call.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -60,6 +62,29 @@ pub fn write_from(dst: &mut impl Write, out: &mut BytesMut) -> io::Result<bool> 
         }
     }
     Ok(true)
+}
+
+/// Keeps `WRITABLE` interest registered exactly while output is queued
+/// (STYLE §14): after a write pass that drained the output (`done`) or not,
+/// re-registers `sock` only when that changed. `writable` is the caller's
+/// record of the current registration.
+pub fn update_write_interest(
+    registry: &Registry,
+    sock: &mut impl Source,
+    token: Token,
+    writable: &mut bool,
+    done: bool,
+) -> io::Result<()> {
+    if done == *writable {
+        *writable = !done;
+        let interest = if *writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        registry.reregister(sock, token, interest)?;
+    }
+    Ok(())
 }
 
 /// Releases the memory of a buffer that grew large for one burst and is now

@@ -146,15 +146,7 @@ impl Link {
         if done {
             conn::shrink_if_idle(&mut self.out);
         }
-        if done == self.writable {
-            self.writable = !done;
-            let interest = if self.writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry.reregister(&mut self.sock, token, interest)?;
-        }
+        conn::update_write_interest(registry, &mut self.sock, token, &mut self.writable, done)?;
         Ok(())
     }
 }
@@ -780,17 +772,14 @@ impl PeerSet {
             let c = &mut self.inbound[k];
             if !c.out.is_empty() || c.writable {
                 let done = conn::write_from(&mut c.sock, &mut c.out).map_err(|e| describe(&e))?;
-                if done == c.writable {
-                    c.writable = !done;
-                    let interest = if c.writable {
-                        Interest::READABLE | Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
-                    registry
-                        .reregister(&mut c.sock, Token(INBOUND_TOKEN_BASE + k), interest)
-                        .map_err(|e| describe(&e))?;
-                }
+                conn::update_write_interest(
+                    registry,
+                    &mut c.sock,
+                    Token(INBOUND_TOKEN_BASE + k),
+                    &mut c.writable,
+                    done,
+                )
+                .map_err(|e| describe(&e))?;
             }
             let status = conn::read_into(&mut c.sock, &mut c.inbuf, INBOUND_BUF_LIMIT)
                 .map_err(|e| describe(&e))?;
