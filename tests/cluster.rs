@@ -3,349 +3,15 @@
 //! SIGTERM. Each test has its own ports and temporary data dirs, so they run
 //! in parallel. On failure the members' logs are printed.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
-
-/// A free TCP port on `ip` (bound and released; racy but adequate here).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A RESP value as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Resp>),
-}
-
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Conn {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-        })
-    }
-
-    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.w.write_all(&out)
-    }
-
-    fn read(&mut self) -> std::io::Result<Resp> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let body = line.trim_end_matches("\r\n").to_string();
-        let (t, rest) = body.split_at(1);
-        Ok(match t {
-            "+" => Resp::Simple(rest.into()),
-            "-" => Resp::Error(rest.into()),
-            ":" => Resp::Int(rest.parse().unwrap()),
-            "$" => {
-                let n: i64 = rest.parse().unwrap();
-                if n < 0 {
-                    Resp::Bulk(None)
-                } else {
-                    let mut b = vec![0; n as usize + 2];
-                    self.r.read_exact(&mut b)?;
-                    b.truncate(n as usize);
-                    Resp::Bulk(Some(b))
-                }
-            }
-            "*" => {
-                let n: usize = rest.parse().unwrap();
-                let mut v = Vec::new();
-                for _ in 0..n {
-                    v.push(self.read()?);
-                }
-                Resp::Array(v)
-            }
-            _ => panic!("bad reply line {line:?}"),
-        })
-    }
-
-    fn cmd(&mut self, args: &[&str]) -> std::io::Result<Resp> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a)?;
-        self.read()
-    }
-}
-
-struct Member {
-    id: u64,
-    peer: SocketAddr,
-    client: SocketAddr,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-    members: Vec<Member>,
-    extra_args: Vec<String>,
-}
-
-impl Cluster {
-    fn new(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut toml = String::new();
-        let mut members = Vec::new();
-        for i in 1..=n {
-            let ip = format!("127.0.0.{i}");
-            let peer: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-            let client: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-            toml.push_str(&format!(
-                "[[node]]\nid = {i}\npeer_addr = \"{peer}\"\nclient_addr = \"{client}\"\n\n"
-            ));
-            members.push(Member {
-                id: i as u64,
-                peer,
-                client,
-                data: dir.path().join(format!("node{i}")),
-                log: dir.path().join(format!("node{i}.log")),
-                child: None,
-            });
-        }
-        let config = dir.path().join("cluster.toml");
-        fs::write(&config, toml).unwrap();
-        Cluster {
-            _dir: dir,
-            config,
-            members,
-            extra_args: Vec::new(),
-        }
-    }
-
-    fn m(&self, id: u64) -> &Member {
-        &self.members[id as usize - 1]
-    }
-
-    fn command(&self, id: u64) -> Command {
-        let m = self.m(id);
-        let mut c = Command::new(BIN);
-        c.arg("--config")
-            .arg(&self.config)
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--data-dir")
-            .arg(&m.data)
-            .args(&self.extra_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        c
-    }
-
-    fn start(&mut self, id: u64) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.m(id).log)
-            .unwrap();
-        let child = self.command(id).stderr(log).spawn().unwrap();
-        self.members[id as usize - 1].child = Some(child);
-    }
-
-    fn start_all(&mut self) {
-        for id in 1..=self.members.len() as u64 {
-            self.start(id);
-        }
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.members[id as usize - 1].child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn terminate(&mut self, id: u64) -> ExitStatus {
-        let mut c = self.members[id as usize - 1].child.take().expect("running");
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        wait_exit(&mut c, Duration::from_secs(10))
-    }
-
-    fn pid(&self, id: u64) -> u32 {
-        self.m(id).child.as_ref().unwrap().id()
-    }
-
-    fn conn(&self, id: u64) -> Conn {
-        Conn::open(self.m(id).client).unwrap()
-    }
-
-    fn info(&self, id: u64) -> Option<Vec<(String, String)>> {
-        let mut c = Conn::open(self.m(id).client).ok()?;
-        match c.cmd(&["INFO", "raft"]).ok()? {
-            Resp::Bulk(Some(b)) => Some(
-                String::from_utf8(b)
-                    .unwrap()
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        }
-    }
-
-    fn field(&self, id: u64, key: &str) -> Option<String> {
-        self.info(id)?
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
-    }
-
-    /// Waits until every running member agrees on one leader; returns it.
-    fn wait_leader(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let running: Vec<u64> = self
-                .members
-                .iter()
-                .filter(|m| m.child.is_some())
-                .map(|m| m.id)
-                .collect();
-            let leaders: Vec<Option<String>> = running
-                .iter()
-                .map(|&id| self.field(id, "raft_leader_id"))
-                .collect();
-            if let Some(Some(l)) = leaders.first() {
-                if l != "0" && leaders.iter().all(|x| x.as_deref() == Some(l)) {
-                    let l: u64 = l.parse().unwrap();
-                    if self.field(l, "raft_role").as_deref() == Some("leader") {
-                        return l;
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                self.dump_logs();
-                panic!("no leader within {timeout:?}: {leaders:?}");
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs a command against the cluster, following MOVED and retrying
-    /// CLUSTERDOWN and connection errors, like `redis-cli -c` with retries.
-    fn exec(&self, args: &[&str]) -> Resp {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut target = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .map(|m| m.client)
-            .unwrap();
-        loop {
-            let r = Conn::open(target).and_then(|mut c| c.cmd(args));
-            match r {
-                Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
-                    target = e.rsplit(' ').next().unwrap().parse().unwrap();
-                    continue;
-                }
-                Ok(Resp::Error(e))
-                    if e.starts_with("CLUSTERDOWN") || e.contains("leadership lost") => {}
-                Ok(r) => return r,
-                Err(_) => {
-                    // That member is down: try another running one.
-                    let alive: Vec<SocketAddr> = self
-                        .members
-                        .iter()
-                        .filter(|m| m.child.is_some())
-                        .map(|m| m.client)
-                        .collect();
-                    let i = alive
-                        .iter()
-                        .position(|a| *a == target)
-                        .map_or(0, |i| (i + 1) % alive.len());
-                    target = alive[i];
-                }
-            }
-            if Instant::now() > deadline {
-                self.dump_logs();
-                panic!("{args:?} did not succeed in time");
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn dump_logs(&self) {
-        for m in &self.members {
-            eprintln!("===== node {} =====", m.id);
-            eprintln!("{}", fs::read_to_string(&m.log).unwrap_or_default());
-        }
-    }
-
-    fn log_text(&self, id: u64) -> String {
-        fs::read_to_string(&self.m(id).log).unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        for m in &mut self.members {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-fn wait_exit(c: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            panic!("process did not exit within {timeout:?}");
-        }
-        sleep(Duration::from_millis(20));
-    }
-}
-
-fn ok() -> Resp {
-    Resp::Simple("OK".into())
-}
-
-fn bulk(s: &str) -> Resp {
-    Resp::Bulk(Some(s.as_bytes().to_vec()))
-}
-
+use common::*;
 #[test]
 fn elects_a_leader_serves_writes_and_redirects() {
     let mut c = Cluster::new(3);
@@ -551,85 +217,47 @@ fn bad_config_exits_2_with_one_line() {
     assert!(err.contains("belongs to member 1"), "{err}");
 }
 
+/// Whatever is refused at start is refused before the data dir is touched:
+/// a busy port, a missing or world-readable secret.
 #[test]
-fn garbage_on_the_ports_only_costs_that_connection() {
-    let mut c = Cluster::new(3);
-    c.start_all();
-    let leader = c.wait_leader(Duration::from_secs(10));
-    let peer = c.m(leader).peer;
-
-    let probe = |bytes: &[u8]| {
-        let mut s = TcpStream::connect(peer).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(bytes);
-        let mut buf = [0u8; 64];
-        // The node closes the connection: EOF (or a reset).
-        matches!(s.read(&mut buf), Ok(0) | Err(_))
+fn refused_start_leaves_nothing_on_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new(3);
+    let cfg = c.config.display().to_string();
+    let fresh = c.dir.path().join("fresh");
+    let run = || {
+        let out = Command::new(BIN)
+            .args(["--config", &cfg, "--id", "2", "--data-dir"])
+            .arg(&fresh)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
     };
-    assert!(probe(b"GET / HTTP/1.0\r\n\r\n"));
-    assert!(probe(&[0xff; 100]));
-    // Right magic, another cluster.
-    let mut hs = b"RAFT\x01".to_vec();
-    hs.extend_from_slice(&0xdeadu64.to_be_bytes());
-    hs.extend_from_slice(&2u64.to_be_bytes());
-    assert!(probe(&hs));
 
-    // A real peer's handshake (taken from a member's own dial) followed by a
-    // huge length prefix.
-    let own = {
-        // Learn the cluster id from INFO.
-        let id = c.field(leader, "raft_cluster_id").unwrap();
-        u64::from_str_radix(&id, 16).unwrap()
-    };
-    let other = (1..=3).find(|&i| i != leader).unwrap();
-    let mut s = TcpStream::connect(peer).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut hs = b"RAFT\x01".to_vec();
-    hs.extend_from_slice(&own.to_be_bytes());
-    hs.extend_from_slice(&other.to_be_bytes());
-    s.write_all(&hs).unwrap();
-    let mut reply = [0u8; 21];
-    s.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply[..4], b"RAFT");
-    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
-    let mut buf = [0u8; 8];
-    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    // Member 2's client port is taken.
+    let squatter = std::net::TcpListener::bind(c.m(2).client).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot listen on client_addr"), "{err}");
+    assert!(!fresh.exists(), "a failed bind created the data dir");
+    drop(squatter);
 
-    // Malformed RESP: an error reply, then the connection is closed.
-    let mut r = c.conn(leader);
-    r.w.write_all(b"*1\r\n$x\r\n").unwrap();
-    assert_eq!(
-        r.read().unwrap(),
-        Resp::Error("ERR Protocol error: invalid bulk length".into())
-    );
-    assert!(r.read().is_err());
-    let mut r = c.conn(leader);
-    r.w.write_all(b"*2\r\n$3\r\nSET\r\n$999999999\r\n").unwrap();
-    assert!(matches!(r.read().unwrap(), Resp::Error(e) if e.starts_with("ERR Protocol error")));
+    // The secret is readable by others.
+    let secret = c.dir.path().join("cluster.secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("must not be accessible by group or others"), "{err}");
+    assert!(!fresh.exists());
 
-    // And the cluster still works, with the same leader.
-    assert_eq!(c.exec(&["SET", "still", "ok"]), ok());
-    assert_eq!(c.exec(&["GET", "still"]), bulk("ok"));
-    assert_eq!(c.wait_leader(Duration::from_secs(5)), leader);
-    let log = c.log_text(leader);
-    assert!(log.contains("not a Raft peer handshake"), "{log}");
-    assert!(log.contains("another cluster"), "{log}");
-}
-
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    // The secret is missing.
+    fs::remove_file(&secret).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot read secret_file"), "{err}");
+    assert!(!fresh.exists());
 }
 
 #[test]
@@ -680,7 +308,11 @@ fn second_process_on_a_data_dir_is_refused() {
     let out = c.command(1).stderr(Stdio::piped()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("in use by another process"), "{err}");
+    // Its ports are bound first, so the second process stops there, before
+    // the data dir; the data dir's lock (storage's unit tests) is the
+    // second guard, for a copy with other ports.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("Address already in use"), "{err}");
 }
 
 /// `redis-cli -c` pointed at a follower follows `-MOVED` to the leader. CI

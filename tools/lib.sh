@@ -14,3 +14,11 @@ resp_to() {
 
 # field NAME: the value of `NAME:value` in an INFO reply on stdin.
 field() { tr -d '\r' | sed -n "s/^$1://p" | head -1; }
+
+# make_secret FILE: the cluster's peer-link secret (32 random bytes, base64),
+# created with mode 0600 unless FILE already exists: members that restart
+# from their data dirs must keep the secret they were started with.
+make_secret() {
+    [ -s "$1" ] && return 0
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$1")
+}

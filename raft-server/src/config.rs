@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use std::time::Duration;
 use clap::Parser;
 use raft_proto::NodeId;
 use serde::Deserialize;
+
+use crate::auth::PeerKey;
 
 /// Default leader heartbeat interval, as in the interface contract.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
@@ -31,6 +33,12 @@ pub const MIN_HEARTBEATS_PER_TIMEOUT: u64 = 3;
 pub const MAX_MEMBERS: usize = 64;
 /// Cluster files larger than this are refused before parsing.
 pub const MAX_CONFIG_FILE_LEN: u64 = 1 << 20;
+/// Secret files larger than this are refused: a secret is a few dozen bytes,
+/// and a bigger file is most likely the wrong one.
+pub const MAX_SECRET_FILE_LEN: u64 = 4096;
+/// A secret shorter than this is accepted with a warning: it can be guessed
+/// offline from one recorded handshake.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// The command line of `raft-node`.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
@@ -155,6 +163,11 @@ pub struct Member {
     pub client_addr: SocketAddr,
     /// Prometheus metrics, if configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// The IP its peer connections must come from, when `peer_addr` is
+    /// written as an IP address (not a host name, not unspecified): a
+    /// member binds its outgoing peer connections to that IP, so a
+    /// handshake claiming this member from elsewhere is an impostor.
+    pub peer_ip: Option<IpAddr>,
 }
 
 /// Everything the server needs from the command line and the cluster file,
@@ -177,8 +190,14 @@ pub struct Settings {
     pub election_timeout_max: Duration,
     /// Where this member serves metrics (flag, else its `metrics_addr`).
     pub metrics_addr: Option<SocketAddr>,
-    /// Identifies the cluster's membership: see [`cluster_id`].
+    /// Identifies the cluster's membership: see [`cluster_id`]. Not a
+    /// secret: the peer handshake sends it in the clear.
     pub cluster_id: u64,
+    /// What peer links prove in the handshake: the cluster secret from
+    /// `secret_file`, or nothing (`insecure_peer_links = true`).
+    pub peer_key: PeerKey,
+    /// Where the secret was read from (None when insecure), for the log.
+    pub secret_path: Option<PathBuf>,
 }
 
 impl Settings {
@@ -240,11 +259,19 @@ impl Settings {
                 Some(m) => Some(resolve("metrics_addr", m)?),
                 None => None,
             };
+            let peer_ip = node
+                .peer_addr
+                .trim()
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified());
             members.push(Member {
                 id: NodeId(node.id),
                 peer_addr,
                 client_addr,
                 metrics_addr,
+                peer_ip,
             });
         }
         members.sort_by_key(|m| m.id);
@@ -318,6 +345,32 @@ impl Settings {
             None => me.metrics_addr,
         };
 
+        let (peer_key, secret_path) = match (&file.secret_file, file.insecure_peer_links) {
+            (Some(_), true) => {
+                return Err(file_err(
+                    "both secret_file and insecure_peer_links = true: choose one".into(),
+                ))
+            }
+            (None, false) => {
+                return Err(file_err(
+                    "no secret_file: peer links must be authenticated. Add \
+                     secret_file = \"cluster.secret\" (a file of random bytes, mode 0600, the \
+                     same on every member; e.g. head -c 32 /dev/urandom | base64 > cluster.secret), \
+                     or insecure_peer_links = true for experiments"
+                        .into(),
+                ))
+            }
+            (None, true) => (PeerKey::insecure(), None),
+            (Some(name), false) => {
+                let secret_path = path
+                    .parent()
+                    .unwrap_or_else(|| Path::new(""))
+                    .join(name.trim());
+                let secret = read_secret_file(&secret_path)?;
+                (PeerKey::secret(secret), Some(secret_path))
+            }
+        };
+
         Ok(Settings {
             config_path: path.clone(),
             data_dir: cli.data_dir.clone(),
@@ -328,6 +381,8 @@ impl Settings {
             election_timeout_min: Duration::from_millis(min_ms),
             election_timeout_max: Duration::from_millis(max_ms),
             metrics_addr,
+            peer_key,
+            secret_path,
         })
     }
 
@@ -418,6 +473,11 @@ struct ClusterFile {
     heartbeat_ms: u64,
     #[serde(default = "default_election_timeout_ms")]
     election_timeout_ms: [u64; 2],
+    /// The peer-link secret, relative to the cluster file.
+    secret_file: Option<String>,
+    /// Experiments only: peer links without authentication.
+    #[serde(default)]
+    insecure_peer_links: bool,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
 }
@@ -452,6 +512,50 @@ fn read_config_file(path: &Path) -> Result<String, LoadError> {
         )));
     }
     std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))
+}
+
+/// Reads the cluster secret: the file's bytes, less one trailing newline
+/// (so that `echo`, `base64` and editors can write it). Refused if missing,
+/// empty, too large, or accessible by group or others: a secret that other
+/// local users can read protects nothing.
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let err = |msg: String| LoadError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read secret_file: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("secret_file is not a regular file".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "secret_file has mode {mode:04o}: it must not be accessible by group or \
+                 others (chmod 600 it)"
+            )));
+        }
+    }
+    if meta.len() > MAX_SECRET_FILE_LEN {
+        return Err(err(format!(
+            "secret_file is {} bytes, at most {MAX_SECRET_FILE_LEN} (is it the right file?)",
+            meta.len()
+        )));
+    }
+    let mut secret =
+        std::fs::read(path).map_err(|e| err(format!("cannot read secret_file: {e}")))?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        return Err(err("secret_file is empty".into()));
+    }
+    Ok(secret)
 }
 
 /// A TOML error as `line L, column C: message` on one line (the toml crate's
@@ -543,6 +647,7 @@ mod tests {
     const THREE: &str = r#"
 heartbeat_ms = 50
 election_timeout_ms = [300, 600]
+insecure_peer_links = true
 
 [[node]]
 id = 1
@@ -610,8 +715,8 @@ client_addr = "127.0.0.1:6403"
 
     #[test]
     fn defaults_apply_when_timings_are_absent() {
-        let text =
-            "[[node]]\nid = 1\npeer_addr = \"127.0.0.1:7001\"\nclient_addr = \"127.0.0.1:6401\"\n";
+        let text = "insecure_peer_links = true\n[[node]]\nid = 1\npeer_addr = \"127.0.0.1:7001\"\n\
+                    client_addr = \"127.0.0.1:6401\"\n";
         let s = load(&["--id", "1"], text).unwrap();
         assert_eq!(s.heartbeat, Duration::from_millis(DEFAULT_HEARTBEAT_MS));
         assert_eq!(s.election_timeout_min, Duration::from_millis(300));
@@ -662,6 +767,90 @@ client_addr = "127.0.0.1:6403"
         assert_ne!(a, c);
         let client_moved = THREE.replace("6402", "6412");
         assert_eq!(a, load(&["--id", "1"], &client_moved).unwrap().cluster_id);
+    }
+
+    /// A cluster file in a temporary directory with a secret file beside it.
+    fn with_secret(secret: &[u8], mode: u32) -> (tempfile::TempDir, Cli, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret_path = dir.path().join("cluster.secret");
+        std::fs::write(&secret_path, secret).unwrap();
+        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let config = dir.path().join("cluster.toml");
+        let text = THREE.replace(
+            "insecure_peer_links = true",
+            "secret_file = \"cluster.secret\"",
+        );
+        let cli = Cli::parse_args([
+            "raft-node",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            "d",
+            "--id",
+            "1",
+        ])
+        .unwrap();
+        (dir, cli, text)
+    }
+
+    #[test]
+    fn reads_the_secret_beside_the_cluster_file() {
+        let (_dir, cli, text) = with_secret(b"0123456789abcdef0123\n", 0o600);
+        let s = Settings::from_toml(&cli, &text).unwrap();
+        // One trailing newline is not part of the secret.
+        assert_eq!(
+            s.peer_key,
+            PeerKey::secret(b"0123456789abcdef0123".to_vec())
+        );
+        assert!(!s.peer_key.is_insecure());
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
+        let insecure = load(&["--id", "1"], THREE).unwrap();
+        assert!(insecure.peer_key.is_insecure());
+    }
+
+    #[test]
+    fn refuses_a_missing_empty_or_readable_secret() {
+        let (_dir, cli, text) = with_secret(b"0123456789abcdef", 0o644);
+        let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
+        assert!(e.ends_with("cluster.secret: secret_file has mode 0644: it must not be accessible by group or others (chmod 600 it)"), "{e}");
+        let (_dir, cli, text) = with_secret(b"\n", 0o600);
+        let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
+        assert!(e.ends_with("cluster.secret: secret_file is empty"), "{e}");
+        let (_dir, cli, text) = with_secret(b"x", 0o600);
+        let e = Settings::from_toml(&cli, &text.replace("cluster.secret", "nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope: cannot read secret_file"), "{e}");
+        assert!(!e.contains('\n'));
+
+        let e = load_err(
+            &["--id", "1"],
+            &THREE.replace("insecure_peer_links = true", ""),
+        );
+        assert!(e.starts_with("cluster.toml: no secret_file"), "{e}");
+        let both = THREE.replace(
+            "insecure_peer_links = true",
+            "insecure_peer_links = true\nsecret_file = \"s\"",
+        );
+        let e = load_err(&["--id", "1"], &both);
+        assert!(e.contains("choose one"), "{e}");
+    }
+
+    #[test]
+    fn peer_ip_is_known_only_for_ip_addresses() {
+        let s = load(&["--id", "1"], THREE).unwrap();
+        assert_eq!(s.me().peer_ip, Some("127.0.0.1".parse().unwrap()));
+        let s = load(
+            &["--id", "1"],
+            &THREE
+                .replace("127.0.0.1:7001", "0.0.0.0:7001")
+                .replace("127.0.0.1:7002", "localhost:7002"),
+        )
+        .unwrap();
+        assert_eq!(s.member(NodeId(1)).unwrap().peer_ip, None);
+        assert_eq!(s.member(NodeId(2)).unwrap().peer_ip, None);
+        assert!(s.member(NodeId(3)).unwrap().peer_ip.is_some());
     }
 
     #[test]

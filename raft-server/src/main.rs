@@ -9,6 +9,7 @@
 //!
 //! [`Node`]: raft_proto::Node
 
+mod auth;
 mod client;
 mod config;
 mod conn;
@@ -24,7 +25,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use config::{Cli, Settings};
-use server::Server;
+use server::{Listeners, Server};
 use storage::Storage;
 
 /// Exit status for bad configuration, an unusable data dir or corrupt state.
@@ -53,6 +54,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Everything that can be refused is checked before the data dir is
+    // touched: the settings above, then every address we listen on. A bad
+    // config or a busy port leaves nothing on disk.
+    let listeners = match Listeners::bind(&settings) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let (storage, recovered) =
         match Storage::open(&settings.data_dir, settings.cluster_id, settings.id) {
             Ok(r) => r,
@@ -72,7 +83,28 @@ fn main() -> ExitCode {
         recovered.hard_state.current_term,
         recovered.entries.len()
     );
-    let server = match Server::new(settings, storage, recovered) {
+    match &settings.secret_path {
+        Some(path) if !settings.peer_key.is_insecure() => {
+            log::info!(
+                "peer links authenticated with the secret in {}",
+                path.display()
+            );
+            if settings.peer_key.key_len() < config::MIN_SECRET_LEN {
+                log::warn!(
+                    "the secret in {} is only {} bytes; use at least {} random bytes \
+                     (head -c 32 /dev/urandom | base64)",
+                    path.display(),
+                    settings.peer_key.key_len(),
+                    config::MIN_SECRET_LEN
+                );
+            }
+        }
+        _ => log::warn!(
+            "insecure_peer_links = true: peer links are NOT authenticated; anyone who can \
+             reach the peer port can pose as a member. For experiments only."
+        ),
+    }
+    let server = match Server::new(settings, listeners, storage, recovered) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -6,19 +6,30 @@
 //! TCP connections per pair, each used in one direction, so there is no
 //! dial race to break and no connection shared between two senders.
 //!
-//! Both sides of a connection send a [`Handshake`] first: the dialer at once,
-//! the acceptor after checking the dialer's. A connection from another
-//! cluster, from an unknown member, or from something that is not a member
-//! at all (a RESP client on the wrong port, a scanner) is refused with one
-//! log line. After the handshake, frames go one way only, through
+//! Every connection starts with the authenticated handshake of [`auth`]:
+//! the dialer's `Hello`, the acceptor's `Challenge` (with its proof), the
+//! dialer's `Proof`. Nothing from a connection reaches the node before both
+//! sides proved knowledge of the cluster secret. A connection from another
+//! cluster, from an unknown member, from the wrong address for the member it
+//! claims to be, without the secret, or from something that is not a member
+//! at all (a RESP client on the wrong port, a scanner) is refused. Refusals
+//! are logged once per source address per minute, with a count: a flood of
+//! bad handshakes costs the attacker a connection each and the log a line a
+//! minute. Unauthenticated connections are bounded per source address and
+//! in total, and have a short deadline; when the total is reached the oldest
+//! is closed, so squatters cannot lock a member out. Only an authenticated
+//! connection replaces a member's existing inbound link.
+//!
+//! After the handshake, frames go one way only, through
 //! [`raft_proto::codec`].
 //!
-//! A link is up once the dialer has the acceptor's handshake. It goes down
-//! on EOF, a reset, a connect or handshake timeout, a protocol error, or a
-//! full send queue (a peer that does not read is unreachable; the queue does
-//! not grow past [`MAX_SEND_QUEUE`]). Down links are redialed with capped,
-//! jittered exponential backoff; the cap stays below the election timeout so
-//! that a restarted member is reached before it would start an election.
+//! A link is up once the dialer has verified the acceptor's proof. It goes
+//! down on EOF, a reset, a connect or handshake timeout, a protocol error, or
+//! a full send queue (a peer that does not read is unreachable; the queue
+//! does not grow past [`MAX_SEND_QUEUE`]). Down links are redialed with
+//! capped, jittered exponential backoff; the cap stays below the election
+//! timeout so that a restarted member is reached before it would start an
+//! election.
 //!
 //! The node hears of every change as a [`PeerInput`]: `LinkUp` when an
 //! outbound link comes up, `LinkDown` when an up link (either direction)
@@ -33,13 +44,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use raft_proto::codec::{self, Handshake};
+use raft_proto::codec;
 use raft_proto::{EntryPayload, Message, MessageBody, NodeId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::{self, Challenge, Hello, Nonce, PeerKey, Proof};
 use crate::config::Settings;
 use crate::conn::{self, ReadStatus};
 
@@ -51,9 +63,20 @@ pub const INBOUND_TOKEN_BASE: usize = 2_000;
 /// unreachable. Room for a few maximal frames, or a window of pipelined
 /// AppendEntries.
 pub const MAX_SEND_QUEUE: usize = 64 << 20;
-/// Inbound peer connections that have not identified themselves yet, at
-/// most. Beyond it new connections are closed at once.
-const MAX_UNIDENTIFIED_INBOUND: usize = 8;
+/// Inbound peer connections that have not authenticated yet, at most. A
+/// new connection beyond it closes the oldest such one, so connections that
+/// squat on the slots cannot keep a member out for longer than it takes to
+/// open this many more.
+const MAX_UNIDENTIFIED_INBOUND: usize = 64;
+/// Unauthenticated inbound connections from one source address at most; a
+/// member has at most one handshake in progress towards us.
+const MAX_UNIDENTIFIED_PER_SOURCE: usize = 4;
+/// Source addresses whose refused handshakes are counted, at most (besides
+/// the members' own). A connection from a new address past it is refused
+/// and counted with the others.
+const MAX_TRACKED_SOURCES: usize = 1024;
+/// Refused handshakes are logged once per source per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// An inbound buffer holds at most one maximal frame plus one read.
 const INBOUND_BUF_LIMIT: usize = codec::MAX_FRAME_LEN + 4 + conn::READ_CHUNK;
 /// While a peer stays unreachable, one summary line per this interval.
@@ -84,14 +107,21 @@ pub struct LinkTiming {
     pub backoff_max: Duration,
     /// A connect that has not completed by then is abandoned.
     pub connect_timeout: Duration,
-    /// A connection whose handshake has not arrived by then is closed.
+    /// An outbound connection whose handshake has not completed by then is
+    /// closed.
     pub handshake_timeout: Duration,
+    /// An inbound connection that has not authenticated by then is closed:
+    /// short, because until then it holds a slot an attacker would like to
+    /// keep. An honest handshake takes one and a half round trips.
+    pub accept_timeout: Duration,
 }
 
 impl LinkTiming {
     /// Backoff from 10 ms up to half the minimum election timeout (at most
     /// 1 s); connects time out after the maximum election timeout (at least
-    /// 200 ms), handshakes after twice that (at least 1 s).
+    /// 200 ms), handshakes after twice that (at least 1 s); an inbound
+    /// connection must authenticate within the minimum election timeout
+    /// (between 200 ms and 1 s).
     pub fn from_settings(s: &Settings) -> LinkTiming {
         let backoff_max =
             (s.election_timeout_min / 2).clamp(Duration::from_millis(1), Duration::from_secs(1));
@@ -100,6 +130,9 @@ impl LinkTiming {
             backoff_max,
             connect_timeout: s.election_timeout_max.max(Duration::from_millis(200)),
             handshake_timeout: (s.election_timeout_max * 2).max(Duration::from_secs(1)),
+            accept_timeout: s
+                .election_timeout_min
+                .clamp(Duration::from_millis(200), Duration::from_secs(1)),
         }
     }
 
@@ -123,7 +156,7 @@ enum Phase {
     Idle,
     /// Non-blocking connect in progress.
     Connecting,
-    /// Connected, our handshake sent, waiting for the peer's.
+    /// Connected, our `Hello` sent, waiting for the peer's `Challenge`.
     Handshaking,
     /// Ready for frames.
     Up,
@@ -175,6 +208,8 @@ struct Outbound {
     token: Token,
     phase: Phase,
     link: Option<Link>,
+    /// The `Hello` sent on the current connection (its nonce is ours).
+    hello: Option<Hello>,
     /// Idle: when to redial. Connecting/Handshaking: when to give up.
     deadline: Instant,
     /// Consecutive failures, for the backoff.
@@ -188,16 +223,52 @@ struct Outbound {
     connect_failures: u64,
 }
 
+/// Where an inbound connection's handshake stands.
+#[derive(Clone, Copy, Debug)]
+enum InboundState {
+    /// Waiting for the dialer's `Hello`.
+    AwaitHello,
+    /// `Challenge` sent; waiting for the dialer's `Proof` over our nonce.
+    AwaitProof { hello: Hello, nonce: Nonce },
+    /// Authenticated as this member.
+    Up(NodeId),
+}
+
 struct Inbound {
     sock: TcpStream,
     addr: SocketAddr,
-    /// Set once the handshake checked out.
-    peer: Option<NodeId>,
+    state: InboundState,
     inbuf: BytesMut,
     out: BytesMut,
     writable: bool,
-    /// Close if still unidentified by then.
-    deadline: Instant,
+    /// When accepted; close if still unauthenticated at `+ accept_timeout`.
+    accepted: Instant,
+}
+
+impl Inbound {
+    /// The member this connection authenticated as, if it did.
+    fn peer(&self) -> Option<NodeId> {
+        match self.state {
+            InboundState::Up(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Refused handshakes and pending connections from one source address.
+#[derive(Debug, Default)]
+struct SourceState {
+    /// Its connections that have not authenticated yet.
+    unidentified: usize,
+    /// Refusals since the last line logged.
+    unlogged: u64,
+    /// The latest of them.
+    last_reason: String,
+    /// When the last line about this source was logged.
+    logged_at: Option<Instant>,
+    /// A member's own address: never forgotten (an attacker cannot push the
+    /// members out of the table).
+    member: bool,
 }
 
 /// Per-peer state for `INFO` and metrics.
@@ -225,6 +296,14 @@ pub struct PeerStatus {
 pub struct PeerSet {
     me: NodeId,
     cluster_id: u64,
+    key: PeerKey,
+    /// The address each member must connect from, where it is known.
+    member_ips: HashMap<NodeId, Option<IpAddr>>,
+    sources: HashMap<IpAddr, SourceState>,
+    /// Refusals from addresses past [`MAX_TRACKED_SOURCES`], and when they
+    /// were last logged.
+    untracked_refusals: u64,
+    untracked_logged_at: Option<Instant>,
     /// Outgoing connections bind to this member's own IP (port 0).
     bind_ip: Option<IpAddr>,
     timing: LinkTiming,
@@ -236,7 +315,6 @@ pub struct PeerSet {
     inbound_of: HashMap<NodeId, usize>,
     members: Vec<NodeId>,
     rng: StdRng,
-    handshake: Bytes,
 }
 
 impl PeerSet {
@@ -266,19 +344,30 @@ impl PeerSet {
                 connect_failures: 0,
                 health: Health::Starting,
                 dropped: 0,
+                hello: None,
             })
             .collect();
-        let mut hs = BytesMut::new();
-        codec::encode_handshake(
-            &Handshake {
-                cluster_id: settings.cluster_id,
-                node_id: settings.id,
-            },
-            &mut hs,
-        );
+        let member_ips: HashMap<NodeId, Option<IpAddr>> =
+            settings.members.iter().map(|m| (m.id, m.peer_ip)).collect();
+        let sources = member_ips
+            .values()
+            .flatten()
+            .map(|&ip| {
+                let state = SourceState {
+                    member: true,
+                    ..SourceState::default()
+                };
+                (ip, state)
+            })
+            .collect();
         Ok(PeerSet {
             me: settings.id,
             cluster_id: settings.cluster_id,
+            key: settings.peer_key.clone(),
+            member_ips,
+            sources,
+            untracked_refusals: 0,
+            untracked_logged_at: None,
             bind_ip: (!own_ip.is_unspecified()).then_some(own_ip),
             timing: LinkTiming::from_settings(settings),
             listener,
@@ -288,7 +377,6 @@ impl PeerSet {
             inbound_of: HashMap::new(),
             members: settings.voters(),
             rng: StdRng::from_entropy(),
-            handshake: hs.freeze(),
         })
     }
 
@@ -408,20 +496,23 @@ impl PeerSet {
                 Phase::Up => {}
             }
         }
+        let accept_timeout = self.timing.accept_timeout;
         let expired: Vec<usize> = self
             .inbound
             .iter()
-            .filter(|(_, c)| c.peer.is_none() && now >= c.deadline)
+            .filter(|(_, c)| c.peer().is_none() && now >= c.accepted + accept_timeout)
             .map(|(k, _)| k)
             .collect();
         for k in expired {
             let addr = self.inbound[k].addr;
-            log::warn!(
-                "peer port: connection from {addr} sent no handshake within {} ms; closed",
-                self.timing.handshake_timeout.as_millis()
+            let reason = format!(
+                "no handshake completed within {} ms",
+                accept_timeout.as_millis()
             );
+            self.refused(addr, reason, now);
             self.close_inbound(k, registry, None, out);
         }
+        self.log_refusal_summaries(now);
     }
 
     /// The earliest time [`PeerSet::tick`] has something to do.
@@ -434,9 +525,21 @@ impl PeerSet {
         let inb = self
             .inbound
             .iter()
-            .filter(|(_, c)| c.peer.is_none())
-            .map(|(_, c)| c.deadline);
-        out.chain(inb).min()
+            .filter(|(_, c)| c.peer().is_none())
+            .map(|(_, c)| c.accepted + self.timing.accept_timeout);
+        // A summary of refusals is due one interval after the last line,
+        // and only when there is something to say.
+        let summaries = self
+            .sources
+            .values()
+            .filter(|s| s.unlogged > 0)
+            .filter_map(|s| s.logged_at)
+            .chain(
+                self.untracked_logged_at
+                    .filter(|_| self.untracked_refusals > 0),
+            )
+            .map(|t| t + REFUSAL_LOG_INTERVAL);
+        out.chain(inb).chain(summaries).min()
     }
 
     /// Link state of every peer, in id order.
@@ -496,9 +599,20 @@ impl PeerSet {
                     self.fail_outbound(i, registry, now, describe(&e), out);
                     return;
                 }
+                // A fresh nonce per connection: a recorded handshake is
+                // worthless on the next one.
+                let hello = Hello {
+                    cluster_id: self.cluster_id,
+                    from: self.me,
+                    to: o.id,
+                    nonce: auth::fresh_nonce(),
+                };
+                let mut out = BytesMut::with_capacity(auth::HELLO_LEN);
+                auth::encode_hello(&hello, &mut out);
+                o.hello = Some(hello);
                 o.link = Some(Link {
                     sock,
-                    out: BytesMut::from(&self.handshake[..]),
+                    out,
                     inbuf: BytesMut::new(),
                     writable: true,
                 });
@@ -530,7 +644,8 @@ impl PeerSet {
         now: Instant,
         out: &mut Vec<PeerInput>,
     ) -> Result<(), String> {
-        let (cluster_id, handshake_timeout) = (self.cluster_id, self.timing.handshake_timeout);
+        let handshake_timeout = self.timing.handshake_timeout;
+        let key = &self.key;
         let o = &mut self.outbound[i];
         let Some(link) = o.link.as_mut() else {
             return Ok(()); // a stale event for a closed socket
@@ -553,23 +668,36 @@ impl PeerSet {
         }
         link.flush(registry, o.token).map_err(|e| describe(&e))?;
 
-        // The acceptor sends its handshake and then nothing: after the
-        // handshake only EOF or an error is expected on this socket.
-        let limit = codec::HANDSHAKE_LEN + 64;
-        let status =
-            conn::read_into(&mut link.sock, &mut link.inbuf, limit).map_err(|e| describe(&e))?;
+        // The acceptor sends its `Challenge` and then nothing: after it
+        // only EOF or an error is expected on this socket.
+        // One byte more than the `Challenge`, so that `Full` means extra data.
+        let status = conn::read_into(&mut link.sock, &mut link.inbuf, auth::CHALLENGE_LEN + 1)
+            .map_err(|e| describe(&e))?;
         if o.phase == Phase::Handshaking {
-            match codec::decode_handshake(&mut link.inbuf) {
+            match auth::decode_challenge(&mut link.inbuf) {
                 Ok(None) => {}
                 Err(e) => return Err(format!("bad handshake: {e}")),
-                Ok(Some(hs)) => {
-                    if hs.cluster_id != cluster_id || hs.node_id != o.id {
+                Ok(Some(ch)) => {
+                    let hello = o.hello.expect("a Hello was sent on this connection");
+                    if ch.from != o.id {
                         return Err(format!(
-                            "{} is member {} of cluster {:016x}, expected member {} of cluster {:016x} \
-                             (check the cluster file)",
-                            o.addr, hs.node_id, hs.cluster_id, o.id, cluster_id
+                            "{} answered as member {}, expected member {} (check the cluster file)",
+                            o.addr, ch.from, o.id
                         ));
                     }
+                    if !key.verify_acceptor(&hello, &ch) {
+                        return Err(format!(
+                            "authentication failed: {} does not prove the cluster secret \
+                             (check secret_file on both members)",
+                            o.addr
+                        ));
+                    }
+                    let proof = Proof {
+                        mac: key.dialer_mac(&hello, &ch.nonce),
+                    };
+                    auth::encode_proof(&proof, &mut link.out);
+                    // Frames queued from now on follow the proof on the wire.
+                    link.flush(registry, o.token).map_err(|e| describe(&e))?;
                     o.phase = Phase::Up;
                     o.attempt = 0;
                     match o.health {
@@ -600,6 +728,9 @@ impl PeerSet {
             ));
         }
         match status {
+            ReadStatus::Eof if o.phase == Phase::Handshaking => Err(
+                "connection closed during the handshake (refused by the peer: see its log)".into(),
+            ),
             ReadStatus::Eof => Err("connection closed by peer".into()),
             ReadStatus::Full if o.phase == Phase::Up => {
                 Err("unexpected data after the handshake".into())
@@ -621,6 +752,7 @@ impl PeerSet {
         let delay = self.timing.backoff(self.outbound[i].attempt, &mut self.rng);
         let backoff_max = self.timing.backoff_max;
         let o = &mut self.outbound[i];
+        o.hello = None;
         if let Some(mut link) = o.link.take() {
             let _ = registry.deregister(&mut link.sock);
         }
@@ -691,16 +823,7 @@ impl PeerSet {
         loop {
             match self.listener.accept() {
                 Ok((mut sock, addr)) => {
-                    let unidentified = self
-                        .inbound
-                        .iter()
-                        .filter(|(_, c)| c.peer.is_none())
-                        .count();
-                    if unidentified >= MAX_UNIDENTIFIED_INBOUND {
-                        log::warn!(
-                            "peer port: refusing connection from {addr}: {unidentified} connections \
-                             already await their handshake"
-                        );
+                    if !self.admit(addr, registry, now) {
                         continue; // dropping `sock` closes it
                     }
                     let entry = self.inbound.vacant_entry();
@@ -713,12 +836,15 @@ impl PeerSet {
                     entry.insert(Inbound {
                         sock,
                         addr,
-                        peer: None,
+                        state: InboundState::AwaitHello,
                         inbuf: BytesMut::new(),
                         out: BytesMut::new(),
                         writable: false,
-                        deadline: now + self.timing.handshake_timeout,
+                        accepted: now,
                     });
+                    if let Some(src) = self.sources.get_mut(&addr.ip()) {
+                        src.unidentified += 1;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -732,17 +858,140 @@ impl PeerSet {
         }
     }
 
+    /// Whether a new connection from `addr` gets an unauthenticated slot:
+    /// within its source's share, after closing the oldest unauthenticated
+    /// connection if all slots are taken.
+    fn admit(&mut self, addr: SocketAddr, registry: &Registry, now: Instant) -> bool {
+        let ip = addr.ip();
+        if !self.sources.contains_key(&ip) {
+            self.forget_idle_sources(now);
+            if self.sources.len() >= MAX_TRACKED_SOURCES + self.member_ips.len() {
+                self.untracked_refusals += 1;
+                if self.untracked_logged_at.is_none() {
+                    self.log_untracked(now);
+                }
+                return false;
+            }
+            self.sources.insert(ip, SourceState::default());
+        }
+        let pending = self.sources[&ip].unidentified;
+        if pending >= MAX_UNIDENTIFIED_PER_SOURCE {
+            let reason =
+                format!("{pending} connections from this address are already in their handshake");
+            self.refused(addr, reason, now);
+            return false;
+        }
+        let unidentified = self.inbound.iter().filter(|(_, c)| c.peer().is_none());
+        if unidentified.clone().count() >= MAX_UNIDENTIFIED_INBOUND {
+            let oldest = unidentified
+                .min_by_key(|(_, c)| c.accepted)
+                .map(|(k, c)| (k, c.addr));
+            if let Some((k, old_addr)) = oldest {
+                let reason = format!(
+                    "handshake pending while {MAX_UNIDENTIFIED_INBOUND} connections were \
+                     unauthenticated; closed for a newer one"
+                );
+                self.refused(old_addr, reason, now);
+                self.close_inbound(k, registry, None, &mut Vec::new());
+            }
+        }
+        true
+    }
+
+    /// Counts a refused handshake from `addr`, logging it if nothing was
+    /// logged about that address within [`REFUSAL_LOG_INTERVAL`]; the rest
+    /// are summed up by [`PeerSet::log_refusal_summaries`].
+    fn refused(&mut self, addr: SocketAddr, reason: String, now: Instant) {
+        let Some(src) = self.sources.get_mut(&addr.ip()) else {
+            self.untracked_refusals += 1;
+            return;
+        };
+        let quiet = src
+            .logged_at
+            .is_some_and(|t| now.saturating_duration_since(t) < REFUSAL_LOG_INTERVAL);
+        if quiet {
+            src.unlogged += 1;
+            src.last_reason = reason;
+        } else {
+            log::warn!(
+                "peer port: connection from {addr} refused: {reason} (further refusals from {} \
+                 are summed up once a minute)",
+                addr.ip()
+            );
+            src.logged_at = Some(now);
+        }
+    }
+
+    /// One line per source whose refusals were not logged for a minute.
+    fn log_refusal_summaries(&mut self, now: Instant) {
+        for (ip, src) in &mut self.sources {
+            let due = src
+                .logged_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_INTERVAL);
+            if src.unlogged > 0 && due {
+                log::warn!(
+                    "peer port: {} more connections from {ip} refused in the last {:.0} s \
+                     (last: {})",
+                    src.unlogged,
+                    now.saturating_duration_since(src.logged_at.unwrap_or(now))
+                        .as_secs_f64(),
+                    src.last_reason
+                );
+                src.unlogged = 0;
+                src.logged_at = Some(now);
+            }
+        }
+        let due = self
+            .untracked_logged_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_INTERVAL);
+        if self.untracked_refusals > 0 && due {
+            self.log_untracked(now);
+        }
+    }
+
+    fn log_untracked(&mut self, now: Instant) {
+        log::warn!(
+            "peer port: {} connections refused from further addresses (more than \
+             {MAX_TRACKED_SOURCES} addresses tried to connect)",
+            self.untracked_refusals
+        );
+        self.untracked_refusals = 0;
+        self.untracked_logged_at = Some(now);
+    }
+
+    /// Drops what is remembered about addresses that have nothing pending
+    /// and nothing left to log, to make room for new ones.
+    fn forget_idle_sources(&mut self, now: Instant) {
+        if self.sources.len() < MAX_TRACKED_SOURCES + self.member_ips.len() {
+            return;
+        }
+        self.sources.retain(|_, s| {
+            let recent = s
+                .logged_at
+                .is_some_and(|t| now.saturating_duration_since(t) < REFUSAL_LOG_INTERVAL);
+            s.member || s.unidentified > 0 || s.unlogged > 0 || recent
+        });
+    }
+
     fn inbound_ready(
         &mut self,
         k: usize,
         registry: &Registry,
-        _now: Instant,
+        now: Instant,
         out: &mut Vec<PeerInput>,
     ) {
         match self.inbound_io(k, registry, out) {
             Ok(true) => {}
             Ok(false) => {
-                let peer = self.inbound[k].peer;
+                let c = &self.inbound[k];
+                let (addr, peer) = (c.addr, c.peer());
+                if peer.is_none() {
+                    let reason = match c.state {
+                        InboundState::AwaitHello => "closed before its handshake",
+                        _ => "closed during the handshake",
+                    };
+                    self.refused(addr, reason.into(), now);
+                }
                 self.close_inbound(
                     k,
                     registry,
@@ -751,17 +1000,18 @@ impl PeerSet {
                 );
             }
             Err(reason) => {
-                let (addr, peer) = (self.inbound[k].addr, self.inbound[k].peer);
+                let (addr, peer) = (self.inbound[k].addr, self.inbound[k].peer());
                 match peer {
                     Some(p) => log::warn!("peer {p} ({addr}): {reason}; connection closed"),
-                    None => log::warn!("peer port: connection from {addr} refused: {reason}"),
+                    None => self.refused(addr, reason.clone(), now),
                 }
                 self.close_inbound(k, registry, peer.map(|_| reason), out);
             }
         }
     }
 
-    /// Reads and decodes what an inbound connection has. `Ok(false)`: EOF.
+    /// Reads what an inbound connection has: the handshake, then frames.
+    /// `Ok(false)`: EOF.
     fn inbound_io(
         &mut self,
         k: usize,
@@ -781,36 +1031,58 @@ impl PeerSet {
                 )
                 .map_err(|e| describe(&e))?;
             }
-            let status = conn::read_into(&mut c.sock, &mut c.inbuf, INBOUND_BUF_LIMIT)
-                .map_err(|e| describe(&e))?;
-            if c.peer.is_none() {
-                match codec::decode_handshake(&mut c.inbuf) {
-                    Ok(None) => {}
-                    Err(e) => return Err(e.to_string()),
-                    Ok(Some(hs)) => {
-                        self.identify(k, hs, registry, out)?;
-                        continue; // send our handshake, then read frames
+            // Until it has authenticated, a connection is read exactly one
+            // handshake message at a time: an unauthenticated peer cannot
+            // make us buffer more than that.
+            let limit = match c.state {
+                InboundState::AwaitHello => auth::HELLO_LEN,
+                InboundState::AwaitProof { .. } => auth::PROOF_LEN,
+                InboundState::Up(_) => INBOUND_BUF_LIMIT,
+            };
+            let status =
+                conn::read_into(&mut c.sock, &mut c.inbuf, limit).map_err(|e| describe(&e))?;
+            match c.state {
+                InboundState::AwaitHello => {
+                    if let Some(hello) =
+                        auth::decode_hello(&mut c.inbuf).map_err(|e| e.to_string())?
+                    {
+                        self.challenge(k, hello)?;
+                        continue; // send the challenge, read the proof
                     }
                 }
-            }
-            let c = &mut self.inbound[k];
-            if let Some(peer) = c.peer {
-                loop {
-                    match codec::decode(&mut c.inbuf) {
-                        Ok(None) => break,
-                        Ok(Some(msg)) => {
-                            if msg.from != peer {
-                                return Err(format!(
-                                    "message from {} on the link of member {peer}",
-                                    msg.from
-                                ));
-                            }
-                            out.push(PeerInput::Message(own_payloads(msg)));
+                InboundState::AwaitProof { hello, nonce } => {
+                    if let Some(proof) =
+                        auth::decode_proof(&mut c.inbuf).map_err(|e| e.to_string())?
+                    {
+                        if !self.key.verify_dialer(&hello, &nonce, &proof) {
+                            return Err(format!(
+                                "authentication failed: claims to be member {} but does not \
+                                 prove the cluster secret",
+                                hello.from
+                            ));
                         }
-                        Err(e) => return Err(e.to_string()),
+                        self.identify(k, hello.from, registry, out);
+                        continue; // read frames
                     }
                 }
-                conn::shrink_if_idle(&mut c.inbuf);
+                InboundState::Up(peer) => {
+                    loop {
+                        match codec::decode(&mut c.inbuf) {
+                            Ok(None) => break,
+                            Ok(Some(msg)) => {
+                                if msg.from != peer || msg.to != self.me {
+                                    return Err(format!(
+                                        "message from {} to {} on the link of member {peer}",
+                                        msg.from, msg.to
+                                    ));
+                                }
+                                out.push(PeerInput::Message(own_payloads(msg)));
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    conn::shrink_if_idle(&mut c.inbuf);
+                }
             }
             match status {
                 ReadStatus::Drained => return Ok(true),
@@ -820,35 +1092,75 @@ impl PeerSet {
         }
     }
 
-    /// Checks a dialer's handshake; on success the connection becomes that
-    /// peer's inbound link (replacing an older one) and gets our handshake.
-    fn identify(
-        &mut self,
-        k: usize,
-        hs: Handshake,
-        registry: &Registry,
-        out: &mut Vec<PeerInput>,
-    ) -> Result<(), String> {
-        if hs.cluster_id != self.cluster_id {
+    /// Checks a dialer's `Hello` for everything but the secret (its cluster,
+    /// that it claims to be a member other than us, calling us, from that
+    /// member's address) and answers with our `Challenge`.
+    fn challenge(&mut self, k: usize, hello: Hello) -> Result<(), String> {
+        if hello.cluster_id != self.cluster_id {
             return Err(format!(
                 "member {} of another cluster ({:016x}, ours is {:016x})",
-                hs.node_id, hs.cluster_id, self.cluster_id
+                hello.from, hello.cluster_id, self.cluster_id
             ));
         }
-        if hs.node_id == self.me || !self.members.contains(&hs.node_id) {
-            return Err(format!("unknown member id {}", hs.node_id));
+        if hello.to != self.me {
+            return Err(format!(
+                "dialed member {}, but this is member {}",
+                hello.to, self.me
+            ));
         }
-        if let Some(old) = self.inbound_of.insert(hs.node_id, k) {
+        if hello.from == self.me || !self.members.contains(&hello.from) {
+            return Err(format!("unknown member id {}", hello.from));
+        }
+        let c = &mut self.inbound[k];
+        if let Some(Some(ip)) = self.member_ips.get(&hello.from) {
+            if c.addr.ip() != *ip {
+                return Err(format!(
+                    "claims to be member {}, whose peer_addr is on {ip}",
+                    hello.from
+                ));
+            }
+        }
+        let nonce = auth::fresh_nonce();
+        let ch = Challenge {
+            from: self.me,
+            nonce,
+            mac: self.key.acceptor_mac(&hello, &nonce),
+        };
+        auth::encode_challenge(&ch, &mut c.out);
+        c.state = InboundState::AwaitProof { hello, nonce };
+        Ok(())
+    }
+
+    /// The dialer proved the secret: the connection becomes that peer's
+    /// inbound link, replacing an older one.
+    fn identify(&mut self, k: usize, peer: NodeId, registry: &Registry, out: &mut Vec<PeerInput>) {
+        let addr = self.inbound[k].addr;
+        self.inbound[k].state = InboundState::Up(peer);
+        if let Some(src) = self.sources.get_mut(&addr.ip()) {
+            src.unidentified = src.unidentified.saturating_sub(1);
+        }
+        if let Some(old) = self.inbound_of.insert(peer, k) {
             if old != k && self.inbound.contains(old) {
                 // The peer redialed; its old connection is dead or dying.
                 self.close_inbound(old, registry, None, out);
             }
         }
-        let c = &mut self.inbound[k];
-        c.peer = Some(hs.node_id);
-        c.out.extend_from_slice(&self.handshake);
-        log::debug!("peer {} connected from {}", hs.node_id, c.addr);
-        Ok(())
+        log::debug!("peer {peer} connected from {addr}");
+    }
+
+    /// Closes the inbound link of `peer`, if it has one, because of what
+    /// arrived on it (a message the node reports as impossible). The peer
+    /// redials with its backoff.
+    pub fn close_link_from(
+        &mut self,
+        peer: NodeId,
+        registry: &Registry,
+        reason: String,
+        out: &mut Vec<PeerInput>,
+    ) {
+        if let Some(&k) = self.inbound_of.get(&peer) {
+            self.close_inbound(k, registry, Some(reason), out);
+        }
     }
 
     /// Closes an inbound connection; with a reason, an identified link was
@@ -862,11 +1174,18 @@ impl PeerSet {
     ) {
         let mut c = self.inbound.remove(k);
         let _ = registry.deregister(&mut c.sock);
-        if let Some(peer) = c.peer {
-            if self.inbound_of.get(&peer) == Some(&k) {
-                self.inbound_of.remove(&peer);
-                if let Some(reason) = reason {
-                    out.push(PeerInput::LinkDown { peer, reason });
+        match c.peer() {
+            Some(peer) => {
+                if self.inbound_of.get(&peer) == Some(&k) {
+                    self.inbound_of.remove(&peer);
+                    if let Some(reason) = reason {
+                        out.push(PeerInput::LinkDown { peer, reason });
+                    }
+                }
+            }
+            None => {
+                if let Some(src) = self.sources.get_mut(&c.addr.ip()) {
+                    src.unidentified = src.unidentified.saturating_sub(1);
                 }
             }
         }
@@ -939,6 +1258,7 @@ mod tests {
             backoff_max: Duration::from_millis(150),
             connect_timeout: Duration::from_millis(600),
             handshake_timeout: Duration::from_secs(1),
+            accept_timeout: Duration::from_millis(300),
         }
     }
 

@@ -142,6 +142,37 @@ struct PendingRead {
     key: Bytes,
 }
 
+/// The member's listening sockets, bound before the data dir is touched so
+/// that a bad or busy address leaves nothing on disk.
+pub struct Listeners {
+    peer: TcpListener,
+    client: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the peer, client and (if configured) metrics addresses.
+    pub fn bind(settings: &Settings) -> Result<Listeners, StartError> {
+        let me = settings.me();
+        let bind = |what: &'static str, addr: SocketAddr| {
+            TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                config: settings.config_path.display().to_string(),
+                what,
+                addr,
+                source,
+            })
+        };
+        Ok(Listeners {
+            peer: bind("peer_addr", me.peer_addr)?,
+            client: bind("client_addr", me.client_addr)?,
+            metrics: settings
+                .metrics_addr
+                .map(|a| bind("metrics_addr", a))
+                .transpose()?,
+        })
+    }
+}
+
 /// The running member.
 pub struct Server {
     poll: Poll,
@@ -181,29 +212,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listeners, starts the node from the recovered state and
-    /// schedules the first dials.
+    /// Takes over the bound listeners, starts the node from the recovered
+    /// state and schedules the first dials.
     pub fn new(
         settings: Settings,
+        listeners: Listeners,
         storage: Storage,
         recovered: Recovered,
     ) -> Result<Server, StartError> {
         let poll = Poll::new().map_err(StartError::Io)?;
         let me = settings.me().clone();
-        let bind = |what: &'static str, addr: SocketAddr| {
-            TcpListener::bind(addr).map_err(|source| StartError::Bind {
-                config: settings.config_path.display().to_string(),
-                what,
-                addr,
-                source,
-            })
-        };
-        let peer_listener = bind("peer_addr", me.peer_addr)?;
-        let mut client_listener = bind("client_addr", me.client_addr)?;
-        let metrics_listener = settings
-            .metrics_addr
-            .map(|a| bind("metrics_addr", a))
-            .transpose()?;
+        let Listeners {
+            peer: peer_listener,
+            client: mut client_listener,
+            metrics: metrics_listener,
+        } = listeners;
 
         let start = Instant::now();
         // Seeded from the OS and logged (STYLE §4): a run's election timing
