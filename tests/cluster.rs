@@ -248,7 +248,10 @@ fn refused_start_leaves_nothing_on_disk() {
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
     let (code, err) = run();
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("must not be accessible by group or others"), "{err}");
+    assert!(
+        err.contains("must not be accessible by group or others"),
+        "{err}"
+    );
     assert!(!fresh.exists());
 
     // The secret is missing.
