@@ -190,10 +190,22 @@ find_leader() {
 
 ipt() { iptables -w 5 "$@"; }
 
+# A fault that cannot take effect must fail loudly: a missing iptables would
+# otherwise turn every network fault into a silent no-op.
+need_iptables() {
+    local t
+    for t in iptables iptables-restore; do
+        command -v "$t" >/dev/null || die "$t not found: network faults need it (apt-get install iptables)"
+    done
+}
+
 ensure_chain() {
-    ipt -N "$CHAIN" 2>/dev/null || true
-    ipt -C OUTPUT -j "$CHAIN" 2>/dev/null || ipt -I OUTPUT 1 -j "$CHAIN"
-    ipt -C INPUT ! -i lo -j "$CHAIN" 2>/dev/null || ipt -I INPUT 1 ! -i lo -j "$CHAIN"
+    need_iptables
+    ipt -S "$CHAIN" >/dev/null 2>&1 || ipt -N "$CHAIN" || die "cannot create iptables chain $CHAIN"
+    ipt -C OUTPUT -j "$CHAIN" 2>/dev/null || ipt -I OUTPUT 1 -j "$CHAIN" ||
+        die "cannot hook $CHAIN into OUTPUT"
+    ipt -C INPUT ! -i lo -j "$CHAIN" 2>/dev/null || ipt -I INPUT 1 ! -i lo -j "$CHAIN" ||
+        die "cannot hook $CHAIN into INPUT"
 }
 
 RULES=0
@@ -214,8 +226,14 @@ rule_dir() {
 # (say, a partition) starts all at once, not rule by rule.
 apply_rules() {
     [ ${#PENDING[@]} -gt 0 ] || return 0
+    local before after
+    before=$(count_rules)
     printf '*filter\n%s\nCOMMIT\n' "$(printf '%s\n' "${PENDING[@]}")" | iptables-restore -w --noflush ||
         die "iptables-restore failed; nothing was added"
+    # Check that the rules really are in place before saying so.
+    after=$(count_rules)
+    [ "$after" -eq $((before + ${#PENDING[@]})) ] ||
+        die "expected $((before + ${#PENDING[@]})) rules in $CHAIN after adding ${#PENDING[@]}, found $after"
     PENDING=()
 }
 
@@ -414,13 +432,35 @@ cmd_heal() {
     echo "healed: removed $n filter rules, $m delay rules and stopped $p delay proxies"
 }
 
+# The state letter of process $1 (R, S, T, Z, ...), empty if it is gone.
+proc_state() {
+    local st
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || true
+    printf '%s' "${st:0:1}"
+}
+
 signal_member() {
     local sig=$1 n=$2 what=$3
     member "$n"
     local p
     p=$(pid_of "$n" 2>/dev/null) || die "member $n: no pid file $(pidfile "$n")"
     kill -0 "$p" 2>/dev/null || die "member $n (pid $p) is not running"
-    kill "-$sig" "$p"
+    kill "-$sig" "$p" || die "could not send SIG$sig to member $n (pid $p)"
+    # Wait (at most 2 s) until the signal has taken effect: a drill that
+    # measures from here must not measure a process that still runs.
+    local t=0 st
+    while :; do
+        st=$(proc_state "$p")
+        case "$sig" in
+            STOP) [ "$st" = T ] && break ;;
+            CONT) [ "$st" != T ] && break ;;
+            KILL) { [ -z "$st" ] || [ "$st" = Z ]; } && break ;;
+            *) break ;;
+        esac
+        t=$((t + 1))
+        [ $t -lt 200 ] || die "member $n (pid $p) did not take SIG$sig within 2 s (state ${st:-gone})"
+        sleep 0.01
+    done
     echo "$what member $n (pid $p, SIG$sig)"
 }
 
@@ -428,10 +468,7 @@ cmd_kill_leader() {
     local l
     l=$(find_leader)
     [ -n "$l" ] || die "kill-leader: no member reports itself leader"
-    local p
-    p=$(pid_of "$l")
-    kill -KILL "$p"
-    echo "killed leader: member $l (pid $p, SIGKILL)"
+    signal_member KILL "$l" "killed leader:"
 }
 
 cmd_restart() {
@@ -489,7 +526,8 @@ case "$cmd" in
 esac
 
 case "$cmd" in
-    isolate | cut | partition | drop | reset | delay | heal) need_root "$cmd" ;;
+    isolate | cut | partition | drop | reset | delay) need_root "$cmd"; need_iptables ;;
+    heal) need_root "$cmd"; command -v iptables >/dev/null || { echo "healed: nothing to do (no iptables, so no rules)"; exit 0; } ;;
 esac
 
 # With RAFT_NETNS, run the rest inside the namespace: iptables, RESP

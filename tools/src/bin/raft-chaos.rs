@@ -101,6 +101,17 @@ fn outside(args: &Args) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Every network fault needs these; without them the nemesis would
+    // inject nothing and the run would prove nothing.
+    for tool in ["ip", "iptables", "iptables-restore"] {
+        if !on_path(tool) {
+            eprintln!(
+                "raft-chaos: {tool} not found: faults cannot be injected \
+                 (apt-get install iproute2 iptables)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let raft_node = match std::fs::canonicalize(&args.raft_node) {
         Ok(p) => p,
         Err(e) => {
@@ -220,13 +231,28 @@ fn read_pid(dir: &Path, member: u64) -> Option<i32> {
         .ok()
 }
 
-/// What the nemesis did and undid, for the report.
-struct Schedule(Vec<String>);
+/// Whether an executable of this name is on PATH.
+fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// What the nemesis did and undid, for the report, and how many faults
+/// took effect (fault.sh checked them: a rule in place, a process stopped).
+struct Schedule {
+    lines: Vec<String>,
+    injected: usize,
+}
 
 impl Schedule {
     fn note(&mut self, start: Instant, what: String) {
         println!("{:8.3}s nemesis: {what}", start.elapsed().as_secs_f64());
-        self.0
+        self.lines
             .push(format!("{:8.3}s {what}", start.elapsed().as_secs_f64()));
     }
 }
@@ -282,11 +308,21 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
         })
         .collect();
 
-    let mut schedule = Schedule(Vec::new());
+    let mut schedule = Schedule {
+        lines: Vec::new(),
+        injected: 0,
+    };
     let mut rng = Rng::new(args.seed ^ 0xC4A0_5000);
+    let mut nemesis_error = None;
     while Instant::now() + Duration::from_secs(4) < end {
         thread::sleep(Duration::from_millis(rng.range(300, 1500)));
-        nemesis(&cluster, &mut rng, &mut schedule, start);
+        if let Err(e) = nemesis(&cluster, &mut rng, &mut schedule, start) {
+            // A fault that did not take effect (or could not be undone)
+            // fails the run: the history would not mean what it claims.
+            eprintln!("nemesis: {e}");
+            nemesis_error = Some(e);
+            break;
+        }
     }
     while Instant::now() < end {
         thread::sleep(Duration::from_millis(50));
@@ -325,40 +361,44 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let verdict = match live {
-        None => Err(format!(
-            "liveness: no write succeeded within {} s of healing",
-            RECOVERY_BOUND.as_secs()
-        )),
-        Some(_) => {
-            // Final reads of every key through the leader.
-            let mut target = cluster.leader().unwrap_or(1);
-            for key in 0..args.keys {
-                let t0 = nanos(start);
-                let k = key.to_string();
-                match request(&mut None, &mut target, &[b"GET", k.as_bytes()]) {
-                    Some(Reply::Bulk(v)) => history.push(Op {
-                        client: 0,
-                        key,
-                        kind: OpKind::Read(
-                            v.and_then(|b| String::from_utf8_lossy(&b).parse().ok()),
-                        ),
-                        invoke: t0,
-                        complete: Some(nanos(start)),
-                    }),
-                    other => eprintln!("final read of key {key} failed: {other:?}"),
+    let verdict = match (nemesis_error, schedule.injected, live) {
+        (Some(e), _, _) => Err(format!("fault injection failed: {e}")),
+        (None, 0, _) => Err("no fault was injected: the run proves nothing".into()),
+        (None, _, live) => match live {
+            None => Err(format!(
+                "liveness: no write succeeded within {} s of healing",
+                RECOVERY_BOUND.as_secs()
+            )),
+            Some(_) => {
+                // Final reads of every key through the leader.
+                let mut target = cluster.leader().unwrap_or(1);
+                for key in 0..args.keys {
+                    let t0 = nanos(start);
+                    let k = key.to_string();
+                    match request(&mut None, &mut target, &[b"GET", k.as_bytes()]) {
+                        Some(Reply::Bulk(v)) => history.push(Op {
+                            client: 0,
+                            key,
+                            kind: OpKind::Read(
+                                v.and_then(|b| String::from_utf8_lossy(&b).parse().ok()),
+                            ),
+                            invoke: t0,
+                            complete: Some(nanos(start)),
+                        }),
+                        other => eprintln!("final read of key {key} failed: {other:?}"),
+                    }
                 }
+                linearizability::check(&history).map_err(|e| e.to_string())
             }
-            linearizability::check(&history).map_err(|e| e.to_string())
-        }
+        },
     };
     cluster.script("cluster.sh", &["stop"]);
     reaping.store(false, Ordering::Relaxed);
     let _ = reaper.join();
     println!(
-        "history: {} ops ({ok} ok, {failed} failed, {unknown} unknown), {} faults; recovered {} ms after healing",
+        "history: {} ops ({ok} ok, {failed} failed, {unknown} unknown), {} faults injected; recovered {} ms after healing",
         history.len(),
-        schedule.0.len(),
+        schedule.injected,
         live.map_or("never".to_string(), |d| d.as_millis().to_string())
     );
     match verdict {
@@ -370,7 +410,7 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
         Err(e) => {
             println!("FAILED seed {}: {e}", args.seed);
             println!("fault schedule:");
-            for s in &schedule.0 {
+            for s in &schedule.lines {
                 println!("  {s}");
             }
             println!("chaos: 0 passed, 1 failed");
@@ -379,8 +419,9 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
     }
 }
 
-/// Injects one fault, holds it a while, and undoes it.
-fn nemesis(c: &Cluster, rng: &mut Rng, s: &mut Schedule, start: Instant) {
+/// Injects one fault, holds it a while, and undoes it. Every step must take
+/// effect; the first that does not is the error.
+fn nemesis(c: &Cluster, rng: &mut Rng, s: &mut Schedule, start: Instant) -> Result<(), String> {
     let member = 1 + rng.range(0, MEMBERS);
     let leader = c.leader();
     let follower = leader.map(|l| 1 + (l % MEMBERS)).unwrap_or(member);
@@ -390,86 +431,92 @@ fn nemesis(c: &Cluster, rng: &mut Rng, s: &mut Schedule, start: Instant) {
         leader.unwrap_or(member).to_string(),
         follower.to_string(),
     );
-    match rng.range(0, 10) {
-        0 => {
-            s.note(start, format!("kill {m}"));
-            c.fault(&["kill", &m]);
-            thread::sleep(hold);
-            c.fault(&["restart", &m]);
-            s.note(start, format!("restart {m}"));
+    // One fault.sh step; noted only once it took effect.
+    let step = |s: &mut Schedule, what: String, args: &[&str]| -> Result<(), String> {
+        if c.fault(args) {
+            s.note(start, what);
+            Ok(())
+        } else {
+            Err(format!("{what}: fault.sh {} failed", args.join(" ")))
         }
-        1 => {
-            s.note(start, format!("kill leader {l}"));
-            c.fault(&["kill", &l]);
-            thread::sleep(hold);
-            c.fault(&["restart", &l]);
-            s.note(start, format!("restart {l}"));
-        }
-        2 => {
-            s.note(start, format!("freeze {l}"));
-            c.fault(&["freeze", &l]);
-            thread::sleep(hold);
-            c.fault(&["thaw", &l]);
-            s.note(start, format!("thaw {l}"));
-        }
-        3 => {
-            s.note(start, format!("isolate leader {l}"));
-            c.fault(&["isolate", &l]);
-            thread::sleep(hold);
-            c.fault(&["heal"]);
-            s.note(start, "heal".into());
-        }
-        4 => {
-            s.note(start, format!("isolate follower {f}"));
-            c.fault(&["isolate", &f]);
-            thread::sleep(hold);
-            c.fault(&["heal"]);
-            s.note(start, "heal".into());
-        }
-        5 => {
-            let rest: Vec<String> = (1..=MEMBERS)
-                .filter(|&i| i != member)
-                .map(|i| i.to_string())
-                .collect();
-            s.note(start, format!("partition {m} | {}", rest.join(",")));
-            c.fault(&["partition", &m, &rest.join(",")]);
-            thread::sleep(hold);
-            c.fault(&["heal"]);
-            s.note(start, "heal".into());
-        }
-        6 => {
-            s.note(start, "drop 20% of packets".into());
-            c.fault(&["drop", "20"]);
-            thread::sleep(hold);
-            c.fault(&["heal"]);
-            s.note(start, "heal".into());
-        }
-        7 => {
-            s.note(start, format!("reset connections of leader {l}"));
-            c.fault(&["reset", &l]);
-            thread::sleep(hold);
-            c.fault(&["heal"]);
-            s.note(start, "heal".into());
-        }
-        8 => {
-            s.note(start, "kill all".into());
-            for i in 1..=MEMBERS {
-                c.fault(&["kill", &i.to_string()]);
-            }
-            thread::sleep(hold.min(Duration::from_millis(1000)));
-            for i in 1..=MEMBERS {
-                c.fault(&["restart", &i.to_string()]);
-            }
-            s.note(start, "restart all".into());
-        }
-        _ => {
-            s.note(start, format!("freeze follower {f}"));
-            c.fault(&["freeze", &f]);
-            thread::sleep(hold);
-            c.fault(&["thaw", &f]);
-            s.note(start, format!("thaw {f}"));
-        }
+    };
+    let partition_rest: Vec<String> = (1..=MEMBERS)
+        .filter(|&i| i != member)
+        .map(|i| i.to_string())
+        .collect();
+    let rest = partition_rest.join(",");
+    // (what, inject, undo): a fault and the steps that undo it.
+    let (inject, undo): (Vec<(String, Vec<&str>)>, Vec<(String, Vec<&str>)>) =
+        match rng.range(0, 10) {
+            0 => (
+                vec![(format!("kill {m}"), vec!["kill", &m])],
+                vec![(format!("restart {m}"), vec!["restart", &m])],
+            ),
+            1 => (
+                vec![(format!("kill leader {l}"), vec!["kill", &l])],
+                vec![(format!("restart {l}"), vec!["restart", &l])],
+            ),
+            2 => (
+                vec![(format!("freeze {l}"), vec!["freeze", &l])],
+                vec![(format!("thaw {l}"), vec!["thaw", &l])],
+            ),
+            3 => (
+                vec![(format!("isolate leader {l}"), vec!["isolate", &l])],
+                vec![("heal".into(), vec!["heal"])],
+            ),
+            4 => (
+                vec![(format!("isolate follower {f}"), vec!["isolate", &f])],
+                vec![("heal".into(), vec!["heal"])],
+            ),
+            5 => (
+                vec![(
+                    format!("partition {m} | {rest}"),
+                    vec!["partition", &m, &rest],
+                )],
+                vec![("heal".into(), vec!["heal"])],
+            ),
+            6 => (
+                vec![("drop 20% of packets".into(), vec!["drop", "20"])],
+                vec![("heal".into(), vec!["heal"])],
+            ),
+            7 => (
+                vec![(
+                    format!("reset connections of leader {l}"),
+                    vec!["reset", &l],
+                )],
+                vec![("heal".into(), vec!["heal"])],
+            ),
+            8 => (
+                vec![
+                    ("kill 1 (kill all)".into(), vec!["kill", "1"]),
+                    ("kill 2 (kill all)".into(), vec!["kill", "2"]),
+                    ("kill 3 (kill all)".into(), vec!["kill", "3"]),
+                ],
+                vec![
+                    ("restart 1".into(), vec!["restart", "1"]),
+                    ("restart 2".into(), vec!["restart", "2"]),
+                    ("restart 3".into(), vec!["restart", "3"]),
+                ],
+            ),
+            _ => (
+                vec![(format!("freeze follower {f}"), vec!["freeze", &f])],
+                vec![(format!("thaw {f}"), vec!["thaw", &f])],
+            ),
+        };
+    let kill_all = inject.len() > 1;
+    for (what, args) in inject {
+        step(s, what, &args)?;
     }
+    s.injected += 1;
+    thread::sleep(if kill_all {
+        hold.min(Duration::from_millis(1000))
+    } else {
+        hold
+    });
+    for (what, args) in undo {
+        step(s, what, &args)?;
+    }
+    Ok(())
 }
 
 fn nanos(start: Instant) -> u64 {

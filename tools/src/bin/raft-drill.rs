@@ -180,6 +180,18 @@ fn main() -> ExitCode {
 
 // ----- namespaces -------------------------------------------------------------
 
+/// Whether an executable of this name is on PATH.
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -849,6 +861,20 @@ fn run_drill(args: &Args) -> Result<bool, String> {
     if args.fault == Fault::Isolate && !is_root() {
         return Err("--fault isolate: needs root (iptables)".into());
     }
+    if args.trials == 0 {
+        return Err("--trials 0: a drill must run at least one trial".into());
+    }
+    if args.fault == Fault::Isolate {
+        // Checked before anything starts: without iptables no fault would
+        // take effect, and the drill would measure nothing.
+        for tool in ["iptables", "iptables-restore"] {
+            if !on_path(tool) {
+                return Err(format!(
+                    "--fault isolate: {tool} not found (apt-get install iptables)"
+                ));
+            }
+        }
+    }
     if args.start {
         let cl = Cluster {
             data: data.clone(),
@@ -919,7 +945,9 @@ fn trials(args: &Args, cl: &Cluster) -> Result<bool, String> {
         }
     }
     print_summary(args, cl, &results);
-    Ok(results.iter().all(|r| r.failures.is_empty()))
+    Ok(!results.is_empty()
+        && results.len() == args.trials as usize
+        && results.iter().all(|r| r.failures.is_empty()))
 }
 
 fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
@@ -1255,8 +1283,17 @@ fn print_summary(args: &Args, cl: &Cluster, results: &[TrialResult]) {
         })
         .collect();
     println!("  term changes per trial: {}", terms.join(" "));
-    if failed == 0 {
+    if results.is_empty() {
+        // A drill that ran no trial proved nothing: never "all passed".
+        println!("  checks: FAILED: no trial ran");
+    } else if failed == 0 && results.len() == args.trials as usize {
         println!("  checks: all passed");
+    } else if failed == 0 {
+        println!(
+            "  checks: FAILED: only {} of {} trials ran",
+            results.len(),
+            args.trials
+        );
     } else {
         println!(
             "  checks: {failed} of {} trials FAILED (see above)",
