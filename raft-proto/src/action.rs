@@ -25,7 +25,8 @@ use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 /// 4. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer linearizable
 ///    reads; a ready read is served from the state machine as it stands
 ///    after the applies above.
-/// 5. [`Action::Event`]: informational (logs, metrics).
+/// 5. [`Action::Event`]: informational (logs, metrics), except that
+///    [`Event::PeerFault`] also asks the driver to close that peer's link.
 #[must_use = "every action must be carried out by the driver"]
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Action {
@@ -124,6 +125,154 @@ pub enum Event {
         /// The term.
         term: Term,
     },
+    /// A peer sent a message that no correct member sends (see
+    /// [`PeerFault`]). The node dropped it whole: its term, vote, log,
+    /// commit index and role are as if it never arrived, and nothing was
+    /// sent in answer.
+    ///
+    /// The driver SHOULD log it, rate-limited (a broken or hostile peer
+    /// can send one per frame), and SHOULD close that peer's link: the
+    /// peer is broken, misconfigured or an impostor, and the reconnect
+    /// backoff throttles it. The protocol needs neither to stay safe.
+    PeerFault {
+        /// Who sent it.
+        peer: NodeId,
+        /// What was wrong with it.
+        fault: PeerFault,
+    },
+}
+
+/// What made a peer's message impossible. Each one contradicts either the
+/// wire contract or a fact this node knows about its own term, log or
+/// messages, so it can only come from a broken, misconfigured or hostile
+/// sender, never from a slow, lossy or reordering network. `Display` is one
+/// line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PeerFault {
+    /// The message's term exceeds [`Term::MAX`]. Adopting it could
+    /// exhaust the terms; the codec refuses it too, this is for drivers
+    /// that build messages some other way.
+    TermAboveMax {
+        /// The term it carried.
+        term: Term,
+    },
+    /// The message breaks a rule [`crate::codec::decode`] enforces (named
+    /// by `rule`): it reached the node without going through the codec.
+    Malformed {
+        /// The rule broken, as the codec words it.
+        rule: &'static str,
+    },
+    /// An AppendEntries in a term that has another leader: this node
+    /// leads it, or follows another member in it. A term has at most one
+    /// leader (§5.2, Election Safety).
+    SecondLeader {
+        /// The term of the AppendEntries.
+        term: Term,
+        /// The leader of that term as this node knows it (maybe itself).
+        leader: NodeId,
+    },
+    /// An AppendEntries of this node's term or a later one whose
+    /// `prev_log_index` lies below the start of this node's log, where the
+    /// consistency check cannot run. A leader's messages start at or after
+    /// what the follower holds committed; the start of the log (the last
+    /// index a snapshot covers, once there are snapshots) is committed.
+    PrevBelowLogStart {
+        /// The `prev_log_index` it carried.
+        prev_log_index: LogIndex,
+        /// The index just before the first entry this node's log holds.
+        log_start: LogIndex,
+    },
+    /// An AppendEntries, from a leader of this node's term or a later one,
+    /// that contradicts a committed entry (its `prev_log_term`, or an entry
+    /// it would truncate). Every such leader holds all committed entries
+    /// (§5.4.1, Leader Completeness), so a correct one never does this.
+    ConflictsWithCommitted {
+        /// The index where the two logs differ.
+        index: LogIndex,
+        /// The term the peer claims for that index.
+        term: Term,
+        /// The term of this node's committed entry there.
+        committed_term: Term,
+        /// This node's commit index.
+        commit_index: LogIndex,
+    },
+    /// A success answer reaching beyond anything this leader sent that
+    /// peer in this term.
+    MatchNeverSent {
+        /// The `match_index` it claimed.
+        match_index: LogIndex,
+        /// The highest index this leader sent it.
+        sent_index: LogIndex,
+    },
+    /// A rejection of a `prev_log_index` this leader never sent that peer
+    /// in this term.
+    RejectNeverSent {
+        /// The `rejected_index` it named.
+        rejected_index: LogIndex,
+        /// The highest index this leader sent it.
+        sent_index: LogIndex,
+    },
+    /// An answer echoing a heartbeat round this leader has not started.
+    RoundNeverSent {
+        /// The round it echoed.
+        round: u64,
+        /// This leader's current round.
+        current_round: u64,
+    },
+}
+
+impl fmt::Display for PeerFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerFault::TermAboveMax { term } => {
+                write!(f, "term {term} above the maximum {}", Term::MAX)
+            }
+            PeerFault::Malformed { rule } => write!(f, "malformed message: {rule}"),
+            PeerFault::SecondLeader { term, leader } => write!(
+                f,
+                "AppendEntries in term {term}, whose leader is {leader} (two leaders in a term)"
+            ),
+            PeerFault::PrevBelowLogStart {
+                prev_log_index,
+                log_start,
+            } => write!(
+                f,
+                "AppendEntries at prev_log_index {prev_log_index}, below the log start {log_start}"
+            ),
+            PeerFault::ConflictsWithCommitted {
+                index,
+                term,
+                committed_term,
+                commit_index,
+            } => write!(
+                f,
+                "AppendEntries claims term {term} at index {index}, \
+                 where the committed entry has term {committed_term} (commit index {commit_index})"
+            ),
+            PeerFault::MatchNeverSent {
+                match_index,
+                sent_index,
+            } => write!(
+                f,
+                "AppendEntriesResponse matches up to {match_index}, beyond the {sent_index} sent to it"
+            ),
+            PeerFault::RejectNeverSent {
+                rejected_index,
+                sent_index,
+            } => write!(
+                f,
+                "AppendEntriesResponse rejects prev_log_index {rejected_index}, \
+                 beyond the {sent_index} sent to it"
+            ),
+            PeerFault::RoundNeverSent {
+                round,
+                current_round,
+            } => write!(
+                f,
+                "AppendEntriesResponse echoes round {round}, not started yet (current {current_round})"
+            ),
+        }
+    }
 }
 
 /// Why an election (or pre-vote) started.
@@ -218,6 +367,15 @@ pub enum ProposeError {
     },
     /// Too many proposals are waiting to commit; retry later.
     Busy,
+    /// The command is longer than [`crate::MAX_ENTRY_LEN`]; no member
+    /// would accept it, so it is refused before anything is appended.
+    /// Retrying does not help.
+    TooLarge {
+        /// The command's length in bytes.
+        len: usize,
+        /// [`crate::MAX_ENTRY_LEN`].
+        max: usize,
+    },
 }
 
 impl fmt::Display for ProposeError {
@@ -226,6 +384,9 @@ impl fmt::Display for ProposeError {
             ProposeError::NotLeader { leader: Some(l) } => write!(f, "not leader; leader is {l}"),
             ProposeError::NotLeader { leader: None } => write!(f, "not leader; no leader known"),
             ProposeError::Busy => write!(f, "too many uncommitted proposals"),
+            ProposeError::TooLarge { len, max } => {
+                write!(f, "command of {len} bytes exceeds the maximum of {max}")
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
-//! Elections: PreVote (§9.6), RequestVote (§5.2) and the election
-//! restriction (§5.4.1).
+//! Candidates and elections: PreVote (§9.6), RequestVote (§5.2) and the
+//! election restriction (§5.4.1).
 
 use crate::action::{ElectionReason, Event, Role, RoleChangeReason};
-use crate::message::{MessageBody, RequestVote, RequestVoteResponse};
+use crate::message::{Message, MessageBody, RequestVote, RequestVoteResponse};
 use crate::node::{Node, RoleState};
 use crate::quorum::{VoteResult, VoteTally};
 use crate::types::{NodeId, Term, Time};
@@ -10,6 +10,15 @@ use crate::types::{NodeId, Term, Time};
 impl Node {
     /// Starts a pre-vote (or, without PreVote, an election).
     pub(crate) fn campaign(&mut self, now: Time, reason: ElectionReason) {
+        if self.current_term >= Term::MAX {
+            // No term is left to campaign in. Only a peer can have brought
+            // us here (honest terms never get near the bound), and a member
+            // that cannot campaign still votes, follows and, if it already
+            // leads, keeps leading: the cluster loses elections, not
+            // safety. Wait a whole timeout again rather than wake at once.
+            self.reset_election_deadline(now);
+            return;
+        }
         if self.config.pre_vote {
             self.start_pre_vote(now, reason);
         } else {
@@ -70,12 +79,37 @@ impl Node {
             last_log_term: self.log.last_term(),
         };
         for peer in self.peers.clone() {
-            self.sends.push_back(crate::message::Message {
+            self.sends.push_back(Message {
                 from: self.config.id,
                 to: peer,
                 term,
                 body: MessageBody::RequestVote(rv.clone()),
             });
+        }
+    }
+
+    /// A (pre-)candidate's messages, after the term rules (their term is
+    /// ours, or for a granted pre-vote the one asked for).
+    pub(crate) fn step_candidate(&mut self, now: Time, msg: Message) {
+        match msg.body {
+            MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
+            MessageBody::RequestVoteResponse(r) => {
+                self.handle_vote_response(now, msg.from, msg.term, r)
+            }
+            MessageBody::AppendEntries(ae) => {
+                // §5.2: a candidate that hears from the leader of its term
+                // returns to follower.
+                self.become_follower(
+                    now,
+                    self.current_term,
+                    Some(msg.from),
+                    RoleChangeReason::LeaderHeard { leader: msg.from },
+                );
+                self.handle_append_entries(msg.from, ae);
+            }
+            // Late answers to appends a pre-candidate sent while it led this
+            // term (before CheckQuorum deposed it).
+            MessageBody::AppendEntriesResponse(_) => {}
         }
     }
 

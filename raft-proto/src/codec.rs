@@ -37,6 +37,10 @@
 //! # What `decode` rejects besides malformed bytes
 //!
 //! - node id 0 in `from` or `to` (0 means "none", [`NodeId`]);
+//! - any term field (`term`, `last_log_term`, `prev_log_term`, entry terms,
+//!   `conflict_term`) above [`Term::MAX`], so that no term a peer sends can
+//!   exhaust the node's terms;
+//! - a command longer than [`MAX_ENTRY_LEN`], which no member proposes;
 //! - a log position `(index, term)` (`last_log_*`, `prev_log_*`) where index 0
 //!   does not have term 0 or a real index has term 0, or whose term exceeds
 //!   the message's term: the sender's log cannot hold entries from the future;
@@ -61,7 +65,7 @@ use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,
     RequestVoteResponse,
 };
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term, MAX_ENTRY_LEN};
 
 /// Version of the wire format, carried in every frame and in the
 /// [`Handshake`]. A frame of any other version is rejected with
@@ -72,14 +76,18 @@ pub const VERSION: u8 = 1;
 /// (version byte plus message) [`encode`] writes: 16 MiB. A whole frame is at
 /// most `MAX_FRAME_LEN + 4` bytes.
 ///
-/// An AppendEntries batch of the default configuration (256 entries, 1 MiB
-/// of payload) takes about 1.01 MiB. The batch limit lets a single larger
-/// entry through so that it still makes progress, so the server MUST cap the
-/// size of a proposed command: a batch is at most `max_bytes_per_append`
-/// plus one command plus [`ENTRY_OVERHEAD`] per entry plus a few dozen bytes
-/// of header, and that must stay within this bound. A cap of 8 MiB per
-/// command leaves ample room with the defaults.
+/// An AppendEntries batch of the default configuration (256 entries, 512 KiB
+/// of payload) takes about 0.51 MiB. The batch limit lets a single larger
+/// entry through so that it still makes progress; that entry is at most
+/// [`MAX_ENTRY_LEN`] (4 MiB), which [`crate::Node::propose`] enforces, so a
+/// batch carries at most `max(max_bytes_per_append, MAX_ENTRY_LEN)` of
+/// payload plus [`ENTRY_OVERHEAD`] per entry plus [`APPEND_ENTRIES_HEADER_LEN`];
+/// [`crate::Config::validate`] refuses limits that would not fit.
 pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+/// The body bytes of an AppendEntries besides its entries: version byte,
+/// message header and the fixed fields.
+pub const APPEND_ENTRIES_HEADER_LEN: usize = 1 + MESSAGE_HEADER_LEN + APPEND_ENTRIES_FIXED_LEN;
 
 /// Bytes of a frame before the message: the `u32` length prefix and the
 /// version byte.
@@ -100,6 +108,11 @@ const LEN_PREFIX_LEN: usize = 4;
 
 // The length prefix is a u32.
 const _: () = assert!(MAX_FRAME_LEN <= u32::MAX as usize);
+// One entry of the largest size, with every header, fits in a frame, so
+// that any entry a leader accepted can be replicated. (A command length
+// is a u32 on the wire too.)
+const _: () = assert!(APPEND_ENTRIES_HEADER_LEN + ENTRY_OVERHEAD + MAX_ENTRY_LEN <= MAX_FRAME_LEN);
+const _: () = assert!(MAX_ENTRY_LEN <= u32::MAX as usize);
 
 const TAG_REQUEST_VOTE: u8 = 1;
 const TAG_REQUEST_VOTE_RESPONSE: u8 = 2;
@@ -154,6 +167,22 @@ pub enum DecodeError {
         /// How many bytes are left over.
         n: usize,
     },
+    /// A term field above [`Term::MAX`]: adopting it could exhaust the
+    /// terms (see there).
+    TermAboveMax {
+        /// Which field.
+        what: &'static str,
+        /// The value found.
+        term: u64,
+    },
+    /// An entry whose command is longer than [`MAX_ENTRY_LEN`], which no
+    /// member proposes; detected before the command is sliced off.
+    EntryTooLarge {
+        /// The declared command length.
+        len: usize,
+        /// [`MAX_ENTRY_LEN`].
+        max: usize,
+    },
     /// Well-formed bytes that no correct member sends.
     Invalid {
         /// The rule broken.
@@ -174,6 +203,15 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownTag { what, tag } => write!(f, "unknown {what} tag {tag}"),
             DecodeError::Truncated { what } => write!(f, "frame truncated in {what}"),
             DecodeError::TrailingBytes { n } => write!(f, "{n} trailing bytes in frame"),
+            DecodeError::TermAboveMax { what, term } => {
+                write!(f, "{what} {term} exceeds the maximum term {}", Term::MAX)
+            }
+            DecodeError::EntryTooLarge { len, max } => {
+                write!(
+                    f,
+                    "entry command of {len} bytes exceeds the maximum of {max}"
+                )
+            }
             DecodeError::Invalid { what } => write!(f, "invalid message: {what}"),
         }
     }
@@ -474,8 +512,13 @@ impl Reader {
         }
     }
 
+    /// Every term field goes through here, so none exceeds [`Term::MAX`].
     fn term(&mut self, what: &'static str) -> Result<Term, DecodeError> {
-        self.u64(what).map(Term)
+        let term = self.u64(what)?;
+        if term > Term::MAX.0 {
+            return Err(DecodeError::TermAboveMax { what, term });
+        }
+        Ok(Term(term))
     }
 
     fn index(&mut self, what: &'static str) -> Result<LogIndex, DecodeError> {
@@ -555,6 +598,12 @@ impl Reader {
             PAYLOAD_NOOP => EntryPayload::Noop,
             PAYLOAD_COMMAND => {
                 let len = usize::try_from(self.u32("command length")?).unwrap_or(usize::MAX);
+                if len > MAX_ENTRY_LEN {
+                    return Err(DecodeError::EntryTooLarge {
+                        len,
+                        max: MAX_ENTRY_LEN,
+                    });
+                }
                 EntryPayload::Command(self.bytes(len, "command")?)
             }
             tag => {
@@ -606,13 +655,18 @@ impl Reader {
 
 /// The rules of the module docs that a well-formed message must also obey;
 /// `Err` names the rule broken. `decode` rejects, and `encode` panics on,
-/// exactly these.
-fn check(msg: &Message) -> Result<(), &'static str> {
+/// exactly these; the node checks them again for messages that did not come
+/// through `decode`. The bound on the message's term also bounds every other
+/// term field, which may not exceed it.
+pub(crate) fn check(msg: &Message) -> Result<(), &'static str> {
     if msg.from.0 == 0 {
         return Err("from is node id 0");
     }
     if msg.to.0 == 0 {
         return Err("to is node id 0");
+    }
+    if msg.term > Term::MAX {
+        return Err("term exceeds Term::MAX");
     }
     match &msg.body {
         MessageBody::RequestVote(rv) => {
@@ -715,6 +769,9 @@ fn check_append_entries(ae: &AppendEntries, leader_term: Term) -> Result<(), &'s
         if e.term > leader_term {
             return Err("entry term exceeds the leader's term");
         }
+        if e.payload_len() > MAX_ENTRY_LEN {
+            return Err("entry command exceeds MAX_ENTRY_LEN");
+        }
         min_term = e.term;
     }
     Ok(())
@@ -731,8 +788,18 @@ mod tests {
         prop_oneof![1u64..8, Just(u64::MAX), 1..=u64::MAX].prop_map(NodeId)
     }
 
+    /// Terms a correct member may send: up to [`Term::MAX`].
     fn term() -> impl Strategy<Value = u64> {
-        prop_oneof![0u64..5, Just(u64::MAX), any::<u64>()]
+        prop_oneof![0u64..5, Just(Term::MAX.0), 0..=Term::MAX.0]
+    }
+
+    /// Terms the codec refuses.
+    fn term_above_max() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(Term::MAX.0 + 1),
+            Just(u64::MAX),
+            Term::MAX.0 + 1..=u64::MAX
+        ]
     }
 
     fn index() -> impl Strategy<Value = u64> {
@@ -923,6 +990,38 @@ mod tests {
         }
     }
 
+    /// Every term field of `msg`'s frame: the name `decode` gives it and
+    /// the offset of its 8 bytes in the frame `encode` writes.
+    fn term_fields(msg: &Message) -> Vec<(&'static str, usize)> {
+        // length prefix, version, tag, from, to
+        let term_at = LEN_PREFIX_LEN + 1 + 1 + 8 + 8;
+        let fields_at = term_at + 8;
+        let mut fields = vec![("term", term_at)];
+        match &msg.body {
+            MessageBody::RequestVote(_) => fields.push(("last_log_term", fields_at + 1 + 8)),
+            MessageBody::RequestVoteResponse(_) => {}
+            MessageBody::AppendEntries(ae) => {
+                fields.push(("prev_log_term", fields_at + 8));
+                let mut at = fields_at + APPEND_ENTRIES_FIXED_LEN;
+                for e in &ae.entries {
+                    fields.push(("entry term", at));
+                    at += entry_len(e);
+                }
+            }
+            MessageBody::AppendEntriesResponse(r) => {
+                if let AppendResult::Conflict {
+                    conflict_term: Some(_),
+                    ..
+                } = r.result
+                {
+                    // round, result tag, rejected_index, last_log_index, flag
+                    fields.push(("conflict_term", fields_at + 8 + 1 + 8 + 8 + 1));
+                }
+            }
+        }
+        fields
+    }
+
     fn invalid(what: &'static str) -> Result<Option<Message>, DecodeError> {
         Err(DecodeError::Invalid { what })
     }
@@ -1009,6 +1108,34 @@ mod tests {
             decode_all_canonical(frame);
         }
 
+        /// Whichever term field of a valid frame is set above [`Term::MAX`],
+        /// `decode` refuses it with an error naming that field, and a term
+        /// at the bound passes that check.
+        #[test]
+        fn every_term_field_is_bounded(
+            msg in message(),
+            pick in any::<usize>(),
+            big in term_above_max(),
+        ) {
+            let fields = term_fields(&msg);
+            let (what, at) = fields[pick % fields.len()];
+            let mut frame = encoded(&msg);
+            frame[at..at + 8].copy_from_slice(&big.to_be_bytes());
+            prop_assert_eq!(
+                decode(&mut frame),
+                Err(DecodeError::TermAboveMax { what, term: big })
+            );
+        }
+
+        #[test]
+        fn command_lengths_are_bounded(len in MAX_ENTRY_LEN as u32 + 1..=u32::MAX) {
+            let mut buf = short_command_frame(len);
+            prop_assert_eq!(
+                decode(&mut buf),
+                Err(DecodeError::EntryTooLarge { len: len as usize, max: MAX_ENTRY_LEN })
+            );
+        }
+
         #[test]
         fn handshake_round_trip(cluster_id in any::<u64>(), node in node_id()) {
             let hs = Handshake { cluster_id, node_id: node };
@@ -1070,11 +1197,30 @@ mod tests {
         msg
     }
 
+    /// `heartbeat()` carrying commands of these lengths.
+    fn append_commands(lens: &[usize]) -> Message {
+        let mut msg = heartbeat();
+        let MessageBody::AppendEntries(ae) = &mut msg.body else {
+            unreachable!()
+        };
+        for (k, &len) in (1..).zip(lens) {
+            ae.entries.push(Entry {
+                term: Term(3),
+                index: LogIndex(10 + k),
+                payload: EntryPayload::Command(Bytes::from(vec![7u8; len])),
+            });
+        }
+        msg
+    }
+
     #[test]
     fn largest_frame_round_trips() {
-        let overhead = encoded_len(&append_command(Bytes::new()));
+        // Three entries of the largest size, and one that fills the rest.
+        let overhead = encoded_len(&append_commands(&[0; 4]));
         let largest = MAX_FRAME_LEN + LEN_PREFIX_LEN;
-        let msg = append_command(Bytes::from(vec![7u8; largest - overhead]));
+        let rest = largest - overhead - 3 * MAX_ENTRY_LEN;
+        assert!(rest <= MAX_ENTRY_LEN);
+        let msg = append_commands(&[MAX_ENTRY_LEN, MAX_ENTRY_LEN, MAX_ENTRY_LEN, rest]);
         assert_eq!(encoded_len(&msg), largest);
         let mut buf = encoded(&msg);
         assert_eq!(decode(&mut buf), Ok(Some(msg)));
@@ -1083,7 +1229,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "exceeds MAX_FRAME_LEN")]
     fn encoding_an_oversized_message_panics() {
-        encoded(&append_command(Bytes::from(vec![0u8; MAX_FRAME_LEN])));
+        encoded(&append_commands(&[MAX_ENTRY_LEN; 4]));
     }
 
     #[test]
@@ -1323,22 +1469,89 @@ mod tests {
         );
     }
 
-    #[test]
-    fn command_length_beyond_the_frame() {
-        let mut buf = raw_frame(|b| {
+    /// An AppendEntries from 1 to 2 in term 5 whose one entry declares a
+    /// command of `len` bytes but carries only `abc`.
+    fn short_command_frame(len: u32) -> BytesMut {
+        raw_frame(|b| {
             header(b, TAG_APPEND_ENTRIES, 1, 2, 5);
             b.put_slice(&[0; 32]);
             b.put_u32(1);
             b.put_u64(1);
             b.put_u64(1);
             b.put_u8(PAYLOAD_COMMAND);
-            b.put_u32(u32::MAX);
+            b.put_u32(len);
             b.put_slice(b"abc");
-        });
+        })
+    }
+
+    #[test]
+    fn command_length_beyond_the_frame() {
+        let mut buf = short_command_frame(MAX_ENTRY_LEN as u32);
         assert_eq!(
             decode(&mut buf),
             Err(DecodeError::Truncated { what: "command" })
         );
+    }
+
+    #[test]
+    fn command_longer_than_max_entry_len_is_refused_by_its_length() {
+        // Refused on the declared length, before looking for the bytes.
+        for len in [MAX_ENTRY_LEN as u32 + 1, u32::MAX] {
+            let mut buf = short_command_frame(len);
+            assert_eq!(
+                decode(&mut buf),
+                Err(DecodeError::EntryTooLarge {
+                    len: len as usize,
+                    max: MAX_ENTRY_LEN
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn largest_entry_round_trips_and_one_more_byte_is_refused() {
+        let msg = append_command(Bytes::from(vec![7u8; MAX_ENTRY_LEN]));
+        let mut buf = encoded(&msg);
+        assert_eq!(decode(&mut buf), Ok(Some(msg)));
+
+        // The same frame with one more command byte: its length field and
+        // the frame's length prefix both grow by one.
+        let msg = append_command(Bytes::from(vec![7u8; MAX_ENTRY_LEN]));
+        let frame = encoded(&msg);
+        let mut bigger = BytesMut::new();
+        bigger.put_u32((frame.len() - LEN_PREFIX_LEN + 1) as u32);
+        bigger.put_slice(&frame[LEN_PREFIX_LEN..frame.len() - MAX_ENTRY_LEN - 4]);
+        bigger.put_u32(MAX_ENTRY_LEN as u32 + 1);
+        bigger.put_slice(&[7u8; MAX_ENTRY_LEN + 1]);
+        assert_eq!(
+            decode(&mut bigger),
+            Err(DecodeError::EntryTooLarge {
+                len: MAX_ENTRY_LEN + 1,
+                max: MAX_ENTRY_LEN
+            })
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "entry command exceeds MAX_ENTRY_LEN")]
+    fn encoding_an_entry_above_max_entry_len_panics() {
+        encoded(&append_command(Bytes::from(vec![0u8; MAX_ENTRY_LEN + 1])));
+    }
+
+    #[test]
+    fn terms_up_to_max_are_accepted() {
+        let mut msg = heartbeat();
+        msg.term = Term::MAX;
+        let mut buf = encoded(&msg);
+        assert_eq!(decode(&mut buf), Ok(Some(msg)));
+    }
+
+    #[test]
+    #[should_panic(expected = "term exceeds Term::MAX")]
+    fn encoding_a_term_above_max_panics() {
+        let mut msg = heartbeat();
+        msg.term = Term(Term::MAX.0 + 1);
+        encoded(&msg);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::types::NodeId;
+use crate::codec;
+use crate::types::{NodeId, Term, MAX_ENTRY_LEN};
 
 /// Everything a [`crate::Node`] needs to know that is not replicated state.
 ///
@@ -116,6 +117,21 @@ impl Config {
         {
             return Err(ConfigError::ZeroLimit);
         }
+        // One AppendEntries must fit in a frame, or encoding it panics. It
+        // carries at most max_entries_per_append entries and at most
+        // max_bytes_per_append of payload, except that one entry always
+        // goes, whatever its size (at most MAX_ENTRY_LEN).
+        let largest_append = self
+            .max_entries_per_append
+            .saturating_mul(codec::ENTRY_OVERHEAD)
+            .saturating_add(self.max_bytes_per_append.max(MAX_ENTRY_LEN))
+            .saturating_add(codec::APPEND_ENTRIES_HEADER_LEN);
+        if largest_append > codec::MAX_FRAME_LEN {
+            return Err(ConfigError::AppendTooLarge {
+                max_entries: self.max_entries_per_append,
+                max_bytes: self.max_bytes_per_append,
+            });
+        }
         Ok(())
     }
 }
@@ -124,7 +140,8 @@ impl Config {
 /// intervals.
 pub const MIN_HEARTBEATS_PER_TIMEOUT: u32 = 3;
 
-/// Why a [`Config`] was rejected.
+/// Why a [`Config`] was rejected, or why [`crate::Node::new`] refused the
+/// persisted state it was given.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ConfigError {
     /// Id 0 means "none" and cannot name a member.
@@ -151,6 +168,22 @@ pub enum ConfigError {
     },
     /// A batching or queue limit of zero.
     ZeroLimit,
+    /// `max_entries_per_append` entries with `max_bytes_per_append` bytes
+    /// of payload (or one entry of [`crate::MAX_ENTRY_LEN`]) may not fit in
+    /// one frame ([`crate::codec::MAX_FRAME_LEN`]).
+    AppendTooLarge {
+        /// Configured `max_entries_per_append`.
+        max_entries: usize,
+        /// Configured `max_bytes_per_append`.
+        max_bytes: usize,
+    },
+    /// The persisted current term exceeds [`Term::MAX`] (written by a
+    /// version without the bound, which adopted a peer's forged term). No
+    /// message with that term can be sent, so the node refuses to start.
+    PersistedTermAboveMax {
+        /// The persisted term.
+        term: Term,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -178,6 +211,21 @@ impl fmt::Display for ConfigError {
                 MIN_HEARTBEATS_PER_TIMEOUT
             ),
             ConfigError::ZeroLimit => write!(f, "batching and queue limits must be positive"),
+            ConfigError::AppendTooLarge {
+                max_entries,
+                max_bytes,
+            } => write!(
+                f,
+                "an AppendEntries of {max_entries} entries and {} bytes of payload \
+                 may exceed the frame limit of {} bytes",
+                (*max_bytes).max(MAX_ENTRY_LEN),
+                codec::MAX_FRAME_LEN
+            ),
+            ConfigError::PersistedTermAboveMax { term } => write!(
+                f,
+                "persisted term {term} exceeds the maximum term {}",
+                Term::MAX
+            ),
         }
     }
 }

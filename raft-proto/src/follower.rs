@@ -1,38 +1,79 @@
-//! AppendEntries on the receiving side (§5.3), for followers and for
-//! candidates that discover the leader of their term.
+//! The follower (§5.2, §5.3): its step function, and AppendEntries on the
+//! receiving side, which a candidate also reaches once it hears from the
+//! leader of its term.
 
-use crate::action::{Action, RoleChangeReason};
-use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, MessageBody};
-use crate::node::{Node, RoleState};
+use crate::action::{Action, PeerFault};
+use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody};
+use crate::node::Node;
 use crate::types::{LogIndex, NodeId, Time};
 
 impl Node {
-    pub(crate) fn handle_append_entries(&mut self, now: Time, from: NodeId, ae: AppendEntries) {
-        match self.role {
-            RoleState::Leader(_) => {
-                panic!(
-                    "election safety violated: two leaders ({} and {from}) in term {}",
-                    self.config.id, self.current_term
-                )
-            }
-            RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
-                // §5.2: a candidate that hears from the leader of its term
-                // (or a later one) returns to follower.
-                self.become_follower(
-                    now,
-                    self.current_term,
-                    Some(from),
-                    RoleChangeReason::LeaderHeard { leader: from },
-                );
-            }
-            RoleState::Follower => {
-                self.set_leader(Some(from));
+    /// A follower's messages, after the term rules (their term is ours, or
+    /// for a pre-vote request the next one).
+    pub(crate) fn step_follower(&mut self, now: Time, msg: Message) {
+        match msg.body {
+            MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
+            MessageBody::AppendEntries(ae) => {
+                // A term has one leader (§5.2); once we know it, an
+                // AppendEntries of this term from anyone else is forged.
+                if let Some(leader) = self.leader.filter(|&l| l != msg.from) {
+                    let fault = PeerFault::SecondLeader {
+                        term: msg.term,
+                        leader,
+                    };
+                    self.peer_fault(msg.from, fault);
+                    return;
+                }
+                self.set_leader(Some(msg.from));
                 self.last_leader_contact = Some(now);
                 self.election_reason = None;
                 self.reset_election_deadline(now);
+                self.handle_append_entries(msg.from, ae);
             }
+            // Late answers: to a campaign this node gave up, or to appends
+            // it sent while it led this term (before CheckQuorum deposed it).
+            MessageBody::RequestVoteResponse(_) | MessageBody::AppendEntriesResponse(_) => {}
         }
+    }
 
+    /// What makes an AppendEntries of our term or a later one impossible,
+    /// given our log: a `prev_log_index` below the log start, or a
+    /// `(index, term)` pair, for `prev_log_index` or an entry, that differs
+    /// from an entry we know committed. A leader of our term or a later one
+    /// holds every committed entry (§5.4.1, Leader Completeness), so by Log
+    /// Matching it agrees with us on all of them. Checked before anything
+    /// changes, so `append_to_log` may assert it.
+    pub(crate) fn check_append_entries(&self, ae: &AppendEntries) -> Result<(), PeerFault> {
+        let log_start = self.log.start_index();
+        if ae.prev_log_index < log_start {
+            return Err(PeerFault::PrevBelowLogStart {
+                prev_log_index: ae.prev_log_index,
+                log_start,
+            });
+        }
+        let commit_index = self.commit_index;
+        let check = |index: LogIndex, term| match self.log.term_at(index) {
+            Some(committed_term) if index <= commit_index && committed_term != term => {
+                Err(PeerFault::ConflictsWithCommitted {
+                    index,
+                    term,
+                    committed_term,
+                    commit_index,
+                })
+            }
+            _ => Ok(()),
+        };
+        check(ae.prev_log_index, ae.prev_log_term)?;
+        // Entries follow prev_log_index one by one (the codec checked), so
+        // only those up to the commit index need looking at.
+        for e in ae.entries.iter().take_while(|e| e.index <= commit_index) {
+            check(e.index, e.term)?;
+        }
+        Ok(())
+    }
+
+    /// Answers an AppendEntries from the leader of our term (§5.3).
+    pub(crate) fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
         let result = self.append_to_log(&ae);
         self.send_append_response(from, ae.round, result);
     }
@@ -44,15 +85,21 @@ impl Node {
             Some(t) if t == ae.prev_log_term => {}
             Some(_) => {
                 // Everything up to the commit index is known to match any
-                // leader's log (§5.4), so a mismatch there is impossible.
+                // leader's log (§5.4); check_append_entries dropped a message
+                // that says otherwise.
                 assert!(
                     prev > self.commit_index,
                     "log matching violated: committed entry {prev} conflicts with leader"
                 );
                 return self.conflict(prev);
             }
-            None if prev > self.log.last_index() => return self.conflict(prev),
-            None => unreachable!("prev_log_index below the log start needs snapshots"),
+            None => {
+                assert!(
+                    prev > self.log.last_index(),
+                    "prev_log_index {prev} below the log start passed check_append_entries"
+                );
+                return self.conflict(prev);
+            }
         }
 
         // Skip entries we already hold; truncate at the first conflict; append the rest (§5.3 steps 3-4).

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::action::{Action, Event, Role, RoleChangeReason};
-use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, MessageBody};
+use crate::action::{Action, Event, PeerFault, Role, RoleChangeReason};
+use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody};
 use crate::node::{LeaderState, Node, RoleState};
 use crate::progress::Progress;
 use crate::quorum::{majority, quorum_index};
@@ -175,6 +175,57 @@ impl Node {
         }
     }
 
+    /// A leader's messages, after the term rules (their term is ours, or
+    /// for a pre-vote request the next one). There is no case for an
+    /// AppendEntries: this term has no other leader (§5.2).
+    pub(crate) fn step_leader(&mut self, now: Time, msg: Message) {
+        match msg.body {
+            MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
+            MessageBody::AppendEntriesResponse(r) => self.handle_append_response(now, msg.from, r),
+            // Late answers from the election this leader won.
+            MessageBody::RequestVoteResponse(_) => {}
+            MessageBody::AppendEntries(_) => {
+                let fault = PeerFault::SecondLeader {
+                    term: msg.term,
+                    leader: self.config.id,
+                };
+                self.peer_fault(msg.from, fault);
+            }
+        }
+    }
+
+    /// What makes an answer impossible: it echoes a round this leader has
+    /// not started, or names an index beyond anything it sent that peer.
+    /// Followers answer only what they were sent, in the round it was sent.
+    fn check_append_response(
+        ls: &LeaderState,
+        from: NodeId,
+        r: &AppendEntriesResponse,
+    ) -> Result<(), PeerFault> {
+        if r.round > ls.round {
+            return Err(PeerFault::RoundNeverSent {
+                round: r.round,
+                current_round: ls.round,
+            });
+        }
+        let sent_index = ls.progress[&from].sent_index;
+        match r.result {
+            AppendResult::Success { match_index } if match_index > sent_index => {
+                Err(PeerFault::MatchNeverSent {
+                    match_index,
+                    sent_index,
+                })
+            }
+            AppendResult::Conflict { rejected_index, .. } if rejected_index > sent_index => {
+                Err(PeerFault::RejectNeverSent {
+                    rejected_index,
+                    sent_index,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn handle_append_response(
         &mut self,
         _now: Time,
@@ -182,10 +233,10 @@ impl Node {
         r: AppendEntriesResponse,
     ) {
         let RoleState::Leader(ls) = &mut self.role else {
-            return;
+            unreachable!("step_leader runs for leaders only");
         };
-        if r.round > ls.round {
-            // Echoes a round this leader never sent: not an answer to us.
+        if let Err(fault) = Self::check_append_response(ls, from, &r) {
+            self.peer_fault(from, fault);
             return;
         }
         let pr = ls.progress.get_mut(&from).expect("progress for every peer");
@@ -194,10 +245,6 @@ impl Node {
         let mut matched = false;
         match r.result {
             AppendResult::Success { match_index } => {
-                if match_index > self.log.last_index() {
-                    // Cannot happen with an honest follower of this term.
-                    return;
-                }
                 matched = pr.on_success(match_index);
                 if !matched {
                     // A heartbeat's answer (or a duplicate).
@@ -209,7 +256,7 @@ impl Node {
                 conflict_term,
                 conflict_index,
                 ..
-            } if rejected_index <= self.log.last_index() => {
+            } => {
                 let hint_next = match conflict_term {
                     Some(t) => match self.log.last_index_of_term(t, rejected_index) {
                         Some(k) => k.next(),
@@ -219,8 +266,6 @@ impl Node {
                 };
                 pr.on_conflict(rejected_index, hint_next);
             }
-            // Rejects an index this leader never sent: not an answer to us.
-            AppendResult::Conflict { .. } => return,
         }
         // In-order links: an append of an earlier round still unanswered
         // now was lost; resend from the match index.

@@ -54,7 +54,9 @@ mod types;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use action::{Action, ElectionReason, Event, ProposeError, ReadError, Role, RoleChangeReason};
+pub use action::{
+    Action, ElectionReason, Event, PeerFault, ProposeError, ReadError, Role, RoleChangeReason,
+};
 pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
 pub use message::{
     AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,
@@ -62,4 +64,6 @@ pub use message::{
 };
 pub use node::{Node, PersistentState, Status};
 pub use rng::Rng;
-pub use types::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time};
+pub use types::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time, MAX_ENTRY_LEN,
+};

@@ -51,6 +51,13 @@ impl RaftLog {
         }
     }
 
+    /// The index just before the first entry held: 0, or the last index a
+    /// snapshot covers. Its term is known, so the consistency check works
+    /// from here on, and not below.
+    pub(crate) fn start_index(&self) -> LogIndex {
+        self.offset
+    }
+
     /// Index of the first entry held (`last_index() + 1` if none).
     pub(crate) fn first_index(&self) -> LogIndex {
         self.offset.next()

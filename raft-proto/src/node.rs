@@ -7,8 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::action::{
-    Action, ElectionReason, Event, ProposeError, ReadError, Role, RoleChangeReason,
+    Action, ElectionReason, Event, PeerFault, ProposeError, ReadError, Role, RoleChangeReason,
 };
+use crate::codec;
 use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
@@ -16,7 +17,9 @@ use crate::progress::Progress;
 use crate::quorum::VoteTally;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
-use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time};
+use crate::types::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time, MAX_ENTRY_LEN,
+};
 
 /// What a node finds on disk when it starts: the hard state and the log.
 /// An empty value is a first boot.
@@ -117,9 +120,14 @@ pub struct Node {
 impl Node {
     /// Creates a node from its configuration and what it persisted before
     /// (empty for a first boot). It starts as a follower with a randomized
-    /// election deadline after `now`.
+    /// election deadline after `now`. Fails on an invalid configuration or
+    /// a persisted term above [`Term::MAX`].
     pub fn new(config: Config, state: PersistentState, now: Time) -> Result<Node, ConfigError> {
         config.validate()?;
+        let current_term = state.hard_state.current_term;
+        if current_term > Term::MAX {
+            return Err(ConfigError::PersistedTermAboveMax { term: current_term });
+        }
         let mut peers: Vec<NodeId> = config
             .voters
             .iter()
@@ -168,7 +176,9 @@ impl Node {
     // ----- Inputs -------------------------------------------------------
 
     /// Handles a message from a peer. Messages addressed to another node,
-    /// or from a node that is not a voter, are dropped.
+    /// or from a node that is not a voter, are dropped. A message no
+    /// correct member sends is dropped whole and reported as
+    /// [`Event::PeerFault`]; nothing a peer sends makes the node panic.
     pub fn handle_message(&mut self, now: Time, msg: Message) {
         if self.shut_down || msg.to != self.config.id || !self.peers.contains(&msg.from) {
             return;
@@ -269,11 +279,20 @@ impl Node {
     /// Proposes a command. On the leader it is appended to the log and
     /// replicated; the returned id tells the caller which applied entry is
     /// its own (same index and term). Anywhere else the answer says who the
-    /// leader is.
+    /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
+    /// [`ProposeError::TooLarge`] on any node, before anything is appended.
     pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
         let _ = now;
         if self.shut_down {
             return Err(ProposeError::NotLeader { leader: None });
+        }
+        // First: no member would accept the entry (the codec refuses it),
+        // so redirecting the caller to the leader would not help either.
+        if command.len() > MAX_ENTRY_LEN {
+            return Err(ProposeError::TooLarge {
+                len: command.len(),
+                max: MAX_ENTRY_LEN,
+            });
         }
         if !matches!(self.role, RoleState::Leader(_)) {
             return Err(ProposeError::NotLeader {
@@ -474,9 +493,58 @@ impl Node {
         &self.config
     }
 
-    // ----- The term rules (§5.1), in one place --------------------------
+    // ----- Validation, the term rules (§5.1), dispatch by role -----------
 
+    /// Every peer message goes through three stages, as in etcd's `Step`:
+    /// what makes it impossible (it is dropped whole and reported), the
+    /// term rules, applied here once, and the step function of the role,
+    /// which only sees messages of its own term (or a pre-vote's next one)
+    /// and has a case only for what can happen in that role.
     fn step(&mut self, now: Time, msg: Message) {
+        if let Err(fault) = self.check_message(&msg) {
+            self.peer_fault(msg.from, fault);
+            return;
+        }
+        if !self.apply_term_rules(now, &msg) {
+            return;
+        }
+        match self.role {
+            RoleState::Leader(_) => self.step_leader(now, msg),
+            RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
+                self.step_candidate(now, msg)
+            }
+            RoleState::Follower => self.step_follower(now, msg),
+        }
+    }
+
+    /// The faults that do not depend on the role. They are found before
+    /// the term rules, so that an impossible message does not even raise
+    /// this node's term.
+    fn check_message(&self, msg: &Message) -> Result<(), PeerFault> {
+        if msg.term > Term::MAX {
+            return Err(PeerFault::TermAboveMax { term: msg.term });
+        }
+        // The codec already refused all of these; a driver that builds
+        // messages another way must not be able to reach the handlers'
+        // assertions either. One linear pass, cheap next to the clone of
+        // the entries that follows.
+        codec::check(msg).map_err(|rule| PeerFault::Malformed { rule })?;
+        match &msg.body {
+            // An AppendEntries of an older term may well contradict our
+            // committed entries (a deposed leader's uncommitted tail), but
+            // it is only answered, never applied.
+            MessageBody::AppendEntries(ae) if msg.term >= self.current_term => {
+                self.check_append_entries(ae)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The term rules (§5.1). A newer term makes this node a follower in
+    /// it (unless CheckQuorum's lease says the current leader is alive);
+    /// an older one is stale and at most answered with our term. Returns
+    /// whether the message goes on to the role's step function.
+    fn apply_term_rules(&mut self, now: Time, msg: &Message) -> bool {
         if msg.term > self.current_term {
             match &msg.body {
                 MessageBody::RequestVote(rv) => {
@@ -487,7 +555,7 @@ impl Node {
                         if rv.pre_vote {
                             self.send_vote_response(msg.from, self.current_term, true, false);
                         }
-                        return;
+                        return false;
                     }
                     if !rv.pre_vote {
                         self.become_follower(
@@ -518,6 +586,7 @@ impl Node {
                     );
                 }
             }
+            true
         } else if msg.term < self.current_term {
             match &msg.body {
                 // A deposed leader that was cut off learns our term from this
@@ -536,25 +605,15 @@ impl Node {
                 }
                 _ => {}
             }
-            return;
+            false
+        } else {
+            true
         }
+    }
 
-        match msg.body {
-            MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
-            MessageBody::RequestVoteResponse(r) => {
-                self.handle_vote_response(now, msg.from, msg.term, r)
-            }
-            MessageBody::AppendEntries(ae) => {
-                if msg.term == self.current_term {
-                    self.handle_append_entries(now, msg.from, ae);
-                }
-            }
-            MessageBody::AppendEntriesResponse(r) => {
-                if msg.term == self.current_term {
-                    self.handle_append_response(now, msg.from, r);
-                }
-            }
-        }
+    /// Drops a message that came from `peer` and reports why.
+    pub(crate) fn peer_fault(&mut self, peer: NodeId, fault: PeerFault) {
+        self.events.push_back(Event::PeerFault { peer, fault });
     }
 
     /// Whether a leader is known to be alive: this node leads, or heard from

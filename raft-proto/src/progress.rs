@@ -29,6 +29,10 @@ pub(crate) struct Progress {
     pub(crate) match_index: LogIndex,
     /// Index of the next entry to send.
     pub(crate) next_index: LogIndex,
+    /// The highest index any AppendEntries to the follower reached
+    /// (`prev_log_index` plus its entries) in this term. An honest answer
+    /// never names an index beyond it.
+    pub(crate) sent_index: LogIndex,
     pub(crate) state: ProgressState,
     /// Heard from since the last CheckQuorum.
     pub(crate) recent_active: bool,
@@ -41,6 +45,7 @@ impl Progress {
         Progress {
             match_index: LogIndex(0),
             next_index,
+            sent_index: LogIndex(0),
             state: ProgressState::Probe { paused: false },
             recent_active: false,
             acked_round: 0,
@@ -55,6 +60,10 @@ impl Progress {
         assert!(
             self.next_index <= last_index.next(),
             "progress invariant: next_index <= last_index + 1"
+        );
+        assert!(
+            self.match_index <= self.sent_index && self.sent_index <= last_index,
+            "progress invariant: match_index <= sent_index <= last_index"
         );
         if let ProgressState::Replicate { inflight } = &self.state {
             assert!(
@@ -95,6 +104,7 @@ impl Progress {
     /// Records that an AppendEntries ending at `last` was sent in heartbeat
     /// round `round`.
     pub(crate) fn sent(&mut self, last: LogIndex, carried_entries: bool, round: u64) {
+        self.sent_index = self.sent_index.max(last);
         match &mut self.state {
             ProgressState::Probe { paused } => *paused = true,
             ProgressState::Replicate { inflight } => {

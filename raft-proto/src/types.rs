@@ -40,9 +40,35 @@ impl fmt::Display for LogIndex {
 }
 
 impl Term {
+    /// The highest term a node adopts or campaigns in: 2^62.
+    ///
+    /// Terms come from the network, and a term of `u64::MAX` once taken
+    /// from one forged frame made [`Term::next`] overflow forever after. So
+    /// the codec refuses every term field above this bound, the node drops
+    /// (as a [`crate::PeerFault`]) any message whose term exceeds it, and a
+    /// node at this term no longer campaigns, which is all [`Term::next`]
+    /// is used for.
+    ///
+    /// Why 2^62: an honest cluster cannot get near it. Every term is one
+    /// election attempt; even a cluster campaigning once per microsecond
+    /// (far faster than any sane configuration) needs about 146,000 years
+    /// to climb that far. The headroom above it means `term + 1` never
+    /// overflows anywhere, and it still fits an `i64` for the tools and
+    /// languages that read terms as signed integers.
+    pub const MAX: Term = Term(1 << 62);
+
     /// The term after this one.
+    ///
+    /// # Panics
+    ///
+    /// At [`Term::MAX`] or above: the node never asks for a term beyond the
+    /// bound (it does not campaign there), so this is a bug in the caller.
     pub fn next(self) -> Term {
-        Term(self.0.checked_add(1).expect("term overflow"))
+        assert!(
+            self < Term::MAX,
+            "term invariant: no term after Term::MAX ({self})"
+        );
+        Term(self.0 + 1)
     }
 }
 
@@ -125,6 +151,16 @@ impl fmt::Display for Time {
         )
     }
 }
+
+/// The most command bytes one log entry may carry: 4 MiB.
+///
+/// One limit shared by everything that handles entries, so that none can
+/// accept what another refuses: [`crate::Node::propose`] answers
+/// [`crate::ProposeError::TooLarge`] above it, [`crate::codec::decode`]
+/// refuses an entry above it, and the server's storage asserts it. A frame
+/// ([`crate::codec::MAX_FRAME_LEN`]) holds at least one such entry with all
+/// its headers; the codec checks that at compile time.
+pub const MAX_ENTRY_LEN: usize = 4 << 20;
 
 /// What a log entry carries.
 #[derive(Clone, PartialEq, Eq, Debug)]

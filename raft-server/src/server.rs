@@ -619,6 +619,9 @@ impl Server {
                 self.track_leader(leader.is_some());
                 self.log_leader(leader, term);
             }
+            Event::PeerFault { peer, fault } => {
+                log::warn!("dropped a message from peer {peer}: {fault}");
+            }
         }
     }
 
@@ -839,6 +842,9 @@ impl Server {
                     ProposeError::NotLeader { leader } => self.redirect(leader),
                     ProposeError::Busy => {
                         Reply::Error("ERR too many uncommitted writes; retry".into())
+                    }
+                    ProposeError::TooLarge { len, max } => {
+                        Reply::Error(format!("ERR value too large: {len} bytes, at most {max}"))
                     }
                 };
                 self.clients[key].reply_now(reply);

@@ -65,9 +65,10 @@ pub const LOG_FILE: &str = "log";
 const META_TMP: &str = "meta.tmp";
 const LOG_TMP: &str = "log.tmp";
 
-/// Largest command payload a log entry may carry. The client protocol's
+/// Largest command payload a log entry may carry: the limit shared by the
+/// node's `propose`, the peer codec and this log. The client protocol's
 /// request limit is well below it; a larger entry is caller misuse.
-pub const MAX_PAYLOAD_LEN: usize = 4 << 20;
+pub const MAX_PAYLOAD_LEN: usize = raft_proto::MAX_ENTRY_LEN;
 
 const META_MAGIC: &[u8; 8] = b"RAFTMETA";
 const LOG_MAGIC: &[u8; 8] = b"RAFTLOG\0";

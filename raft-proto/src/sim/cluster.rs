@@ -149,6 +149,13 @@ pub struct Cluster {
     sent: BTreeMap<&'static str, u64>,
     trace: Option<Vec<String>>,
     violation: Option<Violation>,
+    /// With `Some`, the caller is the network: sent messages wait here
+    /// until it delivers or drops them.
+    in_flight: Option<Vec<Message>>,
+    /// Set while a forged message is being handled.
+    forging: bool,
+    /// Peer faults reported on forged messages: (reporter, event).
+    peer_faults: Vec<(NodeId, Event)>,
 }
 
 impl Cluster {
@@ -180,6 +187,9 @@ impl Cluster {
             sent: BTreeMap::new(),
             trace: None,
             violation: None,
+            in_flight: None,
+            forging: false,
+            peer_faults: Vec::new(),
         };
         for id in ids {
             c.members.insert(
@@ -477,6 +487,74 @@ impl Cluster {
         self.log_line(|| "network healed".to_string());
     }
 
+    // ----- A hostile peer, a hostile network ---------------------------------
+
+    /// Hands `msg` to `msg.to` now, as a broken or hostile peer would: it
+    /// skips the codec (like a driver that builds messages itself), so it
+    /// may be anything. Unlike honest traffic, after which a
+    /// [`Event::PeerFault`] is a violation (a correct member was taken for
+    /// a faulty one), what it makes the node report is collected in
+    /// [`Cluster::peer_faults`]. Returns false if the addressee is down or
+    /// frozen, and nothing happened.
+    pub fn inject(&mut self, msg: Message) -> bool {
+        let to = msg.to;
+        if !self.is_up(to) {
+            return false;
+        }
+        self.log_line(|| format!("{msg} (forged)"));
+        let now = self.now;
+        self.forging = true;
+        self.members
+            .get_mut(&to)
+            .and_then(|m| m.node.as_mut())
+            .expect("up")
+            .handle_message(now, msg);
+        self.after_input(to);
+        self.forging = false;
+        true
+    }
+
+    /// The [`Event::PeerFault`]s reported on messages from
+    /// [`Cluster::inject`], with the node that reported each.
+    pub fn peer_faults(&self) -> &[(NodeId, Event)] {
+        &self.peer_faults
+    }
+
+    /// From now on the caller is the network: every message sent waits in
+    /// [`Cluster::in_flight`] until the caller delivers it (in any order,
+    /// as often as it likes, with [`Cluster::deliver_in_flight`]) or drops
+    /// it. Messages already scheduled still arrive; nothing else changes.
+    pub fn take_network(&mut self) {
+        self.in_flight.get_or_insert_with(Vec::new);
+    }
+
+    /// Messages sent and not yet delivered or dropped, after
+    /// [`Cluster::take_network`].
+    pub fn in_flight(&self) -> &[Message] {
+        self.in_flight.as_deref().unwrap_or(&[])
+    }
+
+    /// Delivers the in-flight message at `i` now. With `keep`, a copy stays
+    /// in flight (the network duplicates it). Out of range does nothing.
+    pub fn deliver_in_flight(&mut self, i: usize, keep: bool) {
+        let Some(pool) = self.in_flight.as_mut().filter(|p| i < p.len()) else {
+            return;
+        };
+        let msg = if keep {
+            pool[i].clone()
+        } else {
+            pool.swap_remove(i)
+        };
+        self.handle_scheduled(Scheduled::Deliver(msg));
+    }
+
+    /// Loses the in-flight message at `i`. Out of range does nothing.
+    pub fn drop_in_flight(&mut self, i: usize) {
+        if let Some(pool) = self.in_flight.as_mut().filter(|p| i < p.len()) {
+            pool.swap_remove(i);
+        }
+    }
+
     // ----- Running ------------------------------------------------------------
 
     fn schedule(&mut self, at: Time, what: Scheduled) {
@@ -744,7 +822,19 @@ impl Cluster {
                     if let Some(t) = &mut self.trace {
                         t.push(format!("{} n{id} {}", self.now, describe(&ev)));
                     }
-                    Ok(())
+                    match ev {
+                        Event::PeerFault { .. } if self.forging => {
+                            self.peer_faults.push((id, ev));
+                            Ok(())
+                        }
+                        // The network here only delays, loses, duplicates
+                        // and reorders what correct members send.
+                        Event::PeerFault { .. } => Err(Violation(format!(
+                            "n{id} took a correct member's message for a fault: {}",
+                            describe(&ev)
+                        ))),
+                        _ => Ok(()),
+                    }
                 }
             };
             if result.is_ok() {
@@ -803,6 +893,10 @@ impl Cluster {
             matches!(&decoded, Ok(Some(d)) if *d == m) && frame.is_empty(),
             "codec round trip changed {m:?} into {decoded:?}"
         );
+        if let Some(pool) = &mut self.in_flight {
+            pool.push(m);
+            return;
+        }
         if self.rng.chance(self.net.loss) {
             return;
         }
@@ -865,5 +959,6 @@ pub fn describe(ev: &Event) -> String {
             term,
         } => format!("leader is n{l} (term {term})"),
         Event::LeaderChanged { leader: None, term } => format!("no leader (term {term})"),
+        Event::PeerFault { peer, fault } => format!("dropped a message from n{peer}: {fault}"),
     }
 }

@@ -206,6 +206,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
                 match cluster.propose(l, encode_write(u64::MAX, probe_value)) {
                     Ok(id) => probe = Some((l, id)),
                     Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Busy) => {}
+                    Err(e @ ProposeError::TooLarge { .. }) => unreachable!("16-byte write: {e}"),
                 }
             }
         }
@@ -427,6 +428,7 @@ fn start_op(
                 c.next_at = now + Duration::from_millis(if leader.is_some() { 0 } else { 50 });
             }
             Err(ProposeError::Busy) => c.next_at = now + Duration::from_millis(20),
+            Err(e @ ProposeError::TooLarge { .. }) => unreachable!("16-byte write: {e}"),
         }
     } else {
         let read_id = *next_read_id;
