@@ -48,6 +48,8 @@ pub struct Counters {
     pub redirects: u64,
     /// Client connections accepted.
     pub clients_accepted: u64,
+    /// Impossible messages from peers, dropped (their links closed).
+    pub peer_faults: u64,
     /// Pre-vote rounds started.
     pub pre_votes_started: u64,
     /// Real elections started (pre-votes won, or PreVote off).
@@ -163,6 +165,7 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_no_leader_ms_total", &ms(c.no_leader_nanos + open));
     line("raft_heartbeats_sent", &c.heartbeats_sent);
     line("raft_heartbeats_failed", &c.heartbeats_failed);
+    line("raft_peer_faults", &c.peer_faults);
     line("raft_fsyncs", &s.counters.fsyncs);
     line("connected_clients", &s.clients);
     line("keys", &s.keys);
@@ -385,6 +388,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "clients_accepted",
         "Client connections accepted.",
         c.clients_accepted,
+    );
+    counter(
+        &mut r,
+        "peer_faults",
+        "Impossible messages from peers, dropped with the link they came on.",
+        c.peer_faults,
     );
     r.register(
         "fsync_seconds",

@@ -39,6 +39,8 @@ use crate::resp::{Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
 use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
 
+/// Impossible messages from one peer are logged at most once per interval.
+const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Log entries whose append time is remembered for the apply-lag histogram.
 const MAX_APPLY_LAG_TRACKED: usize = 65_536;
 
@@ -201,6 +203,9 @@ pub struct Server {
     resume: Vec<usize>,
     /// Why the link to each peer last went down, for election log lines.
     link_down_reason: HashMap<NodeId, String>,
+    /// Per peer: when an impossible message from it was last logged, and
+    /// how many were not logged since.
+    peer_faults: HashMap<NodeId, (Option<Instant>, u64)>,
     counters: Counters,
     /// Since when no leader has been known (None while one is).
     no_leader_since: Option<Instant>,
@@ -289,6 +294,7 @@ impl Server {
             dirty: Vec::new(),
             resume: Vec::new(),
             link_down_reason: HashMap::new(),
+            peer_faults: HashMap::new(),
             counters: Counters::default(),
             no_leader_since: Some(Instant::now()),
             histograms: Histograms::new(),
@@ -620,7 +626,34 @@ impl Server {
                 self.log_leader(leader, term);
             }
             Event::PeerFault { peer, fault } => {
-                log::warn!("dropped a message from peer {peer}: {fault}");
+                // A member that sends impossible messages is buggy or not
+                // who it claims to be: drop its link (it redials with its
+                // backoff) and say so, once a minute per peer at most.
+                self.counters.peer_faults += 1;
+                let now = Instant::now();
+                let (logged_at, suppressed) = self.peer_faults.entry(peer).or_insert((None, 0));
+                let quiet = logged_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < PEER_FAULT_LOG_INTERVAL);
+                if quiet {
+                    *suppressed += 1;
+                } else {
+                    let more = match *suppressed {
+                        0 => String::new(),
+                        n => format!(" ({n} more since the last report)"),
+                    };
+                    log::warn!(
+                        "peer {peer} sent an impossible message, dropped; closing its link: \
+                         {fault}{more}"
+                    );
+                    *logged_at = Some(now);
+                    *suppressed = 0;
+                }
+                self.peers.close_link_from(
+                    peer,
+                    self.poll.registry(),
+                    format!("impossible message: {fault}"),
+                    &mut self.inputs,
+                );
             }
         }
     }
