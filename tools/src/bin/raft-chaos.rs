@@ -419,6 +419,10 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
     }
 }
 
+/// One fault.sh call of the nemesis: what it does (for the schedule) and
+/// its arguments.
+type Step<'a> = (String, Vec<&'a str>);
+
 /// Injects one fault, holds it a while, and undoes it. Every step must take
 /// effect; the first that does not is the error.
 fn nemesis(c: &Cluster, rng: &mut Rng, s: &mut Schedule, start: Instant) -> Result<(), String> {
@@ -446,63 +450,62 @@ fn nemesis(c: &Cluster, rng: &mut Rng, s: &mut Schedule, start: Instant) -> Resu
         .collect();
     let rest = partition_rest.join(",");
     // (what, inject, undo): a fault and the steps that undo it.
-    let (inject, undo): (Vec<(String, Vec<&str>)>, Vec<(String, Vec<&str>)>) =
-        match rng.range(0, 10) {
-            0 => (
-                vec![(format!("kill {m}"), vec!["kill", &m])],
-                vec![(format!("restart {m}"), vec!["restart", &m])],
-            ),
-            1 => (
-                vec![(format!("kill leader {l}"), vec!["kill", &l])],
-                vec![(format!("restart {l}"), vec!["restart", &l])],
-            ),
-            2 => (
-                vec![(format!("freeze {l}"), vec!["freeze", &l])],
-                vec![(format!("thaw {l}"), vec!["thaw", &l])],
-            ),
-            3 => (
-                vec![(format!("isolate leader {l}"), vec!["isolate", &l])],
-                vec![("heal".into(), vec!["heal"])],
-            ),
-            4 => (
-                vec![(format!("isolate follower {f}"), vec!["isolate", &f])],
-                vec![("heal".into(), vec!["heal"])],
-            ),
-            5 => (
-                vec![(
-                    format!("partition {m} | {rest}"),
-                    vec!["partition", &m, &rest],
-                )],
-                vec![("heal".into(), vec!["heal"])],
-            ),
-            6 => (
-                vec![("drop 20% of packets".into(), vec!["drop", "20"])],
-                vec![("heal".into(), vec!["heal"])],
-            ),
-            7 => (
-                vec![(
-                    format!("reset connections of leader {l}"),
-                    vec!["reset", &l],
-                )],
-                vec![("heal".into(), vec!["heal"])],
-            ),
-            8 => (
-                vec![
-                    ("kill 1 (kill all)".into(), vec!["kill", "1"]),
-                    ("kill 2 (kill all)".into(), vec!["kill", "2"]),
-                    ("kill 3 (kill all)".into(), vec!["kill", "3"]),
-                ],
-                vec![
-                    ("restart 1".into(), vec!["restart", "1"]),
-                    ("restart 2".into(), vec!["restart", "2"]),
-                    ("restart 3".into(), vec!["restart", "3"]),
-                ],
-            ),
-            _ => (
-                vec![(format!("freeze follower {f}"), vec!["freeze", &f])],
-                vec![(format!("thaw {f}"), vec!["thaw", &f])],
-            ),
-        };
+    let (inject, undo): (Vec<Step>, Vec<Step>) = match rng.range(0, 10) {
+        0 => (
+            vec![(format!("kill {m}"), vec!["kill", &m])],
+            vec![(format!("restart {m}"), vec!["restart", &m])],
+        ),
+        1 => (
+            vec![(format!("kill leader {l}"), vec!["kill", &l])],
+            vec![(format!("restart {l}"), vec!["restart", &l])],
+        ),
+        2 => (
+            vec![(format!("freeze {l}"), vec!["freeze", &l])],
+            vec![(format!("thaw {l}"), vec!["thaw", &l])],
+        ),
+        3 => (
+            vec![(format!("isolate leader {l}"), vec!["isolate", &l])],
+            vec![("heal".into(), vec!["heal"])],
+        ),
+        4 => (
+            vec![(format!("isolate follower {f}"), vec!["isolate", &f])],
+            vec![("heal".into(), vec!["heal"])],
+        ),
+        5 => (
+            vec![(
+                format!("partition {m} | {rest}"),
+                vec!["partition", &m, &rest],
+            )],
+            vec![("heal".into(), vec!["heal"])],
+        ),
+        6 => (
+            vec![("drop 20% of packets".into(), vec!["drop", "20"])],
+            vec![("heal".into(), vec!["heal"])],
+        ),
+        7 => (
+            vec![(
+                format!("reset connections of leader {l}"),
+                vec!["reset", &l],
+            )],
+            vec![("heal".into(), vec!["heal"])],
+        ),
+        8 => (
+            vec![
+                ("kill 1 (kill all)".into(), vec!["kill", "1"]),
+                ("kill 2 (kill all)".into(), vec!["kill", "2"]),
+                ("kill 3 (kill all)".into(), vec!["kill", "3"]),
+            ],
+            vec![
+                ("restart 1".into(), vec!["restart", "1"]),
+                ("restart 2".into(), vec!["restart", "2"]),
+                ("restart 3".into(), vec!["restart", "3"]),
+            ],
+        ),
+        _ => (
+            vec![(format!("freeze follower {f}"), vec!["freeze", &f])],
+            vec![(format!("thaw {f}"), vec!["thaw", &f])],
+        ),
+    };
     let kill_all = inject.len() > 1;
     for (what, args) in inject {
         step(s, what, &args)?;
