@@ -40,6 +40,7 @@ mod action;
 mod candidate;
 pub mod codec;
 mod config;
+pub mod driver;
 mod follower;
 mod leader;
 mod log;
