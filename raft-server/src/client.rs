@@ -511,12 +511,14 @@ fn release_if_idle(buf: &mut BytesMut) {
 /// The memory budget shared by every client connection: the sum of their
 /// [`Client::footprint`]s (input buffers, reply slots, unsent output).
 ///
-/// While it is full, no client reads or executes requests: all of them
-/// wait, rather than only the largest, because any read adds memory and
-/// the point is that the sum stops growing at once; each read is also
-/// capped to the room left, so reads alone never overshoot. Clients that
-/// take their replies drain it within the [`BUDGET_GRACE`]. If it is still
-/// full after that, the memory is held by clients that do not drain
+/// While it is full, no client reads: all of them wait, rather than only
+/// the largest, because any read adds memory and the point is that the sum
+/// stops growing at once; each read is also capped to the room left, so
+/// reads never overshoot. Requests already buffered still run: that moves
+/// a write's bytes out of the client into the log, and what a `GET`
+/// reserves is bounded by its connection's output limits. Clients that
+/// take their replies drain the budget within [`BUDGET_GRACE`]. If it is
+/// still full after that, the memory is held by clients that do not drain
 /// (unread output, partial requests), so the largest are evicted, as
 /// Redis' `maxmemory-clients` does, until a quarter of the budget is free.
 #[derive(Debug)]

@@ -827,8 +827,10 @@ impl Server {
                 let Some(c) = self.clients.get_mut(key) else {
                     return;
                 };
-                self.budget.update(c);
-                if c.paused() || self.budget.full() {
+                // A full budget stops reading only: running what is
+                // buffered moves a write's bytes into the log, and a
+                // GET's reservation is bounded by the output limits.
+                if c.paused() {
                     break;
                 }
                 let Some(req) = c.next_request(&self.limits, now) else {
@@ -851,6 +853,7 @@ impl Server {
                 c.stall();
                 return;
             }
+            self.budget.update(c);
             if self.budget.full() {
                 if c.wait_for_budget() {
                     self.budget_waiters.push((key, c.id));
@@ -987,13 +990,19 @@ impl Server {
                 }
             }
         }
-        if !self.budget.full() {
+        if !self.budget.full() && !self.budget_waiters.is_empty() {
+            // Smallest first: the room goes to clients holding little (a
+            // new client's PING) before those holding the most, which
+            // wait longest and are the first evicted.
+            let mut waiters: Vec<(usize, usize)> = Vec::new();
             for (key, id) in std::mem::take(&mut self.budget_waiters) {
                 if let Some(c) = self.clients.get_mut(key).filter(|c| c.id == id) {
                     c.budget_wait_over();
-                    self.resume.push(key);
+                    waiters.push((Budget::counted(c), key));
                 }
             }
+            waiters.sort_unstable();
+            self.resume.extend(waiters.into_iter().map(|(_, key)| key));
         }
     }
 
