@@ -512,7 +512,19 @@ fn never_reading_big_gets_keep_the_leaders_memory_bounded() {
     );
     assert!(c.alive(leader));
     assert_eq!(c.exec(&["GET", "small"]), Resp::Bulk(Some(b"y".to_vec())));
-    drop(hogs);
+    // The hogs were paused, not disconnected: they still get their replies
+    // once they read.
+    for (s, _) in hogs {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hog = Conn {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        for i in 0..3 {
+            let r = hog.read().expect("a hog was disconnected");
+            assert!(r == Resp::Bulk(Some(big.clone())), "reply {i} of a hog");
+        }
+    }
 }
 
 /// A client that sends its requests and shuts down its sending side gets
