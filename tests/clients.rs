@@ -618,11 +618,35 @@ fn clients_up_to_the_fd_limit_leave_storage_working() {
     assert!(c.alive(victim));
 
     // A new term while the clients are held: the victim saves its term
-    // and vote (storage opens files to do it). A leader of the two
-    // survivors needs the victim's vote, so once the other one knows a new
-    // leader, the victim has saved it. (The victim itself has no room for
-    // an INFO connection.)
-    c.kill(leader);
+    // and vote (storage opens a file to do it). The leader is frozen, not
+    // killed, so that its links stay open and free no descriptor on the
+    // victim. A leader of the two others needs the victim's vote, so once
+    // the third one knows a new leader, the victim has saved it. (The
+    // victim itself has no room for an INFO connection.)
+    // Meanwhile more clients keep knocking (at most 300, for at most 15 s),
+    // as an attacker would, so that any descriptor the member frees is
+    // wanted by a new client at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let knocker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut knocks = Vec::new();
+            let until = Instant::now() + Duration::from_secs(15);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && knocks.len() < 300
+                && Instant::now() < until
+            {
+                if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    knocks.push(s);
+                }
+                sleep(Duration::from_millis(10));
+            }
+            knocks.len()
+        })
+    };
+    sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe { libc::kill(c.pid(leader) as i32, libc::SIGSTOP) };
     let other = (1..=3).find(|&i| i != leader && i != victim).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -635,7 +659,12 @@ fn clients_up_to_the_fd_limit_leave_storage_working() {
         assert!(Instant::now() < deadline, "no new leader: {l:?}");
         sleep(Duration::from_millis(50));
     }
+    sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let knocks = knocker.join().unwrap();
+    eprintln!("{knocks} more clients knocked during the election");
     assert!(c.alive(victim), "the member stopped");
+    c.kill(leader);
     drop(held);
     assert_ne!(c.wait_leader(Duration::from_secs(10)), leader);
 
