@@ -39,6 +39,14 @@ pub const MAX_SECRET_FILE_LEN: u64 = 4096;
 /// A secret shorter than this is accepted with a warning: it can be guessed
 /// offline from one recorded handshake.
 pub const MIN_SECRET_LEN: usize = 16;
+/// `client_idle_timeout_ms` at most: 30 days (Redis' `timeout` has no
+/// useful setting beyond; keeps `Instant` arithmetic trivially safe).
+pub const MAX_CLIENT_IDLE_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
+/// `client_memory_budget_mb` at least: room for a few maximal requests and
+/// replies at once.
+pub const MIN_CLIENT_MEMORY_BUDGET_MB: u64 = 8;
+/// `client_memory_budget_mb` at most (1 TiB).
+pub const MAX_CLIENT_MEMORY_BUDGET_MB: u64 = 1 << 20;
 
 /// The command line of `raft-node`.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
@@ -198,6 +206,12 @@ pub struct Settings {
     pub peer_key: PeerKey,
     /// Where the secret was read from (None when insecure), for the log.
     pub secret_path: Option<PathBuf>,
+    /// Clients idle this long are closed (`client_idle_timeout_ms`, like
+    /// Redis' `timeout`); `None` (0 in the file, the default): never.
+    pub client_idle_timeout: Option<Duration>,
+    /// Bytes all client connections may hold together
+    /// (`client_memory_budget_mb`, default 256).
+    pub client_memory_budget: usize,
 }
 
 impl Settings {
@@ -370,8 +384,26 @@ impl Settings {
                 (PeerKey::secret(secret), Some(secret_path))
             }
         };
+        let client_idle_timeout = match file.client_idle_timeout_ms {
+            0 => None,
+            ms if ms > MAX_CLIENT_IDLE_TIMEOUT_MS => {
+                return Err(file_err(format!(
+                    "client_idle_timeout_ms: {ms} ms is more than 30 days (0 turns it off)"
+                )))
+            }
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let budget_mb = file.client_memory_budget_mb;
+        if !(MIN_CLIENT_MEMORY_BUDGET_MB..=MAX_CLIENT_MEMORY_BUDGET_MB).contains(&budget_mb) {
+            return Err(file_err(format!(
+                "client_memory_budget_mb: {budget_mb} is outside \
+                 {MIN_CLIENT_MEMORY_BUDGET_MB}..={MAX_CLIENT_MEMORY_BUDGET_MB}"
+            )));
+        }
 
         Ok(Settings {
+            client_idle_timeout,
+            client_memory_budget: usize::try_from(budget_mb << 20).unwrap_or(usize::MAX),
             config_path: path.clone(),
             data_dir: cli.data_dir.clone(),
             id: me.id,
@@ -478,8 +510,17 @@ struct ClusterFile {
     /// Experiments only: peer links without authentication.
     #[serde(default)]
     insecure_peer_links: bool,
+    /// 0: off.
+    #[serde(default)]
+    client_idle_timeout_ms: u64,
+    #[serde(default = "default_client_memory_budget_mb")]
+    client_memory_budget_mb: u64,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
+}
+
+fn default_client_memory_budget_mb() -> u64 {
+    (crate::client::DEFAULT_CLIENT_MEMORY_BUDGET >> 20) as u64
 }
 
 #[derive(Deserialize, Debug)]
@@ -721,6 +762,37 @@ client_addr = "127.0.0.1:6403"
         assert_eq!(s.heartbeat, Duration::from_millis(DEFAULT_HEARTBEAT_MS));
         assert_eq!(s.election_timeout_min, Duration::from_millis(300));
         assert_eq!(s.election_timeout_max, Duration::from_millis(600));
+        assert_eq!(s.client_idle_timeout, None);
+        assert_eq!(s.client_memory_budget, 256 << 20);
+    }
+
+    #[test]
+    fn client_limits() {
+        let with = |extra: &str| format!("{extra}\n{THREE}");
+        let s = load(
+            &["--id", "1"],
+            &with("client_idle_timeout_ms = 300000\nclient_memory_budget_mb = 64"),
+        )
+        .unwrap();
+        assert_eq!(s.client_idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(s.client_memory_budget, 64 << 20);
+        let s = load(&["--id", "1"], &with("client_idle_timeout_ms = 0")).unwrap();
+        assert_eq!(s.client_idle_timeout, None);
+        let e = load_err(&["--id", "1"], &with("client_memory_budget_mb = 1"));
+        assert!(
+            e.contains("client_memory_budget_mb: 1 is outside 8..="),
+            "{e}"
+        );
+        let e = load_err(
+            &["--id", "1"],
+            &with("client_idle_timeout_ms = 9999999999999"),
+        );
+        assert!(e.contains("client_idle_timeout_ms"), "{e}");
+        let e = load_err(&["--id", "1"], &with("client_idle_timeout_ms = -1"));
+        assert!(
+            e.contains("client_idle_timeout_ms") || e.contains("line 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Non-blocking socket I/O shared by every connection kind, in the mio idiom:
 //! read or write until `WouldBlock`, retry on `Interrupted`, `Ok(0)` from a
 //! read is EOF. Errors are returned to the caller, which closes that one
-//! socket and nothing else.
+//! socket and nothing else. Also the process's descriptor limit, which
+//! bounds how many sockets may be open at all.
 
 use std::io::{self, Read, Write};
 
@@ -41,6 +42,33 @@ pub fn read_into(src: &mut impl Read, buf: &mut BytesMut, limit: usize) -> io::R
         match r {
             Ok(0) => return Ok(ReadStatus::Eof),
             Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Like [`read_into`], but reads through `scratch` (one buffer shared by
+/// every connection of a kind) and appends to `buf` only the bytes that
+/// arrived. `buf` then grows by what a peer actually sent, not by a whole
+/// read chunk per connection: thousands of mostly idle clients cost what
+/// they hold, which is what a memory budget over all of them counts.
+pub fn read_via(
+    src: &mut impl Read,
+    scratch: &mut [u8],
+    buf: &mut BytesMut,
+    limit: usize,
+) -> io::Result<ReadStatus> {
+    assert!(!scratch.is_empty(), "empty scratch buffer");
+    loop {
+        if buf.len() >= limit {
+            return Ok(ReadStatus::Full);
+        }
+        let want = (limit - buf.len()).min(scratch.len());
+        match src.read(&mut scratch[..want]) {
+            Ok(0) => return Ok(ReadStatus::Eof),
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
             Err(e) => return Err(e),
@@ -92,6 +120,69 @@ pub fn update_write_interest(
 pub fn shrink_if_idle(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
         *buf = BytesMut::new();
+    }
+}
+
+/// Whether an `accept` failed for want of a descriptor (per process or
+/// system-wide), which only time or a closed socket cures.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Soft limits above this are treated as this: the kernel's default
+/// `fs.nr_open`, and far more sockets than one member serves.
+const FD_LIMIT_CAP: u64 = 1 << 20;
+
+/// The soft `RLIMIT_NOFILE`: descriptors this process may have open.
+pub fn fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(clamp_limit(lim.rlim_cur))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped at 2^20), as
+/// servers do at start: the default soft limit (often 1024) is a
+/// compatibility setting for `select`, which mio does not use. Returns the
+/// soft limit before and after; on error the limit is unchanged.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in fd_limit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = clamp_limit(lim.rlim_cur);
+    let target = clamp_limit(lim.rlim_max);
+    if target <= before {
+        return Ok((before, before));
+    }
+    let new = libc::rlimit {
+        rlim_cur: target as libc::rlim_t,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit up
+    // to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((before, target))
+}
+
+// `rlim_t` is u64 on 64-bit Linux but not on every target.
+#[allow(clippy::unnecessary_cast)]
+fn clamp_limit(v: libc::rlim_t) -> u64 {
+    if v == libc::RLIM_INFINITY {
+        FD_LIMIT_CAP
+    } else {
+        (v as u64).min(FD_LIMIT_CAP)
     }
 }
 
@@ -147,6 +238,47 @@ mod tests {
         buf.clear();
         assert_eq!(read_into(&mut s, &mut buf, 100).unwrap(), ReadStatus::Eof);
         assert_eq!(&buf[..], b" world");
+    }
+
+    #[test]
+    fn read_via_appends_only_what_arrived() {
+        let mut scratch = [0u8; 4];
+        let mut buf = BytesMut::new();
+        let mut s = Trickle {
+            data: b"hello world".to_vec(),
+            piece: 3,
+            eof: true,
+        };
+        assert_eq!(
+            read_via(&mut s, &mut scratch, &mut buf, 5).unwrap(),
+            ReadStatus::Full
+        );
+        assert_eq!(&buf[..], b"hello");
+        assert_eq!(
+            read_via(&mut s, &mut scratch, &mut buf, 100).unwrap(),
+            ReadStatus::Eof
+        );
+        assert_eq!(&buf[..], b"hello world");
+        // Nothing allocated for a read that brings nothing.
+        let mut empty = BytesMut::new();
+        let mut s = Trickle {
+            data: Vec::new(),
+            piece: 3,
+            eof: false,
+        };
+        assert_eq!(
+            read_via(&mut s, &mut scratch, &mut empty, 100).unwrap(),
+            ReadStatus::Drained
+        );
+        assert_eq!(empty.capacity(), 0);
+    }
+
+    #[test]
+    fn fd_limit_is_readable_and_raising_is_idempotent() {
+        let (before, after) = raise_fd_limit().unwrap();
+        assert!(after >= before);
+        assert_eq!(fd_limit().unwrap(), after);
+        assert_eq!(raise_fd_limit().unwrap(), (after, after));
     }
 
     /// Accepts `room` bytes, then WouldBlock.

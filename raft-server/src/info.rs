@@ -50,6 +50,14 @@ pub struct Counters {
     pub clients_accepted: u64,
     /// Impossible messages from peers, dropped (their links closed).
     pub peer_faults: u64,
+    /// Client connections refused: the maximum was connected.
+    pub clients_rejected: u64,
+    /// Clients closed because the budget for all client buffers stayed
+    /// full.
+    pub clients_evicted: u64,
+    /// Clients closed by the idle timeout or for a too slow partial
+    /// request.
+    pub clients_timed_out: u64,
     /// Pre-vote rounds started.
     pub pre_votes_started: u64,
     /// Real elections started (pre-votes won, or PreVote off).
@@ -105,6 +113,12 @@ pub struct Snapshot {
     pub peers: Vec<PeerStatus>,
     /// Open client connections.
     pub clients: usize,
+    /// Client connections accepted at most.
+    pub max_clients: usize,
+    /// Bytes held by all client connections (buffers, reply slots).
+    pub client_bytes: usize,
+    /// The budget for `client_bytes`.
+    pub client_budget: usize,
     /// Keys in the store.
     pub keys: usize,
     /// Seconds since start.
@@ -168,6 +182,12 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_peer_faults", &c.peer_faults);
     line("raft_fsyncs", &s.counters.fsyncs);
     line("connected_clients", &s.clients);
+    line("maxclients", &s.max_clients);
+    line("rejected_connections", &c.clients_rejected);
+    line("evicted_clients", &c.clients_evicted);
+    line("timed_out_clients", &c.clients_timed_out);
+    line("client_memory_bytes", &s.client_bytes);
+    line("client_memory_budget_bytes", &s.client_budget);
     line("keys", &s.keys);
     line("uptime_in_seconds", &s.uptime.as_secs());
     o
@@ -267,6 +287,24 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "client_connections",
         "Open client connections.",
         s.clients as i64,
+    );
+    gauge(
+        &mut r,
+        "client_max_connections",
+        "Client connections accepted at most.",
+        s.max_clients as i64,
+    );
+    gauge(
+        &mut r,
+        "client_memory_bytes",
+        "Bytes held by client connections: input, reply slots, unsent output.",
+        s.client_bytes as i64,
+    );
+    gauge(
+        &mut r,
+        "client_memory_budget_bytes",
+        "Budget for client_memory_bytes.",
+        s.client_budget as i64,
     );
     gauge(&mut r, "kv_keys", "Keys in the store.", s.keys as i64);
     gauge(
@@ -395,6 +433,24 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Impossible messages from peers, dropped with the link they came on.",
         c.peer_faults,
     );
+    counter(
+        &mut r,
+        "clients_rejected",
+        "Client connections refused at the maximum.",
+        c.clients_rejected,
+    );
+    counter(
+        &mut r,
+        "clients_evicted",
+        "Clients closed because client buffers stayed over their budget.",
+        c.clients_evicted,
+    );
+    counter(
+        &mut r,
+        "clients_timed_out",
+        "Clients closed by the idle timeout or for a too slow partial request.",
+        c.clients_timed_out,
+    );
     r.register(
         "fsync_seconds",
         "Duration of log fsyncs.",
@@ -411,8 +467,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
     o
 }
 
-/// HTTP connections at most; more are closed at once.
+/// HTTP connections at most; beyond it, the oldest is closed to make room,
+/// so that idle connections can never keep a scrape out.
 const MAX_HTTP_CONNS: usize = 16;
+/// After `accept` failed (out of descriptors, say), when to try again; the
+/// connections wait in the listen backlog.
+const HTTP_ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Request bytes read at most.
 const MAX_HTTP_REQUEST: usize = 8 * 1024;
 /// A connection must send its request and take the response within this.
@@ -423,6 +483,7 @@ struct HttpConn {
     inbuf: BytesMut,
     out: BytesMut,
     responded: bool,
+    /// Accept time plus [`HTTP_TIMEOUT`]: the earliest is the oldest.
     deadline: Instant,
 }
 
@@ -432,6 +493,8 @@ pub struct MetricsServer {
     listener_token: Token,
     token_base: usize,
     conns: Slab<HttpConn>,
+    /// When to retry a failed `accept`.
+    accept_retry_at: Option<Instant>,
 }
 
 impl MetricsServer {
@@ -449,6 +512,7 @@ impl MetricsServer {
             listener_token,
             token_base,
             conns: Slab::new(),
+            accept_retry_at: None,
         })
     }
 
@@ -471,38 +535,8 @@ impl MetricsServer {
         render: &mut dyn FnMut() -> String,
     ) {
         if token == self.listener_token {
-            loop {
-                match self.listener.accept() {
-                    Ok((mut sock, _)) => {
-                        if self.conns.len() >= MAX_HTTP_CONNS {
-                            continue;
-                        }
-                        let e = self.conns.vacant_entry();
-                        if registry
-                            .register(
-                                &mut sock,
-                                Token(self.token_base + e.key()),
-                                Interest::READABLE,
-                            )
-                            .is_ok()
-                        {
-                            e.insert(HttpConn {
-                                sock,
-                                inbuf: BytesMut::new(),
-                                out: BytesMut::new(),
-                                responded: false,
-                                deadline: now + HTTP_TIMEOUT,
-                            });
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) => {
-                        log::error!("metrics: accept failed: {e}");
-                        return;
-                    }
-                }
-            }
+            self.accept(registry, now);
+            return;
         }
         let Some(k) = token.0.checked_sub(self.token_base) else {
             return;
@@ -517,8 +551,71 @@ impl MetricsServer {
         }
     }
 
-    /// Closes connections past their deadline.
+    /// Accepts every queued connection. At the cap the oldest connection is
+    /// closed instead of the new one: a scraper's fresh connection is worth
+    /// more than one that has been open longest (idle, or a slow reader).
+    /// If `accept` fails, the connections stay queued and edge-triggered
+    /// readiness will not report them again: retry on a timer.
+    fn accept(&mut self, registry: &Registry, now: Instant) {
+        let retrying = self.accept_retry_at.take().is_some();
+        loop {
+            match self.listener.accept() {
+                Ok((mut sock, _)) => {
+                    if self.conns.len() >= MAX_HTTP_CONNS {
+                        self.close_oldest(registry);
+                    }
+                    let e = self.conns.vacant_entry();
+                    if registry
+                        .register(
+                            &mut sock,
+                            Token(self.token_base + e.key()),
+                            Interest::READABLE,
+                        )
+                        .is_ok()
+                    {
+                        e.insert(HttpConn {
+                            sock,
+                            inbuf: BytesMut::new(),
+                            out: BytesMut::new(),
+                            responded: false,
+                            deadline: now + HTTP_TIMEOUT,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    if !retrying {
+                        log::warn!(
+                            "metrics: accept failed: {e}; retrying every {} ms",
+                            HTTP_ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    self.accept_retry_at = Some(now + HTTP_ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_oldest(&mut self, registry: &Registry) {
+        let oldest = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.deadline)
+            .map(|(k, _)| k);
+        if let Some(k) = oldest {
+            let mut c = self.conns.remove(k);
+            let _ = registry.deregister(&mut c.sock);
+        }
+    }
+
+    /// Closes connections past their deadline; retries a failed accept.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
+        if self.accept_retry_at.is_some_and(|at| now >= at) {
+            self.accept(registry, now);
+        }
         let expired: Vec<usize> = self
             .conns
             .iter()
@@ -531,9 +628,13 @@ impl MetricsServer {
         }
     }
 
-    /// The earliest connection deadline.
+    /// The earliest connection deadline or accept retry.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.iter().map(|(_, c)| c.deadline).min()
+        self.conns
+            .iter()
+            .map(|(_, c)| c.deadline)
+            .chain(self.accept_retry_at)
+            .min()
     }
 
     /// Closes the listener and every connection.
@@ -625,6 +726,9 @@ mod tests {
                 },
             ],
             clients: 2,
+            max_clients: 4096,
+            client_bytes: 12345,
+            client_budget: 256 << 20,
             keys: 10,
             uptime: Duration::from_secs(5),
             counters: Counters {

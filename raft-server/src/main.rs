@@ -104,6 +104,16 @@ fn main() -> ExitCode {
              reach the peer port can pose as a member. For experiments only."
         ),
     }
+    // The default soft limit (often 1024) dates from select(2); clients are
+    // capped below whatever limit is in force, keeping a reserve for
+    // storage and peers, so take all the hard limit allows.
+    match conn::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            log::info!("descriptor limit raised from {before} to {after} (the hard limit)")
+        }
+        Ok((_, now)) => log::info!("descriptor limit {now} (the hard limit)"),
+        Err(e) => log::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let server = match Server::new(settings, listeners, storage, recovered) {
         Ok(s) => s,
         Err(e) => {

@@ -8,8 +8,11 @@
 //! what it reads and calls it in a loop until `Ok(None)`.
 //!
 //! Malformed input is a [`ProtocolError`] worded like Redis'
-//! (`Protocol error: invalid bulk length`); the caller answers it with
-//! `-ERR <message>` and closes the connection, as Redis does.
+//! (`Protocol error: invalid bulk length`); input over one of the
+//! [`Limits`] says which, so that a client author can tell a bug from a
+//! limit (`Protocol error: invalid bulk length (max 524288 bytes)`). The
+//! caller answers it with `-ERR <message>` and closes the connection, as
+//! Redis does.
 
 use std::fmt;
 
@@ -160,14 +163,20 @@ fn parse_i64(s: &[u8]) -> Option<i64> {
 }
 
 fn parse_multibulk(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolError> {
+    let too_big = || {
+        ProtocolError::new(format_args!(
+            "too big mbulk count string (max {} bytes)",
+            limits.max_inline_len
+        ))
+    };
     let Some((line_end, mut pos)) = header_line(buf, 0, limits.max_inline_len, "multibulk")? else {
         if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big mbulk count string"));
+            return Err(too_big());
         }
         return Ok(Parsed::Incomplete);
     };
     if line_end > limits.max_inline_len {
-        return Err(ProtocolError::new("too big mbulk count string"));
+        return Err(too_big());
     }
     let count = parse_i64(&buf[1..line_end])
         .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
@@ -176,7 +185,7 @@ fn parse_multibulk(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolEr
         return Ok(Parsed::Request(pos, Vec::new()));
     }
     if count as u64 > limits.max_args as u64 {
-        return Err(ProtocolError::new("invalid multibulk length"));
+        return Err(too_many_args(limits));
     }
     let count = count as usize;
 
@@ -193,25 +202,36 @@ fn parse_multibulk(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolEr
                 char::from(marker).escape_default()
             )));
         }
+        let too_big = || {
+            ProtocolError::new(format_args!(
+                "too big bulk count string (max {} bytes)",
+                limits.max_inline_len
+            ))
+        };
         let Some((line_end, data_start)) = header_line(buf, pos, limits.max_inline_len, "bulk")?
         else {
             if buf.len() - pos > limits.max_inline_len {
-                return Err(ProtocolError::new("too big bulk count string"));
+                return Err(too_big());
             }
             return Ok(Parsed::Incomplete);
         };
         if line_end - pos > limits.max_inline_len {
-            return Err(ProtocolError::new("too big bulk count string"));
+            return Err(too_big());
         }
         let len = parse_i64(&buf[pos + 1..line_end])
-            .filter(|&n| n >= 0 && n as u64 <= limits.max_bulk_len as u64)
-            .ok_or_else(|| ProtocolError::new("invalid bulk length"))? as usize;
-        let data_end = data_start + len;
-        if data_end + 2 > limits.max_request_len {
+            .filter(|&n| n >= 0)
+            .ok_or_else(|| ProtocolError::new("invalid bulk length"))?;
+        // Over the limit is a different message from malformed: the client
+        // may be correct and the value just too large for this server.
+        if len as u64 > limits.max_bulk_len as u64 {
             return Err(ProtocolError::new(format_args!(
-                "request exceeds {} bytes",
-                limits.max_request_len
+                "invalid bulk length (max {} bytes)",
+                limits.max_bulk_len
             )));
+        }
+        let data_end = data_start + len as usize;
+        if data_end + 2 > limits.max_request_len {
+            return Err(request_too_big(limits));
         }
         if buf.len() < data_end + 2 {
             return Ok(Parsed::Incomplete);
@@ -223,10 +243,7 @@ fn parse_multibulk(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolEr
         pos = data_end + 2;
     }
     if pos > limits.max_request_len {
-        return Err(ProtocolError::new(format_args!(
-            "request exceeds {} bytes",
-            limits.max_request_len
-        )));
+        return Err(request_too_big(limits));
     }
     // The caller consumes `pos` bytes; arguments share one allocation.
     let whole = Bytes::copy_from_slice(&buf[..pos]);
@@ -234,15 +251,35 @@ fn parse_multibulk(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolEr
     Ok(Parsed::Request(pos, args))
 }
 
+fn too_many_args(limits: &Limits) -> ProtocolError {
+    ProtocolError::new(format_args!(
+        "invalid multibulk length (max {} arguments)",
+        limits.max_args
+    ))
+}
+
+fn request_too_big(limits: &Limits) -> ProtocolError {
+    ProtocolError::new(format_args!(
+        "too big request (max {} bytes)",
+        limits.max_request_len
+    ))
+}
+
 fn parse_inline(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolError> {
+    let too_big = || {
+        ProtocolError::new(format_args!(
+            "too big inline request (max {} bytes)",
+            limits.max_inline_len
+        ))
+    };
     let Some(nl) = memchr(b'\n', buf) else {
         if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big inline request"));
+            return Err(too_big());
         }
         return Ok(Parsed::Incomplete);
     };
     if nl > limits.max_inline_len {
-        return Err(ProtocolError::new("too big inline request"));
+        return Err(too_big());
     }
     let mut line = &buf[..nl];
     if let Some(stripped) = line.strip_suffix(b"\r") {
@@ -251,7 +288,7 @@ fn parse_inline(buf: &BytesMut, limits: &Limits) -> Result<Parsed, ProtocolError
     let args =
         split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
     if args.len() > limits.max_args {
-        return Err(ProtocolError::new("invalid multibulk length"));
+        return Err(too_many_args(limits));
     }
     Ok(Parsed::Request(nl + 1, args))
 }
@@ -366,6 +403,24 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The exact number of bytes [`Reply::encode`] appends, without
+    /// encoding: a client's output limits count replies before they are
+    /// encoded (see `client`).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Reply::Simple(s) => s.len() + 3,
+            Reply::Error(e) => e.len() + 3,
+            Reply::Integer(n) => n.to_string().len() + 3,
+            Reply::Bulk(b) => bulk_len(b.len()),
+            Reply::Nil => 5,
+            Reply::Array(items) => {
+                items.len().to_string().len()
+                    + 3
+                    + items.iter().map(Reply::encoded_len).sum::<usize>()
+            }
+        }
+    }
+
     /// Appends the encoded reply to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
@@ -415,6 +470,18 @@ pub fn integer(out: &mut BytesMut, n: i64) {
     out.put_u8(b':');
     out.put_slice(n.to_string().as_bytes());
     out.put_slice(b"\r\n");
+}
+
+/// The encoded size of a bulk string of `len` bytes: `$len\r\n`, the
+/// data, `\r\n`.
+pub fn bulk_len(len: usize) -> usize {
+    let mut digits = 1;
+    let mut n = len;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    1 + digits + 2 + len + 2
 }
 
 /// Appends `$len\r\n` + `data` + `\r\n`.
@@ -562,6 +629,8 @@ mod tests {
         );
     }
 
+    /// Each limit's error names it, so a client author can tell "too
+    /// large for this server" from "malformed".
     #[test]
     fn limits_are_enforced_before_the_data_arrives() {
         let l = Limits {
@@ -572,34 +641,44 @@ mod tests {
         };
         assert_eq!(
             err(b"*4\r\n", &l),
-            "Protocol error: invalid multibulk length"
+            "Protocol error: invalid multibulk length (max 3 arguments)"
         );
         assert_eq!(
             err(b"*1\r\n$11\r\n", &l),
-            "Protocol error: invalid bulk length"
+            "Protocol error: invalid bulk length (max 10 bytes)"
         );
         assert_eq!(
             err(b"*3\r\n$10\r\n0123456789\r\n$10\r\n", &l),
-            "Protocol error: request exceeds 30 bytes"
+            "Protocol error: too big request (max 30 bytes)"
         );
         assert_eq!(
             err(&[b'a'; 17], &l),
-            "Protocol error: too big inline request"
+            "Protocol error: too big inline request (max 16 bytes)"
         );
         assert_eq!(
             err(b"a b c d\r\n", &l),
-            "Protocol error: invalid multibulk length"
+            "Protocol error: invalid multibulk length (max 3 arguments)"
         );
         let mut long_count = b"*".to_vec();
         long_count.extend_from_slice(&[b'1'; 17]);
         assert_eq!(
             err(&long_count, &l),
-            "Protocol error: too big mbulk count string"
+            "Protocol error: too big mbulk count string (max 16 bytes)"
+        );
+        let mut long_bulk = b"*1\r\n$".to_vec();
+        long_bulk.extend_from_slice(&[b'1'; 17]);
+        assert_eq!(
+            err(&long_bulk, &l),
+            "Protocol error: too big bulk count string (max 16 bytes)"
         );
         // A huge declared length with no data is refused, not buffered.
         assert_eq!(
             err(b"*1\r\n$9223372036854775807\r\n", &Limits::DEFAULT),
-            "Protocol error: invalid bulk length"
+            "Protocol error: invalid bulk length (max 524288 bytes)"
+        );
+        assert_eq!(
+            err(b"*1\r\n$524289\r\n", &Limits::DEFAULT),
+            "Protocol error: invalid bulk length (max 524288 bytes)"
         );
         assert_eq!(
             err(b"*99999999999999999999\r\n", &Limits::DEFAULT),
@@ -645,6 +724,32 @@ mod tests {
             &out[..],
             &b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n-ERR bad  injected\r\n:-3\r\n$4\r\na\r\nb\r\n$0\r\n\r\n$-1\r\n*0\r\n*2\r\n:1\r\n$-1\r\n"[..]
         );
+    }
+
+    #[test]
+    fn encoded_len_is_exact() {
+        let big = Bytes::from(vec![b'x'; 123_456]);
+        for r in [
+            Reply::Simple("OK"),
+            Reply::Error("MOVED 0 127.0.0.1:6401".into()),
+            Reply::Error("ERR a\r\nb".into()),
+            Reply::Integer(0),
+            Reply::Integer(-1234567),
+            Reply::Integer(i64::MIN),
+            Reply::Bulk(Bytes::new()),
+            Reply::Bulk(Bytes::from_static(b"123456789")),
+            Reply::Bulk(Bytes::from_static(b"1234567890")),
+            Reply::Bulk(big),
+            Reply::Nil,
+            Reply::Array(vec![]),
+            Reply::Array(vec![Reply::Integer(1); 12]),
+        ] {
+            let mut out = BytesMut::new();
+            r.encode(&mut out);
+            assert_eq!(r.encoded_len(), out.len(), "{r:?}");
+        }
+        assert_eq!(bulk_len(0), 6);
+        assert_eq!(bulk_len(524_288), 524_288 + 11);
     }
 
     /// Arbitrary bytes never panic, and whatever parses re-encodes to a

@@ -2,7 +2,8 @@
 //! (STYLE §13):
 //!
 //! 1. poll, with the timeout of the earliest deadline (the node's
-//!    `poll_timeout()`, redials and connection timeouts): zero CPU between;
+//!    `poll_timeout()`, redials, connection timeouts, client deadlines and
+//!    accept retries): zero CPU between;
 //! 2. read the clock once;
 //! 3. feed inputs: peer messages and link changes, client requests
 //!    (`propose`, `read_index`), timers (`handle_timeout`);
@@ -29,13 +30,13 @@ use raft_proto::{
 };
 use slab::Slab;
 
-use crate::client::{self, Client, Command, MAX_CLIENTS};
+use crate::client::{self, Budget, Client, ClientTimer, Command, Expiry, MAX_CLIENTS};
 use crate::config::Settings;
-use crate::conn::ReadStatus;
+use crate::conn;
 use crate::info::{self, Counters, Histograms, MetricsServer, Snapshot};
 use crate::kv::{self, Kv, Outcome};
 use crate::peer::{PeerInput, PeerSet};
-use crate::resp::{Limits, Reply, Request};
+use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
 use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
 
@@ -56,6 +57,19 @@ const CLIENT_BASE: usize = 10_000;
 /// Drain rounds per turn: a flush can take a link down, which is fed back
 /// to the node; anything left after this many rounds waits one turn.
 const MAX_DRAIN_ROUNDS: usize = 4;
+/// Descriptors kept for everything but client connections, on top of two
+/// per member (an outbound and an inbound peer link each). The fixed needs
+/// are about 40: stdio, the poll, the signal pipe, three listeners, the
+/// data dir's log and lock files plus the two that saving hard state opens
+/// (`meta.tmp`, the directory for its fsync), 8 unidentified inbound peer
+/// connections, 16 metrics connections, and the one a refused client
+/// briefly takes; the rest is slack. Clients are capped so that storage
+/// never fails for want of a descriptor (which would stop the member).
+const FD_RESERVE: usize = 64;
+/// After `accept` failed for want of descriptors (or otherwise), when to
+/// try again if no client closes first. The connections stay queued in the
+/// listen backlog meanwhile.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 // A command accepted by the RESP limits always fits in one log entry, and a
 // log entry in one peer frame with room to spare (see `codec::MAX_FRAME_LEN`).
@@ -188,6 +202,21 @@ pub struct Server {
     clients: Slab<Client>,
     next_client_id: u64,
     limits: Limits,
+    /// Clients accepted at most: [`MAX_CLIENTS`], or fewer if the
+    /// descriptor limit is lower (see [`FD_RESERVE`]).
+    max_clients: usize,
+    /// One read buffer for every client (see `conn::read_via`).
+    read_buf: Box<[u8]>,
+    /// Memory of all client connections together.
+    budget: Budget,
+    /// Clients waiting for room in the budget, with their ids (a key may be
+    /// reused once its client closed).
+    budget_waiters: Vec<(usize, u64)>,
+    /// Idle timeouts and slow partial requests.
+    client_timer: ClientTimer,
+    /// When to retry `accept` after it failed; a past instant (`start`)
+    /// once a client closed and freed a descriptor.
+    accept_retry_at: Option<Instant>,
     metrics: Option<MetricsServer>,
     signals: ShutdownSignals,
     /// Pending writes by log index.
@@ -201,6 +230,10 @@ pub struct Server {
     dirty: Vec<usize>,
     /// Clients whose back-pressure cleared, to service next turn.
     resume: Vec<usize>,
+    /// `clients_rejected` when the last refusal was logged, or when a
+    /// client closed below the maximum since: one log line per stretch of
+    /// refusals.
+    counters_at_last_refusal_log: u64,
     /// Why the link to each peer last went down, for election log lines.
     link_down_reason: HashMap<NodeId, String>,
     /// Per peer: when an impossible message from it was last logged, and
@@ -258,6 +291,23 @@ impl Server {
         let peers = PeerSet::new(&settings, peer_listener, PEER_LISTENER, registry, start)
             .map_err(StartError::Io)?;
 
+        let client_budget = settings.client_memory_budget;
+        let max_clients = client_cap(conn::fd_limit().ok(), settings.members.len());
+        let limit = conn::fd_limit().map_or("unknown".into(), |l| l.to_string());
+        if max_clients < MAX_CLIENTS {
+            log::warn!(
+                "descriptor limit {limit}: at most {max_clients} clients (the rest is reserved \
+                 for storage and peers); raise `ulimit -n` for up to {MAX_CLIENTS}"
+            );
+        }
+        log::info!(
+            "clients: at most {max_clients} (descriptor limit {limit}), {} MiB for all their \
+             buffers, idle timeout {}",
+            client_budget >> 20,
+            settings
+                .client_idle_timeout
+                .map_or("off".into(), |t| format!("{} ms", t.as_millis()))
+        );
         log::info!(
             "member {} of cluster {:016x} ({} members): peers on {}, clients on {}{}; heartbeat {} ms, \
              election timeout {}-{} ms; term {}, {} log entries; PRNG seed {seed}",
@@ -285,6 +335,12 @@ impl Server {
             clients: Slab::new(),
             next_client_id: 0,
             limits: Limits::DEFAULT,
+            max_clients,
+            read_buf: vec![0u8; conn::READ_CHUNK].into_boxed_slice(),
+            budget: Budget::new(client_budget),
+            budget_waiters: Vec::new(),
+            client_timer: ClientTimer::new(start),
+            accept_retry_at: None,
             metrics,
             signals,
             writes: BTreeMap::new(),
@@ -293,6 +349,7 @@ impl Server {
             inputs: Vec::new(),
             dirty: Vec::new(),
             resume: Vec::new(),
+            counters_at_last_refusal_log: 0,
             link_down_reason: HashMap::new(),
             peer_faults: HashMap::new(),
             counters: Counters::default(),
@@ -320,7 +377,7 @@ impl Server {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => shutdown = shutdown.or(self.signals.received()),
-                    CLIENT_LISTENER => self.accept_clients(),
+                    CLIENT_LISTENER => self.accept_clients(now),
                     token if self.peers.owns(token) => {
                         self.peers
                             .ready(token, self.poll.registry(), now, &mut self.inputs);
@@ -333,7 +390,7 @@ impl Server {
                                 c.mark_readable();
                             }
                             self.dirty.push(key);
-                            self.service_client(key, t);
+                            self.service_client(key, t, now);
                         }
                     }
                     token => {
@@ -352,8 +409,9 @@ impl Server {
             }
 
             for key in std::mem::take(&mut self.resume) {
-                self.service_client(key, t);
+                self.service_client(key, t, now);
             }
+            self.client_timers(now);
             self.peers.tick(self.poll.registry(), now, &mut self.inputs);
             self.feed(t);
             if let Some(m) = &mut self.metrics {
@@ -365,12 +423,13 @@ impl Server {
                 self.drain(now)?;
                 self.peers
                     .flush(self.poll.registry(), now, &mut self.inputs);
-                self.flush_clients();
+                self.flush_clients(now);
                 if self.inputs.is_empty() {
                     break;
                 }
                 self.feed(t);
             }
+            self.end_client_turn(now);
         }
     }
 
@@ -390,11 +449,18 @@ impl Server {
             .poll_timeout()
             .map(|t| self.start + t.since_epoch());
         let metrics = self.metrics.as_ref().and_then(|m| m.next_deadline());
-        [node, self.peers.next_deadline(), metrics]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        [
+            node,
+            self.peers.next_deadline(),
+            metrics,
+            self.client_timer.deadline(),
+            self.budget.deadline(),
+            self.accept_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     /// Feeds the queued peer inputs to the node.
@@ -698,6 +764,7 @@ impl Server {
         if let Some(c) = self.clients.get_mut(to.key) {
             if c.id == to.client_id {
                 c.fill(to.seq, reply);
+                self.budget.update(c);
                 self.dirty.push(to.key);
             }
         }
@@ -721,52 +788,111 @@ impl Server {
 
     // ----- Clients ------------------------------------------------------
 
-    fn accept_clients(&mut self) {
+    /// Accepts every queued client connection, up to `max_clients`; those
+    /// beyond get Redis' error and are closed. If `accept` fails (out of
+    /// descriptors, say), the connections stay queued in the backlog and
+    /// edge-triggered readiness will not report them again: accepting is
+    /// retried after [`ACCEPT_RETRY`], or as soon as a client closes.
+    fn accept_clients(&mut self, now: Instant) {
+        let retrying = self.accept_retry_at.take().is_some();
         loop {
             match self.client_listener.accept() {
-                Ok((mut sock, addr)) => {
-                    if self.clients.len() >= MAX_CLIENTS {
-                        // Redis' answer; a fresh socket takes a short write.
-                        let _ = sock.write(b"-ERR max number of clients reached\r\n");
+                Ok((sock, addr)) => {
+                    if self.clients.len() >= self.max_clients {
+                        self.refuse_client(sock, addr);
                         continue;
                     }
-                    let entry = self.clients.vacant_entry();
-                    let token = Token(CLIENT_BASE + entry.key());
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut sock, token, Interest::READABLE)
-                    {
-                        log::warn!("client {addr}: cannot register: {e}");
-                        continue;
-                    }
-                    let _ = sock.set_nodelay(true);
-                    self.next_client_id += 1;
-                    entry.insert(Client::new(self.next_client_id, sock, addr));
-                    self.counters.clients_accepted += 1;
+                    self.add_client(sock, addr, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The client gave up before we got to it; take the next.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    log::error!("client port: accept failed: {e}");
+                    if !retrying {
+                        let why = if conn::out_of_descriptors(&e) {
+                            " (out of descriptors)"
+                        } else {
+                            ""
+                        };
+                        log::warn!(
+                            "client port: accept failed: {e}{why}; retrying every {} ms or when \
+                             a client closes",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY);
                     return;
                 }
             }
         }
     }
 
+    fn add_client(&mut self, mut sock: mio::net::TcpStream, addr: SocketAddr, now: Instant) {
+        let entry = self.clients.vacant_entry();
+        let token = Token(CLIENT_BASE + entry.key());
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE)
+        {
+            log::warn!("client {addr}: cannot register: {e}");
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        self.next_client_id += 1;
+        let mut c = Client::new(self.next_client_id, sock, addr, now);
+        self.budget.update(&mut c);
+        self.client_timer
+            .note(c.deadline(self.settings.client_idle_timeout));
+        entry.insert(c);
+        self.counters.clients_accepted += 1;
+    }
+
+    /// Redis' answer to a client over the limit, then close.
+    fn refuse_client(&mut self, mut sock: mio::net::TcpStream, addr: SocketAddr) {
+        use std::io::Read;
+        if self.counters.clients_rejected == self.counters_at_last_refusal_log {
+            log::warn!(
+                "client {addr}: refused, {} clients connected (the maximum); further refusals \
+                 are counted in INFO rejected_connections",
+                self.clients.len()
+            );
+        }
+        self.counters.clients_rejected += 1;
+        // Closing a socket with unread input resets the connection, which
+        // can discard the error before the client reads it: take what it
+        // sent already (one read; a fresh socket has little).
+        let _ = sock.read(&mut self.read_buf);
+        // A fresh socket takes a short write.
+        let _ = sock.write(b"-ERR max number of clients reached\r\n");
+    }
+
     /// Executes a client's buffered requests and reads more, until its
-    /// socket is drained or back-pressure stalls it.
-    fn service_client(&mut self, key: usize, t: Time) {
+    /// socket is drained, back-pressure stalls it or the budget is full;
+    /// then counts what it holds and notes its deadline.
+    fn service_client(&mut self, key: usize, t: Time, now: Instant) {
+        self.service_client_io(key, t, now);
+        if let Some(c) = self.clients.get_mut(key) {
+            self.budget.update(c);
+            self.client_timer
+                .note(c.deadline(self.settings.client_idle_timeout));
+        }
+    }
+
+    fn service_client_io(&mut self, key: usize, t: Time, now: Instant) {
         loop {
             loop {
                 let Some(c) = self.clients.get_mut(key) else {
                     return;
                 };
+                // A full budget stops reading only: running what is
+                // buffered moves a write's bytes into the log, and a
+                // GET's reservation is bounded by the output limits.
                 if c.paused() {
                     break;
                 }
-                let Some(req) = c.next_request(&self.limits) else {
+                let Some(req) = c.next_request(&self.limits, now) else {
                     break;
                 };
                 if c.must_wait(client::kind_of(&req)) {
@@ -786,20 +912,27 @@ impl Server {
                 c.stall();
                 return;
             }
+            self.budget.update(c);
+            if self.budget.full() {
+                if c.wait_for_budget() {
+                    self.budget_waiters.push((key, c.id));
+                }
+                return;
+            }
+            if c.read_closed() {
+                // The client sent EOF and every complete request it sent
+                // has run: close once their replies are written.
+                c.close_after_replies();
+                return;
+            }
             if !c.may_have_input() {
                 return;
             }
-            match c.read(&self.limits) {
-                Ok(ReadStatus::Drained | ReadStatus::Full) => {}
-                Ok(ReadStatus::Eof) => {
-                    self.close_client(key);
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("client {}: {e}", c.addr);
-                    self.close_client(key);
-                    return;
-                }
+            // At EOF the loop runs what is buffered before closing.
+            if let Err(e) = c.read(&self.limits, &mut self.read_buf, self.budget.room(), now) {
+                log::debug!("client {}: {e}", c.addr);
+                self.close_client(key);
+                return;
             }
         }
     }
@@ -837,11 +970,18 @@ impl Server {
                 let id = self.next_read_id;
                 match self.node.read_index(t, id) {
                     Ok(()) => {
+                        // The reply counts against the connection's output
+                        // from now on: the value as it is now, re-counted
+                        // with the real reply when the read completes.
+                        let reply_bytes = self
+                            .kv
+                            .get(&k)
+                            .map_or(Reply::Nil.encoded_len(), |v| resp::bulk_len(v.len()));
                         let c = &mut self.clients[key];
                         let to = ReplyTo {
                             key,
                             client_id: c.id,
-                            seq: c.reserve(client::Kind::Read),
+                            seq: c.reserve(client::Kind::Read, reply_bytes),
                         };
                         self.reads.insert(id, PendingRead { to, key: k });
                     }
@@ -863,7 +1003,7 @@ impl Server {
                 let to = ReplyTo {
                     key,
                     client_id: c.id,
-                    seq: c.reserve(client::Kind::Write),
+                    seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
                 };
                 let old = self
                     .writes
@@ -886,8 +1026,9 @@ impl Server {
     }
 
     /// Writes ready replies of every client touched this turn; closes the
-    /// finished ones and resumes those whose back-pressure cleared.
-    fn flush_clients(&mut self) {
+    /// finished ones and resumes those whose back-pressure cleared, and
+    /// those waiting for the budget if it has room again.
+    fn flush_clients(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -895,8 +1036,11 @@ impl Server {
             let Some(c) = self.clients.get_mut(key) else {
                 continue;
             };
-            match c.flush(self.poll.registry(), Token(CLIENT_BASE + key)) {
+            match c.flush(self.poll.registry(), Token(CLIENT_BASE + key), now) {
                 Ok(true) => {
+                    self.budget.update(c);
+                    self.client_timer
+                        .note(c.deadline(self.settings.client_idle_timeout));
                     if c.unstall_if_ready() {
                         self.resume.push(key);
                     }
@@ -908,12 +1052,134 @@ impl Server {
                 }
             }
         }
+        if !self.budget.full() && !self.budget_waiters.is_empty() {
+            // Smallest first: the room goes to clients holding little (a
+            // new client's PING) before those holding the most, which
+            // wait longest and are the first evicted.
+            let mut waiters: Vec<(usize, usize)> = Vec::new();
+            for (key, id) in std::mem::take(&mut self.budget_waiters) {
+                if let Some(c) = self.clients.get_mut(key).filter(|c| c.id == id) {
+                    c.budget_wait_over();
+                    waiters.push((Budget::counted(c), key));
+                }
+            }
+            waiters.sort_unstable();
+            self.resume.extend(waiters.into_iter().map(|(_, key)| key));
+        }
+    }
+
+    /// Client timers, in the input phase of a turn: accept retries, idle
+    /// timeouts and slow partial requests, and evictions when the budget
+    /// stayed full.
+    fn client_timers(&mut self, now: Instant) {
+        if self.accept_retry_at.is_some_and(|at| now >= at) {
+            self.accept_clients(now);
+        }
+        if self.client_timer.start_scan(now) {
+            let idle = self.settings.client_idle_timeout;
+            let mut expired = Vec::new();
+            for (key, c) in self.clients.iter() {
+                match c.expired(now, idle) {
+                    Some(why) => expired.push((key, why)),
+                    None => self.client_timer.note(c.deadline(idle)),
+                }
+            }
+            let mut slow = 0;
+            for (key, why) in expired {
+                let c = &self.clients[key];
+                match why {
+                    Expiry::Idle => log::debug!("client {}: idle; closing", c.addr),
+                    Expiry::SlowRequest => {
+                        log::debug!("client {}: partial request too slow; closing", c.addr);
+                        slow += 1;
+                    }
+                }
+                self.counters.clients_timed_out += 1;
+                self.close_client(key);
+            }
+            if slow > 0 {
+                log::info!(
+                    "closed {slow} clients whose partial request (over {} bytes) did not \
+                     complete within {} s",
+                    client::SLOW_REQUEST_BYTES,
+                    client::SLOW_REQUEST_TIMEOUT.as_secs()
+                );
+            }
+        }
+        if self.budget.must_evict(now) {
+            self.evict_clients();
+        }
+    }
+
+    /// The budget stayed full for the grace period: what holds it does not
+    /// drain by itself, so the largest clients go, largest first, until it
+    /// is under its low-water mark.
+    fn evict_clients(&mut self) {
+        let before = self.budget.used();
+        let mut by_size: Vec<(usize, usize)> = self
+            .clients
+            .iter()
+            .map(|(key, c)| (Budget::counted(c), key))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        let mut evicted = 0;
+        for (bytes, key) in by_size {
+            if self.budget.used() <= self.budget.low_water() {
+                break;
+            }
+            log::debug!(
+                "client {}: evicted, holding {bytes} bytes",
+                self.clients[key].addr
+            );
+            self.close_client(key);
+            evicted += 1;
+        }
+        self.counters.clients_evicted += evicted;
+        log::warn!(
+            "client buffers stayed at their {} MiB budget for {} ms: evicted the {evicted} \
+             largest clients, {} MiB -> {} MiB",
+            self.budget.limit() >> 20,
+            client::BUDGET_GRACE.as_millis(),
+            before >> 20,
+            self.budget.used() >> 20
+        );
+    }
+
+    /// End of a turn: the budget notes whether it is full; debug builds
+    /// check that every client's memory is accounted for.
+    fn end_client_turn(&mut self, now: Instant) {
+        self.budget.end_turn(now);
+        if cfg!(debug_assertions) {
+            let mut sum = 0;
+            for (_, c) in self.clients.iter() {
+                assert_eq!(
+                    Budget::counted(c),
+                    c.footprint(),
+                    "client {} changed without being accounted",
+                    c.addr
+                );
+                sum += c.footprint();
+            }
+            assert_eq!(
+                sum,
+                self.budget.used(),
+                "budget out of step with its clients"
+            );
+        }
     }
 
     fn close_client(&mut self, key: usize) {
         if self.clients.contains(key) {
             let mut c = self.clients.remove(key);
+            self.budget.release(&c);
             let _ = self.poll.registry().deregister(c.sock());
+            if self.accept_retry_at.is_some() {
+                // A descriptor was freed: try the queued connections now.
+                self.accept_retry_at = Some(self.start);
+            }
+            if self.clients.len() < self.max_clients {
+                self.counters_at_last_refusal_log = self.counters.clients_rejected;
+            }
         }
     }
 
@@ -930,6 +1196,9 @@ impl Server {
             cluster_id: self.settings.cluster_id,
             peers: self.peers.status(now),
             clients: self.clients.len(),
+            max_clients: self.max_clients,
+            client_bytes: self.budget.used(),
+            client_budget: self.budget.limit(),
             keys: self.kv.len(),
             uptime: now.saturating_duration_since(self.start),
             counters: self.counters,
@@ -957,9 +1226,10 @@ impl Server {
         for (_, r) in std::mem::take(&mut self.reads) {
             self.deliver(r.to, Reply::Error("ERR server shutting down".into()));
         }
+        let now = Instant::now();
         for (key, c) in self.clients.iter_mut() {
             // Best effort: one non-blocking write of what is ready.
-            let _ = c.flush(self.poll.registry(), Token(CLIENT_BASE + key));
+            let _ = c.flush(self.poll.registry(), Token(CLIENT_BASE + key), now);
         }
         self.peers.close_all(self.poll.registry());
         self.clients.clear();
@@ -971,6 +1241,15 @@ impl Server {
         );
         Ok(())
     }
+}
+
+/// Clients the member may accept with a soft descriptor limit of `fd_limit`
+/// (unknown: assume enough) in a cluster of `members`: [`MAX_CLIENTS`],
+/// or what the limit leaves after [`FD_RESERVE`] and the peer links.
+fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
+    let reserve = (FD_RESERVE + 2 * members) as u64;
+    let available = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(reserve));
+    usize::try_from(available).map_or(MAX_CLIENTS, |a| a.min(MAX_CLIENTS))
 }
 
 impl fmt::Debug for Server {
