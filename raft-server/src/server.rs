@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
+use raft_proto::driver::{Driver, LogStore, Transport};
 use raft_proto::{
-    Action, ElectionReason, Entry, EntryPayload, Event, Message, Node, NodeId, PersistentState,
-    ProposeError, ReadError, Role, Term, Time,
+    Action, ElectionReason, Entry, EntryPayload, Event, HardState, LogIndex, Message, Node, NodeId,
+    PersistentState, ProposeError, ReadError, Role, Term, Time,
 };
 use slab::Slab;
 
@@ -195,6 +196,9 @@ pub struct Server {
     settings: Settings,
     start: Instant,
     node: Node,
+    /// Carries out the node's actions in the safe order (shared with the
+    /// simulator).
+    driver: Driver,
     storage: Storage,
     kv: Kv,
     peers: PeerSet,
@@ -328,6 +332,7 @@ impl Server {
             settings,
             start,
             node,
+            driver: Driver::new(),
             storage,
             kv: Kv::new(),
             peers,
@@ -483,115 +488,69 @@ impl Server {
         }
     }
 
-    /// Takes every action from the node and carries them out in order:
-    /// persist and fsync, send, apply, answer reads, log events.
+    /// Takes every action from the node and carries it out: the driver
+    /// (shared with the simulator) persists, fsyncs, sends and reports
+    /// durability in the safe order; applies, read answers and events come
+    /// back in order and are performed here.
     fn drain(&mut self, now: Instant) -> Result<(), FatalError> {
-        // Reporting the log durable can commit entries, which brings more
-        // actions: drain until the node has nothing left to say.
-        while self.drain_once(now)? {}
+        let t = self.time(now);
+        let mut out = Vec::new();
+        let mut disk = Disk {
+            storage: &mut self.storage,
+            histograms: &mut self.histograms,
+            appended_at: &mut self.appended_at,
+            now,
+            fsyncs: 0,
+            fsync_nanos: 0,
+            entries_persisted: 0,
+        };
+        let mut links = Links {
+            peers: &mut self.peers,
+            registry: self.poll.registry(),
+            now,
+            inputs: &mut self.inputs,
+            sent: 0,
+            heartbeats_sent: 0,
+            heartbeats_failed: 0,
+        };
+        let r = self
+            .driver
+            .drain(&mut self.node, t, &mut disk, &mut links, &mut out);
+        let c = &mut self.counters;
+        c.fsyncs += disk.fsyncs;
+        c.fsync_nanos += disk.fsync_nanos;
+        c.entries_persisted += disk.entries_persisted;
+        c.messages_sent += links.sent;
+        c.heartbeats_sent += links.heartbeats_sent;
+        c.heartbeats_failed += links.heartbeats_failed;
+        r.map_err(FatalError::Storage)?;
+
+        let applied_at = Instant::now();
+        for action in out {
+            match action {
+                Action::Apply(e) => {
+                    self.observe_apply_lag(e.index.0, applied_at);
+                    self.apply(e);
+                }
+                Action::ReadReady { id } => self.answer_read(id, None),
+                Action::ReadFailed { id, error } => self.answer_read(id, Some(error)),
+                Action::Event(e) => self.on_event(e),
+                other => unreachable!("the driver carries out {other:?} itself"),
+            }
+        }
         Ok(())
     }
 
-    /// One pass over the node's actions. Returns whether there were any.
-    fn drain_once(&mut self, now: Instant) -> Result<bool, FatalError> {
-        let mut sends = Vec::new();
-        let mut applies = Vec::new();
-        let mut reads = Vec::new();
-        let mut events = Vec::new();
-        let mut appended = None;
-        let mut any = false;
-        while let Some(action) = self.node.poll_action() {
-            any = true;
-            match action {
-                Action::SaveHardState(hs) => self.storage.save_hard_state(hs),
-                Action::TruncateLog { from } => {
-                    while self.appended_at.back().is_some_and(|&(i, _)| i >= from.0) {
-                        self.appended_at.pop_back();
-                    }
-                    self.storage.truncate(from)
-                }
-                Action::AppendLog(entries) => {
-                    self.counters.entries_persisted += entries.len() as u64;
-                    for e in &entries {
-                        if self.appended_at.len() == MAX_APPLY_LAG_TRACKED {
-                            self.appended_at.pop_front();
-                        }
-                        self.appended_at.push_back((e.index.0, now));
-                    }
-                    appended = entries.last().map(|e| (e.index, e.term));
-                    self.storage.append(&entries);
-                }
-                Action::Send(m) => sends.push(m),
-                Action::Apply(e) => applies.push(e),
-                Action::ReadReady { id } => reads.push((id, None)),
-                Action::ReadFailed { id, error } => reads.push((id, Some(error))),
-                Action::Event(e) => events.push(e),
-            }
+    /// Time from an entry's append here to its application.
+    fn observe_apply_lag(&mut self, index: u64, applied_at: Instant) {
+        while self.appended_at.front().is_some_and(|&(i, _)| i < index) {
+            self.appended_at.pop_front();
         }
-        if !any {
-            return Ok(false);
-        }
-        // A leader's AppendEntries go out before its own fsync (thesis
-        // §10.2.1): the disk write and the replication overlap, and the
-        // leader counts itself in commits only once told the log is durable.
-        let (early, late): (Vec<Message>, Vec<Message>) = sends
-            .into_iter()
-            .partition(Message::may_precede_persistence);
-        self.send_all(&early, now);
-        if !early.is_empty() {
-            self.peers
-                .flush(self.poll.registry(), now, &mut self.inputs);
-        }
-        // Everything else waits for persistence (STYLE §12): one fsync
-        // covers the turn.
-        if self.storage.needs_sync() {
-            let t0 = Instant::now();
-            self.storage.sync().map_err(FatalError::Storage)?;
-            let took = t0.elapsed();
-            self.counters.fsyncs += 1;
-            self.counters.fsync_nanos += took.as_nanos() as u64;
-            self.histograms.fsync.observe(took.as_secs_f64());
-        }
-        if let Some((index, term)) = appended {
-            self.node.handle_log_persisted(self.time(now), index, term);
-        }
-        self.send_all(&late, now);
-        let applied_at = Instant::now();
-        for e in applies {
-            while self
-                .appended_at
-                .front()
-                .is_some_and(|&(i, _)| i < e.index.0)
-            {
+        if let Some(&(i, at)) = self.appended_at.front() {
+            if i == index {
                 self.appended_at.pop_front();
-            }
-            if let Some(&(i, at)) = self.appended_at.front() {
-                if i == e.index.0 {
-                    self.appended_at.pop_front();
-                    let lag = applied_at.saturating_duration_since(at);
-                    self.histograms.apply_lag.observe(lag.as_secs_f64());
-                }
-            }
-            self.apply(e);
-        }
-        for (id, error) in reads {
-            self.answer_read(id, error);
-        }
-        for e in events {
-            self.on_event(e);
-        }
-        Ok(true)
-    }
-
-    fn send_all(&mut self, msgs: &[Message], now: Instant) {
-        for m in msgs {
-            self.counters.messages_sent += 1;
-            let queued = self
-                .peers
-                .send(m, self.poll.registry(), now, &mut self.inputs);
-            if m.kind() == "Heartbeat" {
-                self.counters.heartbeats_sent += 1;
-                self.counters.heartbeats_failed += u64::from(!queued);
+                let lag = applied_at.saturating_duration_since(at);
+                self.histograms.apply_lag.observe(lag.as_secs_f64());
             }
         }
     }
@@ -1250,6 +1209,89 @@ fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
     let reserve = (FD_RESERVE + 2 * members) as u64;
     let available = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(reserve));
     usize::try_from(available).map_or(MAX_CLIENTS, |a| a.min(MAX_CLIENTS))
+}
+
+/// The data dir as the driver's [`LogStore`]: `Storage` buffers the writes
+/// and makes them durable with one fsync per sync (group commit), timed
+/// for the metrics; appends are remembered for the apply-lag histogram.
+struct Disk<'a> {
+    storage: &'a mut Storage,
+    histograms: &'a mut Histograms,
+    appended_at: &'a mut VecDeque<(u64, Instant)>,
+    now: Instant,
+    fsyncs: u64,
+    fsync_nanos: u64,
+    entries_persisted: u64,
+}
+
+impl LogStore for Disk<'_> {
+    type Error = StorageError;
+
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.storage.save_hard_state(hs);
+        Ok(())
+    }
+
+    fn truncate_log(&mut self, from: LogIndex) -> Result<(), StorageError> {
+        while self.appended_at.back().is_some_and(|&(i, _)| i >= from.0) {
+            self.appended_at.pop_back();
+        }
+        self.storage.truncate(from);
+        Ok(())
+    }
+
+    fn append_log(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.entries_persisted += entries.len() as u64;
+        for e in entries {
+            if self.appended_at.len() == MAX_APPLY_LAG_TRACKED {
+                self.appended_at.pop_front();
+            }
+            self.appended_at.push_back((e.index.0, self.now));
+        }
+        self.storage.append(entries);
+        Ok(())
+    }
+
+    /// A synchronous fsync: durable on return.
+    fn sync(&mut self) -> Result<bool, StorageError> {
+        if self.storage.needs_sync() {
+            let t0 = Instant::now();
+            self.storage.sync()?;
+            let took = t0.elapsed();
+            self.fsyncs += 1;
+            self.fsync_nanos += took.as_nanos() as u64;
+            self.histograms.fsync.observe(took.as_secs_f64());
+        }
+        Ok(true)
+    }
+}
+
+/// The peer links as the driver's [`Transport`]: messages are queued on
+/// their link; `flush` writes them out before an fsync, so that a leader's
+/// AppendEntries travel while its disk works (thesis §10.2.1).
+struct Links<'a> {
+    peers: &'a mut PeerSet,
+    registry: &'a mio::Registry,
+    now: Instant,
+    inputs: &'a mut Vec<PeerInput>,
+    sent: u64,
+    heartbeats_sent: u64,
+    heartbeats_failed: u64,
+}
+
+impl Transport for Links<'_> {
+    fn send(&mut self, msg: Message) {
+        self.sent += 1;
+        let queued = self.peers.send(&msg, self.registry, self.now, self.inputs);
+        if msg.kind() == "Heartbeat" {
+            self.heartbeats_sent += 1;
+            self.heartbeats_failed += u64::from(!queued);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.peers.flush(self.registry, self.now, self.inputs);
+    }
 }
 
 impl fmt::Debug for Server {
