@@ -52,7 +52,10 @@ fn random_bytes_reach_elections_commits_faults_and_refusals() {
         total.faults += s.faults;
     }
     assert!(led >= 8, "the node led in only {led} of 64 runs");
-    assert!(committed >= 6, "the node committed in only {committed} of 64 runs");
+    assert!(
+        committed >= 6,
+        "the node committed in only {committed} of 64 runs"
+    );
     assert!(total.delivered >= 64 * 10, "{total:?}");
     assert!(total.refused >= 64 * 10, "{total:?}");
     assert!(total.faults >= 128, "{total:?}");
@@ -62,5 +65,8 @@ fn random_bytes_reach_elections_commits_faults_and_refusals() {
         let s = fuzz_network(&random_bytes(&mut rng, 1024));
         led += u64::from(s.led);
     }
-    assert!(led >= 4, "a leader emerged under the adversary in only {led} of 16 runs");
+    assert!(
+        led >= 4,
+        "a leader emerged under the adversary in only {led} of 16 runs"
+    );
 }

@@ -551,7 +551,13 @@ impl Cluster {
     /// Gives the network back to the simulator, fair again: what is in
     /// flight arrives shortly, in order, and later messages follow `net`.
     pub fn release_network(&mut self) {
-        for (i, m) in self.in_flight.take().unwrap_or_default().into_iter().enumerate() {
+        for (i, m) in self
+            .in_flight
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let at = self.now + self.net.min_delay + Duration::from_nanos(i as u64);
             self.schedule(at, Scheduled::Deliver(m));
         }

@@ -281,7 +281,11 @@ impl NodeDriver {
         self.drain();
         if let Some(t) = self.node.poll_timeout() {
             // Otherwise the driver would spin.
-            assert!(t > self.now, "deadline {t} not after a timeout at {}", self.now);
+            assert!(
+                t > self.now,
+                "deadline {t} not after a timeout at {}",
+                self.now
+            );
         }
     }
 
@@ -305,8 +309,16 @@ impl NodeDriver {
                 if let ProposeError::TooLarge { .. } = e {
                     assert!(len > MAX_ENTRY_LEN, "{e} for {len} bytes");
                 }
-                assert_eq!(self.node.status(), before, "a refused proposal changed the node");
-                assert_eq!(self.node.poll_action(), None, "a refused proposal had output");
+                assert_eq!(
+                    self.node.status(),
+                    before,
+                    "a refused proposal changed the node"
+                );
+                assert_eq!(
+                    self.node.poll_action(),
+                    None,
+                    "a refused proposal had output"
+                );
             }
         }
         self.drain();
@@ -600,7 +612,11 @@ impl NodeDriver {
             .any(|a| matches!(a, Action::Event(Event::PeerFault { .. })))
         {
             assert_dropped(&first, from);
-            assert_eq!(self.node.status(), before, "a dropped message changed the node");
+            assert_eq!(
+                self.node.status(),
+                before,
+                "a dropped message changed the node"
+            );
         }
         self.drain();
     }
@@ -617,9 +633,16 @@ impl NodeDriver {
         if reported && !shut_down {
             assert_dropped(&first, from);
         } else {
-            assert!(first.is_empty(), "output for a message not for it: {first:?}");
+            assert!(
+                first.is_empty(),
+                "output for a message not for it: {first:?}"
+            );
         }
-        assert_eq!(self.node.status(), before, "a refused message changed the node");
+        assert_eq!(
+            self.node.status(),
+            before,
+            "a refused message changed the node"
+        );
         self.drain();
     }
 
@@ -671,8 +694,15 @@ impl NodeDriver {
             Action::AppendLog(entries) => {
                 assert!(!entries.is_empty(), "empty AppendLog");
                 for e in entries {
-                    assert_eq!(e.index.0, self.disk.len() as u64 + 1, "append not contiguous");
-                    assert!(e.term <= self.hard_state.current_term, "entry from a future term");
+                    assert_eq!(
+                        e.index.0,
+                        self.disk.len() as u64 + 1,
+                        "append not contiguous"
+                    );
+                    assert!(
+                        e.term <= self.hard_state.current_term,
+                        "entry from a future term"
+                    );
                     assert!(e.payload_len() <= MAX_ENTRY_LEN);
                     self.disk.push(e.clone());
                 }
@@ -699,7 +729,10 @@ impl NodeDriver {
                 self.applied = e.index;
             }
             Action::ReadReady { id } | Action::ReadFailed { id, .. } => {
-                assert!(self.reads.remove(id), "answer for read {id} never registered");
+                assert!(
+                    self.reads.remove(id),
+                    "answer for read {id} never registered"
+                );
             }
             Action::Event(Event::PeerFault { .. }) => self.stats.faults += 1,
             Action::Event(_) => {}
