@@ -532,7 +532,7 @@ impl NodeDriver {
         let asked = self.sent[usize::from(inp.byte()) % self.sent.len()].clone();
         let (term, body) = match &asked.body {
             MessageBody::RequestVote(rv) => {
-                let granted = inp.byte() % 4 != 0;
+                let granted = inp.byte() & 3 != 0;
                 // A granted pre-vote comes in the asked term, a refusal in
                 // the voter's own.
                 let term = if granted || !rv.pre_vote {
