@@ -257,6 +257,19 @@ pub fn encode(msg: &Message, dst: &mut BytesMut) {
     );
 }
 
+/// The frame `encode` would write for `msg`, without its checks: the
+/// fuzz drivers need frames of messages the codec refuses, to watch
+/// `decode` refuse them. Only the lengths must fit their u32 fields.
+#[cfg(feature = "sim")]
+pub(crate) fn encode_unchecked(msg: &Message) -> BytesMut {
+    let body_len = body_len(msg);
+    let mut dst = BytesMut::with_capacity(LEN_PREFIX_LEN + body_len);
+    dst.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
+    dst.put_u8(VERSION);
+    put_message(msg, &mut dst);
+    dst
+}
+
 /// Takes one frame off the front of `src` and decodes it.
 ///
 /// - `Ok(None)`: `src` does not yet hold a whole frame. Nothing is consumed;

@@ -231,3 +231,31 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_must_fit_in_a_frame() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        assert_eq!(Config::new(NodeId(1), voters.clone()).validate(), Ok(()));
+        let mut c = Config::new(NodeId(1), voters);
+        c.max_bytes_per_append = codec::MAX_FRAME_LEN;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::AppendTooLarge {
+                max_entries: 256,
+                max_bytes: codec::MAX_FRAME_LEN
+            })
+        );
+        // Entry headers count too, and a huge count does not overflow.
+        c.max_bytes_per_append = 1;
+        c.max_entries_per_append = usize::MAX;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::AppendTooLarge { .. })
+        ));
+        assert!(!c.validate().unwrap_err().to_string().is_empty());
+    }
+}

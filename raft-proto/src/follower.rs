@@ -172,3 +172,56 @@ impl Node {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::log::RaftLog;
+    use crate::{
+        AppendEntries, Config, Event, LogIndex, Message, MessageBody, Node, NodeId, PeerFault,
+        PersistentState, Term, Time,
+    };
+
+    /// A prev_log_index below the start of the log cannot be checked. Logs
+    /// start at 0 until snapshots exist, so the public API cannot reach
+    /// this yet; it used to be an `unreachable!`.
+    #[test]
+    fn append_entries_below_the_log_start_is_a_peer_fault() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let config = Config::new(NodeId(1), voters);
+        let mut node = Node::new(config, PersistentState::default(), Time::ZERO).unwrap();
+        // As if a snapshot covered everything up to index 10, of term 2.
+        node.log = RaftLog::new(LogIndex(10), Term(2), vec![]);
+        node.current_term = Term(2);
+        node.commit_index = LogIndex(10);
+        node.last_applied = LogIndex(10);
+        node.persisted_index = LogIndex(10);
+        node.check_invariants();
+        let before = node.status();
+        let ae = AppendEntries {
+            prev_log_index: LogIndex(5),
+            prev_log_term: Term(1),
+            entries: vec![],
+            leader_commit: LogIndex(5),
+            round: 0,
+        };
+        let msg = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: Term(2),
+            body: MessageBody::AppendEntries(ae),
+        };
+        node.handle_message(Time::ZERO, msg);
+        let actions: Vec<_> = std::iter::from_fn(|| node.poll_action()).collect();
+        assert_eq!(
+            actions,
+            vec![crate::Action::Event(Event::PeerFault {
+                peer: NodeId(2),
+                fault: PeerFault::PrevBelowLogStart {
+                    prev_log_index: LogIndex(5),
+                    log_start: LogIndex(10),
+                },
+            })]
+        );
+        assert_eq!(node.status(), before);
+    }
+}

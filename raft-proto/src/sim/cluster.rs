@@ -548,6 +548,21 @@ impl Cluster {
         self.handle_scheduled(Scheduled::Deliver(msg));
     }
 
+    /// Gives the network back to the simulator, fair again: what is in
+    /// flight arrives shortly, in order, and later messages follow `net`.
+    pub fn release_network(&mut self) {
+        for (i, m) in self
+            .in_flight
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let at = self.now + self.net.min_delay + Duration::from_nanos(i as u64);
+            self.schedule(at, Scheduled::Deliver(m));
+        }
+    }
+
     /// Loses the in-flight message at `i`. Out of range does nothing.
     pub fn drop_in_flight(&mut self, i: usize) {
         if let Some(pool) = self.in_flight.as_mut().filter(|p| i < p.len()) {

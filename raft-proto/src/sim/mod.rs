@@ -7,6 +7,7 @@
 
 mod checker;
 mod cluster;
+pub mod fuzz;
 pub mod linearizability;
 mod run;
 
