@@ -368,7 +368,7 @@ fn leader_counts_itself_only_once_its_log_is_durable() {
     commit(&mut c, 1);
     let others: Vec<NodeId> = c.ids().iter().copied().filter(|&n| n != l).collect();
     c.block(l, others[1]);
-    c.net.fsync_delay = 60 * SEC; // the leader's disk stalls
+    c.stall_disk(l, true); // the leader's disk stalls; the followers' do not
     let id = c.propose(l, encode_write(1, 2)).unwrap();
     c.run_for(200 * MS);
     assert!(

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::message::{Message, MessageBody};
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 use crate::Role;
 
@@ -15,7 +16,7 @@ impl std::fmt::Display for Violation {
     }
 }
 
-fn entry_hash(e: &Entry) -> u64 {
+pub(crate) fn entry_hash(e: &Entry) -> u64 {
     // FNV-1a over term, index and payload: a fingerprint for comparisons.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: u8| {
@@ -58,6 +59,14 @@ impl DiskLog {
         self.chain.truncate(keep);
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn chain_at(&self, i: usize) -> u64 {
+        self.chain[i]
+    }
+
     pub(crate) fn append(&mut self, e: Entry) -> u64 {
         let prev = self.chain.last().copied().unwrap_or(0);
         let h = prev.rotate_left(17) ^ entry_hash(&e).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -82,6 +91,13 @@ pub struct Checker {
     last_applied: BTreeMap<NodeId, LogIndex>,
     last_commit: BTreeMap<NodeId, LogIndex>,
     roles: BTreeMap<NodeId, (Role, Term)>,
+    /// Leader append-only: per node leading a term, its log length and the
+    /// prefix hash at that length when last seen.
+    leader_marks: BTreeMap<NodeId, (Term, usize, u64)>,
+    /// Votes granted on the wire, across restarts: (voter, term) -> the
+    /// candidate. A second candidate means a vote was sent before it was
+    /// durable and then lost in a crash.
+    votes_sent: BTreeMap<(NodeId, Term), NodeId>,
 }
 
 impl Checker {
@@ -89,6 +105,27 @@ impl Checker {
         self.last_applied.remove(&id);
         self.last_commit.remove(&id);
         self.roles.remove(&id);
+        self.leader_marks.remove(&id);
+    }
+
+    /// Every message as it leaves a node: one granted vote per voter and
+    /// term, over the whole run, crashes included (§5.2; the vote must be
+    /// durable before it is sent, or a restart may vote again).
+    pub(crate) fn on_send(&mut self, m: &Message) -> Result<(), Violation> {
+        if let MessageBody::RequestVoteResponse(r) = &m.body {
+            if r.granted && !r.pre_vote {
+                match self.votes_sent.insert((m.from, m.term), m.to) {
+                    Some(prev) if prev != m.to => {
+                        return Err(Violation(format!(
+                            "node {} voted twice in term {}: for {prev} and for {}",
+                            m.from, m.term, m.to
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn on_hard_state(
@@ -115,24 +152,9 @@ impl Checker {
         Ok(())
     }
 
-    pub(crate) fn on_truncate(
-        &mut self,
-        id: NodeId,
-        role: Role,
-        from: LogIndex,
-    ) -> Result<(), Violation> {
-        if role == Role::Leader {
-            return Err(Violation(format!(
-                "node {id}: leader truncated its log from {from} (leader append-only)"
-            )));
-        }
-        Ok(())
-    }
-
     pub(crate) fn on_append(
         &mut self,
         id: NodeId,
-        role: Role,
         log: &mut DiskLog,
         entries: Vec<Entry>,
     ) -> Result<(), Violation> {
@@ -144,7 +166,6 @@ impl Checker {
                     log.entries.len()
                 )));
             }
-            let _ = role;
             let (i, t) = (e.index.0, e.term.0);
             let h = log.append(e);
             match self.prefixes.get(&(i, t)) {
@@ -219,6 +240,22 @@ impl Checker {
                     self.leaders.insert(term, id);
                 }
             }
+        }
+        if role == Role::Leader {
+            // Leader append-only (Figure 3): while it leads a term, what it
+            // held stays a prefix of its log.
+            if let Some(&(t, len, h)) = self.leader_marks.get(&id) {
+                if t == term && (log.len() < len || (len > 0 && log.chain_at(len - 1) != h)) {
+                    return Err(Violation(format!(
+                        "node {id}: leader of term {term} lost or rewrote entries up to {len} (leader append-only)"
+                    )));
+                }
+            }
+            let len = log.len();
+            let h = if len > 0 { log.chain_at(len - 1) } else { 0 };
+            self.leader_marks.insert(id, (term, len, h));
+        } else {
+            self.leader_marks.remove(&id);
         }
         if became_leader {
             // Leader completeness (§5.4): a new leader holds every entry

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::checker::{Checker, DiskLog, Violation};
+use super::checker::{Checker, Violation};
+use super::disk::{CheckedDisk, SimDisk};
+use crate::driver::{Driver, Transport};
 use crate::{
     Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, Node,
-    NodeId, PersistentState, ProposeError, ReadError, Rng, Role, Term, Time,
+    NodeId, ProposeError, ReadError, Rng, Role, Term, Time,
 };
 
 /// The network's behaviour.
@@ -26,8 +28,11 @@ pub struct NetConfig {
     pub duplicate: f64,
     /// How long after a process dies its peers see the connection close.
     pub eof_delay: Duration,
-    /// A leader's fsync of its own appends takes uniformly up to this.
+    /// A sync of a member's disk takes uniformly up to this.
     pub fsync_delay: Duration,
+    /// Probability that a restart finds one durable record corrupt (a read
+    /// fault): the member must refuse to start.
+    pub corrupt_on_restart: f64,
 }
 
 impl Default for NetConfig {
@@ -39,6 +44,7 @@ impl Default for NetConfig {
             duplicate: 0.0,
             eof_delay: Duration::from_millis(1),
             fsync_delay: Duration::from_millis(2),
+            corrupt_on_restart: 0.0,
         }
     }
 }
@@ -81,8 +87,8 @@ pub enum Completion {
 #[derive(Debug)]
 enum Scheduled {
     Deliver(Message),
-    /// The fsync of a leader's pending appends completes.
-    Persisted {
+    /// The sync in flight on a member's disk completes.
+    SyncDone {
         node: NodeId,
         incarnation: u64,
     },
@@ -117,16 +123,30 @@ fn decode_write(cmd: &[u8]) -> Option<(u64, u64)> {
 struct Member {
     node: Option<Node>,
     frozen: bool,
-    hard_state: HardState,
-    log: DiskLog,
+    /// The production driver: persist, sync, send in the safe order.
+    driver: Driver,
+    /// A disk that loses unsynced writes on a crash.
+    disk: SimDisk,
+    /// Its syncs do not complete while set (a stalled disk).
+    disk_stalled: bool,
+    /// The disk's records failed their checksums at the last restart: the
+    /// member refused to start and stays down.
+    refused: Option<LogIndex>,
     machine: BTreeMap<u64, u64>,
     reads: BTreeMap<u64, u64>,
     incarnation: u64,
     /// Messages that arrived while frozen, in order (the socket buffers).
     held: Vec<Message>,
-    /// A leader's own appends written but not yet fsynced: its
-    /// AppendEntries may already be out (thesis §10.2.1); a crash loses them.
-    pending: Vec<Entry>,
+}
+
+/// The network as the driver's transport: what a drain sends, collected.
+#[derive(Default)]
+struct Outbox(Vec<Message>);
+
+impl Transport for Outbox {
+    fn send(&mut self, msg: Message) {
+        self.0.push(msg);
+    }
 }
 
 /// A simulated cluster. Every step delivers one message, fires one node's
@@ -197,13 +217,14 @@ impl Cluster {
                 Member {
                     node: None,
                     frozen: false,
-                    hard_state: HardState::default(),
-                    log: DiskLog::default(),
+                    driver: Driver::new(),
+                    disk: SimDisk::default(),
+                    disk_stalled: false,
+                    refused: None,
                     machine: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     incarnation: 0,
                     held: Vec::new(),
-                    pending: Vec::new(),
                 },
             );
             c.boot(id);
@@ -211,7 +232,9 @@ impl Cluster {
         c
     }
 
-    fn boot(&mut self, id: NodeId) {
+    /// Starts the member's process from what its disk recovers. Returns
+    /// false if recovery refused a corrupt record: the member stays down.
+    fn boot(&mut self, id: NodeId) -> bool {
         let m = self.members.get_mut(&id).expect("member");
         m.incarnation += 1;
         let mut cfg = self.template.clone();
@@ -220,15 +243,22 @@ impl Cluster {
             .seed
             .wrapping_mul(0x100_0000_01B3)
             .wrapping_add(id.0 * 1_000_003 + m.incarnation);
-        let state = PersistentState {
-            hard_state: m.hard_state,
-            entries: m.log.entries.clone(),
+        let state = match m.disk.recover() {
+            Ok(state) => state,
+            Err(index) => {
+                // Like raft-node: a record that fails its checksum is
+                // refused, never applied, and the member does not start.
+                m.refused = Some(index);
+                return false;
+            }
         };
+        m.driver = Driver::new();
         m.node = Some(Node::new(cfg, state, self.now).expect("valid sim config"));
         m.machine.clear();
         m.reads.clear();
         m.frozen = false;
         self.checker.on_restart(id);
+        true
     }
 
     /// Records every step as a line of text, for transcripts and replays.
@@ -361,9 +391,11 @@ impl Cluster {
         m.frozen = false;
         m.reads.clear();
         m.held.clear();
-        // Written but never fsynced: gone with the process.
-        m.pending.clear();
-        self.log_line(|| format!("n{id} crashed"));
+        // Messages the driver held for a sync never left; of the writes
+        // not yet synced, the disk keeps a prefix (maybe torn).
+        m.driver.crash();
+        let (kept, unsynced) = m.disk.crash(&mut self.rng);
+        self.log_line(|| format!("n{id} crashed ({kept} of {unsynced} unsynced writes survived)"));
         self.completions.push(Completion::Crashed { node: id });
         for peer in self.ids.clone() {
             if peer != id {
@@ -398,7 +430,18 @@ impl Cluster {
         if self.members[&id].node.is_some() {
             return;
         }
-        self.boot(id);
+        let others_refused = self.members.values().any(|m| m.refused.is_some());
+        if !others_refused && self.rng.chance(self.net.corrupt_on_restart) {
+            let m = self.members.get_mut(&id).expect("member");
+            if let Some(index) = m.disk.corrupt_a_record(&mut self.rng) {
+                self.log_line(|| format!("n{id} disk: record of entry {index} corrupted"));
+            }
+        }
+        if !self.boot(id) {
+            let index = self.members[&id].refused.expect("refused");
+            self.log_line(|| format!("n{id} refused to start: entry {index} fails its checksum"));
+            return;
+        }
         self.log_line(|| format!("n{id} restarted"));
         let at = self.now + self.net.eof_delay;
         for peer in self.ids.clone() {
@@ -693,23 +736,24 @@ impl Cluster {
                     .handle_message(now, msg);
                 self.after_input(to);
             }
-            Scheduled::Persisted { node, incarnation } => {
+            Scheduled::SyncDone { node, incarnation } => {
                 let m = self.members.get_mut(&node).expect("member");
                 if m.incarnation != incarnation || m.node.is_none() {
-                    return; // the process died before its fsync completed
+                    return; // the process died before its sync completed
                 }
-                if m.frozen {
+                if m.frozen || m.disk_stalled {
+                    // A stopped process learns of its fsync only once it
+                    // runs again; a stalled disk has not finished.
                     let at = self.now + Duration::from_millis(5);
-                    self.schedule(at, Scheduled::Persisted { node, incarnation });
+                    self.schedule(at, Scheduled::SyncDone { node, incarnation });
                     return;
                 }
-                if let Err(v) =
-                    Self::flush_pending(&mut self.checker, node, &mut m.pending, &mut m.log)
-                {
-                    self.violation
-                        .get_or_insert(Violation(format!("at {}: {v}", self.now)));
-                }
-                self.after_input(node);
+                m.disk.complete_sync();
+                let now = self.now;
+                let mut outbox = Outbox::default();
+                m.driver
+                    .sync_completed(m.node.as_mut().expect("up"), now, &mut outbox);
+                self.after_input_with(node, outbox.0);
             }
             Scheduled::LinkDown { node, peer } | Scheduled::LinkUp { node, peer }
                 if !self.is_up(node) =>
@@ -742,68 +786,37 @@ impl Cluster {
         }
     }
 
-    /// Drains the node's actions the way a driver does, then checks safety.
+    /// Drains the node's actions through the production driver, carries
+    /// out what it hands back, then checks safety.
     fn after_input(&mut self, id: NodeId) {
-        let mut sends = Vec::new();
+        self.after_input_with(id, Vec::new());
+    }
+
+    /// Like [`Cluster::after_input`], with messages the driver already
+    /// released (on a sync's completion) to send first.
+    fn after_input_with(&mut self, id: NodeId, released: Vec<Message>) {
+        let now = self.now;
         let member = self.members.get_mut(&id).expect("member");
         let node = member.node.as_mut().expect("running");
         let mut result = Ok(());
-        let mut schedule_fsync = false;
-        let mut notified = false;
-        loop {
-            let Some(action) = node.poll_action() else {
-                // Tell the node how far its log is durable; that may commit
-                // (a leader counts itself from here on) and bring actions.
-                if notified {
-                    break;
-                }
-                notified = true;
-                if member.pending.is_empty() {
-                    if let Some(last) = member.log.entries.last() {
-                        node.handle_log_persisted(self.now, last.index, last.term);
-                    }
-                }
-                continue;
-            };
-            notified = false;
-            let role = node.role();
-            // Persistence happens in order: a leader's pending appends are
-            // fsynced before anything written after them.
-            if matches!(
-                action,
-                Action::SaveHardState(_) | Action::TruncateLog { .. } | Action::AppendLog(_)
-            ) && !(role == Role::Leader && matches!(action, Action::AppendLog(_)))
-            {
-                if let Err(v) =
-                    Self::flush_pending(&mut self.checker, id, &mut member.pending, &mut member.log)
-                {
-                    result = result.and(Err(v));
-                }
-            }
+        let mut outbox = Outbox(released);
+        let mut out = Vec::new();
+        let sync_was_in_flight = member.disk.sync_in_flight();
+        let mut disk = CheckedDisk {
+            id,
+            disk: &mut member.disk,
+            checker: &mut self.checker,
+            result: &mut result,
+        };
+        let drained = member
+            .driver
+            .drain(node, now, &mut disk, &mut outbox, &mut out);
+        match drained {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+        for action in out {
             let r = match action {
-                Action::SaveHardState(hs) => {
-                    let r = self.checker.on_hard_state(id, member.hard_state, hs);
-                    member.hard_state = hs;
-                    r
-                }
-                Action::TruncateLog { from } => {
-                    member.log.truncate_from(from);
-                    self.checker.on_truncate(id, role, from)
-                }
-                // A leader writes its own entries without waiting for the
-                // fsync; its AppendEntries leave at once (§10.2.1).
-                Action::AppendLog(entries) if role == Role::Leader => {
-                    member.pending.extend(entries);
-                    schedule_fsync = true;
-                    Ok(())
-                }
-                Action::AppendLog(entries) => {
-                    self.checker.on_append(id, role, &mut member.log, entries)
-                }
-                Action::Send(m) => {
-                    sends.push(m);
-                    Ok(())
-                }
                 Action::Apply(e) => {
                     if let EntryPayload::Command(c) = &e.payload {
                         if let Some((k, v)) = decode_write(c) {
@@ -851,21 +864,30 @@ impl Cluster {
                         _ => Ok(()),
                     }
                 }
+                other => unreachable!("the driver carries out {other:?} itself"),
             };
             if result.is_ok() {
                 result = r;
             }
         }
+        let node = member.node.as_ref().expect("running");
         node.check_invariants();
         let (role, term, commit) = (node.role(), node.term(), node.commit_index());
         if result.is_ok() {
-            result = self.checker.after_step(id, role, term, commit, &member.log);
+            result = self
+                .checker
+                .after_step(id, role, term, commit, &member.disk.written_log);
+        }
+        for m in &outbox.0 {
+            if result.is_ok() {
+                result = self.checker.on_send(m);
+            }
         }
         if let Err(v) = result {
             self.violation
                 .get_or_insert(Violation(format!("at {}: {v}", self.now)));
         }
-        if schedule_fsync {
+        if member.disk.sync_in_flight() && !sync_was_in_flight {
             let incarnation = member.incarnation;
             let d = self
                 .rng
@@ -873,28 +895,15 @@ impl Cluster {
             let at = self.now + Duration::from_nanos(d);
             self.schedule(
                 at,
-                Scheduled::Persisted {
+                Scheduled::SyncDone {
                     node: id,
                     incarnation,
                 },
             );
         }
-        for m in sends {
+        for m in outbox.0 {
             self.transmit(m);
         }
-    }
-
-    /// Makes a member's pending appends durable.
-    fn flush_pending(
-        checker: &mut Checker,
-        id: NodeId,
-        pending: &mut Vec<Entry>,
-        log: &mut DiskLog,
-    ) -> Result<(), Violation> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        checker.on_append(id, Role::Leader, log, std::mem::take(pending))
     }
 
     fn transmit(&mut self, m: Message) {
@@ -930,26 +939,38 @@ impl Cluster {
         }
     }
 
-    /// Whether `id` holds appends it wrote but has not fsynced yet.
+    /// Whether `id` holds appends it wrote but has not synced yet.
     pub fn has_unsynced_entries(&self, id: NodeId) -> bool {
-        !self.members[&id].pending.is_empty()
+        self.members[&id].disk.has_unsynced_entries()
     }
 
-    /// The persisted hard state of `id`.
+    /// Stalls (or resumes) `id`'s disk: its syncs do not complete while
+    /// stalled.
+    pub fn stall_disk(&mut self, id: NodeId, stalled: bool) {
+        self.members.get_mut(&id).expect("member").disk_stalled = stalled;
+    }
+
+    /// If `id` refused to start because a durable record failed its
+    /// checksum: the entry whose record it was.
+    pub fn refused(&self, id: NodeId) -> Option<LogIndex> {
+        self.members[&id].refused
+    }
+
+    /// The durable hard state of `id`.
     pub fn persisted_hard_state(&self, id: NodeId) -> HardState {
-        self.members[&id].hard_state
+        self.members[&id].disk.durable_hs
     }
 
-    /// The persisted log length of `id`.
+    /// The durable log length of `id`.
     pub fn persisted_last_index(&self, id: NodeId) -> LogIndex {
-        LogIndex(self.members[&id].log.entries.len() as u64)
+        LogIndex(self.members[&id].disk.durable_log().len() as u64)
     }
 
-    /// Term of `id`'s persisted log entry at `index`.
+    /// Term of `id`'s durable log entry at `index`.
     pub fn persisted_term_at(&self, id: NodeId, index: LogIndex) -> Option<Term> {
         self.members[&id]
-            .log
-            .entries
+            .disk
+            .durable_log()
             .get((index.0 as usize).wrapping_sub(1))
             .map(|e| e.term)
     }

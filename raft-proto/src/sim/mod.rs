@@ -4,9 +4,15 @@
 //! partitions), crashes that keep only what was persisted, freezes, link
 //! reports like the driver's, and safety checks after every step. Everything
 //! random derives from one seed, so a seed replays a run exactly.
+//!
+//! Each member runs the production driver ([`crate::driver::Driver`]) over
+//! a disk that lies ([`disk`]): writes are lost on a crash until a sync
+//! completes, so the ordering code that keeps acknowledged writes safe is
+//! the code under test.
 
 mod checker;
 mod cluster;
+mod disk;
 pub mod fuzz;
 pub mod linearizability;
 mod run;
