@@ -1199,3 +1199,20 @@ impl fmt::Debug for Server {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_capped_below_the_descriptor_limit() {
+        // The common default soft limit: 1024 - 64 - 2 x 3.
+        assert_eq!(client_cap(Some(1024), 3), 954);
+        assert_eq!(client_cap(Some(128), 3), 58);
+        // A limit below the reserve: no clients at all, storage first.
+        assert_eq!(client_cap(Some(50), 3), 0);
+        assert_eq!(client_cap(Some(1 << 20), 3), MAX_CLIENTS);
+        assert_eq!(client_cap(None, 3), MAX_CLIENTS);
+        assert_eq!(client_cap(Some(4096 + 64 + 2 * 64), 64), MAX_CLIENTS);
+    }
+}
