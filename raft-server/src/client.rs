@@ -475,29 +475,31 @@ impl Client {
     /// from the last byte moved; a partial request over
     /// [`SLOW_REQUEST_BYTES`] must complete within [`SLOW_REQUEST_TIMEOUT`].
     pub fn deadline(&self, idle_timeout: Option<Duration>) -> Option<Instant> {
-        let idle = idle_timeout
-            .filter(|_| self.inflight == 0 && self.held.is_none())
-            .map(|t| self.last_active + t);
-        let slow = self
-            .partial_since
-            .filter(|_| self.incomplete && self.inbuf.len() > SLOW_REQUEST_BYTES)
-            .map(|t| t + SLOW_REQUEST_TIMEOUT);
-        idle.into_iter().chain(slow).min()
+        let idle = self.idle_deadline(idle_timeout);
+        idle.into_iter().chain(self.slow_request_deadline()).min()
     }
 
     /// Whether a deadline has passed at `now`, and which.
     pub fn expired(&self, now: Instant, idle_timeout: Option<Duration>) -> Option<Expiry> {
-        let slow = self
-            .partial_since
-            .filter(|_| self.incomplete && self.inbuf.len() > SLOW_REQUEST_BYTES)
-            .is_some_and(|t| now >= t + SLOW_REQUEST_TIMEOUT);
-        if slow {
-            return Some(Expiry::SlowRequest);
+        if self.slow_request_deadline().is_some_and(|d| now >= d) {
+            Some(Expiry::SlowRequest)
+        } else if self.idle_deadline(idle_timeout).is_some_and(|d| now >= d) {
+            Some(Expiry::Idle)
+        } else {
+            None
         }
-        let idle = idle_timeout
+    }
+
+    fn idle_deadline(&self, idle_timeout: Option<Duration>) -> Option<Instant> {
+        idle_timeout
             .filter(|_| self.inflight == 0 && self.held.is_none())
-            .is_some_and(|t| now >= self.last_active + t);
-        idle.then_some(Expiry::Idle)
+            .map(|t| self.last_active + t)
+    }
+
+    fn slow_request_deadline(&self) -> Option<Instant> {
+        self.partial_since
+            .filter(|_| self.incomplete && self.inbuf.len() > SLOW_REQUEST_BYTES)
+            .map(|t| t + SLOW_REQUEST_TIMEOUT)
     }
 }
 

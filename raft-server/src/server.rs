@@ -234,10 +234,9 @@ pub struct Server {
     dirty: Vec<usize>,
     /// Clients whose back-pressure cleared, to service next turn.
     resume: Vec<usize>,
-    /// `clients_rejected` when the last refusal was logged, or when a
-    /// client closed below the maximum since: one log line per stretch of
-    /// refusals.
-    counters_at_last_refusal_log: u64,
+    /// Clients are being refused (the maximum is connected): logged once
+    /// per stretch, which ends when a client closes.
+    refusing: bool,
     /// Why the link to each peer last went down, for election log lines.
     link_down_reason: HashMap<NodeId, String>,
     /// Per peer: when an impossible message from it was last logged, and
@@ -295,23 +294,8 @@ impl Server {
         let peers = PeerSet::new(&settings, peer_listener, PEER_LISTENER, registry, start)
             .map_err(StartError::Io)?;
 
-        let client_budget = settings.client_memory_budget;
-        let max_clients = client_cap(conn::fd_limit().ok(), settings.members.len());
-        let limit = conn::fd_limit().map_or("unknown".into(), |l| l.to_string());
-        if max_clients < MAX_CLIENTS {
-            log::warn!(
-                "descriptor limit {limit}: at most {max_clients} clients (the rest is reserved \
-                 for storage and peers); raise `ulimit -n` for up to {MAX_CLIENTS}"
-            );
-        }
-        log::info!(
-            "clients: at most {max_clients} (descriptor limit {limit}), {} MiB for all their \
-             buffers, idle timeout {}",
-            client_budget >> 20,
-            settings
-                .client_idle_timeout
-                .map_or("off".into(), |t| format!("{} ms", t.as_millis()))
-        );
+        let max_clients = client_limits(&settings);
+        let budget = Budget::new(settings.client_memory_budget);
         log::info!(
             "member {} of cluster {:016x} ({} members): peers on {}, clients on {}{}; heartbeat {} ms, \
              election timeout {}-{} ms; term {}, {} log entries; PRNG seed {seed}",
@@ -342,7 +326,7 @@ impl Server {
             limits: Limits::DEFAULT,
             max_clients,
             read_buf: vec![0u8; conn::READ_CHUNK].into_boxed_slice(),
-            budget: Budget::new(client_budget),
+            budget,
             budget_waiters: Vec::new(),
             client_timer: ClientTimer::new(start),
             accept_retry_at: None,
@@ -354,7 +338,7 @@ impl Server {
             inputs: Vec::new(),
             dirty: Vec::new(),
             resume: Vec::new(),
-            counters_at_last_refusal_log: 0,
+            refusing: false,
             link_down_reason: HashMap::new(),
             peer_faults: HashMap::new(),
             counters: Counters::default(),
@@ -811,7 +795,7 @@ impl Server {
     /// Redis' answer to a client over the limit, then close.
     fn refuse_client(&mut self, mut sock: mio::net::TcpStream, addr: SocketAddr) {
         use std::io::Read;
-        if self.counters.clients_rejected == self.counters_at_last_refusal_log {
+        if !std::mem::replace(&mut self.refusing, true) {
             log::warn!(
                 "client {addr}: refused, {} clients connected (the maximum); further refusals \
                  are counted in INFO rejected_connections",
@@ -1136,9 +1120,7 @@ impl Server {
                 // A descriptor was freed: try the queued connections now.
                 self.accept_retry_at = Some(self.start);
             }
-            if self.clients.len() < self.max_clients {
-                self.counters_at_last_refusal_log = self.counters.clients_rejected;
-            }
+            self.refusing = false;
         }
     }
 
@@ -1200,6 +1182,29 @@ impl Server {
         );
         Ok(())
     }
+}
+
+/// How many clients this member accepts, logged with the other client
+/// limits at start.
+fn client_limits(settings: &Settings) -> usize {
+    let fd_limit = conn::fd_limit().ok();
+    let max_clients = client_cap(fd_limit, settings.members.len());
+    let limit = fd_limit.map_or("unknown".into(), |l| l.to_string());
+    if max_clients < MAX_CLIENTS {
+        log::warn!(
+            "descriptor limit {limit}: at most {max_clients} clients (the rest is reserved for \
+             storage and peers); raise the hard limit (`ulimit -Hn`) for up to {MAX_CLIENTS}"
+        );
+    }
+    log::info!(
+        "clients: at most {max_clients} (descriptor limit {limit}), {} MiB for all their \
+         buffers, idle timeout {}",
+        settings.client_memory_budget >> 20,
+        settings
+            .client_idle_timeout
+            .map_or("off".into(), |t| format!("{} ms", t.as_millis()))
+    );
+    max_clients
 }
 
 /// Clients the member may accept with a soft descriptor limit of `fd_limit`
@@ -1301,5 +1306,22 @@ impl fmt::Debug for Server {
             .field("clients", &self.clients.len())
             .field("peers", &self.peers)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_capped_below_the_descriptor_limit() {
+        // The common default soft limit: 1024 - 64 - 2 x 3.
+        assert_eq!(client_cap(Some(1024), 3), 954);
+        assert_eq!(client_cap(Some(128), 3), 58);
+        // A limit below the reserve: no clients at all, storage first.
+        assert_eq!(client_cap(Some(50), 3), 0);
+        assert_eq!(client_cap(Some(1 << 20), 3), MAX_CLIENTS);
+        assert_eq!(client_cap(None, 3), MAX_CLIENTS);
+        assert_eq!(client_cap(Some(4096 + 64 + 2 * 64), 64), MAX_CLIENTS);
     }
 }
