@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::codec;
-use crate::types::{NodeId, Term, MAX_ENTRY_LEN};
+use crate::types::{LogIndex, NodeId, Term, MAX_ENTRY_LEN};
 
 /// Everything a [`crate::Node`] needs to know that is not replicated state.
 ///
@@ -184,6 +184,14 @@ pub enum ConfigError {
         /// The persisted term.
         term: Term,
     },
+    /// [`crate::PersistentState::applied`] is beyond the persisted log: the
+    /// state machine is ahead of the log it was built from.
+    AppliedBeyondLog {
+        /// The applied index given.
+        applied: LogIndex,
+        /// The last index of the persisted log.
+        last_index: LogIndex,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -225,6 +233,13 @@ impl fmt::Display for ConfigError {
                 f,
                 "persisted term {term} exceeds the maximum term {}",
                 Term::MAX
+            ),
+            ConfigError::AppliedBeyondLog {
+                applied,
+                last_index,
+            } => write!(
+                f,
+                "the state machine has applied up to {applied}, beyond the log's last index {last_index}"
             ),
         }
     }

@@ -11,6 +11,10 @@ use crate::quorum::{majority, quorum_index};
 use crate::read::ReadQueue;
 use crate::types::{Entry, EntryId, EntryPayload, NodeId, Time};
 
+/// How long a leader may hold appends that were never reported durable
+/// before a debug build calls it a driver bug.
+const UNREPORTED_DURABILITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Node {
     pub(crate) fn become_leader(&mut self, now: Time) {
         let next = self.log.last_index().next();
@@ -36,7 +40,7 @@ impl Node {
         });
         // §5.4.2 / §8: commit an entry of our own term right away, which
         // also commits everything before it and lets reads start.
-        self.leader_append(EntryPayload::Noop);
+        self.leader_append(now, EntryPayload::Noop);
         self.leader_replicate_all();
     }
 
@@ -44,7 +48,8 @@ impl Node {
     /// the entry only once the driver reports it durable
     /// ([`Node::handle_log_persisted`]); until then the AppendEntries that
     /// carry it may already be on their way (thesis §10.2.1).
-    pub(crate) fn leader_append(&mut self, payload: EntryPayload) -> EntryId {
+    pub(crate) fn leader_append(&mut self, now: Time, payload: EntryPayload) -> EntryId {
+        self.unpersisted_since.get_or_insert(now);
         let entry = Entry {
             term: self.current_term,
             index: self.log.last_index().next(),
@@ -142,6 +147,19 @@ impl Node {
     }
 
     pub(crate) fn leader_tick(&mut self, now: Time) {
+        // Caller misuse, not a protocol fault: a driver that never reports
+        // its log durable leaves the leader unable to count itself, and it
+        // stops committing whenever one follower is away. Loud in debug
+        // builds (the simulator, tests); a disk can be slow, so the bound
+        // is generous.
+        debug_assert!(
+            self.unpersisted_since
+                .is_none_or(|t| now.saturating_since(t) < UNREPORTED_DURABILITY_LIMIT),
+            "node {}: appends never reported durable for {:?}: the driver must call \
+             Node::handle_log_persisted after each sync (raft_proto::driver::Driver does)",
+            self.config.id,
+            UNREPORTED_DURABILITY_LIMIT
+        );
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };

@@ -22,6 +22,38 @@
 //! then answer reads); repeat. Calling `handle_timeout` early or twice is
 //! harmless: it fires only what is due.
 //!
+//! ## The easy way: [`driver::Driver`]
+//!
+//! The ordering rules are subtle (a leader's AppendEntries may leave before
+//! its own fsync, nothing else may; the node must be told when its log is
+//! durable), so the crate carries them out itself: implement
+//! [`driver::LogStore`] (write, and make durable on `sync`) and
+//! [`driver::Transport`] (send), call [`driver::Driver::drain`] after every
+//! input, and perform the applies, read answers and events it hands back.
+//! `raft-node` and the simulator both do exactly this, so the simulator,
+//! with a disk that loses unsynced writes, tests the code a server runs.
+//!
+//! ## If you drive the node by hand
+//!
+//! - **Report durability.** After each fsync, call
+//!   [`Node::handle_log_persisted`] with the last entry it covered. A
+//!   leader counts itself in commits only up to there (thesis §10.2.1):
+//!   forget it and a leader commits only while every follower answers,
+//!   which fails silently when one is away. Debug builds panic with a
+//!   message if a leader holds appends that were never reported durable
+//!   for a minute.
+//! - **Errors of [`Node::propose`]** are all ordinary outcomes:
+//!   [`ProposeError::NotLeader`] (retry at `leader`, or later if `None`),
+//!   [`ProposeError::Busy`] (too many uncommitted proposals: back off and
+//!   retry), [`ProposeError::TooLarge`] (never retry: the command exceeds
+//!   [`MAX_ENTRY_LEN`]). A proposal that was accepted took effect if and
+//!   only if the entry applied at its [`EntryId`]'s index has its term.
+//! - **A durable state machine** passes how far it applied in
+//!   [`PersistentState::applied`]; the node then applies only what follows.
+//!   Without it (0), every entry in the log is applied again after a
+//!   restart, which suits a state machine rebuilt in memory.
+//! - Command payloads are [`Bytes`], re-exported here.
+//!
 //! The crate never reads a clock ([`Time`] is passed in), never touches a
 //! socket or a file, and draws all randomness from a PRNG seeded through
 //! [`Config::seed`]: the same inputs give the same outputs, which is what
@@ -58,6 +90,9 @@ pub mod sim;
 pub use action::{
     Action, ElectionReason, Event, PeerFault, ProposeError, ReadError, Role, RoleChangeReason,
 };
+/// Command payloads are [`Bytes`]: re-exported so that a driver needs no
+/// direct dependency on the `bytes` crate to call [`Node::propose`].
+pub use bytes::Bytes;
 pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
 pub use message::{
     AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,

@@ -29,6 +29,11 @@ pub struct PersistentState {
     pub hard_state: HardState,
     /// The log as persisted: consecutive entries starting at index 1.
     pub entries: Vec<Entry>,
+    /// How far a durable state machine has applied the log (0 for one that
+    /// starts empty, like raft-node's). Entries up to here are committed
+    /// (they were applied), and the node starts handing out
+    /// [`crate::Action::Apply`] after it, so nothing is applied twice.
+    pub applied: LogIndex,
 }
 
 /// A snapshot of a node's externally visible state (`INFO raft`).
@@ -92,6 +97,9 @@ pub struct Node {
     /// counts itself in commits only up to here (thesis §10.2.1: it may
     /// replicate entries before its own fsync completes).
     pub(crate) persisted_index: LogIndex,
+    /// Since when this leader has held appends not yet reported durable
+    /// (debug check that the driver calls `handle_log_persisted` at all).
+    pub(crate) unpersisted_since: Option<Time>,
 
     // Volatile state.
     pub(crate) commit_index: LogIndex,
@@ -138,7 +146,14 @@ impl Node {
         let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Warm the generator so nodes with nearby seeds diverge at once.
         rng.next_u64();
+        let applied = state.applied;
         let log = RaftLog::new(LogIndex(0), Term(0), state.entries);
+        if applied > log.last_index() {
+            return Err(ConfigError::AppliedBeyondLog {
+                applied,
+                last_index: log.last_index(),
+            });
+        }
         assert!(
             log.last_term() <= state.hard_state.current_term,
             "persisted log has an entry from a term after the persisted current term"
@@ -152,8 +167,9 @@ impl Node {
             voted_for: state.hard_state.voted_for,
             log,
             persisted_index,
-            commit_index: LogIndex(0),
-            last_applied: LogIndex(0),
+            commit_index: applied,
+            last_applied: applied,
+            unpersisted_since: None,
             role: RoleState::Follower,
             leader: None,
             election_deadline: now,
@@ -282,7 +298,6 @@ impl Node {
     /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
     /// [`ProposeError::TooLarge`] on any node, before anything is appended.
     pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
-        let _ = now;
         if self.shut_down {
             return Err(ProposeError::NotLeader { leader: None });
         }
@@ -303,7 +318,7 @@ impl Node {
         if uncommitted >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Busy);
         }
-        let id = self.leader_append(EntryPayload::Command(command));
+        let id = self.leader_append(now, EntryPayload::Command(command));
         self.leader_replicate_all();
         self.debug_check_invariants();
         Ok(id)
@@ -354,6 +369,9 @@ impl Node {
             return;
         }
         self.persisted_index = index;
+        if self.persisted_index >= self.log.last_index() {
+            self.unpersisted_since = None;
+        }
         self.leader_maybe_commit();
         self.debug_check_invariants();
     }
@@ -661,6 +679,7 @@ impl Node {
             }
         }
         self.role = RoleState::Follower;
+        self.unpersisted_since = None;
         self.set_leader(leader);
         if leader.is_some() {
             self.last_leader_contact = Some(now);

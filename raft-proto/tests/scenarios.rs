@@ -264,6 +264,7 @@ fn hand_node(id: u64, hs: HardState, terms: &[u64]) -> Node {
         PersistentState {
             hard_state: hs,
             entries,
+            applied: LogIndex(0),
         },
         Time::ZERO,
     )
@@ -1074,6 +1075,7 @@ fn a_persisted_term_above_the_maximum_is_refused_at_start() {
             voted_for: None,
         },
         entries: vec![],
+        applied: LogIndex(0),
     };
     let err = Node::new(Config::new(NodeId(1), voters), state, Time::ZERO).unwrap_err();
     assert_eq!(
@@ -1118,4 +1120,115 @@ fn proposals_above_max_entry_len_are_refused_before_anything_is_appended() {
         .last_applied()
         >= id.index)));
     commit_everywhere(&mut c, 2);
+}
+
+#[test]
+fn a_durable_state_machine_is_not_applied_twice_after_a_restart() {
+    // A driver whose state machine survives restarts says how far it got;
+    // the node takes those entries as committed and applies only the rest.
+    let entries: Vec<Entry> = (1..=3)
+        .map(|i| Entry {
+            term: Term(1),
+            index: LogIndex(i),
+            payload: EntryPayload::Noop,
+        })
+        .collect();
+    let state = |applied| PersistentState {
+        hard_state: HardState {
+            current_term: Term(1),
+            voted_for: Some(NodeId(1)),
+        },
+        entries: entries.clone(),
+        applied: LogIndex(applied),
+    };
+    let n = Node::new(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        state(2),
+        Time::ZERO,
+    )
+    .unwrap();
+    assert_eq!(n.last_applied(), LogIndex(2));
+    assert_eq!(n.commit_index(), LogIndex(2));
+    let err = Node::new(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        state(4),
+        Time::ZERO,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::AppliedBeyondLog {
+            applied: LogIndex(4),
+            last_index: LogIndex(3)
+        }
+    );
+    // A single member becomes leader and commits; it applies 3 and its
+    // no-op, never 1 or 2 again.
+    let mut n = Node::new(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        state(2),
+        Time::ZERO,
+    )
+    .unwrap();
+    let mut d = raft_proto::driver::Driver::new();
+    struct Mem;
+    impl raft_proto::driver::LogStore for Mem {
+        type Error = ();
+        fn save_hard_state(&mut self, _: HardState) -> Result<(), ()> {
+            Ok(())
+        }
+        fn truncate_log(&mut self, _: LogIndex) -> Result<(), ()> {
+            Ok(())
+        }
+        fn append_log(&mut self, _: &[Entry]) -> Result<(), ()> {
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<bool, ()> {
+            Ok(true)
+        }
+    }
+    struct Nowhere;
+    impl raft_proto::driver::Transport for Nowhere {
+        fn send(&mut self, _: Message) {}
+    }
+    let mut out = Vec::new();
+    let t = Time::ZERO + SEC;
+    n.handle_timeout(t);
+    d.drain(&mut n, t, &mut Mem, &mut Nowhere, &mut out)
+        .unwrap();
+    let applied: Vec<u64> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Apply(e) => Some(e.index.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, [3, 4]);
+}
+
+/// A driver that never calls `handle_log_persisted` leaves its leader unable
+/// to count itself; debug builds say so instead of silently stalling.
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "never reported durable")]
+fn a_driver_that_never_reports_durability_is_told() {
+    // One member: it leads at once and commits with its own durable copy.
+    let mut n = Node::new(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        PersistentState::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let mut t = Time::ZERO + SEC;
+    n.handle_timeout(t);
+    assert_eq!(n.role(), Role::Leader);
+    // Drain without ever reporting the appends durable, as a driver that
+    // forgot handle_log_persisted would: nothing ever commits.
+    for _ in 0..100 {
+        while n.poll_action().is_some() {}
+        assert_eq!(n.commit_index(), LogIndex(0));
+        t = t + SEC;
+        n.handle_timeout(t);
+    }
+    panic!("still running: role {:?}, term {}", n.role(), n.term());
 }

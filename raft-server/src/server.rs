@@ -278,6 +278,7 @@ impl Server {
             PersistentState {
                 hard_state: recovered.hard_state,
                 entries: recovered.entries,
+                applied: LogIndex(0),
             },
             Time::ZERO,
         )

@@ -145,6 +145,7 @@ impl SimDisk {
         Ok(PersistentState {
             hard_state: self.durable_hs,
             entries: self.durable_log.clone(),
+            applied: LogIndex(0),
         })
     }
 

@@ -168,6 +168,7 @@ impl NodeDriver {
         let state = PersistentState {
             hard_state,
             entries: disk.clone(),
+            applied: LogIndex(0),
         };
         let node = Node::new(config.clone(), state, Time::ZERO).expect("valid config and state");
         NodeDriver {
@@ -328,6 +329,7 @@ impl NodeDriver {
         let state = PersistentState {
             hard_state: self.hard_state,
             entries: self.disk.clone(),
+            applied: LogIndex(0),
         };
         self.node = Node::new(self.config.clone(), state, self.now)
             .expect("a node restarts from what it persisted");
