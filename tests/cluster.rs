@@ -357,3 +357,49 @@ fn redis_cli_follows_moved_to_the_leader() {
     // And the write really went through the leader's log.
     assert_eq!(c.exec(&["GET", "via"]), Resp::Bulk(None));
 }
+
+/// `+OK` means committed: a leader whose followers are all stopped must not
+/// acknowledge a write, and acknowledges it once they run again.
+#[test]
+fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    assert_eq!(c.exec(&["SET", "k", "before"]), ok());
+    let followers: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    let signal = |id: u64, sig: i32| {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe { libc::kill(c.pid(id) as i32, sig) };
+    };
+    for &f in &followers {
+        signal(f, libc::SIGSTOP);
+    }
+    let mut conn = c.conn(leader);
+    conn.w
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    conn.send(&[b"SET", b"k", b"during"]).unwrap();
+    let early = conn.read();
+    for &f in &followers {
+        signal(f, libc::SIGCONT);
+    }
+    match early {
+        Ok(Resp::Simple(s)) => panic!("acknowledged {s} with no follower running"),
+        Ok(other) => assert!(matches!(other, Resp::Error(_)), "{other:?}"),
+        Err(_) => {
+            // No answer while the followers were stopped; now it commits
+            // (or the leader lost its lease and says so).
+            conn.w
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            match conn.read().unwrap() {
+                Resp::Simple(s) => {
+                    assert_eq!(s, "OK");
+                    assert_eq!(c.exec(&["GET", "k"]), bulk("during"));
+                }
+                Resp::Error(e) => assert!(e.contains("leadership lost"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
