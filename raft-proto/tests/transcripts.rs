@@ -639,8 +639,13 @@ impl Runner {
     #[allow(clippy::type_complexity)]
     fn condition(
         &mut self,
-        args: &Args,
+        args: &mut Args,
     ) -> Result<(Box<dyn FnMut(&Cluster) -> bool>, usize), String> {
+        // `leader=<node>` parses as a named argument.
+        if let Some(x) = args.take("leader") {
+            let id = self.node(&x)?.id;
+            return Ok((Box::new(move |c: &Cluster| c.leader() == Some(id)), 0));
+        }
         let what = args.pos(0, "condition")?.to_string();
         if what == "leader" {
             return Ok((Box::new(|c: &Cluster| c.leader().is_some()), 1));
@@ -654,10 +659,6 @@ impl Runner {
                 Box::new(move |c: &Cluster| c.leader().is_some_and(|l| l != id)),
                 1,
             ));
-        }
-        if let Some(x) = what.strip_prefix("leader=") {
-            let id = self.node(x)?.id;
-            return Ok((Box::new(move |c: &Cluster| c.leader() == Some(id)), 1));
         }
         match what.as_str() {
             "follower" => {
