@@ -92,9 +92,9 @@ fn transcripts() {
         .expect("tests/testdata")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .filter(|p| {
-            only.as_deref()
-                .is_none_or(|o| p.file_stem().is_some_and(|s| s == o))
+        .filter(|p| match &only {
+            Some(o) => p.file_stem().is_some_and(|s| s == o.as_str()),
+            None => true,
         })
         .collect();
     files.sort();
