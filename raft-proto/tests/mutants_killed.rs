@@ -411,12 +411,12 @@ fn append_result(msgs: &[Message]) -> AppendResult {
     let answers: Vec<AppendResult> = msgs
         .iter()
         .filter_map(|m| match &m.body {
-            MessageBody::AppendEntriesResponse(r) => Some(r.result.clone()),
+            MessageBody::AppendEntriesResponse(r) => Some(r.result),
             _ => None,
         })
         .collect();
     assert_eq!(answers.len(), 1, "one answer: {msgs:?}");
-    answers[0].clone()
+    answers[0]
 }
 
 /// Kills "replace match guard `t == ae.prev_log_term` with true" (the
