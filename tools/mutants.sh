@@ -12,13 +12,14 @@
 # place), until MUTANTS_BUDGET_SECS (default 3000) of wall time is spent;
 # the run in progress is then interrupted (what it finished is kept) and
 # later files are skipped. MUTANTS_TIMEOUT (default 30) bounds one
-# mutant's test run in seconds: the tests take 2 to 4 s unmutated (10 s
+# mutant's test run in seconds: the tests take 1 to 4 s unmutated (more
 # on a loaded machine), and a mutant that stops heartbeats or the
 # simulator's clock would otherwise spin forever.
 #
 # Tests: unit tests, tests/scenarios.rs, tests/transcripts.rs and
-# tests/mutants_killed.rs. Left out: the proptests of tests/adversary.rs
-# (about 13 s more per mutant, for mostly the same catches) and doctests.
+# tests/mutants_killed.rs, all deterministic. Left out: doctests, and the
+# proptests of tests/adversary.rs, which draw new random cases on every
+# run (a mutant's verdict would vary) and cost 1.5 to 13 s per mutant.
 #
 # Output: target/mutants/<file>/mutants.out/{caught,missed,timeout,
 # unviable}.txt (one mutant a line; diffs in mutants.out/diff/), and a
