@@ -55,6 +55,22 @@ fn random_bytes_reach_elections_commits_faults_and_refusals() {
         total.delivered += s.delivered;
         total.refused += s.refused;
         total.faults += s.faults;
+        for (kind, n) in s.fault_kinds {
+            *total.fault_kinds.entry(kind).or_default() += n;
+        }
+    }
+    // The rarer kinds need the fuzzer's guidance; these must come easily.
+    for kind in [
+        "TermAboveMax",
+        "Malformed",
+        "SecondLeader",
+        "RoundNeverSent",
+    ] {
+        assert!(
+            total.fault_kinds.contains_key(kind),
+            "no {kind}: {:?}",
+            total.fault_kinds
+        );
     }
     assert!(led >= 8, "the node led in only {led} of 64 runs");
     assert!(

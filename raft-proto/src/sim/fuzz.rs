@@ -20,7 +20,7 @@
 //!   traffic counts as a violation), and once the network turns fair the
 //!   cluster recovers.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,7 +35,7 @@ use crate::{
 
 /// What a run reached, so that tests can tell the adversary got where it is
 /// meant to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FuzzStats {
     /// Inputs fed.
     pub inputs: u64,
@@ -45,6 +45,8 @@ pub struct FuzzStats {
     pub refused: u64,
     /// [`Event::PeerFault`]s reported.
     pub faults: u64,
+    /// How many of each kind (the `PeerFault` variant's name).
+    pub fault_kinds: BTreeMap<String, u64>,
     /// Highest commit index any node reached.
     pub max_commit: u64,
     /// Whether the node (any node, for [`fuzz_network`]) led at some point.
@@ -734,7 +736,12 @@ impl NodeDriver {
                     "answer for read {id} never registered"
                 );
             }
-            Action::Event(Event::PeerFault { .. }) => self.stats.faults += 1,
+            Action::Event(Event::PeerFault { fault, .. }) => {
+                self.stats.faults += 1;
+                let debug = format!("{fault:?}");
+                let kind = debug.split([' ', '{']).next().unwrap_or_default();
+                *self.stats.fault_kinds.entry(kind.to_string()).or_default() += 1;
+            }
             Action::Event(_) => {}
         }
     }
