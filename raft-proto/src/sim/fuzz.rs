@@ -606,7 +606,7 @@ impl NodeDriver {
     fn feed(&mut self, msg: Message) {
         self.stats.delivered += 1;
         let from = msg.from;
-        let before = self.node.status();
+        let before = (self.node.status(), self.node.poll_timeout());
         self.node.handle_message(self.now, msg);
         let first = self.poll_all();
         if first
@@ -614,11 +614,8 @@ impl NodeDriver {
             .any(|a| matches!(a, Action::Event(Event::PeerFault { .. })))
         {
             assert_dropped(&first, from);
-            assert_eq!(
-                self.node.status(),
-                before,
-                "a dropped message changed the node"
-            );
+            let after = (self.node.status(), self.node.poll_timeout());
+            assert_eq!(after, before, "a dropped message changed the node");
         }
         self.drain();
     }
@@ -628,7 +625,7 @@ impl NodeDriver {
     fn feed_refused(&mut self, msg: Message) {
         let from = msg.from;
         let reported = msg.to == ID && self.peers.contains(&from);
-        let before = self.node.status();
+        let before = (self.node.status(), self.node.poll_timeout());
         let shut_down = self.node.poll_timeout().is_none();
         self.node.handle_message(self.now, msg);
         let first = self.poll_all();
@@ -640,11 +637,8 @@ impl NodeDriver {
                 "output for a message not for it: {first:?}"
             );
         }
-        assert_eq!(
-            self.node.status(),
-            before,
-            "a refused message changed the node"
-        );
+        let after = (self.node.status(), self.node.poll_timeout());
+        assert_eq!(after, before, "a refused message changed the node");
         self.drain();
     }
 
