@@ -21,7 +21,7 @@ proptest! {
 proptest! {
     // A failing case runs up to a minute of virtual time: shrink briefly.
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: 128,
         max_shrink_time: 60_000,
         ..ProptestConfig::default()
     })]
