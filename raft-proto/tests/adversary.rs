@@ -1,6 +1,6 @@
-//! The fuzz drivers of `raft_proto::sim::fuzz` under `cargo test`: a few
-//! hundred random cases each, which proptest shrinks to a small input on
-//! failure, plus a check that random bytes do reach what the drivers are
+//! The fuzz drivers of `raft_proto::sim::fuzz` under `cargo test`, a few
+//! seconds' worth of random cases that proptest shrinks to a small input
+//! on failure, plus a check that random bytes do reach what the drivers are
 //! for. `make fuzz` runs the same drivers under libFuzzer for longer.
 
 use proptest::prelude::*;
