@@ -688,7 +688,11 @@ fn reads_see_the_latest_commit_and_fail_on_leader_loss() {
 /// it, reported `fault` against its sender, and changed nothing.
 fn assert_dropped(c: &mut Cluster, msg: Message, fault: PeerFault) {
     let (to, from) = (msg.to, msg.from);
-    let before = c.node(to).unwrap().status();
+    let state = |c: &Cluster| {
+        let n = c.node(to).unwrap();
+        (n.status(), n.poll_timeout())
+    };
+    let before = state(c);
     let persisted = c.persisted_hard_state(to);
     let faults = c.peer_faults().len();
     assert!(c.inject(msg), "n{to} is up");
@@ -697,7 +701,7 @@ fn assert_dropped(c: &mut Cluster, msg: Message, fault: PeerFault) {
         &[(to, Event::PeerFault { peer: from, fault })],
         "reported against the sender"
     );
-    assert_eq!(c.node(to).unwrap().status(), before, "nothing changed");
+    assert_eq!(state(c), before, "nothing changed, not even a timer");
     assert_eq!(c.persisted_hard_state(to), persisted, "nothing persisted");
     assert!(c.violation().is_none());
 }
