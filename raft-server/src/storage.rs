@@ -12,10 +12,18 @@
 //!   directory, so a crash at any instant leaves either the old or the new
 //!   value.
 //! - `log`: a 32-byte header (magic, version, cluster id, member id, CRC32C)
-//!   followed by records, only ever appended to. Each record is
-//!   `u32 length | u32 CRC32C of the body | body`, little-endian; the body is
-//!   an entry `{1, term u64, index u64, payload kind u8 (0 no-op, 1 command),
-//!   command bytes}` or a truncation `{2, from u64}`.
+//!   followed by batches, only ever appended to. Each [`Storage::sync`]
+//!   writes its records as one batch, `magic "BTCH" | u32 body length |
+//!   u32 CRC32C of the body | u32 CRC32C of these 12 bytes | body`, and
+//!   fdatasyncs it before the next batch is written. The body is records,
+//!   each `u32 length | u32 CRC32C of the length | u32 CRC32C of the body |
+//!   body`, little-endian; a record body is an entry `{1, term u64, index
+//!   u64, payload kind u8 (0 no-op, 1 command), command bytes}` or a
+//!   truncation `{2, from u64}`.
+//!
+//! Format version 3 introduced the batches; a data dir of an older version
+//! is refused with one line naming the version (there is no in-place
+//! upgrade).
 //!
 //! # Truncation
 //!
@@ -33,28 +41,67 @@
 //!
 //! [`Storage::save_hard_state`], [`Storage::truncate`] and [`Storage::append`]
 //! only buffer. [`Storage::sync`] makes everything buffered durable with one
-//! log fsync (group commit: every entry of a loop turn shares it), writing
-//! `meta` first when the hard state changed. Nothing is promised before
-//! `sync` returns.
+//! log fdatasync (group commit: every entry of a loop turn shares it),
+//! writing `meta` first when the hard state changed. Nothing is promised
+//! before `sync` returns. (A sync of more than [`MAX_BATCH_LEN`] bytes is
+//! split into batches with an fdatasync each, which bounds what a torn batch
+//! can cover.)
 //!
 //! # Recovery
 //!
-//! [`Storage::open`] validates everything before changing anything. A torn
-//! final record (a crash in the middle of an append) is cut off with a
-//! warning. A checksum error before the tail, a record whose fields are
-//! impossible (an index that does not follow, a term that goes down or is
-//! above the current term), a missing or unreadable file, or a data dir of
-//! another cluster or member is a [`StorageError`] naming the file, the byte
-//! offset and what is wrong, and leaves the disk untouched.
+//! [`Storage::open`] validates everything before changing anything. What a
+//! power cut can do to the log follows from the write order: a batch is
+//! written only after the previous one's fdatasync returned, so at most the
+//! last batch is unsynced, and only it can be damaged by the cut. Of that
+//! batch the disk may hold any prefix, and within it whole 512-byte sectors
+//! (pages, sectors not written back) may read as zeroes instead of the data.
+//! So recovery drops the last batch, with a warning, when it is incomplete
+//! (runs past the end of the file), or when its damage is a zeroed sector:
+//! it was never acknowledged, because `sync` had not returned. Anything else
+//! is a [`StorageError`] naming the file, the byte offset and what is wrong,
+//! and leaves the disk untouched: a damaged batch with data after it (a
+//! later batch proves it was synced), a damaged header that is not zeroes
+//! (no torn write produces it), a record whose fields are impossible (an
+//! index that does not follow, a term that goes down or is above the
+//! current term), a missing or unreadable file, or a data dir of another
+//! cluster or member.
+//!
+//! # Power-cut mode (testing)
+//!
+//! `SIGKILL` keeps the page cache, so a missing fsync never shows in a test
+//! that kills processes. With `RAFT_POWER_CUT_AT_SYNC=N` (a positive
+//! integer) or `RAFT_POWER_CUT_FILE=PATH` in the environment, read once by
+//! [`Storage::open`], the store simulates losing power: every write goes
+//! through as usual, but the store remembers, per file, what an actual
+//! fsync made durable (recorded inside the helpers that call fsync, so code
+//! that skips an fsync also skips the record). At the N-th [`Storage::sync`]
+//! that has anything to write (counting from this process's start), or at
+//! the first one after `PATH` exists, it cuts the power at one of the
+//! points inside that sync, chosen by the seed: after the log batch was
+//! written and before its fdatasync (the point that matters: a group commit
+//! in flight), or, when the sync also writes `meta`, after `meta.tmp` was
+//! written and before its fsync, or after the rename and before the
+//! directory fsync. The cut tears the log at a point between its durable
+//! length and its current length, sometimes zeroes whole sectors inside the
+//! unsynced part or leaves zeroes after it, puts back the last durable
+//! `meta` (a rename not made durable by a directory fsync is lost; a renamed
+//! file whose data was never fsynced is empty), deletes the tmp files, and
+//! calls [`std::process::abort`]. The files as found at start count as
+//! durable. `RAFT_POWER_CUT_SEED` seeds the choices (default: from the OS;
+//! the seed is logged). Syncs are counted rather than writes because the
+//! instant that matters is between a write and the fsync that makes it
+//! durable, and every sync has exactly such instants. Unset, none of this
+//! exists: the store keeps no records and behaves as in production.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use raft_proto::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use raft_proto::{Entry, EntryPayload, HardState, LogIndex, NodeId, Rng, Term};
 
 /// Name of the lock file in the data dir.
 pub const LOCK_FILE: &str = "LOCK";
@@ -72,11 +119,18 @@ pub const MAX_PAYLOAD_LEN: usize = raft_proto::MAX_ENTRY_LEN;
 
 const META_MAGIC: &[u8; 8] = b"RAFTMETA";
 const LOG_MAGIC: &[u8; 8] = b"RAFTLOG\0";
-const FORMAT_VERSION: u32 = 2;
+/// Version 3: the log's records are framed in batches, one per sync.
+const FORMAT_VERSION: u32 = 3;
 /// magic 8 | version 4 | cluster 8 | member 8 | term 8 | voted_for 8 | crc 4
 const META_LEN: usize = 48;
 /// magic 8 | version 4 | cluster 8 | member 8 | crc 4
 const LOG_HEADER_LEN: usize = 32;
+/// magic 4 | body length 4 | crc of the body 4 | crc of these 12 bytes 4.
+/// The magic lets recovery look for a later batch when a header was
+/// zeroed; the header's own checksum means a header that checks out is
+/// exactly what was written, length included.
+const BATCH_HEADER_LEN: usize = 16;
+const BATCH_MAGIC: &[u8; 4] = b"BTCH";
 /// length 4 | crc of the length 4 | crc of the body 4. The length has a
 /// checksum of its own so that a damaged length is never mistaken for a
 /// record the crash cut short (which recovery would cut off, dropping
@@ -89,6 +143,13 @@ const TRUNCATE_BODY_LEN: usize = 9;
 /// Bounds the allocation and CRC work a corrupt length field can cause, and
 /// lets recovery tell a wild length (corruption) from a short final record.
 const MAX_RECORD_LEN: usize = ENTRY_BODY_FIXED_LEN + MAX_PAYLOAD_LEN;
+/// Largest batch body: a few of the largest records. Bounds how much of the
+/// file one unsynced batch (the only thing a power cut can damage) covers.
+pub const MAX_BATCH_LEN: usize = 4 * (RECORD_HEADER_LEN + MAX_RECORD_LEN);
+/// The unit in which a power cut may leave zeroes in place of written data:
+/// a disk writes a sector atomically, and the page cache writes back whole
+/// pages (a multiple of it), both aligned to file offsets.
+const SECTOR: usize = 512;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
@@ -131,20 +192,36 @@ pub struct Storage {
     /// Encoded records not yet written to the log file.
     buf: Vec<u8>,
     poisoned: bool,
+    /// The power-cut simulation; `None` unless its environment switch is set.
+    power_cut: Option<PowerCut>,
 }
 
 impl Storage {
     /// Opens (or on first boot creates) the store in `dir` for member
     /// `node_id` of cluster `cluster_id`, takes the lock and recovers the
-    /// durable state.
+    /// durable state. Reads the power-cut switches (module docs) from the
+    /// environment.
     pub fn open(
         dir: &Path,
         cluster_id: u64,
         node_id: NodeId,
     ) -> Result<(Storage, Recovered), StorageError> {
+        let plan = PowerCutPlan::from_env()?;
+        Storage::open_with(dir, cluster_id, node_id, plan)
+    }
+
+    fn open_with(
+        dir: &Path,
+        cluster_id: u64,
+        node_id: NodeId,
+        plan: Option<PowerCutPlan>,
+    ) -> Result<(Storage, Recovered), StorageError> {
         assert_ne!(node_id.0, 0, "node id 0 is reserved");
         fs::create_dir_all(dir).map_err(|e| io_err(dir, "cannot create directory", e))?;
         let lock = take_lock(&dir.join(LOCK_FILE))?;
+        // Before recovery touches anything: the files as found are the
+        // durable baseline of the simulation.
+        let mut power_cut = plan.map(|p| PowerCut::new(p, dir));
 
         let meta_path = dir.join(META_FILE);
         let log_path = dir.join(LOG_FILE);
@@ -164,8 +241,14 @@ impl Storage {
                 // First boot. `meta` goes first: a crash before `log` exists
                 // leaves a meta with no term and no vote, which the arm below
                 // recognizes as an interrupted first boot.
-                write_meta(dir, cluster_id, node_id, HardState::default())?;
-                create_log(dir, cluster_id, node_id)?;
+                write_meta(
+                    dir,
+                    cluster_id,
+                    node_id,
+                    HardState::default(),
+                    &mut power_cut,
+                )?;
+                create_log(dir, cluster_id, node_id, &mut power_cut)?;
                 (HardState::default(), Vec::new(), true)
             }
             (None, Some(_)) => {
@@ -195,7 +278,7 @@ impl Storage {
                 // Term 0 and no vote: nothing was ever appended (an entry's
                 // term is at least 1 and never above the durable term), so
                 // this is a first boot that crashed before creating the log.
-                create_log(dir, cluster_id, node_id)?;
+                create_log(dir, cluster_id, node_id, &mut power_cut)?;
                 (m.hard_state, Vec::new(), true)
             }
             (Some(m), Some(bytes)) => {
@@ -204,8 +287,8 @@ impl Storage {
                     // Everything before the tail checked out: only now touch
                     // the disk.
                     log::warn!(
-                        "{}: torn final record at byte offset {} ({} bytes, {}): cut off, \
-                         recovering {} entries",
+                        "{}: torn final batch at byte offset {} ({} bytes, {}): dropped, it was \
+                         never acknowledged; recovering {} entries",
                         log_path.display(),
                         torn.offset,
                         bytes.len() as u64 - torn.offset,
@@ -218,8 +301,7 @@ impl Storage {
                         .map_err(|e| io_err(&log_path, "cannot open for writing", e))?;
                     f.set_len(torn.offset)
                         .map_err(|e| io_err(&log_path, "cannot truncate", e))?;
-                    f.sync_all()
-                        .map_err(|e| io_err(&log_path, "cannot fsync", e))?;
+                    fsync_file(&f, dir, LOG_FILE, SyncKind::All, &mut power_cut)?;
                 }
                 (m.hard_state, scan.entries, false)
             }
@@ -241,6 +323,7 @@ impl Storage {
             terms: entries.iter().map(|e| e.term).collect(),
             buf: Vec::new(),
             poisoned: false,
+            power_cut,
         };
         Ok((
             storage,
@@ -251,7 +334,6 @@ impl Storage {
             },
         ))
     }
-
     /// Buffers a new term and vote, durable after the next [`Storage::sync`].
     ///
     /// Panics if the term goes down: terms only grow (§5.1).
@@ -341,7 +423,8 @@ impl Storage {
     }
 
     /// Makes everything buffered since the last sync durable: `meta` first
-    /// (if the hard state changed), then the log records with one fsync.
+    /// (if the hard state changed), then the log records as one batch with
+    /// one fdatasync.
     ///
     /// `meta` goes first so that the log never holds an entry whose term is
     /// above the durable term (which recovery checks). On error the store is
@@ -362,24 +445,45 @@ impl Storage {
     }
 
     fn sync_inner(&mut self) -> Result<(), StorageError> {
+        if let Some(pc) = &mut self.power_cut {
+            pc.begin_sync(self.hard_state_dirty, !self.buf.is_empty());
+        }
         if self.hard_state_dirty {
-            write_meta(&self.dir, self.cluster_id, self.node_id, self.hard_state)?;
+            write_meta(
+                &self.dir,
+                self.cluster_id,
+                self.node_id,
+                self.hard_state,
+                &mut self.power_cut,
+            )?;
             self.hard_state_dirty = false;
         }
-        if !self.buf.is_empty() {
+        let mut start = 0;
+        while start < self.buf.len() {
+            // One batch per fdatasync: recovery relies on a batch being
+            // written only after the previous one is durable.
+            let end = batch_end(&self.buf, start);
+            let body = &self.buf[start..end];
             self.log
-                .write_all(&self.buf)
+                .write_all(&encode_batch_header(body))
+                .and_then(|()| self.log.write_all(body))
                 .map_err(|e| io_err(&self.log_path, "cannot write", e))?;
+            cut_point(&mut self.power_cut);
             // fdatasync also persists the new file size, which is all the
             // metadata an append changes.
-            self.log
-                .sync_data()
-                .map_err(|e| io_err(&self.log_path, "cannot fsync", e))?;
-            self.buf.clear();
-            // Do not keep a large buffer from one big batch forever.
-            if self.buf.capacity() > 4 * MAX_RECORD_LEN {
-                self.buf = Vec::new();
-            }
+            fsync_file(
+                &self.log,
+                &self.dir,
+                LOG_FILE,
+                SyncKind::Data,
+                &mut self.power_cut,
+            )?;
+            start = end;
+        }
+        self.buf.clear();
+        // Do not keep a large buffer from one big batch forever.
+        if self.buf.capacity() > 4 * MAX_RECORD_LEN {
+            self.buf = Vec::new();
         }
         Ok(())
     }
@@ -422,6 +526,13 @@ pub enum StorageError {
         /// What is wrong.
         what: String,
     },
+    /// A file was written in a storage format this build does not read.
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The format version it carries.
+        found: u32,
+    },
     /// A file the data dir's state requires is missing.
     Missing {
         /// The missing file.
@@ -440,6 +551,13 @@ pub enum StorageError {
     Poisoned {
         /// The log file.
         path: PathBuf,
+    },
+    /// A power-cut switch in the environment has an unusable value.
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        what: String,
     },
 }
 
@@ -461,6 +579,13 @@ impl fmt::Display for StorageError {
                     path.display()
                 )
             }
+            StorageError::Version { path, found } => write!(
+                f,
+                "{}: storage format version {found}, but this raft-node reads only version \
+                 {FORMAT_VERSION} (there is no in-place upgrade): run the raft-node release that \
+                 wrote this data dir",
+                path.display()
+            ),
             StorageError::Missing { path, why } => write!(f, "{}: {why}", path.display()),
             StorageError::Foreign { path, what } => write!(f, "{}: {what}", path.display()),
             StorageError::Poisoned { path } => write!(
@@ -468,6 +593,7 @@ impl fmt::Display for StorageError {
                 "{}: an earlier write or fsync failed; the file's state is unknown",
                 path.display()
             ),
+            StorageError::Env { var, what } => write!(f, "environment variable {var}: {what}"),
         }
     }
 }
@@ -520,16 +646,59 @@ fn take_lock(path: &Path) -> Result<File, StorageError> {
     Ok(file)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+/// How much of a file an fsync covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncKind {
+    /// `fdatasync`: the data and the size (enough after an append).
+    Data,
+    /// `fsync`: the data and all metadata.
+    All,
+}
+
+/// Makes `file` (`dir/name`) durable. Every fsync of a data file goes
+/// through here, and in power-cut mode the record of what is durable is made
+/// here and nowhere else: code that skips the fsync skips the record, and
+/// the simulated power cut then loses what it would lose on a real disk.
+fn fsync_file(
+    file: &File,
+    dir: &Path,
+    name: &'static str,
+    kind: SyncKind,
+    power_cut: &mut Option<PowerCut>,
+) -> Result<(), StorageError> {
+    match kind {
+        SyncKind::Data => file.sync_data(),
+        SyncKind::All => file.sync_all(),
+    }
+    .map_err(|e| io_err(&dir.join(name), "cannot fsync", e))?;
+    if let Some(pc) = power_cut {
+        pc.file_synced(name, file);
+    }
+    Ok(())
+}
+
+/// Makes the directory's entries (renames) durable; in power-cut mode,
+/// records that, like [`fsync_file`].
+fn fsync_dir(dir: &Path, power_cut: &mut Option<PowerCut>) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, "cannot fsync directory", e))
+        .map_err(|e| io_err(dir, "cannot fsync directory", e))?;
+    if let Some(pc) = power_cut {
+        pc.dir_synced();
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `dir/tmp`, fsyncs it, renames it to `dir/name` and
 /// fsyncs the directory: after a crash `name` holds either its old contents or
 /// all of `bytes`.
-fn replace_atomically(dir: &Path, tmp: &str, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+fn replace_atomically(
+    dir: &Path,
+    tmp: &'static str,
+    name: &'static str,
+    bytes: &[u8],
+    power_cut: &mut Option<PowerCut>,
+) -> Result<(), StorageError> {
     let tmp_path = dir.join(tmp);
     let mut f = OpenOptions::new()
         .write(true)
@@ -537,14 +706,21 @@ fn replace_atomically(dir: &Path, tmp: &str, name: &str, bytes: &[u8]) -> Result
         .truncate(true)
         .open(&tmp_path)
         .map_err(|e| io_err(&tmp_path, "cannot create", e))?;
+    if let Some(pc) = power_cut {
+        pc.tmp_created(tmp);
+    }
     f.write_all(bytes)
         .map_err(|e| io_err(&tmp_path, "cannot write", e))?;
-    f.sync_all()
-        .map_err(|e| io_err(&tmp_path, "cannot fsync", e))?;
+    cut_point(power_cut);
+    fsync_file(&f, dir, tmp, SyncKind::All, power_cut)?;
     drop(f);
     let path = dir.join(name);
     fs::rename(&tmp_path, &path).map_err(|e| io_err(&path, "cannot rename into place", e))?;
-    sync_dir(dir)
+    if let Some(pc) = power_cut {
+        pc.renamed(tmp, name);
+    }
+    cut_point(power_cut);
+    fsync_dir(dir, power_cut)
 }
 
 /// The decoded `meta` file.
@@ -573,12 +749,14 @@ fn write_meta(
     cluster_id: u64,
     node_id: NodeId,
     hs: HardState,
+    power_cut: &mut Option<PowerCut>,
 ) -> Result<(), StorageError> {
     replace_atomically(
         dir,
         META_TMP,
         META_FILE,
         &encode_meta(cluster_id, node_id, hs),
+        power_cut,
     )
 }
 
@@ -595,6 +773,17 @@ fn read_meta(path: &Path) -> Result<Option<Meta>, StorageError> {
         .take(META_LEN as u64 + 1)
         .read_to_end(&mut b)
         .map_err(|e| io_err(path, "cannot read", e))?;
+    // The version is checked before the length so that a file of another
+    // format (which may have another length) is named as such.
+    if b.len() >= 12 && &b[0..8] == META_MAGIC {
+        let version = u32_at(&b, 8);
+        if version != FORMAT_VERSION {
+            return Err(StorageError::Version {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+    }
     if b.len() != META_LEN {
         let len = b.len();
         let what = if len > META_LEN {
@@ -606,14 +795,6 @@ fn read_meta(path: &Path) -> Result<Option<Meta>, StorageError> {
     }
     if &b[0..8] != META_MAGIC {
         return Err(corrupt(path, 0, "not a meta file (bad magic)"));
-    }
-    let version = u32_at(&b, 8);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(
-            path,
-            8,
-            format!("unsupported format version {version} (expected {FORMAT_VERSION})"),
-        ));
     }
     let crc = u32_at(&b, 44);
     if crc32c::crc32c(&b[..44]) != crc {
@@ -668,12 +849,18 @@ fn encode_log_header(cluster_id: u64, node_id: NodeId) -> [u8; LOG_HEADER_LEN] {
 
 /// Creates an empty log (header only) atomically, so that a log file always
 /// has a complete header.
-fn create_log(dir: &Path, cluster_id: u64, node_id: NodeId) -> Result<(), StorageError> {
+fn create_log(
+    dir: &Path,
+    cluster_id: u64,
+    node_id: NodeId,
+    power_cut: &mut Option<PowerCut>,
+) -> Result<(), StorageError> {
     replace_atomically(
         dir,
         LOG_TMP,
         LOG_FILE,
         &encode_log_header(cluster_id, node_id),
+        power_cut,
     )
 }
 
@@ -697,6 +884,37 @@ fn seal_record(buf: &mut [u8], start: usize) {
     buf[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The header of a batch whose body is `body` (whole records).
+fn encode_batch_header(body: &[u8]) -> [u8; BATCH_HEADER_LEN] {
+    assert!(
+        !body.is_empty() && body.len() <= MAX_BATCH_LEN,
+        "batch of {} bytes outside 1..={MAX_BATCH_LEN}",
+        body.len()
+    );
+    let mut h = [0u8; BATCH_HEADER_LEN];
+    h[0..4].copy_from_slice(BATCH_MAGIC);
+    h[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    let crc = crc32c::crc32c(&h[..12]);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// End of the batch that starts at record boundary `start` of `buf`: as
+/// many whole records as fit in [`MAX_BATCH_LEN`], at least one.
+fn batch_end(buf: &[u8], start: usize) -> usize {
+    let mut end = start;
+    while end < buf.len() {
+        let next = end + RECORD_HEADER_LEN + u32_at(buf, end) as usize;
+        assert!(next <= buf.len(), "buffered record overruns the buffer");
+        if end > start && next - start > MAX_BATCH_LEN {
+            break;
+        }
+        end = next;
+    }
+    end
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
@@ -709,7 +927,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// A damaged final record that recovery may cut off.
+/// A damaged final batch that recovery may cut off.
 #[derive(Debug)]
 struct TornTail {
     offset: u64,
@@ -722,16 +940,103 @@ struct Scan {
     torn: Option<TornTail>,
 }
 
+/// What a record at some offset of a batch body turned out to be.
+#[derive(Debug)]
+enum RecordCheck {
+    /// Intact; its body is `body`, the next record starts at `next`.
+    Intact {
+        body: std::ops::Range<usize>,
+        next: usize,
+    },
+    /// Damaged; the damage lies in `extent`.
+    Damaged {
+        extent: std::ops::Range<usize>,
+        what: String,
+    },
+}
+
+/// Checks the record at `at`, which must lie within `..end` (its batch).
+fn check_record(bytes: &[u8], at: usize, end: usize) -> RecordCheck {
+    let damaged =
+        |extent: std::ops::Range<usize>, what: String| RecordCheck::Damaged { extent, what };
+    if end - at < RECORD_HEADER_LEN {
+        return damaged(at..end, format!("{} bytes of a record header", end - at));
+    }
+    let header = at..at + RECORD_HEADER_LEN;
+    if crc32c::crc32c(&bytes[at..at + 4]) != u32_at(bytes, at + 4) {
+        return damaged(header, "record length checksum mismatch".into());
+    }
+    let rlen = u32_at(bytes, at) as usize;
+    if rlen == 0 || rlen > MAX_RECORD_LEN {
+        return damaged(
+            header,
+            format!("record length {rlen} outside 1..={MAX_RECORD_LEN}"),
+        );
+    }
+    let next = at + RECORD_HEADER_LEN + rlen;
+    if next > end {
+        return damaged(
+            header,
+            format!(
+                "record of {rlen} bytes overruns its batch by {} bytes",
+                next - end
+            ),
+        );
+    }
+    if crc32c::crc32c(&bytes[at + RECORD_HEADER_LEN..next]) != u32_at(bytes, at + 8) {
+        return damaged(at..next, "record checksum mismatch".into());
+    }
+    RecordCheck::Intact {
+        body: at + RECORD_HEADER_LEN..next,
+        next,
+    }
+}
+
+/// Whether the bytes in `extent` could differ from what was written because
+/// of a power cut during the batch that starts at `batch`: some sector
+/// overlapping `extent`, clipped to `batch..` (before it the data was
+/// durable), reads as all zeroes, or the file ends inside `extent`.
+fn zeroed_by_power_cut(bytes: &[u8], batch: usize, extent: std::ops::Range<usize>) -> bool {
+    assert!(batch <= extent.start && extent.start < extent.end);
+    if extent.end > bytes.len() {
+        return true;
+    }
+    let first = extent.start / SECTOR;
+    let last = (extent.end - 1) / SECTOR;
+    (first..=last).any(|s| {
+        let lo = (s * SECTOR).max(batch);
+        let hi = ((s + 1) * SECTOR).min(bytes.len());
+        lo < hi && bytes[lo..hi].iter().all(|&b| b == 0)
+    })
+}
+
+/// The offset of a whole, valid batch at or after `from`, if there is one:
+/// proof that a batch before it was synced.
+fn find_whole_batch(bytes: &[u8], from: usize) -> Option<usize> {
+    let len = bytes.len();
+    (from..len.saturating_sub(BATCH_HEADER_LEN - 1)).find(|&at| {
+        &bytes[at..at + 4] == BATCH_MAGIC
+            && crc32c::crc32c(&bytes[at..at + 12]) == u32_at(bytes, at + 12)
+            && {
+                let blen = u32_at(bytes, at + 4) as usize;
+                let end = at + BATCH_HEADER_LEN + blen;
+                blen <= MAX_BATCH_LEN
+                    && end <= len
+                    && crc32c::crc32c(&bytes[at + BATCH_HEADER_LEN..end]) == u32_at(bytes, at + 8)
+            }
+    })
+}
+
 /// Validates the whole log without changing it. Returns the entries and, if
-/// the file ends in a torn record, where the valid prefix ends.
+/// the file ends in a torn batch, where the valid prefix ends.
 ///
-/// A bad record is a torn tail, not corruption, when nothing valid can follow
-/// it: its declared body runs past the end of the file, or everything from
-/// the end of the record (or from the record itself, when its length field
-/// is unusable) to the end of the file is zero bytes, which is what some
-/// filesystems show for blocks allocated but not written before a crash. Any
-/// other bad record is corruption: it has data after it that was once
-/// written successfully, and cutting there could drop acknowledged entries.
+/// Only the last batch can be torn (module docs), and a torn batch is
+/// dropped whole: it was never acknowledged. A batch is taken for the torn
+/// last batch when nothing but zeroes follows it (or it runs past the end
+/// of the file) and its damage is what a power cut leaves: a prefix, and
+/// sectors of zeroes. A damaged batch with data after it was synced, and
+/// damage that is not zeroes was not done by a power cut: both are
+/// corruption, and cutting there could drop acknowledged entries.
 fn scan_log(
     path: &Path,
     bytes: &Bytes,
@@ -740,6 +1045,15 @@ fn scan_log(
     hard_state: HardState,
 ) -> Result<Scan, StorageError> {
     let len = bytes.len();
+    if len >= 12 && &bytes[0..8] == LOG_MAGIC {
+        let version = u32_at(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(StorageError::Version {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+    }
     if len < LOG_HEADER_LEN {
         return Err(corrupt(
             path,
@@ -749,14 +1063,6 @@ fn scan_log(
     }
     if &bytes[0..8] != LOG_MAGIC {
         return Err(corrupt(path, 0, "not a log file (bad magic)"));
-    }
-    let version = u32_at(bytes, 8);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(
-            path,
-            8,
-            format!("unsupported format version {version} (expected {FORMAT_VERSION})"),
-        ));
     }
     if crc32c::crc32c(&bytes[..28]) != u32_at(bytes, 28) {
         return Err(corrupt(path, 28, "header checksum mismatch"));
@@ -771,128 +1077,512 @@ fn scan_log(
 
     let zeros_from = |at: usize| bytes[at..].iter().all(|&b| b == 0);
     let mut entries: Vec<Entry> = Vec::new();
-    let mut torn: Option<TornTail> = None;
     let mut off = LOG_HEADER_LEN;
     while off < len {
-        let mut cut = |why: String| {
-            torn = Some(TornTail {
-                offset: off as u64,
-                why,
-            })
+        let torn = |why: String| TornTail {
+            offset: off as u64,
+            why,
         };
         let rest = len - off;
-        if rest < RECORD_HEADER_LEN {
-            cut(format!("{rest} bytes of a record header"));
-            break;
+        if rest < BATCH_HEADER_LEN {
+            return Ok(Scan {
+                entries,
+                torn: Some(torn(format!("{rest} bytes of a batch header"))),
+            });
         }
-        let rlen = u32_at(bytes, off) as usize;
-        let crc = u32_at(bytes, off + 8);
-        if crc32c::crc32c(&bytes[off..off + 4]) != u32_at(bytes, off + 4) {
-            // A header written in full but wrong: torn only if nothing was
-            // ever written after it.
-            if zeros_from(off) {
-                cut("zero-filled tail".into());
-                break;
+        let header_ok = &bytes[off..off + 4] == BATCH_MAGIC
+            && crc32c::crc32c(&bytes[off..off + 12]) == u32_at(bytes, off + 12);
+        if !header_ok {
+            if !zeroed_by_power_cut(bytes, off, off..off + BATCH_HEADER_LEN) {
+                return Err(corrupt(
+                    path,
+                    off as u64,
+                    "batch header damaged, and not by a power cut (which leaves zeroes)",
+                ));
             }
-            return Err(corrupt(path, off as u64, "record length checksum mismatch"));
+            if rest > BATCH_HEADER_LEN + MAX_BATCH_LEN {
+                return Err(corrupt(
+                    path,
+                    off as u64,
+                    format!(
+                        "batch header zeroed, with {rest} bytes after it, more than one \
+                         batch holds: a synced batch was damaged"
+                    ),
+                ));
+            }
+            if let Some(at) = find_whole_batch(bytes, off + 1) {
+                return Err(corrupt(
+                    path,
+                    off as u64,
+                    format!(
+                        "batch header zeroed, but a whole batch follows at byte offset {at}: \
+                         a synced batch was damaged"
+                    ),
+                ));
+            }
+            let why = if zeros_from(off) {
+                "zero-filled tail".to_string()
+            } else {
+                "batch header zeroed".to_string()
+            };
+            return Ok(Scan {
+                entries,
+                torn: Some(torn(why)),
+            });
         }
-        if rlen == 0 || rlen > MAX_RECORD_LEN {
-            if zeros_from(off) {
-                cut("zero-filled tail".into());
-                break;
-            }
+        let blen = u32_at(bytes, off + 4) as usize;
+        if blen == 0 || blen > MAX_BATCH_LEN {
+            // The header's checksum matched: this is what was written.
             return Err(corrupt(
                 path,
                 off as u64,
-                format!("record length {rlen} outside 1..={MAX_RECORD_LEN}"),
+                format!("batch length {blen} outside 1..={MAX_BATCH_LEN}"),
             ));
         }
-        let end = off + RECORD_HEADER_LEN + rlen;
+        let body_at = off + BATCH_HEADER_LEN;
+        let end = body_at + blen;
         if end > len {
-            cut(format!(
-                "record of {rlen} bytes has only {} written",
-                rest - RECORD_HEADER_LEN
-            ));
-            break;
+            return Ok(Scan {
+                entries,
+                torn: Some(torn(format!(
+                    "batch of {blen} bytes has only {} written",
+                    len - body_at
+                ))),
+            });
         }
-        let body = bytes.slice(off + RECORD_HEADER_LEN..end);
-        if crc32c::crc32c(&body) != crc {
-            if zeros_from(end) {
-                cut("checksum mismatch in the final record".into());
-                break;
+        if crc32c::crc32c(&bytes[body_at..end]) != u32_at(bytes, off + 8) {
+            // Find the damaged record, to name it and to judge the damage.
+            let mut at = body_at;
+            let damage = loop {
+                if at == end {
+                    break None;
+                }
+                match check_record(bytes, at, end) {
+                    RecordCheck::Intact { next, .. } => at = next,
+                    RecordCheck::Damaged { extent, what } => break Some((at, extent, what)),
+                }
+            };
+            let Some((rec, extent, what)) = damage else {
+                return Err(corrupt(
+                    path,
+                    off as u64,
+                    "batch checksum mismatch, though every record in it checks out",
+                ));
+            };
+            if !zeros_from(end) {
+                return Err(corrupt(
+                    path,
+                    rec as u64,
+                    format!(
+                        "{what}, in a batch with {} bytes of further data after it \
+                         (so it was synced)",
+                        len - end
+                    ),
+                ));
             }
-            return Err(corrupt(
-                path,
-                off as u64,
-                format!(
-                    "record checksum mismatch, with {} bytes of further records after it",
-                    len - end
-                ),
-            ));
+            if !zeroed_by_power_cut(bytes, off, extent) {
+                return Err(corrupt(
+                    path,
+                    rec as u64,
+                    format!("{what} in the final batch, and not by a power cut (no zeroed sector)"),
+                ));
+            }
+            return Ok(Scan {
+                entries,
+                torn: Some(torn(format!(
+                    "{what} at byte offset {rec}, in zeroed sectors"
+                ))),
+            });
         }
-        // From here on the record is exactly what was written: anything
-        // impossible in it is corruption (or a bug), never a torn write.
-        let bad = |what: String| corrupt(path, off as u64, what);
-        let last = LogIndex(entries.len() as u64);
-        match body[0] {
-            KIND_ENTRY => {
-                if body.len() < ENTRY_BODY_FIXED_LEN {
-                    return Err(bad(format!("entry record body of {} bytes", body.len())));
+        // The batch is exactly what was written: anything wrong in it is
+        // corruption (or a bug), never a torn write.
+        let mut at = body_at;
+        while at < end {
+            match check_record(bytes, at, end) {
+                RecordCheck::Intact { body, next } => {
+                    apply_record(path, at, bytes.slice(body), &mut entries, hard_state)?;
+                    at = next;
                 }
-                let term = Term(u64_at(&body, 1));
-                let index = LogIndex(u64_at(&body, 9));
-                let payload = match body[17] {
-                    PAYLOAD_NOOP if body.len() == ENTRY_BODY_FIXED_LEN => EntryPayload::Noop,
-                    PAYLOAD_NOOP => return Err(bad("no-op entry with a payload".into())),
-                    PAYLOAD_COMMAND => EntryPayload::Command(body.slice(ENTRY_BODY_FIXED_LEN..)),
-                    k => return Err(bad(format!("unknown payload kind {k}"))),
-                };
-                if index != last.next() {
-                    return Err(bad(format!(
-                        "entry index {index} does not follow the previous index {last}"
-                    )));
+                RecordCheck::Damaged { what, .. } => {
+                    return Err(corrupt(
+                        path,
+                        at as u64,
+                        format!("{what} in a batch whose checksum matches"),
+                    ))
                 }
-                if term.0 == 0 {
-                    return Err(bad(format!("entry {index} has term 0")));
-                }
-                if let Some(prev) = entries.last() {
-                    if term < prev.term {
-                        return Err(bad(format!(
-                            "entry {index} has term {term}, below the previous entry's term {}",
-                            prev.term
-                        )));
-                    }
-                }
-                if term > hard_state.current_term {
-                    return Err(bad(format!(
-                        "entry {index} has term {term}, above the current term {} in {META_FILE}",
-                        hard_state.current_term
-                    )));
-                }
-                entries.push(Entry {
-                    term,
-                    index,
-                    payload,
-                });
             }
-            KIND_TRUNCATE => {
-                if body.len() != TRUNCATE_BODY_LEN {
-                    return Err(bad(format!("truncate record body of {} bytes", body.len())));
-                }
-                let from = u64_at(&body, 1);
-                if from == 0 || from > last.0 + 1 {
-                    return Err(bad(format!(
-                        "truncation from index {from} outside the log 1..={}",
-                        last.0 + 1
-                    )));
-                }
-                entries.truncate(from as usize - 1);
-            }
-            k => return Err(bad(format!("unknown record kind {k}"))),
         }
         off = end;
     }
-    Ok(Scan { entries, torn })
+    Ok(Scan {
+        entries,
+        torn: None,
+    })
+}
+
+/// Checks one intact record at byte offset `off` against the log so far
+/// and applies it.
+fn apply_record(
+    path: &Path,
+    off: usize,
+    body: Bytes,
+    entries: &mut Vec<Entry>,
+    hard_state: HardState,
+) -> Result<(), StorageError> {
+    let bad = |what: String| corrupt(path, off as u64, what);
+    let last = LogIndex(entries.len() as u64);
+    match body[0] {
+        KIND_ENTRY => {
+            if body.len() < ENTRY_BODY_FIXED_LEN {
+                return Err(bad(format!("entry record body of {} bytes", body.len())));
+            }
+            let term = Term(u64_at(&body, 1));
+            let index = LogIndex(u64_at(&body, 9));
+            let payload = match body[17] {
+                PAYLOAD_NOOP if body.len() == ENTRY_BODY_FIXED_LEN => EntryPayload::Noop,
+                PAYLOAD_NOOP => return Err(bad("no-op entry with a payload".into())),
+                PAYLOAD_COMMAND => EntryPayload::Command(body.slice(ENTRY_BODY_FIXED_LEN..)),
+                k => return Err(bad(format!("unknown payload kind {k}"))),
+            };
+            if index != last.next() {
+                return Err(bad(format!(
+                    "entry index {index} does not follow the previous index {last}"
+                )));
+            }
+            if term.0 == 0 {
+                return Err(bad(format!("entry {index} has term 0")));
+            }
+            if let Some(prev) = entries.last() {
+                if term < prev.term {
+                    return Err(bad(format!(
+                        "entry {index} has term {term}, below the previous entry's term {}",
+                        prev.term
+                    )));
+                }
+            }
+            if term > hard_state.current_term {
+                return Err(bad(format!(
+                    "entry {index} has term {term}, above the current term {} in {META_FILE}",
+                    hard_state.current_term
+                )));
+            }
+            entries.push(Entry {
+                term,
+                index,
+                payload,
+            });
+        }
+        KIND_TRUNCATE => {
+            if body.len() != TRUNCATE_BODY_LEN {
+                return Err(bad(format!("truncate record body of {} bytes", body.len())));
+            }
+            let from = u64_at(&body, 1);
+            if from == 0 || from > last.0 + 1 {
+                return Err(bad(format!(
+                    "truncation from index {from} outside the log 1..={}",
+                    last.0 + 1
+                )));
+            }
+            entries.truncate(from as usize - 1);
+        }
+        k => return Err(bad(format!("unknown record kind {k}"))),
+    }
+    Ok(())
+}
+
+// Power-cut mode (module docs): testing only, and absent unless one of its
+// environment switches is set.
+
+const POWER_CUT_AT_SYNC_VAR: &str = "RAFT_POWER_CUT_AT_SYNC";
+const POWER_CUT_FILE_VAR: &str = "RAFT_POWER_CUT_FILE";
+const POWER_CUT_SEED_VAR: &str = "RAFT_POWER_CUT_SEED";
+
+/// When the simulated power goes out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CutWhen {
+    /// In the N-th sync with something to write (from 1).
+    AtSync(u64),
+    /// In the first sync with something to write after this file exists.
+    FileExists(PathBuf),
+}
+
+/// The power-cut switches.
+#[derive(Debug, Clone)]
+struct PowerCutPlan {
+    when: CutWhen,
+    seed: u64,
+    /// Ends the process once the files are cut: [`power_off`]. (This
+    /// module's tests unwind instead, and reopen the store.)
+    halt: fn() -> !,
+}
+
+impl PowerCutPlan {
+    /// Reads the switches; `None` when power-cut mode is off.
+    fn from_env() -> Result<Option<PowerCutPlan>, StorageError> {
+        let when = match (
+            std::env::var_os(POWER_CUT_AT_SYNC_VAR),
+            std::env::var_os(POWER_CUT_FILE_VAR),
+        ) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(StorageError::Env {
+                    var: POWER_CUT_AT_SYNC_VAR,
+                    what: format!("set together with {POWER_CUT_FILE_VAR}: set one"),
+                })
+            }
+            (Some(n), None) => {
+                let at = n
+                    .to_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| StorageError::Env {
+                        var: POWER_CUT_AT_SYNC_VAR,
+                        what: format!("{n:?} is not a positive integer"),
+                    })?;
+                CutWhen::AtSync(at)
+            }
+            (None, Some(p)) if p.is_empty() => {
+                return Err(StorageError::Env {
+                    var: POWER_CUT_FILE_VAR,
+                    what: "empty path".into(),
+                })
+            }
+            (None, Some(p)) => CutWhen::FileExists(PathBuf::from(p)),
+        };
+        let seed = match std::env::var_os(POWER_CUT_SEED_VAR) {
+            None => rand::random(),
+            Some(s) => s
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| StorageError::Env {
+                    var: POWER_CUT_SEED_VAR,
+                    what: format!("{s:?} is not an unsigned integer"),
+                })?,
+        };
+        Ok(Some(PowerCutPlan {
+            when,
+            seed,
+            halt: power_off,
+        }))
+    }
+}
+
+/// The end of a simulated power cut: the process stops on the spot, with no
+/// unwinding, no flushing and no core file (a power cut leaves none, and
+/// tests run in the source tree).
+fn power_off() -> ! {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit only reads the struct, which lives across the call.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    std::process::abort()
+}
+
+/// A point in a sync where the simulated power may go out: right after a
+/// write and before the fsync that would make it durable.
+fn cut_point(power_cut: &mut Option<PowerCut>) {
+    if let Some(pc) = power_cut {
+        pc.point();
+    }
+}
+
+/// What the data dir would hold if the power went out now, as far as
+/// fsyncs made it durable, and the cut itself.
+#[derive(Debug)]
+struct PowerCut {
+    plan: PowerCutPlan,
+    rng: Rng,
+    dir: PathBuf,
+    /// Syncs with something to write so far.
+    syncs: u64,
+    /// In the sync that cuts: how many cut points to pass before cutting.
+    armed: Option<u64>,
+    /// Durable length of the file named `log`; `None`: no durable file by
+    /// that name. (Appends only extend it, so the durable contents are a
+    /// prefix of the current ones.)
+    log_len: Option<u64>,
+    /// Durable contents of `meta`; `None`: no durable file by that name.
+    meta: Option<Vec<u8>>,
+    /// Durable contents of the files now named `meta.tmp` and `log.tmp`,
+    /// as of their last fsync.
+    tmp: Vec<(&'static str, Vec<u8>)>,
+    /// Renames since the last directory fsync: the new name and the durable
+    /// contents of the file under it (`None`: never fsynced).
+    renamed: Vec<(&'static str, Option<Vec<u8>>)>,
+}
+
+impl PowerCut {
+    /// Starts the simulation with the files as found counting as durable.
+    fn new(plan: PowerCutPlan, dir: &Path) -> PowerCut {
+        let when = match &plan.when {
+            CutWhen::AtSync(n) => format!("in sync number {n}"),
+            CutWhen::FileExists(p) => format!("in the first sync after {} exists", p.display()),
+        };
+        log::warn!(
+            "power-cut mode (testing only): the power goes out {when}, losing what was not \
+             fsynced, and the process aborts; seed {}",
+            plan.seed
+        );
+        PowerCut {
+            rng: Rng::new(plan.seed),
+            plan,
+            dir: dir.to_path_buf(),
+            syncs: 0,
+            armed: None,
+            log_len: fs::metadata(dir.join(LOG_FILE)).ok().map(|m| m.len()),
+            meta: fs::read(dir.join(META_FILE)).ok(),
+            tmp: Vec::new(),
+            renamed: Vec::new(),
+        }
+    }
+
+    /// A sync begins that writes `meta` and/or log records: if it is the one
+    /// that cuts, picks one of its cut points.
+    fn begin_sync(&mut self, meta: bool, log: bool) {
+        assert!(self.armed.is_none(), "a power cut was armed but not done");
+        if !meta && !log {
+            return;
+        }
+        self.syncs += 1;
+        let due = match &self.plan.when {
+            CutWhen::AtSync(n) => self.syncs == *n,
+            CutWhen::FileExists(p) => p.exists(),
+        };
+        if due {
+            // Cut points, in order: meta.tmp written, meta renamed, log
+            // batch written.
+            let points = 2 * u64::from(meta) + u64::from(log);
+            self.armed = Some(self.rng.range(0, points));
+        }
+    }
+
+    fn point(&mut self) {
+        match self.armed {
+            Some(0) => self.cut(),
+            Some(k) => self.armed = Some(k - 1),
+            None => {}
+        }
+    }
+
+    /// `dir/name` was just fsynced through `file`.
+    fn file_synced(&mut self, name: &'static str, file: &File) {
+        if name == LOG_FILE {
+            let len = file.metadata().expect("power-cut mode: stat the log").len();
+            self.log_len = Some(len);
+        } else {
+            let contents =
+                fs::read(self.dir.join(name)).expect("power-cut mode: read back a tmp file");
+            self.tmp.retain(|(n, _)| *n != name);
+            self.tmp.push((name, contents));
+        }
+    }
+
+    /// `tmp` was created or emptied: nothing of its new contents is durable.
+    fn tmp_created(&mut self, tmp: &'static str) {
+        self.tmp.retain(|(n, _)| *n != tmp);
+    }
+
+    /// `tmp` was renamed to `name`, not durably until the directory fsync.
+    fn renamed(&mut self, tmp: &'static str, name: &'static str) {
+        let contents = self
+            .tmp
+            .iter()
+            .position(|(n, _)| *n == tmp)
+            .map(|i| self.tmp.remove(i).1);
+        self.renamed.retain(|(n, _)| *n != name);
+        self.renamed.push((name, contents));
+    }
+
+    /// The directory was fsynced: the renames before it are durable. A
+    /// renamed file whose data was never fsynced is durable as an empty file
+    /// (what ext4 without auto_da_alloc or XFS may show after a crash).
+    fn dir_synced(&mut self) {
+        for (name, contents) in std::mem::take(&mut self.renamed) {
+            match name {
+                META_FILE => self.meta = Some(contents.unwrap_or_default()),
+                LOG_FILE => self.log_len = Some(contents.map_or(0, |c| c.len() as u64)),
+                _ => unreachable!("rename to {name}"),
+            }
+        }
+    }
+
+    /// Leaves the files as a power cut now could, then halts.
+    fn cut(&mut self) -> ! {
+        let log_path = self.dir.join(LOG_FILE);
+        let log_report = match self.log_len {
+            None => {
+                remove_if_present(&log_path);
+                "log removed (its creation was never durable)".to_string()
+            }
+            Some(durable) => self.tear_log(&log_path, durable),
+        };
+        let meta_path = self.dir.join(META_FILE);
+        let meta_report = match &self.meta {
+            None => {
+                remove_if_present(&meta_path);
+                "meta removed (its creation was never durable)".to_string()
+            }
+            Some(b) => {
+                fs::write(&meta_path, b).expect("power-cut mode: restore meta");
+                format!("meta back to its durable {} bytes", b.len())
+            }
+        };
+        for tmp in [META_TMP, LOG_TMP] {
+            remove_if_present(&self.dir.join(tmp));
+        }
+        log::error!(
+            "power cut (simulated) in sync number {}: {log_report}; {meta_report}",
+            self.syncs
+        );
+        log::logger().flush();
+        (self.plan.halt)()
+    }
+
+    /// Cuts the log somewhere between its durable and its current length,
+    /// maybe zeroing sectors of the unsynced part (clipped to it: the
+    /// durable bytes before it stay) and maybe leaving zeroes after the end
+    /// (the size was updated, the data not).
+    fn tear_log(&mut self, path: &Path, durable: u64) -> String {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("power-cut mode: open the log");
+        let written = f.metadata().expect("power-cut mode: stat the log").len();
+        assert!(
+            written >= durable,
+            "log of {written} bytes is shorter than its durable length {durable}"
+        );
+        let sector = SECTOR as u64;
+        let keep = self.rng.range(durable, written + 1);
+        f.set_len(keep).expect("power-cut mode: cut the log");
+        let mut report = format!("log cut to {keep} bytes (durable {durable}, written {written})");
+        if keep > durable && self.rng.chance(0.5) {
+            let s = self.rng.range(durable / sector, (keep - 1) / sector + 1);
+            let n = self.rng.range(1, 4);
+            let lo = (s * sector).max(durable);
+            let hi = ((s + n) * sector).min(keep);
+            f.write_all_at(&vec![0u8; (hi - lo) as usize], lo)
+                .expect("power-cut mode: zero sectors");
+            report.push_str(&format!(", zeroes at {lo}..{hi}"));
+        }
+        if self.rng.chance(0.25) {
+            let pad = self.rng.range(1, 2 * sector);
+            f.set_len(keep + pad)
+                .expect("power-cut mode: extend the log");
+            report.push_str(&format!(", then {pad} zero bytes"));
+        }
+        report
+    }
+}
+
+fn remove_if_present(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => panic!("power-cut mode: cannot remove {}: {e}", path.display()),
+    }
 }
 
 #[cfg(test)]
@@ -939,8 +1629,15 @@ mod tests {
             .collect()
     }
 
-    /// A store with a noop at 1 and commands at 2..=4, all in term 2.
+    /// A store with a noop at 1 and commands at 2..=4, all in term 2, each
+    /// synced on its own: batch `i` holds record `i` (as on a follower
+    /// receiving one entry at a time).
     fn populated(dir: &Path) -> Vec<Entry> {
+        populated_with(dir, "ccc")
+    }
+
+    /// `populated`, with `last` as the command of entry 4.
+    fn populated_with(dir: &Path, last: &str) -> Vec<Entry> {
         let (mut s, r) = open(dir).unwrap();
         assert!(r.first_boot);
         s.save_hard_state(hs(2, Some(1)));
@@ -948,20 +1645,36 @@ mod tests {
             entry(2, 1, None),
             entry(2, 2, Some("a")),
             entry(2, 3, Some("bb")),
-            entry(2, 4, Some("ccc")),
+            entry(2, 4, Some(last)),
         ];
-        s.append(&entries);
-        s.sync().unwrap();
+        for e in &entries {
+            s.append(std::slice::from_ref(e));
+            s.sync().unwrap();
+        }
         entries
+    }
+
+    /// Byte offset of each batch in the log file.
+    fn batch_offsets(log: &[u8]) -> Vec<usize> {
+        let mut v = Vec::new();
+        let mut off = LOG_HEADER_LEN;
+        while off + BATCH_HEADER_LEN <= log.len() {
+            v.push(off);
+            off += BATCH_HEADER_LEN + u32_at(log, off + 4) as usize;
+        }
+        v
     }
 
     /// Byte offset of each record in the log file.
     fn record_offsets(log: &[u8]) -> Vec<usize> {
         let mut v = Vec::new();
-        let mut off = LOG_HEADER_LEN;
-        while off + RECORD_HEADER_LEN <= log.len() {
-            v.push(off);
-            off += RECORD_HEADER_LEN + u32_at(log, off) as usize;
+        for b in batch_offsets(log) {
+            let end = (b + BATCH_HEADER_LEN + u32_at(log, b + 4) as usize).min(log.len());
+            let mut off = b + BATCH_HEADER_LEN;
+            while off + RECORD_HEADER_LEN <= end {
+                v.push(off);
+                off += RECORD_HEADER_LEN + u32_at(log, off) as usize;
+            }
         }
         v
     }
@@ -1067,14 +1780,21 @@ mod tests {
         s.append(&[entry(3, 5, None)]);
     }
 
-    /// Cuts the file, reopens, and checks the torn record is dropped, the
-    /// file is cut back to the last good record, and appending works after.
+    /// Damages the last batch (entry 4, command `last`) with `mangle`, which
+    /// gets the batch offsets, reopens, and checks the torn batch is
+    /// dropped, the file is cut back to the last good batch, and appending
+    /// works after.
     fn check_torn(mangle: impl FnOnce(&mut Vec<u8>, &[usize])) {
+        check_torn_with("ccc", mangle)
+    }
+
+    fn check_torn_with(last: &str, mangle: impl FnOnce(&mut Vec<u8>, &[usize])) {
         let dir = tempfile::tempdir().unwrap();
-        let entries = populated(dir.path());
+        let entries = populated_with(dir.path(), last);
         let log_path = dir.path().join(LOG_FILE);
         let mut log = fs::read(&log_path).unwrap();
-        let offsets = record_offsets(&log);
+        let offsets = batch_offsets(&log);
+        assert_eq!(offsets.len(), 4);
         mangle(&mut log, &offsets);
         fs::write(&log_path, &log).unwrap();
         let (mut s, r) = open(dir.path()).unwrap();
@@ -1099,9 +1819,13 @@ mod tests {
 
     #[test]
     fn torn_tail_bad_checksum_is_cut() {
-        check_torn(|log, _| {
-            let n = log.len();
-            log[n - 1] ^= 0xff;
+        // The last batch spans sectors; one in its middle was not written
+        // back and reads as zeroes, with the batch's later sectors intact.
+        // (A bit flip there would be refused: a power cut leaves zeroes.)
+        check_torn_with(&"c".repeat(1500), |log, offs| {
+            let hole = (offs[3] / SECTOR + 1) * SECTOR;
+            assert!(hole + SECTOR < log.len());
+            log[hole..hole + SECTOR].fill(0);
         });
     }
 
@@ -1110,7 +1834,7 @@ mod tests {
         // The last record's body never made it, and the filesystem shows
         // zeroes in its place plus a block of preallocated zeroes.
         check_torn(|log, offs| {
-            for b in &mut log[offs[3] + RECORD_HEADER_LEN..] {
+            for b in &mut log[offs[3]..] {
                 *b = 0;
             }
             log.extend_from_slice(&[0u8; 4096]);
@@ -1192,12 +1916,16 @@ mod tests {
         assert_eq!(snapshot(dir.path()), before, "nothing on disk changed");
     }
 
-    /// Appends a record with a valid checksum but the given body.
+    /// Appends a batch of one record with valid checksums but the given
+    /// body; returns the record's offset.
     fn append_raw(dir: &Path, body: &[u8]) -> u64 {
         let log_path = dir.join(LOG_FILE);
         let mut log = fs::read(&log_path).unwrap();
+        let mut batch = Vec::new();
+        push_record(&mut batch, body);
+        log.extend_from_slice(&encode_batch_header(&batch));
         let off = log.len() as u64;
-        push_record(&mut log, body);
+        log.extend_from_slice(&batch);
         fs::write(&log_path, &log).unwrap();
         off
     }
@@ -1325,7 +2053,7 @@ mod tests {
 
         // Crash after meta, before log, on first boot: completed on restart.
         let dir = tempfile::tempdir().unwrap();
-        write_meta(dir.path(), CLUSTER, ME, HardState::default()).unwrap();
+        write_meta(dir.path(), CLUSTER, ME, HardState::default(), &mut None).unwrap();
         let (_, r) = open(dir.path()).unwrap();
         assert!(r.first_boot);
         assert!(dir.path().join(LOG_FILE).exists());
