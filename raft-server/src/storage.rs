@@ -2543,7 +2543,11 @@ mod tests {
             drop(s);
             assert!(!dir.path().join(META_TMP).exists());
             let (_, r) = open(dir.path()).unwrap();
-            assert_eq!(r.entries[0], entry(1, 1, Some("synced")), "seed {seed}");
+            assert_eq!(
+                r.entries.first(),
+                Some(&entry(1, 1, Some("synced"))),
+                "seed {seed}: the entry of sync 1 was lost"
+            );
             assert!(r.entries.len() <= 2);
             seen.insert((r.hard_state.current_term.0, r.entries.len()));
         }
