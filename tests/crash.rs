@@ -266,9 +266,10 @@ fn restart(c: &mut Cluster, id: u64, seed: u64) {
         if let Some(status) = child.try_wait().unwrap() {
             let log = c.log_text(id);
             c.members[id as usize - 1].child = None;
+            // A refused start is one line on stderr, the last one.
             panic!(
-                "member {id} did not come back after the power cut: {status:?}: {}",
-                log[before..].trim_end()
+                "member {id} did not come back after the power cut, {status}: {}",
+                log[before..].trim_end().lines().last().unwrap_or("")
             );
         }
         if c.field(id, "raft_role").is_some() {
