@@ -286,7 +286,7 @@ fn restart(c: &mut Cluster, id: u64, seed: u64) {
     let log = c.log_text(id);
     let recovery = log[before..]
         .lines()
-        .find(|l| l.contains("torn final batch"))
+        .find(|l| l.contains("torn final records"))
         .unwrap_or("no torn batch");
     eprintln!("member {id} restarted: {recovery}");
 }

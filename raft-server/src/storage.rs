@@ -288,8 +288,8 @@ impl Storage {
                     // Everything before the tail checked out: only now touch
                     // the disk.
                     log::warn!(
-                        "{}: torn final batch at byte offset {} ({} bytes, {}): dropped, it was \
-                         never acknowledged; recovering {} entries",
+                        "{}: torn final records at byte offset {} ({} bytes, {}): the last \
+                         batch, never acknowledged, dropped; recovering {} entries",
                         log_path.display(),
                         torn.offset,
                         bytes.len() as u64 - torn.offset,
