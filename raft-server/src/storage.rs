@@ -1094,6 +1094,13 @@ fn scan_log(
         let header_ok = &bytes[off..off + 4] == BATCH_MAGIC
             && crc32c::crc32c(&bytes[off..off + 12]) == u32_at(bytes, off + 12);
         if !header_ok {
+            if zeros_from(off) {
+                // Nothing at all was written here: dropping it loses nothing.
+                return Ok(Scan {
+                    entries,
+                    torn: Some(torn("zero-filled tail".into())),
+                });
+            }
             if !zeroed_by_power_cut(bytes, off, off..off + BATCH_HEADER_LEN) {
                 return Err(corrupt(
                     path,
@@ -1121,14 +1128,9 @@ fn scan_log(
                     ),
                 ));
             }
-            let why = if zeros_from(off) {
-                "zero-filled tail".to_string()
-            } else {
-                "batch header zeroed".to_string()
-            };
             return Ok(Scan {
                 entries,
-                torn: Some(torn(why)),
+                torn: Some(torn("batch header zeroed".into())),
             });
         }
         let blen = u32_at(bytes, off + 4) as usize;
@@ -1504,6 +1506,7 @@ impl PowerCut {
             .map(|i| self.tmp.remove(i).1);
         self.renamed.retain(|(n, _)| *n != name);
         self.renamed.push((name, contents));
+        assert!(self.renamed.len() <= 2, "renames to meta and log only");
     }
 
     /// The directory was fsynced: the renames before it are durable. A
@@ -2185,6 +2188,16 @@ mod tests {
         check_last_batch_dropped(|log, last| log.truncate(last + BATCH_HEADER_LEN));
         check_last_batch_dropped(|log, last| log.truncate(last + 5));
         check_last_batch_dropped(|log, _| log.truncate(log.len() - 1));
+    }
+
+    #[test]
+    fn a_zero_tail_longer_than_a_batch_is_dropped() {
+        // Nothing was written there, so nothing is lost by dropping it,
+        // however long it is (preallocated space).
+        check_torn(|log, offs| {
+            log.truncate(offs[3]);
+            log.resize(offs[3] + BATCH_HEADER_LEN + MAX_BATCH_LEN + 1, 0);
+        });
     }
 
     #[test]
