@@ -253,6 +253,23 @@ impl Cluster {
         self.members[id as usize - 1].child = Some(child);
     }
 
+    /// Starts member `id` like [`Cluster::start`], with `env` added to its
+    /// environment (tests/crash.rs passes storage's power-cut switches).
+    pub fn start_with_env(&mut self, id: u64, env: &[(&str, String)]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.m(id).log)
+            .unwrap();
+        let child = self
+            .command(id)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.members[id as usize - 1].child = Some(child);
+    }
+
     pub fn start_all(&mut self) {
         for id in 1..=self.members.len() as u64 {
             self.start(id);
