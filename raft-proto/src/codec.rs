@@ -1500,5 +1500,4 @@ mod tests {
         assert_eq!(&c[..], b"set x 1");
         assert!(frame.contains(&c.as_ptr()), "command was copied");
     }
-
 }
