@@ -5,7 +5,7 @@ SIM_SEEDS ?= 0..500
 SIM_LONG_SEEDS ?= 0..20000
 FUZZ_SECS ?= 60
 
-.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean
+.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean mutants
 CHAOS_SEEDS ?= 1 2 3 4 5
 CHAOS_SECS ?= 120
 TRIALS ?= 10
@@ -21,6 +21,7 @@ help:
 	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make clippy     lints, warnings are errors"
+	@echo "make mutants    cargo-mutants on raft-proto's core files with the fast tests, 50 min at most (docs/mutants.md)"
 
 build:
 	$(CARGO) build --workspace
@@ -60,6 +61,11 @@ failover-drill: release
 
 fuzz:
 	tools/fuzz.sh $(FUZZ_SECS)
+
+# Mutation testing: driver, leader, follower, candidate, progress, quorum,
+# node, in that order, until the budget is spent (docs/mutants.md).
+mutants:
+	tools/mutants.sh
 
 bench: bench-proto bench-server
 
