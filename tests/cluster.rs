@@ -403,3 +403,54 @@ fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
         }
     }
 }
+
+/// redis-py with its defaults (it opens with `HELLO 3` and announces itself
+/// with `CLIENT SETINFO`) reads and writes through a follower's redirect and
+/// the leader. CI installs redis-py from PyPI; without it this test says
+/// how to get it.
+#[test]
+fn redis_py_works_with_its_defaults() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = Command::new(&python)
+        .args(["-c", "import redis"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{python} with redis-py not found: pip install redis (or set PYTHON)"
+    );
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let addr = c.m(leader).client;
+    let script = format!(
+        r#"
+import redis
+r = redis.Redis(host="{ip}", port={port})
+assert r.ping()
+assert r.set("k", "v")
+assert r.get("k") == b"v", r.get("k")
+assert r.get("missing") is None
+assert r.delete("k", "missing") == 1
+r.client_setname("tester")
+assert r.client_getname() in (b"tester", "tester")
+hello = r.execute_command("HELLO", 3)
+hello = {{(k.decode() if isinstance(k, bytes) else k): v for k, v in hello.items()}}
+assert hello["proto"] == 3, hello
+assert hello["role"] in (b"master", "master"), hello
+print("ok")
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    let out = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "redis-py failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

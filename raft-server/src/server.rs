@@ -900,6 +900,70 @@ impl Server {
                 c.close_after_replies();
             }
             Command::EmptyArray => self.clients[key].reply_now(Reply::Array(Vec::new())),
+            Command::Hello { protocol, name } => {
+                let role = if self.node.role() == Role::Leader {
+                    "master"
+                } else {
+                    "replica"
+                };
+                let c = &mut self.clients[key];
+                if let Some(p) = protocol {
+                    // The reply to HELLO is already in the new protocol.
+                    c.protocol = p;
+                }
+                if name.is_some() {
+                    c.name = name;
+                }
+                let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+                let proto = match c.protocol {
+                    resp::Protocol::Resp2 => 2,
+                    resp::Protocol::Resp3 => 3,
+                };
+                let reply = Reply::Map(vec![
+                    (bulk("server"), bulk("redis")),
+                    (bulk("version"), bulk(REDIS_COMPAT_VERSION)),
+                    (bulk("proto"), Reply::Integer(proto)),
+                    (bulk("id"), Reply::Integer(c.id as i64)),
+                    (bulk("mode"), bulk("standalone")),
+                    (bulk("role"), bulk(role)),
+                    (bulk("modules"), Reply::Array(Vec::new())),
+                ]);
+                c.reply_now(reply);
+            }
+            Command::AuthOk | Command::Ok | Command::Select => {
+                self.clients[key].reply_now(Reply::Simple("OK"))
+            }
+            Command::Reset => {
+                let c = &mut self.clients[key];
+                c.protocol = resp::Protocol::Resp2;
+                c.name = None;
+                c.reply_now(Reply::Simple("RESET"));
+            }
+            Command::ClientSetName(name) => {
+                let c = &mut self.clients[key];
+                c.name = Some(name);
+                c.reply_now(Reply::Simple("OK"));
+            }
+            Command::ClientGetName => {
+                let c = &mut self.clients[key];
+                let reply = c.name.clone().map_or(Reply::Nil, Reply::Bulk);
+                c.reply_now(reply);
+            }
+            Command::ClientId => {
+                let c = &mut self.clients[key];
+                c.reply_now(Reply::Integer(c.id as i64));
+            }
+            Command::ClientInfo => {
+                let line = client_line(&self.clients[key]);
+                self.clients[key].reply_now(Reply::Bulk(Bytes::from(line)));
+            }
+            Command::ClientList => {
+                let mut text = String::new();
+                for (_, c) in self.clients.iter() {
+                    text.push_str(&client_line(c));
+                }
+                self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
+            }
             Command::Info(section) => {
                 let text = match section.as_deref() {
                     None | Some("raft" | "all" | "default" | "everything") => {
@@ -920,7 +984,9 @@ impl Server {
                         let reply_bytes = self
                             .kv
                             .get(&k)
-                            .map_or(Reply::Nil.encoded_len(), |v| resp::bulk_len(v.len()));
+                            .map_or(Reply::Nil.encoded_len(resp::Protocol::Resp2), |v| {
+                                resp::bulk_len(v.len())
+                            });
                         let c = &mut self.clients[key];
                         let to = ReplyTo {
                             key,
@@ -1215,6 +1281,27 @@ fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
     let reserve = (FD_RESERVE + 2 * members) as u64;
     let available = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(reserve));
     usize::try_from(available).map_or(MAX_CLIENTS, |a| a.min(MAX_CLIENTS))
+}
+
+/// The Redis version whose protocol and commands raft-node follows, as
+/// `HELLO` reports it (clients pick features by it).
+const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// One `CLIENT LIST` / `CLIENT INFO` line, in Redis' `key=value` form.
+fn client_line(c: &Client) -> String {
+    let name = c
+        .name
+        .as_ref()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_default();
+    let resp = match c.protocol {
+        resp::Protocol::Resp2 => 2,
+        resp::Protocol::Resp3 => 3,
+    };
+    format!(
+        "id={} addr={} laddr= fd=0 name={name} db=0 resp={resp}\n",
+        c.id, c.addr
+    )
 }
 
 /// The data dir as the driver's [`LogStore`]: `Storage` buffers the writes
