@@ -454,3 +454,34 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// redis-benchmark against the leader: it fetches `CONFIG GET save` and
+/// `appendonly` first and warns when it cannot; neither a warning nor an
+/// error may show.
+#[test]
+fn redis_benchmark_runs_without_warnings() {
+    let bench = std::env::var("REDIS_BENCHMARK").unwrap_or_else(|_| "redis-benchmark".into());
+    assert!(
+        Command::new(&bench).arg("--version").output().is_ok(),
+        "{bench} not found: apt-get install redis-tools (or set REDIS_BENCHMARK)"
+    );
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let addr = c.m(leader).client;
+    let out = Command::new(&bench)
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", "ping,set,get", "-n", "500", "-c", "4", "-q"])
+        .output()
+        .expect("run redis-benchmark");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("WARN") && !text.contains("ERR"), "{text}");
+    for t in ["SET:", "GET:", "PING_INLINE:"] {
+        assert!(text.contains(t), "no {t} result: {text}");
+    }
+}

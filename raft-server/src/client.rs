@@ -716,6 +716,9 @@ pub enum Command {
     Reset,
     /// A command accepted and ignored (`CLIENT SETINFO`): `+OK`.
     Ok,
+    /// `CONFIG GET pattern [pattern ...]`: the few parameters clients and
+    /// redis-benchmark ask for.
+    ConfigGet(Vec<Bytes>),
 }
 
 /// The [`Kind`] of a raw request, judged by its name.
@@ -855,7 +858,32 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
         "command" => Command::EmptyArray,
         "config" => {
             arity(argc >= 2)?;
-            Command::EmptyArray
+            let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+            match sub.as_str() {
+                "get" => {
+                    if argc < 3 {
+                        return Err(Reply::Error(
+                            "ERR wrong number of arguments for 'config|get' command".into(),
+                        ));
+                    }
+                    Command::ConfigGet(args[2..].to_vec())
+                }
+                "resetstat" => Command::Ok,
+                "set" => {
+                    return Err(Reply::Error(format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                        args.get(2)
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .unwrap_or_default()
+                    )))
+                }
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            }
         }
         _ => return Err(unknown_command(args)),
     };
@@ -896,6 +924,20 @@ fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
         }
     }
     Ok(Command::Hello { protocol, name })
+}
+
+/// Redis' glob match for `CONFIG GET` patterns: `*`, `?` and literal
+/// characters, case-insensitive (parameter names are lower case).
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            glob_match(rest, name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+        }
+        (Some((b'?', rest)), Some((_, n))) => glob_match(rest, n),
+        (Some((p, rest)), Some((c, n))) if p.eq_ignore_ascii_case(c) => glob_match(rest, n),
+        _ => false,
+    }
 }
 
 /// With no password configured, the `default` user takes any password and
@@ -1384,6 +1426,13 @@ mod tests {
         assert!(matches!(cmd(&["SELECT", "0"]), Command::Select));
         assert_eq!(err(&["SELECT", "1"]), "ERR DB index is out of range");
         assert!(matches!(cmd(&["RESET"]), Command::Reset));
+        assert!(matches!(cmd(&["CONFIG", "GET", "save"]), Command::ConfigGet(p) if p.len() == 1));
+        assert!(err(&["CONFIG", "SET", "x", "1"]).starts_with("ERR Unknown option"));
+        assert!(glob_match(b"*", b"save"));
+        assert!(glob_match(b"max*", b"maxclients"));
+        assert!(glob_match(b"s?ve", b"SAVE"));
+        assert!(!glob_match(b"max*s", b"maxmemory"));
+        assert!(!glob_match(b"", b"x"));
     }
 
     #[test]

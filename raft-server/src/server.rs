@@ -921,7 +921,7 @@ impl Server {
                 };
                 let reply = Reply::Map(vec![
                     (bulk("server"), bulk("redis")),
-                    (bulk("version"), bulk(REDIS_COMPAT_VERSION)),
+                    (bulk("version"), bulk(info::REDIS_COMPAT_VERSION)),
                     (bulk("proto"), Reply::Integer(proto)),
                     (bulk("id"), Reply::Integer(c.id as i64)),
                     (bulk("mode"), bulk("standalone")),
@@ -932,6 +932,33 @@ impl Server {
             }
             Command::AuthOk | Command::Ok | Command::Select => {
                 self.clients[key].reply_now(Reply::Simple("OK"))
+            }
+            Command::ConfigGet(patterns) => {
+                let idle = self.settings.client_idle_timeout.map_or(0, |d| d.as_secs());
+                // What redis-benchmark and client libraries ask for, with
+                // raft-node's answers: no RDB or AOF file (the Raft log is
+                // the durability), one database.
+                let params: [(&str, String); 8] = [
+                    ("save", String::new()),
+                    ("appendonly", "no".into()),
+                    ("databases", "1".into()),
+                    ("maxclients", self.max_clients.to_string()),
+                    ("timeout", idle.to_string()),
+                    ("maxmemory", "0".into()),
+                    ("cluster-enabled", "no".into()),
+                    ("port", self.settings.me().client_addr.port().to_string()),
+                ];
+                let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+                let pairs = params
+                    .iter()
+                    .filter(|(name, _)| {
+                        patterns
+                            .iter()
+                            .any(|p| client::glob_match(p, name.as_bytes()))
+                    })
+                    .map(|(name, value)| (bulk(name), bulk(value)))
+                    .collect();
+                self.clients[key].reply_now(Reply::Map(pairs));
             }
             Command::Reset => {
                 let c = &mut self.clients[key];
@@ -965,12 +992,8 @@ impl Server {
                 self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
             }
             Command::Info(section) => {
-                let text = match section.as_deref() {
-                    None | Some("raft" | "all" | "default" | "everything") => {
-                        info::render_info(&self.snapshot(Instant::now()))
-                    }
-                    Some(_) => String::new(),
-                };
+                let text =
+                    info::render_info_sections(&self.snapshot(Instant::now()), section.as_deref());
                 self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
             }
             Command::Get(k) => {
@@ -1202,6 +1225,7 @@ impl Server {
                 .and_then(|l| self.settings.member(l))
                 .map(|m| m.client_addr),
             cluster_id: self.settings.cluster_id,
+            client_port: self.settings.me().client_addr.port(),
             peers: self.peers.status(now),
             clients: self.clients.len(),
             max_clients: self.max_clients,
@@ -1282,10 +1306,6 @@ fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
     let available = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(reserve));
     usize::try_from(available).map_or(MAX_CLIENTS, |a| a.min(MAX_CLIENTS))
 }
-
-/// The Redis version whose protocol and commands raft-node follows, as
-/// `HELLO` reports it (clients pick features by it).
-const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
 /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis' `key=value` form.
 fn client_line(c: &Client) -> String {
