@@ -485,3 +485,70 @@ fn redis_benchmark_runs_without_warnings() {
         assert!(text.contains(t), "no {t} result: {text}");
     }
 }
+
+/// A cluster-aware client sees one shard led by the Raft leader: redis-py's
+/// `RedisCluster`, pointed at a follower, writes through the leader, keeps
+/// writing across a leader kill (MOVED and a topology refresh), and
+/// `redis-cli --cluster check` finds all 16384 slots covered.
+#[test]
+fn cluster_clients_route_to_the_leader_and_follow_a_failover() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let other = (1..=3).find(|&i| i != leader && i != follower).unwrap();
+    let addr = c.m(follower).client;
+    let seeds = format!(
+        "[ClusterNode(\"{}\", {}), ClusterNode(\"{}\", {})]",
+        addr.ip(),
+        addr.port(),
+        c.m(other).client.ip(),
+        c.m(other).client.port()
+    );
+    let script = format!(
+        r#"
+import os, signal, sys, time
+from redis.cluster import RedisCluster, ClusterNode
+rc = RedisCluster(startup_nodes={seeds}, cluster_error_retry_attempts=10)
+assert rc.set("before", "1")
+assert rc.get("before") == b"1"
+os.kill({pid}, signal.SIGKILL)
+done = 0
+deadline = time.time() + 15
+while done < 50 and time.time() < deadline:
+    try:
+        assert rc.set("k%d" % done, done)
+        done += 1
+    except Exception as e:
+        print("retry:", type(e).__name__, e, file=sys.stderr)
+        time.sleep(0.1)
+assert done == 50, done
+assert rc.get("k49") == b"49" and rc.get("before") == b"1"
+print("ok")
+"#,
+        pid = c.pid(leader)
+    );
+    let out = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    // The script killed the leader behind the harness' back.
+    c.members[leader as usize - 1]
+        .child
+        .take()
+        .map(|mut ch| ch.wait());
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "RedisCluster failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = Command::new("redis-cli")
+        .args(["--cluster", "check", &addr.to_string()])
+        .output()
+        .expect("run redis-cli");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("All 16384 slots covered"), "{text}");
+    assert!(!text.contains("[ERR]"), "{text}");
+}

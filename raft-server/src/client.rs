@@ -686,9 +686,6 @@ pub enum Command {
     Info(Option<String>),
     /// `QUIT`: `+OK`, then close.
     Quit,
-    /// `COMMAND ...`, `CONFIG GET ...`: clients probe these on connect
-    /// (redis-cli, redis-benchmark); an empty array keeps them quiet.
-    EmptyArray,
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switch protocol
     /// and answer with the connection's facts.
     Hello {
@@ -719,6 +716,169 @@ pub enum Command {
     /// `CONFIG GET pattern [pattern ...]`: the few parameters clients and
     /// redis-benchmark ask for.
     ConfigGet(Vec<Bytes>),
+    /// `CLUSTER SLOTS|SHARDS|NODES|MYID|INFO|KEYSLOT key`: the Raft group
+    /// as one shard (see `topology`).
+    Cluster(ClusterQuery),
+    /// `READONLY` / `READWRITE`: accepted (`+OK`); reads still go to the
+    /// leader.
+    ReadMode,
+    /// `COMMAND` (every entry) or `COMMAND INFO name ...`.
+    CommandTable(Option<Vec<Bytes>>),
+    /// `COMMAND COUNT`.
+    CommandCount,
+    /// An empty map (`COMMAND DOCS`).
+    EmptyMap,
+}
+
+/// One entry of the `COMMAND` table, in Redis' shape: name, arity
+/// (negative: at least that many arguments, name included), flags, and
+/// where the keys are (first, last, step; 0 when there are none, last -1
+/// for "to the end"). Cluster clients find a command's key from it.
+pub struct CommandSpec {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Redis' arity.
+    pub arity: i64,
+    /// Redis' flags.
+    pub flags: &'static [&'static str],
+    /// First key argument, last, step.
+    pub keys: (i64, i64, i64),
+}
+
+/// Every command raft-node answers, for `COMMAND`.
+pub const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "get",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "set",
+        arity: -3,
+        flags: &["write", "denyoom"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "del",
+        arity: -2,
+        flags: &["write"],
+        keys: (1, -1, 1),
+    },
+    CommandSpec {
+        name: "ping",
+        arity: -1,
+        flags: &["fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "echo",
+        arity: 2,
+        flags: &["fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "info",
+        arity: -1,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "quit",
+        arity: -1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "hello",
+        arity: -1,
+        flags: &["loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "auth",
+        arity: -2,
+        flags: &["loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "client",
+        arity: -2,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "select",
+        arity: 2,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "reset",
+        arity: 1,
+        flags: &["loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "command",
+        arity: -1,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "config",
+        arity: -2,
+        flags: &["admin", "loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "cluster",
+        arity: -2,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "readonly",
+        arity: 1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "readwrite",
+        arity: 1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+];
+
+/// A `COMMAND` entry as a reply.
+pub fn command_entry(c: &CommandSpec) -> Reply {
+    let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+    Reply::Array(vec![
+        bulk(c.name),
+        Reply::Integer(c.arity),
+        Reply::Array(c.flags.iter().map(|f| Reply::Simple(f)).collect()),
+        Reply::Integer(c.keys.0),
+        Reply::Integer(c.keys.1),
+        Reply::Integer(c.keys.2),
+    ])
+}
+
+/// What `CLUSTER` asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterQuery {
+    /// `CLUSTER SLOTS`.
+    Slots,
+    /// `CLUSTER SHARDS`.
+    Shards,
+    /// `CLUSTER NODES`.
+    Nodes,
+    /// `CLUSTER MYID`.
+    MyId,
+    /// `CLUSTER INFO`.
+    Info,
+    /// `CLUSTER KEYSLOT key`.
+    KeySlot(Bytes),
 }
 
 /// The [`Kind`] of a raw request, judged by its name.
@@ -855,7 +1015,55 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
             arity(argc == 1)?;
             Command::Reset
         }
-        "command" => Command::EmptyArray,
+        "readonly" | "readwrite" => {
+            arity(argc == 1)?;
+            Command::ReadMode
+        }
+        "cluster" => {
+            arity(argc >= 2)?;
+            let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+            let q = match (sub.as_str(), argc) {
+                ("slots", 2) => ClusterQuery::Slots,
+                ("shards", 2) => ClusterQuery::Shards,
+                ("nodes", 2) => ClusterQuery::Nodes,
+                ("myid", 2) => ClusterQuery::MyId,
+                ("info", 2) => ClusterQuery::Info,
+                ("keyslot", 3) => ClusterQuery::KeySlot(args[2].clone()),
+                ("slots" | "shards" | "nodes" | "myid" | "info" | "keyslot", _) => {
+                    return Err(Reply::Error(format!(
+                        "ERR wrong number of arguments for 'cluster|{sub}' command"
+                    )))
+                }
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            };
+            Command::Cluster(q)
+        }
+        "command" => match args
+            .get(1)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        {
+            None => Command::CommandTable(None),
+            Some(sub) => match sub.as_str() {
+                "count" => {
+                    arity(argc == 2)?;
+                    Command::CommandCount
+                }
+                "info" => Command::CommandTable(Some(args[2..].to_vec())),
+                // Documentation is optional for clients (redis-cli's hints).
+                "docs" => Command::EmptyMap,
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            },
+        },
         "config" => {
             arity(argc >= 2)?;
             let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
@@ -1020,7 +1228,7 @@ mod tests {
         );
         assert_eq!(
             parse_command(&args(&["COMMAND", "DOCS"])),
-            Ok(Command::EmptyArray)
+            Ok(Command::EmptyMap)
         );
     }
 

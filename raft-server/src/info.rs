@@ -146,13 +146,18 @@ pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 /// every section; an unknown one gives an empty string, as in Redis.
 pub fn render_info_sections(s: &Snapshot, section: Option<&str>) -> String {
     type Render = fn(&Snapshot, &mut String);
-    let sections: [(&str, Render); 8] = [
+    let sections: [(&str, Render); 9] = [
         ("server", server_section),
         ("clients", clients_section),
         ("memory", memory_section),
         ("persistence", persistence_section),
         ("stats", stats_section),
         ("replication", replication_section),
+        // Cluster tools (redis-cli --cluster) check this before CLUSTER
+        // NODES: the Raft group answers as a one-shard cluster.
+        ("cluster", |_, o| {
+            o.push_str("# Cluster\r\ncluster_enabled:1\r\n")
+        }),
         ("keyspace", keyspace_section),
         ("raft", |s, o| o.push_str(&render_info(s))),
     ];

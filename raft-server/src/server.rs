@@ -40,6 +40,7 @@ use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
 use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
+use crate::topology;
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -595,7 +596,7 @@ impl Server {
                     None => Reply::Nil,
                 }
             }
-            Some(e) => self.read_error(e),
+            Some(e) => self.read_error(e, &r.key),
         };
         self.deliver(r.to, reply);
     }
@@ -714,18 +715,46 @@ impl Server {
         }
     }
 
-    /// Where to send a client that asked a non-leader.
-    fn redirect(&mut self, leader: Option<NodeId>) -> Reply {
+    /// Where to send a client that asked a non-leader about `key`: the
+    /// key's hash slot and the leader, as Redis Cluster redirects.
+    fn redirect(&mut self, leader: Option<NodeId>, key: &[u8]) -> Reply {
         self.counters.redirects += 1;
         match leader.and_then(|l| self.settings.member(l)) {
-            Some(m) => Reply::Error(format!("MOVED 0 {}", m.client_addr)),
+            Some(m) => Reply::Error(format!(
+                "MOVED {} {}",
+                topology::key_slot(key),
+                m.client_addr
+            )),
             None => Reply::Error("CLUSTERDOWN no leader".into()),
         }
     }
 
-    fn read_error(&mut self, e: ReadError) -> Reply {
+    /// The members as topology replies show them.
+    fn topology(&self) -> Vec<topology::Node> {
+        let leader = self.node.leader();
+        let up: Vec<NodeId> = self
+            .peers
+            .status(Instant::now())
+            .iter()
+            .filter(|p| p.up)
+            .map(|p| p.id)
+            .collect();
+        self.settings
+            .members
+            .iter()
+            .map(|m| topology::Node {
+                id: m.id,
+                client_addr: m.client_addr,
+                peer_addr: m.peer_addr,
+                leader: leader == Some(m.id),
+                connected: m.id == self.settings.id || up.contains(&m.id),
+            })
+            .collect()
+    }
+
+    fn read_error(&mut self, e: ReadError, key: &[u8]) -> Reply {
         match e {
-            ReadError::NotLeader { leader } => self.redirect(leader),
+            ReadError::NotLeader { leader } => self.redirect(leader, key),
             ReadError::Busy => Reply::Error("ERR too many pending reads; retry".into()),
         }
     }
@@ -899,7 +928,6 @@ impl Server {
                 c.reply_now(Reply::Simple("OK"));
                 c.close_after_replies();
             }
-            Command::EmptyArray => self.clients[key].reply_now(Reply::Array(Vec::new())),
             Command::Hello { protocol, name } => {
                 let role = if self.node.role() == Role::Leader {
                     "master"
@@ -924,7 +952,7 @@ impl Server {
                     (bulk("version"), bulk(info::REDIS_COMPAT_VERSION)),
                     (bulk("proto"), Reply::Integer(proto)),
                     (bulk("id"), Reply::Integer(c.id as i64)),
-                    (bulk("mode"), bulk("standalone")),
+                    (bulk("mode"), bulk("cluster")),
                     (bulk("role"), bulk(role)),
                     (bulk("modules"), Reply::Array(Vec::new())),
                 ]);
@@ -932,6 +960,48 @@ impl Server {
             }
             Command::AuthOk | Command::Ok | Command::Select => {
                 self.clients[key].reply_now(Reply::Simple("OK"))
+            }
+            Command::ReadMode => self.clients[key].reply_now(Reply::Simple("OK")),
+            Command::EmptyMap => self.clients[key].reply_now(Reply::Map(Vec::new())),
+            Command::CommandCount => {
+                self.clients[key].reply_now(Reply::Integer(client::COMMANDS.len() as i64))
+            }
+            Command::CommandTable(names) => {
+                let reply = match names {
+                    None => {
+                        Reply::Array(client::COMMANDS.iter().map(client::command_entry).collect())
+                    }
+                    Some(names) => Reply::Array(
+                        names
+                            .iter()
+                            .map(|n| {
+                                client::COMMANDS
+                                    .iter()
+                                    .find(|c| c.name.as_bytes().eq_ignore_ascii_case(n))
+                                    .map_or(Reply::Nil, client::command_entry)
+                            })
+                            .collect(),
+                    ),
+                };
+                self.clients[key].reply_now(reply);
+            }
+            Command::Cluster(q) => {
+                let nodes = self.topology();
+                let term = self.node.term();
+                let bulk_text = |t: String| Reply::Bulk(Bytes::from(t));
+                let reply = match q {
+                    client::ClusterQuery::Slots => topology::slots(&nodes),
+                    client::ClusterQuery::Shards => topology::shards(&nodes),
+                    client::ClusterQuery::Nodes => {
+                        bulk_text(topology::nodes_text(&nodes, self.settings.id, term))
+                    }
+                    client::ClusterQuery::MyId => bulk_text(topology::node_id(self.settings.id)),
+                    client::ClusterQuery::Info => bulk_text(topology::info_text(&nodes, term)),
+                    client::ClusterQuery::KeySlot(k) => {
+                        Reply::Integer(i64::from(topology::key_slot(&k)))
+                    }
+                };
+                self.clients[key].reply_now(reply);
             }
             Command::ConfigGet(patterns) => {
                 let idle = self.settings.client_idle_timeout.map_or(0, |d| d.as_secs());
@@ -945,7 +1015,7 @@ impl Server {
                     ("maxclients", self.max_clients.to_string()),
                     ("timeout", idle.to_string()),
                     ("maxmemory", "0".into()),
-                    ("cluster-enabled", "no".into()),
+                    ("cluster-enabled", "yes".into()),
                     ("port", self.settings.me().client_addr.port().to_string()),
                 ];
                 let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
@@ -1019,17 +1089,25 @@ impl Server {
                         self.reads.insert(id, PendingRead { to, key: k });
                     }
                     Err(e) => {
-                        let reply = self.read_error(e);
+                        let reply = self.read_error(e, &k);
                         self.clients[key].reply_now(reply);
                     }
                 }
             }
-            Command::Set(k, v) => self.propose(key, kv::Command::Set { key: k, value: v }, t),
-            Command::Del(keys) => self.propose(key, kv::Command::Del { keys }, t),
+            Command::Set(k, v) => {
+                let slot_key = k.clone();
+                self.propose(key, kv::Command::Set { key: k, value: v }, &slot_key, t)
+            }
+            Command::Del(keys) => {
+                let slot_key = keys[0].clone();
+                self.propose(key, kv::Command::Del { keys }, &slot_key, t)
+            }
         }
     }
 
-    fn propose(&mut self, key: usize, cmd: kv::Command, t: Time) {
+    /// Proposes a write; `slot_key` (its first key) names the slot in a
+    /// redirect.
+    fn propose(&mut self, key: usize, cmd: kv::Command, slot_key: &[u8], t: Time) {
         match self.node.propose(t, cmd.encode()) {
             Ok(id) => {
                 let c = &mut self.clients[key];
@@ -1045,7 +1123,7 @@ impl Server {
             }
             Err(e) => {
                 let reply = match e {
-                    ProposeError::NotLeader { leader } => self.redirect(leader),
+                    ProposeError::NotLeader { leader } => self.redirect(leader, slot_key),
                     ProposeError::Busy => {
                         Reply::Error("ERR too many uncommitted writes; retry".into())
                     }
