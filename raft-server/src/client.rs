@@ -723,9 +723,9 @@ pub enum Command {
     /// leader.
     ReadMode,
     /// `COMMAND` (every entry) or `COMMAND INFO name ...`.
-    CommandTable(Option<Vec<Bytes>>),
+    Commands(Option<Vec<Bytes>>),
     /// `COMMAND COUNT`.
-    CommandCount,
+    CountCommands,
     /// An empty map (`COMMAND DOCS`).
     EmptyMap,
 }
@@ -1047,13 +1047,13 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
             .get(1)
             .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         {
-            None => Command::CommandTable(None),
+            None => Command::Commands(None),
             Some(sub) => match sub.as_str() {
                 "count" => {
                     arity(argc == 2)?;
-                    Command::CommandCount
+                    Command::CountCommands
                 }
-                "info" => Command::CommandTable(Some(args[2..].to_vec())),
+                "info" => Command::Commands(Some(args[2..].to_vec())),
                 // Documentation is optional for clients (redis-cli's hints).
                 "docs" => Command::EmptyMap,
                 _ => {

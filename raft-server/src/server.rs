@@ -963,10 +963,10 @@ impl Server {
             }
             Command::ReadMode => self.clients[key].reply_now(Reply::Simple("OK")),
             Command::EmptyMap => self.clients[key].reply_now(Reply::Map(Vec::new())),
-            Command::CommandCount => {
+            Command::CountCommands => {
                 self.clients[key].reply_now(Reply::Integer(client::COMMANDS.len() as i64))
             }
-            Command::CommandTable(names) => {
+            Command::Commands(names) => {
                 let reply = match names {
                     None => {
                         Reply::Array(client::COMMANDS.iter().map(client::command_entry).collect())
