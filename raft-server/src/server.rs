@@ -107,6 +107,10 @@ impl fmt::Display for StartError {
                 addr,
                 source,
             } => write!(f, "{config}: cannot listen on {what} {addr}: {source}"),
+            StartError::Node(
+                e @ (raft_proto::ConfigError::PersistedTermAboveMax { .. }
+                | raft_proto::ConfigError::AppliedBeyondLog { .. }),
+            ) => write!(f, "the data dir's durable state is refused: {e}"),
             StartError::Node(e) => write!(f, "invalid Raft configuration: {e}"),
             StartError::Io(e) => write!(f, "cannot set up the event loop: {e}"),
         }
