@@ -11,9 +11,10 @@
 # its own cargo-mutants run (in a scratch copy of the tree, never in
 # place), until MUTANTS_BUDGET_SECS (default 3000) of wall time is spent;
 # the run in progress is then interrupted (what it finished is kept) and
-# later files are skipped. MUTANTS_TIMEOUT (default 60) bounds one
-# mutant's test run in seconds: the tests take about 10 s unmutated, and a
-# mutant that stops the simulator's clock would otherwise spin forever.
+# later files are skipped. MUTANTS_TIMEOUT (default 30) bounds one
+# mutant's test run in seconds: the tests take 2 to 4 s unmutated (10 s
+# on a loaded machine), and a mutant that stops heartbeats or the
+# simulator's clock would otherwise spin forever.
 #
 # Tests: unit tests, tests/scenarios.rs, tests/transcripts.rs and
 # tests/mutants_killed.rs. Left out: the proptests of tests/adversary.rs
@@ -33,7 +34,7 @@ else
     files=(driver.rs leader.rs follower.rs candidate.rs progress.rs quorum.rs node.rs)
 fi
 budget=${MUTANTS_BUDGET_SECS:-3000}
-test_timeout=${MUTANTS_TIMEOUT:-60}
+test_timeout=${MUTANTS_TIMEOUT:-30}
 
 tests=(--lib --test scenarios --test transcripts)
 [ -f raft-proto/tests/mutants_killed.rs ] && tests+=(--test mutants_killed)

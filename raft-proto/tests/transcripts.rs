@@ -66,7 +66,8 @@
 //! - `propose <key> <value> [on=<node>]` (default `on=leader`): prints
 //!   where the entry was appended, or why it was refused.
 //! - `read <key> [on=<node>] [timeout=<d>]`: a linearizable read; runs
-//!   until it is served or fails and prints the value.
+//!   until it is served or fails and prints the value (`-`: none). If it
+//!   is still pending at the timeout, a later `run` prints how it ends.
 //! - `values <key>`: each member's state machine value for `key`.
 //! - `status`: role, term, leader, vote, commit, applied, last entry per
 //!   member.
@@ -369,6 +370,9 @@ struct Runner {
     cluster: Option<Cluster>,
     vars: BTreeMap<String, NodeId>,
     next_read: u64,
+    /// Reads whose `read` command gave up waiting: id -> (node, key).
+    /// `run` prints how they end.
+    pending_reads: BTreeMap<u64, (NodeId, u64)>,
 }
 
 /// What a node argument named.
@@ -446,7 +450,7 @@ impl Runner {
             "run" => {
                 let d = duration(args.pos(0, "duration")?)?;
                 args.done(1)?;
-                self.cluster()?.run_for(d);
+                printed = self.run(d, args.quiet)?;
             }
             "run-until" => {
                 let timeout = args
@@ -704,6 +708,29 @@ impl Runner {
         }
     }
 
+    /// Runs for `d`, as `Cluster::run_for` does (which drops completions):
+    /// the trace, with how pending reads end in their place in it.
+    fn run(&mut self, d: Duration, quiet: bool) -> Result<Vec<String>, String> {
+        let mut pending = std::mem::take(&mut self.pending_reads);
+        let c = self.cluster()?;
+        let deadline = c.now() + d;
+        let mut printed = Vec::new();
+        while c.now() < deadline && c.violation().is_none() {
+            c.run_until(deadline);
+            let trace = c.take_trace();
+            if !quiet {
+                printed.extend(trace);
+            }
+            for done in c.take_completions() {
+                if let Some(line) = read_outcome(&mut pending, &done) {
+                    printed.push(format!("{} {line}", c.now()));
+                }
+            }
+        }
+        self.pending_reads = pending;
+        Ok(printed)
+    }
+
     /// A linearizable read on `id`, run until it is served or fails.
     fn read(
         &mut self,
@@ -717,30 +744,48 @@ impl Runner {
             return Ok(format!("n{id} refused read of {key}: {e}"));
         }
         let deadline = c.now() + timeout;
+        let mut pending = BTreeMap::from([(read_id, (id, key))]);
         // `run_until` stops at every completion; the others are dropped,
         // as `run` drops them.
-        while c.now() < deadline {
+        while c.now() < deadline && c.violation().is_none() {
             c.run_until(deadline);
             for done in c.take_completions() {
-                match done {
-                    Completion::ReadReady { node, id: r, value } if node == id && r == read_id => {
-                        let v = value.map_or("-".to_string(), |v| v.to_string());
-                        return Ok(format!("n{id} read {key}={v}"));
-                    }
-                    Completion::ReadFailed { node, id: r } if node == id && r == read_id => {
-                        return Ok(format!("n{id} read of {key} failed"));
-                    }
-                    Completion::Crashed { node } if node == id => {
-                        return Ok(format!("n{id} crashed before the read was served"));
-                    }
-                    _ => {}
+                if let Some(line) = read_outcome(&mut pending, &done) {
+                    return Ok(line);
                 }
             }
-            if c.violation().is_some() {
-                break;
-            }
         }
-        Ok(format!("n{id} read of {key} timed out after {timeout:?}"))
+        self.pending_reads.insert(read_id, (id, key));
+        Ok(format!(
+            "n{id} read of {key} still pending after {timeout:?}"
+        ))
+    }
+}
+
+/// If `done` ends one of the `pending` reads: removes it and says how.
+fn read_outcome(pending: &mut BTreeMap<u64, (NodeId, u64)>, done: &Completion) -> Option<String> {
+    let (read_id, node, text) = match done {
+        Completion::ReadReady { node, id, value } => {
+            let v = value.map_or("-".to_string(), |v| v.to_string());
+            (*id, *node, format!("={v}"))
+        }
+        Completion::ReadFailed { node, id } => (*id, *node, " failed".to_string()),
+        Completion::Crashed { node } => {
+            let read_id = pending
+                .iter()
+                .find(|(_, (n, _))| n == node)
+                .map(|(&r, _)| r)?;
+            let (_, key) = pending.remove(&read_id)?;
+            return Some(format!("n{node} crashed with the read of {key} pending"));
+        }
+        Completion::Applied { .. } => return None,
+    };
+    match pending.get(&read_id) {
+        Some(&(n, key)) if n == node => {
+            pending.remove(&read_id);
+            Some(format!("n{node} read {key}{text}"))
+        }
+        _ => None,
     }
 }
 
