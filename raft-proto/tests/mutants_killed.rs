@@ -495,8 +495,9 @@ fn messages_for_another_member_or_from_a_stranger_are_dropped() {
 }
 
 /// Kills `||` -> `&&` in `Node::handle_link_up`'s guard: a link report
-/// about a node that is not a member changes nothing (the leader has no
-/// progress for it, and looking it up used to be an `expect`).
+/// about a node that is not a member changes nothing. Past the guard, a
+/// leader would probe it, and `send_append` looks its progress up with an
+/// `expect`: a panic.
 #[test]
 fn link_reports_about_a_stranger_are_ignored() {
     let mut n = hand_node(1, 0, &[]);

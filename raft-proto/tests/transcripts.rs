@@ -61,13 +61,15 @@
 //! - `partition <node>... [reset]`: no traffic between these nodes and the
 //!   rest (with `reset`, both sides see their connections reset).
 //! - `block <from> <to>`: drops every message from one node to another.
-//! - `heal`: removes every partition and block.
+//! - `heal`: removes every partition and block; the links come back up
+//!   (a leader probes each member it was cut from).
 //! - `stall-disk <node> on|off`: the node's syncs do not complete while on.
 //! - `propose <key> <value> [on=<node>]` (default `on=leader`): prints
 //!   where the entry was appended, or why it was refused.
 //! - `read <key> [on=<node>] [timeout=<d>]`: a linearizable read; runs
 //!   until it is served or fails and prints the value (`-`: none). If it
-//!   is still pending at the timeout, a later `run` prints how it ends.
+//!   is still pending at the timeout, a later `run` prints how it ends
+//!   (`run-until` cannot: `Cluster::run_until_pred` drops completions).
 //! - `values <key>`: each member's state machine value for `key`.
 //! - `status`: role, term, leader, vote, commit, applied, last entry per
 //!   member.
