@@ -41,9 +41,22 @@ fn elects_a_leader_serves_writes_and_redirects() {
 
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let mut f = c.conn(follower);
-    let moved = format!("MOVED 0 {}", c.m(leader).client);
-    assert_eq!(f.cmd(&["GET", "p"]).unwrap(), Resp::Error(moved.clone()));
-    assert_eq!(f.cmd(&["SET", "x", "y"]).unwrap(), Resp::Error(moved));
+    // MOVED names the key's hash slot and the leader. The slot is Redis
+    // Cluster's (CRC16 of the key mod 16384; Redis documents "foo" as 12182).
+    assert_eq!(
+        f.cmd(&["CLUSTER", "KEYSLOT", "foo"]).unwrap(),
+        Resp::Int(12182)
+    );
+    let moved = |f: &mut Conn, key: &str| {
+        let Resp::Int(slot) = f.cmd(&["CLUSTER", "KEYSLOT", key]).unwrap() else {
+            panic!("CLUSTER KEYSLOT")
+        };
+        Resp::Error(format!("MOVED {slot} {}", c.m(leader).client))
+    };
+    let want = moved(&mut f, "p");
+    assert_eq!(f.cmd(&["GET", "p"]).unwrap(), want);
+    let want = moved(&mut f, "x");
+    assert_eq!(f.cmd(&["SET", "x", "y"]).unwrap(), want);
     assert_eq!(f.cmd(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
     assert_eq!(
         f.cmd(&["GET"]).unwrap(),

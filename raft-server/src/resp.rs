@@ -401,7 +401,7 @@ pub enum Protocol {
 pub enum Reply {
     /// `+text`; the text must not contain CR or LF.
     Simple(&'static str),
-    /// `-message`, e.g. `ERR unknown command` or `MOVED 0 host:port`; CR and
+    /// `-message`, e.g. `ERR unknown command` or `MOVED 3999 host:port`; CR and
     /// LF in it are replaced by spaces.
     Error(String),
     /// `:n`.
