@@ -18,7 +18,7 @@ help:
 	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
 	@echo "make chaos      Jepsen-style check of a real cluster under faults, seeds CHAOS_SEEDS, CHAOS_SECS s each (root)"
 	@echo "make failover-drill  kill, freeze and isolate the leader TRIALS times each; detection/election/unavailability (root)"
-	@echo "make fuzz       run each fuzz target (decode, cluster, node, network) for FUZZ_SECS ($(FUZZ_SECS)) seconds"
+	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make clippy     lints, warnings are errors"
 	@echo "make mutants    cargo-mutants on raft-proto's core files with the fast tests, 50 min at most (docs/mutants.md)"

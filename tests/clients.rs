@@ -5,411 +5,15 @@
 //! ports and temporary data dirs; every load loop is bounded in time and
 //! count. On failure the members' logs are printed.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
-
-/// A free TCP port on `ip` (bound and released; racy but adequate here).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A RESP value as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Resp>),
-}
-
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Conn {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-        })
-    }
-
-    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        self.w.write_all(&encode(args))
-    }
-
-    fn read(&mut self) -> std::io::Result<Resp> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let body = line.trim_end_matches("\r\n").to_string();
-        if body.is_empty() {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-        let (t, rest) = body.split_at(1);
-        Ok(match t {
-            "+" => Resp::Simple(rest.into()),
-            "-" => Resp::Error(rest.into()),
-            ":" => Resp::Int(rest.parse().unwrap()),
-            "$" => {
-                let n: i64 = rest.parse().unwrap();
-                if n < 0 {
-                    Resp::Bulk(None)
-                } else {
-                    let mut b = vec![0; n as usize + 2];
-                    self.r.read_exact(&mut b)?;
-                    b.truncate(n as usize);
-                    Resp::Bulk(Some(b))
-                }
-            }
-            "*" => {
-                let n: usize = rest.parse().unwrap();
-                let mut v = Vec::new();
-                for _ in 0..n {
-                    v.push(self.read()?);
-                }
-                Resp::Array(v)
-            }
-            _ => panic!("bad reply line {line:?}"),
-        })
-    }
-
-    fn cmd(&mut self, args: &[&str]) -> std::io::Result<Resp> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a)?;
-        self.read()
-    }
-}
-
-/// Options of a test cluster, written to its cluster file.
-#[derive(Default, Clone)]
-struct Options {
-    /// `client_idle_timeout_ms`.
-    idle_timeout_ms: Option<u64>,
-    /// `client_memory_budget_mb`.
-    budget_mb: Option<u64>,
-    /// A `metrics_addr` for every member.
-    metrics: bool,
-    /// RLIMIT_NOFILE (soft and hard) of every member process.
-    fd_limit: Option<u64>,
-}
-
-struct Member {
-    id: u64,
-    peer: SocketAddr,
-    client: SocketAddr,
-    metrics: Option<SocketAddr>,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-    members: Vec<Member>,
-    fd_limit: Option<u64>,
-}
-
-/// The one place that writes a cluster file.
-fn write_cluster_file(path: &Path, members: &[Member], opts: &Options) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let secret = path.with_file_name("cluster.secret");
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&secret)
-        .and_then(|mut f| f.write_all(b"clients-test-secret-0123456789abcdef"))
-        .unwrap();
-    let mut toml = "secret_file = \"cluster.secret\"\n".to_string();
-    if let Some(ms) = opts.idle_timeout_ms {
-        toml.push_str(&format!("client_idle_timeout_ms = {ms}\n"));
-    }
-    if let Some(mb) = opts.budget_mb {
-        toml.push_str(&format!("client_memory_budget_mb = {mb}\n"));
-    }
-    toml.push('\n');
-    for m in members {
-        toml.push_str(&format!(
-            "[[node]]\nid = {}\npeer_addr = \"{}\"\nclient_addr = \"{}\"\n",
-            m.id, m.peer, m.client
-        ));
-        if let Some(a) = m.metrics {
-            toml.push_str(&format!("metrics_addr = \"{a}\"\n"));
-        }
-        toml.push('\n');
-    }
-    fs::write(path, toml).unwrap();
-}
-
-impl Cluster {
-    fn new(n: usize, opts: Options) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut members = Vec::new();
-        for i in 1..=n {
-            let ip = format!("127.0.0.{i}");
-            let addr =
-                |ip: &str| -> SocketAddr { format!("{ip}:{}", free_port(ip)).parse().unwrap() };
-            members.push(Member {
-                id: i as u64,
-                peer: addr(&ip),
-                client: addr(&ip),
-                metrics: opts.metrics.then(|| addr(&ip)),
-                data: dir.path().join(format!("node{i}")),
-                log: dir.path().join(format!("node{i}.log")),
-                child: None,
-            });
-        }
-        let config = dir.path().join("cluster.toml");
-        write_cluster_file(&config, &members, &opts);
-        Cluster {
-            _dir: dir,
-            config,
-            members,
-            fd_limit: opts.fd_limit,
-        }
-    }
-
-    fn m(&self, id: u64) -> &Member {
-        &self.members[id as usize - 1]
-    }
-
-    fn start(&mut self, id: u64) {
-        let m = self.m(id);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .unwrap();
-        let mut c = Command::new(BIN);
-        c.arg("--config")
-            .arg(&self.config)
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--data-dir")
-            .arg(&m.data)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(n) = self.fd_limit {
-            // SAFETY: between fork and exec only async-signal-safe calls:
-            // setrlimit(2) on the child itself.
-            unsafe {
-                c.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n as libc::rlim_t,
-                        rlim_max: n as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = c.spawn().unwrap();
-        self.members[id as usize - 1].child = Some(child);
-    }
-
-    fn start_all(&mut self) {
-        for id in 1..=self.members.len() as u64 {
-            self.start(id);
-        }
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.members[id as usize - 1].child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn pid(&self, id: u64) -> u32 {
-        self.m(id).child.as_ref().unwrap().id()
-    }
-
-    /// Whether the member's process is still running.
-    fn alive(&mut self, id: u64) -> bool {
-        let c = self.members[id as usize - 1].child.as_mut().unwrap();
-        c.try_wait().unwrap().is_none()
-    }
-
-    fn conn(&self, id: u64) -> Conn {
-        Conn::open(self.m(id).client).unwrap()
-    }
-
-    fn info(&self, id: u64) -> Option<Vec<(String, String)>> {
-        let mut c = Conn::open(self.m(id).client).ok()?;
-        c.w.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        match c.cmd(&["INFO", "raft"]).ok()? {
-            Resp::Bulk(Some(b)) => Some(
-                String::from_utf8(b)
-                    .unwrap()
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        }
-    }
-
-    fn field(&self, id: u64, key: &str) -> Option<String> {
-        self.info(id)?
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
-    }
-
-    /// Waits until every running member agrees on one leader; returns it.
-    fn wait_leader(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let running: Vec<u64> = self
-                .members
-                .iter()
-                .filter(|m| m.child.is_some())
-                .map(|m| m.id)
-                .collect();
-            let leaders: Vec<Option<String>> = running
-                .iter()
-                .map(|&id| self.field(id, "raft_leader_id"))
-                .collect();
-            if let Some(Some(l)) = leaders.first() {
-                if l != "0" && leaders.iter().all(|x| x.as_deref() == Some(l)) {
-                    let l: u64 = l.parse().unwrap();
-                    if self.field(l, "raft_role").as_deref() == Some("leader") {
-                        return l;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {timeout:?}: {leaders:?}"
-            );
-            sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs a command against the cluster, following MOVED and retrying
-    /// CLUSTERDOWN and connection errors, like `redis-cli -c` with retries.
-    fn exec(&self, args: &[&str]) -> Resp {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut target = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .map(|m| m.client)
-            .unwrap();
-        loop {
-            let r = Conn::open(target).and_then(|mut c| c.cmd(args));
-            match r {
-                Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
-                    target = e.rsplit(' ').next().unwrap().parse().unwrap();
-                    continue;
-                }
-                Ok(Resp::Error(e))
-                    if e.starts_with("CLUSTERDOWN") || e.contains("leadership lost") => {}
-                Ok(r) => return r,
-                Err(_) => {
-                    let alive: Vec<SocketAddr> = self
-                        .members
-                        .iter()
-                        .filter(|m| m.child.is_some())
-                        .map(|m| m.client)
-                        .collect();
-                    let i = alive
-                        .iter()
-                        .position(|a| *a == target)
-                        .map_or(0, |i| (i + 1) % alive.len());
-                    target = alive[i];
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{args:?} did not succeed in time"
-            );
-            sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn dump_logs(&self) {
-        for m in &self.members {
-            eprintln!("===== node {} =====", m.id);
-            eprintln!("{}", fs::read_to_string(&m.log).unwrap_or_default());
-        }
-    }
-
-    fn log_text(&self, id: u64) -> String {
-        fs::read_to_string(&self.m(id).log).unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        for m in &mut self.members {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line; 12 and 13 here.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
+use common::*;
 
 /// Whether the server closed this connection (EOF or reset), waiting up to
 /// `timeout` for it to happen.
@@ -431,10 +35,6 @@ fn closed_by_server(mut s: &TcpStream, timeout: Duration) -> bool {
     }
 }
 
-fn ok() -> Resp {
-    Resp::Simple("OK".into())
-}
-
 fn pong() -> Resp {
     Resp::Simple("PONG".into())
 }
@@ -451,7 +51,7 @@ fn never_reading_big_gets_keep_the_leaders_memory_bounded() {
     /// plus at most 64 KiB + one value encoded, and ~1 MiB of input.
     const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
     const HOGS: usize = 2;
-    let mut c = Cluster::new(3, Options::default());
+    let mut c = Cluster::with_options(3, Options::default());
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
     let big = vec![b'v'; 512 * 1024];
@@ -542,7 +142,7 @@ fn never_reading_big_gets_keep_the_leaders_memory_bounded() {
 /// EOF.
 #[test]
 fn half_closed_client_gets_every_reply() {
-    let mut c = Cluster::new(3, Options::default());
+    let mut c = Cluster::with_options(3, Options::default());
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
     let mut conn = c.conn(leader);
@@ -579,7 +179,7 @@ fn half_closed_client_gets_every_reply() {
 /// save fail with EMFILE and the member exit.
 #[test]
 fn clients_up_to_the_fd_limit_leave_storage_working() {
-    let mut c = Cluster::new(
+    let mut c = Cluster::with_options(
         3,
         Options {
             fd_limit: Some(128),
@@ -703,7 +303,7 @@ fn clients_up_to_the_fd_limit_leave_storage_working() {
 /// could do; one member, so that no election needs storage meanwhile.)
 #[test]
 fn accept_out_of_descriptors_retries_without_losing_connections() {
-    let mut c = Cluster::new(1, Options::default());
+    let mut c = Cluster::with_options(1, Options::default());
     c.start_all();
     c.wait_leader(Duration::from_secs(10));
     let pid = c.pid(1);
@@ -761,7 +361,7 @@ fn accept_out_of_descriptors_retries_without_losing_connections() {
 /// one that keeps talking.
 #[test]
 fn idle_timeout_closes_an_idle_client() {
-    let mut c = Cluster::new(
+    let mut c = Cluster::with_options(
         1,
         Options {
             idle_timeout_ms: Some(1000),
@@ -791,7 +391,7 @@ fn idle_timeout_closes_an_idle_client() {
 /// do not keep a scrape out: the oldest make room for it.
 #[test]
 fn idle_metrics_connections_do_not_block_a_scrape() {
-    let mut c = Cluster::new(
+    let mut c = Cluster::with_options(
         1,
         Options {
             metrics: true,
@@ -822,7 +422,7 @@ fn idle_metrics_connections_do_not_block_a_scrape() {
 fn partial_requests_over_the_budget_evict_the_largest() {
     const BUDGET_MB: u64 = 8;
     const SLOW: usize = 40;
-    let mut c = Cluster::new(
+    let mut c = Cluster::with_options(
         1,
         Options {
             budget_mb: Some(BUDGET_MB),

@@ -41,9 +41,22 @@ fn elects_a_leader_serves_writes_and_redirects() {
 
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let mut f = c.conn(follower);
-    let moved = format!("MOVED 0 {}", c.m(leader).client);
-    assert_eq!(f.cmd(&["GET", "p"]).unwrap(), Resp::Error(moved.clone()));
-    assert_eq!(f.cmd(&["SET", "x", "y"]).unwrap(), Resp::Error(moved));
+    // MOVED names the key's hash slot and the leader. The slot is Redis
+    // Cluster's (CRC16 of the key mod 16384; Redis documents "foo" as 12182).
+    assert_eq!(
+        f.cmd(&["CLUSTER", "KEYSLOT", "foo"]).unwrap(),
+        Resp::Int(12182)
+    );
+    let moved = |f: &mut Conn, key: &str| {
+        let Resp::Int(slot) = f.cmd(&["CLUSTER", "KEYSLOT", key]).unwrap() else {
+            panic!("CLUSTER KEYSLOT")
+        };
+        Resp::Error(format!("MOVED {slot} {}", c.m(leader).client))
+    };
+    let want = moved(&mut f, "p");
+    assert_eq!(f.cmd(&["GET", "p"]).unwrap(), want);
+    let want = moved(&mut f, "x");
+    assert_eq!(f.cmd(&["SET", "x", "y"]).unwrap(), want);
     assert_eq!(f.cmd(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
     assert_eq!(
         f.cmd(&["GET"]).unwrap(),
@@ -402,4 +415,153 @@ fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
             }
         }
     }
+}
+
+/// redis-py with its defaults (it opens with `HELLO 3` and announces itself
+/// with `CLIENT SETINFO`) reads and writes through a follower's redirect and
+/// the leader. CI installs redis-py from PyPI; without it this test says
+/// how to get it.
+#[test]
+fn redis_py_works_with_its_defaults() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = Command::new(&python)
+        .args(["-c", "import redis"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{python} with redis-py not found: pip install redis (or set PYTHON)"
+    );
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let addr = c.m(leader).client;
+    let script = format!(
+        r#"
+import redis
+r = redis.Redis(host="{ip}", port={port})
+assert r.ping()
+assert r.set("k", "v")
+assert r.get("k") == b"v", r.get("k")
+assert r.get("missing") is None
+assert r.delete("k", "missing") == 1
+r.client_setname("tester")
+assert r.client_getname() in (b"tester", "tester")
+hello = r.execute_command("HELLO", 3)
+hello = {{(k.decode() if isinstance(k, bytes) else k): v for k, v in hello.items()}}
+assert hello["proto"] == 3, hello
+assert hello["role"] in (b"master", "master"), hello
+print("ok")
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    let out = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "redis-py failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// redis-benchmark against the leader: it fetches `CONFIG GET save` and
+/// `appendonly` first and warns when it cannot; neither a warning nor an
+/// error may show.
+#[test]
+fn redis_benchmark_runs_without_warnings() {
+    let bench = std::env::var("REDIS_BENCHMARK").unwrap_or_else(|_| "redis-benchmark".into());
+    assert!(
+        Command::new(&bench).arg("--version").output().is_ok(),
+        "{bench} not found: apt-get install redis-tools (or set REDIS_BENCHMARK)"
+    );
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let addr = c.m(leader).client;
+    let out = Command::new(&bench)
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", "ping,set,get", "-n", "500", "-c", "4", "-q"])
+        .output()
+        .expect("run redis-benchmark");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("WARN") && !text.contains("ERR"), "{text}");
+    for t in ["SET:", "GET:", "PING_INLINE:"] {
+        assert!(text.contains(t), "no {t} result: {text}");
+    }
+}
+
+/// A cluster-aware client sees one shard led by the Raft leader: redis-py's
+/// `RedisCluster`, pointed at a follower, writes through the leader, keeps
+/// writing across a leader kill (MOVED and a topology refresh), and
+/// `redis-cli --cluster check` finds all 16384 slots covered.
+#[test]
+fn cluster_clients_route_to_the_leader_and_follow_a_failover() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let other = (1..=3).find(|&i| i != leader && i != follower).unwrap();
+    let addr = c.m(follower).client;
+    let seeds = format!(
+        "[ClusterNode(\"{}\", {}), ClusterNode(\"{}\", {})]",
+        addr.ip(),
+        addr.port(),
+        c.m(other).client.ip(),
+        c.m(other).client.port()
+    );
+    let script = format!(
+        r#"
+import os, signal, sys, time
+from redis.cluster import RedisCluster, ClusterNode
+rc = RedisCluster(startup_nodes={seeds}, cluster_error_retry_attempts=10)
+assert rc.set("before", "1")
+assert rc.get("before") == b"1"
+os.kill({pid}, signal.SIGKILL)
+done = 0
+deadline = time.time() + 15
+while done < 50 and time.time() < deadline:
+    try:
+        assert rc.set("k%d" % done, done)
+        done += 1
+    except Exception as e:
+        print("retry:", type(e).__name__, e, file=sys.stderr)
+        time.sleep(0.1)
+assert done == 50, done
+assert rc.get("k49") == b"49" and rc.get("before") == b"1"
+print("ok")
+"#,
+        pid = c.pid(leader)
+    );
+    let out = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    // The script killed the leader behind the harness' back.
+    c.members[leader as usize - 1]
+        .child
+        .take()
+        .map(|mut ch| ch.wait());
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "RedisCluster failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = Command::new("redis-cli")
+        .args(["--cluster", "check", &addr.to_string()])
+        .output()
+        .expect("run redis-cli");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("All 16384 slots covered"), "{text}");
+    assert!(!text.contains("[ERR]"), "{text}");
 }

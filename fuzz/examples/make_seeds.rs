@@ -1,10 +1,10 @@
 //! Writes the seed corpus of the `decode` target: one valid frame of each
-//! message kind, a handshake, and a handshake followed by all of them.
+//! message kind, and a stream of all of them.
 //! Rerun after a wire format change:
 //! `cargo run --example make_seeds` (from `fuzz/`).
 
 use bytes::{Bytes, BytesMut};
-use raft_proto::codec::{encode, encode_handshake, Handshake};
+use raft_proto::codec::encode;
 use raft_proto::{
     AppendEntries, AppendEntriesResponse, AppendResult, Entry, EntryPayload, LogIndex, Message,
     MessageBody, NodeId, RequestVote, RequestVoteResponse, Term,
@@ -92,14 +92,6 @@ fn main() -> std::io::Result<()> {
     ];
 
     let mut stream = BytesMut::new();
-    encode_handshake(
-        &Handshake {
-            cluster_id: 7,
-            node_id: NodeId(1),
-        },
-        &mut stream,
-    );
-    std::fs::write(format!("{dir}/handshake"), &stream)?;
     for (name, m) in &seeds {
         let mut frame = BytesMut::new();
         encode(m, &mut frame);
@@ -107,6 +99,6 @@ fn main() -> std::io::Result<()> {
         stream.extend_from_slice(&frame);
     }
     std::fs::write(format!("{dir}/stream"), &stream)?;
-    println!("wrote {} seeds to {dir}", seeds.len() + 2);
+    println!("wrote {} seeds to {dir}", seeds.len() + 1);
     Ok(())
 }

@@ -98,6 +98,8 @@ impl fmt::Display for Role {
 /// depends on them; a driver may still act on them (raft-node answers its
 /// pending writes with an error when it stops leading, while the applied
 /// entry at each index stays the authority on which write took effect).
+/// [`Event::PeerFault`] is the one a driver SHOULD act on: by closing the
+/// link to the peer that sent an impossible message.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     /// The node started a pre-vote or an election.

@@ -67,9 +67,10 @@ use crate::message::{
 };
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term, MAX_ENTRY_LEN};
 
-/// Version of the wire format, carried in every frame and in the
-/// [`Handshake`]. A frame of any other version is rejected with
-/// [`DecodeError::UnsupportedVersion`].
+/// Version of the wire format, carried in every frame. A frame of any
+/// other version is rejected with [`DecodeError::UnsupportedVersion`]. (The
+/// peer handshake that precedes the frames is the driver's: raft-node's is
+/// an authenticated challenge-response.)
 pub const VERSION: u8 = 1;
 
 /// The largest length prefix [`decode`] accepts, and so the largest body
@@ -96,13 +97,6 @@ pub const FRAME_HEADER_LEN: usize = LEN_PREFIX_LEN + 1;
 /// Bytes an AppendEntries spends on one entry besides its command: term,
 /// index, payload tag and command length.
 pub const ENTRY_OVERHEAD: usize = 8 + 8 + 1 + 4;
-
-/// Length of an encoded [`Handshake`].
-pub const HANDSHAKE_LEN: usize = 4 + 1 + 8 + 8;
-
-/// First bytes of a [`Handshake`]: they tell a Raft peer from anything else
-/// that connects to the peer port (a RESP client, a port scanner).
-pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RAFT";
 
 const LEN_PREFIX_LEN: usize = 4;
 
@@ -133,7 +127,7 @@ const APPEND_ENTRIES_FIXED_LEN: usize = 8 + 8 + 8 + 8 + 4;
 /// entries a frame can hold.
 const MIN_ENTRY_LEN: usize = 8 + 8 + 1;
 
-/// Why bytes are not a valid frame or handshake. Any of them means the peer
+/// Why bytes are not a valid frame. Any of them means the peer
 /// is broken or not a peer: the connection MUST be closed, since its framing
 /// can no longer be trusted.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -146,10 +140,8 @@ pub enum DecodeError {
         /// [`MAX_FRAME_LEN`].
         max: usize,
     },
-    /// A frame or handshake of another version of the protocol.
+    /// A frame of another version of the protocol.
     UnsupportedVersion(u8),
-    /// A handshake that does not start with [`HANDSHAKE_MAGIC`].
-    BadMagic,
     /// An unknown tag or flag byte.
     UnknownTag {
         /// Which field.
@@ -199,7 +191,6 @@ impl fmt::Display for DecodeError {
             DecodeError::UnsupportedVersion(v) => {
                 write!(f, "unsupported wire version {v} (expected {VERSION})")
             }
-            DecodeError::BadMagic => write!(f, "not a Raft peer handshake"),
             DecodeError::UnknownTag { what, tag } => write!(f, "unknown {what} tag {tag}"),
             DecodeError::Truncated { what } => write!(f, "frame truncated in {what}"),
             DecodeError::TrailingBytes { n } => write!(f, "{n} trailing bytes in frame"),
@@ -311,66 +302,6 @@ pub fn decode(src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
     src.advance(LEN_PREFIX_LEN);
     let body = src.split_to(len).freeze();
     decode_body(body).map(Some)
-}
-
-/// The first thing each side of a peer connection sends: who it is, and
-/// which cluster it belongs to. The receiver MUST close the connection if
-/// `cluster_id` is not its own, so that members of two clusters sharing a
-/// network never exchange votes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Handshake {
-    /// The cluster the sender belongs to.
-    pub cluster_id: u64,
-    /// The sender; never 0.
-    pub node_id: NodeId,
-}
-
-/// Appends the [`HANDSHAKE_LEN`] bytes of `hs` to `dst`: [`HANDSHAKE_MAGIC`],
-/// [`VERSION`], `cluster_id`, `node_id`.
-///
-/// # Panics
-///
-/// If `hs.node_id` is 0, which [`decode_handshake`] rejects.
-pub fn encode_handshake(hs: &Handshake, dst: &mut BytesMut) {
-    assert!(hs.node_id.0 != 0, "codec::encode_handshake: node id 0");
-    dst.reserve(HANDSHAKE_LEN);
-    dst.put_slice(&HANDSHAKE_MAGIC);
-    dst.put_u8(VERSION);
-    dst.put_u64(hs.cluster_id);
-    dst.put_u64(hs.node_id.0);
-}
-
-/// Takes a [`Handshake`] off the front of `src`, with the same contract as
-/// [`decode`]: `Ok(None)` consumes nothing, `Ok(Some(_))` consumes exactly
-/// [`HANDSHAKE_LEN`] bytes, and after `Err(_)` the caller MUST close the
-/// connection. A wrong magic or version is rejected as soon as its first
-/// wrong byte arrives, so a client that dialed the wrong port is turned away
-/// without waiting.
-pub fn decode_handshake(src: &mut BytesMut) -> Result<Option<Handshake>, DecodeError> {
-    let magic_seen = src.len().min(HANDSHAKE_MAGIC.len());
-    if src[..magic_seen] != HANDSHAKE_MAGIC[..magic_seen] {
-        return Err(DecodeError::BadMagic);
-    }
-    if let Some(&version) = src.get(HANDSHAKE_MAGIC.len()) {
-        if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
-    }
-    if src.len() < HANDSHAKE_LEN {
-        return Ok(None);
-    }
-    src.advance(HANDSHAKE_MAGIC.len() + 1);
-    let cluster_id = src.get_u64();
-    let node_id = src.get_u64();
-    if node_id == 0 {
-        return Err(DecodeError::Invalid {
-            what: "handshake node id is 0",
-        });
-    }
-    Ok(Some(Handshake {
-        cluster_id,
-        node_id: NodeId(node_id),
-    }))
 }
 
 /// The length prefix `encode` writes: version byte plus message.
@@ -1100,8 +1031,6 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             decode_all_canonical(BytesMut::from(&bytes[..]));
-            let mut buf = BytesMut::from(&bytes[..]);
-            let _ = decode_handshake(&mut buf);
         }
 
         /// Random bytes rarely get past the length prefix; corrupting valid
@@ -1149,20 +1078,6 @@ mod tests {
             );
         }
 
-        #[test]
-        fn handshake_round_trip(cluster_id in any::<u64>(), node in node_id()) {
-            let hs = Handshake { cluster_id, node_id: node };
-            let mut buf = BytesMut::new();
-            encode_handshake(&hs, &mut buf);
-            prop_assert_eq!(buf.len(), HANDSHAKE_LEN);
-            for n in 0..HANDSHAKE_LEN {
-                let mut prefix = BytesMut::from(&buf[..n]);
-                prop_assert_eq!(decode_handshake(&mut prefix), Ok(None));
-                prop_assert_eq!(prefix.len(), n);
-            }
-            prop_assert_eq!(decode_handshake(&mut buf), Ok(Some(hs)));
-            prop_assert!(buf.is_empty());
-        }
     }
 
     // ---- specific cases ---------------------------------------------------
@@ -1584,64 +1499,5 @@ mod tests {
         };
         assert_eq!(&c[..], b"set x 1");
         assert!(frame.contains(&c.as_ptr()), "command was copied");
-    }
-
-    #[test]
-    fn handshake_rejections() {
-        // A RESP client on the peer port is turned away at its first byte.
-        let mut buf = BytesMut::from(&b"*"[..]);
-        assert_eq!(decode_handshake(&mut buf), Err(DecodeError::BadMagic));
-        let mut buf = BytesMut::from(&b"RAFX"[..]);
-        assert_eq!(decode_handshake(&mut buf), Err(DecodeError::BadMagic));
-
-        let hs = Handshake {
-            cluster_id: 42,
-            node_id: NodeId(3),
-        };
-        let mut good = BytesMut::new();
-        encode_handshake(&hs, &mut good);
-
-        let mut buf = good.clone();
-        buf[4] = VERSION + 1;
-        buf.truncate(5);
-        assert_eq!(
-            decode_handshake(&mut buf),
-            Err(DecodeError::UnsupportedVersion(VERSION + 1))
-        );
-
-        let mut buf = good.clone();
-        buf[HANDSHAKE_LEN - 8..].fill(0);
-        assert_eq!(
-            decode_handshake(&mut buf),
-            Err(DecodeError::Invalid {
-                what: "handshake node id is 0"
-            })
-        );
-    }
-
-    #[test]
-    fn handshake_then_frames() {
-        let hs = Handshake {
-            cluster_id: 7,
-            node_id: NodeId(1),
-        };
-        let mut buf = BytesMut::new();
-        encode_handshake(&hs, &mut buf);
-        encode(&heartbeat(), &mut buf);
-        assert_eq!(decode_handshake(&mut buf), Ok(Some(hs)));
-        assert_eq!(decode(&mut buf), Ok(Some(heartbeat())));
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    #[should_panic(expected = "node id 0")]
-    fn encoding_a_zero_handshake_panics() {
-        encode_handshake(
-            &Handshake {
-                cluster_id: 1,
-                node_id: NodeId(0),
-            },
-            &mut BytesMut::new(),
-        );
     }
 }

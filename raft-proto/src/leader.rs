@@ -203,6 +203,10 @@ impl Node {
             // Late answers from the election this leader won.
             MessageBody::RequestVoteResponse(_) => {}
             MessageBody::AppendEntries(_) => {
+                debug_assert_eq!(
+                    msg.term, self.current_term,
+                    "term rules: a newer term deposes"
+                );
                 let fault = PeerFault::SecondLeader {
                     term: msg.term,
                     leader: self.config.id,

@@ -12,7 +12,8 @@
 //!   handle_link_up(now, peer)              2. Send(Message)
 //!   propose(now, command)                  3. Apply(Entry)
 //!   read_index(now, id)                    4. ReadReady / ReadFailed
-//!   shutdown()                             5. Event (logs, metrics)
+//!   shutdown()                             5. Event (logs, metrics,
+//!                                             PeerFault: close that link)
 //!                                        poll_timeout() -> Option<Time>
 //! ```
 //!
@@ -58,6 +59,18 @@
 //! socket or a file, and draws all randomness from a PRNG seeded through
 //! [`Config::seed`]: the same inputs give the same outputs, which is what
 //! the deterministic simulator (feature `sim`) relies on.
+//!
+//! Everything a peer sends is untrusted. Bytes become a [`Message`] only
+//! through [`codec::decode`], which checks every length and bound, among
+//! them [`Term::MAX`] for every term field and [`MAX_ENTRY_LEN`] for every
+//! command. The node then drops any message no correct member sends (a
+//! second leader in its term, a contradiction of a committed entry, an
+//! answer to something it never sent, ...) without changing any state, and
+//! reports it as [`Event::PeerFault`]; the driver logs it and closes that
+//! peer's link. Nothing a peer sends makes the node panic: its assertions
+//! guard only its own invariants. [`Node::propose`] refuses a command above
+//! [`MAX_ENTRY_LEN`] ([`ProposeError::TooLarge`]), so that no member ever
+//! holds an entry another would refuse.
 //!
 //! Protocol: leader election with randomized timeouts, PreVote and
 //! CheckQuorum (on by default), fast failover when the driver reports the

@@ -1,5 +1,8 @@
 //! Messages exchanged between members. Bytes become a [`Message`] only through
-//! [`crate::codec::decode`], which checks every bound; the handlers trust the types.
+//! [`crate::codec::decode`], which checks every bound. The node checks the
+//! same rules again on arrival (a driver may build messages another way),
+//! then what only it can know (see [`crate::PeerFault`]); its handlers trust
+//! what passed.
 
 use crate::types::{Entry, LogIndex, NodeId, Term};
 

@@ -516,8 +516,8 @@ impl Node {
     /// Every peer message goes through three stages, as in etcd's `Step`:
     /// what makes it impossible (it is dropped whole and reported), the
     /// term rules, applied here once, and the step function of the role,
-    /// which only sees messages of its own term (or a pre-vote's next one)
-    /// and has a case only for what can happen in that role.
+    /// which only sees messages of its own term (or, for pre-votes, the
+    /// next one) and has a case only for what can happen in that role.
     fn step(&mut self, now: Time, msg: Message) {
         if let Err(fault) = self.check_message(&msg) {
             self.peer_fault(msg.from, fault);

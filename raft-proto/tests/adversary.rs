@@ -1,6 +1,6 @@
-//! The fuzz drivers of `raft_proto::sim::fuzz` under `cargo test`: a few
-//! hundred random cases each, which proptest shrinks to a small input on
-//! failure, plus a check that random bytes do reach what the drivers are
+//! The fuzz drivers of `raft_proto::sim::fuzz` under `cargo test`, a few
+//! seconds' worth of random cases that proptest shrinks to a small input
+//! on failure, plus a check that random bytes do reach what the drivers are
 //! for. `make fuzz` runs the same drivers under libFuzzer for longer.
 
 use proptest::prelude::*;
@@ -19,7 +19,12 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // A failing case runs up to a minute of virtual time: shrink briefly.
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        max_shrink_time: 60_000,
+        ..ProptestConfig::default()
+    })]
 
     /// Correct nodes over a network that delivers, duplicates and loses
     /// whatever it likes: safe throughout, live once it is fair.
@@ -50,6 +55,22 @@ fn random_bytes_reach_elections_commits_faults_and_refusals() {
         total.delivered += s.delivered;
         total.refused += s.refused;
         total.faults += s.faults;
+        for (kind, n) in s.fault_kinds {
+            *total.fault_kinds.entry(kind).or_default() += n;
+        }
+    }
+    // The rarer kinds need the fuzzer's guidance; these must come easily.
+    for kind in [
+        "TermAboveMax",
+        "Malformed",
+        "SecondLeader",
+        "RoundNeverSent",
+    ] {
+        assert!(
+            total.fault_kinds.contains_key(kind),
+            "no {kind}: {:?}",
+            total.fault_kinds
+        );
     }
     assert!(led >= 8, "the node led in only {led} of 64 runs");
     assert!(

@@ -688,7 +688,11 @@ fn reads_see_the_latest_commit_and_fail_on_leader_loss() {
 /// it, reported `fault` against its sender, and changed nothing.
 fn assert_dropped(c: &mut Cluster, msg: Message, fault: PeerFault) {
     let (to, from) = (msg.to, msg.from);
-    let before = c.node(to).unwrap().status();
+    let state = |c: &Cluster| {
+        let n = c.node(to).unwrap();
+        (n.status(), n.poll_timeout())
+    };
+    let before = state(c);
     let persisted = c.persisted_hard_state(to);
     let faults = c.peer_faults().len();
     assert!(c.inject(msg), "n{to} is up");
@@ -697,7 +701,7 @@ fn assert_dropped(c: &mut Cluster, msg: Message, fault: PeerFault) {
         &[(to, Event::PeerFault { peer: from, fault })],
         "reported against the sender"
     );
-    assert_eq!(c.node(to).unwrap().status(), before, "nothing changed");
+    assert_eq!(state(c), before, "nothing changed, not even a timer");
     assert_eq!(c.persisted_hard_state(to), persisted, "nothing persisted");
     assert!(c.violation().is_none());
 }
@@ -1231,4 +1235,29 @@ fn a_driver_that_never_reports_durability_is_told() {
         n.handle_timeout(t);
     }
     panic!("still running: role {:?}, term {}", n.role(), n.term());
+}
+
+/// A read fault: a durable record comes back corrupt after a restart. The
+/// checksum catches it, the member refuses to start (as raft-node exits 2),
+/// nothing of it is applied, and the other two go on.
+#[test]
+fn a_corrupt_record_is_refused_at_restart_never_applied() {
+    let mut c = Cluster::new(3, 77);
+    let l = elect(&mut c);
+    commit_everywhere(&mut c, 1);
+    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
+    c.crash(f);
+    c.net.corrupt_on_restart = 1.0;
+    c.restart(f);
+    c.net.corrupt_on_restart = 0.0;
+    assert!(c.refused(f).is_some(), "a corrupt record was not detected");
+    assert!(!c.is_up(f), "a member with a corrupt disk started");
+    let _ = c.take_completions();
+    // The majority still commits, and the refused member never applies.
+    commit(&mut c, 2);
+    assert!(c
+        .take_completions()
+        .iter()
+        .all(|x| !matches!(x, Completion::Applied { node, .. } if *node == f)));
+    assert!(c.violation().is_none(), "{:?}", c.violation());
 }

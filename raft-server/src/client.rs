@@ -61,7 +61,7 @@ use mio::net::TcpStream;
 use mio::{Registry, Token};
 
 use crate::conn::{self, ReadStatus};
-use crate::resp::{self, Limits, ProtocolError, Reply, Request};
+use crate::resp::{self, Limits, Protocol, ProtocolError, Reply, Request};
 
 /// Unanswered requests per connection before it is no longer read.
 pub const MAX_PENDING_REPLIES: usize = 1024;
@@ -114,6 +114,9 @@ struct Slot {
     /// `SLOT_COST` plus the reply's encoded size, or the reservation while
     /// it is pending.
     bytes: usize,
+    /// The protocol in force when its request ran: a `HELLO 3` pipelined
+    /// behind a request does not change how that request is answered.
+    protocol: Protocol,
 }
 
 /// One client connection.
@@ -160,6 +163,10 @@ pub struct Client {
     accounted: usize,
     /// Waiting for room in the [`Budget`] (to avoid listing it twice).
     waiting_for_budget: bool,
+    /// RESP2 until `HELLO 3`.
+    pub protocol: Protocol,
+    /// `CLIENT SETNAME` / `HELLO ... SETNAME`.
+    pub name: Option<Bytes>,
 }
 
 /// Whether a request reads or writes the store, for program order.
@@ -206,6 +213,8 @@ impl Client {
             incomplete: false,
             accounted: 0,
             waiting_for_budget: false,
+            protocol: Protocol::Resp2,
+            name: None,
         }
     }
 
@@ -373,11 +382,13 @@ impl Client {
 
     /// Answers the next request at once (in order behind earlier ones).
     pub fn reply_now(&mut self, reply: Reply) {
-        let bytes = SLOT_COST + reply.encoded_len();
+        let protocol = self.protocol;
+        let bytes = SLOT_COST + reply.encoded_len(protocol);
         self.slot_bytes += bytes;
         self.replies.push_back(Slot {
             reply: Some(reply),
             bytes,
+            protocol,
         });
     }
 
@@ -395,7 +406,11 @@ impl Client {
         self.inflight += 1;
         let bytes = SLOT_COST + reply_bytes;
         self.slot_bytes += bytes;
-        self.replies.push_back(Slot { reply: None, bytes });
+        self.replies.push_back(Slot {
+            reply: None,
+            bytes,
+            protocol: self.protocol,
+        });
         self.first_seq + self.replies.len() as u64 - 1
     }
 
@@ -409,7 +424,7 @@ impl Client {
             .unwrap_or_else(|| panic!("reply slot {seq} not reserved on client {}", self.id));
         let slot = &mut self.replies[i];
         assert!(slot.reply.is_none(), "reply slot {seq} filled twice");
-        let bytes = SLOT_COST + reply.encoded_len();
+        let bytes = SLOT_COST + reply.encoded_len(slot.protocol);
         self.slot_bytes = self.slot_bytes - slot.bytes + bytes;
         slot.bytes = bytes;
         slot.reply = Some(reply);
@@ -448,7 +463,9 @@ impl Client {
                 let slot = self.replies.pop_front().expect("front checked");
                 self.first_seq += 1;
                 self.slot_bytes -= slot.bytes;
-                slot.reply.expect("filled").encode(&mut self.out);
+                slot.reply
+                    .expect("filled")
+                    .encode(&mut self.out, slot.protocol);
             }
             let before = self.out.len();
             let done = conn::write_from(&mut self.sock, &mut self.out)?;
@@ -669,9 +686,199 @@ pub enum Command {
     Info(Option<String>),
     /// `QUIT`: `+OK`, then close.
     Quit,
-    /// `COMMAND ...`, `CONFIG GET ...`: clients probe these on connect
-    /// (redis-cli, redis-benchmark); an empty array keeps them quiet.
-    EmptyArray,
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switch protocol
+    /// and answer with the connection's facts.
+    Hello {
+        /// The protocol asked for; `None` keeps the current one.
+        protocol: Option<Protocol>,
+        /// `SETNAME`.
+        name: Option<Bytes>,
+    },
+    /// `AUTH` that succeeds: no password is configured, as in a default
+    /// Redis (any password for the `default` user).
+    AuthOk,
+    /// `CLIENT SETNAME name`.
+    ClientSetName(Bytes),
+    /// `CLIENT GETNAME`.
+    ClientGetName,
+    /// `CLIENT ID`.
+    ClientId,
+    /// `CLIENT INFO`.
+    ClientInfo,
+    /// `CLIENT LIST`.
+    ClientList,
+    /// `SELECT 0`.
+    Select,
+    /// `RESET`.
+    Reset,
+    /// A command accepted and ignored (`CLIENT SETINFO`): `+OK`.
+    Ok,
+    /// `CONFIG GET pattern [pattern ...]`: the few parameters clients and
+    /// redis-benchmark ask for.
+    ConfigGet(Vec<Bytes>),
+    /// `CLUSTER SLOTS|SHARDS|NODES|MYID|INFO|KEYSLOT key`: the Raft group
+    /// as one shard (see `topology`).
+    Cluster(ClusterQuery),
+    /// `READONLY` / `READWRITE`: accepted (`+OK`); reads still go to the
+    /// leader.
+    ReadMode,
+    /// `COMMAND` (every entry) or `COMMAND INFO name ...`.
+    Commands(Option<Vec<Bytes>>),
+    /// `COMMAND COUNT`.
+    CountCommands,
+    /// An empty map (`COMMAND DOCS`).
+    EmptyMap,
+}
+
+/// One entry of the `COMMAND` table, in Redis' shape: name, arity
+/// (negative: at least that many arguments, name included), flags, and
+/// where the keys are (first, last, step; 0 when there are none, last -1
+/// for "to the end"). Cluster clients find a command's key from it.
+pub struct CommandSpec {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Redis' arity.
+    pub arity: i64,
+    /// Redis' flags.
+    pub flags: &'static [&'static str],
+    /// First key argument, last, step.
+    pub keys: (i64, i64, i64),
+}
+
+/// Every command raft-node answers, for `COMMAND`.
+pub const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "get",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "set",
+        arity: -3,
+        flags: &["write", "denyoom"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "del",
+        arity: -2,
+        flags: &["write"],
+        keys: (1, -1, 1),
+    },
+    CommandSpec {
+        name: "ping",
+        arity: -1,
+        flags: &["fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "echo",
+        arity: 2,
+        flags: &["fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "info",
+        arity: -1,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "quit",
+        arity: -1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "hello",
+        arity: -1,
+        flags: &["loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "auth",
+        arity: -2,
+        flags: &["loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "client",
+        arity: -2,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "select",
+        arity: 2,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "reset",
+        arity: 1,
+        flags: &["loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "command",
+        arity: -1,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "config",
+        arity: -2,
+        flags: &["admin", "loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "cluster",
+        arity: -2,
+        flags: &["loading", "stale"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "readonly",
+        arity: 1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "readwrite",
+        arity: 1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+];
+
+/// A `COMMAND` entry as a reply.
+pub fn command_entry(c: &CommandSpec) -> Reply {
+    let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+    Reply::Array(vec![
+        bulk(c.name),
+        Reply::Integer(c.arity),
+        Reply::Array(c.flags.iter().map(|f| Reply::Simple(f)).collect()),
+        Reply::Integer(c.keys.0),
+        Reply::Integer(c.keys.1),
+        Reply::Integer(c.keys.2),
+    ])
+}
+
+/// What `CLUSTER` asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterQuery {
+    /// `CLUSTER SLOTS`.
+    Slots,
+    /// `CLUSTER SHARDS`.
+    Shards,
+    /// `CLUSTER NODES`.
+    Nodes,
+    /// `CLUSTER MYID`.
+    MyId,
+    /// `CLUSTER INFO`.
+    Info,
+    /// `CLUSTER KEYSLOT key`.
+    KeySlot(Bytes),
 }
 
 /// The [`Kind`] of a raw request, judged by its name.
@@ -735,14 +942,232 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
             )
         }
         "quit" => Command::Quit,
-        "command" => Command::EmptyArray,
+        "hello" => parse_hello(&args[1..])?,
+        "auth" => {
+            arity(argc == 2 || argc == 3)?;
+            if argc == 2 {
+                // Redis' answer when no password is configured.
+                return Err(Reply::Error(
+                    "ERR AUTH <password> called without any password configured for the \
+                     default user. Are you sure your configuration is correct?"
+                        .into(),
+                ));
+            }
+            check_user(&args[1])?;
+            Command::AuthOk
+        }
+        "client" => {
+            arity(argc >= 2)?;
+            let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+            let sub_arity = |ok: bool| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Reply::Error(format!(
+                        "ERR wrong number of arguments for 'client|{sub}' command"
+                    )))
+                }
+            };
+            match sub.as_str() {
+                "setname" => {
+                    sub_arity(argc == 3)?;
+                    Command::ClientSetName(valid_client_name(&args[2])?)
+                }
+                "getname" => {
+                    sub_arity(argc == 2)?;
+                    Command::ClientGetName
+                }
+                "id" => {
+                    sub_arity(argc == 2)?;
+                    Command::ClientId
+                }
+                "info" => {
+                    sub_arity(argc == 2)?;
+                    Command::ClientInfo
+                }
+                "list" => Command::ClientList,
+                // Client libraries announce themselves (redis-py, go-redis).
+                "setinfo" => {
+                    sub_arity(argc == 4)?;
+                    Command::Ok
+                }
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            }
+        }
+        "select" => {
+            arity(argc == 2)?;
+            match resp::parse_i64(&args[1]) {
+                Some(0) => Command::Select,
+                Some(_) => return Err(Reply::Error("ERR DB index is out of range".into())),
+                None => {
+                    return Err(Reply::Error(
+                        "ERR value is not an integer or out of range".into(),
+                    ))
+                }
+            }
+        }
+        "reset" => {
+            arity(argc == 1)?;
+            Command::Reset
+        }
+        "readonly" | "readwrite" => {
+            arity(argc == 1)?;
+            Command::ReadMode
+        }
+        "cluster" => {
+            arity(argc >= 2)?;
+            let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+            let q = match (sub.as_str(), argc) {
+                ("slots", 2) => ClusterQuery::Slots,
+                ("shards", 2) => ClusterQuery::Shards,
+                ("nodes", 2) => ClusterQuery::Nodes,
+                ("myid", 2) => ClusterQuery::MyId,
+                ("info", 2) => ClusterQuery::Info,
+                ("keyslot", 3) => ClusterQuery::KeySlot(args[2].clone()),
+                ("slots" | "shards" | "nodes" | "myid" | "info" | "keyslot", _) => {
+                    return Err(Reply::Error(format!(
+                        "ERR wrong number of arguments for 'cluster|{sub}' command"
+                    )))
+                }
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            };
+            Command::Cluster(q)
+        }
+        "command" => match args
+            .get(1)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        {
+            None => Command::Commands(None),
+            Some(sub) => match sub.as_str() {
+                "count" => {
+                    arity(argc == 2)?;
+                    Command::CountCommands
+                }
+                "info" => Command::Commands(Some(args[2..].to_vec())),
+                // Documentation is optional for clients (redis-cli's hints).
+                "docs" => Command::EmptyMap,
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            },
+        },
         "config" => {
             arity(argc >= 2)?;
-            Command::EmptyArray
+            let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+            match sub.as_str() {
+                "get" => {
+                    if argc < 3 {
+                        return Err(Reply::Error(
+                            "ERR wrong number of arguments for 'config|get' command".into(),
+                        ));
+                    }
+                    Command::ConfigGet(args[2..].to_vec())
+                }
+                "resetstat" => Command::Ok,
+                "set" => {
+                    return Err(Reply::Error(format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                        args.get(2)
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .unwrap_or_default()
+                    )))
+                }
+                _ => {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+                        String::from_utf8_lossy(&args[1])
+                    )))
+                }
+            }
         }
         _ => return Err(unknown_command(args)),
     };
     Ok(cmd)
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, with
+/// Redis' errors.
+fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
+    let mut protocol = None;
+    let mut name = None;
+    let mut rest = args;
+    if let Some(v) = rest.first() {
+        protocol = match resp::parse_i64(v) {
+            Some(2) => Some(Protocol::Resp2),
+            Some(3) => Some(Protocol::Resp3),
+            Some(_) => return Err(Reply::Error("NOPROTO unsupported protocol version".into())),
+            None => {
+                return Err(Reply::Error(
+                    "ERR Protocol version is not an integer or out of range".into(),
+                ))
+            }
+        };
+        rest = &rest[1..];
+    }
+    while let Some(opt) = rest.first() {
+        if opt.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
+            check_user(&rest[1])?;
+            rest = &rest[3..];
+        } else if opt.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
+            name = Some(valid_client_name(&rest[1])?);
+            rest = &rest[2..];
+        } else {
+            return Err(Reply::Error(format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(opt)
+            )));
+        }
+    }
+    Ok(Command::Hello { protocol, name })
+}
+
+/// Redis' glob match for `CONFIG GET` patterns: `*`, `?` and literal
+/// characters, case-insensitive (parameter names are lower case).
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            glob_match(rest, name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+        }
+        (Some((b'?', rest)), Some((_, n))) => glob_match(rest, n),
+        (Some((p, rest)), Some((c, n))) if p.eq_ignore_ascii_case(c) => glob_match(rest, n),
+        _ => false,
+    }
+}
+
+/// With no password configured, the `default` user takes any password and
+/// there is no other user (Redis' behaviour).
+fn check_user(user: &[u8]) -> Result<(), Reply> {
+    if user == b"default" {
+        Ok(())
+    } else {
+        Err(Reply::Error(
+            "WRONGPASS invalid username-password pair or user is disabled.".into(),
+        ))
+    }
+}
+
+/// A client name: printable ASCII without spaces, at most 256 bytes.
+fn valid_client_name(name: &Bytes) -> Result<Bytes, Reply> {
+    if name.len() > 256 || name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        return Err(Reply::Error(
+            "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+        ));
+    }
+    Ok(name.clone())
 }
 
 /// Redis' wording: `ERR unknown command 'foo', with args beginning with: 'a' 'b' `.
@@ -803,7 +1228,7 @@ mod tests {
         );
         assert_eq!(
             parse_command(&args(&["COMMAND", "DOCS"])),
-            Ok(Command::EmptyArray)
+            Ok(Command::EmptyMap)
         );
     }
 
@@ -864,7 +1289,7 @@ mod tests {
         assert_eq!(c.slot_bytes, slots);
         for s in &c.replies {
             if let Some(r) = &s.reply {
-                assert_eq!(s.bytes, SLOT_COST + r.encoded_len());
+                assert_eq!(s.bytes, SLOT_COST + r.encoded_len(Protocol::Resp2));
             }
         }
         assert_eq!(c.output_bytes(), slots + c.out.len());
@@ -1145,6 +1570,77 @@ mod tests {
             ))
         );
         assert!(!flush(&poll, &mut c), "closes once written");
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        let req: Vec<Bytes> = args
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        parse_command(&req).expect("a valid command")
+    }
+
+    #[test]
+    fn hello_auth_client_and_select_like_redis() {
+        assert!(matches!(
+            cmd(&["HELLO", "3"]),
+            Command::Hello {
+                protocol: Some(Protocol::Resp3),
+                name: None
+            }
+        ));
+        assert!(matches!(
+            cmd(&["hello"]),
+            Command::Hello {
+                protocol: None,
+                name: None
+            }
+        ));
+        assert!(matches!(
+            cmd(&["HELLO", "2", "AUTH", "default", "pw", "SETNAME", "me"]),
+            Command::Hello { protocol: Some(Protocol::Resp2), name: Some(n) } if n == "me"
+        ));
+        assert_eq!(err(&["HELLO", "4"]), "NOPROTO unsupported protocol version");
+        assert_eq!(
+            err(&["HELLO", "x"]),
+            "ERR Protocol version is not an integer or out of range"
+        );
+        assert_eq!(
+            err(&["HELLO", "3", "AUTH", "bob", "pw"]),
+            "WRONGPASS invalid username-password pair or user is disabled."
+        );
+        assert_eq!(
+            err(&["HELLO", "3", "BOGUS"]),
+            "ERR Syntax error in HELLO option 'BOGUS'"
+        );
+        assert!(err(&["AUTH", "pw"]).starts_with("ERR AUTH <password> called without any password"));
+        assert!(matches!(cmd(&["AUTH", "default", "pw"]), Command::AuthOk));
+        assert!(matches!(
+            cmd(&["CLIENT", "SETNAME", "a-b"]),
+            Command::ClientSetName(_)
+        ));
+        assert_eq!(
+            err(&["CLIENT", "SETNAME", "a b"]),
+            "ERR Client names cannot contain spaces, newlines or special characters."
+        );
+        assert!(matches!(
+            cmd(&["client", "setinfo", "lib-name", "redis-py"]),
+            Command::Ok
+        ));
+        assert_eq!(
+            err(&["CLIENT", "KILL"]),
+            "ERR unknown subcommand 'KILL'. Try CLIENT HELP."
+        );
+        assert!(matches!(cmd(&["SELECT", "0"]), Command::Select));
+        assert_eq!(err(&["SELECT", "1"]), "ERR DB index is out of range");
+        assert!(matches!(cmd(&["RESET"]), Command::Reset));
+        assert!(matches!(cmd(&["CONFIG", "GET", "save"]), Command::ConfigGet(p) if p.len() == 1));
+        assert!(err(&["CONFIG", "SET", "x", "1"]).starts_with("ERR Unknown option"));
+        assert!(glob_match(b"*", b"save"));
+        assert!(glob_match(b"max*", b"maxclients"));
+        assert!(glob_match(b"s?ve", b"SAVE"));
+        assert!(!glob_match(b"max*s", b"maxmemory"));
+        assert!(!glob_match(b"", b"x"));
     }
 
     #[test]

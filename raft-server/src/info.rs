@@ -129,10 +129,148 @@ pub struct Snapshot {
     pub no_leader_for: Option<Duration>,
     /// Latency histograms.
     pub histograms: Histograms,
+    /// This member's client port (`INFO server`).
+    pub client_port: u16,
 }
 
 fn role_name(role: Role) -> &'static str {
     role.as_str()
+}
+
+/// The Redis version whose protocol raft-node follows (`INFO server`,
+/// `HELLO`): clients pick features by it.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// `INFO [section]` as Redis lays it out: `# Section` headers and
+/// `field:value` lines. No section, `default`, `all` or `everything` gives
+/// every section; an unknown one gives an empty string, as in Redis.
+pub fn render_info_sections(s: &Snapshot, section: Option<&str>) -> String {
+    type Render = fn(&Snapshot, &mut String);
+    let sections: [(&str, Render); 9] = [
+        ("server", server_section),
+        ("clients", clients_section),
+        ("memory", memory_section),
+        ("persistence", persistence_section),
+        ("stats", stats_section),
+        ("replication", replication_section),
+        // Cluster tools (redis-cli --cluster) check this before CLUSTER
+        // NODES: the Raft group answers as a one-shard cluster.
+        ("cluster", |_, o| {
+            o.push_str("# Cluster\r\ncluster_enabled:1\r\n")
+        }),
+        ("keyspace", keyspace_section),
+        ("raft", |s, o| o.push_str(&render_info(s))),
+    ];
+    let mut o = String::with_capacity(2048);
+    for (name, render) in sections {
+        let all = matches!(section, None | Some("default" | "all" | "everything"));
+        if all || section == Some(name) {
+            if !o.is_empty() {
+                o.push_str("\r\n");
+            }
+            render(s, &mut o);
+        }
+    }
+    o
+}
+
+fn field(o: &mut String, k: &str, v: impl std::fmt::Display) {
+    let _ = write!(o, "{k}:{v}\r\n");
+}
+
+fn server_section(s: &Snapshot, o: &mut String) {
+    o.push_str("# Server\r\n");
+    field(o, "redis_version", REDIS_COMPAT_VERSION);
+    field(o, "raft_node_version", env!("CARGO_PKG_VERSION"));
+    field(o, "redis_mode", "standalone");
+    field(o, "arch_bits", usize::BITS);
+    field(o, "process_id", std::process::id());
+    field(o, "tcp_port", s.client_port);
+    field(o, "uptime_in_seconds", s.uptime.as_secs());
+    field(o, "uptime_in_days", s.uptime.as_secs() / 86_400);
+}
+
+fn clients_section(s: &Snapshot, o: &mut String) {
+    o.push_str("# Clients\r\n");
+    field(o, "connected_clients", s.clients);
+    field(o, "maxclients", s.max_clients);
+    field(o, "blocked_clients", 0);
+    field(o, "client_memory_bytes", s.client_bytes);
+}
+
+fn memory_section(s: &Snapshot, o: &mut String) {
+    o.push_str("# Memory\r\n");
+    field(o, "used_memory_rss", rss_bytes());
+    field(o, "client_memory_budget_bytes", s.client_budget);
+    field(o, "maxmemory", 0);
+}
+
+/// This process's resident set size, from `/proc/self/statm` (0 where it
+/// cannot be read).
+fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn persistence_section(s: &Snapshot, o: &mut String) {
+    o.push_str("# Persistence\r\n");
+    // Every write is in the Raft log, fsynced on a majority before it is
+    // acknowledged; there is no RDB or AOF file.
+    field(o, "loading", 0);
+    field(o, "rdb_bgsave_in_progress", 0);
+    field(o, "aof_enabled", 0);
+    field(o, "raft_fsyncs", s.counters.fsyncs);
+    field(o, "raft_entries_persisted", s.counters.entries_persisted);
+}
+
+fn stats_section(s: &Snapshot, o: &mut String) {
+    let c = &s.counters;
+    o.push_str("# Stats\r\n");
+    field(o, "total_connections_received", c.clients_accepted);
+    field(
+        o,
+        "total_commands_processed",
+        c.writes_ok + c.writes_failed + c.reads_ok + c.redirects,
+    );
+    field(o, "rejected_connections", c.clients_rejected);
+    field(o, "evicted_clients", c.clients_evicted);
+}
+
+fn replication_section(s: &Snapshot, o: &mut String) {
+    o.push_str("# Replication\r\n");
+    if s.status.role == Role::Leader {
+        field(o, "role", "master");
+        let up: Vec<&PeerStatus> = s.peers.iter().filter(|p| p.up).collect();
+        field(o, "connected_slaves", up.len());
+        for (i, p) in up.iter().enumerate() {
+            field(
+                o,
+                &format!("slave{i}"),
+                format!("raft_id={},state=online", p.id),
+            );
+        }
+    } else {
+        field(o, "role", "slave");
+        match s.leader_client_addr {
+            Some(a) => {
+                field(o, "master_host", a.ip());
+                field(o, "master_port", a.port());
+                field(o, "master_link_status", "up");
+            }
+            None => field(o, "master_link_status", "down"),
+        }
+        field(o, "connected_slaves", 0);
+    }
+}
+
+fn keyspace_section(s: &Snapshot, o: &mut String) {
+    o.push_str("# Keyspace\r\n");
+    if s.keys > 0 {
+        field(o, "db0", format!("keys={},expires=0,avg_ttl=0", s.keys));
+    }
 }
 
 /// The `INFO raft` text: `field:value` lines ending in CRLF, as Redis does.
@@ -704,6 +842,7 @@ mod tests {
                 last_log_term: Term(7),
             },
             leader_client_addr: Some("127.0.0.1:6401".parse().unwrap()),
+            client_port: 6401,
             cluster_id: 0xabc,
             peers: vec![
                 PeerStatus {
@@ -752,6 +891,29 @@ mod tests {
 
     #[test]
     fn info_has_the_contract_fields() {
+        let all = render_info_sections(&snapshot(), None);
+        for header in [
+            "# Server\r\n",
+            "# Clients\r\n",
+            "# Memory\r\n",
+            "# Persistence\r\n",
+            "# Stats\r\n",
+            "# Replication\r\n",
+            "# Keyspace\r\n",
+            "# Raft\r\n",
+        ] {
+            assert!(all.contains(header), "{header:?} missing");
+        }
+        let repl = render_info_sections(&snapshot(), Some("replication"));
+        assert!(
+            repl.starts_with("# Replication\r\nrole:master\r\nconnected_slaves:1\r\n"),
+            "{repl}"
+        );
+        assert!(!repl.contains("# Raft"));
+        assert_eq!(render_info_sections(&snapshot(), Some("nosuch")), "");
+        assert!(
+            render_info_sections(&snapshot(), Some("server")).contains("redis_version:7.2.0\r\n")
+        );
         let text = render_info(&snapshot());
         for want in [
             "raft_node_id:1\r\n",

@@ -20,6 +20,7 @@ mod resp;
 mod server;
 mod signal;
 mod storage;
+mod topology;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -304,6 +304,10 @@ pub struct PeerSet {
     /// were last logged.
     untracked_refusals: u64,
     untracked_logged_at: Option<Instant>,
+    /// Per member: when a broken frame on its link was last logged, and
+    /// how many were not logged since (a member that keeps sending them,
+    /// and keeps redialing, gets a line a minute).
+    link_errors: HashMap<NodeId, (Instant, u64)>,
     /// Outgoing connections bind to this member's own IP (port 0).
     bind_ip: Option<IpAddr>,
     timing: LinkTiming,
@@ -368,6 +372,7 @@ impl PeerSet {
             sources,
             untracked_refusals: 0,
             untracked_logged_at: None,
+            link_errors: HashMap::new(),
             bind_ip: (!own_ip.is_unspecified()).then_some(own_ip),
             timing: LinkTiming::from_settings(settings),
             listener,
@@ -1002,7 +1007,7 @@ impl PeerSet {
             Err(reason) => {
                 let (addr, peer) = (self.inbound[k].addr, self.inbound[k].peer());
                 match peer {
-                    Some(p) => log::warn!("peer {p} ({addr}): {reason}; connection closed"),
+                    Some(p) => self.link_error(p, addr, &reason, now),
                     None => self.refused(addr, reason.clone(), now),
                 }
                 self.close_inbound(k, registry, peer.map(|_| reason), out);
@@ -1088,6 +1093,22 @@ impl PeerSet {
                 ReadStatus::Drained => return Ok(true),
                 ReadStatus::Eof => return Ok(false),
                 ReadStatus::Full => {}
+            }
+        }
+    }
+
+    /// Logs that an authenticated link from `peer` sent something invalid
+    /// (its link is being closed), at most once a minute per peer.
+    fn link_error(&mut self, peer: NodeId, addr: SocketAddr, reason: &str, now: Instant) {
+        match self.link_errors.get_mut(&peer) {
+            Some((at, n)) if now.saturating_duration_since(*at) < REFUSAL_LOG_INTERVAL => *n += 1,
+            entry => {
+                let more = match entry {
+                    Some((_, n)) if *n > 0 => format!(" ({n} more since the last report)"),
+                    _ => String::new(),
+                };
+                log::warn!("peer {peer} ({addr}): {reason}; connection closed{more}");
+                self.link_errors.insert(peer, (now, 0));
             }
         }
     }

@@ -143,7 +143,7 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// Parses a decimal `i64` the way Redis' `string2ll` does: optional `-`, no
 /// `+`, no leading zeros, no spaces.
-fn parse_i64(s: &[u8]) -> Option<i64> {
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, s),
@@ -384,12 +384,24 @@ fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
+/// The reply protocol a connection speaks: RESP2 until `HELLO 3` switches
+/// it to RESP3 (`HELLO 2` or `RESET` back). Only the shapes RESP3 changes
+/// differ: a null is `_`, a map is `%`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// RESP2, every client's start.
+    #[default]
+    Resp2,
+    /// RESP3 (`HELLO 3`).
+    Resp3,
+}
+
 /// A reply to a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// `+text`; the text must not contain CR or LF.
     Simple(&'static str),
-    /// `-message`, e.g. `ERR unknown command` or `MOVED 0 host:port`; CR and
+    /// `-message`, e.g. `ERR unknown command` or `MOVED 3999 host:port`; CR and
     /// LF in it are replaced by spaces.
     Error(String),
     /// `:n`.
@@ -400,41 +412,71 @@ pub enum Reply {
     Nil,
     /// `*n` and the elements.
     Array(Vec<Reply>),
+    /// Key-value pairs: a RESP3 map (`%n`), or in RESP2 an array of 2n
+    /// elements (as Redis answers `HELLO 2`, `CONFIG GET`).
+    Map(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
     /// The exact number of bytes [`Reply::encode`] appends, without
     /// encoding: a client's output limits count replies before they are
     /// encoded (see `client`).
-    pub fn encoded_len(&self) -> usize {
+    pub fn encoded_len(&self, p: Protocol) -> usize {
         match self {
             Reply::Simple(s) => s.len() + 3,
             Reply::Error(e) => e.len() + 3,
             Reply::Integer(n) => n.to_string().len() + 3,
             Reply::Bulk(b) => bulk_len(b.len()),
+            Reply::Nil if p == Protocol::Resp3 => 3,
             Reply::Nil => 5,
             Reply::Array(items) => {
                 items.len().to_string().len()
                     + 3
-                    + items.iter().map(Reply::encoded_len).sum::<usize>()
+                    + items.iter().map(|r| r.encoded_len(p)).sum::<usize>()
+            }
+            Reply::Map(pairs) => {
+                let n = match p {
+                    Protocol::Resp2 => pairs.len() * 2,
+                    Protocol::Resp3 => pairs.len(),
+                };
+                n.to_string().len()
+                    + 3
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| k.encoded_len(p) + v.encoded_len(p))
+                        .sum::<usize>()
             }
         }
     }
 
-    /// Appends the encoded reply to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// Appends the encoded reply to `out`, in protocol `p`.
+    pub fn encode(&self, out: &mut BytesMut, p: Protocol) {
         match self {
             Reply::Simple(s) => simple(out, s),
             Reply::Error(e) => error(out, e),
             Reply::Integer(n) => integer(out, *n),
             Reply::Bulk(b) => bulk(out, b),
+            Reply::Nil if p == Protocol::Resp3 => out.put_slice(b"_\r\n"),
             Reply::Nil => nil(out),
             Reply::Array(items) => {
                 out.put_u8(b'*');
                 out.put_slice(items.len().to_string().as_bytes());
                 out.put_slice(b"\r\n");
                 for item in items {
-                    item.encode(out);
+                    item.encode(out, p);
+                }
+            }
+            Reply::Map(pairs) => {
+                let (tag, n) = match p {
+                    Protocol::Resp2 => (b'*', pairs.len() * 2),
+                    Protocol::Resp3 => (b'%', pairs.len()),
+                };
+                out.put_u8(tag);
+                out.put_slice(n.to_string().as_bytes());
+                out.put_slice(b"\r\n");
+                for (k, v) in pairs {
+                    k.encode(out, p);
+                    v.encode(out, p);
                 }
             }
         }
@@ -711,19 +753,37 @@ mod tests {
     #[test]
     fn encoders() {
         let mut out = BytesMut::new();
-        Reply::Simple("OK").encode(&mut out);
-        Reply::Error("MOVED 0 127.0.0.1:6401".into()).encode(&mut out);
-        Reply::Error("ERR bad\r\ninjected".into()).encode(&mut out);
-        Reply::Integer(-3).encode(&mut out);
-        Reply::Bulk(Bytes::from_static(b"a\r\nb")).encode(&mut out);
-        Reply::Bulk(Bytes::new()).encode(&mut out);
-        Reply::Nil.encode(&mut out);
-        Reply::Array(vec![]).encode(&mut out);
-        Reply::Array(vec![Reply::Integer(1), Reply::Nil]).encode(&mut out);
+        let p = Protocol::Resp2;
+        Reply::Simple("OK").encode(&mut out, p);
+        Reply::Error("MOVED 0 127.0.0.1:6401".into()).encode(&mut out, p);
+        Reply::Error("ERR bad\r\ninjected".into()).encode(&mut out, p);
+        Reply::Integer(-3).encode(&mut out, p);
+        Reply::Bulk(Bytes::from_static(b"a\r\nb")).encode(&mut out, p);
+        Reply::Bulk(Bytes::new()).encode(&mut out, p);
+        Reply::Nil.encode(&mut out, p);
+        Reply::Array(vec![]).encode(&mut out, p);
+        Reply::Array(vec![Reply::Integer(1), Reply::Nil]).encode(&mut out, p);
         assert_eq!(
             &out[..],
             &b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n-ERR bad  injected\r\n:-3\r\n$4\r\na\r\nb\r\n$0\r\n\r\n$-1\r\n*0\r\n*2\r\n:1\r\n$-1\r\n"[..]
         );
+    }
+
+    #[test]
+    fn resp3_differs_only_in_nulls_and_maps() {
+        let r = Reply::Array(vec![
+            Reply::Nil,
+            Reply::Map(vec![(
+                Reply::Bulk(Bytes::from_static(b"proto")),
+                Reply::Integer(3),
+            )]),
+        ]);
+        let mut two = BytesMut::new();
+        r.encode(&mut two, Protocol::Resp2);
+        assert_eq!(&two[..], &b"*2\r\n$-1\r\n*2\r\n$5\r\nproto\r\n:3\r\n"[..]);
+        let mut three = BytesMut::new();
+        r.encode(&mut three, Protocol::Resp3);
+        assert_eq!(&three[..], &b"*2\r\n_\r\n%1\r\n$5\r\nproto\r\n:3\r\n"[..]);
     }
 
     #[test]
@@ -743,10 +803,14 @@ mod tests {
             Reply::Nil,
             Reply::Array(vec![]),
             Reply::Array(vec![Reply::Integer(1); 12]),
+            Reply::Array(vec![Reply::Nil, Reply::Bulk(Bytes::from_static(b"x"))]),
+            Reply::Map(vec![(Reply::Bulk(Bytes::from_static(b"k")), Reply::Nil); 6]),
         ] {
-            let mut out = BytesMut::new();
-            r.encode(&mut out);
-            assert_eq!(r.encoded_len(), out.len(), "{r:?}");
+            for p in [Protocol::Resp2, Protocol::Resp3] {
+                let mut out = BytesMut::new();
+                r.encode(&mut out, p);
+                assert_eq!(r.encoded_len(p), out.len(), "{r:?} in {p:?}");
+            }
         }
         assert_eq!(bulk_len(0), 6);
         assert_eq!(bulk_len(524_288), 524_288 + 11);

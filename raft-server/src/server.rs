@@ -40,6 +40,7 @@ use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
 use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
+use crate::topology;
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -106,6 +107,10 @@ impl fmt::Display for StartError {
                 addr,
                 source,
             } => write!(f, "{config}: cannot listen on {what} {addr}: {source}"),
+            StartError::Node(
+                e @ (raft_proto::ConfigError::PersistedTermAboveMax { .. }
+                | raft_proto::ConfigError::AppliedBeyondLog { .. }),
+            ) => write!(f, "the data dir's durable state is refused: {e}"),
             StartError::Node(e) => write!(f, "invalid Raft configuration: {e}"),
             StartError::Io(e) => write!(f, "cannot set up the event loop: {e}"),
         }
@@ -595,7 +600,7 @@ impl Server {
                     None => Reply::Nil,
                 }
             }
-            Some(e) => self.read_error(e),
+            Some(e) => self.read_error(e, &r.key),
         };
         self.deliver(r.to, reply);
     }
@@ -714,18 +719,46 @@ impl Server {
         }
     }
 
-    /// Where to send a client that asked a non-leader.
-    fn redirect(&mut self, leader: Option<NodeId>) -> Reply {
+    /// Where to send a client that asked a non-leader about `key`: the
+    /// key's hash slot and the leader, as Redis Cluster redirects.
+    fn redirect(&mut self, leader: Option<NodeId>, key: &[u8]) -> Reply {
         self.counters.redirects += 1;
         match leader.and_then(|l| self.settings.member(l)) {
-            Some(m) => Reply::Error(format!("MOVED 0 {}", m.client_addr)),
+            Some(m) => Reply::Error(format!(
+                "MOVED {} {}",
+                topology::key_slot(key),
+                m.client_addr
+            )),
             None => Reply::Error("CLUSTERDOWN no leader".into()),
         }
     }
 
-    fn read_error(&mut self, e: ReadError) -> Reply {
+    /// The members as topology replies show them.
+    fn topology(&self) -> Vec<topology::Node> {
+        let leader = self.node.leader();
+        let up: Vec<NodeId> = self
+            .peers
+            .status(Instant::now())
+            .iter()
+            .filter(|p| p.up)
+            .map(|p| p.id)
+            .collect();
+        self.settings
+            .members
+            .iter()
+            .map(|m| topology::Node {
+                id: m.id,
+                client_addr: m.client_addr,
+                peer_addr: m.peer_addr,
+                leader: leader == Some(m.id),
+                connected: m.id == self.settings.id || up.contains(&m.id),
+            })
+            .collect()
+    }
+
+    fn read_error(&mut self, e: ReadError, key: &[u8]) -> Reply {
         match e {
-            ReadError::NotLeader { leader } => self.redirect(leader),
+            ReadError::NotLeader { leader } => self.redirect(leader, key),
             ReadError::Busy => Reply::Error("ERR too many pending reads; retry".into()),
         }
     }
@@ -899,14 +932,142 @@ impl Server {
                 c.reply_now(Reply::Simple("OK"));
                 c.close_after_replies();
             }
-            Command::EmptyArray => self.clients[key].reply_now(Reply::Array(Vec::new())),
-            Command::Info(section) => {
-                let text = match section.as_deref() {
-                    None | Some("raft" | "all" | "default" | "everything") => {
-                        info::render_info(&self.snapshot(Instant::now()))
-                    }
-                    Some(_) => String::new(),
+            Command::Hello { protocol, name } => {
+                let role = if self.node.role() == Role::Leader {
+                    "master"
+                } else {
+                    "replica"
                 };
+                let c = &mut self.clients[key];
+                if let Some(p) = protocol {
+                    // The reply to HELLO is already in the new protocol.
+                    c.protocol = p;
+                }
+                if name.is_some() {
+                    c.name = name;
+                }
+                let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+                let proto = match c.protocol {
+                    resp::Protocol::Resp2 => 2,
+                    resp::Protocol::Resp3 => 3,
+                };
+                let reply = Reply::Map(vec![
+                    (bulk("server"), bulk("redis")),
+                    (bulk("version"), bulk(info::REDIS_COMPAT_VERSION)),
+                    (bulk("proto"), Reply::Integer(proto)),
+                    (bulk("id"), Reply::Integer(c.id as i64)),
+                    (bulk("mode"), bulk("cluster")),
+                    (bulk("role"), bulk(role)),
+                    (bulk("modules"), Reply::Array(Vec::new())),
+                ]);
+                c.reply_now(reply);
+            }
+            Command::AuthOk | Command::Ok | Command::Select => {
+                self.clients[key].reply_now(Reply::Simple("OK"))
+            }
+            Command::ReadMode => self.clients[key].reply_now(Reply::Simple("OK")),
+            Command::EmptyMap => self.clients[key].reply_now(Reply::Map(Vec::new())),
+            Command::CountCommands => {
+                self.clients[key].reply_now(Reply::Integer(client::COMMANDS.len() as i64))
+            }
+            Command::Commands(names) => {
+                let reply = match names {
+                    None => {
+                        Reply::Array(client::COMMANDS.iter().map(client::command_entry).collect())
+                    }
+                    Some(names) => Reply::Array(
+                        names
+                            .iter()
+                            .map(|n| {
+                                client::COMMANDS
+                                    .iter()
+                                    .find(|c| c.name.as_bytes().eq_ignore_ascii_case(n))
+                                    .map_or(Reply::Nil, client::command_entry)
+                            })
+                            .collect(),
+                    ),
+                };
+                self.clients[key].reply_now(reply);
+            }
+            Command::Cluster(q) => {
+                let nodes = self.topology();
+                let term = self.node.term();
+                let bulk_text = |t: String| Reply::Bulk(Bytes::from(t));
+                let reply = match q {
+                    client::ClusterQuery::Slots => topology::slots(&nodes),
+                    client::ClusterQuery::Shards => topology::shards(&nodes),
+                    client::ClusterQuery::Nodes => {
+                        bulk_text(topology::nodes_text(&nodes, self.settings.id, term))
+                    }
+                    client::ClusterQuery::MyId => bulk_text(topology::node_id(self.settings.id)),
+                    client::ClusterQuery::Info => bulk_text(topology::info_text(&nodes, term)),
+                    client::ClusterQuery::KeySlot(k) => {
+                        Reply::Integer(i64::from(topology::key_slot(&k)))
+                    }
+                };
+                self.clients[key].reply_now(reply);
+            }
+            Command::ConfigGet(patterns) => {
+                let idle = self.settings.client_idle_timeout.map_or(0, |d| d.as_secs());
+                // What redis-benchmark and client libraries ask for, with
+                // raft-node's answers: no RDB or AOF file (the Raft log is
+                // the durability), one database.
+                let params: [(&str, String); 8] = [
+                    ("save", String::new()),
+                    ("appendonly", "no".into()),
+                    ("databases", "1".into()),
+                    ("maxclients", self.max_clients.to_string()),
+                    ("timeout", idle.to_string()),
+                    ("maxmemory", "0".into()),
+                    ("cluster-enabled", "yes".into()),
+                    ("port", self.settings.me().client_addr.port().to_string()),
+                ];
+                let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+                let pairs = params
+                    .iter()
+                    .filter(|(name, _)| {
+                        patterns
+                            .iter()
+                            .any(|p| client::glob_match(p, name.as_bytes()))
+                    })
+                    .map(|(name, value)| (bulk(name), bulk(value)))
+                    .collect();
+                self.clients[key].reply_now(Reply::Map(pairs));
+            }
+            Command::Reset => {
+                let c = &mut self.clients[key];
+                c.protocol = resp::Protocol::Resp2;
+                c.name = None;
+                c.reply_now(Reply::Simple("RESET"));
+            }
+            Command::ClientSetName(name) => {
+                let c = &mut self.clients[key];
+                c.name = Some(name);
+                c.reply_now(Reply::Simple("OK"));
+            }
+            Command::ClientGetName => {
+                let c = &mut self.clients[key];
+                let reply = c.name.clone().map_or(Reply::Nil, Reply::Bulk);
+                c.reply_now(reply);
+            }
+            Command::ClientId => {
+                let c = &mut self.clients[key];
+                c.reply_now(Reply::Integer(c.id as i64));
+            }
+            Command::ClientInfo => {
+                let line = client_line(&self.clients[key]);
+                self.clients[key].reply_now(Reply::Bulk(Bytes::from(line)));
+            }
+            Command::ClientList => {
+                let mut text = String::new();
+                for (_, c) in self.clients.iter() {
+                    text.push_str(&client_line(c));
+                }
+                self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
+            }
+            Command::Info(section) => {
+                let text =
+                    info::render_info_sections(&self.snapshot(Instant::now()), section.as_deref());
                 self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
             }
             Command::Get(k) => {
@@ -920,7 +1081,9 @@ impl Server {
                         let reply_bytes = self
                             .kv
                             .get(&k)
-                            .map_or(Reply::Nil.encoded_len(), |v| resp::bulk_len(v.len()));
+                            .map_or(Reply::Nil.encoded_len(resp::Protocol::Resp2), |v| {
+                                resp::bulk_len(v.len())
+                            });
                         let c = &mut self.clients[key];
                         let to = ReplyTo {
                             key,
@@ -930,17 +1093,25 @@ impl Server {
                         self.reads.insert(id, PendingRead { to, key: k });
                     }
                     Err(e) => {
-                        let reply = self.read_error(e);
+                        let reply = self.read_error(e, &k);
                         self.clients[key].reply_now(reply);
                     }
                 }
             }
-            Command::Set(k, v) => self.propose(key, kv::Command::Set { key: k, value: v }, t),
-            Command::Del(keys) => self.propose(key, kv::Command::Del { keys }, t),
+            Command::Set(k, v) => {
+                let slot_key = k.clone();
+                self.propose(key, kv::Command::Set { key: k, value: v }, &slot_key, t)
+            }
+            Command::Del(keys) => {
+                let slot_key = keys[0].clone();
+                self.propose(key, kv::Command::Del { keys }, &slot_key, t)
+            }
         }
     }
 
-    fn propose(&mut self, key: usize, cmd: kv::Command, t: Time) {
+    /// Proposes a write; `slot_key` (its first key) names the slot in a
+    /// redirect.
+    fn propose(&mut self, key: usize, cmd: kv::Command, slot_key: &[u8], t: Time) {
         match self.node.propose(t, cmd.encode()) {
             Ok(id) => {
                 let c = &mut self.clients[key];
@@ -956,7 +1127,7 @@ impl Server {
             }
             Err(e) => {
                 let reply = match e {
-                    ProposeError::NotLeader { leader } => self.redirect(leader),
+                    ProposeError::NotLeader { leader } => self.redirect(leader, slot_key),
                     ProposeError::Busy => {
                         Reply::Error("ERR too many uncommitted writes; retry".into())
                     }
@@ -1136,6 +1307,7 @@ impl Server {
                 .and_then(|l| self.settings.member(l))
                 .map(|m| m.client_addr),
             cluster_id: self.settings.cluster_id,
+            client_port: self.settings.me().client_addr.port(),
             peers: self.peers.status(now),
             clients: self.clients.len(),
             max_clients: self.max_clients,
@@ -1215,6 +1387,23 @@ fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
     let reserve = (FD_RESERVE + 2 * members) as u64;
     let available = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(reserve));
     usize::try_from(available).map_or(MAX_CLIENTS, |a| a.min(MAX_CLIENTS))
+}
+
+/// One `CLIENT LIST` / `CLIENT INFO` line, in Redis' `key=value` form.
+fn client_line(c: &Client) -> String {
+    let name = c
+        .name
+        .as_ref()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_default();
+    let resp = match c.protocol {
+        resp::Protocol::Resp2 => 2,
+        resp::Protocol::Resp3 => 3,
+    };
+    format!(
+        "id={} addr={} laddr= fd=0 name={name} db=0 resp={resp}\n",
+        c.id, c.addr
+    )
 }
 
 /// The data dir as the driver's [`LogStore`]: `Storage` buffers the writes

@@ -35,6 +35,17 @@ pub enum Resp {
     Array(Vec<Resp>),
 }
 
+/// A request as RESP: an array of bulk strings.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 pub struct Conn {
     pub r: BufReader<TcpStream>,
     pub w: TcpStream,
@@ -51,13 +62,7 @@ impl Conn {
     }
 
     pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.w.write_all(&out)
+        self.w.write_all(&encode(args))
     }
 
     pub fn read(&mut self) -> std::io::Result<Resp> {
@@ -105,6 +110,7 @@ pub struct Member {
     pub id: u64,
     pub peer: SocketAddr,
     pub client: SocketAddr,
+    pub metrics: Option<SocketAddr>,
     pub data: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -115,10 +121,30 @@ pub struct Cluster {
     pub config: PathBuf,
     pub members: Vec<Member>,
     pub extra_args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) of every member process.
+    pub fd_limit: Option<u64>,
+}
+
+/// Settings of a test cluster beyond the defaults, written to its file.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// `client_idle_timeout_ms`.
+    pub idle_timeout_ms: Option<u64>,
+    /// `client_memory_budget_mb`.
+    pub budget_mb: Option<u64>,
+    /// A `metrics_addr` for every member.
+    pub metrics: bool,
+    /// RLIMIT_NOFILE (soft and hard) of every member process.
+    pub fd_limit: Option<u64>,
 }
 
 impl Cluster {
     pub fn new(n: usize) -> Cluster {
+        Cluster::with_options(n, Options::default())
+    }
+
+    /// The one place that writes a test cluster's file (and its secret).
+    pub fn with_options(n: usize, opts: Options) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("cluster.secret");
         {
@@ -131,19 +157,33 @@ impl Cluster {
                 .unwrap();
             f.write_all(SECRET).unwrap();
         }
-        let mut toml = "secret_file = \"cluster.secret\"\n\n".to_string();
+        let mut toml = "secret_file = \"cluster.secret\"\n".to_string();
+        if let Some(ms) = opts.idle_timeout_ms {
+            toml.push_str(&format!("client_idle_timeout_ms = {ms}\n"));
+        }
+        if let Some(mb) = opts.budget_mb {
+            toml.push_str(&format!("client_memory_budget_mb = {mb}\n"));
+        }
+        toml.push('\n');
         let mut members = Vec::new();
         for i in 1..=n {
             let ip = format!("127.0.0.{i}");
-            let peer: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-            let client: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
+            let addr =
+                |ip: &str| -> SocketAddr { format!("{ip}:{}", free_port(ip)).parse().unwrap() };
+            let (peer, client) = (addr(&ip), addr(&ip));
+            let metrics = opts.metrics.then(|| addr(&ip));
             toml.push_str(&format!(
-                "[[node]]\nid = {i}\npeer_addr = \"{peer}\"\nclient_addr = \"{client}\"\n\n"
+                "[[node]]\nid = {i}\npeer_addr = \"{peer}\"\nclient_addr = \"{client}\"\n"
             ));
+            if let Some(a) = metrics {
+                toml.push_str(&format!("metrics_addr = \"{a}\"\n"));
+            }
+            toml.push('\n');
             members.push(Member {
                 id: i as u64,
                 peer,
                 client,
+                metrics,
                 data: dir.path().join(format!("node{i}")),
                 log: dir.path().join(format!("node{i}.log")),
                 child: None,
@@ -156,6 +196,7 @@ impl Cluster {
             config,
             members,
             extra_args: Vec::new(),
+            fd_limit: opts.fd_limit,
         }
     }
 
@@ -176,7 +217,30 @@ impl Cluster {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if let Some(n) = self.fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls:
+            // setrlimit(2) on the child itself.
+            unsafe {
+                c.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         c
+    }
+
+    /// Whether the member's process is still running.
+    pub fn alive(&mut self, id: u64) -> bool {
+        let c = self.members[id as usize - 1].child.as_mut().unwrap();
+        c.try_wait().unwrap().is_none()
     }
 
     pub fn start(&mut self, id: u64) {
@@ -186,6 +250,23 @@ impl Cluster {
             .open(&self.m(id).log)
             .unwrap();
         let child = self.command(id).stderr(log).spawn().unwrap();
+        self.members[id as usize - 1].child = Some(child);
+    }
+
+    /// Starts member `id` like [`Cluster::start`], with `env` added to its
+    /// environment (tests/crash.rs passes storage's power-cut switches).
+    pub fn start_with_env(&mut self, id: u64, env: &[(&str, String)]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.m(id).log)
+            .unwrap();
+        let child = self
+            .command(id)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(log)
+            .spawn()
+            .unwrap();
         self.members[id as usize - 1].child = Some(child);
     }
 
@@ -219,6 +300,7 @@ impl Cluster {
 
     pub fn info(&self, id: u64) -> Option<Vec<(String, String)>> {
         let mut c = Conn::open(self.m(id).client).ok()?;
+        c.w.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         match c.cmd(&["INFO", "raft"]).ok()? {
             Resp::Bulk(Some(b)) => Some(
                 String::from_utf8(b)
@@ -366,12 +448,28 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-pub fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; 12 and 13 here.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }

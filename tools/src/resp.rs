@@ -21,7 +21,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// The leader's client address, if this is a `-MOVED 0 host:port` redirect.
+    /// The leader's client address, if this is a `-MOVED <slot> host:port` redirect.
     pub fn moved_to(&self) -> Option<SocketAddr> {
         match self {
             Reply::Error(e) => e

@@ -20,7 +20,7 @@
 //!   traffic counts as a violation), and once the network turns fair the
 //!   cluster recovers.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,7 +35,7 @@ use crate::{
 
 /// What a run reached, so that tests can tell the adversary got where it is
 /// meant to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FuzzStats {
     /// Inputs fed.
     pub inputs: u64,
@@ -45,6 +45,8 @@ pub struct FuzzStats {
     pub refused: u64,
     /// [`Event::PeerFault`]s reported.
     pub faults: u64,
+    /// How many of each kind (the `PeerFault` variant's name).
+    pub fault_kinds: BTreeMap<String, u64>,
     /// Highest commit index any node reached.
     pub max_commit: u64,
     /// Whether the node (any node, for [`fuzz_network`]) led at some point.
@@ -606,7 +608,7 @@ impl NodeDriver {
     fn feed(&mut self, msg: Message) {
         self.stats.delivered += 1;
         let from = msg.from;
-        let before = self.node.status();
+        let before = (self.node.status(), self.node.poll_timeout());
         self.node.handle_message(self.now, msg);
         let first = self.poll_all();
         if first
@@ -614,11 +616,8 @@ impl NodeDriver {
             .any(|a| matches!(a, Action::Event(Event::PeerFault { .. })))
         {
             assert_dropped(&first, from);
-            assert_eq!(
-                self.node.status(),
-                before,
-                "a dropped message changed the node"
-            );
+            let after = (self.node.status(), self.node.poll_timeout());
+            assert_eq!(after, before, "a dropped message changed the node");
         }
         self.drain();
     }
@@ -628,7 +627,7 @@ impl NodeDriver {
     fn feed_refused(&mut self, msg: Message) {
         let from = msg.from;
         let reported = msg.to == ID && self.peers.contains(&from);
-        let before = self.node.status();
+        let before = (self.node.status(), self.node.poll_timeout());
         let shut_down = self.node.poll_timeout().is_none();
         self.node.handle_message(self.now, msg);
         let first = self.poll_all();
@@ -640,11 +639,8 @@ impl NodeDriver {
                 "output for a message not for it: {first:?}"
             );
         }
-        assert_eq!(
-            self.node.status(),
-            before,
-            "a refused message changed the node"
-        );
+        let after = (self.node.status(), self.node.poll_timeout());
+        assert_eq!(after, before, "a refused message changed the node");
         self.drain();
     }
 
@@ -736,7 +732,12 @@ impl NodeDriver {
                     "answer for read {id} never registered"
                 );
             }
-            Action::Event(Event::PeerFault { .. }) => self.stats.faults += 1,
+            Action::Event(Event::PeerFault { fault, .. }) => {
+                self.stats.faults += 1;
+                let debug = format!("{fault:?}");
+                let kind = debug.split([' ', '{']).next().unwrap_or_default();
+                *self.stats.fault_kinds.entry(kind.to_string()).or_default() += 1;
+            }
             Action::Event(_) => {}
         }
     }

@@ -13,7 +13,7 @@
 //! hops and `-CLUSTERDOWN` waits on the way, since that is what an application
 //! would see.
 //!
-//! - `-MOVED 0 host:port`: reconnect there and resend what was redirected.
+//! - `-MOVED <slot> host:port`: reconnect there and resend what was redirected.
 //! - `-CLUSTERDOWN`: sleep briefly, then resend.
 //! - Any other error reply, an unexpected reply, a lost connection or a reply
 //!   that does not come within [`GRACE`] after the end counts as an error. A
