@@ -4,24 +4,29 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::message::Message;
-use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
+use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// One thing the driver MUST do. Drain them with [`crate::Node::poll_action`]
 /// after every input; they come out in this order, and the driver performs
 /// them in it:
 ///
-/// 1. persistence: [`Action::SaveHardState`], [`Action::TruncateLog`],
-///    [`Action::AppendLog`] in the order given. All of them MUST be durable
-///    (fsynced) before any later `Send` leaves the node, except those whose
-///    message [`Message::may_precede_persistence`] (a leader's
-///    AppendEntries), and before any client is told a write succeeded. One
-///    fsync may cover the whole batch. After it, the driver reports the last
-///    entry appended with [`crate::Node::handle_log_persisted`]: the leader
-///    counts itself in commits only up to there.
-/// 2. [`Action::Send`]: hand the message to the transport. Delivery is best
-///    effort: a lost message is repaired by the protocol.
+/// 1. storage: [`Action::SaveHardState`], [`Action::TruncateLog`],
+///    [`Action::AppendLog`], [`Action::WriteSnapshotChunk`],
+///    [`Action::InstallSnapshot`] and [`Action::CompactLog`] in the order
+///    given. All of them MUST be durable (fsynced) before any later `Send`
+///    leaves the node, except those whose message
+///    [`Message::may_precede_persistence`] (a leader's AppendEntries and
+///    snapshot chunks), and before any client is told a write succeeded.
+///    One fsync may cover the whole batch. After it, the driver reports the
+///    last entry appended with [`crate::Node::handle_log_persisted`]: the
+///    leader counts itself in commits only up to there.
+/// 2. [`Action::Send`] and [`Action::SendSnapshotChunk`]: hand the message
+///    to the transport. Delivery is best effort: a lost message is repaired
+///    by the protocol.
 /// 3. [`Action::Apply`]: apply committed entries to the state machine, in
-///    index order, each exactly once per process lifetime.
+///    index order, each exactly once per process lifetime. (After an
+///    installed snapshot, the state machine is the snapshot's and applies
+///    continue after its last index.)
 /// 4. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer linearizable
 ///    reads; a ready read is served from the state machine as it stands
 ///    after the applies above.
@@ -41,8 +46,53 @@ pub enum Action {
     /// Durably append these entries; the first follows the last entry
     /// persisted so far (after any preceding truncation).
     AppendLog(Vec<Entry>),
+    /// Keep a chunk of the snapshot `meta` that the leader is sending:
+    /// `data` goes at `offset` of it. Offset 0 starts the snapshot afresh
+    /// (discarding any partial one); later chunks come in order, each
+    /// starting where the previous ended. No sync is needed: a chunk lost
+    /// in a crash is sent again.
+    WriteSnapshotChunk {
+        /// The snapshot the chunk belongs to.
+        meta: SnapshotMeta,
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes.
+        data: bytes::Bytes,
+    },
+    /// Every chunk of the snapshot `meta` has been handed out with
+    /// `WriteSnapshotChunk`: check it (a leader's disk or a peer may be
+    /// broken), make it this member's snapshot, durably, and apply §7's
+    /// rule to the stored log: if it holds the entry `(meta.last_index,
+    /// meta.last_term)`, the entries after it stay, otherwise the whole
+    /// log goes. Then, before any other input, call
+    /// [`crate::Node::handle_snapshot_installed`] with the outcome; if it
+    /// was installed, load the state machine from it before carrying out
+    /// any later [`Action::Apply`]. ([`crate::driver::Driver`] does all of
+    /// this and hands the action back once the snapshot is in place.)
+    InstallSnapshot {
+        /// The snapshot received.
+        meta: SnapshotMeta,
+    },
+    /// Entries up to and including `through` are covered by the snapshot
+    /// the driver reported with [`crate::Node::handle_snapshot_saved`] and
+    /// may be deleted from storage (whenever convenient; no sync needed).
+    CompactLog {
+        /// Last index that may go.
+        through: LogIndex,
+    },
     /// Send this message to `message.to`.
     Send(Message),
+    /// Fill `message`'s InstallSnapshot chunk with `len` bytes at its
+    /// `offset` of this member's snapshot `meta` (the one last reported
+    /// with [`crate::Node::handle_snapshot_saved`]), then send it. If the
+    /// snapshot was replaced in between, drop the message: the node starts
+    /// the transfer again with the new one.
+    SendSnapshotChunk {
+        /// The message, whose `data` is empty.
+        message: Message,
+        /// How many bytes to read into it.
+        len: usize,
+    },
     /// Apply this committed entry. Entries come in index order with no gaps;
     /// after a restart they start again from the first index in the log.
     Apply(Entry),
@@ -173,17 +223,6 @@ pub enum PeerFault {
         /// The leader of that term as this node knows it (maybe itself).
         leader: NodeId,
     },
-    /// An AppendEntries of this node's term or a later one whose
-    /// `prev_log_index` lies below the start of this node's log, where the
-    /// consistency check cannot run. A leader's messages start at or after
-    /// what the follower holds committed; the start of the log (the last
-    /// index a snapshot covers, once there are snapshots) is committed.
-    PrevBelowLogStart {
-        /// The `prev_log_index` it carried.
-        prev_log_index: LogIndex,
-        /// The index just before the first entry this node's log holds.
-        log_start: LogIndex,
-    },
     /// An AppendEntries, from a leader of this node's term or a later one,
     /// that contradicts a committed entry (its `prev_log_term`, or an entry
     /// it would truncate). Every such leader holds all committed entries
@@ -214,6 +253,21 @@ pub enum PeerFault {
         /// The highest index this leader sent it.
         sent_index: LogIndex,
     },
+    /// An InstallSnapshotResponse expecting an offset beyond what this
+    /// leader sent that peer of that snapshot.
+    ChunkNeverSent {
+        /// The `next_offset` it claimed.
+        next_offset: u64,
+        /// How far this leader sent.
+        sent: u64,
+    },
+    /// A snapshot whose chunks, put together, the driver found invalid
+    /// (length, checksum, header): the leader's copy or its sender is
+    /// broken. Nothing was installed.
+    BadSnapshot {
+        /// The snapshot's claimed last index.
+        last_index: LogIndex,
+    },
     /// An answer echoing a heartbeat round this leader has not started.
     RoundNeverSent {
         /// The round it echoed.
@@ -233,13 +287,6 @@ impl fmt::Display for PeerFault {
             PeerFault::SecondLeader { term, leader } => write!(
                 f,
                 "AppendEntries in term {term}, whose leader is {leader} (two leaders in a term)"
-            ),
-            PeerFault::PrevBelowLogStart {
-                prev_log_index,
-                log_start,
-            } => write!(
-                f,
-                "AppendEntries at prev_log_index {prev_log_index}, below the log start {log_start}"
             ),
             PeerFault::ConflictsWithCommitted {
                 index,
@@ -265,6 +312,14 @@ impl fmt::Display for PeerFault {
                 f,
                 "AppendEntriesResponse rejects prev_log_index {rejected_index}, \
                  beyond the {sent_index} sent to it"
+            ),
+            PeerFault::ChunkNeverSent { next_offset, sent } => write!(
+                f,
+                "InstallSnapshotResponse expects offset {next_offset}, beyond the {sent} bytes sent to it"
+            ),
+            PeerFault::BadSnapshot { last_index } => write!(
+                f,
+                "the snapshot it sent (last index {last_index}) is invalid; not installed"
             ),
             PeerFault::RoundNeverSent {
                 round,

@@ -79,12 +79,15 @@ impl Node {
             last_log_term: self.log.last_term(),
         };
         for peer in self.peers.clone() {
-            self.sends.push_back(Message {
-                from: self.config.id,
-                to: peer,
-                term,
-                body: MessageBody::RequestVote(rv.clone()),
-            });
+            self.sends.push_back((
+                Message {
+                    from: self.config.id,
+                    to: peer,
+                    term,
+                    body: MessageBody::RequestVote(rv.clone()),
+                },
+                0,
+            ));
         }
     }
 
@@ -107,9 +110,18 @@ impl Node {
                 );
                 self.handle_append_entries(msg.from, ae);
             }
+            MessageBody::InstallSnapshot(is) => {
+                self.become_follower(
+                    now,
+                    self.current_term,
+                    Some(msg.from),
+                    RoleChangeReason::LeaderHeard { leader: msg.from },
+                );
+                self.handle_install_snapshot(msg.from, is);
+            }
             // Late answers to appends a pre-candidate sent while it led this
             // term (before CheckQuorum deposed it).
-            MessageBody::AppendEntriesResponse(_) => {}
+            MessageBody::AppendEntriesResponse(_) | MessageBody::InstallSnapshotResponse(_) => {}
         }
     }
 

@@ -22,6 +22,9 @@
 //!   tag 3  AppendEntries          prev_log_index:u64 prev_log_term:u64
 //!                                 leader_commit:u64 round:u64 count:u32 entry{count}
 //!   tag 4  AppendEntriesResponse  round:u64 result
+//!   tag 5  InstallSnapshot        last_index:u64 last_term:u64 len:u64
+//!                                 offset:u64 round:u64 data_len:u32 byte{data_len}
+//!   tag 6  InstallSnapshotResponse last_index:u64 next_offset:u64 round:u64
 //! entry    = term:u64 index:u64 payload
 //! payload  = 1                               Noop
 //!          | 2 len:u32 byte{len}             Command
@@ -52,7 +55,11 @@
 //!   `conflict_term` (at least 1, at most the follower's term) the follower
 //!   holds `rejected_index` and `1 <= conflict_index <= rejected_index <=
 //!   last_log_index`; without one its log is shorter, `rejected_index >
-//!   last_log_index`, and `conflict_index` is `last_log_index + 1`.
+//!   last_log_index`, and `conflict_index` is `last_log_index + 1`;
+//! - a snapshot chunk whose snapshot is empty or at index or term 0, whose
+//!   last term exceeds the leader's, whose data is longer than
+//!   [`MAX_SNAPSHOT_CHUNK`] or reaches past the snapshot's length; an answer
+//!   about a snapshot at index 0.
 //!
 //! Whatever needs the receiver's state (is `to` me, is `from` a voter, does
 //! `match_index` exceed my log) is the node's to check.
@@ -62,10 +69,10 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,
-    RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
+    Message, MessageBody, RequestVote, RequestVoteResponse,
 };
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term, MAX_ENTRY_LEN};
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term, MAX_ENTRY_LEN};
 
 /// Version of the wire format, carried in every frame. A frame of any
 /// other version is rejected with [`DecodeError::UnsupportedVersion`]. (The
@@ -98,6 +105,10 @@ pub const FRAME_HEADER_LEN: usize = LEN_PREFIX_LEN + 1;
 /// index, payload tag and command length.
 pub const ENTRY_OVERHEAD: usize = 8 + 8 + 1 + 4;
 
+/// The most snapshot bytes one InstallSnapshot carries: 8 MiB.
+/// [`crate::Config::snapshot_chunk_bytes`] may not exceed it.
+pub const MAX_SNAPSHOT_CHUNK: usize = 8 << 20;
+
 const LEN_PREFIX_LEN: usize = 4;
 
 // The length prefix is a u32.
@@ -107,11 +118,16 @@ const _: () = assert!(MAX_FRAME_LEN <= u32::MAX as usize);
 // is a u32 on the wire too.)
 const _: () = assert!(APPEND_ENTRIES_HEADER_LEN + ENTRY_OVERHEAD + MAX_ENTRY_LEN <= MAX_FRAME_LEN);
 const _: () = assert!(MAX_ENTRY_LEN <= u32::MAX as usize);
+const _: () = assert!(
+    1 + MESSAGE_HEADER_LEN + INSTALL_SNAPSHOT_FIXED_LEN + MAX_SNAPSHOT_CHUNK <= MAX_FRAME_LEN
+);
 
 const TAG_REQUEST_VOTE: u8 = 1;
 const TAG_REQUEST_VOTE_RESPONSE: u8 = 2;
 const TAG_APPEND_ENTRIES: u8 = 3;
 const TAG_APPEND_ENTRIES_RESPONSE: u8 = 4;
+const TAG_INSTALL_SNAPSHOT: u8 = 5;
+const TAG_INSTALL_SNAPSHOT_RESPONSE: u8 = 6;
 
 const PAYLOAD_NOOP: u8 = 1;
 const PAYLOAD_COMMAND: u8 = 2;
@@ -123,6 +139,8 @@ const RESULT_CONFLICT: u8 = 2;
 const MESSAGE_HEADER_LEN: usize = 1 + 8 + 8 + 8;
 /// prev_log_index, prev_log_term, leader_commit, round, count.
 const APPEND_ENTRIES_FIXED_LEN: usize = 8 + 8 + 8 + 8 + 4;
+/// last_index, last_term, len, offset, round, data_len.
+const INSTALL_SNAPSHOT_FIXED_LEN: usize = 8 + 8 + 8 + 8 + 8 + 4;
 /// The smallest entry, a Noop: term, index, payload tag. Bounds how many
 /// entries a frame can hold.
 const MIN_ENTRY_LEN: usize = 8 + 8 + 1;
@@ -321,6 +339,8 @@ fn body_len(msg: &Message) -> usize {
                     }
                 }
         }
+        MessageBody::InstallSnapshot(is) => INSTALL_SNAPSHOT_FIXED_LEN + is.data.len(),
+        MessageBody::InstallSnapshotResponse(_) => 8 + 8 + 8,
     };
     1 + MESSAGE_HEADER_LEN + fields
 }
@@ -338,6 +358,8 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
         MessageBody::RequestVoteResponse(_) => TAG_REQUEST_VOTE_RESPONSE,
         MessageBody::AppendEntries(_) => TAG_APPEND_ENTRIES,
         MessageBody::AppendEntriesResponse(_) => TAG_APPEND_ENTRIES_RESPONSE,
+        MessageBody::InstallSnapshot(_) => TAG_INSTALL_SNAPSHOT,
+        MessageBody::InstallSnapshotResponse(_) => TAG_INSTALL_SNAPSHOT_RESPONSE,
     };
     dst.put_u8(tag);
     dst.put_u64(msg.from.0);
@@ -399,6 +421,21 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
                     dst.put_u64(conflict_index.0);
                 }
             }
+        }
+        MessageBody::InstallSnapshot(is) => {
+            dst.put_u64(is.meta.last_index.0);
+            dst.put_u64(is.meta.last_term.0);
+            dst.put_u64(is.meta.len);
+            dst.put_u64(is.offset);
+            dst.put_u64(is.round);
+            // The frame bound, checked by the caller, bounds the length.
+            dst.put_u32(u32::try_from(is.data.len()).expect("chunk length fits in u32"));
+            dst.put_slice(&is.data);
+        }
+        MessageBody::InstallSnapshotResponse(r) => {
+            dst.put_u64(r.last_index.0);
+            dst.put_u64(r.next_offset);
+            dst.put_u64(r.round);
         }
     }
 }
@@ -477,7 +514,7 @@ impl Reader {
 
     fn message(&mut self) -> Result<Message, DecodeError> {
         let tag = self.u8("message tag")?;
-        if !(TAG_REQUEST_VOTE..=TAG_APPEND_ENTRIES_RESPONSE).contains(&tag) {
+        if !(TAG_REQUEST_VOTE..=TAG_INSTALL_SNAPSHOT_RESPONSE).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "message",
                 tag,
@@ -497,9 +534,17 @@ impl Reader {
                 granted: self.bool("granted")?,
             }),
             TAG_APPEND_ENTRIES => MessageBody::AppendEntries(self.append_entries()?),
-            _ => MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+            TAG_APPEND_ENTRIES_RESPONSE => {
+                MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+                    round: self.u64("round")?,
+                    result: self.append_result()?,
+                })
+            }
+            TAG_INSTALL_SNAPSHOT => MessageBody::InstallSnapshot(self.install_snapshot()?),
+            _ => MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
+                last_index: self.index("last_index")?,
+                next_offset: self.u64("next_offset")?,
                 round: self.u64("round")?,
-                result: self.append_result()?,
             }),
         };
         Ok(Message {
@@ -531,6 +576,28 @@ impl Reader {
             prev_log_term,
             entries,
             leader_commit,
+            round,
+        })
+    }
+
+    fn install_snapshot(&mut self) -> Result<InstallSnapshot, DecodeError> {
+        let meta = SnapshotMeta {
+            last_index: self.index("snapshot last_index")?,
+            last_term: self.term("snapshot last_term")?,
+            len: self.u64("snapshot len")?,
+        };
+        let offset = self.u64("snapshot offset")?;
+        let round = self.u64("round")?;
+        let len = usize::try_from(self.u32("chunk length")?).unwrap_or(usize::MAX);
+        if len > MAX_SNAPSHOT_CHUNK {
+            return Err(DecodeError::Invalid {
+                what: "snapshot chunk exceeds MAX_SNAPSHOT_CHUNK",
+            });
+        }
+        Ok(InstallSnapshot {
+            meta,
+            offset,
+            data: self.bytes(len, "chunk")?,
             round,
         })
     }
@@ -662,6 +729,37 @@ pub(crate) fn check(msg: &Message) -> Result<(), &'static str> {
                 }
             }
         },
+        MessageBody::InstallSnapshot(is) => check_install_snapshot(is, msg.term),
+        MessageBody::InstallSnapshotResponse(r) => {
+            if r.last_index.0 == 0 {
+                Err("snapshot last_index is 0")
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_install_snapshot(is: &InstallSnapshot, leader_term: Term) -> Result<(), &'static str> {
+    let meta = &is.meta;
+    if meta.last_index.0 == 0 {
+        return Err("snapshot last_index is 0");
+    }
+    if meta.last_term.0 == 0 {
+        return Err("snapshot last_term is 0");
+    }
+    if meta.last_term > leader_term {
+        return Err("snapshot last_term exceeds the leader's term");
+    }
+    if meta.len == 0 {
+        return Err("snapshot len is 0");
+    }
+    if is.data.len() > MAX_SNAPSHOT_CHUNK {
+        return Err("snapshot chunk exceeds MAX_SNAPSHOT_CHUNK");
+    }
+    match is.offset.checked_add(is.data.len() as u64) {
+        Some(end) if end <= meta.len => Ok(()),
+        _ => Err("snapshot chunk reaches past the snapshot's len"),
     }
 }
 
@@ -862,7 +960,47 @@ mod tests {
             (any::<u64>(), append_result(t)).prop_map(|(round, result)| {
                 MessageBody::AppendEntriesResponse(AppendEntriesResponse { round, result })
             }),
+            // A leader of term 0 has no snapshot to send.
+            install_snapshot(t.max(1)).prop_map(move |b| if t == 0 {
+                MessageBody::RequestVoteResponse(RequestVoteResponse {
+                    pre_vote: false,
+                    granted: false,
+                })
+            } else {
+                b
+            }),
+            (1..u64::MAX, any::<u64>(), any::<u64>()).prop_map(|(i, next_offset, round)| {
+                MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
+                    last_index: LogIndex(i),
+                    next_offset,
+                    round,
+                })
+            }),
         ]
+    }
+
+    /// A valid chunk of a snapshot whose last term is at most `t` (>= 1).
+    fn install_snapshot(t: u64) -> impl Strategy<Value = MessageBody> {
+        (
+            1..u64::MAX,
+            1..=t,
+            proptest::collection::vec(any::<u8>(), 0..64),
+            0..1000u64,
+            0..1000u64,
+            any::<u64>(),
+        )
+            .prop_map(|(i, lt, data, offset, tail, round)| {
+                MessageBody::InstallSnapshot(InstallSnapshot {
+                    meta: SnapshotMeta {
+                        last_index: LogIndex(i),
+                        last_term: Term(lt),
+                        len: (offset + data.len() as u64 + tail).max(1),
+                    },
+                    offset,
+                    data: Bytes::from(data),
+                    round,
+                })
+            })
     }
 
     fn message() -> impl Strategy<Value = Message> {
@@ -962,6 +1100,8 @@ mod tests {
                     fields.push(("conflict_term", fields_at + 8 + 1 + 8 + 8 + 1));
                 }
             }
+            MessageBody::InstallSnapshot(_) => fields.push(("snapshot last_term", fields_at + 8)),
+            MessageBody::InstallSnapshotResponse(_) => {}
         }
         fields
     }

@@ -52,6 +52,14 @@ pub struct Config {
     /// pre-vote after a short delay (the survivors take turns, half a
     /// heartbeat interval apart) rather than waiting for the election timeout.
     pub fast_failover: bool,
+    /// When a snapshot is saved, the log keeps this many entries before the
+    /// snapshot's last index, so that a follower that lags a little catches
+    /// up from the log instead of receiving the whole snapshot.
+    pub compaction_trailing_entries: u64,
+    /// Bytes of snapshot per InstallSnapshot message at most. With
+    /// `max_inflight_appends` this bounds what is in flight to one follower
+    /// during a snapshot transfer.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Config {
@@ -72,6 +80,8 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             fast_failover: true,
+            compaction_trailing_entries: 5000,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 
@@ -114,6 +124,7 @@ impl Config {
             || self.max_inflight_appends == 0
             || self.max_uncommitted_entries == 0
             || self.max_pending_reads == 0
+            || self.snapshot_chunk_bytes == 0
         {
             return Err(ConfigError::ZeroLimit);
         }
@@ -130,6 +141,12 @@ impl Config {
             return Err(ConfigError::AppendTooLarge {
                 max_entries: self.max_entries_per_append,
                 max_bytes: self.max_bytes_per_append,
+            });
+        }
+        if self.snapshot_chunk_bytes > codec::MAX_SNAPSHOT_CHUNK {
+            return Err(ConfigError::SnapshotChunkTooLarge {
+                chunk_bytes: self.snapshot_chunk_bytes,
+                max: codec::MAX_SNAPSHOT_CHUNK,
             });
         }
         Ok(())
@@ -192,6 +209,21 @@ pub enum ConfigError {
         /// The last index of the persisted log.
         last_index: LogIndex,
     },
+    /// `snapshot_chunk_bytes` above what one InstallSnapshot frame holds.
+    SnapshotChunkTooLarge {
+        /// Configured `snapshot_chunk_bytes`.
+        chunk_bytes: usize,
+        /// [`crate::codec::MAX_SNAPSHOT_CHUNK`].
+        max: usize,
+    },
+    /// [`crate::PersistentState::entries`] do not start right after the
+    /// snapshot's last index.
+    LogDoesNotFollowSnapshot {
+        /// The snapshot's last index (0 without one).
+        snapshot_index: LogIndex,
+        /// The first persisted entry's index.
+        first_index: LogIndex,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -240,6 +272,17 @@ impl fmt::Display for ConfigError {
             } => write!(
                 f,
                 "the state machine has applied up to {applied}, beyond the log's last index {last_index}"
+            ),
+            ConfigError::SnapshotChunkTooLarge { chunk_bytes, max } => write!(
+                f,
+                "snapshot chunks of {chunk_bytes} bytes exceed the maximum of {max} bytes"
+            ),
+            ConfigError::LogDoesNotFollowSnapshot {
+                snapshot_index,
+                first_index,
+            } => write!(
+                f,
+                "the persisted log starts at {first_index}, not right after the snapshot's last index {snapshot_index}"
             ),
         }
     }

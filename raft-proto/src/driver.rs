@@ -20,7 +20,12 @@
 //!   is in flight, new writes wait for the next;
 //! - applies, read answers and events are handed back in the order the node
 //!   produced them: none depends on this node's own durability (an entry is
-//!   applied only once committed, that is durable on a majority).
+//!   applied only once committed, that is durable on a majority);
+//! - a snapshot received from the leader is installed in the store, the
+//!   node told the outcome at once, and, if installed, the
+//!   [`Action::InstallSnapshot`] handed back among the applies so that the
+//!   caller loads its state machine from it in order; snapshot chunks are
+//!   read from the store as they go out.
 //!
 //! A store may sync synchronously (`raft-node` calls `fsync` and returns) or
 //! asynchronously (the simulator's disk completes it later, and a crash
@@ -31,7 +36,7 @@ use std::collections::VecDeque;
 use crate::action::Action;
 use crate::message::Message;
 use crate::node::Node;
-use crate::types::{Entry, HardState, LogIndex, Term, Time};
+use crate::types::{Entry, HardState, LogIndex, SnapshotMeta, Term, Time};
 
 /// Durable storage for a node's hard state and log, as the driver uses it.
 /// Writes may sit in a volatile cache until [`LogStore::sync`]; an error
@@ -50,6 +55,36 @@ pub trait LogStore {
     /// return. `Ok(false)`: the store completes it later, and its owner
     /// then calls [`Driver::sync_completed`].
     fn sync(&mut self) -> Result<bool, Self::Error>;
+    /// Keeps a chunk of a snapshot received from the leader: `data` at
+    /// `offset` of the snapshot `meta`. Offset 0 starts it afresh; later
+    /// chunks follow on where the previous one ended. Needs no sync.
+    fn write_snapshot_chunk(
+        &mut self,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Self::Error>;
+    /// Every chunk of `meta` was written: check the snapshot (its length,
+    /// checksum, header: a peer or its disk may be broken) and, if it is
+    /// valid, make it this member's snapshot and apply §7's rule to the
+    /// log: if the log holds the entry `(meta.last_index, meta.last_term)`
+    /// the entries after it stay, otherwise the whole log goes. Writes
+    /// issued before it stay ordered before it. `Ok(false)`: invalid,
+    /// nothing changed. The install is durable once the next
+    /// [`LogStore::sync`] completes, or earlier.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool, Self::Error>;
+    /// Entries up to and including `through` are covered by a snapshot
+    /// and may be deleted, now or later. Needs no sync.
+    fn compact_log(&mut self, through: LogIndex) -> Result<(), Self::Error>;
+    /// Reads `len` bytes at `offset` of this member's snapshot `meta`, to
+    /// send to a follower. `Ok(None)` if `meta` is no longer this member's
+    /// snapshot (a newer one replaced it): the chunk is not sent.
+    fn read_snapshot_chunk(
+        &mut self,
+        meta: SnapshotMeta,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<bytes::Bytes>, Self::Error>;
 }
 
 /// Where the driver hands messages to go out.
@@ -114,7 +149,33 @@ impl Driver {
                         store.append_log(&entries)?;
                         self.dirty = true;
                     }
+                    Action::WriteSnapshotChunk { meta, offset, data } => {
+                        store.write_snapshot_chunk(meta, offset, &data)?;
+                    }
+                    Action::InstallSnapshot { meta } => {
+                        let installed = store.install_snapshot(meta)?;
+                        // The answer that says "installed" waits for it
+                        // to be durable, like any answer.
+                        self.dirty = true;
+                        node.handle_snapshot_installed(now, installed);
+                        if installed {
+                            // The caller loads its state machine from it,
+                            // in order with the applies around it.
+                            out.push(Action::InstallSnapshot { meta });
+                        }
+                    }
+                    Action::CompactLog { through } => store.compact_log(through)?,
                     Action::Send(m) => self.send(m, transport),
+                    Action::SendSnapshotChunk { mut message, len } => {
+                        let crate::MessageBody::InstallSnapshot(is) = &mut message.body else {
+                            unreachable!("a snapshot chunk is an InstallSnapshot");
+                        };
+                        if let Some(data) = store.read_snapshot_chunk(is.meta, is.offset, len)? {
+                            debug_assert_eq!(data.len(), len, "read_snapshot_chunk: short read");
+                            is.data = data;
+                            self.send(message, transport);
+                        }
+                    }
                     other => out.push(other),
                 }
             }
@@ -232,6 +293,23 @@ mod tests {
         fn sync(&mut self) -> Result<bool, ()> {
             self.syncs += 1;
             Ok(self.synchronous)
+        }
+        fn write_snapshot_chunk(&mut self, _: SnapshotMeta, _: u64, _: &[u8]) -> Result<(), ()> {
+            unreachable!("no snapshots in these tests")
+        }
+        fn install_snapshot(&mut self, _: SnapshotMeta) -> Result<bool, ()> {
+            unreachable!("no snapshots in these tests")
+        }
+        fn compact_log(&mut self, _: LogIndex) -> Result<(), ()> {
+            unreachable!("no snapshots in these tests")
+        }
+        fn read_snapshot_chunk(
+            &mut self,
+            _: SnapshotMeta,
+            _: u64,
+            _: usize,
+        ) -> Result<Option<Bytes>, ()> {
+            unreachable!("no snapshots in these tests")
         }
     }
 

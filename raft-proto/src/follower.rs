@@ -3,8 +3,11 @@
 //! leader of its term.
 
 use crate::action::{Action, PeerFault};
-use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody};
-use crate::node::Node;
+use crate::message::{
+    AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
+    Message, MessageBody,
+};
+use crate::node::{IncomingSnapshot, Installing, Node};
 use crate::types::{LogIndex, NodeId, Time};
 
 impl Node {
@@ -14,43 +17,48 @@ impl Node {
         match msg.body {
             MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
             MessageBody::AppendEntries(ae) => {
-                // A term has one leader (§5.2); once we know it, an
-                // AppendEntries of this term from anyone else is forged.
-                if let Some(leader) = self.leader.filter(|&l| l != msg.from) {
-                    let fault = PeerFault::SecondLeader {
-                        term: msg.term,
-                        leader,
-                    };
-                    self.peer_fault(msg.from, fault);
-                    return;
+                if self.heard_from_leader(now, msg.from, msg.term) {
+                    self.handle_append_entries(msg.from, ae);
                 }
-                self.set_leader(Some(msg.from));
-                self.last_leader_contact = Some(now);
-                self.election_reason = None;
-                self.reset_election_deadline(now);
-                self.handle_append_entries(msg.from, ae);
+            }
+            MessageBody::InstallSnapshot(is) => {
+                if self.heard_from_leader(now, msg.from, msg.term) {
+                    self.handle_install_snapshot(msg.from, is);
+                }
             }
             // Late answers: to a campaign this node gave up, or to appends
             // it sent while it led this term (before CheckQuorum deposed it).
-            MessageBody::RequestVoteResponse(_) | MessageBody::AppendEntriesResponse(_) => {}
+            MessageBody::RequestVoteResponse(_)
+            | MessageBody::AppendEntriesResponse(_)
+            | MessageBody::InstallSnapshotResponse(_) => {}
         }
     }
 
+    /// A message only the leader of this term sends came from `from`:
+    /// follow it, unless this term's leader is someone else. A term has one
+    /// leader (§5.2); once we know it, such a message from anyone else is
+    /// forged, and is dropped and reported.
+    fn heard_from_leader(&mut self, now: Time, from: NodeId, term: crate::Term) -> bool {
+        if let Some(leader) = self.leader.filter(|&l| l != from) {
+            self.peer_fault(from, PeerFault::SecondLeader { term, leader });
+            return false;
+        }
+        self.set_leader(Some(from));
+        self.last_leader_contact = Some(now);
+        self.election_reason = None;
+        self.reset_election_deadline(now);
+        true
+    }
+
     /// What makes an AppendEntries of our term or a later one impossible,
-    /// given our log: a `prev_log_index` below the log start, or a
-    /// `(index, term)` pair, for `prev_log_index` or an entry, that differs
-    /// from an entry we know committed. A leader of our term or a later one
-    /// holds every committed entry (§5.4.1, Leader Completeness), so by Log
-    /// Matching it agrees with us on all of them. Checked before anything
+    /// given our log: a `(index, term)` pair, for `prev_log_index` or an
+    /// entry, that differs from an entry we know committed. A leader of our
+    /// term or a later one holds every committed entry (§5.4.1, Leader
+    /// Completeness), so by Log Matching it agrees with us on all of them.
+    /// (Entries below the log start are committed too, but compacted: they
+    /// cannot be compared, and are skipped.) Checked before anything
     /// changes, so `append_to_log` may assert it.
     pub(crate) fn check_append_entries(&self, ae: &AppendEntries) -> Result<(), PeerFault> {
-        let log_start = self.log.start_index();
-        if ae.prev_log_index < log_start {
-            return Err(PeerFault::PrevBelowLogStart {
-                prev_log_index: ae.prev_log_index,
-                log_start,
-            });
-        }
         let commit_index = self.commit_index;
         let check = |index: LogIndex, term| match self.log.term_at(index) {
             Some(committed_term) if index <= commit_index && committed_term != term => {
@@ -80,6 +88,30 @@ impl Node {
 
     /// The consistency check and the log update; returns the answer.
     fn append_to_log(&mut self, ae: &AppendEntries) -> AppendResult {
+        let start = self.log.start_index();
+        if ae.prev_log_index < start {
+            // A late AppendEntries, sent before the leader knew we had
+            // moved past it: what lies below our log start is committed
+            // and compacted, and equals the leader's (§5.4.1; an entry at
+            // the start itself was checked against its remembered term).
+            // Skip that part and check the rest from the start.
+            let skip = (start.0 - ae.prev_log_index.0) as usize;
+            if ae.entries.len() <= skip {
+                let match_index = ae.prev_log_index.plus(ae.entries.len() as u64);
+                return AppendResult::Success { match_index };
+            }
+            let rest = AppendEntries {
+                prev_log_index: start,
+                prev_log_term: self
+                    .log
+                    .term_at(start)
+                    .expect("the log start's term is kept"),
+                entries: ae.entries[skip..].to_vec(),
+                leader_commit: ae.leader_commit,
+                round: ae.round,
+            };
+            return self.append_to_log(&rest);
+        }
         let prev = ae.prev_log_index;
         match self.log.term_at(prev) {
             Some(t) if t == ae.prev_log_term => {}
@@ -171,6 +203,76 @@ impl Node {
             MessageBody::AppendEntriesResponse(AppendEntriesResponse { round, result }),
         );
     }
+
+    /// A chunk of the leader's snapshot (§7). The follower takes a chunk
+    /// only at the offset it expects next, and answers with that offset,
+    /// so a lost or reordered chunk costs the leader a resend from there
+    /// and a transfer resumes where it stopped, as long as the leader,
+    /// its term and the snapshot stay the same. A snapshot that covers
+    /// only what this node has committed already is not needed: the answer
+    /// says "done" at once, and the entries after it stay.
+    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, is: InstallSnapshot) {
+        let meta = is.meta;
+        if meta.last_index <= self.commit_index {
+            self.send_snapshot_response(from, meta.last_index, meta.len, is.round);
+            return;
+        }
+        let term = self.current_term;
+        let same =
+            |inc: &IncomingSnapshot| inc.leader == from && inc.term == term && inc.meta == meta;
+        if is.offset == 0 && !self.incoming.as_ref().is_some_and(same) {
+            self.incoming = Some(IncomingSnapshot {
+                leader: from,
+                term,
+                meta,
+                received: 0,
+            });
+        }
+        let Some(inc) = self.incoming.as_mut().filter(|inc| same(inc)) else {
+            // A chunk of a transfer this node is not receiving (it
+            // restarted, or another one began): start from the beginning.
+            self.send_snapshot_response(from, meta.last_index, 0, is.round);
+            return;
+        };
+        if is.offset == inc.received && !is.data.is_empty() {
+            inc.received += is.data.len() as u64;
+            let complete = inc.received == meta.len;
+            self.persist.push_back(Action::WriteSnapshotChunk {
+                meta,
+                offset: is.offset,
+                data: is.data,
+            });
+            if complete {
+                // Answered once the driver has checked and installed it.
+                self.installing = Some(Installing {
+                    from,
+                    meta,
+                    round: is.round,
+                });
+                self.persist.push_back(Action::InstallSnapshot { meta });
+                return;
+            }
+        }
+        let next_offset = inc.received;
+        self.send_snapshot_response(from, meta.last_index, next_offset, is.round);
+    }
+
+    pub(crate) fn send_snapshot_response(
+        &mut self,
+        to: NodeId,
+        last_index: LogIndex,
+        next_offset: u64,
+        round: u64,
+    ) {
+        self.send(
+            to,
+            MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
+                last_index,
+                next_offset,
+                round,
+            }),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -181,47 +283,78 @@ mod tests {
         PersistentState, Term, Time,
     };
 
-    /// A prev_log_index below the start of the log cannot be checked. Logs
-    /// start at 0 until snapshots exist, so the public API cannot reach
-    /// this yet; it used to be an `unreachable!`.
+    /// Below the start of the log everything is committed and compacted:
+    /// a late AppendEntries that reaches down there is answered for what
+    /// it could match, and the rest of it is checked from the start.
     #[test]
-    fn append_entries_below_the_log_start_is_a_peer_fault() {
+    fn append_entries_below_the_log_start_is_answered_from_the_start() {
         let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
         let config = Config::new(NodeId(1), voters);
         let mut node = Node::new(config, PersistentState::default(), Time::ZERO).unwrap();
         // As if a snapshot covered everything up to index 10, of term 2.
         node.log = RaftLog::new(LogIndex(10), Term(2), vec![]);
+        node.snapshot = Some(crate::SnapshotMeta {
+            last_index: LogIndex(10),
+            last_term: Term(2),
+            len: 1,
+        });
         node.current_term = Term(2);
         node.commit_index = LogIndex(10);
         node.last_applied = LogIndex(10);
         node.persisted_index = LogIndex(10);
         node.check_invariants();
-        let before = node.status();
-        let ae = AppendEntries {
-            prev_log_index: LogIndex(5),
-            prev_log_term: Term(1),
-            entries: vec![],
-            leader_commit: LogIndex(5),
-            round: 0,
+        let entry = |i| crate::Entry {
+            term: Term(2),
+            index: LogIndex(i),
+            payload: crate::EntryPayload::Noop,
         };
-        let msg = Message {
+        let ae = |prev: u64, entries: Vec<crate::Entry>| Message {
             from: NodeId(2),
             to: NodeId(1),
             term: Term(2),
-            body: MessageBody::AppendEntries(ae),
+            body: MessageBody::AppendEntries(AppendEntries {
+                prev_log_index: LogIndex(prev),
+                prev_log_term: Term(1),
+                entries,
+                leader_commit: LogIndex(5),
+                round: 0,
+            }),
         };
-        node.handle_message(Time::ZERO, msg);
-        let actions: Vec<_> = std::iter::from_fn(|| node.poll_action()).collect();
+        let answers = |node: &mut Node| -> Vec<String> {
+            std::iter::from_fn(|| node.poll_action())
+                .filter_map(|a| match a {
+                    crate::Action::Send(m) => Some(m.to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        node.handle_message(Time::ZERO, ae(5, vec![]));
         assert_eq!(
-            actions,
-            vec![crate::Action::Event(Event::PeerFault {
-                peer: NodeId(2),
-                fault: PeerFault::PrevBelowLogStart {
-                    prev_log_index: LogIndex(5),
-                    log_start: LogIndex(10),
-                },
-            })]
+            answers(&mut node),
+            ["n1->n2 t2 AppendEntriesResponse ok match=5 round=0"]
         );
-        assert_eq!(node.status(), before);
+        node.handle_message(Time::ZERO, ae(8, (9..=12).map(entry).collect()));
+        assert_eq!(
+            answers(&mut node),
+            ["n1->n2 t2 AppendEntriesResponse ok match=12 round=0"]
+        );
+        assert_eq!(node.last_log_index(), LogIndex(12));
+        // The entry at the log start must have its remembered term.
+        let old = |i| crate::Entry {
+            term: Term(1),
+            ..entry(i)
+        };
+        node.handle_message(Time::ZERO, ae(8, vec![old(9), old(10)]));
+        let actions: Vec<_> = std::iter::from_fn(|| node.poll_action()).collect();
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [crate::Action::Event(Event::PeerFault {
+                    fault: PeerFault::ConflictsWithCommitted { .. },
+                    ..
+                })]
+            ),
+            "{actions:?}"
+        );
     }
 }

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 
 use crate::action::{Action, Event, PeerFault, Role, RoleChangeReason};
-use crate::message::{AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody};
+use crate::message::{
+    AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
+    Message, MessageBody,
+};
 use crate::node::{LeaderState, Node, RoleState};
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressState};
 use crate::quorum::{majority, quorum_index};
 use crate::read::ReadQueue;
 use crate::types::{Entry, EntryId, EntryPayload, NodeId, Time};
@@ -83,7 +86,19 @@ impl Node {
         };
         let round = ls.round;
         let pr = ls.progress.get_mut(&peer).expect("progress for every peer");
+        if matches!(pr.state, ProgressState::Snapshot { .. }) {
+            self.send_snapshot_chunks(peer, false);
+            return;
+        }
         if pr.is_paused(max_inflight) {
+            return;
+        }
+        if pr.next_index <= self.log.start_index() {
+            // The entries it needs are compacted: send the snapshot that
+            // covers them instead (§7).
+            let meta = self.snapshot.expect("a compacted log has a snapshot");
+            pr.become_snapshot(meta);
+            self.send_snapshot_chunks(peer, true);
             return;
         }
         let entries = if pr.next_index <= self.log.last_index() {
@@ -102,7 +117,7 @@ impl Node {
         let prev_log_term = self
             .log
             .term_at(prev_log_index)
-            .expect("prev entry held (no compaction yet)");
+            .expect("prev entry held: next_index is above the log start");
         let last = prev_log_index.plus(entries.len() as u64);
         pr.sent(last, !entries.is_empty(), round);
         let ae = AppendEntries {
@@ -115,34 +130,108 @@ impl Node {
         self.send(peer, MessageBody::AppendEntries(ae));
     }
 
-    /// Heartbeats: an empty AppendEntries to every follower, anchored at its
-    /// match index so it never fails the consistency check and never
-    /// commits beyond what the follower is known to hold.
-    pub(crate) fn broadcast_heartbeat(&mut self) {
-        let commit = self.commit_index;
-        let RoleState::Leader(ls) = &self.role else {
+    /// Sends chunks of the snapshot to `peer` (in snapshot state) while
+    /// the window allows; with `probe`, an empty chunk at the acknowledged
+    /// offset if nothing else goes, which asks where the follower stands
+    /// and serves as its heartbeat. A transfer of a snapshot that was
+    /// replaced since starts again with the new one.
+    pub(crate) fn send_snapshot_chunks(&mut self, peer: NodeId, probe: bool) {
+        let current = self.snapshot.expect("a snapshot to send");
+        let chunk = self.config.snapshot_chunk_bytes as u64;
+        let window = chunk * self.config.max_inflight_appends as u64;
+        let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
         let round = ls.round;
-        let beats: Vec<(NodeId, AppendEntries)> = ls
-            .progress
-            .iter()
-            .map(|(&peer, pr)| {
-                let prev_log_index = pr.match_index;
-                (
-                    peer,
-                    AppendEntries {
-                        prev_log_index,
-                        prev_log_term: self.log.term_at(prev_log_index).expect("match index held"),
-                        entries: Vec::new(),
-                        leader_commit: commit.min(prev_log_index),
-                        round,
-                    },
-                )
-            })
-            .collect();
+        let pr = ls.progress.get_mut(&peer).expect("progress for every peer");
+        if !matches!(&pr.state, ProgressState::Snapshot { meta, .. } if *meta == current) {
+            pr.become_snapshot(current);
+        }
+        let ProgressState::Snapshot {
+            meta,
+            acked,
+            sent,
+            sent_max,
+            ..
+        } = &mut pr.state
+        else {
+            unreachable!("snapshot state set above");
+        };
+        let meta = *meta;
+        let mut chunks = Vec::new();
+        while *sent < meta.len && *sent - *acked < window {
+            let len = chunk.min(meta.len - *sent);
+            chunks.push((*sent, len));
+            *sent += len;
+        }
+        *sent_max = (*sent_max).max(*sent);
+        if chunks.is_empty() && probe {
+            chunks.push((*acked, 0));
+        }
+        for (offset, len) in chunks {
+            let message = Message {
+                from: self.config.id,
+                to: peer,
+                term: self.current_term,
+                body: MessageBody::InstallSnapshot(InstallSnapshot {
+                    meta,
+                    offset,
+                    data: bytes::Bytes::new(),
+                    round,
+                }),
+            };
+            self.sends.push_back((message, len as usize));
+        }
+    }
+
+    /// Heartbeats: an empty AppendEntries to every follower, anchored at its
+    /// match index (or, when that is compacted, at the log start) so it
+    /// never commits beyond what the follower is known to hold; to a
+    /// follower receiving the snapshot, its next chunks or a probe.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let commit = self.commit_index;
+        let start = self.log.start_index();
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let round = ls.round;
+        let mut beats: Vec<(NodeId, AppendEntries)> = Vec::new();
+        let mut snapshot_peers = Vec::new();
+        for (&peer, pr) in ls.progress.iter_mut() {
+            if let ProgressState::Snapshot {
+                acked,
+                sent,
+                acked_at_heartbeat,
+                ..
+            } = &mut pr.state
+            {
+                // No progress for a whole interval: a chunk was lost.
+                if *acked == *acked_at_heartbeat && *sent > *acked {
+                    *sent = *acked;
+                }
+                *acked_at_heartbeat = *acked;
+                snapshot_peers.push(peer);
+                continue;
+            }
+            let prev_log_index = pr.match_index.max(start);
+            // A heartbeat's answer may name its prev_log_index.
+            pr.sent_index = pr.sent_index.max(prev_log_index);
+            beats.push((
+                peer,
+                AppendEntries {
+                    prev_log_index,
+                    prev_log_term: self.log.term_at(prev_log_index).expect("index held"),
+                    entries: Vec::new(),
+                    leader_commit: commit.min(prev_log_index),
+                    round,
+                },
+            ));
+        }
         for (peer, ae) in beats {
             self.send(peer, MessageBody::AppendEntries(ae));
+        }
+        for peer in snapshot_peers {
+            self.send_snapshot_chunks(peer, true);
         }
     }
 
@@ -200,9 +289,10 @@ impl Node {
         match msg.body {
             MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
             MessageBody::AppendEntriesResponse(r) => self.handle_append_response(now, msg.from, r),
+            MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(msg.from, r),
             // Late answers from the election this leader won.
             MessageBody::RequestVoteResponse(_) => {}
-            MessageBody::AppendEntries(_) => {
+            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
                 debug_assert_eq!(
                     msg.term, self.current_term,
                     "term rules: a newer term deposes"
@@ -286,7 +376,13 @@ impl Node {
                     },
                     None => conflict_index,
                 };
-                pr.on_conflict(rejected_index, hint_next);
+                if !pr.on_conflict(rejected_index, hint_next) {
+                    // A stale rejection, or one of a heartbeat anchored at
+                    // the log start: it moves nothing, but it is an
+                    // answer, so a probe may be retried (one may have been
+                    // lost).
+                    pr.on_answer_without_progress();
+                }
             }
         }
         // In-order links: an append of an earlier round still unanswered
@@ -297,6 +393,74 @@ impl Node {
         }
         self.advance_reads();
         self.send_append(from, false);
+    }
+
+    /// An answer about a snapshot chunk: where the follower stands in the
+    /// transfer, or that it is done (installed, or not needed).
+    pub(crate) fn handle_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            unreachable!("step_leader runs for leaders only");
+        };
+        if r.round > ls.round {
+            let fault = PeerFault::RoundNeverSent {
+                round: r.round,
+                current_round: ls.round,
+            };
+            self.peer_fault(from, fault);
+            return;
+        }
+        let pr = ls.progress.get_mut(&from).expect("progress for every peer");
+        let ProgressState::Snapshot {
+            meta,
+            acked,
+            sent,
+            sent_max,
+            ..
+        } = &mut pr.state
+        else {
+            // About a transfer that is over: nothing to do.
+            pr.recent_active = true;
+            pr.acked_round = pr.acked_round.max(r.round);
+            return;
+        };
+        if meta.last_index != r.last_index {
+            pr.recent_active = true;
+            pr.acked_round = pr.acked_round.max(r.round);
+            return;
+        }
+        let done = r.next_offset == meta.len;
+        if !done && r.next_offset > *sent_max {
+            let fault = PeerFault::ChunkNeverSent {
+                next_offset: r.next_offset,
+                sent: *sent_max,
+            };
+            self.peer_fault(from, fault);
+            return;
+        }
+        pr.recent_active = true;
+        pr.acked_round = pr.acked_round.max(r.round);
+        if done {
+            // The follower's log now matches ours up to the snapshot's
+            // last index: replicate the rest of the log from there.
+            let last_index = meta.last_index;
+            pr.match_index = pr.match_index.max(last_index);
+            pr.sent_index = pr.sent_index.max(pr.match_index);
+            pr.become_replicate();
+            self.leader_maybe_commit();
+            self.advance_reads();
+            self.send_append(from, false);
+            return;
+        }
+        if r.next_offset < *acked {
+            // It lost what it had (a restart): go back to where it is.
+            *acked = r.next_offset;
+            *sent = r.next_offset;
+        } else {
+            *acked = r.next_offset;
+            *sent = (*sent).max(*acked);
+        }
+        self.advance_reads();
+        self.send_snapshot_chunks(from, false);
     }
 
     /// §5.4.2: commit the highest index a majority holds, but only by

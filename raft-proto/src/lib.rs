@@ -108,11 +108,12 @@ pub use action::{
 pub use bytes::Bytes;
 pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
 pub use message::{
-    AppendEntries, AppendEntriesResponse, AppendResult, Message, MessageBody, RequestVote,
-    RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
+    Message, MessageBody, RequestVote, RequestVoteResponse,
 };
 pub use node::{Node, PersistentState, Status};
 pub use rng::Rng;
 pub use types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time, MAX_ENTRY_LEN,
+    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term, Time,
+    MAX_ENTRY_LEN,
 };

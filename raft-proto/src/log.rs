@@ -140,6 +140,36 @@ impl RaftLog {
         self.entries.truncate(keep);
     }
 
+    /// Drops every entry up to and including `through`, which a snapshot
+    /// covers; the log then starts after it (§7). Its term is remembered,
+    /// so the consistency check still works at `through`.
+    pub(crate) fn compact_through(&mut self, through: LogIndex) {
+        if through <= self.offset {
+            return;
+        }
+        let term = self.term_at(through).expect("compact within the log");
+        let n = (through.0 - self.offset.0) as usize;
+        self.entries.drain(..n);
+        self.offset = through;
+        self.offset_term = term;
+    }
+
+    /// Installs a snapshot ending at `(last_index, last_term)` (§7): if the
+    /// log holds that entry, the entries after it stay (by Log Matching they
+    /// agree with the leader's up to there); otherwise the whole log goes.
+    /// Returns whether the suffix was kept.
+    pub(crate) fn install_snapshot(&mut self, last_index: LogIndex, last_term: Term) -> bool {
+        if self.term_at(last_index) == Some(last_term) {
+            self.compact_through(last_index);
+            true
+        } else {
+            self.entries.clear();
+            self.offset = last_index;
+            self.offset_term = last_term;
+            false
+        }
+    }
+
     /// The first index of the run of entries with `term` that contains
     /// `index` (§5.3's conflict optimization: skip a whole term per round trip).
     pub(crate) fn first_index_of_term_run(&self, index: LogIndex, term: Term) -> LogIndex {
@@ -247,6 +277,34 @@ mod tests {
         assert_eq!(log.slice(LogIndex(1), 100, 250).len(), 2);
         assert_eq!(log.slice(LogIndex(1), 100, 10).len(), 1);
         assert_eq!(log.slice(LogIndex(11), 100, 1000).len(), 0);
+    }
+
+    #[test]
+    fn compaction_and_install_keep_the_consistency_check() {
+        let mut log = log_of(&[1, 1, 2, 2, 3]);
+        log.compact_through(LogIndex(3));
+        assert_eq!(log.start_index(), LogIndex(3));
+        assert_eq!(log.term_at(LogIndex(3)), Some(Term(2)));
+        assert_eq!(log.entry(LogIndex(3)), None);
+        assert_eq!(log.last_index(), LogIndex(5));
+        log.check_invariants();
+        // A snapshot that matches an entry keeps what follows it.
+        assert!(log.install_snapshot(LogIndex(4), Term(2)));
+        assert_eq!(
+            (log.start_index(), log.last_index()),
+            (LogIndex(4), LogIndex(5))
+        );
+        // One that does not match replaces the whole log.
+        assert!(!log.install_snapshot(LogIndex(5), Term(4)));
+        assert_eq!(
+            (log.start_index(), log.last_index()),
+            (LogIndex(5), LogIndex(5))
+        );
+        assert_eq!(log.last_term(), Term(4));
+        // Beyond the log: the same.
+        assert!(!log.install_snapshot(LogIndex(9), Term(4)));
+        assert_eq!(log.last_index(), LogIndex(9));
+        log.check_invariants();
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! then what only it can know (see [`crate::PeerFault`]); its handlers trust
 //! what passed.
 
-use crate::types::{Entry, LogIndex, NodeId, Term};
+use bytes::Bytes;
+
+use crate::types::{Entry, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// A message from one member to another.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -31,6 +33,41 @@ pub enum MessageBody {
     AppendEntries(AppendEntries),
     /// The answer to an [`AppendEntries`].
     AppendEntriesResponse(AppendEntriesResponse),
+    /// A chunk of the leader's snapshot, for a follower that needs entries
+    /// the leader no longer holds (§7).
+    InstallSnapshot(InstallSnapshot),
+    /// The answer to an [`InstallSnapshot`].
+    InstallSnapshotResponse(InstallSnapshotResponse),
+}
+
+/// InstallSnapshot arguments (§7, chunked as in Figure 13). The chunks of
+/// one transfer go out in order; the follower takes a chunk only at the
+/// offset it expects next, so a lost or reordered chunk costs a resend from
+/// there, never a hole. An empty chunk is a probe (and a heartbeat): the
+/// answer says where the follower stands.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct InstallSnapshot {
+    /// The snapshot being sent.
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the serialised snapshot.
+    pub offset: u64,
+    /// The chunk: `meta.len - offset` bytes at most.
+    pub data: Bytes,
+    /// The leader's heartbeat round, echoed as in [`AppendEntries::round`].
+    pub round: u64,
+}
+
+/// InstallSnapshot result.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct InstallSnapshotResponse {
+    /// The `meta.last_index` of the snapshot answered.
+    pub last_index: LogIndex,
+    /// The offset the follower expects next; `len` of the snapshot once it
+    /// is installed (or when the follower needed none of it: its commit
+    /// index had reached `last_index` already).
+    pub next_offset: u64,
+    /// Echo of the request's `round`.
+    pub round: u64,
 }
 
 /// RequestVote / PreVote arguments.
@@ -112,10 +149,15 @@ impl Message {
     /// Whether the driver may send this message before the fsync of the
     /// persistence actions drained with it: a leader's AppendEntries (thesis
     /// §10.2.1; the leader counts itself in commits only once its entries
-    /// are reported durable). Every other message (votes, responses)
-    /// depends on what was just persisted and MUST wait for the fsync.
+    /// are reported durable), and a leader's snapshot chunk (a snapshot is
+    /// durable before the node learns of it). Every other message (votes,
+    /// responses) depends on what was just persisted and MUST wait for the
+    /// fsync.
     pub fn may_precede_persistence(&self) -> bool {
-        matches!(self.body, MessageBody::AppendEntries(_))
+        matches!(
+            self.body,
+            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_)
+        )
     }
 
     /// A short name for the message kind, for logs and counters.
@@ -128,6 +170,8 @@ impl Message {
             MessageBody::AppendEntries(ae) if ae.entries.is_empty() => "Heartbeat",
             MessageBody::AppendEntries(_) => "AppendEntries",
             MessageBody::AppendEntriesResponse(_) => "AppendEntriesResponse",
+            MessageBody::InstallSnapshot(_) => "InstallSnapshot",
+            MessageBody::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
         }
     }
 }
@@ -177,6 +221,21 @@ impl std::fmt::Display for Message {
                     }
                 }
             },
+            MessageBody::InstallSnapshot(is) => write!(
+                f,
+                " snap={}@t{} len={} offset={} data={} round={}",
+                is.meta.last_index,
+                is.meta.last_term,
+                is.meta.len,
+                is.offset,
+                is.data.len(),
+                is.round
+            ),
+            MessageBody::InstallSnapshotResponse(r) => write!(
+                f,
+                " snap={} next_offset={} round={}",
+                r.last_index, r.next_offset, r.round
+            ),
         }
     }
 }

@@ -18,21 +18,27 @@ use crate::quorum::VoteTally;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, Term, Time, MAX_ENTRY_LEN,
+    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term, Time,
+    MAX_ENTRY_LEN,
 };
 
-/// What a node finds on disk when it starts: the hard state and the log.
-/// An empty value is a first boot.
+/// What a node finds on disk when it starts: the hard state, the latest
+/// snapshot and the log after it. An empty value is a first boot.
 #[derive(Clone, Debug, Default)]
 pub struct PersistentState {
     /// Term and vote as last saved.
     pub hard_state: HardState,
-    /// The log as persisted: consecutive entries starting at index 1.
+    /// The latest snapshot, if any. The state machine starts from it.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The log as persisted: consecutive entries starting right after the
+    /// snapshot's last index (at index 1 without a snapshot). A store that
+    /// kept older entries leaves them out.
     pub entries: Vec<Entry>,
     /// How far a durable state machine has applied the log (0 for one that
-    /// starts empty, like raft-node's). Entries up to here are committed
-    /// (they were applied), and the node starts handing out
-    /// [`crate::Action::Apply`] after it, so nothing is applied twice.
+    /// starts empty, like raft-node's; at least the snapshot's last index).
+    /// Entries up to here are committed (they were applied), and the node
+    /// starts handing out [`crate::Action::Apply`] after it, so nothing is
+    /// applied twice.
     pub applied: LogIndex,
 }
 
@@ -57,6 +63,29 @@ pub struct Status {
     pub last_log_index: LogIndex,
     /// Term of the last log entry.
     pub last_log_term: Term,
+    /// Index just before the first entry the log holds (0, or an index a
+    /// snapshot covers).
+    pub log_start_index: LogIndex,
+    /// The latest snapshot this node knows of, if any.
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+/// A snapshot being received from the leader: which, and how much of it.
+#[derive(Clone, Debug)]
+pub(crate) struct IncomingSnapshot {
+    pub(crate) leader: NodeId,
+    pub(crate) term: Term,
+    pub(crate) meta: SnapshotMeta,
+    /// Bytes handed to the driver so far, from offset 0.
+    pub(crate) received: u64,
+}
+
+/// A received snapshot handed to the driver to check and install.
+#[derive(Clone, Debug)]
+pub(crate) struct Installing {
+    pub(crate) from: NodeId,
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) round: u64,
 }
 
 /// Role-specific state lives in the role's variant (STYLE §6).
@@ -100,6 +129,15 @@ pub struct Node {
     /// Since when this leader has held appends not yet reported durable
     /// (debug check that the driver calls `handle_log_persisted` at all).
     pub(crate) unpersisted_since: Option<Time>,
+    /// The latest snapshot the driver saved or installed. The log holds
+    /// nothing at or below its start, which is at most this snapshot's
+    /// last index.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// A snapshot being received from the leader.
+    pub(crate) incoming: Option<IncomingSnapshot>,
+    /// Set between `Action::InstallSnapshot` and the driver's
+    /// `handle_snapshot_installed`, which must come before any other input.
+    pub(crate) installing: Option<Installing>,
 
     // Volatile state.
     pub(crate) commit_index: LogIndex,
@@ -119,7 +157,9 @@ pub struct Node {
     // Output, drained in this order by `poll_action`.
     pub(crate) hard_state_dirty: bool,
     pub(crate) persist: VecDeque<Action>,
-    pub(crate) sends: VecDeque<Message>,
+    /// Messages to send; an InstallSnapshot comes with the number of bytes
+    /// of snapshot the driver reads into it.
+    pub(crate) sends: VecDeque<(Message, usize)>,
     pub(crate) applies: VecDeque<Entry>,
     pub(crate) read_results: VecDeque<Action>,
     pub(crate) events: VecDeque<Event>,
@@ -146,8 +186,19 @@ impl Node {
         let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Warm the generator so nodes with nearby seeds diverge at once.
         rng.next_u64();
-        let applied = state.applied;
-        let log = RaftLog::new(LogIndex(0), Term(0), state.entries);
+        let (start, start_term) = state
+            .snapshot
+            .map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
+        if let Some(first) = state.entries.first() {
+            if first.index != start.next() {
+                return Err(ConfigError::LogDoesNotFollowSnapshot {
+                    snapshot_index: start,
+                    first_index: first.index,
+                });
+            }
+        }
+        let applied = state.applied.max(start);
+        let log = RaftLog::new(start, start_term, state.entries);
         if applied > log.last_index() {
             return Err(ConfigError::AppliedBeyondLog {
                 applied,
@@ -167,6 +218,9 @@ impl Node {
             voted_for: state.hard_state.voted_for,
             log,
             persisted_index,
+            snapshot: state.snapshot,
+            incoming: None,
+            installing: None,
             commit_index: applied,
             last_applied: applied,
             unpersisted_since: None,
@@ -196,6 +250,7 @@ impl Node {
     /// correct member sends is dropped whole and reported as
     /// [`Event::PeerFault`]; nothing a peer sends makes the node panic.
     pub fn handle_message(&mut self, now: Time, msg: Message) {
+        self.assert_not_installing();
         if self.shut_down || msg.to != self.config.id || !self.peers.contains(&msg.from) {
             return;
         }
@@ -207,6 +262,7 @@ impl Node {
     /// candidates, heartbeats and CheckQuorum for the leader. Early or
     /// repeated calls do nothing.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.assert_not_installing();
         if self.shut_down {
             return;
         }
@@ -231,6 +287,7 @@ impl Node {
     /// timeout. The pre-vote only succeeds if a majority also lost the
     /// leader, so one broken link never forces an election.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
+        self.assert_not_installing();
         if self.shut_down || !self.peers.contains(&peer) {
             return;
         }
@@ -279,6 +336,7 @@ impl Node {
     /// the peer at once, so a restarted follower hears from it before its
     /// own election timeout.
     pub fn handle_link_up(&mut self, now: Time, peer: NodeId) {
+        self.assert_not_installing();
         if self.shut_down || !self.peers.contains(&peer) {
             return;
         }
@@ -298,6 +356,7 @@ impl Node {
     /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
     /// [`ProposeError::TooLarge`] on any node, before anything is appended.
     pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
+        self.assert_not_installing();
         if self.shut_down {
             return Err(ProposeError::NotLeader { leader: None });
         }
@@ -329,6 +388,7 @@ impl Node {
     /// committed when the read arrived, [`Action::ReadReady`] with this id
     /// comes out; if leadership is lost first, [`Action::ReadFailed`].
     pub fn read_index(&mut self, now: Time, id: u64) -> Result<(), ReadError> {
+        self.assert_not_installing();
         let _ = now;
         if self.shut_down {
             return Err(ReadError::NotLeader { leader: None });
@@ -363,6 +423,7 @@ impl Node {
     /// holds (it was truncated since) is ignored. The leader counts itself
     /// in commits only up to the durable index.
     pub fn handle_log_persisted(&mut self, now: Time, index: LogIndex, term: Term) {
+        self.assert_not_installing();
         let _ = now;
         if self.shut_down || self.log.term_at(index) != Some(term) || index <= self.persisted_index
         {
@@ -374,6 +435,104 @@ impl Node {
         }
         self.leader_maybe_commit();
         self.debug_check_invariants();
+    }
+
+    /// The driver saved the state machine, as it stands after applying the
+    /// entry `meta.last_index`, as a durable snapshot of `meta.len` bytes
+    /// (§7). The node may then forget its log up to there: it keeps
+    /// [`Config::compaction_trailing_entries`] entries before it for
+    /// followers that lag a little, hands out [`Action::CompactLog`] for the
+    /// rest, and sends this snapshot to followers that need what is gone.
+    /// A snapshot not newer than the one it has is ignored.
+    ///
+    /// # Panics
+    ///
+    /// On caller misuse: a snapshot beyond what was applied, or whose
+    /// last term is not the term of that entry in the log.
+    pub fn handle_snapshot_saved(&mut self, now: Time, meta: SnapshotMeta) {
+        self.assert_not_installing();
+        let _ = now;
+        if self.shut_down
+            || self
+                .snapshot
+                .is_some_and(|s| s.last_index >= meta.last_index)
+        {
+            return;
+        }
+        assert!(
+            meta.last_index.0 >= 1 && meta.len >= 1,
+            "handle_snapshot_saved: an empty snapshot, or one at index 0"
+        );
+        assert!(
+            meta.last_index <= self.last_applied,
+            "handle_snapshot_saved: snapshot at {} beyond the applied index {}",
+            meta.last_index,
+            self.last_applied
+        );
+        assert_eq!(
+            self.log.term_at(meta.last_index),
+            Some(meta.last_term),
+            "handle_snapshot_saved: snapshot term differs from the log's at {}",
+            meta.last_index
+        );
+        self.snapshot = Some(meta);
+        let through = LogIndex(
+            meta.last_index
+                .0
+                .saturating_sub(self.config.compaction_trailing_entries),
+        );
+        if through > self.log.start_index() {
+            self.log.compact_through(through);
+            self.persist.push_back(Action::CompactLog { through });
+        }
+        self.debug_check_invariants();
+    }
+
+    /// The driver carried out [`Action::InstallSnapshot`]: `installed`
+    /// says whether the snapshot was valid and is now this member's, with
+    /// §7's rule applied to the stored log. MUST come before any other
+    /// input. The node then takes the snapshot as its state (log, commit
+    /// and applied index) and tells the leader; an invalid one is reported
+    /// as [`Event::PeerFault`] and the transfer starts again.
+    pub fn handle_snapshot_installed(&mut self, now: Time, installed: bool) {
+        let _ = now;
+        let inst = self
+            .installing
+            .take()
+            .expect("handle_snapshot_installed without Action::InstallSnapshot");
+        self.incoming = None;
+        if self.shut_down {
+            return;
+        }
+        let meta = inst.meta;
+        if !installed {
+            let fault = PeerFault::BadSnapshot {
+                last_index: meta.last_index,
+            };
+            self.peer_fault(inst.from, fault);
+            return;
+        }
+        assert!(
+            meta.last_index > self.commit_index,
+            "only a snapshot beyond the commit index is installed"
+        );
+        self.log.install_snapshot(meta.last_index, meta.last_term);
+        self.persisted_index = self.persisted_index.min(self.log.last_index());
+        self.commit_index = meta.last_index;
+        // Entries waiting to be applied are older than the snapshot, which
+        // replaces the state they would build.
+        self.applies.clear();
+        self.last_applied = meta.last_index;
+        self.snapshot = Some(meta);
+        self.send_snapshot_response(inst.from, meta.last_index, meta.len, inst.round);
+        self.debug_check_invariants();
+    }
+
+    fn assert_not_installing(&self) {
+        assert!(
+            self.installing.is_none(),
+            "an input arrived between Action::InstallSnapshot and handle_snapshot_installed"
+        );
     }
 
     /// Stops the node: no more actions, no more deadlines. Pending output
@@ -411,8 +570,12 @@ impl Node {
                 self.broadcast_heartbeat();
             }
         }
-        if let Some(m) = self.sends.pop_front() {
-            return Some(Action::Send(m));
+        if let Some((message, len)) = self.sends.pop_front() {
+            return Some(if len > 0 {
+                Action::SendSnapshotChunk { message, len }
+            } else {
+                Action::Send(message)
+            });
         }
         if let Some(e) = self.applies.pop_front() {
             return Some(Action::Apply(e));
@@ -503,6 +666,8 @@ impl Node {
             last_applied: self.last_applied,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            log_start_index: self.log.start_index(),
+            snapshot: self.snapshot,
         }
     }
 
@@ -587,7 +752,7 @@ impl Node {
                 // A granted pre-vote carries the term the candidate asked
                 // for; it is not a newer term anyone is in.
                 MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => {}
-                MessageBody::AppendEntries(_) => {
+                MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
                     self.become_follower(
                         now,
                         msg.term,
@@ -617,6 +782,11 @@ impl Node {
                         match_index: LogIndex(0),
                     };
                     self.send_append_response(msg.from, 0, reply);
+                }
+                // Likewise for a deposed leader's snapshot chunk: "expect
+                // offset 0" moves nothing.
+                MessageBody::InstallSnapshot(is) => {
+                    self.send_snapshot_response(msg.from, is.meta.last_index, 0, 0);
                 }
                 MessageBody::RequestVote(rv) if rv.pre_vote => {
                     self.send_vote_response(msg.from, self.current_term, true, false);
@@ -666,6 +836,8 @@ impl Node {
             self.current_term = term;
             self.voted_for = None;
             self.hard_state_dirty = true;
+            // A transfer belongs to its leader's term.
+            self.incoming = None;
         }
         if let RoleState::Leader(ls) = &mut self.role {
             let leader_hint = leader;
@@ -719,12 +891,15 @@ impl Node {
     // ----- Output helpers -------------------------------------------------
 
     pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.sends.push_back(Message {
-            from: self.config.id,
-            to,
-            term: self.current_term,
-            body,
-        });
+        self.sends.push_back((
+            Message {
+                from: self.config.id,
+                to,
+                term: self.current_term,
+                body,
+            },
+            0,
+        ));
     }
 
     pub(crate) fn send_vote_response(
@@ -734,12 +909,15 @@ impl Node {
         pre_vote: bool,
         granted: bool,
     ) {
-        self.sends.push_back(Message {
-            from: self.config.id,
-            to,
-            term,
-            body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted }),
-        });
+        self.sends.push_back((
+            Message {
+                from: self.config.id,
+                to,
+                term,
+                body: MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted }),
+            },
+            0,
+        ));
     }
 
     /// Moves `commit_index` forward and queues the newly committed entries
@@ -799,6 +977,21 @@ impl Node {
             self.log.last_term() <= self.current_term,
             "invariant: no log entry from a future term"
         );
+        let snapshot_index = self.snapshot.map_or(LogIndex(0), |s| s.last_index);
+        assert!(
+            self.log.start_index() <= snapshot_index,
+            "invariant: only what a snapshot covers is compacted"
+        );
+        assert!(
+            snapshot_index <= self.last_applied,
+            "invariant: a snapshot covers only applied entries"
+        );
+        if let Some(inc) = &self.incoming {
+            assert!(
+                inc.received < inc.meta.len,
+                "invariant: a complete snapshot is installed, not still incoming"
+            );
+        }
         match &self.role {
             RoleState::Leader(ls) => {
                 assert_eq!(

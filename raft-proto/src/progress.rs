@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::LogIndex;
+use crate::types::{LogIndex, SnapshotMeta};
 
 /// How the leader sends to a follower.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +20,24 @@ pub(crate) enum ProgressState {
         /// Last index and heartbeat round of each AppendEntries in flight,
         /// oldest first.
         inflight: VecDeque<(LogIndex, u64)>,
+    },
+    /// The follower needs entries the leader compacted: the leader sends
+    /// its snapshot in chunks, at most `max_inflight_appends` of them
+    /// unanswered, and no AppendEntries until the follower has it (§7).
+    Snapshot {
+        /// The snapshot being sent.
+        meta: SnapshotMeta,
+        /// The follower holds this many bytes of it, as it last said.
+        acked: u64,
+        /// Chunks went out up to here; the next one starts here.
+        sent: u64,
+        /// The furthest `sent` reached in this transfer: an honest answer
+        /// never expects more, unless it says the snapshot is done.
+        sent_max: u64,
+        /// `acked` at the previous heartbeat. A transfer that did not move
+        /// for a whole heartbeat interval lost a chunk: resend from
+        /// `acked`.
+        acked_at_heartbeat: u64,
     },
 }
 
@@ -65,6 +83,19 @@ impl Progress {
             self.match_index <= self.sent_index && self.sent_index <= last_index,
             "progress invariant: match_index <= sent_index <= last_index"
         );
+        if let ProgressState::Snapshot {
+            meta,
+            acked,
+            sent,
+            sent_max,
+            ..
+        } = &self.state
+        {
+            assert!(
+                acked <= sent && sent <= sent_max && *sent_max <= meta.len,
+                "progress invariant: acked <= sent <= sent_max <= snapshot len"
+            );
+        }
         if let ProgressState::Replicate { inflight } = &self.state {
             assert!(
                 inflight.len() <= max_inflight,
@@ -86,7 +117,20 @@ impl Progress {
         match &self.state {
             ProgressState::Probe { paused } => *paused,
             ProgressState::Replicate { inflight } => inflight.len() >= max_inflight,
+            ProgressState::Snapshot { .. } => true,
         }
+    }
+
+    /// Starts sending `meta`, from its first byte.
+    pub(crate) fn become_snapshot(&mut self, meta: SnapshotMeta) {
+        self.state = ProgressState::Snapshot {
+            meta,
+            acked: 0,
+            sent: 0,
+            sent_max: 0,
+            acked_at_heartbeat: 0,
+        };
+        self.next_index = self.match_index.next();
     }
 
     pub(crate) fn become_probe(&mut self) {
@@ -113,6 +157,7 @@ impl Progress {
                     self.next_index = last.next();
                 }
             }
+            ProgressState::Snapshot { .. } => {}
         }
     }
 
@@ -140,6 +185,14 @@ impl Progress {
                     inflight.pop_front();
                 }
             }
+            // A late answer to an append from before the transfer: once
+            // the follower is known to hold what the snapshot covers, it
+            // needs the rest of the log, not the snapshot.
+            ProgressState::Snapshot { meta, .. } => {
+                if self.match_index >= meta.last_index {
+                    self.become_replicate();
+                }
+            }
         }
         advanced
     }
@@ -162,6 +215,8 @@ impl Progress {
                     return false;
                 }
             }
+            // From before the transfer: the snapshot answers decide.
+            ProgressState::Snapshot { .. } => return false,
         }
         let next = hint_next.min(rejected).max(self.match_index.next());
         self.state = ProgressState::Probe { paused: false };
@@ -187,7 +242,7 @@ impl Progress {
             ProgressState::Replicate { inflight } => {
                 inflight.front().is_some_and(|&(_, r)| r < round)
             }
-            ProgressState::Probe { .. } => false,
+            ProgressState::Probe { .. } | ProgressState::Snapshot { .. } => false,
         };
         if lost {
             self.become_probe();

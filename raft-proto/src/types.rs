@@ -221,3 +221,17 @@ pub struct HardState {
     /// The candidate that received this node's vote in `current_term`, if any.
     pub voted_for: Option<NodeId>,
 }
+
+/// What identifies a snapshot (§7): the last entry it covers, and the size
+/// of its serialised form, which travels in chunks to members that need
+/// it. The bytes themselves belong to the driver (its state machine and
+/// its disk); the node only ever handles their offsets.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot covers (at least 1).
+    pub last_index: LogIndex,
+    /// Term of that entry (at least 1).
+    pub last_term: Term,
+    /// Length in bytes of the serialised snapshot (at least 1).
+    pub len: u64,
+}

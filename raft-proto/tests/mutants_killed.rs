@@ -10,7 +10,7 @@ use raft_proto::sim::{encode_write, Cluster};
 use raft_proto::{
     Action, AppendEntries, AppendResult, Bytes, Config, Entry, EntryPayload, HardState, LogIndex,
     Message, MessageBody, Node, NodeId, PersistentState, RequestVote, RequestVoteResponse, Role,
-    Term, Time,
+    SnapshotMeta, Term, Time,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -65,6 +65,23 @@ impl LogStore for Disk {
     fn sync(&mut self) -> Result<bool, ()> {
         self.syncs += 1;
         Ok(false)
+    }
+    fn write_snapshot_chunk(&mut self, _: SnapshotMeta, _: u64, _: &[u8]) -> Result<(), ()> {
+        unreachable!("no snapshots in these tests")
+    }
+    fn install_snapshot(&mut self, _: SnapshotMeta) -> Result<bool, ()> {
+        unreachable!("no snapshots in these tests")
+    }
+    fn compact_log(&mut self, _: LogIndex) -> Result<(), ()> {
+        unreachable!("no snapshots in these tests")
+    }
+    fn read_snapshot_chunk(
+        &mut self,
+        _: SnapshotMeta,
+        _: u64,
+        _: usize,
+    ) -> Result<Option<raft_proto::Bytes>, ()> {
+        unreachable!("no snapshots in these tests")
     }
 }
 
@@ -265,6 +282,7 @@ fn hand_node_of(voters: u64, id: u64, current_term: u64, terms: &[u64]) -> Node 
     let mut config = Config::new(NodeId(id), voters);
     config.seed = 7;
     let state = PersistentState {
+        snapshot: None,
         hard_state: HardState {
             current_term: Term(current_term),
             voted_for: None,

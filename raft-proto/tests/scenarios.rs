@@ -262,6 +262,7 @@ fn hand_node(id: u64, hs: HardState, terms: &[u64]) -> Node {
     Node::new(
         Config::new(NodeId(id), voters),
         PersistentState {
+            snapshot: None,
             hard_state: hs,
             entries,
             applied: LogIndex(0),
@@ -1074,6 +1075,7 @@ fn a_node_at_the_maximum_term_does_not_campaign_and_does_not_panic() {
 fn a_persisted_term_above_the_maximum_is_refused_at_start() {
     let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
     let state = PersistentState {
+        snapshot: None,
         hard_state: HardState {
             current_term: Term(u64::MAX),
             voted_for: None,
@@ -1138,6 +1140,7 @@ fn a_durable_state_machine_is_not_applied_twice_after_a_restart() {
         })
         .collect();
     let state = |applied| PersistentState {
+        snapshot: None,
         hard_state: HardState {
             current_term: Term(1),
             voted_for: Some(NodeId(1)),
@@ -1189,6 +1192,28 @@ fn a_durable_state_machine_is_not_applied_twice_after_a_restart() {
         }
         fn sync(&mut self) -> Result<bool, ()> {
             Ok(true)
+        }
+        fn write_snapshot_chunk(
+            &mut self,
+            _: raft_proto::SnapshotMeta,
+            _: u64,
+            _: &[u8],
+        ) -> Result<(), ()> {
+            unreachable!("no snapshots here")
+        }
+        fn install_snapshot(&mut self, _: raft_proto::SnapshotMeta) -> Result<bool, ()> {
+            unreachable!("no snapshots here")
+        }
+        fn compact_log(&mut self, _: LogIndex) -> Result<(), ()> {
+            unreachable!("no snapshots here")
+        }
+        fn read_snapshot_chunk(
+            &mut self,
+            _: raft_proto::SnapshotMeta,
+            _: u64,
+            _: usize,
+        ) -> Result<Option<raft_proto::Bytes>, ()> {
+            unreachable!("no snapshots here")
         }
     }
     struct Nowhere;

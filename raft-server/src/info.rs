@@ -840,6 +840,8 @@ mod tests {
                 last_applied: LogIndex(1042),
                 last_log_index: LogIndex(1043),
                 last_log_term: Term(7),
+                log_start_index: LogIndex(0),
+                snapshot: None,
             },
             leader_client_addr: Some("127.0.0.1:6401".parse().unwrap()),
             client_port: 6401,

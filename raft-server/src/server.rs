@@ -27,7 +27,7 @@ use mio::{Events, Interest, Poll, Token};
 use raft_proto::driver::{Driver, LogStore, Transport};
 use raft_proto::{
     Action, ElectionReason, Entry, EntryPayload, Event, HardState, LogIndex, Message, Node, NodeId,
-    PersistentState, ProposeError, ReadError, Role, Term, Time,
+    PersistentState, ProposeError, ReadError, Role, SnapshotMeta, Term, Time,
 };
 use slab::Slab;
 
@@ -281,6 +281,7 @@ impl Server {
         let node = Node::new(
             settings.proto_config(seed),
             PersistentState {
+                snapshot: None,
                 hard_state: recovered.hard_state,
                 entries: recovered.entries,
                 applied: LogIndex(0),
@@ -1458,6 +1459,35 @@ impl LogStore for Disk<'_> {
             self.histograms.fsync.observe(took.as_secs_f64());
         }
         Ok(true)
+    }
+
+    // Snapshots are not wired into raft-node yet: no member takes one, so
+    // no leader sends one. A chunk from elsewhere is dropped and the
+    // snapshot refused (the node reports the sender).
+    fn write_snapshot_chunk(
+        &mut self,
+        _: SnapshotMeta,
+        _: u64,
+        _: &[u8],
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, _: SnapshotMeta) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
+    fn compact_log(&mut self, _: LogIndex) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn read_snapshot_chunk(
+        &mut self,
+        _: SnapshotMeta,
+        _: u64,
+        _: usize,
+    ) -> Result<Option<raft_proto::Bytes>, StorageError> {
+        Ok(None)
     }
 }
 

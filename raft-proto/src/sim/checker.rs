@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::message::{Message, MessageBody};
-use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use crate::Role;
 
 /// A broken safety property, with where and when.
@@ -85,8 +85,13 @@ pub struct Checker {
     prefixes: HashMap<(u64, u64), u64>,
     /// State machine safety: what was applied at each index, anywhere.
     committed: Vec<u64>,
-    /// The entries behind `committed`, for leader completeness.
-    committed_terms: Vec<Term>,
+    /// The entries behind `committed`, for leader completeness and to fill
+    /// in what a snapshot covers in a node's log mirror.
+    committed_entries: Vec<Entry>,
+    /// A fingerprint of the state machine at each index a snapshot was
+    /// taken: every snapshot at an index, and every state restored from
+    /// one, must agree.
+    snapshots: BTreeMap<LogIndex, u64>,
     /// Per node, this process lifetime: last applied and commit index seen.
     last_applied: BTreeMap<NodeId, LogIndex>,
     last_commit: BTreeMap<NodeId, LogIndex>,
@@ -204,7 +209,7 @@ impl Checker {
         } else {
             assert_eq!(pos, self.committed.len(), "applies are gapless");
             self.committed.push(h);
-            self.committed_terms.push(e.term);
+            self.committed_entries.push(e.clone());
         }
         Ok(())
     }
@@ -260,9 +265,14 @@ impl Checker {
         if became_leader {
             // Leader completeness (§5.4): a new leader holds every entry
             // committed so far.
-            for (pos, (&h, &t)) in self.committed.iter().zip(&self.committed_terms).enumerate() {
+            for (pos, (&h, c)) in self
+                .committed
+                .iter()
+                .zip(&self.committed_entries)
+                .enumerate()
+            {
                 match log.entries.get(pos) {
-                    Some(e) if e.term == t && entry_hash(e) == h => {}
+                    Some(e) if e.term == c.term && entry_hash(e) == h => {}
                     _ => {
                         return Err(Violation(format!(
                             "leader completeness violated: new leader {id} of term {term} lacks committed entry {}",
@@ -270,6 +280,106 @@ impl Checker {
                         )))
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries applied anywhere so far, in index order.
+    pub(crate) fn committed_entries(&self) -> &[Entry] {
+        &self.committed_entries
+    }
+
+    /// A node took a snapshot of its state machine, fingerprinted
+    /// `machine`, as of `meta.last_index`. It must cover only applied
+    /// entries, name the committed entry's term, and agree with every
+    /// other snapshot at that index.
+    pub(crate) fn on_snapshot(
+        &mut self,
+        id: NodeId,
+        meta: SnapshotMeta,
+        machine: u64,
+    ) -> Result<(), Violation> {
+        let pos = meta.last_index.0 as usize - 1;
+        match self.committed_entries.get(pos) {
+            Some(e) if e.term == meta.last_term => {}
+            Some(e) => {
+                return Err(Violation(format!(
+                    "node {id}: snapshot at {} claims term {}, the committed entry has {}",
+                    meta.last_index, meta.last_term, e.term
+                )))
+            }
+            None => {
+                return Err(Violation(format!(
+                    "node {id}: snapshot at {} covers entries never committed",
+                    meta.last_index
+                )))
+            }
+        }
+        match self.snapshots.insert(meta.last_index, machine) {
+            Some(other) if other != machine => Err(Violation(format!(
+                "node {id}: state machine safety violated: its snapshot at {} differs from another's",
+                meta.last_index
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A node's state machine was restored from the snapshot `meta`, and
+    /// is now fingerprinted `machine`: it must be the state every other
+    /// member had at that index, and applies continue after it.
+    pub(crate) fn on_restore(
+        &mut self,
+        id: NodeId,
+        meta: SnapshotMeta,
+        machine: u64,
+    ) -> Result<(), Violation> {
+        let last = self.last_applied.get(&id).copied().unwrap_or(LogIndex(0));
+        if meta.last_index < last {
+            return Err(Violation(format!(
+                "node {id}: restored a snapshot at {} after applying up to {last}",
+                meta.last_index
+            )));
+        }
+        self.last_applied.insert(id, meta.last_index);
+        match self.snapshots.get(&meta.last_index) {
+            Some(&m) if m != machine => Err(Violation(format!(
+                "node {id}: state machine safety violated: restored state at {} differs from the snapshot taken there",
+                meta.last_index
+            ))),
+            Some(_) => Ok(()),
+            None => Err(Violation(format!(
+                "node {id}: restored a snapshot at {} that nobody took",
+                meta.last_index
+            ))),
+        }
+    }
+
+    /// A node installed the snapshot `meta` received from the leader: its
+    /// log mirror becomes the committed entries up to there, followed by
+    /// its own entries after it if it held the snapshot's last entry (§7).
+    pub(crate) fn on_install(
+        &mut self,
+        id: NodeId,
+        log: &mut DiskLog,
+        meta: SnapshotMeta,
+    ) -> Result<(), Violation> {
+        let n = meta.last_index.0 as usize;
+        if self.committed_entries.len() < n || self.committed_entries[n - 1].term != meta.last_term
+        {
+            return Err(Violation(format!(
+                "node {id}: installed a snapshot at {} (term {}) that does not end in a committed entry",
+                meta.last_index, meta.last_term
+            )));
+        }
+        let keeps = log
+            .entries
+            .get(n - 1)
+            .is_some_and(|e| e.term == meta.last_term);
+        if !keeps {
+            log.truncate_from(LogIndex(1));
+            for e in &self.committed_entries[..n] {
+                log.append(e.clone());
             }
         }
         Ok(())

@@ -11,7 +11,7 @@ use super::disk::{CheckedDisk, SimDisk};
 use crate::driver::{Driver, Transport};
 use crate::{
     Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, Node,
-    NodeId, ProposeError, ReadError, Rng, Role, Term, Time,
+    NodeId, ProposeError, ReadError, Rng, Role, SnapshotMeta, Term, Time,
 };
 
 /// The network's behaviour.
@@ -33,6 +33,9 @@ pub struct NetConfig {
     /// Probability that a restart finds one durable record corrupt (a read
     /// fault): the member must refuse to start.
     pub corrupt_on_restart: f64,
+    /// A member snapshots its state machine once it has applied this many
+    /// entries since its last snapshot (0: never), and compacts its log.
+    pub snapshot_every: u64,
 }
 
 impl Default for NetConfig {
@@ -45,6 +48,7 @@ impl Default for NetConfig {
             eof_delay: Duration::from_millis(1),
             fsync_delay: Duration::from_millis(2),
             corrupt_on_restart: 0.0,
+            snapshot_every: 0,
         }
     }
 }
@@ -111,6 +115,37 @@ pub fn encode_write(key: u64, value: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// The sim state machine's snapshot: a version byte, then each key and
+/// value big-endian, in key order.
+fn encode_machine(machine: &BTreeMap<u64, u64>) -> Bytes {
+    let mut v = Vec::with_capacity(1 + 16 * machine.len());
+    v.push(1);
+    for (k, val) in machine {
+        v.extend_from_slice(&k.to_be_bytes());
+        v.extend_from_slice(&val.to_be_bytes());
+    }
+    Bytes::from(v)
+}
+
+fn decode_machine(data: &[u8]) -> BTreeMap<u64, u64> {
+    assert_eq!(data.first(), Some(&1), "sim snapshot version");
+    assert_eq!((data.len() - 1) % 16, 0, "sim snapshot length");
+    data[1..]
+        .chunks(16)
+        .map(|c| decode_write(c).expect("16 bytes"))
+        .collect()
+}
+
+/// A fingerprint of a state machine, for the checker.
+fn machine_hash(machine: &BTreeMap<u64, u64>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in encode_machine(machine).iter() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 fn decode_write(cmd: &[u8]) -> Option<(u64, u64)> {
     if cmd.len() != 16 {
         return None;
@@ -133,6 +168,10 @@ struct Member {
     /// member refused to start and stays down.
     refused: Option<LogIndex>,
     machine: BTreeMap<u64, u64>,
+    /// The last entry applied to `machine` (or the snapshot it came from).
+    applied: (LogIndex, Term),
+    /// The last index a snapshot was taken at or restored from.
+    snapshot_index: LogIndex,
     reads: BTreeMap<u64, u64>,
     incarnation: u64,
     /// Messages that arrived while frozen, in order (the socket buffers).
@@ -176,6 +215,8 @@ pub struct Cluster {
     forging: bool,
     /// Peer faults reported on forged messages: (reporter, event).
     peer_faults: Vec<(NodeId, Event)>,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
 }
 
 impl Cluster {
@@ -210,6 +251,8 @@ impl Cluster {
             in_flight: None,
             forging: false,
             peer_faults: Vec::new(),
+            snapshots_taken: 0,
+            snapshots_installed: 0,
         };
         for id in ids {
             c.members.insert(
@@ -222,6 +265,8 @@ impl Cluster {
                     disk_stalled: false,
                     refused: None,
                     machine: BTreeMap::new(),
+                    applied: (LogIndex(0), Term(0)),
+                    snapshot_index: LogIndex(0),
                     reads: BTreeMap::new(),
                     incarnation: 0,
                     held: Vec::new(),
@@ -243,8 +288,8 @@ impl Cluster {
             .seed
             .wrapping_mul(0x100_0000_01B3)
             .wrapping_add(id.0 * 1_000_003 + m.incarnation);
-        let state = match m.disk.recover() {
-            Ok(state) => state,
+        let (state, snapshot) = match m.disk.recover() {
+            Ok(r) => r,
             Err(index) => {
                 // Like raft-node: a record that fails its checksum is
                 // refused, never applied, and the member does not start.
@@ -253,11 +298,20 @@ impl Cluster {
             }
         };
         m.driver = Driver::new();
+        let meta = state.snapshot;
         m.node = Some(Node::new(cfg, state, self.now).expect("valid sim config"));
-        m.machine.clear();
+        m.machine = snapshot.as_deref().map(decode_machine).unwrap_or_default();
+        m.applied = meta.map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
+        m.snapshot_index = m.applied.0;
         m.reads.clear();
         m.frozen = false;
         self.checker.on_restart(id);
+        if let Some(meta) = meta {
+            let r = self.checker.on_restore(id, meta, machine_hash(&m.machine));
+            if let Err(v) = r {
+                self.violation.get_or_insert(v);
+            }
+        }
         true
     }
 
@@ -330,6 +384,11 @@ impl Cluster {
         self.sent.clear();
     }
 
+    /// Snapshots taken so far, and installed from a leader.
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        (self.snapshots_taken, self.snapshots_installed)
+    }
+
     /// The safety checker (for statistics).
     pub fn checker(&self) -> &Checker {
         &self.checker
@@ -394,7 +453,9 @@ impl Cluster {
         // Messages the driver held for a sync never left; of the writes
         // not yet synced, the disk keeps a prefix (maybe torn).
         m.driver.crash();
-        let (kept, unsynced) = m.disk.crash(&mut self.rng);
+        let (kept, unsynced) = m
+            .disk
+            .crash(&mut self.rng, self.checker.committed_entries());
         self.log_line(|| format!("n{id} crashed ({kept} of {unsynced} unsynced writes survived)"));
         self.completions.push(Completion::Crashed { node: id });
         for peer in self.ids.clone() {
@@ -823,10 +884,27 @@ impl Cluster {
                             member.machine.insert(k, v);
                         }
                     }
+                    member.applied = (e.index, e.term);
                     let r = self.checker.on_apply(id, &e);
                     self.completions
                         .push(Completion::Applied { node: id, entry: e });
                     r
+                }
+                Action::InstallSnapshot { meta } => {
+                    let (m, data) = member.disk.written_snapshot.as_ref().expect("installed");
+                    assert_eq!(*m, meta, "the driver installed another snapshot");
+                    member.machine = decode_machine(data);
+                    member.applied = (meta.last_index, meta.last_term);
+                    member.snapshot_index = meta.last_index;
+                    self.snapshots_installed += 1;
+                    if let Some(t) = &mut self.trace {
+                        t.push(format!(
+                            "{} n{id} installed snapshot {}@t{}",
+                            self.now, meta.last_index, meta.last_term
+                        ));
+                    }
+                    self.checker
+                        .on_restore(id, meta, machine_hash(&member.machine))
                 }
                 Action::ReadReady { id: read_id } => {
                     let key = member.reads.remove(&read_id).expect("read registered");
@@ -904,6 +982,44 @@ impl Cluster {
         for m in outbox.0 {
             self.transmit(m);
         }
+        self.maybe_snapshot(id);
+    }
+
+    /// Takes a snapshot of `id`'s state machine once it applied
+    /// `net.snapshot_every` entries since the last one, as a server would
+    /// on its threshold: durable first, then the node is told (and
+    /// compacts its log).
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let every = self.net.snapshot_every;
+        let member = self.members.get_mut(&id).expect("member");
+        let (index, term) = member.applied;
+        if every == 0 || index.0 < member.snapshot_index.0 + every || member.node.is_none() {
+            return;
+        }
+        let data = encode_machine(&member.machine);
+        let meta = SnapshotMeta {
+            last_index: index,
+            last_term: term,
+            len: data.len() as u64,
+        };
+        member.snapshot_index = index;
+        member.disk.save_snapshot((meta, data));
+        self.snapshots_taken += 1;
+        let r = self
+            .checker
+            .on_snapshot(id, meta, machine_hash(&member.machine));
+        if let Err(v) = r {
+            self.violation
+                .get_or_insert(Violation(format!("at {}: {v}", self.now)));
+        }
+        let now = self.now;
+        member
+            .node
+            .as_mut()
+            .expect("running")
+            .handle_snapshot_saved(now, meta);
+        self.log_line(|| format!("n{id} snapshot {index}@t{term}"));
+        self.after_input(id);
     }
 
     fn transmit(&mut self, m: Message) {
@@ -961,18 +1077,18 @@ impl Cluster {
         self.members[&id].disk.durable_hs
     }
 
-    /// The durable log length of `id`.
+    /// The last index of `id`'s durable log.
     pub fn persisted_last_index(&self, id: NodeId) -> LogIndex {
-        LogIndex(self.members[&id].disk.durable_log().len() as u64)
+        let (start, log) = self.members[&id].disk.durable_log();
+        start.plus(log.len() as u64)
     }
 
-    /// Term of `id`'s durable log entry at `index`.
+    /// Term of `id`'s durable log entry at `index`, if the durable log
+    /// holds it (not compacted).
     pub fn persisted_term_at(&self, id: NodeId, index: LogIndex) -> Option<Term> {
-        self.members[&id]
-            .disk
-            .durable_log()
-            .get((index.0 as usize).wrapping_sub(1))
-            .map(|e| e.term)
+        let (start, log) = self.members[&id].disk.durable_log();
+        let pos = index.0.checked_sub(start.0 + 1)?;
+        log.get(pos as usize).map(|e| e.term)
     }
 }
 

@@ -15,14 +15,25 @@
 //!   checksum must catch it, and the member must refuse to start rather
 //!   than apply it.
 //!
+//! - Snapshots: one taken locally is durable before the node hears of it
+//!   (the real store writes a temporary file, fsyncs it and renames it); one
+//!   received from the leader is a write like the others, lost in a crash
+//!   unless synced. Compaction is a write too. Recovery applies §7's rule:
+//!   the log after the snapshot is kept only if it holds the snapshot's last
+//!   entry.
+//!
 //! The simulator's checker sees what was written (the node's view) through
-//! `written`, and what survives a crash through `durable`.
+//! `written`, and what survives a crash through `durable`. The checker's
+//! mirror of the log always starts at index 1: what a snapshot covers is
+//! filled in from the committed entries.
 
 use std::convert::Infallible;
 
+use bytes::Bytes;
+
 use super::checker::{entry_hash, Checker, DiskLog, Violation};
 use crate::driver::LogStore;
-use crate::{Entry, HardState, LogIndex, NodeId, PersistentState, Rng};
+use crate::{Entry, HardState, LogIndex, NodeId, PersistentState, Rng, SnapshotMeta, Term};
 
 /// One write, as issued.
 #[derive(Clone, Debug)]
@@ -30,7 +41,13 @@ enum Op {
     HardState(HardState),
     Truncate(LogIndex),
     Append(Vec<Entry>),
+    /// A snapshot received from the leader, installed.
+    Install(SnapshotMeta, Bytes),
+    Compact(LogIndex),
 }
+
+/// A snapshot: what identifies it, and its bytes.
+pub(crate) type Snapshot = (SnapshotMeta, Bytes);
 
 /// A member's disk.
 #[derive(Debug, Default)]
@@ -40,10 +57,20 @@ pub(crate) struct SimDisk {
     pub(crate) written_log: DiskLog,
     /// What a crash cannot take away.
     pub(crate) durable_hs: HardState,
+    /// The durable log holds the entries after this index, whose term is
+    /// `durable_start_term` (0 until a snapshot was installed or the log
+    /// compacted).
+    durable_start: LogIndex,
+    durable_start_term: Term,
     durable_log: Vec<Entry>,
     /// Each durable entry's checksum, as the real storage keeps one per
     /// record: recomputed at restart to detect corruption.
     durable_sums: Vec<u64>,
+    /// The current snapshot, as written and as durable.
+    pub(crate) written_snapshot: Option<Snapshot>,
+    durable_snapshot: Option<Snapshot>,
+    /// A snapshot being received: its bytes so far.
+    incoming: Option<(SnapshotMeta, Vec<u8>)>,
     /// Written, no sync started yet.
     cache: Vec<Op>,
     /// Covered by the sync in flight.
@@ -66,9 +93,33 @@ impl SimDisk {
         self.syncing.is_some()
     }
 
-    /// The durable log.
-    pub(crate) fn durable_log(&self) -> &[Entry] {
-        &self.durable_log
+    /// The durable log: the index before its first entry, and the entries.
+    pub(crate) fn durable_log(&self) -> (LogIndex, &[Entry]) {
+        (self.durable_start, &self.durable_log)
+    }
+
+    /// Saves a snapshot taken locally: durable at once (the store writes
+    /// and fsyncs it before telling the node).
+    pub(crate) fn save_snapshot(&mut self, snapshot: Snapshot) {
+        self.written_snapshot = Some(snapshot.clone());
+        self.durable_snapshot = Some(snapshot);
+    }
+
+    fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.durable_start {
+            return Some(self.durable_start_term);
+        }
+        let pos = index.0.checked_sub(self.durable_start.0 + 1)? as usize;
+        self.durable_log.get(pos).map(|e| e.term)
+    }
+
+    fn durable_drop_through(&mut self, through: LogIndex) {
+        let term = self.durable_term_at(through).expect("dropped entries held");
+        let n = (through.0 - self.durable_start.0) as usize;
+        self.durable_log.drain(..n);
+        self.durable_sums.drain(..n);
+        self.durable_start = through;
+        self.durable_start_term = term;
     }
 
     /// The sync in flight completed: its writes are durable.
@@ -83,9 +134,34 @@ impl SimDisk {
         match op {
             Op::HardState(hs) => self.durable_hs = hs,
             Op::Truncate(from) => {
-                let keep = from.0.saturating_sub(1) as usize;
+                assert!(from > self.durable_start, "truncation below the log start");
+                let keep = (from.0 - self.durable_start.0 - 1) as usize;
                 self.durable_log.truncate(keep);
                 self.durable_sums.truncate(keep);
+            }
+            Op::Install(meta, data) => {
+                // §7, as the real store does it.
+                if self.durable_term_at(meta.last_index) == Some(meta.last_term) {
+                    if meta.last_index > self.durable_start {
+                        self.durable_drop_through(meta.last_index);
+                    }
+                } else {
+                    self.durable_log.clear();
+                    self.durable_sums.clear();
+                    self.durable_start = meta.last_index;
+                    self.durable_start_term = meta.last_term;
+                }
+                self.durable_snapshot = Some((meta, data));
+            }
+            Op::Compact(through) => {
+                let covered = self
+                    .durable_snapshot
+                    .as_ref()
+                    .is_some_and(|(m, _)| m.last_index >= through);
+                assert!(covered, "compaction beyond the durable snapshot");
+                if through > self.durable_start {
+                    self.durable_drop_through(through);
+                }
             }
             Op::Append(entries) => {
                 for e in entries {
@@ -99,7 +175,7 @@ impl SimDisk {
     /// The process died: a prefix of the unsynced writes survives, the last
     /// surviving append maybe torn (and so lost from that record on).
     /// Returns how many of the unsynced ops survived, for the trace.
-    pub(crate) fn crash(&mut self, rng: &mut Rng) -> (usize, usize) {
+    pub(crate) fn crash(&mut self, rng: &mut Rng, committed: &[Entry]) -> (usize, usize) {
         let mut unsynced: Vec<Op> = self.syncing.take().unwrap_or_default();
         unsynced.append(&mut self.cache);
         let total = unsynced.len();
@@ -116,7 +192,8 @@ impl SimDisk {
         for op in unsynced {
             self.make_durable(op);
         }
-        self.restore_written();
+        self.incoming = None;
+        self.restore_written(committed);
         (keep, total)
     }
 
@@ -127,12 +204,13 @@ impl SimDisk {
         }
         let i = rng.range(0, self.durable_sums.len() as u64) as usize;
         self.corrupt = Some(i);
-        Some(LogIndex(i as u64 + 1))
+        Some(self.durable_start.plus(i as u64 + 1))
     }
 
-    /// What a restarting node recovers, or the first record whose checksum
-    /// does not match (the member must refuse to start).
-    pub(crate) fn recover(&self) -> Result<PersistentState, LogIndex> {
+    /// What a restarting node recovers, with the snapshot's bytes, or the
+    /// first record whose checksum does not match (the member must refuse
+    /// to start).
+    pub(crate) fn recover(&self) -> Result<(PersistentState, Option<Bytes>), LogIndex> {
         for (i, (e, &sum)) in self.durable_log.iter().zip(&self.durable_sums).enumerate() {
             let mut read = entry_hash(e);
             if self.corrupt == Some(i) {
@@ -142,20 +220,65 @@ impl SimDisk {
                 return Err(e.index);
             }
         }
-        Ok(PersistentState {
+        let Some((meta, data)) = self.durable_snapshot.clone() else {
+            assert_eq!(
+                self.durable_start,
+                LogIndex(0),
+                "compacted without a snapshot"
+            );
+            let state = PersistentState {
+                hard_state: self.durable_hs,
+                snapshot: None,
+                entries: self.durable_log.clone(),
+                applied: LogIndex(0),
+            };
+            return Ok((state, None));
+        };
+        // §7: the log after the snapshot counts only if it holds the
+        // snapshot's last entry (else it is another term's uncommitted
+        // tail, or does not reach that far).
+        let entries = if self.durable_term_at(meta.last_index) == Some(meta.last_term) {
+            let skip = (meta.last_index.0 - self.durable_start.0) as usize;
+            self.durable_log[skip..].to_vec()
+        } else {
+            Vec::new()
+        };
+        let state = PersistentState {
             hard_state: self.durable_hs,
-            entries: self.durable_log.clone(),
-            applied: LogIndex(0),
-        })
+            snapshot: Some(meta),
+            entries,
+            applied: meta.last_index,
+        };
+        Ok((state, Some(data)))
     }
 
-    /// After a crash, the node's view is the durable state again.
-    fn restore_written(&mut self) {
+    /// After a crash, the node's view is the durable state again. The
+    /// checker's mirror starts at index 1: what the snapshot covers comes
+    /// from the committed entries.
+    fn restore_written(&mut self, committed: &[Entry]) {
         self.written_hs = self.durable_hs;
+        self.written_snapshot = self.durable_snapshot.clone();
         self.written_log = DiskLog::default();
-        for e in &self.durable_log {
+        let (state, _) = match self.recover_ignoring_corruption() {
+            Some(r) => r,
+            None => return,
+        };
+        let start = state.snapshot.map_or(LogIndex(0), |m| m.last_index);
+        for e in &committed[..start.0 as usize] {
             self.written_log.append(e.clone());
         }
+        for e in state.entries {
+            self.written_log.append(e);
+        }
+    }
+
+    fn recover_ignoring_corruption(&self) -> Option<(PersistentState, Option<Bytes>)> {
+        let corrupt = self.corrupt;
+        if corrupt.is_some() {
+            // Refused at restart anyway; the mirror does not matter.
+            return None;
+        }
+        self.recover().ok()
     }
 }
 
@@ -193,6 +316,65 @@ impl LogStore for CheckedDisk<'_> {
         self.disk.written_log.truncate_from(from);
         self.disk.cache.push(Op::Truncate(from));
         Ok(())
+    }
+
+    fn write_snapshot_chunk(
+        &mut self,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Infallible> {
+        if offset == 0 {
+            self.disk.incoming = Some((meta, Vec::new()));
+        }
+        let (m, bytes) = self
+            .disk
+            .incoming
+            .as_mut()
+            .expect("a snapshot being received");
+        assert!(
+            *m == meta && bytes.len() as u64 == offset,
+            "driver wrote a snapshot chunk out of order"
+        );
+        bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool, Infallible> {
+        let Some((m, bytes)) = self.disk.incoming.take() else {
+            return Ok(false);
+        };
+        if m != meta || bytes.len() as u64 != meta.len {
+            return Ok(false);
+        }
+        let data = Bytes::from(bytes);
+        let r = self
+            .checker
+            .on_install(self.id, &mut self.disk.written_log, meta);
+        self.note(r);
+        self.disk.written_snapshot = Some((meta, data.clone()));
+        self.disk.cache.push(Op::Install(meta, data));
+        Ok(true)
+    }
+
+    fn compact_log(&mut self, through: LogIndex) -> Result<(), Infallible> {
+        self.disk.cache.push(Op::Compact(through));
+        Ok(())
+    }
+
+    fn read_snapshot_chunk(
+        &mut self,
+        meta: SnapshotMeta,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Bytes>, Infallible> {
+        Ok(match &self.disk.written_snapshot {
+            Some((m, data)) if *m == meta => {
+                let at = offset as usize;
+                Some(data.slice(at..at + len))
+            }
+            _ => None,
+        })
     }
 
     fn append_log(&mut self, entries: &[Entry]) -> Result<(), Infallible> {

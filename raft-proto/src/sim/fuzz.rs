@@ -168,6 +168,7 @@ impl NodeDriver {
             voted_for: (voted != 0).then_some(NodeId(u64::from(voted))),
         };
         let state = PersistentState {
+            snapshot: None,
             hard_state,
             entries: disk.clone(),
             applied: LogIndex(0),
@@ -329,6 +330,7 @@ impl NodeDriver {
 
     fn restart(&mut self) {
         let state = PersistentState {
+            snapshot: None,
             hard_state: self.hard_state,
             entries: self.disk.clone(),
             applied: LogIndex(0),
@@ -652,6 +654,12 @@ impl NodeDriver {
         let mut out = Vec::new();
         while let Some(a) = self.node.poll_action() {
             self.perform(&a);
+            if let Action::InstallSnapshot { .. } = a {
+                // Whatever hostile peers assembled is refused, as a store
+                // refuses a snapshot whose checksum fails; the node must
+                // drop the transfer and report it.
+                self.node.handle_snapshot_installed(self.now, false);
+            }
             out.push(a);
         }
         out
@@ -739,6 +747,16 @@ impl NodeDriver {
                 *self.stats.fault_kinds.entry(kind.to_string()).or_default() += 1;
             }
             Action::Event(_) => {}
+            Action::WriteSnapshotChunk { meta, offset, data } => {
+                assert!(
+                    offset + data.len() as u64 <= meta.len,
+                    "chunk beyond the snapshot"
+                );
+            }
+            Action::InstallSnapshot { .. } => {}
+            Action::CompactLog { .. } | Action::SendSnapshotChunk { .. } => {
+                panic!("{a:?} without a snapshot saved")
+            }
         }
     }
 

@@ -55,6 +55,10 @@ pub struct RunReport {
     pub committed: u64,
     /// Terms that had a leader.
     pub leader_terms: usize,
+    /// Snapshots taken, and installed from a leader.
+    pub snapshots_taken: u64,
+    /// Snapshots a member installed from its leader.
+    pub snapshots_installed: u64,
     /// Virtual time from healing to a new commit on every node.
     pub recovery: Duration,
     /// The trace, when asked for.
@@ -87,7 +91,13 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     // Small batches and windows make flow control and batching bite.
     config.max_entries_per_append = 1 + rng.range(0, 64) as usize;
     config.max_inflight_appends = 1 + rng.range(0, 8) as usize;
+    // Every run compacts: snapshots every few dozen entries, a short
+    // trailing log, and chunks small enough that a transfer takes several.
+    config.compaction_trailing_entries = [0, 3, 20][rng.range(0, 3) as usize];
+    config.snapshot_chunk_bytes = 16 + rng.range(0, 100) as usize;
+    let snapshot_every = [10, 25, 60][rng.range(0, 3) as usize];
     let mut cluster = Cluster::with_config(config, seed);
+    cluster.net.snapshot_every = snapshot_every;
     if opts.trace {
         cluster.enable_trace();
     }
@@ -272,6 +282,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     }
     report.committed = cluster.checker().committed_len();
     report.leader_terms = cluster.checker().leader_terms();
+    (report.snapshots_taken, report.snapshots_installed) = cluster.snapshot_counts();
     report.trace = cluster.take_trace();
     Ok(report)
 }

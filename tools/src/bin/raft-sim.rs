@@ -84,6 +84,7 @@ fn main() -> ExitCode {
     }
     let began = Instant::now();
     let (mut ops, mut unknown, mut committed) = (0u64, 0u64, 0u64);
+    let (mut snapshots, mut installs, mut seeds_installing) = (0u64, 0u64, 0u64);
     let mut worst_recovery = (Duration::ZERO, start);
     for seed in start..end {
         if single {
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
                         println!("{line}");
                     }
                     println!(
-                        "ok: {} nodes, {} faults, {} ops ok, {} failed, {} unknown, {} entries committed, {} terms with a leader, recovered {} ms after healing",
+                        "ok: {} nodes, {} faults, {} ops ok, {} failed, {} unknown, {} entries committed, {} terms with a leader, {} snapshots taken, {} installed from a leader, recovered {} ms after healing",
                         r.nodes,
                         r.faults.len(),
                         r.ok,
@@ -104,12 +105,17 @@ fn main() -> ExitCode {
                         r.unknown,
                         r.committed,
                         r.leader_terms,
+                        r.snapshots_taken,
+                        r.snapshots_installed,
                         r.recovery.as_millis()
                     );
                 }
                 ops += r.ok;
                 unknown += r.unknown;
                 committed += r.committed;
+                snapshots += r.snapshots_taken;
+                installs += r.snapshots_installed;
+                seeds_installing += u64::from(r.snapshots_installed > 0);
                 if r.recovery > worst_recovery.0 {
                     worst_recovery = (r.recovery, seed);
                 }
@@ -124,7 +130,7 @@ fn main() -> ExitCode {
     }
     if !single {
         println!(
-            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, worst recovery after healing {} ms (seed {})",
+            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, {snapshots} snapshots taken, {installs} installed from a leader (in {seeds_installing} seeds), worst recovery after healing {} ms (seed {})",
             end - start,
             began.elapsed().as_secs_f64(),
             worst_recovery.0.as_millis(),
