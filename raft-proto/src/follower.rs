@@ -244,6 +244,7 @@ impl Node {
             });
             if complete {
                 // Answered once the driver has checked and installed it.
+                self.incoming = None;
                 self.installing = Some(Installing {
                     from,
                     meta,
