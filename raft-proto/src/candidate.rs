@@ -121,7 +121,10 @@ impl Node {
             }
             // Late answers to appends a pre-candidate sent while it led this
             // term (before CheckQuorum deposed it).
-            MessageBody::AppendEntriesResponse(_) | MessageBody::InstallSnapshotResponse(_) => {}
+            MessageBody::AppendEntriesResponse(_)
+            | MessageBody::InstallSnapshotResponse(_)
+            | MessageBody::ReadIndexResponse(_) => {}
+            MessageBody::ReadIndexRequest(r) => self.send_read_index_response(msg.from, r.id, None),
         }
     }
 

@@ -25,6 +25,9 @@
 //!   tag 5  InstallSnapshot        last_index:u64 last_term:u64 len:u64
 //!                                 offset:u64 round:u64 data_len:u32 byte{data_len}
 //!   tag 6  InstallSnapshotResponse last_index:u64 next_offset:u64 round:u64
+//!   tag 7  ReadIndexRequest       id:u64
+//!   tag 8  ReadIndexResponse      id:u64 read_index:option_index
+//! option_index = 0 | 1 index:u64
 //! entry    = term:u64 index:u64 payload
 //! payload  = 1                               Noop
 //!          | 2 len:u32 byte{len}             Command
@@ -59,7 +62,8 @@
 //! - a snapshot chunk whose snapshot is empty or at index or term 0, whose
 //!   last term exceeds the leader's, whose data is longer than
 //!   [`MAX_SNAPSHOT_CHUNK`] or reaches past the snapshot's length; an answer
-//!   about a snapshot at index 0.
+//!   about a snapshot at index 0; a read index of 0 (a leader answers
+//!   only once it has committed an entry).
 //!
 //! Whatever needs the receiver's state (is `to` me, is `from` a voter, does
 //! `match_index` exceed my log) is the node's to check.
@@ -70,7 +74,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
-    Message, MessageBody, RequestVote, RequestVoteResponse,
+    Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
 };
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term, MAX_ENTRY_LEN};
 
@@ -128,6 +132,8 @@ const TAG_APPEND_ENTRIES: u8 = 3;
 const TAG_APPEND_ENTRIES_RESPONSE: u8 = 4;
 const TAG_INSTALL_SNAPSHOT: u8 = 5;
 const TAG_INSTALL_SNAPSHOT_RESPONSE: u8 = 6;
+const TAG_READ_INDEX_REQUEST: u8 = 7;
+const TAG_READ_INDEX_RESPONSE: u8 = 8;
 
 const PAYLOAD_NOOP: u8 = 1;
 const PAYLOAD_COMMAND: u8 = 2;
@@ -341,6 +347,8 @@ fn body_len(msg: &Message) -> usize {
         }
         MessageBody::InstallSnapshot(is) => INSTALL_SNAPSHOT_FIXED_LEN + is.data.len(),
         MessageBody::InstallSnapshotResponse(_) => 8 + 8 + 8,
+        MessageBody::ReadIndexRequest(_) => 8,
+        MessageBody::ReadIndexResponse(r) => 8 + 1 + r.read_index.map_or(0, |_| 8),
     };
     1 + MESSAGE_HEADER_LEN + fields
 }
@@ -360,6 +368,8 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
         MessageBody::AppendEntriesResponse(_) => TAG_APPEND_ENTRIES_RESPONSE,
         MessageBody::InstallSnapshot(_) => TAG_INSTALL_SNAPSHOT,
         MessageBody::InstallSnapshotResponse(_) => TAG_INSTALL_SNAPSHOT_RESPONSE,
+        MessageBody::ReadIndexRequest(_) => TAG_READ_INDEX_REQUEST,
+        MessageBody::ReadIndexResponse(_) => TAG_READ_INDEX_RESPONSE,
     };
     dst.put_u8(tag);
     dst.put_u64(msg.from.0);
@@ -436,6 +446,17 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
             dst.put_u64(r.last_index.0);
             dst.put_u64(r.next_offset);
             dst.put_u64(r.round);
+        }
+        MessageBody::ReadIndexRequest(r) => dst.put_u64(r.id),
+        MessageBody::ReadIndexResponse(r) => {
+            dst.put_u64(r.id);
+            match r.read_index {
+                None => dst.put_u8(0),
+                Some(i) => {
+                    dst.put_u8(1);
+                    dst.put_u64(i.0);
+                }
+            }
         }
     }
 }
@@ -514,7 +535,7 @@ impl Reader {
 
     fn message(&mut self) -> Result<Message, DecodeError> {
         let tag = self.u8("message tag")?;
-        if !(TAG_REQUEST_VOTE..=TAG_INSTALL_SNAPSHOT_RESPONSE).contains(&tag) {
+        if !(TAG_REQUEST_VOTE..=TAG_READ_INDEX_RESPONSE).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "message",
                 tag,
@@ -541,10 +562,28 @@ impl Reader {
                 })
             }
             TAG_INSTALL_SNAPSHOT => MessageBody::InstallSnapshot(self.install_snapshot()?),
-            _ => MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
-                last_index: self.index("last_index")?,
-                next_offset: self.u64("next_offset")?,
-                round: self.u64("round")?,
+            TAG_INSTALL_SNAPSHOT_RESPONSE => {
+                MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
+                    last_index: self.index("last_index")?,
+                    next_offset: self.u64("next_offset")?,
+                    round: self.u64("round")?,
+                })
+            }
+            TAG_READ_INDEX_REQUEST => MessageBody::ReadIndexRequest(ReadIndexRequest {
+                id: self.u64("read id")?,
+            }),
+            _ => MessageBody::ReadIndexResponse(ReadIndexResponse {
+                id: self.u64("read id")?,
+                read_index: match self.u8("read_index flag")? {
+                    0 => None,
+                    1 => Some(self.index("read_index")?),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "read_index flag",
+                            tag,
+                        })
+                    }
+                },
             }),
         };
         Ok(Message {
@@ -733,6 +772,14 @@ pub(crate) fn check(msg: &Message) -> Result<(), &'static str> {
         MessageBody::InstallSnapshotResponse(r) => {
             if r.last_index.0 == 0 {
                 Err("snapshot last_index is 0")
+            } else {
+                Ok(())
+            }
+        }
+        MessageBody::ReadIndexRequest(_) => Ok(()),
+        MessageBody::ReadIndexResponse(r) => {
+            if r.read_index == Some(LogIndex(0)) {
+                Err("read_index is 0")
             } else {
                 Ok(())
             }
@@ -976,6 +1023,13 @@ mod tests {
                     round,
                 })
             }),
+            any::<u64>().prop_map(|id| MessageBody::ReadIndexRequest(ReadIndexRequest { id })),
+            (any::<u64>(), proptest::option::of(1..u64::MAX)).prop_map(|(id, i)| {
+                MessageBody::ReadIndexResponse(ReadIndexResponse {
+                    id,
+                    read_index: i.map(LogIndex),
+                })
+            }),
         ]
     }
 
@@ -1101,7 +1155,9 @@ mod tests {
                 }
             }
             MessageBody::InstallSnapshot(_) => fields.push(("snapshot last_term", fields_at + 8)),
-            MessageBody::InstallSnapshotResponse(_) => {}
+            MessageBody::InstallSnapshotResponse(_)
+            | MessageBody::ReadIndexRequest(_)
+            | MessageBody::ReadIndexResponse(_) => {}
         }
         fields
     }

@@ -19,8 +19,12 @@ impl Node {
             MessageBody::AppendEntries(ae) => {
                 if self.heard_from_leader(now, msg.from, msg.term) {
                     self.handle_append_entries(msg.from, ae);
+                    self.retry_remote_reads();
                 }
             }
+            // A follower serves no one else's reads.
+            MessageBody::ReadIndexRequest(r) => self.send_read_index_response(msg.from, r.id, None),
+            MessageBody::ReadIndexResponse(r) => self.handle_read_index_response(msg.from, r),
             MessageBody::InstallSnapshot(is) => {
                 if self.heard_from_leader(now, msg.from, msg.term) {
                     self.handle_install_snapshot(msg.from, is);

@@ -290,8 +290,10 @@ impl Node {
             MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
             MessageBody::AppendEntriesResponse(r) => self.handle_append_response(now, msg.from, r),
             MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(msg.from, r),
-            // Late answers from the election this leader won.
-            MessageBody::RequestVoteResponse(_) => {}
+            MessageBody::ReadIndexRequest(r) => self.handle_read_index_request(msg.from, r.id),
+            // Late answers from the election this leader won, or to reads
+            // this node asked for while it followed.
+            MessageBody::RequestVoteResponse(_) | MessageBody::ReadIndexResponse(_) => {}
             MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
                 debug_assert_eq!(
                     msg.term, self.current_term,
@@ -463,6 +465,31 @@ impl Node {
         self.send_snapshot_chunks(from, false);
     }
 
+    /// A follower asks for a read index: confirmed like the leader's own
+    /// reads (by a heartbeat round a majority acknowledges, §6.4), then
+    /// sent back without waiting for this leader's state machine.
+    fn handle_read_index_request(&mut self, from: NodeId, id: u64) {
+        let max_reads = self.config.max_pending_reads;
+        let read_index = self
+            .committed_in_current_term()
+            .then_some(self.commit_index);
+        let RoleState::Leader(ls) = &mut self.role else {
+            unreachable!("step_leader runs for leaders only");
+        };
+        if ls.reads.len() >= max_reads {
+            self.send_read_index_response(from, id, None);
+            return;
+        }
+        ls.round_pending = true;
+        ls.reads.push(crate::read::PendingRead {
+            id,
+            round: ls.round + 1,
+            read_index,
+            from: Some(from),
+        });
+        self.advance_reads();
+    }
+
     /// §5.4.2: commit the highest index a majority holds, but only by
     /// counting replicas of an entry from the current term (Figure 8).
     pub(crate) fn leader_maybe_commit(&mut self) {
@@ -494,8 +521,14 @@ impl Node {
         rounds.push(u64::MAX); // the leader confirms itself
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_round = rounds[majority(rounds.len()) - 1];
-        for id in ls.reads.pop_ready(quorum_round, last_applied) {
-            self.read_results.push_back(Action::ReadReady { id });
+        let ready = ls.reads.pop_ready(quorum_round, last_applied);
+        for read in ready {
+            match read.from {
+                None => self
+                    .read_results
+                    .push_back(Action::ReadReady { id: read.id }),
+                Some(peer) => self.send_read_index_response(peer, read.id, read.read_index),
+            }
         }
     }
 }

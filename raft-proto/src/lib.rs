@@ -109,7 +109,7 @@ pub use bytes::Bytes;
 pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
 pub use message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
-    Message, MessageBody, RequestVote, RequestVoteResponse,
+    Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
 };
 pub use node::{Node, PersistentState, Status};
 pub use rng::Rng;

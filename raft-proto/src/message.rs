@@ -38,6 +38,30 @@ pub enum MessageBody {
     InstallSnapshot(InstallSnapshot),
     /// The answer to an [`InstallSnapshot`].
     InstallSnapshotResponse(InstallSnapshotResponse),
+    /// A follower asks the leader for a read index, to serve a
+    /// linearizable read itself (thesis §6.4).
+    ReadIndexRequest(ReadIndexRequest),
+    /// The answer to a [`ReadIndexRequest`].
+    ReadIndexResponse(ReadIndexResponse),
+}
+
+/// A follower's request for a read index.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ReadIndexRequest {
+    /// The follower's id for the read, echoed in the answer.
+    pub id: u64,
+}
+
+/// The leader's answer to a [`ReadIndexRequest`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ReadIndexResponse {
+    /// Echo of the request's `id`.
+    pub id: u64,
+    /// The commit index when the request arrived, confirmed by a majority
+    /// after it arrived: once the follower has applied this far, the read
+    /// may be served. `None`: refused (not the leader any more, or too
+    /// many reads pending).
+    pub read_index: Option<LogIndex>,
 }
 
 /// InstallSnapshot arguments (§7, chunked as in Figure 13). The chunks of
@@ -172,6 +196,8 @@ impl Message {
             MessageBody::AppendEntriesResponse(_) => "AppendEntriesResponse",
             MessageBody::InstallSnapshot(_) => "InstallSnapshot",
             MessageBody::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
+            MessageBody::ReadIndexRequest(_) => "ReadIndexRequest",
+            MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
         }
     }
 }
@@ -236,6 +262,11 @@ impl std::fmt::Display for Message {
                 " snap={} next_offset={} round={}",
                 r.last_index, r.next_offset, r.round
             ),
+            MessageBody::ReadIndexRequest(r) => write!(f, " id={}", r.id),
+            MessageBody::ReadIndexResponse(r) => match r.read_index {
+                Some(i) => write!(f, " id={} index={i}", r.id),
+                None => write!(f, " id={} refused", r.id),
+            },
         }
     }
 }

@@ -80,6 +80,16 @@ pub(crate) struct IncomingSnapshot {
     pub(crate) received: u64,
 }
 
+/// A linearizable read served by this follower: waiting for the leader's
+/// read index, then for the state machine to apply up to it.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteRead {
+    pub(crate) read_index: Option<LogIndex>,
+    /// `leader_messages` when the request was (last) sent: one lost on
+    /// the way is sent again once the leader has been heard from twice.
+    pub(crate) asked_at: u64,
+}
+
 /// A received snapshot handed to the driver to check and install.
 #[derive(Clone, Debug)]
 pub(crate) struct Installing {
@@ -138,6 +148,10 @@ pub struct Node {
     /// Set between `Action::InstallSnapshot` and the driver's
     /// `handle_snapshot_installed`, which must come before any other input.
     pub(crate) installing: Option<Installing>,
+    /// Reads this follower serves, by the caller's id (thesis §6.4).
+    pub(crate) remote_reads: BTreeMap<u64, RemoteRead>,
+    /// AppendEntries received from a leader so far (paces read retries).
+    pub(crate) leader_messages: u64,
 
     // Volatile state.
     pub(crate) commit_index: LogIndex,
@@ -221,6 +235,8 @@ impl Node {
             snapshot: state.snapshot,
             incoming: None,
             installing: None,
+            remote_reads: BTreeMap::new(),
+            leader_messages: 0,
             commit_index: applied,
             last_applied: applied,
             unpersisted_since: None,
@@ -298,12 +314,8 @@ impl Node {
                 }
             }
             RoleState::Follower if self.leader == Some(peer) => {
-                self.leader = None;
+                self.set_leader(None);
                 self.last_leader_contact = None;
-                self.events.push_back(Event::LeaderChanged {
-                    leader: None,
-                    term: self.current_term,
-                });
                 if self.config.fast_failover {
                     // Every survivor loses the leader at about the same
                     // moment. Independent random delays would let two of
@@ -387,6 +399,13 @@ impl Node {
     /// the leader has confirmed it still leads and applied everything
     /// committed when the read arrived, [`Action::ReadReady`] with this id
     /// comes out; if leadership is lost first, [`Action::ReadFailed`].
+    ///
+    /// A follower that knows its leader serves the read itself (thesis
+    /// §6.4, "reads from followers"): it asks the leader for a read index,
+    /// which the leader confirms as for its own reads, and answers once it
+    /// has applied that far. If its leader changes first, or the leader
+    /// refuses, the read fails with [`ReadError::NotLeader`]. A driver
+    /// that wants reads on the leader only checks [`Node::role`] first.
     pub fn read_index(&mut self, now: Time, id: u64) -> Result<(), ReadError> {
         self.assert_not_installing();
         let _ = now;
@@ -398,9 +417,7 @@ impl Node {
             .committed_in_current_term()
             .then_some(self.commit_index);
         let RoleState::Leader(ls) = &mut self.role else {
-            return Err(ReadError::NotLeader {
-                leader: self.leader,
-            });
+            return self.follower_read(id);
         };
         if ls.reads.len() >= max_reads {
             return Err(ReadError::Busy);
@@ -410,6 +427,7 @@ impl Node {
             id,
             round: ls.round + 1,
             read_index,
+            from: None,
         });
         // A single-node cluster confirms itself.
         self.advance_reads();
@@ -524,8 +542,107 @@ impl Node {
         self.applies.clear();
         self.last_applied = meta.last_index;
         self.snapshot = Some(meta);
+        self.advance_remote_reads();
         self.send_snapshot_response(inst.from, meta.last_index, meta.len, inst.round);
         self.debug_check_invariants();
+    }
+
+    /// A read on a follower: ask the leader for a read index.
+    fn follower_read(&mut self, id: u64) -> Result<(), ReadError> {
+        let leader = match (&self.role, self.leader) {
+            (RoleState::Follower, Some(l)) => l,
+            _ => {
+                return Err(ReadError::NotLeader {
+                    leader: self.leader,
+                })
+            }
+        };
+        if self.remote_reads.len() >= self.config.max_pending_reads {
+            return Err(ReadError::Busy);
+        }
+        let read = RemoteRead {
+            read_index: None,
+            asked_at: self.leader_messages,
+        };
+        let dup = self.remote_reads.insert(id, read);
+        assert!(dup.is_none(), "read_index: id {id} is already pending");
+        self.send(
+            leader,
+            MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
+        );
+        self.debug_check_invariants();
+        Ok(())
+    }
+
+    /// The leader's answer to one of this follower's read requests.
+    pub(crate) fn handle_read_index_response(
+        &mut self,
+        from: NodeId,
+        r: crate::message::ReadIndexResponse,
+    ) {
+        if self.leader != Some(from) {
+            return;
+        }
+        let Some(read) = self.remote_reads.get_mut(&r.id) else {
+            // Answered already (a resent request), or failed since.
+            return;
+        };
+        match r.read_index {
+            Some(index) => {
+                read.read_index.get_or_insert(index);
+                self.advance_remote_reads();
+            }
+            None => {
+                self.remote_reads.remove(&r.id);
+                self.read_results.push_back(Action::ReadFailed {
+                    id: r.id,
+                    error: ReadError::NotLeader {
+                        leader: self.leader,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Serves the follower's reads whose read index is applied.
+    pub(crate) fn advance_remote_reads(&mut self) {
+        if self.remote_reads.is_empty() {
+            return;
+        }
+        let applied = self.last_applied;
+        let ready: Vec<u64> = self
+            .remote_reads
+            .iter()
+            .filter(|(_, r)| r.read_index.is_some_and(|i| i <= applied))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ready {
+            self.remote_reads.remove(&id);
+            self.read_results.push_back(Action::ReadReady { id });
+        }
+    }
+
+    /// The leader was heard from: requests it has not answered after two
+    /// of its messages were lost on the way (a link broke); ask again.
+    pub(crate) fn retry_remote_reads(&mut self) {
+        self.leader_messages += 1;
+        let Some(leader) = self.leader else {
+            return;
+        };
+        let now = self.leader_messages;
+        let mut again = Vec::new();
+        for (&id, r) in self.remote_reads.iter_mut() {
+            if r.read_index.is_none() && now >= r.asked_at + 2 {
+                r.asked_at = now;
+                again.push(id);
+            }
+        }
+        for id in again {
+            self.send(
+                leader,
+                MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
+            );
+        }
     }
 
     fn assert_not_installing(&self) {
@@ -841,13 +958,20 @@ impl Node {
         }
         if let RoleState::Leader(ls) = &mut self.role {
             let leader_hint = leader;
-            for id in ls.reads.drain_ids() {
-                self.read_results.push_back(Action::ReadFailed {
-                    id,
-                    error: ReadError::NotLeader {
-                        leader: leader_hint,
-                    },
-                });
+            let mut refused = Vec::new();
+            for read in ls.reads.drain() {
+                match read.from {
+                    None => self.read_results.push_back(Action::ReadFailed {
+                        id: read.id,
+                        error: ReadError::NotLeader {
+                            leader: leader_hint,
+                        },
+                    }),
+                    Some(peer) => refused.push((peer, read.id)),
+                }
+            }
+            for (peer, id) in refused {
+                self.send_read_index_response(peer, id, None);
             }
         }
         self.role = RoleState::Follower;
@@ -871,6 +995,15 @@ impl Node {
 
     pub(crate) fn set_leader(&mut self, leader: Option<NodeId>) {
         if self.leader != leader {
+            // Reads this follower serves were confirmed by the old leader,
+            // or not at all: the new one knows nothing of them.
+            let failed = std::mem::take(&mut self.remote_reads);
+            for (id, _) in failed {
+                self.read_results.push_back(Action::ReadFailed {
+                    id,
+                    error: ReadError::NotLeader { leader },
+                });
+            }
             self.leader = leader;
             if leader.is_some() {
                 self.last_leader = leader;
@@ -900,6 +1033,16 @@ impl Node {
             },
             0,
         ));
+    }
+
+    pub(crate) fn send_read_index_response(
+        &mut self,
+        to: NodeId,
+        id: u64,
+        read_index: Option<LogIndex>,
+    ) {
+        let r = crate::message::ReadIndexResponse { id, read_index };
+        self.send(to, MessageBody::ReadIndexResponse(r));
     }
 
     pub(crate) fn send_vote_response(
@@ -936,6 +1079,7 @@ impl Node {
             self.applies.push_back(e.clone());
         }
         self.last_applied = index;
+        self.advance_remote_reads();
         if let RoleState::Leader(ls) = &mut self.role {
             if self.log.term_at(index) == Some(self.current_term) {
                 ls.reads.set_missing_read_index(index);
@@ -986,6 +1130,12 @@ impl Node {
             snapshot_index <= self.last_applied,
             "invariant: a snapshot covers only applied entries"
         );
+        if !self.remote_reads.is_empty() {
+            assert!(
+                matches!(self.role, RoleState::Follower) && self.leader.is_some(),
+                "invariant: only a follower with a leader serves reads"
+            );
+        }
         if let Some(inc) = &self.incoming {
             assert!(
                 inc.received < inc.meta.len,

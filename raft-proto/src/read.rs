@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::LogIndex;
+use crate::types::{LogIndex, NodeId};
 
 /// A read waiting to be confirmed by a heartbeat round and for the state
 /// machine to catch up.
@@ -17,6 +17,10 @@ pub(crate) struct PendingRead {
     /// an entry of its own term; until then the leader does not know the
     /// latest commit index and the read waits (§6.4 step 1).
     pub(crate) read_index: Option<LogIndex>,
+    /// The follower that asked, for a read it serves itself (thesis §6.4:
+    /// the leader only confirms the read index); `None` for the leader's
+    /// own reads.
+    pub(crate) from: Option<NodeId>,
 }
 
 /// Reads in arrival order. Rounds and read indexes never decrease along
@@ -46,24 +50,30 @@ impl ReadQueue {
         }
     }
 
-    /// Removes and returns the ids of the reads that may be served: their
-    /// round is acknowledged by a majority and the state machine has applied
-    /// their read index.
-    pub(crate) fn pop_ready(&mut self, quorum_round: u64, last_applied: LogIndex) -> Vec<u64> {
+    /// Removes and returns the reads that may be served: their round is
+    /// acknowledged by a majority and, for the leader's own, the state
+    /// machine has applied their read index (a follower's read waits for
+    /// the follower's state machine instead).
+    pub(crate) fn pop_ready(
+        &mut self,
+        quorum_round: u64,
+        last_applied: LogIndex,
+    ) -> Vec<PendingRead> {
         let mut ready = Vec::new();
         while let Some(front) = self.reads.front() {
             let ok = front.round <= quorum_round
-                && front.read_index.is_some_and(|ri| ri <= last_applied);
+                && front
+                    .read_index
+                    .is_some_and(|ri| front.from.is_some() || ri <= last_applied);
             if !ok {
                 break;
             }
-            ready.push(front.id);
-            self.reads.pop_front();
+            ready.extend(self.reads.pop_front());
         }
         ready
     }
 
-    pub(crate) fn drain_ids(&mut self) -> Vec<u64> {
-        self.reads.drain(..).map(|r| r.id).collect()
+    pub(crate) fn drain(&mut self) -> Vec<PendingRead> {
+        self.reads.drain(..).collect()
     }
 }

@@ -665,7 +665,8 @@ fn reads_see_the_latest_commit_and_fail_on_leader_loss() {
         Some(Completion::ReadFailed { .. }) => {}
         other => panic!("a partitioned leader answered a read: {other:?}"),
     }
-    // Followers redirect writes and reads to the leader they know.
+    // Followers redirect writes to the leader they know, and serve reads
+    // with a read index from it (thesis §6.4).
     c.heal();
     let l2 = elect(&mut c);
     c.run_for(SEC);
@@ -673,9 +674,53 @@ fn reads_see_the_latest_commit_and_fail_on_leader_loss() {
     assert!(
         matches!(c.propose(f, encode_write(1, 1)), Err(ProposeError::NotLeader { leader: Some(x) }) if x == l2)
     );
+    c.read(f, 3, 1).unwrap();
+    match await_read(&mut c, 3, SEC) {
+        Some(Completion::ReadReady { node, value, .. }) => {
+            assert_eq!((node, value), (f, Some(7)))
+        }
+        other => panic!("the follower did not serve the read: {other:?}"),
+    }
+}
+
+/// A follower still attached to a deposed leader (CheckQuorum off, so the
+/// old leader keeps believing it leads) must not serve what that leader
+/// last committed: the old leader cannot get its read confirmed by a
+/// majority, so the read waits, while the majority commits a newer value.
+#[test]
+fn a_follower_of_a_deposed_leader_does_not_serve_stale_reads() {
+    let ids: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let mut config = Config::new(NodeId(1), ids);
+    config.check_quorum = false;
+    let mut c = Cluster::with_config(config, 21);
+    let l = elect(&mut c);
+    commit_everywhere(&mut c, 7);
+    let f = *c.ids().iter().find(|&&n| n != l).unwrap();
+    c.partition(&[l, f], false);
+    let rest: Vec<NodeId> = c
+        .ids()
+        .iter()
+        .copied()
+        .filter(|&n| n != l && n != f)
+        .collect();
     assert!(
-        matches!(c.read(f, 3, 1), Err(raft_proto::ReadError::NotLeader { leader: Some(x) }) if x == l2)
+        c.run_until_pred(5 * SEC, |c| rest
+            .iter()
+            .any(|&n| c.node(n).unwrap().role() == Role::Leader)),
+        "the majority elects a leader"
     );
+    let l2 = *rest
+        .iter()
+        .find(|&&n| c.node(n).unwrap().role() == Role::Leader)
+        .unwrap();
+    let id = c.propose(l2, encode_write(1, 8)).unwrap();
+    assert!(c.run_until_pred(5 * SEC, |c| c.node(l2).unwrap().last_applied() >= id.index));
+    assert_eq!(c.node(f).unwrap().leader(), Some(l), "f still follows l");
+    c.read(f, 1, 1).unwrap();
+    match await_read(&mut c, 1, 2 * SEC) {
+        None | Some(Completion::ReadFailed { .. }) => {}
+        Some(other) => panic!("a stale read was served: {other:?}"),
+    }
 }
 
 // ----- Impossible messages: dropped, reported, harmless --------------------

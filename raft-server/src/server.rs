@@ -1074,7 +1074,17 @@ impl Server {
             Command::Get(k) => {
                 self.next_read_id += 1;
                 let id = self.next_read_id;
-                match self.node.read_index(t, id) {
+                // A follower could serve the read with a read index from
+                // the leader; until clients opt in (READONLY), reads go to
+                // the leader, as writes do.
+                let read = if self.node.role() == Role::Leader {
+                    self.node.read_index(t, id)
+                } else {
+                    Err(ReadError::NotLeader {
+                        leader: self.node.leader(),
+                    })
+                };
+                match read {
                     Ok(()) => {
                         // The reply counts against the connection's output
                         // from now on: the value as it is now, re-counted

@@ -444,6 +444,14 @@ fn start_op(
     } else {
         let read_id = *next_read_id;
         *next_read_id += 1;
+        // Half the reads go to any member: followers serve them by asking
+        // the leader for a read index (thesis §6.4), and the history must
+        // stay linearizable.
+        let target = if rng.chance(0.5) {
+            ids[rng.range(0, ids.len() as u64) as usize]
+        } else {
+            target
+        };
         match cluster.read(target, read_id, key) {
             Ok(()) => {
                 let op = Op {
