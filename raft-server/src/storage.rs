@@ -572,6 +572,7 @@ impl Storage {
         }
 
         // §7: the entries after the snapshot, if the log holds its last one.
+        let log = replay.terms();
         let mut reset = None;
         let entries = match &snapshot {
             None => std::mem::take(&mut replay.entries),
@@ -595,7 +596,6 @@ impl Storage {
                 }
             }
         };
-        let log = replay.terms();
         drop(replay);
         let segments: Vec<Segment> = segments[run_start..]
             .iter()
