@@ -1234,6 +1234,30 @@ fn a_damaged_earlier_segment_is_refused_even_where_a_last_one_would_be_torn() {
 }
 
 #[test]
+fn a_segment_of_another_history_does_not_continue_the_log() {
+    // Two histories of the same member: entry 2 of term 1 here, of term 2
+    // there. Their log-3 follow index 2 alike, but only one names the
+    // right term as its prev.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (dir, term2) in [(a.path(), 1), (b.path(), 2)] {
+        let (mut s, _) = open_small(dir, 1).unwrap();
+        s.save_hard_state(hs(2, None));
+        append_synced(&mut s, 1, 1, 1);
+        append_synced(&mut s, term2, 2, 1);
+        append_synced(&mut s, 2, 3, 1);
+    }
+    fs::copy(seg(b.path(), 3), seg(a.path(), 3)).unwrap();
+    let before = files(a.path());
+    let err = open(a.path()).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Corrupt { path, .. } if *path == seg(a.path(), 3)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("there is no snapshot"), "{err}");
+    assert_eq!(files(a.path()), before);
+}
+
+#[test]
 fn compaction_deletes_whole_segments_and_restart_recovers_snapshot_and_tail() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
