@@ -1799,6 +1799,32 @@ fn install_discards_a_log_that_does_not_match() {
 }
 
 #[test]
+fn commit_and_install_make_what_is_buffered_durable_first() {
+    for install in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        populated(d);
+        let (mut s, _) = open(d).unwrap();
+        s.save_hard_state(hs(3, Some(1)));
+        let e = entry(3, 5, Some("buffered"));
+        s.append(std::slice::from_ref(&e));
+        let info = if install {
+            let (info, bytes) = blob(CLUSTER, 5, 3, b"x");
+            assert!(receive(&mut s, info, &bytes, 10));
+            info
+        } else {
+            write_snapshot(&mut s, 5, 3, b"x")
+        };
+        assert!(!s.needs_sync(), "install {install}");
+        drop(s);
+        let (s, r) = open(d).unwrap_or_else(|e| panic!("install {install}: {e}"));
+        assert_eq!(r.hard_state, hs(3, Some(1)));
+        assert_eq!(r.snapshot, Some(info));
+        assert_eq!(s.last_index(), LogIndex(5));
+    }
+}
+
+#[test]
 fn a_crash_between_install_and_reset_is_completed_at_start() {
     // The snapshot was renamed into place, but the reset record never
     // made it: the log does not match the snapshot.
