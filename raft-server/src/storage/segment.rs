@@ -732,11 +732,7 @@ fn apply_record(
             }
             // A reset is written after its snapshot is durable, and
             // snapshots only move forward.
-            let beyond = match bounds.snapshot_last {
-                Some(s) => index > s,
-                None => true,
-            };
-            if beyond {
+            if bounds.snapshot_last.is_none_or(|s| index > s) {
                 return Err(bad(format!(
                     "reset to index {index}, beyond the snapshot ({})",
                     bounds

@@ -2019,7 +2019,7 @@ impl Model {
 fn power_cut_snapshot_run(seed: u64) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut rng = Rng::new(seed ^ 0x5eed_0f_5a95);
+    let mut rng = Rng::new(seed ^ 0x5eed_0f5a);
     let options = StorageOptions {
         segment_bytes: if rng.chance(0.7) {
             rng.range(1, 1500)
