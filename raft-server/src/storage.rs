@@ -582,15 +582,17 @@ impl Storage {
                 if replay.term_at(index) == Some(term) {
                     replay.entries.split_off((index.0 - replay.base.0) as usize)
                 } else {
+                    let why = match replay.term_at(index) {
+                        Some(t) => format!(
+                            "holds entry {index} of term {t}, not {term}: the entries after it \
+                             were uncommitted entries of another term"
+                        ),
+                        None => format!("ends at index {}", replay.last_index()),
+                    };
                     log::warn!(
-                        "{}: the log {} but the snapshot ends at entry {index} of term {term}: \
-                         the log after it held only uncommitted entries of another term, \
-                         discarded",
-                        dir.display(),
-                        match replay.term_at(index) {
-                            Some(t) => format!("holds entry {index} of term {t}"),
-                            None => format!("ends at index {}", replay.last_index()),
-                        }
+                        "{}: the snapshot ends at entry {index} of term {term}, but the log \
+                         {why}; the log is discarded (§7)",
+                        dir.display()
                     );
                     reset = Some((index, term));
                     Vec::new()
