@@ -75,9 +75,10 @@
 //! by [`Storage::commit_snapshot`]; one received from the leader is written
 //! chunk by chunk into `snapshot.incoming` ([`Storage::write_incoming_chunk`],
 //! no fsync) and made current by [`Storage::install_incoming`], which
-//! checks it first (length, header, cluster, index and term, checksum) and
-//! refuses it without changing anything if it is not what the leader
-//! announced. Installing applies Raft's rule (§7): if the log holds the
+//! checks it first (length, header, cluster, index and term, and the
+//! checksum, computed as the chunks arrived) and refuses it without changing
+//! anything if it is not what the leader announced. Installing fsyncs the
+//! file on the caller's thread. Installing applies Raft's rule (§7): if the log holds the
 //! snapshot's last entry (same index and term, or it is the log's `prev`),
 //! the entries after it are kept; otherwise the whole log is discarded by a
 //! reset record `{index, term}` (the log is now empty after that entry),
@@ -105,8 +106,8 @@
 //! - New segment: `log.tmp` written, fsynced, renamed to `log-<first>`,
 //!   directory fsynced, and only then the first batch written into it. A
 //!   crash before the directory fsync loses at most the empty new segment
-//!   (and `log.tmp`, which a start ignores): the previous segment stays the
-//!   last one, complete.
+//!   (and `log.tmp`, which the next start removes): the previous segment
+//!   stays the last one, complete.
 //! - Commit of a local snapshot: (1) sync of everything buffered; (2)
 //!   `snapshot.tmp`, already fsynced by [`SnapshotWriter::finish`], renamed
 //!   over `snapshot`; (3) directory fsync. A crash before (3) finds the old
@@ -116,7 +117,10 @@
 //! - Install of a received snapshot: (1) sync of everything buffered; (2)
 //!   `snapshot.incoming` fsynced; (3) renamed over `snapshot`; (4)
 //!   directory fsync. Until (4) a crash finds the old snapshot and the old
-//!   log, untouched. After it, when the log does not match: (5) a reset
+//!   log, untouched; after it, the new snapshot. The log is changed only
+//!   then: its entries may be committed ones this member acknowledged, which
+//!   must not be lost before a durable snapshot covers them. When the log
+//!   does not match: (5) a reset
 //!   record appended to the active segment and fdatasynced; (6) maybe a new
 //!   segment at `index + 1` (as above); (7) the older segments deleted, no
 //!   fsync. A crash between (4) and (5) finds the new snapshot and a log
@@ -143,9 +147,10 @@
 //! record that reaches below the first segment left (written before the
 //! segments it reached were compacted). The replayed log is then matched
 //! against the snapshot (§7): if it holds the snapshot's last entry, the
-//! entries after it are recovered; if not, it held only uncommitted entries
-//! of another term, which are discarded with a warning and the reset is
-//! completed. Entries at or below the snapshot's index stay on disk until
+//! entries after it are recovered; if not (it ends before that index, or
+//! holds it with another term: the entries after it were uncommitted
+//! entries of another term), the whole log is discarded with a warning and
+//! the reset is completed. Entries at or below the snapshot's index stay on disk until
 //! [`Storage::compact`] but are not returned.
 //!
 //! What a power cut can do to the log follows from the write order: a batch
