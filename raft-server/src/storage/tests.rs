@@ -2181,8 +2181,11 @@ fn check_after_cut(
 #[test]
 fn power_cut_with_segments_and_snapshots_loses_nothing() {
     let mut steps = 0;
-    for seed in 0..100 {
+    // Fsyncs dominate (a few hundred per run of seeds on a slow disk): the
+    // seeds are few, and each run varies the segment size, the operations
+    // and where the power goes.
+    for seed in 0..64 {
         steps += power_cut_snapshot_run(seed);
     }
-    assert!(steps > 300, "too few operations completed: {steps}");
+    assert!(steps > 200, "too few operations completed: {steps}");
 }
