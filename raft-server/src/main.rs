@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use config::{Cli, Settings};
 use server::{Listeners, Server};
-use storage::Storage;
+use storage::{Storage, StorageOptions};
 
 /// Exit status for bad configuration, an unusable data dir or corrupt state.
 const EXIT_CONFIG: u8 = 2;
@@ -65,14 +65,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (storage, recovered) =
-        match Storage::open(&settings.data_dir, settings.cluster_id, settings.id) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    let (storage, recovered) = match Storage::open(
+        &settings.data_dir,
+        settings.cluster_id,
+        settings.id,
+        StorageOptions::default(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     log::info!(
         "data dir {}: {}, term {}, {} log entries",
         settings.data_dir.display(),
