@@ -881,6 +881,21 @@ pub enum ClusterQuery {
     KeySlot(Bytes),
 }
 
+/// The reply for a store [`Outcome`](crate::kv::Outcome).
+pub fn outcome_reply(o: crate::kv::Outcome) -> Reply {
+    use crate::kv::Outcome;
+    match o {
+        Outcome::Ok => Reply::Simple("OK"),
+        Outcome::Status(s) => Reply::Simple(s),
+        Outcome::Nil => Reply::Nil,
+        Outcome::Int(n) => Reply::Integer(n),
+        Outcome::Bulk(b) => Reply::Bulk(b),
+        Outcome::Array(v) => Reply::Array(v.into_iter().map(outcome_reply).collect()),
+        Outcome::Error(e) => Reply::Error(e),
+        Outcome::Aborted => Reply::Nil,
+    }
+}
+
 /// The [`Kind`] of a raw request, judged by its name.
 pub fn kind_of(req: &Request) -> Option<Kind> {
     let name = req.first()?;

@@ -35,7 +35,7 @@ use crate::client::{self, Budget, Client, ClientTimer, Command, Expiry, MAX_CLIE
 use crate::config::Settings;
 use crate::conn;
 use crate::info::{self, Counters, Histograms, MetricsServer, Snapshot};
-use crate::kv::{self, Kv, Outcome};
+use crate::kv::{self, Kv};
 use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
@@ -200,6 +200,8 @@ pub struct Server {
     poll: Poll,
     settings: Settings,
     start: Instant,
+    /// The wall clock at `start`, ms since the Unix epoch (see `wall_ms`).
+    start_wall_ms: u64,
     node: Node,
     /// Carries out the node's actions in the safe order (shared with the
     /// simulator).
@@ -275,6 +277,9 @@ impl Server {
         } = listeners;
 
         let start = Instant::now();
+        let start_wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         // Seeded from the OS and logged (STYLE §4): a run's election timing
         // can be replayed in the simulator from this number.
         let seed: u64 = rand::random();
@@ -321,6 +326,7 @@ impl Server {
             poll,
             settings,
             start,
+            start_wall_ms,
             node,
             driver: Driver::new(),
             storage,
@@ -426,6 +432,15 @@ impl Server {
             }
             self.end_client_turn(now);
         }
+    }
+
+    /// The wall clock, ms since the Unix epoch, as stamped into writes and
+    /// used for expiry: the wall clock read once at start plus the
+    /// monotonic time since, so that it never goes back while the process
+    /// runs (a clock step after start is not followed; NTP's slewing is).
+    fn wall_ms(&self, now: Instant) -> u64 {
+        self.start_wall_ms
+            .saturating_add(now.saturating_duration_since(self.start).as_millis() as u64)
     }
 
     /// The node's clock: time since start.
@@ -550,8 +565,8 @@ impl Server {
         self.counters.entries_applied += 1;
         let result = match &entry.payload {
             EntryPayload::Noop => None,
-            EntryPayload::Command(bytes) => Some(match kv::Command::decode(bytes) {
-                Ok(cmd) => Ok(self.kv.apply(&cmd)),
+            EntryPayload::Command(bytes) => Some(match kv::Write::decode(bytes) {
+                Ok(w) => Ok(self.kv.apply(entry.index.0, &w)),
                 Err(e) => {
                     // Every member holds the same bytes and skips them alike.
                     log::error!(
@@ -575,8 +590,7 @@ impl Server {
             _ if w.term != entry.term => {
                 Reply::Error("ERR write lost to a leader change; retry".into())
             }
-            Some(Ok(Outcome::Ok)) => Reply::Simple("OK"),
-            Some(Ok(Outcome::Deleted(n))) => Reply::Integer(n as i64),
+            Some(Ok(outcome)) => client::outcome_reply(outcome),
             Some(Err(e)) => Reply::Error(format!("ERR {e}")),
             None => Reply::Error("ERR internal error: no-op at a proposed index".into()),
         };
@@ -595,10 +609,10 @@ impl Server {
         let reply = match error {
             None => {
                 self.counters.reads_ok += 1;
-                match self.kv.get(&r.key) {
-                    Some(v) => Reply::Bulk(v.clone()),
-                    None => Reply::Nil,
-                }
+                client::outcome_reply(self.kv.query(
+                    &kv::Command::Get { key: r.key.clone() },
+                    self.wall_ms(Instant::now()),
+                ))
             }
             Some(e) => self.read_error(e, &r.key),
         };
@@ -1080,10 +1094,7 @@ impl Server {
                         // with the real reply when the read completes.
                         let reply_bytes = self
                             .kv
-                            .get(&k)
-                            .map_or(Reply::Nil.encoded_len(resp::Protocol::Resp2), |v| {
-                                resp::bulk_len(v.len())
-                            });
+                            .reply_size_hint(&kv::Command::Get { key: k.clone() });
                         let c = &mut self.clients[key];
                         let to = ReplyTo {
                             key,
@@ -1100,7 +1111,14 @@ impl Server {
             }
             Command::Set(k, v) => {
                 let slot_key = k.clone();
-                self.propose(key, kv::Command::Set { key: k, value: v }, &slot_key, t)
+                let cmd = kv::Command::Set {
+                    key: k,
+                    value: v,
+                    cond: kv::SetCond::Always,
+                    get: false,
+                    ttl: kv::Ttl::Clear,
+                };
+                self.propose(key, cmd, &slot_key, t)
             }
             Command::Del(keys) => {
                 let slot_key = keys[0].clone();
@@ -1112,7 +1130,8 @@ impl Server {
     /// Proposes a write; `slot_key` (its first key) names the slot in a
     /// redirect.
     fn propose(&mut self, key: usize, cmd: kv::Command, slot_key: &[u8], t: Time) {
-        match self.node.propose(t, cmd.encode()) {
+        let stamp_ms = self.wall_ms(self.start + t.since_epoch());
+        match self.node.propose(t, kv::Write::new(stamp_ms, cmd).encode()) {
             Ok(id) => {
                 let c = &mut self.clients[key];
                 let to = ReplyTo {
