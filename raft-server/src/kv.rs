@@ -1180,25 +1180,21 @@ impl Kv {
         self.keys.is_empty()
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// Keys with a deadline.
     pub fn volatile_len(&self) -> usize {
         self.deadlines.len()
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// Locks held (or expired and not yet swept).
     pub fn locks_len(&self) -> usize {
         self.locks.len()
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// The store clock: the largest stamp applied (ms since the Unix epoch).
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// Index of the last entry applied (0: none). What a `WATCH` remembers.
     pub fn applied_index(&self) -> u64 {
         self.applied
@@ -1227,7 +1223,6 @@ impl Kv {
         self.read(cmd, now_ms.max(self.clock_ms))
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// Whether a read would see a key (or lock) whose deadline has passed
     /// by `now_ms` but not by the store clock: it must then wait for a
     /// sweep stamped `now_ms` or later (see the module doc). `KEYS` and
@@ -1261,7 +1256,6 @@ impl Kv {
         }
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// The earliest deadline of a key or lock, expired or not.
     pub fn next_deadline(&self) -> Option<u64> {
         let k = self.deadlines.get_min().map(|(d, _)| *d);
@@ -1269,7 +1263,6 @@ impl Kv {
         k.into_iter().chain(l).min()
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
     /// Whether a leader whose clock reads `now_ms` should propose a
     /// [`Command::Sweep`]: some deadline has passed by its clock or the
     /// store's (the later).
@@ -1793,9 +1786,8 @@ impl Kv {
         }
     }
 
-    #[allow(dead_code)] // TEMP: the server uses it from the next commit on
-    /// Checks that the maps agree with each other (tests and debug
-    /// builds; O(n)).
+    /// Checks that the maps agree with each other (tests; O(n)).
+    #[cfg(test)]
     pub fn check_invariants(&self) {
         let with_deadline = self
             .keys
