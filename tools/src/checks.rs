@@ -266,6 +266,33 @@ pub fn check_fencing(
     Ok(())
 }
 
+/// A read of a key written with `SET key value PXAT deadline`: when it was
+/// sent (wall clock, ms) and the deadline of the value it saw, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryRead {
+    /// When the read was sent, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// The deadline of the value it returned (None: absent).
+    pub seen_deadline_ms: Option<u64>,
+}
+
+/// Expiry is never late to a read: a read sent after a value's deadline
+/// (plus `slack_ms` for the two clocks, both the machine's) never returns
+/// that value.
+pub fn check_expiry(reads: &[ExpiryRead], slack_ms: u64) -> Result<(), String> {
+    for r in reads {
+        if let Some(d) = r.seen_deadline_ms {
+            if r.sent_ms > d + slack_ms {
+                return Err(format!(
+                    "a read sent {} ms after a value's deadline returned it",
+                    r.sent_ms - d
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +332,16 @@ mod tests {
         assert!(check_nx("k", &[(1, Unknown), (2, Refused)], None).is_err());
         assert!(check_nx("k", &[(1, Unknown)], None).is_ok());
         assert!(check_nx("k", &[(1, Refused)], Some(7)).is_err());
+    }
+
+    #[test]
+    fn expiry() {
+        let r = |sent_ms, seen_deadline_ms| ExpiryRead {
+            sent_ms,
+            seen_deadline_ms,
+        };
+        assert!(check_expiry(&[r(100, Some(200)), r(300, None), r(203, Some(200))], 5).is_ok());
+        assert!(check_expiry(&[r(206, Some(200))], 5).is_err());
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //!   same time: a counter's `INCR`s are never lost or doubled, `SET NX`
 //!   races have one winner and `SET XX` never creates a key, a transaction's
 //!   two `INCR`s are always seen together, `WATCH`-guarded increments never
-//!   both land from one read, and a `FENCED.SET` with a stale token (its
-//!   client paused past its lock's lease) never lands.
+//!   both land from one read, a key written with `PXAT` is never read after
+//!   its deadline, and a `FENCED.SET` with a stale token (its client paused
+//!   past its lock's lease) never lands.
 //!
 //! On failure it prints the seed, the fault schedule and the smallest failing
 //! window of history, and keeps the members' data dirs and logs.
@@ -39,7 +40,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use raft_proto::sim::linearizability::{self, Op, OpKind};
 use raft_proto::Rng;
-use tools::checks::{self, Acquired, Counter, FencedOutcome, FencedRead, FencedWrite, NxOutcome};
+use tools::checks::{
+    self, Acquired, Counter, ExpiryRead, FencedOutcome, FencedRead, FencedWrite, NxOutcome,
+};
 use tools::resp::{Conn, Reply};
 
 #[derive(Parser, Debug, Clone)]
@@ -716,6 +719,15 @@ const FENCED: &[u8] = b"chaos:fenced";
 const LOCK_TTL_MS: u64 = 300;
 /// `SET NX` races: all clients use the key of the current window.
 const NX_WINDOW_MS: u64 = 200;
+/// A read sent this long after a deadline must not see the value: the
+/// members' clocks are this machine's, read at start plus monotonic time.
+const EXPIRY_SLACK_MS: u64 = 5;
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What a write's reply says about its effect.
 enum Effect {
@@ -765,6 +777,7 @@ struct RedisReport {
     writes: Vec<FencedWrite>,
     reads: Vec<FencedRead>,
     aborted: u64,
+    expiry: Vec<ExpiryRead>,
 }
 
 impl RedisReport {
@@ -782,6 +795,7 @@ impl RedisReport {
         self.writes.extend(o.writes);
         self.reads.extend(o.reads);
         self.aborted += o.aborted;
+        self.expiry.extend(o.expiry);
     }
 
     fn summary(&self) -> String {
@@ -793,7 +807,8 @@ impl RedisReport {
         format!(
             "{} INCRs ({} unknown), {} WATCH increments ({} unknown, {} aborted by a conflict), \
              {} transactions ({} unknown), {} pair reads, {} SET NX, {} locks acquired, \
-             {} fenced writes ({refused} refused as stale), {} fenced reads",
+             {} fenced writes ({refused} refused as stale), {} fenced reads, {} reads of \
+             expiring keys ({} absent)",
             self.counter.acked.len(),
             self.counter.unknown,
             self.cas.acked.len(),
@@ -805,7 +820,12 @@ impl RedisReport {
             self.nx.len(),
             self.acquired.len(),
             self.writes.len(),
-            self.reads.len()
+            self.reads.len(),
+            self.expiry.len(),
+            self.expiry
+                .iter()
+                .filter(|r| r.seen_deadline_ms.is_none())
+                .count()
         )
     }
 
@@ -859,6 +879,7 @@ impl RedisReport {
             };
             checks::check_nx(&key, &attempts, value)?;
         }
+        checks::check_expiry(&self.expiry, EXPIRY_SLACK_MS)?;
         checks::check_fencing(&self.acquired, &self.writes, &self.reads)
     }
 }
@@ -874,7 +895,11 @@ fn redis_client(id: u64, seed: u64, start: Instant, stop: &AtomicBool) -> RedisR
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
         let unique = (id << 40) | seq;
-        let progressed = match rng.range(0, 8) {
+        // The mix: 0 INCR, 1 WATCH increment, 2 transaction, 3 pair read,
+        // 4 SET NX/XX, 5 a lock with fenced writes, 7 an expiring key (long:
+        // it reads until past the deadline), 8 a read of the fenced key.
+        const MIX: [u64; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5, 7, 8, 8];
+        let progressed = match MIX[rng.range(0, 16) as usize] {
             0 => match effect(send(&mut conn, &mut target, &[b"INCR", COUNTER])) {
                 Effect::Reply(Reply::Integer(v)) => {
                     r.counter.acked.push(v);
@@ -953,6 +978,7 @@ fn redis_client(id: u64, seed: u64, start: Instant, stop: &AtomicBool) -> RedisR
                 start,
                 &mut seq,
             ),
+            7 => expiring_key(id, &mut conn, &mut target, &mut rng, &mut r, unique),
             _ => {
                 let invoke = nanos(start);
                 match send(&mut conn, &mut target, &[b"GET", FENCED]) {
@@ -1138,4 +1164,46 @@ fn transaction(conn: &mut Option<Conn>, target: &mut u64, cmds: &[&[&[u8]]]) -> 
             Effect::Unknown
         }
     }
+}
+
+/// Writes this client's expiring key with a deadline 50-300 ms ahead (the
+/// value names it) and reads it until a little past the deadline.
+fn expiring_key(
+    id: u64,
+    conn: &mut Option<Conn>,
+    target: &mut u64,
+    rng: &mut Rng,
+    r: &mut RedisReport,
+    unique: u64,
+) -> bool {
+    let key = format!("chaos:exp:{id}");
+    let deadline = wall_ms() + rng.range(50, 300);
+    let value = format!("{unique}@{deadline}");
+    let at = deadline.to_string();
+    let args: [&[u8]; 5] = [
+        b"SET",
+        key.as_bytes(),
+        value.as_bytes(),
+        b"PXAT",
+        at.as_bytes(),
+    ];
+    // Whatever the outcome, a value is read with the deadline it names.
+    if !matches!(effect(send(conn, target, &args)), Effect::Reply(_)) {
+        return false;
+    }
+    while wall_ms() < deadline + 30 {
+        let sent_ms = wall_ms();
+        match send(conn, target, &[b"GET", key.as_bytes()]) {
+            Outcome::Reply(Reply::Bulk(v)) => r.expiry.push(ExpiryRead {
+                sent_ms,
+                seen_deadline_ms: v.and_then(|b| {
+                    let t = String::from_utf8_lossy(&b).into_owned();
+                    t.split_once('@').and_then(|(_, d)| d.parse().ok())
+                }),
+            }),
+            _ => return false,
+        }
+        thread::sleep(Duration::from_millis(rng.range(5, 25)));
+    }
+    true
 }
