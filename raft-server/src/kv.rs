@@ -2436,6 +2436,65 @@ mod tests {
         }
     }
 
+    /// Random bytes and random mutations of valid entries: decoding never
+    /// panics, and whatever decodes encodes back to the same bytes (so two
+    /// members can never read one entry two ways).
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid: Vec<Bytes> = [
+            set("k", "v"),
+            Command::Exec {
+                watches: vec![(b("w"), 3)],
+                cmds: vec![set("a", "b"), Command::IncrBy { key: b("n"), by: 2 }],
+            },
+            Command::Scan {
+                cursor: 5,
+                pattern: Some(b("*")),
+                count: 3,
+            },
+            Command::FencedSet {
+                lock: b("l"),
+                token: 9,
+                key: b("k"),
+                value: b("v"),
+            },
+        ]
+        .into_iter()
+        .map(|c| Write::new(77, c).encode())
+        .collect();
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 {
+                valid[round % valid.len()].to_vec()
+            } else {
+                let len = (next() % 48) as usize;
+                let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if let Some(first) = v.first_mut() {
+                    *first = [1, 2, 16][(next() % 3) as usize];
+                }
+                v
+            };
+            for _ in 0..(next() % 3) {
+                if !bytes.is_empty() {
+                    let i = (next() as usize) % bytes.len();
+                    bytes[i] = next() as u8;
+                }
+            }
+            let payload = Bytes::from(bytes);
+            if let Ok(w) = Write::decode(&payload) {
+                if payload[0] == STAMPED {
+                    assert_eq!(w.encode(), payload, "{w:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn legacy_entries_still_decode() {
         // SET k v and DEL a b as written before stamps existed.
