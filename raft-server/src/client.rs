@@ -167,7 +167,34 @@ pub struct Client {
     pub protocol: Protocol,
     /// `CLIENT SETNAME` / `HELLO ... SETNAME`.
     pub name: Option<Bytes>,
+    /// Between `MULTI` and `EXEC`/`DISCARD`: the queued commands.
+    pub tx: Option<Transaction>,
+    /// `WATCH`ed keys, each with the store's applied index when watched.
+    pub watches: Vec<(Bytes, u64)>,
+    /// Authenticated (always, when no client password is configured).
+    pub authenticated: bool,
 }
+
+/// Commands queued between `MULTI` and `EXEC`.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    /// In order.
+    pub cmds: Vec<crate::kv::Command>,
+    /// A queued command was refused: `EXEC` answers `EXECABORT`.
+    pub failed: bool,
+    /// What the queued commands hold, counted in the client's footprint.
+    pub bytes: usize,
+}
+
+/// Commands one transaction may queue.
+pub const MAX_TX_COMMANDS: usize = 1024;
+/// Bytes of arguments one transaction may queue: a transaction is one log
+/// entry, bounded like one request.
+pub const MAX_TX_BYTES: usize = 1 << 20;
+/// Keys one connection may `WATCH`.
+pub const MAX_WATCHED_KEYS: usize = 1024;
+/// Counted per queued command or watched key on top of its bytes.
+pub const ITEM_COST: usize = 32;
 
 /// Whether a request reads or writes the store, for program order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +242,25 @@ impl Client {
             waiting_for_budget: false,
             protocol: Protocol::Resp2,
             name: None,
+            tx: None,
+            watches: Vec::new(),
+            authenticated: true,
         }
+    }
+
+    /// Whether a `MULTI` is open.
+    pub fn in_multi(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Bytes held by the open transaction and the watched keys.
+    fn tx_bytes(&self) -> usize {
+        self.tx.as_ref().map_or(0, |t| t.bytes)
+            + self
+                .watches
+                .iter()
+                .map(|(k, _)| ITEM_COST + k.len())
+                .sum::<usize>()
     }
 
     /// The socket, for (de)registration.
@@ -236,7 +281,7 @@ impl Client {
     /// Everything this connection holds: [`CONN_COST`], buffered input and
     /// output. What the [`Budget`] counts.
     pub fn footprint(&self) -> usize {
-        CONN_COST + self.inbuf.len() + self.output_bytes()
+        CONN_COST + self.inbuf.len() + self.output_bytes() + self.tx_bytes()
     }
 
     /// Whether reading and executing requests should stop for now.
@@ -257,7 +302,7 @@ impl Client {
         let held_blocked = self
             .held
             .as_ref()
-            .is_some_and(|r| self.must_wait(kind_of(r)));
+            .is_some_and(|r| self.must_wait(kind_of(r, self.in_multi())));
         if self.stalled && !self.paused() && !held_blocked {
             self.stalled = false;
             return true;
@@ -676,12 +721,22 @@ pub enum Command {
     Ping(Option<Bytes>),
     /// `ECHO message`.
     Echo(Bytes),
-    /// `GET key`: linearizable, through ReadIndex on the leader.
-    Get(Bytes),
-    /// `SET key value`: through the log.
-    Set(Bytes, Bytes),
-    /// `DEL key [key ...]`: through the log.
-    Del(Vec<Bytes>),
+    /// A store command that only reads (`GET`, `MGET`, `TTL`, `SCAN`, ...):
+    /// linearizable, through ReadIndex on the leader.
+    Read(crate::kv::Command),
+    /// A store command that writes (`SET`, `INCR`, `LOCK.ACQUIRE`, ...):
+    /// through the log.
+    Write(crate::kv::Command),
+    /// `MULTI`.
+    Multi,
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `WATCH key [key ...]`.
+    Watch(Vec<Bytes>),
+    /// `UNWATCH`.
+    Unwatch,
     /// `INFO [section]`: local, no Raft round.
     Info(Option<String>),
     /// `QUIT`: `+OK`, then close.
@@ -693,10 +748,16 @@ pub enum Command {
         protocol: Option<Protocol>,
         /// `SETNAME`.
         name: Option<Bytes>,
+        /// `AUTH username password`.
+        auth: Option<(Bytes, Bytes)>,
     },
-    /// `AUTH` that succeeds: no password is configured, as in a default
-    /// Redis (any password for the `default` user).
-    AuthOk,
+    /// `AUTH [username] password`.
+    Auth {
+        /// The user, if given (only `default` exists).
+        user: Option<Bytes>,
+        /// The password.
+        password: Bytes,
+    },
     /// `CLIENT SETNAME name`.
     ClientSetName(Bytes),
     /// `CLIENT GETNAME`.
@@ -760,10 +821,226 @@ pub const COMMANDS: &[CommandSpec] = &[
         keys: (1, 1, 1),
     },
     CommandSpec {
+        name: "getdel",
+        arity: 2,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "getex",
+        arity: -2,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "mget",
+        arity: -2,
+        flags: &["readonly", "fast"],
+        keys: (1, -1, 1),
+    },
+    CommandSpec {
+        name: "mset",
+        arity: -3,
+        flags: &["write", "denyoom"],
+        keys: (1, -1, 2),
+    },
+    CommandSpec {
+        name: "msetnx",
+        arity: -3,
+        flags: &["write", "denyoom"],
+        keys: (1, -1, 2),
+    },
+    CommandSpec {
+        name: "exists",
+        arity: -2,
+        flags: &["readonly", "fast"],
+        keys: (1, -1, 1),
+    },
+    CommandSpec {
         name: "del",
         arity: -2,
         flags: &["write"],
         keys: (1, -1, 1),
+    },
+    CommandSpec {
+        name: "unlink",
+        arity: -2,
+        flags: &["write", "fast"],
+        keys: (1, -1, 1),
+    },
+    CommandSpec {
+        name: "incr",
+        arity: 2,
+        flags: &["write", "denyoom", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "decr",
+        arity: 2,
+        flags: &["write", "denyoom", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "incrby",
+        arity: 3,
+        flags: &["write", "denyoom", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "decrby",
+        arity: 3,
+        flags: &["write", "denyoom", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "append",
+        arity: 3,
+        flags: &["write", "denyoom", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "strlen",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "expire",
+        arity: -3,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "pexpire",
+        arity: -3,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "expireat",
+        arity: -3,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "pexpireat",
+        arity: -3,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "ttl",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "pttl",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "persist",
+        arity: 2,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "type",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "dbsize",
+        arity: 1,
+        flags: &["readonly", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "keys",
+        arity: 2,
+        flags: &["readonly"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "scan",
+        arity: -2,
+        flags: &["readonly"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "flushall",
+        arity: -1,
+        flags: &["write"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "flushdb",
+        arity: -1,
+        flags: &["write"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "multi",
+        arity: 1,
+        flags: &["noscript", "loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "exec",
+        arity: 1,
+        flags: &["noscript", "loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "discard",
+        arity: 1,
+        flags: &["noscript", "loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "watch",
+        arity: -2,
+        flags: &["noscript", "loading", "stale", "fast"],
+        keys: (1, -1, 1),
+    },
+    CommandSpec {
+        name: "unwatch",
+        arity: 1,
+        flags: &["noscript", "loading", "stale", "fast"],
+        keys: (0, 0, 0),
+    },
+    CommandSpec {
+        name: "lock.acquire",
+        arity: 4,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "lock.release",
+        arity: 4,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "lock.extend",
+        arity: 5,
+        flags: &["write", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "lock.info",
+        arity: 2,
+        flags: &["readonly", "fast"],
+        keys: (1, 1, 1),
+    },
+    CommandSpec {
+        name: "fenced.set",
+        arity: 5,
+        flags: &["write", "denyoom"],
+        keys: (1, 3, 2),
     },
     CommandSpec {
         name: "ping",
@@ -881,17 +1158,62 @@ pub enum ClusterQuery {
     KeySlot(Bytes),
 }
 
-/// The [`Kind`] of a raw request, judged by its name.
-pub fn kind_of(req: &Request) -> Option<Kind> {
-    let name = req.first()?;
-    if name.eq_ignore_ascii_case(b"get") {
-        Some(Kind::Read)
-    } else if name.eq_ignore_ascii_case(b"set") || name.eq_ignore_ascii_case(b"del") {
-        Some(Kind::Write)
-    } else {
-        None
+/// The reply for a store [`Outcome`](crate::kv::Outcome).
+pub fn outcome_reply(o: crate::kv::Outcome) -> Reply {
+    use crate::kv::Outcome;
+    match o {
+        Outcome::Ok => Reply::Simple("OK"),
+        Outcome::Status(s) => Reply::Simple(s),
+        Outcome::Nil => Reply::Nil,
+        Outcome::Int(n) => Reply::Integer(n),
+        Outcome::Bulk(b) => Reply::Bulk(b),
+        Outcome::Array(v) => Reply::Array(v.into_iter().map(outcome_reply).collect()),
+        Outcome::Error(e) => Reply::Error(e),
+        Outcome::Aborted => Reply::NilArray,
     }
 }
+
+/// The [`Kind`] of a raw request, judged by its name: store commands read
+/// or write, `WATCH` reads (it must see the connection's earlier writes
+/// applied), `EXEC` writes. Inside `MULTI` commands are only queued, so
+/// only `EXEC` has a kind.
+pub fn kind_of(req: &Request, in_multi: bool) -> Option<Kind> {
+    let name = req.first()?;
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    if is("exec") {
+        return Some(Kind::Write);
+    }
+    if in_multi {
+        return None;
+    }
+    if is("watch") {
+        return Some(Kind::Read);
+    }
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    if !crate::commands::NAMES.contains(&lower.as_str()) {
+        return None;
+    }
+    Some(if READ_COMMANDS.contains(&lower.as_str()) {
+        Kind::Read
+    } else {
+        Kind::Write
+    })
+}
+
+/// The store commands that only read.
+const READ_COMMANDS: &[&str] = &[
+    "get",
+    "mget",
+    "exists",
+    "ttl",
+    "pttl",
+    "strlen",
+    "type",
+    "dbsize",
+    "keys",
+    "scan",
+    "lock.info",
+];
 
 /// Parses a request into a [`Command`], or the error reply Redis would give.
 pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
@@ -918,21 +1240,25 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
             arity(argc == 2)?;
             Command::Echo(args[1].clone())
         }
-        "get" => {
-            arity(argc == 2)?;
-            Command::Get(args[1].clone())
+        "multi" => {
+            arity(argc == 1)?;
+            Command::Multi
         }
-        "set" => {
-            arity(argc >= 3)?;
-            if argc > 3 {
-                // SET's options (EX, NX, ...) are not supported.
-                return Err(Reply::Error("ERR syntax error".into()));
-            }
-            Command::Set(args[1].clone(), args[2].clone())
+        "exec" => {
+            arity(argc == 1)?;
+            Command::Exec
         }
-        "del" => {
+        "discard" => {
+            arity(argc == 1)?;
+            Command::Discard
+        }
+        "watch" => {
             arity(argc >= 2)?;
-            Command::Del(args[1..].to_vec())
+            Command::Watch(args[1..].to_vec())
+        }
+        "unwatch" => {
+            arity(argc == 1)?;
+            Command::Unwatch
         }
         "info" => {
             arity(argc <= 2)?;
@@ -945,16 +1271,10 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
         "hello" => parse_hello(&args[1..])?,
         "auth" => {
             arity(argc == 2 || argc == 3)?;
-            if argc == 2 {
-                // Redis' answer when no password is configured.
-                return Err(Reply::Error(
-                    "ERR AUTH <password> called without any password configured for the \
-                     default user. Are you sure your configuration is correct?"
-                        .into(),
-                ));
+            Command::Auth {
+                user: (argc == 3).then(|| args[1].clone()),
+                password: args[argc - 1].clone(),
             }
-            check_user(&args[1])?;
-            Command::AuthOk
         }
         "client" => {
             arity(argc >= 2)?;
@@ -1093,7 +1413,12 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
                 }
             }
         }
-        _ => return Err(unknown_command(args)),
+        _ => match crate::commands::parse(&lower, args) {
+            Some(Ok(c)) if c.is_read() => Command::Read(c),
+            Some(Ok(c)) => Command::Write(c),
+            Some(Err(reply)) => return Err(reply),
+            None => return Err(unknown_command(args)),
+        },
     };
     Ok(cmd)
 }
@@ -1103,6 +1428,7 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
 fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
     let mut protocol = None;
     let mut name = None;
+    let mut auth = None;
     let mut rest = args;
     if let Some(v) = rest.first() {
         protocol = match resp::parse_i64(v) {
@@ -1119,7 +1445,7 @@ fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
     }
     while let Some(opt) = rest.first() {
         if opt.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
-            check_user(&rest[1])?;
+            auth = Some((rest[1].clone(), rest[2].clone()));
             rest = &rest[3..];
         } else if opt.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
             name = Some(valid_client_name(&rest[1])?);
@@ -1131,7 +1457,11 @@ fn parse_hello(args: &[Bytes]) -> Result<Command, Reply> {
             )));
         }
     }
-    Ok(Command::Hello { protocol, name })
+    Ok(Command::Hello {
+        protocol,
+        name,
+        auth,
+    })
 }
 
 /// Redis' glob match for `CONFIG GET` patterns: `*`, `?` and literal
@@ -1148,15 +1478,29 @@ pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
-/// With no password configured, the `default` user takes any password and
-/// there is no other user (Redis' behaviour).
-fn check_user(user: &[u8]) -> Result<(), Reply> {
-    if user == b"default" {
-        Ok(())
-    } else {
-        Err(Reply::Error(
-            "WRONGPASS invalid username-password pair or user is disabled.".into(),
-        ))
+/// Redis' answer to a wrong user or password.
+pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Checks `AUTH [user] password` / `HELLO ... AUTH user password` against
+/// the client password, `None` when none is configured. As in Redis, the
+/// only user is `default`; without a password it takes any password, and
+/// `AUTH password` alone is an error. The comparison takes the same time
+/// whatever the password (see `auth::password_matches`).
+pub fn check_auth(
+    configured: Option<&[u8]>,
+    user: Option<&[u8]>,
+    password: &[u8],
+) -> Result<(), Reply> {
+    let user_ok = user.is_none_or(|u| u == b"default");
+    match configured {
+        None if user.is_none() => Err(Reply::Error(
+            "ERR AUTH <password> called without any password configured for the default \
+             user. Are you sure your configuration is correct?"
+                .into(),
+        )),
+        None if user_ok => Ok(()),
+        Some(pw) if crate::auth::password_matches(pw, password) && user_ok => Ok(()),
+        _ => Err(Reply::Error(WRONGPASS.into())),
     }
 }
 
@@ -1212,15 +1556,25 @@ mod tests {
         );
         assert_eq!(
             parse_command(&args(&["GeT", "k"])),
-            Ok(Command::Get(Bytes::from("k")))
+            Ok(Command::Read(crate::kv::Command::Get {
+                key: Bytes::from("k")
+            }))
         );
         assert_eq!(
             parse_command(&args(&["SET", "k", "v"])),
-            Ok(Command::Set(Bytes::from("k"), Bytes::from("v")))
+            Ok(Command::Write(crate::kv::Command::Set {
+                key: Bytes::from("k"),
+                value: Bytes::from("v"),
+                cond: crate::kv::SetCond::Always,
+                get: false,
+                ttl: crate::kv::Ttl::Clear,
+            }))
         );
         assert_eq!(
             parse_command(&args(&["DEL", "a", "b"])),
-            Ok(Command::Del(args(&["a", "b"])))
+            Ok(Command::Write(crate::kv::Command::Del {
+                keys: args(&["a", "b"])
+            }))
         );
         assert_eq!(
             parse_command(&args(&["INFO", "Raft"])),
@@ -1234,11 +1588,47 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(kind_of(&args(&["get", "k"])), Some(Kind::Read));
-        assert_eq!(kind_of(&args(&["SET", "k", "v"])), Some(Kind::Write));
-        assert_eq!(kind_of(&args(&["Del", "k"])), Some(Kind::Write));
-        assert_eq!(kind_of(&args(&["PING"])), None);
-        assert_eq!(kind_of(&args(&["INFO"])), None);
+        assert_eq!(kind_of(&args(&["get", "k"]), false), Some(Kind::Read));
+        assert_eq!(kind_of(&args(&["SET", "k", "v"]), false), Some(Kind::Write));
+        assert_eq!(kind_of(&args(&["Del", "k"]), false), Some(Kind::Write));
+        assert_eq!(kind_of(&args(&["PING"]), false), None);
+        assert_eq!(kind_of(&args(&["INFO"]), false), None);
+        assert_eq!(kind_of(&args(&["scan", "0"]), false), Some(Kind::Read));
+        assert_eq!(kind_of(&args(&["LOCK.INFO", "l"]), false), Some(Kind::Read));
+        assert_eq!(
+            kind_of(&args(&["lock.acquire", "l", "o", "1"]), false),
+            Some(Kind::Write)
+        );
+        // WATCH waits for the connection's writes; EXEC is a write.
+        assert_eq!(kind_of(&args(&["WATCH", "k"]), false), Some(Kind::Read));
+        assert_eq!(kind_of(&args(&["EXEC"]), false), Some(Kind::Write));
+        // Inside MULTI commands are only queued.
+        assert_eq!(kind_of(&args(&["GET", "k"]), true), None);
+        assert_eq!(kind_of(&args(&["INCR", "k"]), true), None);
+        assert_eq!(kind_of(&args(&["EXEC"]), true), Some(Kind::Write));
+        // Every store command has a kind, and every read is in the table.
+        for name in crate::commands::NAMES {
+            assert!(kind_of(&args(&[name]), false).is_some(), "{name}");
+        }
+        for name in READ_COMMANDS {
+            assert!(crate::commands::NAMES.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_command_is_in_the_command_table() {
+        let spec = |n: &str| COMMANDS.iter().find(|c| c.name == n);
+        for name in crate::commands::NAMES {
+            let s = spec(name).unwrap_or_else(|| panic!("{name} not in COMMAND"));
+            let read = READ_COMMANDS.contains(name);
+            assert_eq!(s.flags.contains(&"readonly"), read, "{name}");
+            assert_eq!(s.flags.contains(&"write"), !read, "{name}");
+        }
+        for name in [
+            "multi", "exec", "discard", "watch", "unwatch", "auth", "hello",
+        ] {
+            assert!(spec(name).is_some(), "{name}");
+        }
     }
 
     /// A registered client on one end of a loopback connection.
@@ -1549,7 +1939,7 @@ mod tests {
         let (_poll, mut c, _peer) = pair();
         let w = c.reserve(Kind::Write, WRITE_REPLY_RESERVE);
         let get = args(&["GET", "k"]);
-        assert!(c.must_wait(kind_of(&get)));
+        assert!(c.must_wait(kind_of(&get, false)));
         c.hold(get.clone());
         assert!(!c.unstall_if_ready());
         c.fill(w, Reply::Simple("OK"));
@@ -1586,35 +1976,58 @@ mod tests {
             cmd(&["HELLO", "3"]),
             Command::Hello {
                 protocol: Some(Protocol::Resp3),
-                name: None
+                name: None,
+                auth: None,
             }
         ));
         assert!(matches!(
             cmd(&["hello"]),
             Command::Hello {
                 protocol: None,
-                name: None
+                name: None,
+                auth: None,
             }
         ));
         assert!(matches!(
             cmd(&["HELLO", "2", "AUTH", "default", "pw", "SETNAME", "me"]),
-            Command::Hello { protocol: Some(Protocol::Resp2), name: Some(n) } if n == "me"
+            Command::Hello { protocol: Some(Protocol::Resp2), name: Some(n), auth: Some(_) } if n == "me"
         ));
         assert_eq!(err(&["HELLO", "4"]), "NOPROTO unsupported protocol version");
         assert_eq!(
             err(&["HELLO", "x"]),
             "ERR Protocol version is not an integer or out of range"
         );
-        assert_eq!(
-            err(&["HELLO", "3", "AUTH", "bob", "pw"]),
-            "WRONGPASS invalid username-password pair or user is disabled."
-        );
+        // Who may AUTH is decided when it runs (check_auth).
+        assert!(matches!(
+            cmd(&["HELLO", "3", "AUTH", "bob", "pw"]),
+            Command::Hello { auth: Some((u, _)), .. } if u == "bob"
+        ));
         assert_eq!(
             err(&["HELLO", "3", "BOGUS"]),
             "ERR Syntax error in HELLO option 'BOGUS'"
         );
-        assert!(err(&["AUTH", "pw"]).starts_with("ERR AUTH <password> called without any password"));
-        assert!(matches!(cmd(&["AUTH", "default", "pw"]), Command::AuthOk));
+        assert!(matches!(
+            cmd(&["AUTH", "pw"]),
+            Command::Auth { user: None, password } if password == "pw"
+        ));
+        assert!(matches!(
+            cmd(&["AUTH", "default", "pw"]),
+            Command::Auth { user: Some(u), .. } if u == "default"
+        ));
+        // Without a client password: Redis' answers.
+        let e = |r: Result<(), Reply>| match r {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(e(check_auth(None, None, b"pw"))
+            .starts_with("ERR AUTH <password> called without any password configured"));
+        assert_eq!(check_auth(None, Some(b"default"), b"anything"), Ok(()));
+        assert_eq!(e(check_auth(None, Some(b"bob"), b"pw")), WRONGPASS);
+        // With one.
+        assert_eq!(check_auth(Some(b"s3"), None, b"s3"), Ok(()));
+        assert_eq!(check_auth(Some(b"s3"), Some(b"default"), b"s3"), Ok(()));
+        assert_eq!(e(check_auth(Some(b"s3"), None, b"s4")), WRONGPASS);
+        assert_eq!(e(check_auth(Some(b"s3"), Some(b"bob"), b"s3")), WRONGPASS);
         assert!(matches!(
             cmd(&["CLIENT", "SETNAME", "a-b"]),
             Command::ClientSetName(_)
@@ -1657,7 +2070,15 @@ mod tests {
             err(&["DEL"]),
             "ERR wrong number of arguments for 'del' command"
         );
-        assert_eq!(err(&["SET", "k", "v", "NX"]), "ERR syntax error");
+        assert_eq!(err(&["SET", "k", "v", "NX", "XX"]), "ERR syntax error");
+        assert_eq!(
+            err(&["exec", "x"]),
+            "ERR wrong number of arguments for 'exec' command"
+        );
+        assert_eq!(
+            err(&["WATCH"]),
+            "ERR wrong number of arguments for 'watch' command"
+        );
         assert_eq!(
             err(&["FOO", "a", "b"]),
             "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "

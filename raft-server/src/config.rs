@@ -212,6 +212,26 @@ pub struct Settings {
     /// Bytes all client connections may hold together
     /// (`client_memory_budget_mb`, default 256).
     pub client_memory_budget: usize,
+    /// The password clients must give with `AUTH` or `HELLO ... AUTH`
+    /// (`client_password_file`); `None`: none is needed.
+    pub client_password: Option<ClientPassword>,
+}
+
+/// The client password, kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientPassword(Vec<u8>);
+
+impl ClientPassword {
+    /// The password's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientPassword(..)")
+    }
 }
 
 impl Settings {
@@ -380,7 +400,7 @@ impl Settings {
                     .parent()
                     .unwrap_or_else(|| Path::new(""))
                     .join(name.trim());
-                let secret = read_secret_file(&secret_path)?;
+                let secret = read_secret_file(&secret_path, "secret_file")?;
                 (PeerKey::secret(secret), Some(secret_path))
             }
         };
@@ -401,7 +421,22 @@ impl Settings {
             )));
         }
 
+        let client_password = match &file.client_password_file {
+            None => None,
+            Some(name) => {
+                let pw_path = path
+                    .parent()
+                    .unwrap_or_else(|| Path::new(""))
+                    .join(name.trim());
+                Some(ClientPassword(read_secret_file(
+                    &pw_path,
+                    "client_password_file",
+                )?))
+            }
+        };
+
         Ok(Settings {
+            client_password,
             client_idle_timeout,
             client_memory_budget: usize::try_from(budget_mb << 20).unwrap_or(usize::MAX),
             config_path: path.clone(),
@@ -510,6 +545,8 @@ struct ClusterFile {
     /// Experiments only: peer links without authentication.
     #[serde(default)]
     insecure_peer_links: bool,
+    /// The client password, relative to the cluster file.
+    client_password_file: Option<String>,
     /// 0: off.
     #[serde(default)]
     client_idle_timeout_ms: u64,
@@ -555,18 +592,19 @@ fn read_config_file(path: &Path) -> Result<String, LoadError> {
     std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))
 }
 
-/// Reads the cluster secret: the file's bytes, less one trailing newline
+/// Reads the cluster secret (or the client password; `field` names the
+/// key of the cluster file in messages): the file's bytes, less one trailing newline
 /// (so that `echo`, `base64` and editors can write it). Refused if missing,
 /// empty, too large, or accessible by group or others: a secret that other
 /// local users can read protects nothing.
-fn read_secret_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+fn read_secret_file(path: &Path, field: &str) -> Result<Vec<u8>, LoadError> {
     let err = |msg: String| LoadError::File {
         path: path.to_path_buf(),
         msg,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read secret_file: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read {field}: {e}")))?;
     if !meta.is_file() {
-        return Err(err("secret_file is not a regular file".into()));
+        return Err(err(format!("{field} is not a regular file")));
     }
     #[cfg(unix)]
     {
@@ -574,19 +612,18 @@ fn read_secret_file(path: &Path) -> Result<Vec<u8>, LoadError> {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(err(format!(
-                "secret_file has mode {mode:04o}: it must not be accessible by group or \
+                "{field} has mode {mode:04o}: it must not be accessible by group or \
                  others (chmod 600 it)"
             )));
         }
     }
     if meta.len() > MAX_SECRET_FILE_LEN {
         return Err(err(format!(
-            "secret_file is {} bytes, at most {MAX_SECRET_FILE_LEN} (is it the right file?)",
+            "{field} is {} bytes, at most {MAX_SECRET_FILE_LEN} (is it the right file?)",
             meta.len()
         )));
     }
-    let mut secret =
-        std::fs::read(path).map_err(|e| err(format!("cannot read secret_file: {e}")))?;
+    let mut secret = std::fs::read(path).map_err(|e| err(format!("cannot read {field}: {e}")))?;
     if secret.last() == Some(&b'\n') {
         secret.pop();
         if secret.last() == Some(&b'\r') {
@@ -594,7 +631,7 @@ fn read_secret_file(path: &Path) -> Result<Vec<u8>, LoadError> {
         }
     }
     if secret.is_empty() {
-        return Err(err("secret_file is empty".into()));
+        return Err(err(format!("{field} is empty")));
     }
     Ok(secret)
 }
@@ -879,6 +916,42 @@ client_addr = "127.0.0.1:6403"
         assert!(!format!("{s:?}").contains("0123456789abcdef"));
         let insecure = load(&["--id", "1"], THREE).unwrap();
         assert!(insecure.peer_key.is_insecure());
+    }
+
+    #[test]
+    fn reads_the_client_password_like_the_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, cli, text) = with_secret(b"0123456789abcdef0123\n", 0o600);
+        let pw = dir.path().join("clients.pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let none = Settings::from_toml(&cli, &text).unwrap();
+        assert_eq!(none.client_password, None);
+        let text = text.replace(
+            "secret_file =",
+            "client_password_file = \"clients.pw\"\nsecret_file =",
+        );
+        let s = Settings::from_toml(&cli, &text).unwrap();
+        assert_eq!(
+            s.client_password.as_ref().map(|p| p.bytes()),
+            Some(&b"hunter2"[..])
+        );
+        assert!(!format!("{s:?}").contains("hunter2"), "kept out of Debug");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "clients.pw: client_password_file has mode 0640: it must not be \
+                         accessible by group or others (chmod 600 it)"
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(&pw).unwrap();
+        let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
+        assert!(
+            e.contains("clients.pw: cannot read client_password_file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -119,8 +119,14 @@ pub struct Snapshot {
     pub client_bytes: usize,
     /// The budget for `client_bytes`.
     pub client_budget: usize,
-    /// Keys in the store.
+    /// Keys in the store (expired ones not yet swept included).
     pub keys: usize,
+    /// Keys with a deadline.
+    pub expires: usize,
+    /// Locks held (`LOCK.ACQUIRE`).
+    pub locks: usize,
+    /// The store clock: the latest leader stamp applied, ms since the epoch.
+    pub store_clock_ms: u64,
     /// Seconds since start.
     pub uptime: Duration,
     /// Counters.
@@ -269,7 +275,11 @@ fn replication_section(s: &Snapshot, o: &mut String) {
 fn keyspace_section(s: &Snapshot, o: &mut String) {
     o.push_str("# Keyspace\r\n");
     if s.keys > 0 {
-        field(o, "db0", format!("keys={},expires=0,avg_ttl=0", s.keys));
+        field(
+            o,
+            "db0",
+            format!("keys={},expires={},avg_ttl=0", s.keys, s.expires),
+        );
     }
 }
 
@@ -327,6 +337,9 @@ pub fn render_info(s: &Snapshot) -> String {
     line("client_memory_bytes", &s.client_bytes);
     line("client_memory_budget_bytes", &s.client_budget);
     line("keys", &s.keys);
+    line("expires", &s.expires);
+    line("locks", &s.locks);
+    line("store_clock_ms", &s.store_clock_ms);
     line("uptime_in_seconds", &s.uptime.as_secs());
     o
 }
@@ -445,6 +458,13 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.client_budget as i64,
     );
     gauge(&mut r, "kv_keys", "Keys in the store.", s.keys as i64);
+    gauge(
+        &mut r,
+        "kv_expires",
+        "Keys in the store with a deadline.",
+        s.expires as i64,
+    );
+    gauge(&mut r, "kv_locks", "Locks held.", s.locks as i64);
     gauge(
         &mut r,
         "uptime_seconds",
@@ -871,6 +891,9 @@ mod tests {
             client_bytes: 12345,
             client_budget: 256 << 20,
             keys: 10,
+            expires: 3,
+            locks: 1,
+            store_clock_ms: 1_700_000_000_000,
             uptime: Duration::from_secs(5),
             counters: Counters {
                 elections_started: 2,

@@ -410,6 +410,8 @@ pub enum Reply {
     Bulk(Bytes),
     /// `$-1`: no such key.
     Nil,
+    /// `*-1`: the nil array of an aborted `EXEC`.
+    NilArray,
     /// `*n` and the elements.
     Array(Vec<Reply>),
     /// Key-value pairs: a RESP3 map (`%n`), or in RESP2 an array of 2n
@@ -427,8 +429,8 @@ impl Reply {
             Reply::Error(e) => e.len() + 3,
             Reply::Integer(n) => n.to_string().len() + 3,
             Reply::Bulk(b) => bulk_len(b.len()),
-            Reply::Nil if p == Protocol::Resp3 => 3,
-            Reply::Nil => 5,
+            Reply::Nil | Reply::NilArray if p == Protocol::Resp3 => 3,
+            Reply::Nil | Reply::NilArray => 5,
             Reply::Array(items) => {
                 items.len().to_string().len()
                     + 3
@@ -456,8 +458,9 @@ impl Reply {
             Reply::Error(e) => error(out, e),
             Reply::Integer(n) => integer(out, *n),
             Reply::Bulk(b) => bulk(out, b),
-            Reply::Nil if p == Protocol::Resp3 => out.put_slice(b"_\r\n"),
+            Reply::Nil | Reply::NilArray if p == Protocol::Resp3 => out.put_slice(b"_\r\n"),
             Reply::Nil => nil(out),
+            Reply::NilArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 out.put_u8(b'*');
                 out.put_slice(items.len().to_string().as_bytes());

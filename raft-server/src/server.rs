@@ -35,7 +35,7 @@ use crate::client::{self, Budget, Client, ClientTimer, Command, Expiry, MAX_CLIE
 use crate::config::Settings;
 use crate::conn;
 use crate::info::{self, Counters, Histograms, MetricsServer, Snapshot};
-use crate::kv::{self, Kv, Outcome};
+use crate::kv::{self, Kv};
 use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
@@ -161,8 +161,24 @@ struct PendingWrite {
 #[derive(Debug)]
 struct PendingRead {
     to: ReplyTo,
-    key: Bytes,
+    /// A store command that only reads.
+    cmd: kv::Command,
 }
+
+/// A read that would see a key whose deadline has passed by this leader's
+/// clock but not yet by the store clock: it waits for the sweep entry at
+/// `index` (see `finish_read` and kv.rs's "Time and expiry").
+#[derive(Debug)]
+struct ClockWait {
+    index: u64,
+    /// The leader's clock when the read was first answered.
+    now_ms: u64,
+    read: PendingRead,
+}
+
+/// The leader proposes a timer sweep of expired keys at most this often
+/// (reads never wait for it: a read of an expired key proposes its own).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The member's listening sockets, bound before the data dir is touched so
 /// that a bad or busy address leaves nothing on disk.
@@ -200,6 +216,8 @@ pub struct Server {
     poll: Poll,
     settings: Settings,
     start: Instant,
+    /// The wall clock at `start`, ms since the Unix epoch (see `wall_ms`).
+    start_wall_ms: u64,
     node: Node,
     /// Carries out the node's actions in the safe order (shared with the
     /// simulator).
@@ -232,6 +250,14 @@ pub struct Server {
     writes: BTreeMap<u64, PendingWrite>,
     /// Pending reads by read id.
     reads: HashMap<u64, PendingRead>,
+    /// Reads waiting for a sweep to move the store clock.
+    clock_waits: Vec<ClockWait>,
+    /// The sweep entry proposed and not applied yet, by index.
+    sweep_in_flight: Option<u64>,
+    /// No timer sweep before this.
+    next_sweep_at: Option<Instant>,
+    /// Proposals were made while draining: drain again before sleeping.
+    redrain: bool,
     next_read_id: u64,
     /// Peer inputs not yet fed to the node.
     inputs: Vec<PeerInput>,
@@ -275,6 +301,9 @@ impl Server {
         } = listeners;
 
         let start = Instant::now();
+        let start_wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         // Seeded from the OS and logged (STYLE §4): a run's election timing
         // can be replayed in the simulator from this number.
         let seed: u64 = rand::random();
@@ -322,6 +351,7 @@ impl Server {
             poll,
             settings,
             start,
+            start_wall_ms,
             node,
             driver: Driver::new(),
             storage,
@@ -341,6 +371,10 @@ impl Server {
             signals,
             writes: BTreeMap::new(),
             reads: HashMap::new(),
+            clock_waits: Vec::new(),
+            sweep_in_flight: None,
+            next_sweep_at: None,
+            redrain: false,
             next_read_id: 0,
             inputs: Vec::new(),
             dirty: Vec::new(),
@@ -414,19 +448,29 @@ impl Server {
                 m.tick(self.poll.registry(), now);
             }
             self.node.handle_timeout(t);
+            self.sweep_expired(now, t);
 
             for _ in 0..MAX_DRAIN_ROUNDS {
                 self.drain(now)?;
                 self.peers
                     .flush(self.poll.registry(), now, &mut self.inputs);
                 self.flush_clients(now);
-                if self.inputs.is_empty() {
+                if self.inputs.is_empty() && !std::mem::take(&mut self.redrain) {
                     break;
                 }
                 self.feed(t);
             }
             self.end_client_turn(now);
         }
+    }
+
+    /// The wall clock, ms since the Unix epoch, as stamped into writes and
+    /// used for expiry: the wall clock read once at start plus the
+    /// monotonic time since, so that it never goes back while the process
+    /// runs (a clock step after start is not followed; NTP's slewing is).
+    fn wall_ms(&self, now: Instant) -> u64 {
+        self.start_wall_ms
+            .saturating_add(now.saturating_duration_since(self.start).as_millis() as u64)
     }
 
     /// The node's clock: time since start.
@@ -437,7 +481,7 @@ impl Server {
     /// How long the next poll may sleep: until the earliest deadline, or not
     /// at all if work is already waiting.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.resume.is_empty() || !self.inputs.is_empty() {
+        if !self.resume.is_empty() || !self.inputs.is_empty() || self.redrain {
             return Some(Duration::ZERO);
         }
         let node = self
@@ -452,6 +496,7 @@ impl Server {
             self.client_timer.deadline(),
             self.budget.deadline(),
             self.accept_retry_at,
+            self.sweep_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -521,10 +566,10 @@ impl Server {
             match action {
                 Action::Apply(e) => {
                     self.observe_apply_lag(e.index.0, applied_at);
-                    self.apply(e);
+                    self.apply(e, now);
                 }
-                Action::ReadReady { id } => self.answer_read(id, None),
-                Action::ReadFailed { id, error } => self.answer_read(id, Some(error)),
+                Action::ReadReady { id } => self.answer_read(id, None, now),
+                Action::ReadFailed { id, error } => self.answer_read(id, Some(error), now),
                 Action::Event(e) => self.on_event(e),
                 other => unreachable!("the driver carries out {other:?} itself"),
             }
@@ -547,12 +592,12 @@ impl Server {
     }
 
     /// Applies a committed entry and answers the write that proposed it.
-    fn apply(&mut self, entry: Entry) {
+    fn apply(&mut self, entry: Entry, now: Instant) {
         self.counters.entries_applied += 1;
         let result = match &entry.payload {
             EntryPayload::Noop => None,
-            EntryPayload::Command(bytes) => Some(match kv::Command::decode(bytes) {
-                Ok(cmd) => Ok(self.kv.apply(&cmd)),
+            EntryPayload::Command(bytes) => Some(match kv::Write::decode(bytes) {
+                Ok(w) => Ok(self.kv.apply(entry.index.0, &w)),
                 Err(e) => {
                     // Every member holds the same bytes and skips them alike.
                     log::error!(
@@ -564,6 +609,7 @@ impl Server {
                 }
             }),
         };
+        self.applied_for_reads(entry.index.0, now);
         debug_assert!(
             self.writes.range(..entry.index.0).next().is_none(),
             "a pending write below the applied index was never answered"
@@ -576,8 +622,7 @@ impl Server {
             _ if w.term != entry.term => {
                 Reply::Error("ERR write lost to a leader change; retry".into())
             }
-            Some(Ok(Outcome::Ok)) => Reply::Simple("OK"),
-            Some(Ok(Outcome::Deleted(n))) => Reply::Integer(n as i64),
+            Some(Ok(outcome)) => client::outcome_reply(outcome),
             Some(Err(e)) => Reply::Error(format!("ERR {e}")),
             None => Reply::Error("ERR internal error: no-op at a proposed index".into()),
         };
@@ -589,21 +634,119 @@ impl Server {
         self.deliver(w.to, reply);
     }
 
-    fn answer_read(&mut self, id: u64, error: Option<ReadError>) {
+    fn answer_read(&mut self, id: u64, error: Option<ReadError>, now: Instant) {
         let Some(r) = self.reads.remove(&id) else {
             return;
         };
-        let reply = match error {
-            None => {
-                self.counters.reads_ok += 1;
-                match self.kv.get(&r.key) {
-                    Some(v) => Reply::Bulk(v.clone()),
-                    None => Reply::Nil,
-                }
+        match error {
+            None => self.finish_read(r, None, now),
+            Some(e) => {
+                let reply = self.read_error(e, r.cmd.first_key().map_or(&[][..], |k| k));
+                self.deliver(r.to, reply);
             }
-            Some(e) => self.read_error(e, &r.key),
+        }
+    }
+
+    /// Answers a read whose ReadIndex round is complete. If it would see a
+    /// key whose deadline has passed by this leader's clock but not by the
+    /// store clock, a sweep stamped with this clock is proposed first and
+    /// the read answered once it is applied: what a read sees is then a
+    /// state of the log at a time recorded in the log (kv.rs, "Time and
+    /// expiry"). `checked_ms` is the clock of a first check: a read waits
+    /// at most twice (an in-flight sweep may have been stamped earlier than
+    /// it needed; the next one is stamped later). A member that cannot
+    /// propose answers from its state, which is still linearizable.
+    fn finish_read(&mut self, read: PendingRead, checked_ms: Option<u64>, now: Instant) {
+        let now_ms = checked_ms.unwrap_or_else(|| self.wall_ms(now));
+        if self.node.role() == Role::Leader && self.kv.read_due(&read.cmd, now_ms) {
+            if let Some(index) = self.propose_sweep(now) {
+                self.clock_waits.push(ClockWait {
+                    index,
+                    now_ms,
+                    read,
+                });
+                return;
+            }
+        }
+        self.counters.reads_ok += 1;
+        let outcome = self.kv.query(&read.cmd, self.wall_ms(now));
+        self.deliver(read.to, client::outcome_reply(outcome));
+    }
+
+    /// An entry was applied: the reads waiting for it are answered.
+    fn applied_for_reads(&mut self, index: u64, now: Instant) {
+        if self.sweep_in_flight.is_some_and(|i| i <= index) {
+            self.sweep_in_flight = None;
+        }
+        if self.clock_waits.iter().any(|w| w.index <= index) {
+            let (ready, waiting) = std::mem::take(&mut self.clock_waits)
+                .into_iter()
+                .partition::<Vec<_>, _>(|w| w.index <= index);
+            self.clock_waits = waiting;
+            for w in ready {
+                self.finish_read(w.read, Some(w.now_ms), now);
+            }
+        }
+    }
+
+    /// Proposes a sweep of expired keys stamped with this member's clock,
+    /// unless one is in flight; the index of the sweep to wait for.
+    fn propose_sweep(&mut self, now: Instant) -> Option<u64> {
+        if self.sweep_in_flight.is_some() {
+            return self.sweep_in_flight;
+        }
+        let w = kv::Write::new(self.wall_ms(now), kv::Command::Sweep);
+        match self.node.propose(self.time(now), w.encode()) {
+            Ok(id) => {
+                self.sweep_in_flight = Some(id.index.0);
+                self.redrain = true;
+                Some(id.index.0)
+            }
+            Err(e) => {
+                log::debug!("sweep of expired keys not proposed: {e:?}");
+                None
+            }
+        }
+    }
+
+    /// Timers, on the leader: expired keys are removed through the log, by
+    /// a sweep once the earliest deadline has passed (bounded per entry;
+    /// another follows while some remain), at most every
+    /// [`SWEEP_INTERVAL`].
+    fn sweep_expired(&mut self, now: Instant, _t: Time) {
+        if self.node.role() != Role::Leader
+            || self.sweep_in_flight.is_some()
+            || self.next_sweep_at.is_some_and(|at| now < at)
+        {
+            return;
+        }
+        if self.kv.sweep_due(self.wall_ms(now)) {
+            self.next_sweep_at = Some(now + SWEEP_INTERVAL);
+            self.propose_sweep(now);
+        }
+    }
+
+    /// When the next timer sweep is due, on the leader.
+    fn sweep_deadline(&self) -> Option<Instant> {
+        if self.node.role() != Role::Leader || self.sweep_in_flight.is_some() {
+            return None;
+        }
+        let d = self.kv.next_deadline()?;
+        let due = if d <= self.kv.clock_ms() {
+            self.start
+        } else {
+            self.start + Duration::from_millis(d.saturating_sub(self.start_wall_ms))
         };
-        self.deliver(r.to, reply);
+        Some(self.next_sweep_at.map_or(due, |at| due.max(at)))
+    }
+
+    /// Leadership lost: no sweep of ours will commit, and the waiting reads
+    /// are answered from this member's state.
+    fn release_clock_waits(&mut self, now: Instant) {
+        self.sweep_in_flight = None;
+        for w in std::mem::take(&mut self.clock_waits) {
+            self.finish_read(w.read, Some(w.now_ms), now);
+        }
     }
 
     fn on_event(&mut self, event: Event) {
@@ -635,6 +778,7 @@ impl Server {
                     self.fail_pending_writes(
                         "ERR leadership lost before the write committed; it may still take effect",
                     );
+                    self.release_clock_waits(Instant::now());
                 }
             }
             Event::LeaderChanged { leader, term } => {
@@ -820,6 +964,7 @@ impl Server {
         let _ = sock.set_nodelay(true);
         self.next_client_id += 1;
         let mut c = Client::new(self.next_client_id, sock, addr, now);
+        c.authenticated = self.settings.client_password.is_none();
         self.budget.update(&mut c);
         self.client_timer
             .note(c.deadline(self.settings.client_idle_timeout));
@@ -873,7 +1018,7 @@ impl Server {
                 let Some(req) = c.next_request(&self.limits, now) else {
                     break;
                 };
-                if c.must_wait(client::kind_of(&req)) {
+                if c.must_wait(client::kind_of(&req, c.in_multi())) {
                     c.hold(req);
                     break;
                 }
@@ -916,13 +1061,42 @@ impl Server {
     }
 
     fn execute(&mut self, key: usize, req: Request, t: Time) {
+        let c = &mut self.clients[key];
         let cmd = match client::parse_command(&req) {
             Ok(cmd) => cmd,
             Err(reply) => {
-                self.clients[key].reply_now(reply);
+                // Inside MULTI a refused command dooms the transaction.
+                if let Some(tx) = &mut c.tx {
+                    tx.failed = true;
+                }
+                c.reply_now(reply);
                 return;
             }
         };
+        // With a client password, only these run before AUTH (as in Redis).
+        if !c.authenticated
+            && !matches!(
+                cmd,
+                Command::Auth { .. } | Command::Hello { .. } | Command::Quit | Command::Reset
+            )
+        {
+            c.reply_now(Reply::Error("NOAUTH Authentication required.".into()));
+            return;
+        }
+        if c.in_multi()
+            && !matches!(
+                cmd,
+                Command::Exec
+                    | Command::Discard
+                    | Command::Multi
+                    | Command::Watch(_)
+                    | Command::Quit
+                    | Command::Reset
+            )
+        {
+            self.queue(key, cmd, &req);
+            return;
+        }
         match cmd {
             Command::Ping(None) => self.clients[key].reply_now(Reply::Simple("PONG")),
             Command::Ping(Some(m)) | Command::Echo(m) => {
@@ -933,13 +1107,34 @@ impl Server {
                 c.reply_now(Reply::Simple("OK"));
                 c.close_after_replies();
             }
-            Command::Hello { protocol, name } => {
+            Command::Hello {
+                protocol,
+                name,
+                auth,
+            } => {
                 let role = if self.node.role() == Role::Leader {
                     "master"
                 } else {
                     "replica"
                 };
+                let password = self.settings.client_password.as_ref().map(|p| p.bytes());
                 let c = &mut self.clients[key];
+                match &auth {
+                    Some((user, pw)) => match client::check_auth(password, Some(user), pw) {
+                        Ok(()) => c.authenticated = true,
+                        Err(reply) => return c.reply_now(reply),
+                    },
+                    None if !c.authenticated => {
+                        return c.reply_now(Reply::Error(
+                            "NOAUTH HELLO must be called with the client already authenticated, \
+                             otherwise the HELLO <proto> AUTH <user> <pass> option can be used \
+                             to authenticate the client and select the RESP protocol version at \
+                             the same time"
+                                .into(),
+                        ))
+                    }
+                    None => {}
+                }
                 if let Some(p) = protocol {
                     // The reply to HELLO is already in the new protocol.
                     c.protocol = p;
@@ -963,9 +1158,60 @@ impl Server {
                 ]);
                 c.reply_now(reply);
             }
-            Command::AuthOk | Command::Ok | Command::Select => {
-                self.clients[key].reply_now(Reply::Simple("OK"))
+            Command::Auth { user, password } => {
+                let configured = self.settings.client_password.as_ref().map(|p| p.bytes());
+                let c = &mut self.clients[key];
+                match client::check_auth(configured, user.as_deref(), &password) {
+                    Ok(()) => {
+                        c.authenticated = true;
+                        c.reply_now(Reply::Simple("OK"));
+                    }
+                    Err(reply) => c.reply_now(reply),
+                }
             }
+            Command::Multi => {
+                let c = &mut self.clients[key];
+                if c.in_multi() {
+                    c.reply_now(Reply::Error("ERR MULTI calls can not be nested".into()));
+                } else {
+                    c.tx = Some(client::Transaction::default());
+                    c.reply_now(Reply::Simple("OK"));
+                }
+            }
+            Command::Discard => {
+                let c = &mut self.clients[key];
+                if c.tx.take().is_some() {
+                    c.watches.clear();
+                    c.reply_now(Reply::Simple("OK"));
+                } else {
+                    c.reply_now(Reply::Error("ERR DISCARD without MULTI".into()));
+                }
+            }
+            Command::Unwatch => {
+                let c = &mut self.clients[key];
+                c.watches.clear();
+                c.reply_now(Reply::Simple("OK"));
+            }
+            Command::Watch(keys) => self.watch(key, keys),
+            Command::Exec => {
+                let c = &mut self.clients[key];
+                let Some(tx) = c.tx.take() else {
+                    return c.reply_now(Reply::Error("ERR EXEC without MULTI".into()));
+                };
+                let watches = std::mem::take(&mut c.watches);
+                if tx.failed {
+                    return c.reply_now(Reply::Error(
+                        "EXECABORT Transaction discarded because of previous errors.".into(),
+                    ));
+                }
+                let cmd = kv::Command::Exec {
+                    watches,
+                    cmds: tx.cmds,
+                };
+                let slot_key = cmd.first_key().cloned().unwrap_or_default();
+                self.propose(key, cmd, &slot_key, t);
+            }
+            Command::Ok | Command::Select => self.clients[key].reply_now(Reply::Simple("OK")),
             Command::ReadMode => self.clients[key].reply_now(Reply::Simple("OK")),
             Command::EmptyMap => self.clients[key].reply_now(Reply::Map(Vec::new())),
             Command::CountCommands => {
@@ -1039,6 +1285,9 @@ impl Server {
                 let c = &mut self.clients[key];
                 c.protocol = resp::Protocol::Resp2;
                 c.name = None;
+                c.tx = None;
+                c.watches.clear();
+                c.authenticated = self.settings.client_password.is_none();
                 c.reply_now(Reply::Simple("RESET"));
             }
             Command::ClientSetName(name) => {
@@ -1071,7 +1320,7 @@ impl Server {
                     info::render_info_sections(&self.snapshot(Instant::now()), section.as_deref());
                 self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
             }
-            Command::Get(k) => {
+            Command::Read(cmd) => {
                 self.next_read_id += 1;
                 let id = self.next_read_id;
                 // A follower could serve the read with a read index from
@@ -1087,35 +1336,96 @@ impl Server {
                 match read {
                     Ok(()) => {
                         // The reply counts against the connection's output
-                        // from now on: the value as it is now, re-counted
-                        // with the real reply when the read completes.
-                        let reply_bytes = self
-                            .kv
-                            .get(&k)
-                            .map_or(Reply::Nil.encoded_len(resp::Protocol::Resp2), |v| {
-                                resp::bulk_len(v.len())
-                            });
+                        // from now on: the values as they are now,
+                        // re-counted with the real reply when the read
+                        // completes.
+                        let reply_bytes = self.kv.reply_size_hint(&cmd);
                         let c = &mut self.clients[key];
                         let to = ReplyTo {
                             key,
                             client_id: c.id,
                             seq: c.reserve(client::Kind::Read, reply_bytes),
                         };
-                        self.reads.insert(id, PendingRead { to, key: k });
+                        self.reads.insert(id, PendingRead { to, cmd });
                     }
                     Err(e) => {
-                        let reply = self.read_error(e, &k);
+                        let reply = self.read_error(e, cmd.first_key().map_or(&[][..], |k| k));
                         self.clients[key].reply_now(reply);
                     }
                 }
             }
-            Command::Set(k, v) => {
-                let slot_key = k.clone();
-                self.propose(key, kv::Command::Set { key: k, value: v }, &slot_key, t)
+            Command::Write(cmd) => {
+                let slot_key = cmd.first_key().cloned().unwrap_or_default();
+                self.propose(key, cmd, &slot_key, t)
             }
-            Command::Del(keys) => {
-                let slot_key = keys[0].clone();
-                self.propose(key, kv::Command::Del { keys }, &slot_key, t)
+        }
+    }
+
+    /// `WATCH`: remembers each key with the store's applied index; `EXEC`
+    /// sends them along, and applying it checks that none changed after
+    /// (kv.rs, "WATCH"). Only the leader's index counts, so followers
+    /// redirect.
+    fn watch(&mut self, key: usize, keys: Vec<Bytes>) {
+        if self.clients[key].in_multi() {
+            let reply = Reply::Error("ERR WATCH inside MULTI is not allowed".into());
+            return self.clients[key].reply_now(reply);
+        }
+        if self.node.role() != Role::Leader {
+            let reply = self.redirect(self.node.leader(), &keys[0]);
+            return self.clients[key].reply_now(reply);
+        }
+        let index = self.kv.applied_index();
+        let c = &mut self.clients[key];
+        if c.watches.len() + keys.len() > client::MAX_WATCHED_KEYS {
+            return c.reply_now(Reply::Error(format!(
+                "ERR too many watched keys: at most {} per connection",
+                client::MAX_WATCHED_KEYS
+            )));
+        }
+        c.watches.extend(keys.into_iter().map(|k| (k, index)));
+        c.reply_now(Reply::Simple("OK"));
+    }
+
+    /// A command between `MULTI` and `EXEC`: a store command is queued
+    /// (`+QUEUED`); anything else, a follower's redirect or a transaction
+    /// over its bounds is an error that dooms the transaction, as Redis
+    /// does with commands it refuses before `EXEC`.
+    fn queue(&mut self, key: usize, cmd: Command, req: &Request) {
+        let refused = match cmd {
+            Command::Read(c) | Command::Write(c) if self.node.role() != Role::Leader => {
+                let slot_key = c.first_key().cloned().unwrap_or_default();
+                Err(self.redirect(self.node.leader(), &slot_key))
+            }
+            Command::Read(c) | Command::Write(c) => Ok(c),
+            _ => Err(Reply::Error(
+                "ERR only the store's commands can be queued in a transaction".into(),
+            )),
+        };
+        let c = &mut self.clients[key];
+        let tx = c.tx.as_mut().expect("queue inside MULTI");
+        let bytes = client::ITEM_COST + req.iter().map(|a| a.len()).sum::<usize>();
+        let reply = match refused {
+            Ok(_)
+                if tx.cmds.len() >= client::MAX_TX_COMMANDS
+                    || tx.bytes + bytes > client::MAX_TX_BYTES =>
+            {
+                Err(Reply::Error(format!(
+                    "ERR transaction too large: at most {} commands and {} bytes",
+                    client::MAX_TX_COMMANDS,
+                    client::MAX_TX_BYTES
+                )))
+            }
+            other => other,
+        };
+        match reply {
+            Ok(cmd) => {
+                tx.cmds.push(cmd);
+                tx.bytes += bytes;
+                c.reply_now(Reply::Simple("QUEUED"));
+            }
+            Err(reply) => {
+                tx.failed = true;
+                c.reply_now(reply);
             }
         }
     }
@@ -1123,7 +1433,8 @@ impl Server {
     /// Proposes a write; `slot_key` (its first key) names the slot in a
     /// redirect.
     fn propose(&mut self, key: usize, cmd: kv::Command, slot_key: &[u8], t: Time) {
-        match self.node.propose(t, cmd.encode()) {
+        let stamp_ms = self.wall_ms(self.start + t.since_epoch());
+        match self.node.propose(t, kv::Write::new(stamp_ms, cmd).encode()) {
             Ok(id) => {
                 let c = &mut self.clients[key];
                 let to = ReplyTo {
@@ -1325,6 +1636,9 @@ impl Server {
             client_bytes: self.budget.used(),
             client_budget: self.budget.limit(),
             keys: self.kv.len(),
+            expires: self.kv.volatile_len(),
+            locks: self.kv.locks_len(),
+            store_clock_ms: self.kv.clock_ms(),
             uptime: now.saturating_duration_since(self.start),
             counters: self.counters,
             no_leader_for: self
@@ -1350,6 +1664,9 @@ impl Server {
         self.fail_pending_writes("ERR server shutting down; the write may still take effect");
         for (_, r) in std::mem::take(&mut self.reads) {
             self.deliver(r.to, Reply::Error("ERR server shutting down".into()));
+        }
+        for w in std::mem::take(&mut self.clock_waits) {
+            self.deliver(w.read.to, Reply::Error("ERR server shutting down".into()));
         }
         let now = Instant::now();
         for (key, c) in self.clients.iter_mut() {

@@ -123,6 +123,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) of every member process.
     pub fd_limit: Option<u64>,
+    /// A `client_password_file` with this password.
+    pub client_password: Option<String>,
 }
 
 /// Settings of a test cluster beyond the defaults, written to its file.
@@ -136,6 +138,8 @@ pub struct Options {
     pub metrics: bool,
     /// RLIMIT_NOFILE (soft and hard) of every member process.
     pub fd_limit: Option<u64>,
+    /// `client_password_file`'s password: the harness authenticates with it.
+    pub client_password: Option<String>,
 }
 
 impl Cluster {
@@ -163,6 +167,17 @@ impl Cluster {
         }
         if let Some(mb) = opts.budget_mb {
             toml.push_str(&format!("client_memory_budget_mb = {mb}\n"));
+        }
+        if let Some(pw) = &opts.client_password {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(dir.path().join("clients.password"))
+                .unwrap();
+            f.write_all(pw.as_bytes()).unwrap();
+            toml.push_str("client_password_file = \"clients.password\"\n");
         }
         toml.push('\n');
         let mut members = Vec::new();
@@ -197,6 +212,7 @@ impl Cluster {
             members,
             extra_args: Vec::new(),
             fd_limit: opts.fd_limit,
+            client_password: opts.client_password,
         }
     }
 
@@ -295,11 +311,21 @@ impl Cluster {
     }
 
     pub fn conn(&self, id: u64) -> Conn {
-        Conn::open(self.m(id).client).unwrap()
+        self.open(self.m(id).client).unwrap()
+    }
+
+    /// A connection, authenticated if the cluster has a client password.
+    pub fn open(&self, addr: SocketAddr) -> std::io::Result<Conn> {
+        let mut c = Conn::open(addr)?;
+        if let Some(pw) = &self.client_password {
+            let r = c.cmd(&["AUTH", pw])?;
+            assert_eq!(r, Resp::Simple("OK".into()), "AUTH");
+        }
+        Ok(c)
     }
 
     pub fn info(&self, id: u64) -> Option<Vec<(String, String)>> {
-        let mut c = Conn::open(self.m(id).client).ok()?;
+        let mut c = self.open(self.m(id).client).ok()?;
         c.w.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         match c.cmd(&["INFO", "raft"]).ok()? {
             Resp::Bulk(Some(b)) => Some(
@@ -362,7 +388,7 @@ impl Cluster {
             .map(|m| m.client)
             .unwrap();
         loop {
-            let r = Conn::open(target).and_then(|mut c| c.cmd(args));
+            let r = self.open(target).and_then(|mut c| c.cmd(args));
             match r {
                 Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
                     target = e.rsplit(' ').next().unwrap().parse().unwrap();
