@@ -3,6 +3,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SIM_SEEDS ?= 0..500
 SIM_LONG_SEEDS ?= 0..20000
+# Election liveness on a slow, lossy network (raft-sim --slow-network).
+SLOW_SEEDS ?= 0..2000
 FUZZ_SECS ?= 60
 
 .PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean mutants
@@ -14,7 +16,7 @@ help:
 	@echo "make cluster    build release, start 3 members on 127.0.0.1/.2/.3, wait for a leader"
 	@echo "make stop       stop the members started by make cluster"
 	@echo "make test       the whole test suite (what CI runs)"
-	@echo "make sim        simulator sweep over SIM_SEEDS ($(SIM_SEEDS))"
+	@echo "make sim        simulator sweep over SIM_SEEDS ($(SIM_SEEDS)), then SLOW_SEEDS ($(SLOW_SEEDS)) on a slow, lossy network"
 	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
 	@echo "make chaos      Jepsen-style check of a real cluster under faults, seeds CHAOS_SEEDS, CHAOS_SECS s each (root)"
 	@echo "make failover-drill  kill, freeze and isolate the leader TRIALS times each; detection/election/unavailability (root)"
@@ -42,6 +44,7 @@ test-unit:
 
 sim:
 	$(CARGO) run --release -q -p tools --bin raft-sim -- --seeds $(SIM_SEEDS)
+	$(CARGO) run --release -q -p tools --bin raft-sim -- --slow-network --seeds $(SLOW_SEEDS)
 
 sim-long:
 	$(CARGO) run --release -q -p tools --bin raft-sim -- --seeds $(SIM_LONG_SEEDS)

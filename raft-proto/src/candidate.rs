@@ -29,7 +29,15 @@ impl Node {
     fn start_pre_vote(&mut self, now: Time, reason: ElectionReason) {
         let mut votes = VoteTally::new(self.config.voters.len());
         votes.record(self.config.id, true);
-        self.role = RoleState::PreCandidate { votes };
+        // A pre-vote keeps the term, so an election this node ran in it
+        // is still open: its votes are the voters' durable word for this
+        // term, and a majority of them elects it whenever they arrive.
+        let election = match &mut self.role {
+            RoleState::Candidate { votes } => Some(votes.clone()),
+            RoleState::PreCandidate { election, .. } => election.take(),
+            _ => None,
+        };
+        self.role = RoleState::PreCandidate { votes, election };
         self.set_leader(None);
         self.last_leader_contact = None;
         self.reset_election_deadline(now);
@@ -174,7 +182,18 @@ impl Node {
         r: RequestVoteResponse,
     ) {
         match &mut self.role {
-            RoleState::PreCandidate { votes } if r.pre_vote => {
+            RoleState::PreCandidate {
+                election: Some(votes),
+                ..
+            } if !r.pre_vote && term == self.current_term => {
+                votes.record(from, r.granted);
+                if votes.result() == VoteResult::Won {
+                    let granted: Vec<NodeId> = votes.granted().collect();
+                    self.become_leader(now, &granted);
+                }
+                return;
+            }
+            RoleState::PreCandidate { votes, .. } if r.pre_vote => {
                 // Grants come in the asked term (ours + 1), refusals in ours.
                 let expected = if r.granted {
                     self.current_term.next()
@@ -196,13 +215,19 @@ impl Node {
 
     fn tally(&mut self, now: Time) {
         let (result, pre) = match &self.role {
-            RoleState::PreCandidate { votes } => (votes.result(), true),
+            RoleState::PreCandidate { votes, .. } => (votes.result(), true),
             RoleState::Candidate { votes } => (votes.result(), false),
             _ => return,
         };
         match (result, pre) {
             (VoteResult::Won, true) => self.start_election(now, ElectionReason::PreVoteWon),
-            (VoteResult::Won, false) => self.become_leader(now),
+            (VoteResult::Won, false) => {
+                let RoleState::Candidate { votes } = &self.role else {
+                    unreachable!("a candidate won");
+                };
+                let granted: Vec<NodeId> = votes.granted().collect();
+                self.become_leader(now, &granted)
+            }
             (VoteResult::Lost, true) => {
                 self.become_follower(now, self.current_term, None, RoleChangeReason::PreVoteLost)
             }

@@ -19,12 +19,21 @@ use crate::types::{Entry, EntryId, EntryPayload, NodeId, Time};
 const UNREPORTED_DURABILITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Node {
-    pub(crate) fn become_leader(&mut self, now: Time) {
+    /// Takes the lead, `granted` being the voters whose votes won it.
+    pub(crate) fn become_leader(&mut self, now: Time, granted: &[NodeId]) {
         let next = self.log.last_index().next();
         let progress: BTreeMap<NodeId, Progress> = self
             .peers
             .iter()
-            .map(|&p| (p, Progress::new(next)))
+            .map(|&p| {
+                let mut pr = Progress::new(next);
+                // Their votes are proof of life within the last election
+                // timeout: the first CheckQuorum counts them, so that a
+                // leader whose first answers are slow (a congested
+                // network) is not deposed one timeout after it won.
+                pr.recent_active = granted.contains(&p);
+                (p, pr)
+            })
             .collect();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,

@@ -102,8 +102,16 @@ pub(crate) struct Installing {
 #[derive(Debug)]
 pub(crate) enum RoleState {
     Follower,
-    PreCandidate { votes: VoteTally },
-    Candidate { votes: VoteTally },
+    PreCandidate {
+        votes: VoteTally,
+        /// The real votes of this term's election, when this node
+        /// campaigned in it and its timer ran out: late grants still count
+        /// (on a slow network they arrive after the timeout).
+        election: Option<VoteTally>,
+    },
+    Candidate {
+        votes: VoteTally,
+    },
     Leader(Box<LeaderState>),
 }
 

@@ -48,6 +48,11 @@ impl VoteTally {
         self.votes.entry(from).or_insert(granted);
     }
 
+    /// The voters that granted.
+    pub(crate) fn granted(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.votes.iter().filter(|(_, &g)| g).map(|(&v, _)| v)
+    }
+
     pub(crate) fn result(&self) -> VoteResult {
         let granted = self.votes.values().filter(|g| **g).count();
         let rejected = self.votes.len() - granted;

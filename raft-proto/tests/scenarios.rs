@@ -312,6 +312,59 @@ fn win_election(n: &mut Node, now: Time) {
     assert_eq!(n.role(), Role::Leader);
 }
 
+/// On a slow network the votes may come after the candidate's timer ran
+/// out and it went back to a pre-vote: they were granted for its term,
+/// which the pre-vote did not change, and still elect it.
+#[test]
+fn late_votes_of_the_current_term_still_elect_a_node_that_went_back_to_pre_vote() {
+    let hs = HardState {
+        current_term: Term(3),
+        voted_for: None,
+    };
+    let mut n = hand_node(1, hs, &[1, 2]);
+    let t = Time::ZERO + SEC;
+    n.handle_timeout(t);
+    for p in [2, 3] {
+        let grant = RequestVoteResponse {
+            pre_vote: true,
+            granted: true,
+        };
+        n.handle_message(t, msg(p, 1, 4, MessageBody::RequestVoteResponse(grant)));
+    }
+    assert_eq!((n.role(), n.term()), (Role::Candidate, Term(4)));
+    // No answer within the election timeout: back to a pre-vote.
+    let later = t + 700 * MS;
+    n.handle_timeout(later);
+    assert_eq!(n.role(), Role::PreCandidate);
+    for p in [2, 3] {
+        let grant = RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        };
+        n.handle_message(later, msg(p, 1, 4, MessageBody::RequestVoteResponse(grant)));
+    }
+    assert_eq!((n.role(), n.term()), (Role::Leader, Term(4)));
+}
+
+/// The votes that elected a leader prove its voters alive within the last
+/// election timeout: the first CheckQuorum counts them, so a leader whose
+/// first answers are slow keeps its term; silence after that deposes it.
+#[test]
+fn a_new_leader_is_not_deposed_before_its_voters_could_answer() {
+    let hs = HardState {
+        current_term: Term(3),
+        voted_for: None,
+    };
+    let mut n = hand_node(1, hs, &[1, 2]);
+    let t = Time::ZERO + SEC;
+    win_election(&mut n, t);
+    drain(&mut n);
+    n.handle_timeout(t + 310 * MS);
+    assert_eq!(n.role(), Role::Leader, "deposed by the first CheckQuorum");
+    n.handle_timeout(t + 620 * MS);
+    assert_eq!(n.role(), Role::Follower, "silence deposes it after that");
+}
+
 #[test]
 fn figure_8_old_term_entries_are_not_committed_by_counting() {
     // S1's log: [1, 2]; it wins term 4 and appends its no-op at index 3.

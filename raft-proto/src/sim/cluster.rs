@@ -10,8 +10,8 @@ use super::checker::{Checker, Violation};
 use super::disk::{CheckedDisk, SimDisk};
 use crate::driver::{Driver, Transport};
 use crate::{
-    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, Node,
-    NodeId, ProposeError, ReadError, Rng, Role, SnapshotMeta, Term, Time,
+    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, MessageBody,
+    Node, NodeId, ProposeError, ReadError, Rng, Role, SnapshotMeta, Term, Time,
 };
 
 /// The network's behaviour.
@@ -36,6 +36,12 @@ pub struct NetConfig {
     /// A member snapshots its state machine once it has applied this many
     /// entries since its last snapshot (0: never), and compacts its log.
     pub snapshot_every: u64,
+    /// Probability that an answer (a vote, an append or snapshot answer,
+    /// a read index) takes the long way: a delay uniform in
+    /// `slow_reply_delay` instead (a congested or far network).
+    pub slow_replies: f64,
+    /// The range of a slow answer's delay.
+    pub slow_reply_delay: (Duration, Duration),
 }
 
 impl Default for NetConfig {
@@ -49,6 +55,8 @@ impl Default for NetConfig {
             fsync_delay: Duration::from_millis(2),
             corrupt_on_restart: 0.0,
             snapshot_every: 0,
+            slow_replies: 0.0,
+            slow_reply_delay: (Duration::from_millis(200), Duration::from_millis(2200)),
         }
     }
 }
@@ -1045,11 +1053,20 @@ impl Cluster {
         } else {
             1
         };
+        let reply = matches!(
+            m.body,
+            MessageBody::RequestVoteResponse(_)
+                | MessageBody::AppendEntriesResponse(_)
+                | MessageBody::InstallSnapshotResponse(_)
+                | MessageBody::ReadIndexResponse(_)
+        );
         for _ in 0..copies {
-            let d = self.rng.range(
-                self.net.min_delay.as_nanos() as u64,
-                self.net.max_delay.as_nanos() as u64,
-            );
+            let (lo, hi) = if reply && self.rng.chance(self.net.slow_replies) {
+                self.net.slow_reply_delay
+            } else {
+                (self.net.min_delay, self.net.max_delay)
+            };
+            let d = self.rng.range(lo.as_nanos() as u64, hi.as_nanos() as u64);
             let at = self.now + Duration::from_nanos(d);
             self.schedule(at, Scheduled::Deliver(m.clone()));
         }

@@ -19,4 +19,4 @@ mod run;
 
 pub use checker::{Checker, Violation};
 pub use cluster::{describe, encode_write, Cluster, Completion, NetConfig};
-pub use run::{run_seed, RunOptions, RunReport};
+pub use run::{run_seed, run_slow_network, RunOptions, RunReport};

@@ -287,6 +287,51 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     Ok(report)
 }
 
+/// Election liveness on a slow, lossy network, in the shape of the MIT
+/// 6.5840 labs' unreliable tests: 5 members, 10% of messages lost, two
+/// thirds of all answers delayed by 200 to 2200 ms. From a cold start, a
+/// leader must commit a client write within `bound`. Returns how long it
+/// took. (Nothing else faults: this is about elections and CheckQuorum
+/// under long delays, not about safety, which the main sweep checks.)
+pub fn run_slow_network(seed: u64, bound: Duration) -> Result<Duration, String> {
+    let ids: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let config = Config::new(NodeId(1), ids.clone());
+    let mut cluster = Cluster::with_config(config, seed);
+    cluster.net.loss = 0.1;
+    cluster.net.slow_replies = 2.0 / 3.0;
+    let mut probe: Option<(NodeId, EntryId)> = None;
+    let deadline = Time::ZERO + bound;
+    while cluster.now() < deadline {
+        if let Some((l, id)) = probe {
+            let node = cluster.node(l).expect("no crashes here");
+            if node.term() != id.term || node.role() != crate::Role::Leader {
+                probe = None;
+            } else if node.last_applied() >= id.index {
+                return Ok(cluster.now() - Time::ZERO);
+            }
+        }
+        if probe.is_none() {
+            if let Some(l) = cluster.leader() {
+                if let Ok(id) = cluster.propose(l, encode_write(1, 1)) {
+                    probe = Some((l, id));
+                }
+            }
+        }
+        cluster.run_for(Duration::from_millis(10));
+        if let Some(v) = cluster.violation() {
+            return Err(format!("seed {seed}: {v}"));
+        }
+    }
+    let mut msg = format!(
+        "seed {seed}: no leader committed a write within {} ms on the slow network",
+        bound.as_millis()
+    );
+    for &id in &ids {
+        let _ = write!(msg, "\n  n{id}: {:?}", cluster.node(id).map(|n| n.status()));
+    }
+    Err(msg)
+}
+
 fn fail(cluster: &mut Cluster, report: &RunReport, what: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{what}");
