@@ -64,8 +64,8 @@ pub enum Action {
     /// broken), make it this member's snapshot, durably, and apply §7's
     /// rule to the stored log: if it holds the entry `(meta.last_index,
     /// meta.last_term)`, the entries after it stay, otherwise the whole
-    /// log goes. Then, before any other input, call
-    /// [`crate::Node::handle_snapshot_installed`] with the outcome; if it
+    /// log goes. Then call [`crate::Node::handle_snapshot_installed`] with
+    /// the outcome (until then the node drops its inputs); if it
     /// was installed, load the state machine from it before carrying out
     /// any later [`Action::Apply`]. ([`crate::driver::Driver`] does all of
     /// this and hands the action back once the snapshot is in place.)

@@ -154,7 +154,9 @@ pub struct Node {
     /// A snapshot being received from the leader.
     pub(crate) incoming: Option<IncomingSnapshot>,
     /// Set between `Action::InstallSnapshot` and the driver's
-    /// `handle_snapshot_installed`, which must come before any other input.
+    /// `handle_snapshot_installed`. Inputs in between (a driver that feeds
+    /// several messages before it drains) are dropped or refused: a
+    /// message as if lost, a proposal as if sent to a follower.
     pub(crate) installing: Option<Installing>,
     /// Reads this follower serves, by the caller's id (thesis §6.4).
     pub(crate) remote_reads: BTreeMap<u64, RemoteRead>,
@@ -274,7 +276,10 @@ impl Node {
     /// correct member sends is dropped whole and reported as
     /// [`Event::PeerFault`]; nothing a peer sends makes the node panic.
     pub fn handle_message(&mut self, now: Time, msg: Message) {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            // Lost, as far as the protocol can tell: it is sent again.
+            return;
+        }
         if self.shut_down || msg.to != self.config.id || !self.peers.contains(&msg.from) {
             return;
         }
@@ -286,7 +291,10 @@ impl Node {
     /// candidates, heartbeats and CheckQuorum for the leader. Early or
     /// repeated calls do nothing.
     pub fn handle_timeout(&mut self, now: Time) {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            // Fired at the next call, after the install.
+            return;
+        }
         if self.shut_down {
             return;
         }
@@ -311,7 +319,9 @@ impl Node {
     /// timeout. The pre-vote only succeeds if a majority also lost the
     /// leader, so one broken link never forces an election.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            return;
+        }
         if self.shut_down || !self.peers.contains(&peer) {
             return;
         }
@@ -356,7 +366,9 @@ impl Node {
     /// the peer at once, so a restarted follower hears from it before its
     /// own election timeout.
     pub fn handle_link_up(&mut self, now: Time, peer: NodeId) {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            return;
+        }
         if self.shut_down || !self.peers.contains(&peer) {
             return;
         }
@@ -376,7 +388,12 @@ impl Node {
     /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
     /// [`ProposeError::TooLarge`] on any node, before anything is appended.
     pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            // Only a follower installs.
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
         if self.shut_down {
             return Err(ProposeError::NotLeader { leader: None });
         }
@@ -415,7 +432,9 @@ impl Node {
     /// refuses, the read fails with [`ReadError::NotLeader`]. A driver
     /// that wants reads on the leader only checks [`Node::role`] first.
     pub fn read_index(&mut self, now: Time, id: u64) -> Result<(), ReadError> {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            return Err(ReadError::Busy);
+        }
         let _ = now;
         if self.shut_down {
             return Err(ReadError::NotLeader { leader: None });
@@ -449,7 +468,10 @@ impl Node {
     /// holds (it was truncated since) is ignored. The leader counts itself
     /// in commits only up to the durable index.
     pub fn handle_log_persisted(&mut self, now: Time, index: LogIndex, term: Term) {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            // Only a leader needs it, and only a follower installs.
+            return;
+        }
         let _ = now;
         if self.shut_down || self.log.term_at(index) != Some(term) || index <= self.persisted_index
         {
@@ -476,7 +498,10 @@ impl Node {
     /// On caller misuse: a snapshot beyond what was applied, or whose
     /// last term is not the term of that entry in the log.
     pub fn handle_snapshot_saved(&mut self, now: Time, meta: SnapshotMeta) {
-        self.assert_not_installing();
+        if self.installing.is_some() {
+            // The leader's snapshot, newer, is being installed.
+            return;
+        }
         let _ = now;
         if self.shut_down
             || self
@@ -516,8 +541,8 @@ impl Node {
 
     /// The driver carried out [`Action::InstallSnapshot`]: `installed`
     /// says whether the snapshot was valid and is now this member's, with
-    /// §7's rule applied to the stored log. MUST come before any other
-    /// input. The node then takes the snapshot as its state (log, commit
+    /// §7's rule applied to the stored log. Until it comes, the node drops
+    /// messages (as if lost) and refuses proposals and reads. It then takes the snapshot as its state (log, commit
     /// and applied index) and tells the leader; an invalid one is reported
     /// as [`Event::PeerFault`] and the transfer starts again.
     pub fn handle_snapshot_installed(&mut self, now: Time, installed: bool) {
@@ -651,13 +676,6 @@ impl Node {
                 MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
             );
         }
-    }
-
-    fn assert_not_installing(&self) {
-        assert!(
-            self.installing.is_none(),
-            "an input arrived between Action::InstallSnapshot and handle_snapshot_installed"
-        );
     }
 
     /// Stops the node: no more actions, no more deadlines. Pending output

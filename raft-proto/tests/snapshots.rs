@@ -354,6 +354,14 @@ fn an_install_keeps_the_entries_after_a_matching_last_entry() {
         ),
         "{actions:?}"
     );
+    // A driver that feeds several messages before it drains: until the
+    // install is reported, messages are dropped (as if lost), timers wait
+    // and proposals and reads are refused.
+    n.handle_message(Time::ZERO, chunk(2, meta(3, 1, 6), 0, b"abc"));
+    n.handle_timeout(Time::ZERO + 10 * SEC);
+    assert!(n.propose(Time::ZERO, Bytes::from_static(b"x")).is_err());
+    assert!(n.read_index(Time::ZERO, 1).is_err());
+    assert!(drain(&mut n).is_empty());
     n.handle_snapshot_installed(Time::ZERO, true);
     assert_eq!(
         sent(&drain(&mut n)),

@@ -173,6 +173,9 @@ pub struct Client {
     pub watches: Vec<(Bytes, u64)>,
     /// Authenticated (always, when no client password is configured).
     pub authenticated: bool,
+    /// `READONLY`: a follower serves this client's reads (linearizable:
+    /// it asks the leader for a read index first).
+    pub readonly: bool,
 }
 
 /// Commands queued between `MULTI` and `EXEC`.
@@ -245,6 +248,7 @@ impl Client {
             tx: None,
             watches: Vec::new(),
             authenticated: true,
+            readonly: false,
         }
     }
 
@@ -780,9 +784,9 @@ pub enum Command {
     /// `CLUSTER SLOTS|SHARDS|NODES|MYID|INFO|KEYSLOT key`: the Raft group
     /// as one shard (see `topology`).
     Cluster(ClusterQuery),
-    /// `READONLY` / `READWRITE`: accepted (`+OK`); reads still go to the
-    /// leader.
-    ReadMode,
+    /// `READONLY` (true) / `READWRITE` (false): whether followers serve
+    /// this connection's reads, as replicas do for Redis Cluster clients.
+    ReadMode(bool),
     /// `COMMAND` (every entry) or `COMMAND INFO name ...`.
     Commands(Option<Vec<Bytes>>),
     /// `COMMAND COUNT`.
@@ -1337,7 +1341,7 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
         }
         "readonly" | "readwrite" => {
             arity(argc == 1)?;
-            Command::ReadMode
+            Command::ReadMode(lower == "readonly")
         }
         "cluster" => {
             arity(argc >= 2)?;

@@ -47,6 +47,22 @@ pub const MAX_CLIENT_IDLE_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
 pub const MIN_CLIENT_MEMORY_BUDGET_MB: u64 = 8;
 /// `client_memory_budget_mb` at most (1 TiB).
 pub const MAX_CLIENT_MEMORY_BUDGET_MB: u64 = 1 << 20;
+/// `snapshot_entries` by default: a snapshot after this many entries
+/// applied since the last one. With 100-byte writes the log since the last
+/// snapshot then holds about 10 MB in memory.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 50_000;
+/// `snapshot_log_mb` by default: or once the commands applied since the
+/// last snapshot add up to this many MiB.
+pub const DEFAULT_SNAPSHOT_LOG_MB: u64 = 64;
+/// `compaction_trailing_entries` by default: entries kept before a
+/// snapshot for followers that lag a little.
+pub const DEFAULT_TRAILING_ENTRIES: u64 = 5_000;
+/// `log_segment_mb` by default.
+pub const DEFAULT_LOG_SEGMENT_MB: u64 = 16;
+/// Bytes of snapshot per InstallSnapshot message: with the pipelining
+/// window (32 messages) 16 MiB in flight, which fits the peer send queue
+/// beside a full window of appends.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 512 << 10;
 
 /// The command line of `raft-node`.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
@@ -215,6 +231,15 @@ pub struct Settings {
     /// The password clients must give with `AUTH` or `HELLO ... AUTH`
     /// (`client_password_file`); `None`: none is needed.
     pub client_password: Option<ClientPassword>,
+    /// A snapshot is taken once this many entries were applied since the
+    /// last one (`snapshot_entries`)...
+    pub snapshot_entries: u64,
+    /// ...or this many bytes of commands (`snapshot_log_mb`).
+    pub snapshot_bytes: u64,
+    /// Entries kept before a snapshot (`compaction_trailing_entries`).
+    pub compaction_trailing_entries: u64,
+    /// Size at which a log segment is closed (`log_segment_mb`).
+    pub segment_bytes: u64,
 }
 
 /// The client password, kept out of `Debug` output and logs.
@@ -421,6 +446,24 @@ impl Settings {
             )));
         }
 
+        let positive = |name: &str, v: u64, max: u64| {
+            if (1..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(file_err(format!("{name}: {v} is outside 1..={max}")))
+            }
+        };
+        let snapshot_entries = positive("snapshot_entries", file.snapshot_entries, 1 << 32)?;
+        let snapshot_bytes = positive("snapshot_log_mb", file.snapshot_log_mb, 1 << 20)? << 20;
+        let segment_bytes = positive("log_segment_mb", file.log_segment_mb, 1 << 10)? << 20;
+        let compaction_trailing_entries = file.compaction_trailing_entries;
+        if compaction_trailing_entries > 1 << 32 {
+            return Err(file_err(format!(
+                "compaction_trailing_entries: {compaction_trailing_entries} is above {}",
+                1u64 << 32
+            )));
+        }
+
         let client_password = match &file.client_password_file {
             None => None,
             Some(name) => {
@@ -436,6 +479,10 @@ impl Settings {
         };
 
         Ok(Settings {
+            snapshot_entries,
+            snapshot_bytes,
+            compaction_trailing_entries,
+            segment_bytes,
             client_password,
             client_idle_timeout,
             client_memory_budget: usize::try_from(budget_mb << 20).unwrap_or(usize::MAX),
@@ -481,6 +528,8 @@ impl Settings {
         c.election_timeout_min = self.election_timeout_min;
         c.election_timeout_max = self.election_timeout_max;
         c.seed = seed;
+        c.compaction_trailing_entries = self.compaction_trailing_entries;
+        c.snapshot_chunk_bytes = SNAPSHOT_CHUNK_BYTES;
         // Everything the leader may have in flight to one follower must fit
         // in that peer's send queue, or a slow follower's link is reset
         // (and it starts a needless pre-vote). A message carries at most
@@ -494,6 +543,15 @@ impl Settings {
                 <= crate::peer::MAX_SEND_QUEUE / 4 * 3,
             "in-flight window ({} x {per_message} B) does not fit the peer send queue",
             c.max_inflight_appends
+        );
+        // A follower that just received a snapshot may still have appends
+        // in flight to it: both windows together must fit.
+        assert!(
+            c.max_inflight_appends * (per_message + c.snapshot_chunk_bytes + (128 << 10))
+                <= crate::peer::MAX_SEND_QUEUE,
+            "snapshot window ({} x {} B) and append window do not fit the peer send queue",
+            c.max_inflight_appends,
+            c.snapshot_chunk_bytes
         );
         c
     }
@@ -552,8 +610,32 @@ struct ClusterFile {
     client_idle_timeout_ms: u64,
     #[serde(default = "default_client_memory_budget_mb")]
     client_memory_budget_mb: u64,
+    #[serde(default = "default_snapshot_entries")]
+    snapshot_entries: u64,
+    #[serde(default = "default_snapshot_log_mb")]
+    snapshot_log_mb: u64,
+    #[serde(default = "default_trailing_entries")]
+    compaction_trailing_entries: u64,
+    #[serde(default = "default_log_segment_mb")]
+    log_segment_mb: u64,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
+}
+
+fn default_snapshot_entries() -> u64 {
+    DEFAULT_SNAPSHOT_ENTRIES
+}
+
+fn default_snapshot_log_mb() -> u64 {
+    DEFAULT_SNAPSHOT_LOG_MB
+}
+
+fn default_trailing_entries() -> u64 {
+    DEFAULT_TRAILING_ENTRIES
+}
+
+fn default_log_segment_mb() -> u64 {
+    DEFAULT_LOG_SEGMENT_MB
 }
 
 fn default_client_memory_budget_mb() -> u64 {

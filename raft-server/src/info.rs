@@ -73,6 +73,18 @@ pub struct Counters {
     pub heartbeats_sent: u64,
     /// Of those, dropped because the link to the follower was down.
     pub heartbeats_failed: u64,
+    /// Snapshots taken here (committed).
+    pub snapshots_taken: u64,
+    /// Snapshots that failed to be written (retried later).
+    pub snapshots_failed: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
+    /// Snapshot transfers this leader started (first chunks sent).
+    pub snapshots_sent: u64,
+    /// Snapshot chunks sent, and their bytes.
+    pub snapshot_chunks_sent: u64,
+    /// Bytes of snapshot sent.
+    pub snapshot_bytes_sent: u64,
 }
 
 /// Latency distributions, kept across scrapes.
@@ -137,6 +149,25 @@ pub struct Snapshot {
     pub histograms: Histograms,
     /// This member's client port (`INFO server`).
     pub client_port: u16,
+    /// The data dir: snapshot and log.
+    pub storage: StorageStatus,
+}
+
+/// The snapshot and the log on disk, for `INFO raft` and `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StorageStatus {
+    /// The current snapshot: last index, last term, bytes.
+    pub snapshot: Option<(u64, u64, u64)>,
+    /// First index the log on disk holds.
+    pub log_first_index: u64,
+    /// Bytes of log segments on disk.
+    pub log_bytes: u64,
+    /// Log segment files.
+    pub log_segments: usize,
+    /// A snapshot is being written by the helper thread.
+    pub snapshot_in_progress: bool,
+    /// The last snapshot taken here: how long ago, and how long it took.
+    pub last_snapshot: Option<(Duration, Duration)>,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -224,9 +255,19 @@ fn rss_bytes() -> u64 {
 fn persistence_section(s: &Snapshot, o: &mut String) {
     o.push_str("# Persistence\r\n");
     // Every write is in the Raft log, fsynced on a majority before it is
-    // acknowledged; there is no RDB or AOF file.
+    // acknowledged; the snapshot plays the part of the RDB file.
     field(o, "loading", 0);
-    field(o, "rdb_bgsave_in_progress", 0);
+    field(
+        o,
+        "rdb_bgsave_in_progress",
+        u8::from(s.storage.snapshot_in_progress),
+    );
+    field(o, "rdb_saves", s.counters.snapshots_taken);
+    field(
+        o,
+        "raft_snapshot_bytes",
+        s.storage.snapshot.map_or(0, |x| x.2),
+    );
     field(o, "aof_enabled", 0);
     field(o, "raft_fsyncs", s.counters.fsyncs);
     field(o, "raft_entries_persisted", s.counters.entries_persisted);
@@ -329,6 +370,31 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_heartbeats_failed", &c.heartbeats_failed);
     line("raft_peer_faults", &c.peer_faults);
     line("raft_fsyncs", &s.counters.fsyncs);
+    let st = &s.storage;
+    let (si, sterm, slen) = st.snapshot.unwrap_or((0, 0, 0));
+    line("raft_snapshot_index", &si);
+    line("raft_snapshot_term", &sterm);
+    line("raft_snapshot_bytes", &slen);
+    line(
+        "raft_snapshot_in_progress",
+        &u8::from(st.snapshot_in_progress),
+    );
+    line("raft_snapshots_taken", &c.snapshots_taken);
+    line("raft_snapshots_failed", &c.snapshots_failed);
+    line("raft_snapshots_installed", &c.snapshots_installed);
+    line("raft_snapshots_sent", &c.snapshots_sent);
+    line("raft_snapshot_chunks_sent", &c.snapshot_chunks_sent);
+    line("raft_snapshot_bytes_sent", &c.snapshot_bytes_sent);
+    let (ago, took) = st
+        .last_snapshot
+        .map_or((String::new(), String::new()), |(a, t)| {
+            (a.as_secs().to_string(), t.as_millis().to_string())
+        });
+    line("raft_last_snapshot_age_s", &ago);
+    line("raft_last_snapshot_ms", &took);
+    line("raft_log_first_index", &st.log_first_index);
+    line("raft_log_bytes", &st.log_bytes);
+    line("raft_log_segments", &st.log_segments);
     line("connected_clients", &s.clients);
     line("maxclients", &s.max_clients);
     line("rejected_connections", &c.clients_rejected);
@@ -541,6 +607,89 @@ pub fn render_metrics(s: &Snapshot) -> String {
         c.heartbeats_failed,
     );
     counter(&mut r, "fsyncs", "Log fsyncs (group commits).", c.fsyncs);
+    let st = &s.storage;
+    let (si, sterm, slen) = st.snapshot.unwrap_or((0, 0, 0));
+    gauge(
+        &mut r,
+        "snapshot_index",
+        "Last index the current snapshot covers (0: none).",
+        i(si),
+    );
+    gauge(&mut r, "snapshot_term", "Term of that entry.", i(sterm));
+    gauge(
+        &mut r,
+        "snapshot_bytes",
+        "Size of the current snapshot file.",
+        i(slen),
+    );
+    gauge(
+        &mut r,
+        "snapshot_in_progress",
+        "1 while a snapshot is being written.",
+        i64::from(st.snapshot_in_progress),
+    );
+    counter(
+        &mut r,
+        "snapshots_taken",
+        "Snapshots taken here.",
+        c.snapshots_taken,
+    );
+    counter(
+        &mut r,
+        "snapshots_failed",
+        "Snapshots that could not be written (retried later).",
+        c.snapshots_failed,
+    );
+    counter(
+        &mut r,
+        "snapshots_installed",
+        "Snapshots received from a leader and installed.",
+        c.snapshots_installed,
+    );
+    counter(
+        &mut r,
+        "snapshots_sent",
+        "Snapshot transfers started to followers.",
+        c.snapshots_sent,
+    );
+    counter(
+        &mut r,
+        "snapshot_bytes_sent",
+        "Bytes of snapshot sent to followers.",
+        c.snapshot_bytes_sent,
+    );
+    if let Some((ago, took)) = st.last_snapshot {
+        fgauge(
+            &mut r,
+            "last_snapshot_age_seconds",
+            "Time since the last snapshot taken here.",
+            ago.as_secs_f64(),
+        );
+        fgauge(
+            &mut r,
+            "last_snapshot_duration_seconds",
+            "How long the last snapshot took (clone to fsynced file).",
+            took.as_secs_f64(),
+        );
+    }
+    gauge(
+        &mut r,
+        "log_first_index",
+        "First index the log on disk holds.",
+        i(st.log_first_index),
+    );
+    gauge(
+        &mut r,
+        "log_bytes",
+        "Bytes of log segments on disk.",
+        i(st.log_bytes),
+    );
+    gauge(
+        &mut r,
+        "log_segments",
+        "Log segment files.",
+        st.log_segments as i64,
+    );
     counter(
         &mut r,
         "entries_persisted",
@@ -865,6 +1014,7 @@ mod tests {
             },
             leader_client_addr: Some("127.0.0.1:6401".parse().unwrap()),
             client_port: 6401,
+            storage: StorageStatus::default(),
             cluster_id: 0xabc,
             peers: vec![
                 PeerStatus {

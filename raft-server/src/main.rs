@@ -20,6 +20,7 @@ mod peer;
 mod resp;
 mod server;
 mod signal;
+mod snapshots;
 mod storage;
 mod topology;
 
@@ -70,7 +71,9 @@ fn main() -> ExitCode {
         &settings.data_dir,
         settings.cluster_id,
         settings.id,
-        StorageOptions::default(),
+        StorageOptions {
+            segment_bytes: settings.segment_bytes,
+        },
     ) {
         Ok(r) => r,
         Err(e) => {

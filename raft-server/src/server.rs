@@ -39,7 +39,8 @@ use crate::kv::{self, Kv};
 use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
-use crate::storage::{Recovered, Storage, StorageError, MAX_PAYLOAD_LEN};
+use crate::snapshots::Snapshotter;
+use crate::storage::{Recovered, SnapshotInfo, Storage, StorageError, MAX_PAYLOAD_LEN};
 use crate::topology;
 
 /// Impossible messages from one peer are logged at most once per interval.
@@ -51,6 +52,8 @@ const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const METRICS_LISTENER: Token = Token(3);
+/// The snapshot thread wakes the loop with this token when it is done.
+const SNAPSHOT_WAKER: Token = Token(4);
 /// Metrics HTTP connections use tokens from here (peer links use 1000+ and
 /// 2000+, see `peer`).
 const METRICS_BASE: usize = 3_000;
@@ -96,6 +99,8 @@ pub enum StartError {
     Node(raft_proto::ConfigError),
     /// The poll or the signal handlers could not be set up.
     Io(io::Error),
+    /// The snapshot in the data dir could not be loaded.
+    Snapshot(String),
 }
 
 impl fmt::Display for StartError {
@@ -109,8 +114,10 @@ impl fmt::Display for StartError {
             } => write!(f, "{config}: cannot listen on {what} {addr}: {source}"),
             StartError::Node(
                 e @ (raft_proto::ConfigError::PersistedTermAboveMax { .. }
-                | raft_proto::ConfigError::AppliedBeyondLog { .. }),
+                | raft_proto::ConfigError::AppliedBeyondLog { .. }
+                | raft_proto::ConfigError::LogDoesNotFollowSnapshot { .. }),
             ) => write!(f, "the data dir's durable state is refused: {e}"),
+            StartError::Snapshot(e) => write!(f, "the data dir's snapshot is refused: {e}"),
             StartError::Node(e) => write!(f, "invalid Raft configuration: {e}"),
             StartError::Io(e) => write!(f, "cannot set up the event loop: {e}"),
         }
@@ -127,6 +134,8 @@ pub enum FatalError {
     Storage(StorageError),
     /// `epoll_wait` failed.
     Poll(io::Error),
+    /// A snapshot the store had checked and installed could not be loaded.
+    Snapshot(String),
 }
 
 impl fmt::Display for FatalError {
@@ -134,6 +143,9 @@ impl fmt::Display for FatalError {
         match self {
             FatalError::Storage(e) => write!(f, "storage failure, stopping: {e}"),
             FatalError::Poll(e) => write!(f, "poll failed, stopping: {e}"),
+            FatalError::Snapshot(e) => {
+                write!(f, "cannot load the installed snapshot, stopping: {e}")
+            }
         }
     }
 }
@@ -281,6 +293,11 @@ pub struct Server {
     /// When each log entry not yet applied was appended here, oldest first
     /// (apply lag); bounded, the oldest forgotten past the bound.
     appended_at: VecDeque<(u64, Instant)>,
+    /// The last entry applied to `kv` (or the snapshot it was loaded from):
+    /// what a snapshot taken now covers.
+    last_applied: (LogIndex, Term),
+    /// Takes snapshots on a helper thread.
+    snapshotter: Snapshotter,
 }
 
 impl Server {
@@ -307,18 +324,31 @@ impl Server {
         // Seeded from the OS and logged (STYLE §4): a run's election timing
         // can be replayed in the simulator from this number.
         let seed: u64 = rand::random();
+        // The store starts from the snapshot, and the log after it is
+        // applied again (the node hands out the applies).
+        let snapshot = recovered.snapshot.map(|s| SnapshotMeta {
+            last_index: s.last_index,
+            last_term: s.last_term,
+            len: s.len,
+        });
+        let kv = match snapshot {
+            None => Kv::new(),
+            Some(meta) => load_snapshot(&storage, meta).map_err(StartError::Snapshot)?,
+        };
+        let last_applied = snapshot.map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
         let node = Node::new(
             settings.proto_config(seed),
             PersistentState {
-                snapshot: None,
+                snapshot,
                 hard_state: recovered.hard_state,
                 entries: recovered.entries,
-                applied: LogIndex(0),
+                applied: last_applied.0,
             },
             Time::ZERO,
         )
         .map_err(StartError::Node)?;
         let registry = poll.registry();
+        let snapshotter = Snapshotter::new(registry, SNAPSHOT_WAKER).map_err(StartError::Io)?;
         let signals = ShutdownSignals::install(registry, SIGNALS).map_err(StartError::Io)?;
         registry
             .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
@@ -347,6 +377,17 @@ impl Server {
             node.term(),
             node.last_log_index(),
         );
+        if let Some(s) = snapshot {
+            log::info!(
+                "started from the snapshot at index {} (term {}, {} bytes, {} keys); log {}..={}",
+                s.last_index,
+                s.last_term,
+                s.len,
+                kv.len(),
+                s.last_index.next(),
+                node.last_log_index()
+            );
+        }
         Ok(Server {
             poll,
             settings,
@@ -355,7 +396,7 @@ impl Server {
             node,
             driver: Driver::new(),
             storage,
-            kv: Kv::new(),
+            kv,
             peers,
             client_listener,
             clients: Slab::new(),
@@ -386,6 +427,8 @@ impl Server {
             no_leader_since: Some(Instant::now()),
             histograms: Histograms::new(),
             appended_at: VecDeque::new(),
+            last_applied,
+            snapshotter,
         })
     }
 
@@ -407,6 +450,8 @@ impl Server {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => shutdown = shutdown.or(self.signals.received()),
+                    // Handled below, every turn.
+                    SNAPSHOT_WAKER => {}
                     CLIENT_LISTENER => self.accept_clients(now),
                     token if self.peers.owns(token) => {
                         self.peers
@@ -450,6 +495,8 @@ impl Server {
             self.node.handle_timeout(t);
             self.sweep_expired(now, t);
 
+            self.snapshot_finished(now)?;
+
             for _ in 0..MAX_DRAIN_ROUNDS {
                 self.drain(now)?;
                 self.peers
@@ -460,6 +507,7 @@ impl Server {
                 }
                 self.feed(t);
             }
+            self.maybe_snapshot(now)?;
             self.end_client_turn(now);
         }
     }
@@ -539,6 +587,9 @@ impl Server {
             fsyncs: 0,
             fsync_nanos: 0,
             entries_persisted: 0,
+            chunks_sent: 0,
+            chunk_bytes_sent: 0,
+            snapshots_sent: 0,
         };
         let mut links = Links {
             peers: &mut self.peers,
@@ -556,6 +607,9 @@ impl Server {
         c.fsyncs += disk.fsyncs;
         c.fsync_nanos += disk.fsync_nanos;
         c.entries_persisted += disk.entries_persisted;
+        c.snapshot_chunks_sent += disk.chunks_sent;
+        c.snapshot_bytes_sent += disk.chunk_bytes_sent;
+        c.snapshots_sent += disk.snapshots_sent;
         c.messages_sent += links.sent;
         c.heartbeats_sent += links.heartbeats_sent;
         c.heartbeats_failed += links.heartbeats_failed;
@@ -568,6 +622,7 @@ impl Server {
                     self.observe_apply_lag(e.index.0, applied_at);
                     self.apply(e, now);
                 }
+                Action::InstallSnapshot { meta } => self.install_snapshot(meta, now)?,
                 Action::ReadReady { id } => self.answer_read(id, None, now),
                 Action::ReadFailed { id, error } => self.answer_read(id, Some(error), now),
                 Action::Event(e) => self.on_event(e),
@@ -591,9 +646,110 @@ impl Server {
         }
     }
 
+    /// The leader's snapshot was received, checked and installed by the
+    /// store (the driver did that): the store is replaced by it. This runs
+    /// on the loop: a member that needs a whole snapshot is not serving
+    /// reads meanwhile anyway.
+    fn install_snapshot(&mut self, meta: SnapshotMeta, now: Instant) -> Result<(), FatalError> {
+        let t0 = Instant::now();
+        self.kv = load_snapshot(&self.storage, meta).map_err(FatalError::Snapshot)?;
+        self.last_applied = (meta.last_index, meta.last_term);
+        self.snapshotter.reset();
+        self.counters.snapshots_installed += 1;
+        log::info!(
+            "installed the leader's snapshot at index {} (term {}): {} bytes, {} keys, loaded in {} ms",
+            meta.last_index,
+            meta.last_term,
+            meta.len,
+            self.kv.len(),
+            t0.elapsed().as_millis()
+        );
+        self.applied_for_reads(meta.last_index.0, now);
+        Ok(())
+    }
+
+    /// Starts a snapshot when enough was applied since the last one.
+    fn maybe_snapshot(&mut self, now: Instant) -> Result<(), FatalError> {
+        let (index, term) = self.last_applied;
+        let current = self
+            .storage
+            .snapshot()
+            .map_or(LogIndex(0), |s| s.last_index);
+        if index <= current
+            || !self.snapshotter.due(
+                self.settings.snapshot_entries,
+                self.settings.snapshot_bytes,
+                now,
+            )
+        {
+            return Ok(());
+        }
+        log::debug!("snapshot at index {index} (term {term}) started");
+        self.snapshotter
+            .start(&mut self.storage, &self.kv, index, term, now)
+            .map_err(FatalError::Storage)
+    }
+
+    /// The snapshot thread finished: make its snapshot current, tell the
+    /// node (which compacts its log), or log why it failed.
+    fn snapshot_finished(&mut self, now: Instant) -> Result<(), FatalError> {
+        let Some(done) = self.snapshotter.poll(now) else {
+            return Ok(());
+        };
+        let info = match done.outcome {
+            Ok(info) => info,
+            Err(e) => {
+                self.counters.snapshots_failed += 1;
+                log::error!(
+                    "snapshot at index {} failed: {e}; next attempt in {} s",
+                    done.last_index,
+                    crate::snapshots::RETRY_AFTER.as_secs()
+                );
+                return self.storage.abort_snapshot().map_err(FatalError::Storage);
+            }
+        };
+        if !self
+            .storage
+            .commit_snapshot(info)
+            .map_err(FatalError::Storage)?
+        {
+            log::info!(
+                "snapshot at index {} dropped: a newer one was installed meanwhile",
+                info.last_index
+            );
+            return Ok(());
+        }
+        let meta = SnapshotMeta {
+            last_index: info.last_index,
+            last_term: info.last_term,
+            len: info.len,
+        };
+        self.counters.snapshots_taken += 1;
+        self.snapshotter.last = Some(crate::snapshots::LastSnapshot {
+            at: now,
+            took: done.took,
+        });
+        let before = self.storage.log_bytes();
+        self.node.handle_snapshot_saved(self.time(now), meta);
+        self.drain(now)?;
+        log::info!(
+            "snapshot at index {} (term {}): {} bytes in {} ms; log {} -> {} bytes, from index {}",
+            info.last_index,
+            info.last_term,
+            info.len,
+            done.took.as_millis(),
+            before,
+            self.storage.log_bytes(),
+            self.storage.first_index()
+        );
+        Ok(())
+    }
+
     /// Applies a committed entry and answers the write that proposed it.
     fn apply(&mut self, entry: Entry, now: Instant) {
         self.counters.entries_applied += 1;
+        self.last_applied = (entry.index, entry.term);
+        self.snapshotter.applied(entry.payload_len());
         let result = match &entry.payload {
             EntryPayload::Noop => None,
             EntryPayload::Command(bytes) => Some(match kv::Write::decode(bytes) {
@@ -1212,7 +1368,11 @@ impl Server {
                 self.propose(key, cmd, &slot_key, t);
             }
             Command::Ok | Command::Select => self.clients[key].reply_now(Reply::Simple("OK")),
-            Command::ReadMode => self.clients[key].reply_now(Reply::Simple("OK")),
+            Command::ReadMode(readonly) => {
+                let c = &mut self.clients[key];
+                c.readonly = readonly;
+                c.reply_now(Reply::Simple("OK"));
+            }
             Command::EmptyMap => self.clients[key].reply_now(Reply::Map(Vec::new())),
             Command::CountCommands => {
                 self.clients[key].reply_now(Reply::Integer(client::COMMANDS.len() as i64))
@@ -1288,6 +1448,7 @@ impl Server {
                 c.tx = None;
                 c.watches.clear();
                 c.authenticated = self.settings.client_password.is_none();
+                c.readonly = false;
                 c.reply_now(Reply::Simple("RESET"));
             }
             Command::ClientSetName(name) => {
@@ -1323,10 +1484,10 @@ impl Server {
             Command::Read(cmd) => {
                 self.next_read_id += 1;
                 let id = self.next_read_id;
-                // A follower could serve the read with a read index from
-                // the leader; until clients opt in (READONLY), reads go to
-                // the leader, as writes do.
-                let read = if self.node.role() == Role::Leader {
+                // A follower serves the reads of clients that asked for it
+                // (READONLY), with a read index from the leader (thesis
+                // §6.4); other reads go to the leader, as writes do.
+                let read = if self.node.role() == Role::Leader || self.clients[key].readonly {
                     self.node.read_index(t, id)
                 } else {
                     Err(ReadError::NotLeader {
@@ -1645,6 +1806,20 @@ impl Server {
                 .no_leader_since
                 .map(|t| now.saturating_duration_since(t)),
             histograms: self.histograms.clone(),
+            storage: info::StorageStatus {
+                snapshot: self
+                    .storage
+                    .snapshot()
+                    .map(|s| (s.last_index.0, s.last_term.0, s.len)),
+                log_first_index: self.storage.first_index().0,
+                log_bytes: self.storage.log_bytes(),
+                log_segments: self.storage.segment_count(),
+                snapshot_in_progress: self.snapshotter.running(),
+                last_snapshot: self
+                    .snapshotter
+                    .last
+                    .map(|l| (now.saturating_duration_since(l.at), l.took)),
+            },
         }
     }
 
@@ -1745,6 +1920,41 @@ struct Disk<'a> {
     fsyncs: u64,
     fsync_nanos: u64,
     entries_persisted: u64,
+    chunks_sent: u64,
+    chunk_bytes_sent: u64,
+    snapshots_sent: u64,
+}
+
+fn info_of(meta: SnapshotMeta) -> SnapshotInfo {
+    SnapshotInfo {
+        last_index: meta.last_index,
+        last_term: meta.last_term,
+        len: meta.len,
+    }
+}
+
+/// The store as the current snapshot holds it, which must be `meta`.
+fn load_snapshot(storage: &Storage, meta: SnapshotMeta) -> Result<Kv, String> {
+    let Some((info, reader)) = storage.snapshot_payload().map_err(|e| e.to_string())? else {
+        return Err(format!("the snapshot at {} is missing", meta.last_index));
+    };
+    if info != info_of(meta) {
+        return Err(format!(
+            "the snapshot on disk is at {} (term {}), not {} (term {})",
+            info.last_index, info.last_term, meta.last_index, meta.last_term
+        ));
+    }
+    let mut reader = io::BufReader::with_capacity(1 << 20, reader);
+    let kv =
+        Kv::read_from(&mut reader).map_err(|e| format!("snapshot at {}: {e}", meta.last_index))?;
+    if kv.applied_index() > meta.last_index.0 {
+        return Err(format!(
+            "snapshot at {} holds a store applied up to {}",
+            meta.last_index,
+            kv.applied_index()
+        ));
+    }
+    Ok(kv)
 }
 
 impl LogStore for Disk<'_> {
@@ -1788,33 +1998,48 @@ impl LogStore for Disk<'_> {
         Ok(true)
     }
 
-    // Snapshots are not wired into raft-node yet: no member takes one, so
-    // no leader sends one. A chunk from elsewhere is dropped and the
-    // snapshot refused (the node reports the sender).
     fn write_snapshot_chunk(
         &mut self,
-        _: SnapshotMeta,
-        _: u64,
-        _: &[u8],
+        meta: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
     ) -> Result<(), StorageError> {
-        Ok(())
+        self.storage
+            .write_incoming_chunk(info_of(meta), offset, data)
     }
 
-    fn install_snapshot(&mut self, _: SnapshotMeta) -> Result<bool, StorageError> {
-        Ok(false)
+    /// Checks the received snapshot (length, header, checksum) and makes it
+    /// current, durably, with §7's rule applied to the log.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool, StorageError> {
+        self.storage.install_incoming(info_of(meta))
     }
 
-    fn compact_log(&mut self, _: LogIndex) -> Result<(), StorageError> {
-        Ok(())
+    fn compact_log(&mut self, through: LogIndex) -> Result<(), StorageError> {
+        self.storage.compact(through)
     }
 
     fn read_snapshot_chunk(
         &mut self,
-        _: SnapshotMeta,
-        _: u64,
-        _: usize,
+        meta: SnapshotMeta,
+        offset: u64,
+        len: usize,
     ) -> Result<Option<raft_proto::Bytes>, StorageError> {
-        Ok(None)
+        match self
+            .storage
+            .read_snapshot_chunk(meta.last_index, offset, len)
+        {
+            Ok(data) => {
+                self.chunks_sent += 1;
+                self.chunk_bytes_sent += data.len() as u64;
+                if offset == 0 {
+                    self.snapshots_sent += 1;
+                }
+                Ok(Some(data))
+            }
+            // A newer snapshot replaced it: the node starts over with that.
+            Err(StorageError::SnapshotReplaced { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

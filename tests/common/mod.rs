@@ -140,6 +140,8 @@ pub struct Options {
     pub fd_limit: Option<u64>,
     /// `client_password_file`'s password: the harness authenticates with it.
     pub client_password: Option<String>,
+    /// More top-level settings, as TOML lines.
+    pub extra_toml: Option<String>,
 }
 
 impl Cluster {
@@ -167,6 +169,10 @@ impl Cluster {
         }
         if let Some(mb) = opts.budget_mb {
             toml.push_str(&format!("client_memory_budget_mb = {mb}\n"));
+        }
+        if let Some(extra) = &opts.extra_toml {
+            toml.push_str(extra);
+            toml.push('\n');
         }
         if let Some(pw) = &opts.client_password {
             use std::os::unix::fs::OpenOptionsExt;
