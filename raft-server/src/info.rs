@@ -73,6 +73,10 @@ pub struct Counters {
     pub heartbeats_sent: u64,
     /// Of those, dropped because the link to the follower was down.
     pub heartbeats_failed: u64,
+    /// The longest loop turn (work between two polls) since start.
+    pub loop_turn_max_nanos: u64,
+    /// Loop turns that took a heartbeat interval or longer.
+    pub loop_turns_over_heartbeat: u64,
     /// Snapshots taken here (committed).
     pub snapshots_taken: u64,
     /// Snapshots that failed to be written (retried later).
@@ -392,6 +396,11 @@ pub fn render_info(s: &Snapshot) -> String {
         });
     line("raft_last_snapshot_age_s", &ago);
     line("raft_last_snapshot_ms", &took);
+    line("raft_loop_turn_max_ms", &ms(c.loop_turn_max_nanos));
+    line(
+        "raft_loop_turns_over_heartbeat",
+        &c.loop_turns_over_heartbeat,
+    );
     line("raft_log_first_index", &st.log_first_index);
     line("raft_log_bytes", &st.log_bytes);
     line("raft_log_segments", &st.log_segments);
@@ -672,6 +681,18 @@ pub fn render_metrics(s: &Snapshot) -> String {
             took.as_secs_f64(),
         );
     }
+    fgauge(
+        &mut r,
+        "loop_turn_max_seconds",
+        "The longest event-loop turn (work between two polls) since start.",
+        c.loop_turn_max_nanos as f64 / 1e9,
+    );
+    counter(
+        &mut r,
+        "loop_turns_over_heartbeat",
+        "Event-loop turns that took a heartbeat interval or longer.",
+        c.loop_turns_over_heartbeat,
+    );
     gauge(
         &mut r,
         "log_first_index",

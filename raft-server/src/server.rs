@@ -509,6 +509,15 @@ impl Server {
             }
             self.maybe_snapshot(now)?;
             self.end_client_turn(now);
+            // How long this turn kept the loop from the sockets and timers:
+            // the stall an operator cares about (a snapshot must not cause
+            // one; issue 9).
+            let took = now.elapsed();
+            let c = &mut self.counters;
+            c.loop_turn_max_nanos = c.loop_turn_max_nanos.max(took.as_nanos() as u64);
+            if took >= self.settings.heartbeat {
+                c.loop_turns_over_heartbeat += 1;
+            }
         }
     }
 
