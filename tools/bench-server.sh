@@ -197,10 +197,12 @@ jf() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
 # run_load OP CLIENTS: one raft-load run; prints its line and the leader's
 # group commit figures, and adds a table row.
 run_load() {
-    local op=$1 clients=$2 before after json ops opsps p50 p99 err fs ent sec per ms
+    local op=$1 clients=$2 extra=${3:-} before after json ops opsps p50 p99 err fs ent sec per ms label=$1
+    [ -n "$extra" ] && label="$op $extra"
     before=$(fsync_counters "$LEADER")
+    # shellcheck disable=SC2086
     if ! json=$("$LOAD" --addr "$ADDRS" --clients "$clients" --duration-secs "$BENCH_SECS" \
-        --op "$op" --value-size "$VALUE_SIZE" --keys "$KEYS" --json); then
+        --op "$op" --value-size "$VALUE_SIZE" --keys "$KEYS" --json ${extra:+--$extra}); then
         echo "$op clients=$clients: raft-load failed: $json"
         ROWS+=("| $op ${VALUE_SIZE} B | $clients | failed | | | | | |")
         return 0
@@ -220,12 +222,12 @@ run_load() {
         per="n/a" ms="n/a"
     fi
     printf '%s clients=%s value=%sB: %.0f ops/s, p50 %.2f ms, p99 %.2f ms, errors %s  (%s ops; %s)\n' \
-        "$op" "$clients" "$VALUE_SIZE" "$opsps" "$p50" "$p99" "$err" "$ops" "$note"
+        "$label" "$clients" "$VALUE_SIZE" "$opsps" "$p50" "$p99" "$err" "$ops" "$note"
     if [ "$err" != 0 ]; then
         echo "  errors seen: $(sed -n 's/.*"error_samples":\(.*\)}$/\1/p' <<<"$json")"
     fi
     ROWS+=("$(printf '| %s %s B | %s | %.0f | %.2f | %.2f | %s | %s | %s |' \
-        "$(tr a-z A-Z <<<"$op")" "$VALUE_SIZE" "$clients" "$opsps" "$p50" "$p99" "$err" "$per" "$ms")")
+        "$(tr a-z A-Z <<<"$label")" "$VALUE_SIZE" "$clients" "$opsps" "$p50" "$p99" "$err" "$per" "$ms")")
 }
 
 echo "load: ${BENCH_SECS} s per run, ${VALUE_SIZE} B values, ${KEYS} keys, every client on its own connection"
@@ -233,6 +235,9 @@ run_load set 1
 run_load set 16
 run_load set 64
 run_load get 16
+run_load get 64
+# READONLY: followers serve reads with a read index from the leader.
+run_load get 64 readonly
 echo
 
 # --- idle ------------------------------------------------------------------
@@ -277,7 +282,7 @@ done
 echo "idle over $IDLE_SECS s: leader cpu ${CPU[$LPID]}% rss ${RSS[$LPID]} MB; follower cpu ${CPU[$FPID]}% rss ${RSS[$FPID]} MB"
 echo "  leader:   ${DETAIL[$LPID]}"
 echo "  follower: ${DETAIL[$FPID]}"
-echo "  data dir after the run: leader $(du -sm "$TMP/node$LEADER" | cut -f1) MB, follower $(du -sm "$TMP/node$FOLLOWER" | cut -f1) MB (the log is not compacted yet)"
+echo "  data dir after the run: leader $(du -sm "$TMP/node$LEADER" | cut -f1) MB, follower $(du -sm "$TMP/node$FOLLOWER" | cut -f1) MB"
 echo
 
 # --- summary ---------------------------------------------------------------

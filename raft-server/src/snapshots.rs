@@ -131,6 +131,14 @@ impl Snapshotter {
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
+                // Below the event loop: on a small machine the loop's
+                // heartbeats must not wait for the serialiser. Linux takes
+                // a thread id here, so only this thread is reniced.
+                // SAFETY: plain syscalls; a failure only keeps the default
+                // priority.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
                 let outcome = match snap.write_to(&mut writer) {
                     Ok(()) => writer.finish().map_err(|e| e.to_string()),
                     Err(e) => Err(format!("cannot write the snapshot: {e}")),

@@ -253,7 +253,16 @@ pub struct SnapshotWriter {
     payload_len: u64,
     crc: u32,
     ledger: Option<SyncLedger>,
+    /// File bytes handed to the kernel's writeback so far (see `write`).
+    written_back: u64,
 }
+
+/// The writer starts the kernel's writeback of every this many bytes, and
+/// waits for the range before it: the final fsync then has little left to
+/// flush. Without it a snapshot of a large store leaves hundreds of MB dirty
+/// for one fsync, and on ext4 that fsync's journal commit also holds up the
+/// log's fdatasync on the event loop (measured: loop turns of 250 ms).
+const WRITEBACK_STEP: u64 = 4 << 20;
 
 // Used by server.rs once it takes snapshots (issue 9); tests until then.
 #[allow(dead_code)]
@@ -281,6 +290,7 @@ impl SnapshotWriter {
             payload_len: 0,
             crc: 0,
             ledger,
+            written_back: 0,
         })
     }
 
@@ -297,6 +307,7 @@ impl SnapshotWriter {
             payload_len,
             crc,
             ledger,
+            written_back: _,
         } = self;
         let file = out
             .into_inner()
@@ -327,11 +338,52 @@ impl SnapshotWriter {
     }
 }
 
+impl SnapshotWriter {
+    /// Past each [`WRITEBACK_STEP`]: flush the buffer, start writeback of
+    /// the new range and wait for the one before it (the pattern of
+    /// RocksDB's `bytes_per_sync`), so dirty pages stay bounded.
+    fn write_back(&mut self) -> io::Result<()> {
+        let end = SNAPSHOT_HEADER_LEN as u64 + self.payload_len;
+        if end < self.written_back + WRITEBACK_STEP {
+            return Ok(());
+        }
+        self.out.flush()?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.out.get_ref());
+        let (from, len) = (self.written_back, end - self.written_back);
+        // SAFETY: plain syscalls on a descriptor this writer owns; they only
+        // schedule or wait for writeback, whatever the arguments.
+        let r = unsafe {
+            if from >= WRITEBACK_STEP {
+                libc::sync_file_range(
+                    fd,
+                    (from - WRITEBACK_STEP) as libc::off64_t,
+                    WRITEBACK_STEP as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+            libc::sync_file_range(
+                fd,
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.written_back = end;
+        Ok(())
+    }
+}
+
 impl Write for SnapshotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf)?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         self.payload_len += n as u64;
+        self.write_back()?;
         Ok(n)
     }
 

@@ -71,6 +71,11 @@ struct Args {
     /// Print one JSON object instead of the text line.
     #[arg(long)]
     json: bool,
+    /// Send `READONLY` on every connection and start the measured phase at
+    /// the client's own address again: followers serve the GETs (with a
+    /// read index from the leader), so reads spread over all members.
+    #[arg(long)]
+    readonly: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -472,6 +477,8 @@ struct Client<'a> {
     value: Vec<u8>,
     out: Vec<u8>,
     stats: Stats,
+    /// Send `READONLY` first on every connection.
+    readonly: bool,
 }
 
 impl<'a> Client<'a> {
@@ -484,6 +491,7 @@ impl<'a> Client<'a> {
             value: vec![b'x'; value_size],
             out: Vec::new(),
             stats: Stats::new(),
+            readonly: false,
         }
     }
 
@@ -492,7 +500,20 @@ impl<'a> Client<'a> {
         if self.conn.is_some() {
             return true;
         }
-        match Conn::connect(&self.target) {
+        let connected = Conn::connect(&self.target).and_then(|mut c| {
+            if self.readonly {
+                c.stream.write_all(b"*1\r\n$8\r\nREADONLY\r\n")?;
+                match c.read_reply(Instant::now() + GRACE) {
+                    Ok(Reply::Simple(_)) => {}
+                    Ok(other) => {
+                        return Err(io::Error::other(format!("READONLY answered {other:?}")))
+                    }
+                    Err(_) => return Err(io::Error::other("no answer to READONLY")),
+                }
+            }
+            Ok(c)
+        });
+        match connected {
             Ok(c) => {
                 self.conn = Some(c);
                 true
@@ -675,6 +696,13 @@ fn run_client(args: &Args, id: u32, barrier: &Barrier, duration: Duration) -> St
         }
         // Errors while populating would make later GETs fail; report them
         // as part of the run rather than hide them.
+    }
+    if args.readonly {
+        // Populating followed MOVED to the leader: start over at this
+        // client's own member, with READONLY.
+        client.readonly = true;
+        client.conn = None;
+        client.target = args.addr[id as usize % args.addr.len()].clone();
     }
     // Connect before the clock starts, so the first requests do not pay for
     // the handshake.
