@@ -717,11 +717,11 @@ impl Server {
                 return self.storage.abort_snapshot().map_err(FatalError::Storage);
             }
         };
-        if !self
+        let committed = self
             .storage
             .commit_snapshot(info)
-            .map_err(FatalError::Storage)?
-        {
+            .map_err(FatalError::Storage)?;
+        if !committed {
             log::info!(
                 "snapshot at index {} dropped: a newer one was installed meanwhile",
                 info.last_index
