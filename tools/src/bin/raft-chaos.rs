@@ -352,12 +352,13 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
     }
     stop.store(true, Ordering::Relaxed);
     let mut history: Vec<Op> = Vec::new();
-    let (mut ok, mut failed, mut unknown) = (0, 0, 0);
+    let (mut ok, mut failed, mut unknown, mut follower_reads) = (0, 0, 0, 0);
     for w in workers {
         let r = w.join().expect("client thread");
         ok += r.ok;
         failed += r.failed;
         unknown += r.unknown;
+        follower_reads += r.follower_reads;
         history.extend(r.ops);
     }
     let mut redis = RedisReport::default();
@@ -418,6 +419,14 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
                 linearizability::check(&history)
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
+                        // A check of follower reads that saw none would
+                        // prove nothing.
+                        if follower_reads == 0 {
+                            return Err("no read was served through READONLY".into());
+                        }
+                        Ok(())
+                    })
+                    .and_then(|()| {
                         let mut target = cluster.leader().unwrap_or(1);
                         redis.finish(&mut target, start)
                     })
@@ -429,7 +438,7 @@ fn inside(args: &Args, dir: &Path) -> ExitCode {
     let _ = reaper.join();
     println!("redis workloads: {}", redis.summary());
     println!(
-        "history: {} ops ({ok} ok, {failed} failed, {unknown} unknown), {} faults injected; recovered {} ms after healing",
+        "history: {} ops ({ok} ok, of which {follower_reads} reads served through READONLY; {failed} failed, {unknown} unknown), {} faults injected; recovered {} ms after healing",
         history.len(),
         schedule.injected,
         live.map_or("never".to_string(), |d| d.as_millis().to_string())
@@ -611,6 +620,8 @@ struct ClientReport {
     ok: u64,
     failed: u64,
     unknown: u64,
+    /// Reads served by the member the client chose (READONLY).
+    follower_reads: u64,
 }
 
 /// One client: sequential reads and writes of unique values until stopped.
@@ -621,9 +632,14 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
         ok: 0,
         failed: 0,
         unknown: 0,
+        follower_reads: 0,
     };
     let mut conn: Option<Conn> = None;
     let mut target = 1 + rng.range(0, MEMBERS);
+    // Odd clients read through READONLY on a member of their own choosing
+    // (follower reads: a read index from the leader, thesis §6.4); the
+    // history mixes them with everyone's writes.
+    let mut ro_conn: Option<Conn> = None;
     let mut counter = 0u64;
     let backoff = || thread::sleep(Duration::from_millis(20));
     while !stop.load(Ordering::Relaxed) {
@@ -673,6 +689,37 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
                     r.ops.push(op);
                     conn = None;
                     target = 1 + rng.range(0, MEMBERS);
+                    backoff();
+                }
+            }
+        } else if id % 2 == 1 {
+            if ro_conn.is_none() {
+                let member = 1 + rng.range(0, MEMBERS);
+                ro_conn = Conn::connect(client_addr(member), OP_TIMEOUT)
+                    .ok()
+                    .and_then(|mut c| match c.cmd(&[b"READONLY"]) {
+                        Ok(Reply::Simple(_)) => Some(c),
+                        _ => None,
+                    });
+            }
+            match ro_conn.as_mut().map(|c| c.cmd(&[b"GET", k.as_bytes()])) {
+                Some(Ok(Reply::Bulk(v))) => {
+                    let value = v.and_then(|b| String::from_utf8_lossy(&b).parse().ok());
+                    r.ok += 1;
+                    r.follower_reads += 1;
+                    r.ops.push(Op {
+                        client: id,
+                        key,
+                        kind: OpKind::Read(value),
+                        invoke,
+                        complete: Some(nanos(start)),
+                    });
+                }
+                // MOVED (that member knows no leader), CLUSTERDOWN, a broken
+                // connection: no effect; try another member next time.
+                _ => {
+                    r.failed += 1;
+                    ro_conn = None;
                     backoff();
                 }
             }
