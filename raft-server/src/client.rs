@@ -791,8 +791,8 @@ pub enum Command {
     Commands(Option<Vec<Bytes>>),
     /// `COMMAND COUNT`.
     CountCommands,
-    /// An empty map (`COMMAND DOCS`).
-    EmptyMap,
+    /// `COMMAND DOCS [name ...]`: every command's, or these.
+    CommandDocs(Option<Vec<Bytes>>),
 }
 
 /// One entry of the `COMMAND` table, in Redis' shape: name, arity
@@ -808,6 +808,10 @@ pub struct CommandSpec {
     pub flags: &'static [&'static str],
     /// First key argument, last, step.
     pub keys: (i64, i64, i64),
+    /// Redis' command group (`raft` for this server's own commands).
+    pub group: &'static str,
+    /// One line, for `COMMAND DOCS`.
+    pub summary: &'static str,
 }
 
 /// Every command raft-node answers, for `COMMAND`.
@@ -817,318 +821,425 @@ pub const COMMANDS: &[CommandSpec] = &[
         arity: 2,
         flags: &["readonly", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Returns the string value of a key.",
     },
     CommandSpec {
         name: "set",
         arity: -3,
         flags: &["write", "denyoom"],
         keys: (1, 1, 1),
+        group: "string",
+        summary:
+            "Sets the string value of a key, with options NX|XX, GET, EX|PX|EXAT|PXAT|KEEPTTL.",
     },
     CommandSpec {
         name: "getdel",
         arity: 2,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Returns the string value of a key and deletes the key.",
     },
     CommandSpec {
         name: "getex",
         arity: -2,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Returns the string value of a key and sets or removes its expiry.",
     },
     CommandSpec {
         name: "mget",
         arity: -2,
         flags: &["readonly", "fast"],
         keys: (1, -1, 1),
+        group: "string",
+        summary: "Returns the string values of one or more keys.",
     },
     CommandSpec {
         name: "mset",
         arity: -3,
         flags: &["write", "denyoom"],
         keys: (1, -1, 2),
+        group: "string",
+        summary: "Sets the string values of one or more keys, in one log entry.",
     },
     CommandSpec {
         name: "msetnx",
         arity: -3,
         flags: &["write", "denyoom"],
         keys: (1, -1, 2),
+        group: "string",
+        summary: "Sets the string values of keys only if none of them exists.",
     },
     CommandSpec {
         name: "exists",
         arity: -2,
         flags: &["readonly", "fast"],
         keys: (1, -1, 1),
+        group: "generic",
+        summary: "Counts how many of the keys exist.",
     },
     CommandSpec {
         name: "del",
         arity: -2,
         flags: &["write"],
         keys: (1, -1, 1),
+        group: "generic",
+        summary: "Deletes one or more keys.",
     },
     CommandSpec {
         name: "unlink",
         arity: -2,
         flags: &["write", "fast"],
         keys: (1, -1, 1),
+        group: "generic",
+        summary: "Deletes one or more keys (the same as DEL here).",
     },
     CommandSpec {
         name: "incr",
         arity: 2,
         flags: &["write", "denyoom", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Increments the integer value of a key by one.",
     },
     CommandSpec {
         name: "decr",
         arity: 2,
         flags: &["write", "denyoom", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Decrements the integer value of a key by one.",
     },
     CommandSpec {
         name: "incrby",
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Increments the integer value of a key by a number.",
     },
     CommandSpec {
         name: "decrby",
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Decrements the integer value of a key by a number.",
     },
     CommandSpec {
         name: "append",
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Appends a string to the value of a key.",
     },
     CommandSpec {
         name: "strlen",
         arity: 2,
         flags: &["readonly", "fast"],
         keys: (1, 1, 1),
+        group: "string",
+        summary: "Returns the length of a string value.",
     },
     CommandSpec {
         name: "expire",
         arity: -3,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets a key's time to live in seconds (NX|XX|GT|LT).",
     },
     CommandSpec {
         name: "pexpire",
         arity: -3,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets a key's time to live in milliseconds (NX|XX|GT|LT).",
     },
     CommandSpec {
         name: "expireat",
         arity: -3,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets a key's expiry as a Unix time in seconds (NX|XX|GT|LT).",
     },
     CommandSpec {
         name: "pexpireat",
         arity: -3,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets a key's expiry as a Unix time in milliseconds (NX|XX|GT|LT).",
     },
     CommandSpec {
         name: "ttl",
         arity: 2,
         flags: &["readonly", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns a key's time to live in seconds.",
     },
     CommandSpec {
         name: "pttl",
         arity: 2,
         flags: &["readonly", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns a key's time to live in milliseconds.",
     },
     CommandSpec {
         name: "persist",
         arity: 2,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Removes a key's expiry.",
     },
     CommandSpec {
         name: "type",
         arity: 2,
         flags: &["readonly", "fast"],
         keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns the type of the value of a key (string or none).",
     },
     CommandSpec {
         name: "dbsize",
         arity: 1,
         flags: &["readonly", "fast"],
         keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns the number of keys.",
     },
     CommandSpec {
         name: "keys",
         arity: 2,
         flags: &["readonly"],
         keys: (0, 0, 0),
+        group: "generic",
+        summary: "Returns the keys matching a glob pattern (unbounded: prefer SCAN).",
     },
     CommandSpec {
         name: "scan",
         arity: -2,
         flags: &["readonly"],
         keys: (0, 0, 0),
+        group: "generic",
+        summary: "Iterates over the keys with a cursor, MATCH and COUNT.",
     },
     CommandSpec {
         name: "flushall",
         arity: -1,
         flags: &["write"],
         keys: (0, 0, 0),
+        group: "server",
+        summary: "Removes every key.",
     },
     CommandSpec {
         name: "flushdb",
         arity: -1,
         flags: &["write"],
         keys: (0, 0, 0),
+        group: "server",
+        summary: "Removes every key (the only database).",
     },
     CommandSpec {
         name: "multi",
         arity: 1,
         flags: &["noscript", "loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Starts a transaction.",
     },
     CommandSpec {
         name: "exec",
         arity: 1,
         flags: &["noscript", "loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Executes the queued commands as one log entry.",
     },
     CommandSpec {
         name: "discard",
         arity: 1,
         flags: &["noscript", "loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Discards the queued commands.",
     },
     CommandSpec {
         name: "watch",
         arity: -2,
         flags: &["noscript", "loading", "stale", "fast"],
         keys: (1, -1, 1),
+        group: "transactions",
+        summary: "Makes the next EXEC abort if a watched key changes.",
     },
     CommandSpec {
         name: "unwatch",
         arity: 1,
         flags: &["noscript", "loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Forgets the watched keys.",
     },
     CommandSpec {
         name: "lock.acquire",
         arity: 4,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "raft",
+        summary: "Acquires a lock with a lease; returns a fencing token.",
     },
     CommandSpec {
         name: "lock.release",
         arity: 4,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "raft",
+        summary: "Releases a lock held by its owner with its token.",
     },
     CommandSpec {
         name: "lock.extend",
         arity: 5,
         flags: &["write", "fast"],
         keys: (1, 1, 1),
+        group: "raft",
+        summary: "Extends the lease of a lock held by its owner.",
     },
     CommandSpec {
         name: "lock.info",
         arity: 2,
         flags: &["readonly", "fast"],
         keys: (1, 1, 1),
+        group: "raft",
+        summary: "Returns a lock's owner, token and remaining lease.",
     },
     CommandSpec {
         name: "fenced.set",
         arity: 5,
         flags: &["write", "denyoom"],
         keys: (1, 3, 2),
+        group: "raft",
+        summary: "Sets a key only if the token is the lock's current one.",
     },
     CommandSpec {
         name: "ping",
         arity: -1,
         flags: &["fast"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Returns PONG, or the argument.",
     },
     CommandSpec {
         name: "echo",
         arity: 2,
         flags: &["fast"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Returns the argument.",
     },
     CommandSpec {
         name: "info",
         arity: -1,
         flags: &["loading", "stale"],
         keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns information and statistics, by section (raft included).",
     },
     CommandSpec {
         name: "quit",
         arity: -1,
         flags: &["loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Closes the connection once the replies are written.",
     },
     CommandSpec {
         name: "hello",
         arity: -1,
         flags: &["loading", "stale", "fast", "no_auth"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Handshakes with the server: protocol 2 or 3, AUTH, SETNAME.",
     },
     CommandSpec {
         name: "auth",
         arity: -2,
         flags: &["loading", "stale", "fast", "no_auth"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Authenticates the connection with the client password.",
     },
     CommandSpec {
         name: "client",
         arity: -2,
         flags: &["loading", "stale"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "SETNAME, GETNAME, ID, INFO, LIST, SETINFO.",
     },
     CommandSpec {
         name: "select",
         arity: 2,
         flags: &["loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Selects database 0, the only one.",
     },
     CommandSpec {
         name: "reset",
         arity: 1,
         flags: &["loading", "stale", "fast", "no_auth"],
         keys: (0, 0, 0),
+        group: "connection",
+        summary: "Resets the connection's state.",
     },
     CommandSpec {
         name: "command",
         arity: -1,
         flags: &["loading", "stale"],
         keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns information about the commands (COUNT, INFO, DOCS).",
     },
     CommandSpec {
         name: "config",
         arity: -2,
         flags: &["admin", "loading", "stale"],
         keys: (0, 0, 0),
+        group: "server",
+        summary: "GET of the parameters clients ask for; SET is refused.",
     },
     CommandSpec {
         name: "cluster",
         arity: -2,
         flags: &["loading", "stale"],
         keys: (0, 0, 0),
+        group: "cluster",
+        summary: "The Raft group as one shard: SLOTS, SHARDS, NODES, MYID, INFO, KEYSLOT.",
     },
     CommandSpec {
         name: "readonly",
         arity: 1,
         flags: &["loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "cluster",
+        summary: "Lets followers serve this connection's reads (read index from the leader).",
     },
     CommandSpec {
         name: "readwrite",
         arity: 1,
         flags: &["loading", "stale", "fast"],
         keys: (0, 0, 0),
+        group: "cluster",
+        summary: "Sends this connection's reads to the leader again.",
     },
 ];
 
@@ -1143,6 +1254,19 @@ pub fn command_entry(c: &CommandSpec) -> Reply {
         Reply::Integer(c.keys.1),
         Reply::Integer(c.keys.2),
     ])
+}
+
+/// `COMMAND DOCS` of one command: its summary and group, as Redis lays
+/// them out (a map; RESP2 clients see a flat array).
+pub fn command_docs(c: &CommandSpec) -> (Reply, Reply) {
+    let bulk = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+    (
+        bulk(c.name),
+        Reply::Map(vec![
+            (bulk("summary"), bulk(c.summary)),
+            (bulk("group"), bulk(c.group)),
+        ]),
+    )
 }
 
 /// What `CLUSTER` asks.
@@ -1378,8 +1502,8 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
                     Command::CountCommands
                 }
                 "info" => Command::Commands(Some(args[2..].to_vec())),
-                // Documentation is optional for clients (redis-cli's hints).
-                "docs" => Command::EmptyMap,
+                "docs" if argc == 2 => Command::CommandDocs(None),
+                "docs" => Command::CommandDocs(Some(args[2..].to_vec())),
                 _ => {
                     return Err(Reply::Error(format!(
                         "ERR unknown subcommand '{}'. Try COMMAND HELP.",
@@ -1586,7 +1710,7 @@ mod tests {
         );
         assert_eq!(
             parse_command(&args(&["COMMAND", "DOCS"])),
-            Ok(Command::EmptyMap)
+            Ok(Command::CommandDocs(None))
         );
     }
 
@@ -2090,6 +2214,44 @@ mod tests {
         assert_eq!(
             err(&["x\r\ny"]),
             "ERR unknown command 'x  y', with args beginning with: "
+        );
+    }
+
+    /// `COMMAND DOCS` has a real entry for every command: a summary and a
+    /// Redis group, and `COMMAND DOCS name` only that one.
+    #[test]
+    fn command_docs_cover_every_command() {
+        for c in COMMANDS {
+            assert!(
+                !c.summary.is_empty() && c.summary.ends_with('.'),
+                "{}",
+                c.name
+            );
+            assert!(
+                [
+                    "string",
+                    "generic",
+                    "server",
+                    "transactions",
+                    "connection",
+                    "cluster",
+                    "raft"
+                ]
+                .contains(&c.group),
+                "{}",
+                c.name
+            );
+            let (name, doc) = command_docs(c);
+            assert_eq!(name, Reply::Bulk(Bytes::copy_from_slice(c.name.as_bytes())));
+            assert!(matches!(doc, Reply::Map(ref m) if m.len() == 2));
+        }
+        assert_eq!(
+            parse_command(&[
+                Bytes::from_static(b"command"),
+                Bytes::from_static(b"DOCS"),
+                Bytes::from_static(b"get")
+            ]),
+            Ok(Command::CommandDocs(Some(vec![Bytes::from_static(b"get")])))
         );
     }
 }

@@ -1382,7 +1382,6 @@ impl Server {
                 c.readonly = readonly;
                 c.reply_now(Reply::Simple("OK"));
             }
-            Command::EmptyMap => self.clients[key].reply_now(Reply::Map(Vec::new())),
             Command::CountCommands => {
                 self.clients[key].reply_now(Reply::Integer(client::COMMANDS.len() as i64))
             }
@@ -1404,6 +1403,18 @@ impl Server {
                     ),
                 };
                 self.clients[key].reply_now(reply);
+            }
+            Command::CommandDocs(names) => {
+                let docs = client::COMMANDS
+                    .iter()
+                    .filter(|c| {
+                        names.as_ref().is_none_or(|ns| {
+                            ns.iter().any(|n| c.name.as_bytes().eq_ignore_ascii_case(n))
+                        })
+                    })
+                    .map(client::command_docs)
+                    .collect();
+                self.clients[key].reply_now(Reply::Map(docs));
             }
             Command::Cluster(q) => {
                 let nodes = self.topology();
