@@ -792,7 +792,7 @@ pub enum Command {
     /// `COMMAND COUNT`.
     CountCommands,
     /// `COMMAND DOCS [name ...]`: every command's, or these.
-    CommandDocs(Option<Vec<Bytes>>),
+    Docs(Option<Vec<Bytes>>),
 }
 
 /// One entry of the `COMMAND` table, in Redis' shape: name, arity
@@ -1502,8 +1502,8 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
                     Command::CountCommands
                 }
                 "info" => Command::Commands(Some(args[2..].to_vec())),
-                "docs" if argc == 2 => Command::CommandDocs(None),
-                "docs" => Command::CommandDocs(Some(args[2..].to_vec())),
+                "docs" if argc == 2 => Command::Docs(None),
+                "docs" => Command::Docs(Some(args[2..].to_vec())),
                 _ => {
                     return Err(Reply::Error(format!(
                         "ERR unknown subcommand '{}'. Try COMMAND HELP.",
@@ -1710,7 +1710,7 @@ mod tests {
         );
         assert_eq!(
             parse_command(&args(&["COMMAND", "DOCS"])),
-            Ok(Command::CommandDocs(None))
+            Ok(Command::Docs(None))
         );
     }
 
@@ -2251,7 +2251,7 @@ mod tests {
                 Bytes::from_static(b"DOCS"),
                 Bytes::from_static(b"get")
             ]),
-            Ok(Command::CommandDocs(Some(vec![Bytes::from_static(b"get")])))
+            Ok(Command::Docs(Some(vec![Bytes::from_static(b"get")])))
         );
     }
 }

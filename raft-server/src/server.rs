@@ -1404,7 +1404,7 @@ impl Server {
                 };
                 self.clients[key].reply_now(reply);
             }
-            Command::CommandDocs(names) => {
+            Command::Docs(names) => {
                 let docs = client::COMMANDS
                     .iter()
                     .filter(|c| {
