@@ -93,7 +93,7 @@ impl Node {
     /// The consistency check and the log update; returns the answer.
     fn append_to_log(&mut self, ae: &AppendEntries) -> AppendResult {
         let start = self.log.start_index();
-        if ae.prev_log_index < start {
+        let (prev, prev_term, entries) = if ae.prev_log_index < start {
             // A late AppendEntries, sent before the leader knew we had
             // moved past it: what lies below our log start is committed
             // and compacted, and equals the leader's (§5.4.1; an entry at
@@ -104,21 +104,16 @@ impl Node {
                 let match_index = ae.prev_log_index.plus(ae.entries.len() as u64);
                 return AppendResult::Success { match_index };
             }
-            let rest = AppendEntries {
-                prev_log_index: start,
-                prev_log_term: self
-                    .log
-                    .term_at(start)
-                    .expect("the log start's term is kept"),
-                entries: ae.entries[skip..].to_vec(),
-                leader_commit: ae.leader_commit,
-                round: ae.round,
-            };
-            return self.append_to_log(&rest);
-        }
-        let prev = ae.prev_log_index;
+            let start_term = self
+                .log
+                .term_at(start)
+                .expect("the log start's term is kept");
+            (start, start_term, &ae.entries[skip..])
+        } else {
+            (ae.prev_log_index, ae.prev_log_term, &ae.entries[..])
+        };
         match self.log.term_at(prev) {
-            Some(t) if t == ae.prev_log_term => {}
+            Some(t) if t == prev_term => {}
             Some(_) => {
                 // Everything up to the commit index is known to match any
                 // leader's log (§5.4); check_append_entries dropped a message
@@ -140,7 +135,7 @@ impl Node {
 
         // Skip entries we already hold; truncate at the first conflict; append the rest (§5.3 steps 3-4).
         let mut new_from = None;
-        for (i, e) in ae.entries.iter().enumerate() {
+        for (i, e) in entries.iter().enumerate() {
             match self.log.term_at(e.index) {
                 Some(t) if t == e.term => continue,
                 Some(_) => {
@@ -163,14 +158,14 @@ impl Node {
             }
         }
         if let Some(i) = new_from {
-            let new = ae.entries[i..].to_vec();
+            let new = entries[i..].to_vec();
             for e in &new {
                 self.log.push(e.clone());
             }
             self.persist.push_back(Action::AppendLog(new));
         }
 
-        let match_index = prev.plus(ae.entries.len() as u64);
+        let match_index = prev.plus(entries.len() as u64);
         // Figure 2: commitIndex = min(leaderCommit, index of last new entry).
         let commit_to = ae.leader_commit.min(match_index);
         if commit_to > self.commit_index {
