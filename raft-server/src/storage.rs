@@ -962,9 +962,7 @@ impl Storage {
     }
 }
 
-// Snapshots and compaction. Until server.rs drives them (raft-proto gains
-// snapshots in parallel, issue 9), only this module's tests call them.
-#[allow(dead_code)]
+// Snapshots and compaction.
 impl Storage {
     /// Index of the first entry the store holds (the log's segments may
     /// begin before the snapshot's last index; those entries stay until

@@ -264,8 +264,6 @@ pub struct SnapshotWriter {
 /// log's fdatasync on the event loop (measured: loop turns of 250 ms).
 const WRITEBACK_STEP: u64 = 4 << 20;
 
-// Used by server.rs once it takes snapshots (issue 9); tests until then.
-#[allow(dead_code)]
 impl SnapshotWriter {
     /// A writer into `file` (at `path`, new and empty) for the snapshot
     /// through `(last_index, last_term)`.
@@ -408,7 +406,6 @@ pub struct SnapshotReader {
     want_crc: u32,
 }
 
-#[allow(dead_code)]
 impl SnapshotReader {
     /// A reader of the payload of `file` (at `path`), whose header is `h`.
     pub(super) fn new(
@@ -425,11 +422,6 @@ impl SnapshotReader {
             crc: 0,
             want_crc: h.payload_crc,
         })
-    }
-
-    /// Bytes of payload not read yet.
-    pub fn remaining(&self) -> u64 {
-        self.left
     }
 }
 
