@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::message::Message;
-use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 
 /// One thing the driver MUST do. Drain them with [`crate::Node::poll_action`]
 /// after every input; they come out in this order, and the driver performs
@@ -192,6 +192,23 @@ pub enum Event {
         /// What was wrong with it.
         fault: PeerFault,
     },
+    /// The configuration in force changed: an entry holding a new one was
+    /// appended (it takes effect then, committed or not, thesis §4.1), a
+    /// truncation undid one, or a snapshot brought one. The driver SHOULD
+    /// connect to the members it names and drop links to the others.
+    MembershipChanged {
+        /// Index of the entry that holds it (or of the snapshot).
+        index: LogIndex,
+        /// The configuration now in force.
+        membership: Membership,
+    },
+    /// A leadership transfer this leader started was given up: the target
+    /// did not catch up and win within an election timeout. Proposals are
+    /// accepted again.
+    TransferAborted {
+        /// The member that was to lead.
+        target: NodeId,
+    },
 }
 
 /// What made a peer's message impossible. Each one contradicts either the
@@ -349,6 +366,11 @@ pub enum ElectionReason {
     },
     /// A majority granted the pre-vote; this is the real election.
     PreVoteWon,
+    /// The leader handed leadership over (TimeoutNow, thesis §3.10).
+    LeadershipTransfer {
+        /// The leader that asked.
+        from: NodeId,
+    },
 }
 
 impl fmt::Display for ElectionReason {
@@ -369,6 +391,9 @@ impl fmt::Display for ElectionReason {
                 write!(f, "leader {leader} link lost")
             }
             ElectionReason::PreVoteWon => write!(f, "pre-vote won"),
+            ElectionReason::LeadershipTransfer { from } => {
+                write!(f, "leader {from} transfers leadership here")
+            }
         }
     }
 }
@@ -396,6 +421,8 @@ pub enum RoleChangeReason {
     PreVoteLost,
     /// An election was lost (a majority refused); waiting again.
     ElectionLost,
+    /// This leader's removal from the voters is committed (thesis §4.2.2).
+    RemovedFromConfiguration,
 }
 
 impl fmt::Display for RoleChangeReason {
@@ -410,6 +437,9 @@ impl fmt::Display for RoleChangeReason {
             }
             RoleChangeReason::PreVoteLost => write!(f, "pre-vote rejected by a majority"),
             RoleChangeReason::ElectionLost => write!(f, "election rejected by a majority"),
+            RoleChangeReason::RemovedFromConfiguration => {
+                write!(f, "removed from the voters by a committed configuration")
+            }
         }
     }
 }
@@ -433,6 +463,69 @@ pub enum ProposeError {
         /// [`crate::MAX_ENTRY_LEN`].
         max: usize,
     },
+    /// A leadership transfer is under way: proposals wait for the new
+    /// leader (or for the transfer to be given up, within an election
+    /// timeout). Retry shortly, on the leader [`crate::Node::leader`]
+    /// names then.
+    TransferInProgress {
+        /// The member that is to lead.
+        target: NodeId,
+    },
+    /// A configuration change was refused (only
+    /// [`crate::Node::propose_membership`]).
+    Membership(MembershipError),
+}
+
+/// Why a configuration change was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MembershipError {
+    /// A previous change is not committed yet, or this leader has not yet
+    /// committed an entry of its own term (the fix to single-server
+    /// changes: a new leader must not change the configuration before
+    /// that). Retry shortly.
+    ChangeInProgress,
+    /// The member to add is already a member.
+    AlreadyMember(NodeId),
+    /// The member to promote or remove is not a member (or, to promote,
+    /// not a learner).
+    UnknownMember(NodeId),
+    /// The learner to promote has not caught up with the commit index;
+    /// retry once it has.
+    LearnerBehind {
+        /// The learner.
+        id: NodeId,
+        /// How far its log is known to match the leader's.
+        match_index: LogIndex,
+        /// The leader's commit index it has to reach.
+        commit_index: LogIndex,
+    },
+    /// Removing the only voter would leave nobody to decide anything.
+    LastVoter,
+    /// The configuration would exceed [`crate::MAX_MEMBERS`], the context
+    /// [`crate::MAX_MEMBERSHIP_CONTEXT`], or name node 0.
+    Invalid(&'static str),
+}
+
+impl fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MembershipError::ChangeInProgress => {
+                write!(f, "a configuration change is in progress; retry shortly")
+            }
+            MembershipError::AlreadyMember(id) => write!(f, "node {id} is already a member"),
+            MembershipError::UnknownMember(id) => write!(f, "node {id} is not such a member"),
+            MembershipError::LearnerBehind {
+                id,
+                match_index,
+                commit_index,
+            } => write!(
+                f,
+                "learner {id} has caught up to {match_index} of {commit_index}; retry when it has"
+            ),
+            MembershipError::LastVoter => write!(f, "cannot remove the last voter"),
+            MembershipError::Invalid(rule) => write!(f, "invalid configuration: {rule}"),
+        }
+    }
 }
 
 impl fmt::Display for ProposeError {
@@ -444,6 +537,10 @@ impl fmt::Display for ProposeError {
             ProposeError::TooLarge { len, max } => {
                 write!(f, "command of {len} bytes exceeds the maximum of {max}")
             }
+            ProposeError::TransferInProgress { target } => {
+                write!(f, "leadership is being transferred to {target}")
+            }
+            ProposeError::Membership(e) => e.fmt(f),
         }
     }
 }
@@ -473,3 +570,30 @@ impl fmt::Display for ReadError {
 }
 
 impl std::error::Error for ReadError {}
+
+/// Why a leadership transfer could not start.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TransferError {
+    /// Only the leader transfers leadership.
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter of the configuration in force.
+    NotAVoter(NodeId),
+    /// No other voter to hand leadership to.
+    NoTarget,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferError::NotLeader { leader: Some(l) } => write!(f, "not leader; leader is {l}"),
+            TransferError::NotLeader { leader: None } => write!(f, "not leader; no leader known"),
+            TransferError::NotAVoter(id) => write!(f, "node {id} is not a voter"),
+            TransferError::NoTarget => write!(f, "no other voter to transfer leadership to"),
+        }
+    }
+}
+
+impl std::error::Error for TransferError {}

@@ -19,6 +19,13 @@ impl Node {
             self.reset_election_deadline(now);
             return;
         }
+        if !self.log.membership().is_voter(self.config.id) {
+            // A learner, a member that is joining, or one that was removed:
+            // it never campaigns. Its timer stays armed, so it still wakes
+            // once per election timeout, to no effect.
+            self.reset_election_deadline(now);
+            return;
+        }
         if self.config.pre_vote {
             self.start_pre_vote(now, reason);
         } else {
@@ -27,7 +34,7 @@ impl Node {
     }
 
     fn start_pre_vote(&mut self, now: Time, reason: ElectionReason) {
-        let mut votes = VoteTally::new(self.config.voters.len());
+        let mut votes = VoteTally::new(self.log.membership().voters.clone());
         votes.record(self.config.id, true);
         // A pre-vote keeps the term, so an election this node ran in it
         // is still open: its votes are the voters' durable word for this
@@ -52,15 +59,16 @@ impl Node {
             term: self.current_term,
             reason: RoleChangeReason::Campaign,
         });
-        self.request_votes(term, true);
+        self.request_votes(term, true, false);
         self.tally(now);
     }
 
-    fn start_election(&mut self, now: Time, reason: ElectionReason) {
+    pub(crate) fn start_election(&mut self, now: Time, reason: ElectionReason) {
+        let transfer = matches!(reason, ElectionReason::LeadershipTransfer { .. });
         self.current_term = self.current_term.next();
         self.voted_for = Some(self.config.id);
         self.hard_state_dirty = true;
-        let mut votes = VoteTally::new(self.config.voters.len());
+        let mut votes = VoteTally::new(self.log.membership().voters.clone());
         votes.record(self.config.id, true);
         self.role = RoleState::Candidate { votes };
         self.set_leader(None);
@@ -76,17 +84,19 @@ impl Node {
             term: self.current_term,
             reason: RoleChangeReason::Campaign,
         });
-        self.request_votes(self.current_term, false);
+        self.request_votes(self.current_term, false, transfer);
         self.tally(now);
     }
 
-    fn request_votes(&mut self, term: Term, pre_vote: bool) {
+    fn request_votes(&mut self, term: Term, pre_vote: bool, leadership_transfer: bool) {
         let rv = RequestVote {
             pre_vote,
+            leadership_transfer,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
         };
-        for peer in self.peers.clone() {
+        let (voters, _) = self.other_voters();
+        for peer in voters {
             self.sends.push_back((
                 Message {
                     from: self.config.id,
@@ -133,6 +143,9 @@ impl Node {
             | MessageBody::InstallSnapshotResponse(_)
             | MessageBody::ReadIndexResponse(_) => {}
             MessageBody::ReadIndexRequest(r) => self.send_read_index_response(msg.from, r.id, None),
+            // A transfer to this node already made it campaign, or the
+            // leader that sent it was deposed since.
+            MessageBody::TimeoutNow => {}
         }
     }
 

@@ -17,20 +17,25 @@
 //! frame    = len:u32 body                    len = body length, 1..=MAX_FRAME_LEN
 //! body     = version:u8 message              version = VERSION
 //! message  = tag:u8 from:u64 to:u64 term:u64 fields
-//!   tag 1  RequestVote            pre_vote:bool last_log_index:u64 last_log_term:u64
+//!   tag 1  RequestVote            flags:u8 last_log_index:u64 last_log_term:u64
+//!                                 flags: 0, 1 = pre_vote, 2 = leadership_transfer
 //!   tag 2  RequestVoteResponse    pre_vote:bool granted:bool
 //!   tag 3  AppendEntries          prev_log_index:u64 prev_log_term:u64
 //!                                 leader_commit:u64 round:u64 count:u32 entry{count}
 //!   tag 4  AppendEntriesResponse  round:u64 result
 //!   tag 5  InstallSnapshot        last_index:u64 last_term:u64 len:u64
-//!                                 offset:u64 round:u64 data_len:u32 byte{data_len}
+//!                                 membership offset:u64 round:u64 data_len:u32 byte{data_len}
 //!   tag 6  InstallSnapshotResponse last_index:u64 next_offset:u64 round:u64
 //!   tag 7  ReadIndexRequest       id:u64
 //!   tag 8  ReadIndexResponse      id:u64 read_index:option_index
+//!   tag 9  TimeoutNow
 //! option_index = 0 | 1 index:u64
 //! entry    = term:u64 index:u64 payload
 //! payload  = 1                               Noop
 //!          | 2 len:u32 byte{len}             Command
+//!          | 3 membership                    Configuration
+//! membership = voters:u8 id:u64{voters} learners:u8 id:u64{learners}
+//!              context_len:u32 byte{context_len}
 //! result   = 1 match_index:u64               Success
 //!          | 2 rejected_index:u64 last_log_index:u64
 //!            conflict_term:option conflict_index:u64                         Conflict
@@ -63,7 +68,12 @@
 //!   last term exceeds the leader's, whose data is longer than
 //!   [`MAX_SNAPSHOT_CHUNK`] or reaches past the snapshot's length; an answer
 //!   about a snapshot at index 0; a read index of 0 (a leader answers
-//!   only once it has committed an entry).
+//!   only once it has committed an entry);
+//! - a configuration (in an entry or a snapshot) that breaks
+//!   [`Membership::check`]: no voter, unsorted or duplicate ids, id 0, a
+//!   learner that also votes, more than [`crate::MAX_MEMBERS`] members or
+//!   more than [`crate::MAX_MEMBERSHIP_CONTEXT`] bytes of context;
+//! - a RequestVote that is both a pre-vote and a leadership transfer.
 //!
 //! Whatever needs the receiver's state (is `to` me, is `from` a voter, does
 //! `match_index` exceed my log) is the node's to check.
@@ -76,7 +86,10 @@ use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
     Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
 };
-use crate::types::{Entry, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term, MAX_ENTRY_LEN};
+use crate::types::{
+    Entry, EntryPayload, LogIndex, Membership, NodeId, SnapshotMeta, Term, MAX_ENTRY_LEN,
+    MAX_MEMBERS, MAX_MEMBERSHIP_CONTEXT,
+};
 
 /// Version of the wire format, carried in every frame. A frame of any
 /// other version is rejected with [`DecodeError::UnsupportedVersion`]. (The
@@ -134,9 +147,14 @@ const TAG_INSTALL_SNAPSHOT: u8 = 5;
 const TAG_INSTALL_SNAPSHOT_RESPONSE: u8 = 6;
 const TAG_READ_INDEX_REQUEST: u8 = 7;
 const TAG_READ_INDEX_RESPONSE: u8 = 8;
+const TAG_TIMEOUT_NOW: u8 = 9;
 
 const PAYLOAD_NOOP: u8 = 1;
 const PAYLOAD_COMMAND: u8 = 2;
+const PAYLOAD_CONFIGURATION: u8 = 3;
+
+const VOTE_FLAG_PRE_VOTE: u8 = 1;
+const VOTE_FLAG_TRANSFER: u8 = 2;
 
 const RESULT_SUCCESS: u8 = 1;
 const RESULT_CONFLICT: u8 = 2;
@@ -345,10 +363,13 @@ fn body_len(msg: &Message) -> usize {
                     }
                 }
         }
-        MessageBody::InstallSnapshot(is) => INSTALL_SNAPSHOT_FIXED_LEN + is.data.len(),
+        MessageBody::InstallSnapshot(is) => {
+            INSTALL_SNAPSHOT_FIXED_LEN + membership_len(&is.meta.membership) + is.data.len()
+        }
         MessageBody::InstallSnapshotResponse(_) => 8 + 8 + 8,
         MessageBody::ReadIndexRequest(_) => 8,
         MessageBody::ReadIndexResponse(r) => 8 + 1 + r.read_index.map_or(0, |_| 8),
+        MessageBody::TimeoutNow => 0,
     };
     1 + MESSAGE_HEADER_LEN + fields
 }
@@ -357,7 +378,47 @@ fn entry_len(e: &Entry) -> usize {
     match &e.payload {
         EntryPayload::Noop => MIN_ENTRY_LEN,
         EntryPayload::Command(c) => ENTRY_OVERHEAD + c.len(),
+        EntryPayload::Configuration(m) => MIN_ENTRY_LEN + membership_len(m),
     }
+}
+
+/// Encoded length of a configuration.
+pub fn membership_len(m: &Membership) -> usize {
+    1 + 8 * m.voters.len() + 1 + 8 * m.learners.len() + 4 + m.context.len()
+}
+
+/// Appends a configuration in the wire format (also used by drivers to
+/// store one, e.g. in a snapshot's header). It must pass
+/// [`Membership::check`].
+pub fn put_membership(m: &Membership, dst: &mut BytesMut) {
+    assert!(m.check().is_ok(), "put_membership: {:?}", m.check());
+    put_membership_unchecked(m, dst);
+}
+
+/// `encode` checked the message already (and `encode_unchecked`, for
+/// tests of `decode`, must be able to write what `decode` refuses).
+fn put_membership_unchecked(m: &Membership, dst: &mut BytesMut) {
+    for list in [&m.voters, &m.learners] {
+        dst.put_u8(u8::try_from(list.len()).expect("MAX_MEMBERS fits in u8"));
+        for id in list {
+            dst.put_u64(id.0);
+        }
+    }
+    dst.put_u32(u32::try_from(m.context.len()).expect("context length fits in u32"));
+    dst.put_slice(&m.context);
+}
+
+/// Reads a configuration written by [`put_membership`] from the front of
+/// `src`, checking every bound and [`Membership::check`].
+pub fn get_membership(src: &mut Bytes) -> Result<Membership, DecodeError> {
+    let mut r = Reader {
+        buf: std::mem::take(src),
+    };
+    let m = r.membership();
+    *src = r.buf;
+    let m = m?;
+    m.check().map_err(|what| DecodeError::Invalid { what })?;
+    Ok(m)
 }
 
 fn put_message(msg: &Message, dst: &mut BytesMut) {
@@ -370,6 +431,7 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
         MessageBody::InstallSnapshotResponse(_) => TAG_INSTALL_SNAPSHOT_RESPONSE,
         MessageBody::ReadIndexRequest(_) => TAG_READ_INDEX_REQUEST,
         MessageBody::ReadIndexResponse(_) => TAG_READ_INDEX_RESPONSE,
+        MessageBody::TimeoutNow => TAG_TIMEOUT_NOW,
     };
     dst.put_u8(tag);
     dst.put_u64(msg.from.0);
@@ -377,7 +439,14 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
     dst.put_u64(msg.term.0);
     match &msg.body {
         MessageBody::RequestVote(rv) => {
-            dst.put_u8(u8::from(rv.pre_vote));
+            let mut flags = 0;
+            if rv.pre_vote {
+                flags |= VOTE_FLAG_PRE_VOTE;
+            }
+            if rv.leadership_transfer {
+                flags |= VOTE_FLAG_TRANSFER;
+            }
+            dst.put_u8(flags);
             dst.put_u64(rv.last_log_index.0);
             dst.put_u64(rv.last_log_term.0);
         }
@@ -401,6 +470,10 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
                         dst.put_u8(PAYLOAD_COMMAND);
                         dst.put_u32(u32::try_from(c.len()).expect("command length fits in u32"));
                         dst.put_slice(c);
+                    }
+                    EntryPayload::Configuration(m) => {
+                        dst.put_u8(PAYLOAD_CONFIGURATION);
+                        put_membership_unchecked(m, dst);
                     }
                 }
             }
@@ -436,6 +509,7 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
             dst.put_u64(is.meta.last_index.0);
             dst.put_u64(is.meta.last_term.0);
             dst.put_u64(is.meta.len);
+            put_membership_unchecked(&is.meta.membership, dst);
             dst.put_u64(is.offset);
             dst.put_u64(is.round);
             // The frame bound, checked by the caller, bounds the length.
@@ -458,6 +532,7 @@ fn put_message(msg: &Message, dst: &mut BytesMut) {
                 }
             }
         }
+        MessageBody::TimeoutNow => {}
     }
 }
 
@@ -535,7 +610,7 @@ impl Reader {
 
     fn message(&mut self) -> Result<Message, DecodeError> {
         let tag = self.u8("message tag")?;
-        if !(TAG_REQUEST_VOTE..=TAG_READ_INDEX_RESPONSE).contains(&tag) {
+        if !(TAG_REQUEST_VOTE..=TAG_TIMEOUT_NOW).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "message",
                 tag,
@@ -545,11 +620,21 @@ impl Reader {
         let to = NodeId(self.u64("to")?);
         let term = self.term("term")?;
         let body = match tag {
-            TAG_REQUEST_VOTE => MessageBody::RequestVote(RequestVote {
-                pre_vote: self.bool("pre_vote")?,
-                last_log_index: self.index("last_log_index")?,
-                last_log_term: self.term("last_log_term")?,
-            }),
+            TAG_REQUEST_VOTE => {
+                let flags = self.u8("vote flags")?;
+                if flags & !(VOTE_FLAG_PRE_VOTE | VOTE_FLAG_TRANSFER) != 0 {
+                    return Err(DecodeError::UnknownTag {
+                        what: "vote flags",
+                        tag: flags,
+                    });
+                }
+                MessageBody::RequestVote(RequestVote {
+                    pre_vote: flags & VOTE_FLAG_PRE_VOTE != 0,
+                    leadership_transfer: flags & VOTE_FLAG_TRANSFER != 0,
+                    last_log_index: self.index("last_log_index")?,
+                    last_log_term: self.term("last_log_term")?,
+                })
+            }
             TAG_REQUEST_VOTE_RESPONSE => MessageBody::RequestVoteResponse(RequestVoteResponse {
                 pre_vote: self.bool("pre_vote")?,
                 granted: self.bool("granted")?,
@@ -572,6 +657,7 @@ impl Reader {
             TAG_READ_INDEX_REQUEST => MessageBody::ReadIndexRequest(ReadIndexRequest {
                 id: self.u64("read id")?,
             }),
+            TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
             _ => MessageBody::ReadIndexResponse(ReadIndexResponse {
                 id: self.u64("read id")?,
                 read_index: match self.u8("read_index flag")? {
@@ -624,6 +710,7 @@ impl Reader {
             last_index: self.index("snapshot last_index")?,
             last_term: self.term("snapshot last_term")?,
             len: self.u64("snapshot len")?,
+            membership: self.membership()?,
         };
         let offset = self.u64("snapshot offset")?;
         let round = self.u64("round")?;
@@ -656,6 +743,7 @@ impl Reader {
                 }
                 EntryPayload::Command(self.bytes(len, "command")?)
             }
+            PAYLOAD_CONFIGURATION => EntryPayload::Configuration(self.membership()?),
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "entry payload",
@@ -667,6 +755,37 @@ impl Reader {
             term,
             index,
             payload,
+        })
+    }
+
+    /// A configuration's bytes; `check` judges its rules. The counts are
+    /// bounded before anything is allocated for them.
+    fn membership(&mut self) -> Result<Membership, DecodeError> {
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in lists.iter_mut() {
+            let n = usize::from(self.u8("member count")?);
+            if n > MAX_MEMBERS {
+                return Err(DecodeError::Invalid {
+                    what: "a configuration has too many members",
+                });
+            }
+            self.need(8 * n, "members")?;
+            for _ in 0..n {
+                list.push(NodeId(self.u64("member id")?));
+            }
+        }
+        let len = usize::try_from(self.u32("context length")?).unwrap_or(usize::MAX);
+        if len > MAX_MEMBERSHIP_CONTEXT {
+            return Err(DecodeError::Invalid {
+                what: "a configuration's context is too long",
+            });
+        }
+        let context = self.bytes(len, "context")?;
+        let [voters, learners] = lists;
+        Ok(Membership {
+            voters,
+            learners,
+            context,
         })
     }
 
@@ -719,6 +838,9 @@ pub(crate) fn check(msg: &Message) -> Result<(), &'static str> {
         return Err("term exceeds Term::MAX");
     }
     match &msg.body {
+        MessageBody::RequestVote(rv) if rv.pre_vote && rv.leadership_transfer => {
+            Err("a pre-vote is never a leadership transfer")
+        }
         MessageBody::RequestVote(rv) => {
             check_log_position(rv.last_log_index, rv.last_log_term, msg.term).map_err(|rule| {
                 match rule {
@@ -776,7 +898,7 @@ pub(crate) fn check(msg: &Message) -> Result<(), &'static str> {
                 Ok(())
             }
         }
-        MessageBody::ReadIndexRequest(_) => Ok(()),
+        MessageBody::ReadIndexRequest(_) | MessageBody::TimeoutNow => Ok(()),
         MessageBody::ReadIndexResponse(r) => {
             if r.read_index == Some(LogIndex(0)) {
                 Err("read_index is 0")
@@ -801,6 +923,7 @@ fn check_install_snapshot(is: &InstallSnapshot, leader_term: Term) -> Result<(),
     if meta.len == 0 {
         return Err("snapshot len is 0");
     }
+    meta.membership.check()?;
     if is.data.len() > MAX_SNAPSHOT_CHUNK {
         return Err("snapshot chunk exceeds MAX_SNAPSHOT_CHUNK");
     }
@@ -861,6 +984,9 @@ fn check_append_entries(ae: &AppendEntries, leader_term: Term) -> Result<(), &'s
         if e.payload_len() > MAX_ENTRY_LEN {
             return Err("entry command exceeds MAX_ENTRY_LEN");
         }
+        if let EntryPayload::Configuration(m) = &e.payload {
+            m.check()?;
+        }
         min_term = e.term;
     }
     Ok(())
@@ -912,7 +1038,33 @@ mod tests {
             Just(EntryPayload::Noop),
             proptest::collection::vec(any::<u8>(), 0..48)
                 .prop_map(|v| EntryPayload::Command(Bytes::from(v))),
+            membership().prop_map(EntryPayload::Configuration),
         ]
+    }
+
+    /// A valid configuration: disjoint sorted sets, at least one voter.
+    fn membership() -> impl Strategy<Value = Membership> {
+        (
+            proptest::collection::btree_map(1..u64::MAX, any::<bool>(), 1..8),
+            proptest::collection::vec(any::<u8>(), 0..16),
+        )
+            .prop_map(|(ids, context)| {
+                let mut m = Membership {
+                    context: Bytes::from(context),
+                    ..Membership::default()
+                };
+                for (id, learner) in ids {
+                    if learner {
+                        m.learners.push(NodeId(id));
+                    } else {
+                        m.voters.push(NodeId(id));
+                    }
+                }
+                if m.voters.is_empty() {
+                    m.voters.push(m.learners.remove(0));
+                }
+                m
+            })
     }
 
     fn append_entries(t: u64) -> impl Strategy<Value = MessageBody> {
@@ -993,9 +1145,10 @@ mod tests {
 
     fn body(t: u64) -> impl Strategy<Value = MessageBody> {
         prop_oneof![
-            (any::<bool>(), log_position(t)).prop_map(|(pre_vote, (i, lt))| {
+            (any::<bool>(), any::<bool>(), log_position(t)).prop_map(|(pre_vote, t, (i, lt))| {
                 MessageBody::RequestVote(RequestVote {
                     pre_vote,
+                    leadership_transfer: t && !pre_vote,
                     last_log_index: i,
                     last_log_term: lt,
                 })
@@ -1024,6 +1177,7 @@ mod tests {
                 })
             }),
             any::<u64>().prop_map(|id| MessageBody::ReadIndexRequest(ReadIndexRequest { id })),
+            Just(MessageBody::TimeoutNow),
             (any::<u64>(), proptest::option::of(1..u64::MAX)).prop_map(|(id, i)| {
                 MessageBody::ReadIndexResponse(ReadIndexResponse {
                     id,
@@ -1042,13 +1196,15 @@ mod tests {
             0..1000u64,
             0..1000u64,
             any::<u64>(),
+            membership(),
         )
-            .prop_map(|(i, lt, data, offset, tail, round)| {
+            .prop_map(|(i, lt, data, offset, tail, round, membership)| {
                 MessageBody::InstallSnapshot(InstallSnapshot {
                     meta: SnapshotMeta {
                         last_index: LogIndex(i),
                         last_term: Term(lt),
                         len: (offset + data.len() as u64 + tail).max(1),
+                        membership,
                     },
                     offset,
                     data: Bytes::from(data),
@@ -1157,7 +1313,8 @@ mod tests {
             MessageBody::InstallSnapshot(_) => fields.push(("snapshot last_term", fields_at + 8)),
             MessageBody::InstallSnapshotResponse(_)
             | MessageBody::ReadIndexRequest(_)
-            | MessageBody::ReadIndexResponse(_) => {}
+            | MessageBody::ReadIndexResponse(_)
+            | MessageBody::TimeoutNow => {}
         }
         fields
     }
@@ -1422,14 +1579,58 @@ mod tests {
 
     #[test]
     fn unknown_tags_and_bad_bools() {
-        let mut buf = raw_frame(|b| header(b, 9, 1, 2, 1));
+        let mut buf = raw_frame(|b| header(b, 10, 1, 2, 1));
         assert_eq!(
             decode(&mut buf),
             Err(DecodeError::UnknownTag {
                 what: "message",
-                tag: 9
+                tag: 10
             })
         );
+        // Vote flags beyond pre-vote and transfer; both at once.
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_REQUEST_VOTE, 1, 2, 1);
+            b.put_u8(4);
+            b.put_slice(&[0; 16]);
+        });
+        assert_eq!(
+            decode(&mut buf),
+            Err(DecodeError::UnknownTag {
+                what: "vote flags",
+                tag: 4
+            })
+        );
+        let mut buf = raw_frame(|b| {
+            header(b, TAG_REQUEST_VOTE, 1, 2, 1);
+            b.put_u8(3);
+            b.put_slice(&[0; 16]);
+        });
+        assert_eq!(
+            decode(&mut buf),
+            invalid("a pre-vote is never a leadership transfer")
+        );
+        // A configuration entry without voters, and one with 65 members.
+        for (voters, learners, rule) in [
+            (0u8, 1u8, "a configuration has no voter"),
+            (65, 0, "a configuration has too many members"),
+        ] {
+            let mut buf = raw_frame(|b| {
+                header(b, TAG_APPEND_ENTRIES, 1, 2, 1);
+                b.put_slice(&[0; 32]);
+                b.put_u32(1);
+                b.put_u64(1);
+                b.put_u64(1);
+                b.put_u8(PAYLOAD_CONFIGURATION);
+                for n in [voters, learners] {
+                    b.put_u8(n);
+                    for k in 0..n {
+                        b.put_u64(u64::from(k) + 1);
+                    }
+                }
+                b.put_u32(0);
+            });
+            assert_eq!(decode(&mut buf), invalid(rule));
+        }
         let mut buf = raw_frame(|b| b.put_u8(0));
         assert_eq!(
             decode(&mut buf),

@@ -14,8 +14,16 @@ use crate::types::{LogIndex, NodeId, Term, MAX_ENTRY_LEN};
 pub struct Config {
     /// This member.
     pub id: NodeId,
-    /// Every voting member, this one included.
+    /// The bootstrap configuration: every voting member of a new cluster,
+    /// this one included. It is used only while neither the log nor a
+    /// snapshot holds a configuration (the first leader writes it as entry
+    /// 1). Empty for a member that joins an existing cluster: it does not
+    /// vote or campaign until the leader's log makes it a member.
     pub voters: Vec<NodeId>,
+    /// The driver's context of the bootstrap configuration
+    /// ([`crate::Membership::context`]); raft-node keeps the members'
+    /// addresses there.
+    pub bootstrap_context: bytes::Bytes,
     /// The leader sends an AppendEntries (empty if nothing is new) to every
     /// follower this often.
     pub heartbeat_interval: Duration,
@@ -68,6 +76,7 @@ impl Config {
         Config {
             id,
             voters,
+            bootstrap_context: bytes::Bytes::new(),
             heartbeat_interval: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(600),
@@ -93,7 +102,7 @@ impl Config {
         if self.voters.iter().any(|v| v.0 == 0) {
             return Err(ConfigError::ZeroId);
         }
-        if !self.voters.contains(&self.id) {
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
             return Err(ConfigError::NotAVoter(self.id));
         }
         let mut sorted = self.voters.clone();
@@ -101,6 +110,11 @@ impl Config {
         sorted.dedup();
         if sorted.len() != self.voters.len() {
             return Err(ConfigError::DuplicateVoter);
+        }
+        if sorted.len() > crate::types::MAX_MEMBERS
+            || self.bootstrap_context.len() > crate::types::MAX_MEMBERSHIP_CONTEXT
+        {
+            return Err(ConfigError::TooManyMembers);
         }
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::ZeroHeartbeat);
@@ -163,10 +177,13 @@ pub const MIN_HEARTBEATS_PER_TIMEOUT: u32 = 3;
 pub enum ConfigError {
     /// Id 0 means "none" and cannot name a member.
     ZeroId,
-    /// The node is not in its own voter list.
+    /// The node is not in its own (non-empty) bootstrap voter list.
     NotAVoter(NodeId),
     /// A voter appears twice.
     DuplicateVoter,
+    /// More than [`crate::MAX_MEMBERS`] voters, or a bootstrap context
+    /// longer than [`crate::MAX_MEMBERSHIP_CONTEXT`].
+    TooManyMembers,
     /// A zero heartbeat interval.
     ZeroHeartbeat,
     /// `election_timeout_min >= election_timeout_max`.
@@ -232,6 +249,12 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroId => write!(f, "node id 0 is reserved for \"none\""),
             ConfigError::NotAVoter(id) => write!(f, "node {id} is not in the voter list"),
             ConfigError::DuplicateVoter => write!(f, "a voter is listed twice"),
+            ConfigError::TooManyMembers => write!(
+                f,
+                "more than {} voters, or a bootstrap context over {} bytes",
+                crate::types::MAX_MEMBERS,
+                crate::types::MAX_MEMBERSHIP_CONTEXT
+            ),
             ConfigError::ZeroHeartbeat => write!(f, "heartbeat interval must be positive"),
             ConfigError::EmptyElectionRange { min, max } => write!(
                 f,

@@ -60,7 +60,7 @@ pub trait LogStore {
     /// chunks follow on where the previous one ended. Needs no sync.
     fn write_snapshot_chunk(
         &mut self,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         offset: u64,
         data: &[u8],
     ) -> Result<(), Self::Error>;
@@ -72,7 +72,7 @@ pub trait LogStore {
     /// issued before it stay ordered before it. `Ok(false)`: invalid,
     /// nothing changed. The install is durable once the next
     /// [`LogStore::sync`] completes, or earlier.
-    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool, Self::Error>;
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<bool, Self::Error>;
     /// Entries up to and including `through` are covered by a snapshot
     /// and may be deleted, now or later. Needs no sync.
     fn compact_log(&mut self, through: LogIndex) -> Result<(), Self::Error>;
@@ -81,7 +81,7 @@ pub trait LogStore {
     /// snapshot (a newer one replaced it): the chunk is not sent.
     fn read_snapshot_chunk(
         &mut self,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         offset: u64,
         len: usize,
     ) -> Result<Option<bytes::Bytes>, Self::Error>;
@@ -150,10 +150,10 @@ impl Driver {
                         self.dirty = true;
                     }
                     Action::WriteSnapshotChunk { meta, offset, data } => {
-                        store.write_snapshot_chunk(meta, offset, &data)?;
+                        store.write_snapshot_chunk(&meta, offset, &data)?;
                     }
                     Action::InstallSnapshot { meta } => {
-                        let installed = store.install_snapshot(meta)?;
+                        let installed = store.install_snapshot(&meta)?;
                         // The answer that says "installed" waits for it
                         // to be durable, like any answer.
                         self.dirty = true;
@@ -170,7 +170,7 @@ impl Driver {
                         let crate::MessageBody::InstallSnapshot(is) = &mut message.body else {
                             unreachable!("a snapshot chunk is an InstallSnapshot");
                         };
-                        if let Some(data) = store.read_snapshot_chunk(is.meta, is.offset, len)? {
+                        if let Some(data) = store.read_snapshot_chunk(&is.meta, is.offset, len)? {
                             debug_assert_eq!(data.len(), len, "read_snapshot_chunk: short read");
                             is.data = data;
                             self.send(message, transport);
@@ -294,10 +294,10 @@ mod tests {
             self.syncs += 1;
             Ok(self.synchronous)
         }
-        fn write_snapshot_chunk(&mut self, _: SnapshotMeta, _: u64, _: &[u8]) -> Result<(), ()> {
+        fn write_snapshot_chunk(&mut self, _: &SnapshotMeta, _: u64, _: &[u8]) -> Result<(), ()> {
             unreachable!("no snapshots in these tests")
         }
-        fn install_snapshot(&mut self, _: SnapshotMeta) -> Result<bool, ()> {
+        fn install_snapshot(&mut self, _: &SnapshotMeta) -> Result<bool, ()> {
             unreachable!("no snapshots in these tests")
         }
         fn compact_log(&mut self, _: LogIndex) -> Result<(), ()> {
@@ -305,7 +305,7 @@ mod tests {
         }
         fn read_snapshot_chunk(
             &mut self,
-            _: SnapshotMeta,
+            _: &SnapshotMeta,
             _: u64,
             _: usize,
         ) -> Result<Option<Bytes>, ()> {

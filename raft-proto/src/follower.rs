@@ -35,6 +35,7 @@ impl Node {
             MessageBody::RequestVoteResponse(_)
             | MessageBody::AppendEntriesResponse(_)
             | MessageBody::InstallSnapshotResponse(_) => {}
+            MessageBody::TimeoutNow => self.handle_timeout_now(now, msg.from),
         }
     }
 
@@ -223,7 +224,7 @@ impl Node {
             self.incoming = Some(IncomingSnapshot {
                 leader: from,
                 term,
-                meta,
+                meta: meta.clone(),
                 received: 0,
             });
         }
@@ -237,7 +238,7 @@ impl Node {
             inc.received += is.data.len() as u64;
             let complete = inc.received == meta.len;
             self.persist.push_back(Action::WriteSnapshotChunk {
-                meta,
+                meta: meta.clone(),
                 offset: is.offset,
                 data: is.data,
             });
@@ -246,7 +247,7 @@ impl Node {
                 self.incoming = None;
                 self.installing = Some(Installing {
                     from,
-                    meta,
+                    meta: meta.clone(),
                     round: is.round,
                 });
                 self.persist.push_back(Action::InstallSnapshot { meta });
@@ -292,11 +293,13 @@ mod tests {
         let config = Config::new(NodeId(1), voters);
         let mut node = Node::new(config, PersistentState::default(), Time::ZERO).unwrap();
         // As if a snapshot covered everything up to index 10, of term 2.
-        node.log = RaftLog::new(LogIndex(10), Term(2), vec![]);
+        let membership = node.membership().clone();
+        node.log = RaftLog::new(LogIndex(10), Term(2), vec![], membership.clone());
         node.snapshot = Some(crate::SnapshotMeta {
             last_index: LogIndex(10),
             last_term: Term(2),
             len: 1,
+            membership,
         });
         node.current_term = Term(2);
         node.commit_index = LogIndex(10);

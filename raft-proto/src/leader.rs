@@ -12,7 +12,7 @@ use crate::node::{LeaderState, Node, RoleState};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{majority, quorum_index};
 use crate::read::ReadQueue;
-use crate::types::{Entry, EntryId, EntryPayload, NodeId, Time};
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Time};
 
 /// How long a leader may hold appends that were never reported durable
 /// before a debug build calls it a driver bug.
@@ -42,6 +42,7 @@ impl Node {
             reads: ReadQueue::default(),
             heartbeat_deadline: now + self.config.heartbeat_interval,
             check_quorum_deadline: now + self.config.election_timeout_min,
+            transfer: None,
         }));
         self.election_reason = None;
         self.set_leader(Some(self.config.id));
@@ -51,8 +52,16 @@ impl Node {
             reason: RoleChangeReason::WonElection,
         });
         // §5.4.2 / §8: commit an entry of our own term right away, which
-        // also commits everything before it and lets reads start.
-        self.leader_append(now, EntryPayload::Noop);
+        // also commits everything before it and lets reads start. The
+        // first leader of a new cluster makes it the bootstrap
+        // configuration, so that the configuration is in the log from
+        // index 1 on and members that join later learn it from there.
+        let first = if self.log.last_index() == LogIndex(0) {
+            EntryPayload::Configuration(self.log.membership().clone())
+        } else {
+            EntryPayload::Noop
+        };
+        self.leader_append(now, first);
         self.leader_replicate_all();
     }
 
@@ -75,7 +84,7 @@ impl Node {
             _ => self.persist.push_back(Action::AppendLog(vec![entry])),
         }
         // A single-node cluster commits on its own.
-        self.leader_maybe_commit();
+        self.leader_maybe_commit(now);
         id
     }
 
@@ -105,7 +114,10 @@ impl Node {
         if pr.next_index <= self.log.start_index() {
             // The entries it needs are compacted: send the snapshot that
             // covers them instead (§7).
-            let meta = self.snapshot.expect("a compacted log has a snapshot");
+            let meta = self
+                .snapshot
+                .clone()
+                .expect("a compacted log has a snapshot");
             pr.become_snapshot(meta);
             self.send_snapshot_chunks(peer, true);
             return;
@@ -145,7 +157,7 @@ impl Node {
     /// and serves as its heartbeat. A transfer of a snapshot that was
     /// replaced since starts again with the new one.
     pub(crate) fn send_snapshot_chunks(&mut self, peer: NodeId, probe: bool) {
-        let current = self.snapshot.expect("a snapshot to send");
+        let current = self.snapshot.clone().expect("a snapshot to send");
         let chunk = self.config.snapshot_chunk_bytes as u64;
         let window = chunk * self.config.max_inflight_appends as u64;
         let RoleState::Leader(ls) = &mut self.role else {
@@ -166,7 +178,7 @@ impl Node {
         else {
             unreachable!("snapshot state set above");
         };
-        let meta = *meta;
+        let meta = meta.clone();
         let mut chunks = Vec::new();
         while *sent < meta.len && *sent - *acked < window {
             let len = chunk.min(meta.len - *sent);
@@ -183,7 +195,7 @@ impl Node {
                 to: peer,
                 term: self.current_term,
                 body: MessageBody::InstallSnapshot(InstallSnapshot {
-                    meta,
+                    meta: meta.clone(),
                     offset,
                     data: bytes::Bytes::new(),
                     round,
@@ -262,11 +274,16 @@ impl Node {
             return;
         };
         if now >= ls.check_quorum_deadline {
-            // CheckQuorum (§6.2): step down if a majority was silent for a
-            // whole election timeout; a partitioned leader thus stops
-            // accepting writes it could never commit.
-            let active = 1 + ls.progress.values().filter(|p| p.recent_active).count();
-            if self.config.check_quorum && active < majority(self.config.voters.len()) {
+            // CheckQuorum (§6.2): step down if a majority of the voters was
+            // silent for a whole election timeout; a partitioned leader
+            // thus stops accepting writes it could never commit.
+            let m = self.log.membership();
+            let active = usize::from(m.is_voter(self.config.id))
+                + m.voters
+                    .iter()
+                    .filter(|v| ls.progress.get(v).is_some_and(|p| p.recent_active))
+                    .count();
+            if self.config.check_quorum && active < majority(m.voters.len()) {
                 let term = self.current_term;
                 self.become_follower(now, term, None, RoleChangeReason::LostQuorum);
                 return;
@@ -276,6 +293,7 @@ impl Node {
             }
             ls.check_quorum_deadline = now + self.config.election_timeout_min;
         }
+        self.leader_expire_transfer(now);
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -287,7 +305,11 @@ impl Node {
             // round are served by this one; no extra broadcast is needed.
             ls.round += 1;
             ls.round_pending = false;
+            let transfer = ls.transfer.map(|t| t.target);
             self.broadcast_heartbeat();
+            if let Some(target) = transfer {
+                self.leader_maybe_send_timeout_now(target);
+            }
         }
     }
 
@@ -295,15 +317,29 @@ impl Node {
     /// for a pre-vote request the next one). There is no case for an
     /// AppendEntries: this term has no other leader (§5.2).
     pub(crate) fn step_leader(&mut self, now: Time, msg: Message) {
+        let RoleState::Leader(ls) = &self.role else {
+            unreachable!("step_leader runs for leaders only");
+        };
+        let member = ls.progress.contains_key(&msg.from);
         match msg.body {
+            // Answers from a node that is not a member (any more): its
+            // progress is gone with the configuration that removed it.
+            MessageBody::AppendEntriesResponse(_)
+            | MessageBody::InstallSnapshotResponse(_)
+            | MessageBody::ReadIndexRequest(_)
+                if !member => {}
             MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
             MessageBody::AppendEntriesResponse(r) => self.handle_append_response(now, msg.from, r),
-            MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(msg.from, r),
+            MessageBody::InstallSnapshotResponse(r) => {
+                self.handle_snapshot_response(now, msg.from, r)
+            }
             MessageBody::ReadIndexRequest(r) => self.handle_read_index_request(msg.from, r.id),
             // Late answers from the election this leader won, or to reads
             // this node asked for while it followed.
             MessageBody::RequestVoteResponse(_) | MessageBody::ReadIndexResponse(_) => {}
-            MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
+            MessageBody::AppendEntries(_)
+            | MessageBody::InstallSnapshot(_)
+            | MessageBody::TimeoutNow => {
                 debug_assert_eq!(
                     msg.term, self.current_term,
                     "term rules: a newer term deposes"
@@ -351,7 +387,7 @@ impl Node {
 
     pub(crate) fn handle_append_response(
         &mut self,
-        _now: Time,
+        now: Time,
         from: NodeId,
         r: AppendEntriesResponse,
     ) {
@@ -400,7 +436,8 @@ impl Node {
         // now was lost; resend from the match index.
         pr.detect_loss(r.round);
         if matched {
-            self.leader_maybe_commit();
+            self.leader_maybe_commit(now);
+            self.leader_maybe_send_timeout_now(from);
         }
         self.advance_reads();
         self.send_append(from, false);
@@ -408,7 +445,12 @@ impl Node {
 
     /// An answer about a snapshot chunk: where the follower stands in the
     /// transfer, or that it is done (installed, or not needed).
-    pub(crate) fn handle_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
+    pub(crate) fn handle_snapshot_response(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        r: InstallSnapshotResponse,
+    ) {
         let RoleState::Leader(ls) = &mut self.role else {
             unreachable!("step_leader runs for leaders only");
         };
@@ -457,7 +499,7 @@ impl Node {
             pr.match_index = pr.match_index.max(last_index);
             pr.sent_index = pr.sent_index.max(pr.match_index);
             pr.become_replicate();
-            self.leader_maybe_commit();
+            self.leader_maybe_commit(now);
             self.advance_reads();
             self.send_append(from, false);
             return;
@@ -499,20 +541,32 @@ impl Node {
         self.advance_reads();
     }
 
-    /// §5.4.2: commit the highest index a majority holds, but only by
-    /// counting replicas of an entry from the current term (Figure 8).
-    pub(crate) fn leader_maybe_commit(&mut self) {
+    /// §5.4.2: commit the highest index a majority of the voters holds,
+    /// but only by counting replicas of an entry from the current term
+    /// (Figure 8). A leader that is not a voter (it is removing itself)
+    /// does not count itself (thesis §4.2.2).
+    pub(crate) fn leader_maybe_commit(&mut self, now: Time) {
         let RoleState::Leader(ls) = &self.role else {
             return;
         };
-        let mut matches: Vec<_> = ls.progress.values().map(|p| p.match_index).collect();
-        // Itself only as far as its own log is durable (§10.2.1).
-        matches.push(self.persisted_index);
+        let m = self.log.membership();
+        let me = self.config.id;
+        let mut matches: Vec<_> = m
+            .voters
+            .iter()
+            .filter(|&&v| v != me)
+            .map(|v| ls.progress.get(v).map_or(LogIndex(0), |p| p.match_index))
+            .collect();
+        if m.is_voter(me) {
+            // Itself only as far as its own log is durable (§10.2.1).
+            matches.push(self.persisted_index);
+        }
         let n = quorum_index(matches);
         if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
             self.advance_commit(n);
             // Followers learn the new commit index with the next append or
             // heartbeat; no extra message is needed for safety.
+            self.leader_step_down_if_removed(now);
         }
     }
 
@@ -526,8 +580,17 @@ impl Node {
         if ls.reads.len() == 0 {
             return;
         }
-        let mut rounds: Vec<u64> = ls.progress.values().map(|p| p.acked_round).collect();
-        rounds.push(u64::MAX); // the leader confirms itself
+        let m = self.log.membership();
+        let me = self.config.id;
+        let mut rounds: Vec<u64> = m
+            .voters
+            .iter()
+            .map(|&v| match ls.progress.get(&v) {
+                Some(p) => p.acked_round,
+                None if v == me => u64::MAX, // the leader confirms itself
+                None => 0,
+            })
+            .collect();
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_round = rounds[majority(rounds.len()) - 1];
         let ready = ls.reads.pop_ready(quorum_round, last_applied);

@@ -89,6 +89,7 @@ pub mod driver;
 mod follower;
 mod leader;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;
@@ -101,12 +102,14 @@ mod types;
 pub mod sim;
 
 pub use action::{
-    Action, ElectionReason, Event, PeerFault, ProposeError, ReadError, Role, RoleChangeReason,
+    Action, ElectionReason, Event, MembershipError, PeerFault, ProposeError, ReadError, Role,
+    RoleChangeReason, TransferError,
 };
 /// Command payloads are [`Bytes`]: re-exported so that a driver needs no
 /// direct dependency on the `bytes` crate to call [`Node::propose`].
 pub use bytes::Bytes;
 pub use config::{Config, ConfigError, MIN_HEARTBEATS_PER_TIMEOUT};
+pub use membership::PeerProgress;
 pub use message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
     Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
@@ -114,6 +117,6 @@ pub use message::{
 pub use node::{Node, PersistentState, Status};
 pub use rng::Rng;
 pub use types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term, Time,
-    MAX_ENTRY_LEN,
+    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, MembershipChange, NodeId,
+    SnapshotMeta, Term, Time, MAX_ENTRY_LEN, MAX_MEMBERS, MAX_MEMBERSHIP_CONTEXT,
 };

@@ -4,27 +4,76 @@
 //! first held entry (a snapshot's last index once compaction exists), and
 //! `offset_term` its term, so that the consistency check at `offset` still
 //! works (§7).
+//!
+//! The log also knows the configuration in force (thesis §4.1: the latest
+//! configuration entry in the log, committed or not), because every change
+//! to the log may change it: an append adds one, a truncation undoes one,
+//! a snapshot replaces the prefix that held them.
 
-use crate::types::{Entry, LogIndex, Term};
+use crate::types::{Entry, EntryPayload, LogIndex, Membership, Term};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog {
     offset: LogIndex,
     offset_term: Term,
     entries: Vec<Entry>,
+    /// The configuration at `offset` (from the snapshot, or the bootstrap
+    /// one), then every configuration entry the log holds, by index. The
+    /// last one is in force. Never empty.
+    configs: Vec<(LogIndex, Membership)>,
+    /// Bumped whenever the configuration in force may have changed, so
+    /// the node notices without comparing configurations on every input.
+    config_epoch: u64,
 }
 
 impl RaftLog {
     /// A log holding `entries`, which must be consecutive and start at
     /// `offset + 1`, with non-decreasing terms no lower than `offset_term`.
-    pub(crate) fn new(offset: LogIndex, offset_term: Term, entries: Vec<Entry>) -> RaftLog {
+    /// `base` is the configuration in force at `offset`.
+    pub(crate) fn new(
+        offset: LogIndex,
+        offset_term: Term,
+        entries: Vec<Entry>,
+        base: Membership,
+    ) -> RaftLog {
+        let mut configs = vec![(offset, base)];
+        for e in &entries {
+            if let EntryPayload::Configuration(m) = &e.payload {
+                configs.push((e.index, m.clone()));
+            }
+        }
         let log = RaftLog {
             offset,
             offset_term,
             entries,
+            configs,
+            config_epoch: 0,
         };
         log.check_invariants();
         log
+    }
+
+    /// The configuration in force: the latest in the log.
+    pub(crate) fn membership(&self) -> &Membership {
+        &self.configs.last().expect("configs is never empty").1
+    }
+
+    /// Index of the entry that holds the configuration in force (the
+    /// log's start if it came with a snapshot or the bootstrap).
+    pub(crate) fn membership_index(&self) -> LogIndex {
+        self.configs.last().expect("configs is never empty").0
+    }
+
+    /// The configuration in force after the entry `index`, which must not
+    /// be below the log's start.
+    pub(crate) fn membership_at(&self, index: LogIndex) -> &Membership {
+        assert!(index >= self.offset, "membership_at below the log start");
+        let pos = self.configs.partition_point(|(i, _)| *i <= index);
+        &self.configs[pos.max(1) - 1].1
+    }
+
+    pub(crate) fn config_epoch(&self) -> u64 {
+        self.config_epoch
     }
 
     pub(crate) fn check_invariants(&self) {
@@ -36,6 +85,15 @@ impl RaftLog {
             expected = expected.next();
             term = e.term;
         }
+        assert!(
+            self.configs[0].0 <= self.offset
+                && self.configs.windows(2).all(|w| w[0].0 < w[1].0)
+                && self.configs[1..].iter().all(|(i, m)| matches!(
+                    self.entry(*i).map(|e| &e.payload),
+                    Some(EntryPayload::Configuration(c)) if c == m
+                )),
+            "log invariant: the configurations are the base and the log's configuration entries"
+        );
     }
 
     /// The O(1) part of the invariants, for checks after every input.
@@ -130,6 +188,10 @@ impl RaftLog {
             entry.term >= self.last_term(),
             "log append must not lower the term"
         );
+        if let EntryPayload::Configuration(m) = &entry.payload {
+            self.configs.push((entry.index, m.clone()));
+            self.config_epoch += 1;
+        }
         self.entries.push(entry);
     }
 
@@ -138,6 +200,11 @@ impl RaftLog {
         assert!(from > self.offset, "truncate into the compacted prefix");
         let keep = (from.0 - self.offset.0 - 1) as usize;
         self.entries.truncate(keep);
+        // The base is at or below the offset, never truncated.
+        while self.configs.last().is_some_and(|(i, _)| *i >= from) {
+            self.configs.pop();
+            self.config_epoch += 1;
+        }
     }
 
     /// Drops every entry up to and including `through`, which a snapshot
@@ -152,20 +219,34 @@ impl RaftLog {
         self.entries.drain(..n);
         self.offset = through;
         self.offset_term = term;
+        // The configuration at `through` becomes the base; older ones go.
+        let pos = self.configs.partition_point(|(i, _)| *i <= through);
+        self.configs.drain(..pos - 1);
     }
 
     /// Installs a snapshot ending at `(last_index, last_term)` (§7): if the
     /// log holds that entry, the entries after it stay (by Log Matching they
     /// agree with the leader's up to there); otherwise the whole log goes.
-    /// Returns whether the suffix was kept.
-    pub(crate) fn install_snapshot(&mut self, last_index: LogIndex, last_term: Term) -> bool {
+    /// The snapshot's configuration becomes the base. Returns whether the
+    /// suffix was kept.
+    pub(crate) fn install_snapshot(
+        &mut self,
+        last_index: LogIndex,
+        last_term: Term,
+        membership: Membership,
+    ) -> bool {
+        self.config_epoch += 1;
         if self.term_at(last_index) == Some(last_term) {
             self.compact_through(last_index);
+            // By Log Matching the log's own configuration at `last_index`
+            // is the snapshot's; the snapshot's word is taken all the same.
+            self.configs[0] = (last_index, membership);
             true
         } else {
             self.entries.clear();
             self.offset = last_index;
             self.offset_term = last_term;
+            self.configs = vec![(last_index, membership)];
             false
         }
     }
@@ -207,7 +288,7 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::EntryPayload;
+    use crate::types::NodeId;
 
     fn log_of(terms: &[u64]) -> RaftLog {
         let entries = terms
@@ -219,7 +300,14 @@ mod tests {
                 payload: EntryPayload::Noop,
             })
             .collect();
-        RaftLog::new(LogIndex(0), Term(0), entries)
+        RaftLog::new(LogIndex(0), Term(0), entries, base())
+    }
+
+    fn base() -> Membership {
+        Membership {
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ..Membership::default()
+        }
     }
 
     #[test]
@@ -289,20 +377,20 @@ mod tests {
         assert_eq!(log.last_index(), LogIndex(5));
         log.check_invariants();
         // A snapshot that matches an entry keeps what follows it.
-        assert!(log.install_snapshot(LogIndex(4), Term(2)));
+        assert!(log.install_snapshot(LogIndex(4), Term(2), base()));
         assert_eq!(
             (log.start_index(), log.last_index()),
             (LogIndex(4), LogIndex(5))
         );
         // One that does not match replaces the whole log.
-        assert!(!log.install_snapshot(LogIndex(5), Term(4)));
+        assert!(!log.install_snapshot(LogIndex(5), Term(4), base()));
         assert_eq!(
             (log.start_index(), log.last_index()),
             (LogIndex(5), LogIndex(5))
         );
         assert_eq!(log.last_term(), Term(4));
         // Beyond the log: the same.
-        assert!(!log.install_snapshot(LogIndex(9), Term(4)));
+        assert!(!log.install_snapshot(LogIndex(9), Term(4), base()));
         assert_eq!(log.last_index(), LogIndex(9));
         log.check_invariants();
     }
@@ -317,6 +405,7 @@ mod tests {
                 index: LogIndex(11),
                 payload: EntryPayload::Noop,
             }],
+            base(),
         );
         assert_eq!(log.first_index(), LogIndex(11));
         assert_eq!(log.term_at(LogIndex(10)), Some(Term(3)));

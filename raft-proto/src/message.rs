@@ -43,6 +43,10 @@ pub enum MessageBody {
     ReadIndexRequest(ReadIndexRequest),
     /// The answer to a [`ReadIndexRequest`].
     ReadIndexResponse(ReadIndexResponse),
+    /// Leadership transfer (thesis §3.10): the leader tells an up-to-date
+    /// follower to start an election at once, past PreVote and the
+    /// CheckQuorum lease.
+    TimeoutNow,
 }
 
 /// A follower's request for a read index.
@@ -99,6 +103,10 @@ pub struct InstallSnapshotResponse {
 pub struct RequestVote {
     /// A pre-vote asks "would you vote for me?" without anyone changing term.
     pub pre_vote: bool,
+    /// The election was asked for by the leader (TimeoutNow, thesis
+    /// §3.10): voters grant it even while they hear from that leader, which
+    /// CheckQuorum's lease would otherwise refuse.
+    pub leadership_transfer: bool,
     /// Index of the candidate's last log entry (§5.4.1).
     pub last_log_index: LogIndex,
     /// Term of the candidate's last log entry (§5.4.1).
@@ -198,6 +206,7 @@ impl Message {
             MessageBody::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
             MessageBody::ReadIndexRequest(_) => "ReadIndexRequest",
             MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
 }
@@ -215,7 +224,11 @@ impl std::fmt::Display for Message {
         )?;
         match &self.body {
             MessageBody::RequestVote(rv) => {
-                write!(f, " last={}@t{}", rv.last_log_index, rv.last_log_term)
+                write!(f, " last={}@t{}", rv.last_log_index, rv.last_log_term)?;
+                if rv.leadership_transfer {
+                    f.write_str(" transfer")?;
+                }
+                Ok(())
             }
             MessageBody::RequestVoteResponse(r) => {
                 f.write_str(if r.granted { " granted" } else { " rejected" })
@@ -267,6 +280,7 @@ impl std::fmt::Display for Message {
                 Some(i) => write!(f, " id={} index={i}", r.id),
                 None => write!(f, " id={} refused", r.id),
             },
+            MessageBody::TimeoutNow => Ok(()),
         }
     }
 }

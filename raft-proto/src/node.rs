@@ -18,8 +18,8 @@ use crate::quorum::VoteTally;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term, Time,
-    MAX_ENTRY_LEN,
+    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term,
+    Time, MAX_ENTRY_LEN,
 };
 
 /// What a node finds on disk when it starts: the hard state, the latest
@@ -43,7 +43,7 @@ pub struct PersistentState {
 }
 
 /// A snapshot of a node's externally visible state (`INFO raft`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Status {
     /// This node.
     pub id: NodeId,
@@ -126,6 +126,16 @@ pub(crate) struct LeaderState {
     pub(crate) reads: ReadQueue,
     pub(crate) heartbeat_deadline: Time,
     pub(crate) check_quorum_deadline: Time,
+    /// A leadership transfer under way (thesis §3.10).
+    pub(crate) transfer: Option<Transfer>,
+}
+
+/// A leadership transfer: proposals are refused until it succeeds (this
+/// leader hears of the target's newer term) or `deadline` passes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Transfer {
+    pub(crate) target: NodeId,
+    pub(crate) deadline: Time,
 }
 
 /// One member of a Raft cluster, with no I/O of its own. See the crate
@@ -133,7 +143,13 @@ pub(crate) struct LeaderState {
 #[derive(Debug)]
 pub struct Node {
     pub(crate) config: Config,
+    /// Every member of the configuration in force but this node, sorted:
+    /// whom the leader replicates to and whose messages are expected.
     pub(crate) peers: Vec<NodeId>,
+    /// The configuration in force as last announced (`MembershipChanged`),
+    /// and the log's configuration epoch it was read at.
+    pub(crate) membership: Membership,
+    pub(crate) membership_epoch: u64,
     pub(crate) rng: Rng,
 
     // Persistent state (Figure 2).
@@ -200,18 +216,26 @@ impl Node {
         if current_term > Term::MAX {
             return Err(ConfigError::PersistedTermAboveMax { term: current_term });
         }
-        let mut peers: Vec<NodeId> = config
-            .voters
-            .iter()
-            .copied()
-            .filter(|&v| v != config.id)
-            .collect();
-        peers.sort();
+        // The configuration at the log's start: the snapshot's, or the
+        // bootstrap one (empty for a member that joins).
+        let base = match &state.snapshot {
+            Some(s) => s.membership.clone(),
+            None => {
+                let mut voters = config.voters.clone();
+                voters.sort();
+                Membership {
+                    voters,
+                    learners: Vec::new(),
+                    context: config.bootstrap_context.clone(),
+                }
+            }
+        };
         let mut rng = Rng::new(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // Warm the generator so nodes with nearby seeds diverge at once.
         rng.next_u64();
         let (start, start_term) = state
             .snapshot
+            .as_ref()
             .map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
         if let Some(first) = state.entries.first() {
             if first.index != start.next() {
@@ -222,7 +246,7 @@ impl Node {
             }
         }
         let applied = state.applied.max(start);
-        let log = RaftLog::new(start, start_term, state.entries);
+        let log = RaftLog::new(start, start_term, state.entries, base);
         if applied > log.last_index() {
             return Err(ConfigError::AppliedBeyondLog {
                 applied,
@@ -234,9 +258,12 @@ impl Node {
             "persisted log has an entry from a term after the persisted current term"
         );
         let persisted_index = log.last_index();
+        let membership = log.membership().clone();
         let mut node = Node {
+            peers: Self::peers_of(&membership, config.id),
+            membership,
+            membership_epoch: log.config_epoch(),
             config,
-            peers,
             rng,
             current_term: state.hard_state.current_term,
             voted_for: state.hard_state.voted_for,
@@ -280,10 +307,15 @@ impl Node {
             // Lost, as far as the protocol can tell: it is sent again.
             return;
         }
-        if self.shut_down || msg.to != self.config.id || !self.peers.contains(&msg.from) {
+        // From any member but this one: a member that joins hears from a
+        // leader it does not know yet, and a voter may hear a candidate
+        // whose configuration it has not received (thesis §4.1). Who may
+        // connect at all is the driver's (authenticated) business.
+        if self.shut_down || msg.to != self.config.id || msg.from == self.config.id {
             return;
         }
         self.step(now, msg);
+        self.sync_membership(now);
         self.debug_check_invariants();
     }
 
@@ -310,6 +342,8 @@ impl Node {
                 });
             self.campaign(now, reason);
         }
+        // A single-voter cluster wins at once and writes its configuration.
+        self.sync_membership(now);
         self.debug_check_invariants();
     }
 
@@ -414,6 +448,11 @@ impl Node {
         if uncommitted >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Busy);
         }
+        if let RoleState::Leader(ls) = &self.role {
+            if let Some(t) = ls.transfer {
+                return Err(ProposeError::TransferInProgress { target: t.target });
+            }
+        }
         let id = self.leader_append(now, EntryPayload::Command(command));
         self.leader_replicate_all();
         self.debug_check_invariants();
@@ -481,7 +520,7 @@ impl Node {
         if self.persisted_index >= self.log.last_index() {
             self.unpersisted_since = None;
         }
-        self.leader_maybe_commit();
+        self.leader_maybe_commit(now);
         self.debug_check_invariants();
     }
 
@@ -497,6 +536,7 @@ impl Node {
     ///
     /// On caller misuse: a snapshot beyond what was applied, or whose
     /// last term is not the term of that entry in the log.
+    /// Its `membership` must be [`Node::membership_at`] its last index.
     pub fn handle_snapshot_saved(&mut self, now: Time, meta: SnapshotMeta) {
         if self.installing.is_some() {
             // The leader's snapshot, newer, is being installed.
@@ -506,6 +546,7 @@ impl Node {
         if self.shut_down
             || self
                 .snapshot
+                .as_ref()
                 .is_some_and(|s| s.last_index >= meta.last_index)
         {
             return;
@@ -526,9 +567,15 @@ impl Node {
             "handle_snapshot_saved: snapshot term differs from the log's at {}",
             meta.last_index
         );
+        assert_eq!(
+            &meta.membership,
+            self.log.membership_at(meta.last_index),
+            "handle_snapshot_saved: the snapshot's configuration is not the one at its index"
+        );
+        let last_index = meta.last_index;
         self.snapshot = Some(meta);
         let through = LogIndex(
-            meta.last_index
+            last_index
                 .0
                 .saturating_sub(self.config.compaction_trailing_entries),
         );
@@ -546,7 +593,6 @@ impl Node {
     /// and applied index) and tells the leader; an invalid one is reported
     /// as [`Event::PeerFault`] and the transfer starts again.
     pub fn handle_snapshot_installed(&mut self, now: Time, installed: bool) {
-        let _ = now;
         let inst = self
             .installing
             .take()
@@ -556,6 +602,7 @@ impl Node {
             return;
         }
         let meta = inst.meta;
+        let round = inst.round;
         if !installed {
             let fault = PeerFault::BadSnapshot {
                 last_index: meta.last_index,
@@ -567,16 +614,19 @@ impl Node {
             meta.last_index > self.commit_index,
             "only a snapshot beyond the commit index is installed"
         );
-        self.log.install_snapshot(meta.last_index, meta.last_term);
+        self.log
+            .install_snapshot(meta.last_index, meta.last_term, meta.membership.clone());
         self.persisted_index = self.persisted_index.min(self.log.last_index());
         self.commit_index = meta.last_index;
         // Entries waiting to be applied are older than the snapshot, which
         // replaces the state they would build.
         self.applies.clear();
         self.last_applied = meta.last_index;
+        let (last_index, len) = (meta.last_index, meta.len);
         self.snapshot = Some(meta);
         self.advance_remote_reads();
-        self.send_snapshot_response(inst.from, meta.last_index, meta.len, inst.round);
+        self.send_snapshot_response(inst.from, last_index, len, round);
+        self.sync_membership(now);
         self.debug_check_invariants();
     }
 
@@ -810,7 +860,7 @@ impl Node {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             log_start_index: self.log.start_index(),
-            snapshot: self.snapshot,
+            snapshot: self.snapshot.clone(),
         }
     }
 
@@ -874,7 +924,9 @@ impl Node {
         if msg.term > self.current_term {
             match &msg.body {
                 MessageBody::RequestVote(rv) => {
-                    if self.in_lease(now) {
+                    // A transfer's election was asked for by the leader
+                    // itself: the lease protects that leader, not from it.
+                    if self.in_lease(now) && !rv.leadership_transfer {
                         // CheckQuorum's stickiness: we heard from a live
                         // leader within the minimum election timeout, so a
                         // candidate must not depose it. Keep our term.
@@ -1120,7 +1172,7 @@ impl Node {
 
     // ----- Invariants -----------------------------------------------------
 
-    fn debug_check_invariants(&self) {
+    pub(crate) fn debug_check_invariants(&self) {
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
@@ -1147,7 +1199,7 @@ impl Node {
             self.log.last_term() <= self.current_term,
             "invariant: no log entry from a future term"
         );
-        let snapshot_index = self.snapshot.map_or(LogIndex(0), |s| s.last_index);
+        let snapshot_index = self.snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index);
         assert!(
             self.log.start_index() <= snapshot_index,
             "invariant: only what a snapshot covers is compacted"
@@ -1168,12 +1220,31 @@ impl Node {
                 "invariant: a complete snapshot is installed, not still incoming"
             );
         }
+        assert!(
+            self.membership_epoch == self.log.config_epoch()
+                && self.membership == *self.log.membership(),
+            "invariant: the node follows the configuration in its log"
+        );
+        debug_assert_eq!(
+            self.peers,
+            Self::peers_of(&self.membership, self.config.id),
+            "invariant: the peers are the configuration's other members"
+        );
         match &self.role {
             RoleState::Leader(ls) => {
                 assert_eq!(
                     self.leader,
                     Some(self.config.id),
                     "invariant: a leader knows it leads"
+                );
+                assert!(
+                    ls.progress.keys().eq(self.peers.iter()),
+                    "invariant: the leader tracks exactly the other members"
+                );
+                assert!(
+                    self.membership.is_voter(self.config.id)
+                        || self.log.membership_index() > self.commit_index,
+                    "invariant: a leader is a voter, or its removal is not committed yet"
                 );
                 assert_eq!(
                     self.voted_for,

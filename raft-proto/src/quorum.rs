@@ -28,16 +28,19 @@ pub(crate) enum VoteResult {
     Pending,
 }
 
-/// Votes received in one (pre-)election. A voter is counted once, whatever
-/// duplicates the network delivers.
+/// Votes received in one (pre-)election, among the voters of the
+/// configuration it started in. A voter is counted once, whatever
+/// duplicates the network delivers; anyone else's answer counts for
+/// nothing (a learner, or a member this configuration removed).
 #[derive(Clone, Debug)]
 pub(crate) struct VoteTally {
-    voters: usize,
+    voters: Vec<NodeId>,
     votes: BTreeMap<NodeId, bool>,
 }
 
 impl VoteTally {
-    pub(crate) fn new(voters: usize) -> VoteTally {
+    /// `voters` sorted, as in [`crate::Membership`].
+    pub(crate) fn new(voters: Vec<NodeId>) -> VoteTally {
         VoteTally {
             voters,
             votes: BTreeMap::new(),
@@ -45,7 +48,9 @@ impl VoteTally {
     }
 
     pub(crate) fn record(&mut self, from: NodeId, granted: bool) {
-        self.votes.entry(from).or_insert(granted);
+        if self.voters.binary_search(&from).is_ok() {
+            self.votes.entry(from).or_insert(granted);
+        }
     }
 
     /// The voters that granted.
@@ -56,10 +61,10 @@ impl VoteTally {
     pub(crate) fn result(&self) -> VoteResult {
         let granted = self.votes.values().filter(|g| **g).count();
         let rejected = self.votes.len() - granted;
-        let need = majority(self.voters);
+        let need = majority(self.voters.len());
         if granted >= need {
             VoteResult::Won
-        } else if rejected > self.voters - need {
+        } else if rejected > self.voters.len() - need {
             VoteResult::Lost
         } else {
             VoteResult::Pending
@@ -90,7 +95,10 @@ mod tests {
 
     #[test]
     fn tally_counts_each_voter_once() {
-        let mut t = VoteTally::new(3);
+        let ids = |v: &[u64]| v.iter().map(|&i| NodeId(i)).collect::<Vec<_>>();
+        let mut t = VoteTally::new(ids(&[1, 2, 3]));
+        t.record(NodeId(9), true);
+        t.record(NodeId(8), true);
         t.record(NodeId(1), true);
         assert_eq!(t.result(), VoteResult::Pending);
         t.record(NodeId(2), false);
@@ -98,7 +106,7 @@ mod tests {
         assert_eq!(t.result(), VoteResult::Pending);
         t.record(NodeId(3), false);
         assert_eq!(t.result(), VoteResult::Lost);
-        let mut w = VoteTally::new(3);
+        let mut w = VoteTally::new(ids(&[1, 2, 3]));
         w.record(NodeId(1), true);
         w.record(NodeId(3), true);
         assert_eq!(w.result(), VoteResult::Won);

@@ -170,6 +170,102 @@ pub enum EntryPayload {
     Noop,
     /// An opaque command for the state machine, as proposed.
     Command(Bytes),
+    /// A new cluster configuration (thesis chapter 4). It takes effect on
+    /// each member as soon as it is in that member's log, committed or not,
+    /// and is undone if the entry is truncated. The first leader of a new
+    /// cluster writes the bootstrap configuration as entry 1, so the
+    /// configuration is in the log (or a snapshot) from then on.
+    Configuration(Membership),
+}
+
+/// Most members (voters and learners together) a configuration may have.
+/// Bounds the work per configuration change and the size of its entry.
+pub const MAX_MEMBERS: usize = 64;
+
+/// Most bytes of driver context a configuration may carry.
+pub const MAX_MEMBERSHIP_CONTEXT: usize = 64 << 10;
+
+/// A cluster configuration: who votes, who only receives the log, and the
+/// driver's own description of them (raft-node keeps the members'
+/// addresses there), which the node stores and replicates but never reads.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Membership {
+    /// Voting members, sorted, without duplicates. Elections and commits
+    /// need a majority of them.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members (learners), sorted, without duplicates, none of
+    /// them a voter. They receive the log and snapshots and count for
+    /// nothing, so they can catch up before a promotion.
+    pub learners: Vec<NodeId>,
+    /// Opaque to the node; replaced as a whole by each change.
+    pub context: Bytes,
+}
+
+impl Membership {
+    /// Whether `id` votes in this configuration.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a learner in this configuration.
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a member at all.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.is_learner(id)
+    }
+
+    /// Every member, voters first.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// The rule a well-formed configuration breaks, if any: ids non-zero,
+    /// each list sorted without duplicates, disjoint, at least one voter,
+    /// at most [`MAX_MEMBERS`] members and [`MAX_MEMBERSHIP_CONTEXT`]
+    /// bytes of context.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.voters.is_empty() {
+            return Err("a configuration has no voter");
+        }
+        if self.voters.len() + self.learners.len() > MAX_MEMBERS {
+            return Err("a configuration has too many members");
+        }
+        if self.context.len() > MAX_MEMBERSHIP_CONTEXT {
+            return Err("a configuration's context is too long");
+        }
+        for list in [&self.voters, &self.learners] {
+            if list.iter().any(|id| id.0 == 0) {
+                return Err("a configuration names node 0");
+            }
+            if list.windows(2).any(|w| w[0] >= w[1]) {
+                return Err("a configuration's members are not sorted and unique");
+            }
+        }
+        if self.learners.iter().any(|&l| self.is_voter(l)) {
+            return Err("a configuration has a learner that is also a voter");
+        }
+        Ok(())
+    }
+}
+
+/// A single-server change to the configuration (thesis §4.1): at most one
+/// voter comes or goes per change, so any majority of the old voters and
+/// any majority of the new ones overlap.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MembershipChange {
+    /// A new member that receives the log but does not vote.
+    AddLearner(NodeId),
+    /// A new voter, directly (it may delay commits until it catches up:
+    /// adding a learner and promoting it is kinder).
+    AddVoter(NodeId),
+    /// A learner becomes a voter. Refused until it has caught up.
+    Promote(NodeId),
+    /// A voter or learner leaves. A leader that removes itself steps down
+    /// once the change is committed.
+    Remove(NodeId),
 }
 
 /// One entry of the replicated log.
@@ -189,6 +285,11 @@ impl Entry {
         match &self.payload {
             EntryPayload::Noop => 0,
             EntryPayload::Command(c) => c.len(),
+            // As encoded (two counts, the ids, the context), so that the
+            // codec's frame bounds hold for configurations too.
+            EntryPayload::Configuration(m) => {
+                2 + 8 * (m.voters.len() + m.learners.len()) + m.context.len()
+            }
         }
     }
 
@@ -222,11 +323,12 @@ pub struct HardState {
     pub voted_for: Option<NodeId>,
 }
 
-/// What identifies a snapshot (§7): the last entry it covers, and the size
-/// of its serialised form, which travels in chunks to members that need
-/// it. The bytes themselves belong to the driver (its state machine and
-/// its disk); the node only ever handles their offsets.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+/// What identifies a snapshot (§7): the last entry it covers, the
+/// configuration in force at that entry, and the size of its serialised
+/// form, which travels in chunks to members that need it. The bytes
+/// themselves belong to the driver (its state machine and its disk); the
+/// node only ever handles their offsets.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SnapshotMeta {
     /// Index of the last entry the snapshot covers (at least 1).
     pub last_index: LogIndex,
@@ -234,4 +336,8 @@ pub struct SnapshotMeta {
     pub last_term: Term,
     /// Length in bytes of the serialised snapshot (at least 1).
     pub len: u64,
+    /// The configuration after applying `last_index` (the latest
+    /// configuration entry at or before it): a member that starts from the
+    /// snapshot knows its cluster without the log.
+    pub membership: Membership,
 }

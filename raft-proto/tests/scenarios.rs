@@ -451,6 +451,7 @@ fn election_restriction_refuses_a_stale_log() {
     let mut voter = hand_node(2, hs, &[1, 2]);
     let rv = raft_proto::RequestVote {
         pre_vote: false,
+        leadership_transfer: false,
         last_log_index: LogIndex(5),
         last_log_term: Term(1),
     };
@@ -970,6 +971,7 @@ fn a_term_above_the_maximum_is_dropped_and_elections_go_on() {
     // A vote request with such a term, to a follower.
     let rv = raft_proto::RequestVote {
         pre_vote: false,
+        leadership_transfer: false,
         last_log_index: LogIndex(0),
         last_log_term: Term(0),
     };
@@ -1130,6 +1132,7 @@ fn a_node_at_the_maximum_term_does_not_campaign_and_does_not_panic() {
     let mut n = hand_node(1, hs, &[1]);
     let rv = raft_proto::RequestVote {
         pre_vote: false,
+        leadership_transfer: false,
         last_log_index: LogIndex(1),
         last_log_term: Term(1),
     };
@@ -1293,13 +1296,13 @@ fn a_durable_state_machine_is_not_applied_twice_after_a_restart() {
         }
         fn write_snapshot_chunk(
             &mut self,
-            _: raft_proto::SnapshotMeta,
+            _: &raft_proto::SnapshotMeta,
             _: u64,
             _: &[u8],
         ) -> Result<(), ()> {
             unreachable!("no snapshots here")
         }
-        fn install_snapshot(&mut self, _: raft_proto::SnapshotMeta) -> Result<bool, ()> {
+        fn install_snapshot(&mut self, _: &raft_proto::SnapshotMeta) -> Result<bool, ()> {
             unreachable!("no snapshots here")
         }
         fn compact_log(&mut self, _: LogIndex) -> Result<(), ()> {
@@ -1307,7 +1310,7 @@ fn a_durable_state_machine_is_not_applied_twice_after_a_restart() {
         }
         fn read_snapshot_chunk(
             &mut self,
-            _: raft_proto::SnapshotMeta,
+            _: &raft_proto::SnapshotMeta,
             _: u64,
             _: usize,
         ) -> Result<Option<raft_proto::Bytes>, ()> {

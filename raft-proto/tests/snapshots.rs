@@ -8,7 +8,8 @@ use std::time::Duration;
 use raft_proto::sim::{encode_write, Cluster};
 use raft_proto::{
     Action, Bytes, Config, Entry, EntryPayload, Event, HardState, InstallSnapshot, LogIndex,
-    Message, MessageBody, Node, NodeId, PeerFault, PersistentState, Role, SnapshotMeta, Term, Time,
+    Membership, Message, MessageBody, Node, NodeId, PeerFault, PersistentState, Role, SnapshotMeta,
+    Term, Time,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -251,6 +252,10 @@ fn meta(index: u64, term: u64, len: u64) -> SnapshotMeta {
         last_index: LogIndex(index),
         last_term: Term(term),
         len,
+        membership: Membership {
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ..Membership::default()
+        },
     }
 }
 

@@ -40,6 +40,15 @@ pub(crate) fn entry_hash(e: &Entry) -> u64 {
                 eat(b);
             }
         }
+        EntryPayload::Configuration(m) => {
+            eat(2);
+            for id in m.members() {
+                id.0.to_le_bytes().into_iter().for_each(&mut eat);
+            }
+            for &b in m.context.iter() {
+                eat(b);
+            }
+        }
     }
     h
 }
@@ -297,10 +306,28 @@ impl Checker {
     pub(crate) fn on_snapshot(
         &mut self,
         id: NodeId,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         machine: u64,
     ) -> Result<(), Violation> {
         let pos = meta.last_index.0 as usize - 1;
+        // Its configuration is the latest committed one at its index (the
+        // first leader wrote the bootstrap one as entry 1).
+        let committed_config = self
+            .committed_entries
+            .get(..=pos)
+            .unwrap_or(&[])
+            .iter()
+            .rev()
+            .find_map(|e| match &e.payload {
+                EntryPayload::Configuration(m) => Some(m),
+                _ => None,
+            });
+        if let Some(m) = committed_config.filter(|&m| *m != meta.membership) {
+            return Err(Violation(format!(
+                "node {id}: snapshot at {} carries configuration {:?}, the log says {:?}",
+                meta.last_index, meta.membership, m
+            )));
+        }
         match self.committed_entries.get(pos) {
             Some(e) if e.term == meta.last_term => {}
             Some(e) => {
@@ -331,7 +358,7 @@ impl Checker {
     pub(crate) fn on_restore(
         &mut self,
         id: NodeId,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         machine: u64,
     ) -> Result<(), Violation> {
         let last = self.last_applied.get(&id).copied().unwrap_or(LogIndex(0));
@@ -362,7 +389,7 @@ impl Checker {
         &mut self,
         id: NodeId,
         log: &mut DiskLog,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
     ) -> Result<(), Violation> {
         let n = meta.last_index.0 as usize;
         if self.committed_entries.len() < n || self.committed_entries[n - 1].term != meta.last_term
@@ -388,6 +415,14 @@ impl Checker {
     /// Entries applied anywhere so far.
     pub fn committed_len(&self) -> u64 {
         self.committed.len() as u64
+    }
+
+    /// Configuration entries committed, the bootstrap one included.
+    pub fn committed_configurations(&self) -> u64 {
+        self.committed_entries
+            .iter()
+            .filter(|e| matches!(e.payload, EntryPayload::Configuration(_)))
+            .count() as u64
     }
 
     /// Terms that had a leader.

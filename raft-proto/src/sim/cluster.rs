@@ -10,8 +10,9 @@ use super::checker::{Checker, Violation};
 use super::disk::{CheckedDisk, SimDisk};
 use crate::driver::{Driver, Transport};
 use crate::{
-    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, Message, MessageBody,
-    Node, NodeId, ProposeError, ReadError, Rng, Role, SnapshotMeta, Term, Time,
+    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, MembershipChange,
+    Message, MessageBody, Node, NodeId, ProposeError, ReadError, Rng, Role, SnapshotMeta, Term,
+    Time, TransferError,
 };
 
 /// The network's behaviour.
@@ -225,6 +226,7 @@ pub struct Cluster {
     peer_faults: Vec<(NodeId, Event)>,
     snapshots_taken: u64,
     snapshots_installed: u64,
+    transfer_elections: u64,
 }
 
 impl Cluster {
@@ -239,7 +241,15 @@ impl Cluster {
     /// A cluster whose nodes use `template` (its `id` and `seed` are
     /// replaced per node).
     pub fn with_config(template: Config, seed: u64) -> Cluster {
-        let ids = template.voters.clone();
+        Cluster::with_spares(template, &[], seed)
+    }
+
+    /// Like [`Cluster::with_config`], plus nodes that are not in the
+    /// bootstrap configuration: they start empty, as a member that joins
+    /// does, and take part once a configuration change adds them.
+    pub fn with_spares(template: Config, spares: &[NodeId], seed: u64) -> Cluster {
+        let mut ids = template.voters.clone();
+        ids.extend_from_slice(spares);
         let mut c = Cluster {
             now: Time::ZERO,
             seed,
@@ -261,6 +271,7 @@ impl Cluster {
             peer_faults: Vec::new(),
             snapshots_taken: 0,
             snapshots_installed: 0,
+            transfer_elections: 0,
         };
         for id in ids {
             c.members.insert(
@@ -291,6 +302,10 @@ impl Cluster {
         let m = self.members.get_mut(&id).expect("member");
         m.incarnation += 1;
         let mut cfg = self.template.clone();
+        if !cfg.voters.contains(&id) {
+            // A spare joins: it bootstraps nothing.
+            cfg.voters.clear();
+        }
         cfg.id = id;
         cfg.seed = self
             .seed
@@ -306,16 +321,18 @@ impl Cluster {
             }
         };
         m.driver = Driver::new();
-        let meta = state.snapshot;
+        let meta = state.snapshot.clone();
         m.node = Some(Node::new(cfg, state, self.now).expect("valid sim config"));
         m.machine = snapshot.as_deref().map(decode_machine).unwrap_or_default();
-        m.applied = meta.map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
+        m.applied = meta
+            .as_ref()
+            .map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
         m.snapshot_index = m.applied.0;
         m.reads.clear();
         m.frozen = false;
         self.checker.on_restart(id);
         if let Some(meta) = meta {
-            let r = self.checker.on_restore(id, meta, machine_hash(&m.machine));
+            let r = self.checker.on_restore(id, &meta, machine_hash(&m.machine));
             if let Err(v) = r {
                 self.violation.get_or_insert(v);
             }
@@ -397,6 +414,11 @@ impl Cluster {
         (self.snapshots_taken, self.snapshots_installed)
     }
 
+    /// Elections started by a leadership transfer (TimeoutNow) so far.
+    pub fn transfer_elections(&self) -> u64 {
+        self.transfer_elections
+    }
+
     /// The safety checker (for statistics).
     pub fn checker(&self) -> &Checker {
         &self.checker
@@ -426,6 +448,46 @@ impl Cluster {
             .and_then(|m| m.node.as_mut())
             .expect("up")
             .propose(now, command);
+        self.after_input(id);
+        r
+    }
+
+    /// Proposes a configuration change on `id` (an empty context).
+    pub fn propose_membership(
+        &mut self,
+        id: NodeId,
+        change: MembershipChange,
+    ) -> Result<EntryId, ProposeError> {
+        if !self.is_up(id) {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        let now = self.now;
+        let r = self
+            .members
+            .get_mut(&id)
+            .and_then(|m| m.node.as_mut())
+            .expect("up")
+            .propose_membership(now, change, Bytes::new());
+        self.after_input(id);
+        r
+    }
+
+    /// Asks `id` to hand its leadership to `target` (or the best voter).
+    pub fn transfer_leadership(
+        &mut self,
+        id: NodeId,
+        target: Option<NodeId>,
+    ) -> Result<NodeId, TransferError> {
+        if !self.is_up(id) {
+            return Err(TransferError::NotLeader { leader: None });
+        }
+        let now = self.now;
+        let r = self
+            .members
+            .get_mut(&id)
+            .and_then(|m| m.node.as_mut())
+            .expect("up")
+            .transfer_leadership(now, target);
         self.after_input(id);
         r
     }
@@ -912,7 +974,7 @@ impl Cluster {
                         ));
                     }
                     self.checker
-                        .on_restore(id, meta, machine_hash(&member.machine))
+                        .on_restore(id, &meta, machine_hash(&member.machine))
                 }
                 Action::ReadReady { id: read_id } => {
                     let key = member.reads.remove(&read_id).expect("read registered");
@@ -947,6 +1009,13 @@ impl Cluster {
                             "n{id} took a correct member's message for a fault: {}",
                             describe(&ev)
                         ))),
+                        Event::ElectionStarted {
+                            reason: crate::ElectionReason::LeadershipTransfer { .. },
+                            ..
+                        } => {
+                            self.transfer_elections += 1;
+                            Ok(())
+                        }
                         _ => Ok(()),
                     }
                 }
@@ -1005,17 +1074,25 @@ impl Cluster {
             return;
         }
         let data = encode_machine(&member.machine);
+        let membership = member
+            .node
+            .as_ref()
+            .expect("running")
+            .membership_at(index)
+            .expect("the applied index is not below the log start")
+            .clone();
         let meta = SnapshotMeta {
             last_index: index,
             last_term: term,
             len: data.len() as u64,
+            membership,
         };
         member.snapshot_index = index;
-        member.disk.save_snapshot((meta, data));
+        member.disk.save_snapshot((meta.clone(), data));
         self.snapshots_taken += 1;
         let r = self
             .checker
-            .on_snapshot(id, meta, machine_hash(&member.machine));
+            .on_snapshot(id, &meta, machine_hash(&member.machine));
         if let Err(v) = r {
             self.violation
                 .get_or_insert(Violation(format!("at {}: {v}", self.now)));
@@ -1129,5 +1206,13 @@ pub fn describe(ev: &Event) -> String {
         } => format!("leader is n{l} (term {term})"),
         Event::LeaderChanged { leader: None, term } => format!("no leader (term {term})"),
         Event::PeerFault { peer, fault } => format!("dropped a message from n{peer}: {fault}"),
+        Event::MembershipChanged { index, membership } => format!(
+            "configuration at {index}: voters {:?} learners {:?}",
+            membership.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            membership.learners.iter().map(|v| v.0).collect::<Vec<_>>()
+        ),
+        Event::TransferAborted { target } => {
+            format!("leadership transfer to n{target} given up")
+        }
     }
 }

@@ -245,9 +245,9 @@ impl SimDisk {
         };
         let state = PersistentState {
             hard_state: self.durable_hs,
+            applied: meta.last_index,
             snapshot: Some(meta),
             entries,
-            applied: meta.last_index,
         };
         Ok((state, Some(data)))
     }
@@ -320,12 +320,12 @@ impl LogStore for CheckedDisk<'_> {
 
     fn write_snapshot_chunk(
         &mut self,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         offset: u64,
         data: &[u8],
     ) -> Result<(), Infallible> {
         if offset == 0 {
-            self.disk.incoming = Some((meta, Vec::new()));
+            self.disk.incoming = Some((meta.clone(), Vec::new()));
         }
         let (m, bytes) = self
             .disk
@@ -333,18 +333,18 @@ impl LogStore for CheckedDisk<'_> {
             .as_mut()
             .expect("a snapshot being received");
         assert!(
-            *m == meta && bytes.len() as u64 == offset,
+            m == meta && bytes.len() as u64 == offset,
             "driver wrote a snapshot chunk out of order"
         );
         bytes.extend_from_slice(data);
         Ok(())
     }
 
-    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool, Infallible> {
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<bool, Infallible> {
         let Some((m, bytes)) = self.disk.incoming.take() else {
             return Ok(false);
         };
-        if m != meta || bytes.len() as u64 != meta.len {
+        if m != *meta || bytes.len() as u64 != meta.len {
             return Ok(false);
         }
         let data = Bytes::from(bytes);
@@ -352,8 +352,8 @@ impl LogStore for CheckedDisk<'_> {
             .checker
             .on_install(self.id, &mut self.disk.written_log, meta);
         self.note(r);
-        self.disk.written_snapshot = Some((meta, data.clone()));
-        self.disk.cache.push(Op::Install(meta, data));
+        self.disk.written_snapshot = Some((meta.clone(), data.clone()));
+        self.disk.cache.push(Op::Install(meta.clone(), data));
         Ok(true)
     }
 
@@ -364,12 +364,12 @@ impl LogStore for CheckedDisk<'_> {
 
     fn read_snapshot_chunk(
         &mut self,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         offset: u64,
         len: usize,
     ) -> Result<Option<Bytes>, Infallible> {
         Ok(match &self.disk.written_snapshot {
-            Some((m, data)) if *m == meta => {
+            Some((m, data)) if m == meta => {
                 let at = offset as usize;
                 Some(data.slice(at..at + len))
             }

@@ -29,8 +29,8 @@ use super::cluster::{encode_write, Cluster};
 use crate::codec;
 use crate::{
     Action, AppendEntries, AppendEntriesResponse, AppendResult, Config, Entry, EntryPayload, Event,
-    HardState, LogIndex, Message, MessageBody, Node, NodeId, PersistentState, ProposeError,
-    RequestVote, RequestVoteResponse, Role, Term, Time, MAX_ENTRY_LEN,
+    HardState, LogIndex, Membership, Message, MessageBody, Node, NodeId, PersistentState,
+    ProposeError, RequestVote, RequestVoteResponse, Role, Term, Time, MAX_ENTRY_LEN,
 };
 
 /// What a run reached, so that tests can tell the adversary got where it is
@@ -422,15 +422,18 @@ impl NodeDriver {
         let kind = match inp.byte() % 10 {
             k @ 0..=7 => k / 2,
             8 => 4 + u8::from(inp.bit()),
-            _ => 6 + u8::from(inp.bit()),
+            _ => 6 + inp.byte() % 3,
         };
         let body = match kind {
             0 => {
                 let pre_vote = inp.bit();
+                // Now and then both, which the codec refuses.
+                let leadership_transfer = inp.byte() % 8 == 0;
                 let last_log_index = self.index(inp);
                 let last_log_term = self.log_term(inp, last_log_index);
                 MessageBody::RequestVote(RequestVote {
                     pre_vote,
+                    leadership_transfer,
                     last_log_index,
                     last_log_term,
                 })
@@ -459,6 +462,7 @@ impl NodeDriver {
                         last_index,
                         last_term,
                         len,
+                        membership: self.membership(inp),
                     },
                     offset,
                     data: inp.bytes(n),
@@ -471,6 +475,7 @@ impl NodeDriver {
                 round: self.round(inp),
             }),
             6 => MessageBody::ReadIndexRequest(crate::ReadIndexRequest { id: inp.u64() }),
+            8 => MessageBody::TimeoutNow,
             _ => MessageBody::ReadIndexResponse(crate::ReadIndexResponse {
                 id: inp.u64() % 4,
                 read_index: inp.bit().then(|| LogIndex(self.index(inp).0.max(1))),
@@ -504,6 +509,7 @@ impl NodeDriver {
                 _ => Term(term.0.saturating_sub(1)),
             };
             let payload = match flags >> 7 {
+                0 if flags & 0x20 != 0 => EntryPayload::Configuration(self.membership(inp)),
                 0 => EntryPayload::Noop,
                 _ if flags == 0xff => EntryPayload::Command(Bytes::from_static(&TOO_LARGE)),
                 _ => {
@@ -524,6 +530,32 @@ impl NodeDriver {
             leader_commit: self.index(inp),
             round: self.round(inp),
         }
+    }
+
+    /// A configuration over this cluster's ids (so that the node only
+    /// ever sends to known peers), with or without this node, as a voter
+    /// or a learner; now and then one the codec refuses (no voter, or
+    /// unsorted).
+    fn membership(&mut self, inp: &mut Input<'_>) -> Membership {
+        let (roles, twist) = (inp.byte(), inp.byte());
+        let mut m = Membership::default();
+        let everyone = std::iter::once(ID).chain(self.peers.iter().copied());
+        let mut ids: Vec<NodeId> = everyone.collect();
+        ids.sort();
+        for (k, id) in ids.into_iter().enumerate() {
+            match (roles >> (k % 4 * 2)) & 3 {
+                0 | 1 => m.voters.push(id),
+                2 => m.learners.push(id),
+                _ => {}
+            }
+        }
+        if twist == 0xfe {
+            m.voters.reverse();
+        }
+        if twist & 0x0f == 0 {
+            m.context = inp.bytes(usize::from(twist >> 4));
+        }
+        m
     }
 
     fn append_result(&mut self, inp: &mut Input<'_>) -> AppendResult {
@@ -669,7 +701,7 @@ impl NodeDriver {
     /// reporting it if it is addressed to it from a peer.
     fn feed_refused(&mut self, msg: Message) {
         let from = msg.from;
-        let reported = msg.to == ID && self.peers.contains(&from);
+        let reported = msg.to == ID && from != ID;
         let before = (self.node.status(), self.node.poll_timeout());
         let shut_down = self.node.poll_timeout().is_none();
         self.node.handle_message(self.now, msg);
@@ -756,7 +788,9 @@ impl NodeDriver {
             }
             Action::Send(m) => {
                 assert_eq!(m.from, ID);
-                assert!(self.peers.contains(&m.to), "message to a non-peer: {m}");
+                // A node answers whoever asked (a member that joins is
+                // unknown to it), but reaches out only to members.
+                assert_ne!(m.to, ID, "message to itself: {m}");
                 // A message the codec refuses is a bug in the node.
                 let mut frame = BytesMut::new();
                 codec::encode(m, &mut frame);

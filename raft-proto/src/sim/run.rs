@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::cluster::{encode_write, Cluster, Completion, NetConfig};
 use super::linearizability::{self, Op, OpKind};
-use crate::{Config, EntryId, NodeId, ProposeError, ReadError, Rng, Time};
+use crate::{Config, EntryId, MembershipChange, NodeId, ProposeError, ReadError, Rng, Time};
 
 /// Knobs of one run.
 #[derive(Clone, Debug)]
@@ -59,6 +59,10 @@ pub struct RunReport {
     pub snapshots_taken: u64,
     /// Snapshots a member installed from its leader.
     pub snapshots_installed: u64,
+    /// Configuration changes committed (the bootstrap one not counted).
+    pub config_changes: u64,
+    /// Elections started by a leadership transfer.
+    pub transfer_elections: u64,
     /// Virtual time from healing to a new commit on every node.
     pub recovery: Duration,
     /// The trace, when asked for.
@@ -86,8 +90,12 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     let mut rng = Rng::new(seed);
     let n = opts.nodes.unwrap_or([3, 5, 7][rng.range(0, 3) as usize]);
-    let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
-    let mut config = Config::new(NodeId(1), ids.clone());
+    let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
+    // Spare nodes start outside the cluster; configuration changes bring
+    // them in and take others out, so majorities really change.
+    let spares: Vec<NodeId> = (n + 1..=n + rng.range(0, 3)).map(NodeId).collect();
+    let ids: Vec<NodeId> = voters.iter().chain(&spares).copied().collect();
+    let mut config = Config::new(NodeId(1), voters);
     // Small batches and windows make flow control and batching bite.
     config.max_entries_per_append = 1 + rng.range(0, 64) as usize;
     config.max_inflight_appends = 1 + rng.range(0, 8) as usize;
@@ -96,7 +104,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     config.compaction_trailing_entries = [0, 3, 20][rng.range(0, 3) as usize];
     config.snapshot_chunk_bytes = 16 + rng.range(0, 100) as usize;
     let snapshot_every = [10, 25, 60][rng.range(0, 3) as usize];
-    let mut cluster = Cluster::with_config(config, seed);
+    let mut cluster = Cluster::with_spares(config, &spares, seed);
     cluster.net.snapshot_every = snapshot_every;
     if opts.trace {
         cluster.enable_trace();
@@ -215,13 +223,22 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
             if let Some(l) = cluster.leader() {
                 match cluster.propose(l, encode_write(u64::MAX, probe_value)) {
                     Ok(id) => probe = Some((l, id)),
-                    Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Busy) => {}
-                    Err(e @ ProposeError::TooLarge { .. }) => unreachable!("16-byte write: {e}"),
+                    Err(ProposeError::NotLeader { .. })
+                    | Err(ProposeError::Busy)
+                    | Err(ProposeError::TransferInProgress { .. }) => {}
+                    Err(e @ ProposeError::TooLarge { .. })
+                    | Err(e @ ProposeError::Membership(_)) => unreachable!("16-byte write: {e}"),
                 }
             }
         }
-        if let Some((_, id)) = probe {
-            let everywhere = ids.iter().all(|&n| {
+        if let Some((l, id)) = probe {
+            // Every member of the configuration: one the nemesis removed
+            // hears nothing more, by design.
+            let members: Vec<NodeId> = cluster
+                .node(l)
+                .map(|n| n.membership().members().collect())
+                .unwrap_or_default();
+            let everywhere = members.iter().all(|&n| {
                 cluster
                     .node(n)
                     .is_some_and(|node| node.last_applied() >= id.index)
@@ -283,6 +300,11 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     report.committed = cluster.checker().committed_len();
     report.leader_terms = cluster.checker().leader_terms();
     (report.snapshots_taken, report.snapshots_installed) = cluster.snapshot_counts();
+    report.config_changes = cluster
+        .checker()
+        .committed_configurations()
+        .saturating_sub(1);
+    report.transfer_elections = cluster.transfer_elections();
     report.trace = cluster.take_trace();
     Ok(report)
 }
@@ -349,6 +371,43 @@ fn fail(cluster: &mut Cluster, report: &RunReport, what: &str) -> String {
     s
 }
 
+/// One single-server configuration change on the leader, of the kinds an
+/// operator makes: add a node as a learner or directly as a voter,
+/// promote a learner, remove a voter (the leader itself now and then) or
+/// a learner. At least two voters stay. Refusals (a change in progress, a
+/// learner behind) are part of the test.
+fn reconfigure(cluster: &mut Cluster, rng: &mut Rng, ids: &[NodeId]) -> String {
+    let Some(l) = cluster.leader() else {
+        return "reconfigure: no leader".into();
+    };
+    let m = cluster.node(l).expect("up").membership().clone();
+    let outside: Vec<NodeId> = ids.iter().copied().filter(|&id| !m.contains(id)).collect();
+    let any = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
+    let mut options = Vec::new();
+    if !outside.is_empty() {
+        let id = any(rng, &outside);
+        options.push(MembershipChange::AddLearner(id));
+        options.push(MembershipChange::AddVoter(id));
+    }
+    if !m.learners.is_empty() {
+        let id = any(rng, &m.learners);
+        options.push(MembershipChange::Promote(id));
+        options.push(MembershipChange::Promote(id));
+        options.push(MembershipChange::Remove(id));
+    }
+    if m.voters.len() > 2 {
+        options.push(MembershipChange::Remove(any(rng, &m.voters)));
+    }
+    if options.is_empty() {
+        return format!("reconfigure: nothing to change in {m:?}");
+    }
+    let change = options[rng.range(0, options.len() as u64) as usize];
+    match cluster.propose_membership(l, change) {
+        Ok(id) => format!("n{l}: {change:?} at {}", id.index),
+        Err(e) => format!("n{l}: {change:?} refused: {e}"),
+    }
+}
+
 fn inject_fault(
     cluster: &mut Cluster,
     rng: &mut Rng,
@@ -357,7 +416,32 @@ fn inject_fault(
     frozen: &mut Vec<NodeId>,
 ) -> String {
     let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64) as usize];
-    match rng.range(0, 13) {
+    match rng.range(0, 16) {
+        13 => reconfigure(cluster, rng, ids),
+        14 => {
+            // Changes in a burst (all but the first must be refused while
+            // it is uncommitted), then the leader is cut off, so that a
+            // new leader may start from a log without them: the case the
+            // single-server rules exist for.
+            let mut s: Vec<String> = (0..rng.range(2, 4))
+                .map(|_| reconfigure(cluster, rng, ids))
+                .collect();
+            if let Some(l) = cluster.leader().filter(|_| rng.chance(0.5)) {
+                cluster.isolate(l);
+                s.push(format!("isolate n{l}"));
+            }
+            s.join("; ")
+        }
+        15 => {
+            let Some(l) = cluster.leader() else {
+                return "transfer leadership: no leader".into();
+            };
+            let target = rng.chance(0.5).then(|| pick(rng));
+            match cluster.transfer_leadership(l, target) {
+                Ok(t) => format!("transfer leadership n{l} -> n{t}"),
+                Err(e) => format!("transfer leadership n{l} -> {target:?}: {e}"),
+            }
+        }
         12 => {
             // Crash the leader at the worst moment for §10.2.1: while it
             // holds entries it sent but has not fsynced.
@@ -483,8 +567,12 @@ fn start_op(
                 c.leader_guess = leader;
                 c.next_at = now + Duration::from_millis(if leader.is_some() { 0 } else { 50 });
             }
-            Err(ProposeError::Busy) => c.next_at = now + Duration::from_millis(20),
-            Err(e @ ProposeError::TooLarge { .. }) => unreachable!("16-byte write: {e}"),
+            Err(ProposeError::Busy) | Err(ProposeError::TransferInProgress { .. }) => {
+                c.next_at = now + Duration::from_millis(20)
+            }
+            Err(e @ ProposeError::TooLarge { .. }) | Err(e @ ProposeError::Membership(_)) => {
+                unreachable!("16-byte write: {e}")
+            }
         }
     } else {
         let read_id = *next_read_id;

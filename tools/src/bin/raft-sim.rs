@@ -138,6 +138,7 @@ fn main() -> ExitCode {
     let (mut ops, mut unknown, mut committed) = (0u64, 0u64, 0u64);
     let (mut snapshots, mut installs, mut seeds_installing) = (0u64, 0u64, 0u64);
     let mut worst_recovery = (Duration::ZERO, start);
+    let (mut config_changes, mut transfers) = (0u64, 0u64);
     for seed in start..end {
         if single {
             println!("seed {seed}");
@@ -149,7 +150,7 @@ fn main() -> ExitCode {
                         println!("{line}");
                     }
                     println!(
-                        "ok: {} nodes, {} faults, {} ops ok, {} failed, {} unknown, {} entries committed, {} terms with a leader, {} snapshots taken, {} installed from a leader, recovered {} ms after healing",
+                        "ok: {} nodes, {} faults, {} ops ok, {} failed, {} unknown, {} entries committed, {} terms with a leader, {} snapshots taken, {} installed from a leader, {} configuration changes, {} transfer elections, recovered {} ms after healing",
                         r.nodes,
                         r.faults.len(),
                         r.ok,
@@ -159,6 +160,8 @@ fn main() -> ExitCode {
                         r.leader_terms,
                         r.snapshots_taken,
                         r.snapshots_installed,
+                        r.config_changes,
+                        r.transfer_elections,
                         r.recovery.as_millis()
                     );
                 }
@@ -168,6 +171,8 @@ fn main() -> ExitCode {
                 snapshots += r.snapshots_taken;
                 installs += r.snapshots_installed;
                 seeds_installing += u64::from(r.snapshots_installed > 0);
+                config_changes += r.config_changes;
+                transfers += r.transfer_elections;
                 if r.recovery > worst_recovery.0 {
                     worst_recovery = (r.recovery, seed);
                 }
@@ -182,7 +187,7 @@ fn main() -> ExitCode {
     }
     if !single {
         println!(
-            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, {snapshots} snapshots taken, {installs} installed from a leader (in {seeds_installing} seeds), worst recovery after healing {} ms (seed {})",
+            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, {snapshots} snapshots taken, {installs} installed from a leader (in {seeds_installing} seeds), {config_changes} configuration changes committed, {transfers} transfer elections, worst recovery after healing {} ms (seed {})",
             end - start,
             began.elapsed().as_secs_f64(),
             worst_recovery.0.as_millis(),
