@@ -428,7 +428,7 @@ impl NodeDriver {
             0 => {
                 let pre_vote = inp.bit();
                 // Now and then both, which the codec refuses.
-                let leadership_transfer = inp.byte() % 8 == 0;
+                let leadership_transfer = inp.byte().is_multiple_of(8);
                 let last_log_index = self.index(inp);
                 let last_log_term = self.log_term(inp, last_log_index);
                 MessageBody::RequestVote(RequestVote {
