@@ -42,6 +42,7 @@ use crate::signal::ShutdownSignals;
 use crate::snapshots::Snapshotter;
 use crate::storage::{Recovered, SnapshotInfo, Storage, StorageError, MAX_PAYLOAD_LEN};
 use crate::topology;
+use crate::turn::{Phase, TurnTimer};
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -298,6 +299,8 @@ pub struct Server {
     last_applied: (LogIndex, Term),
     /// Takes snapshots on a helper thread.
     snapshotter: Snapshotter,
+    /// Where the current loop turn spends its time (slow-turn warnings).
+    turn: TurnTimer,
 }
 
 impl Server {
@@ -429,6 +432,7 @@ impl Server {
             appended_at: VecDeque::new(),
             last_applied,
             snapshotter,
+            turn: TurnTimer::new(start),
         })
     }
 
@@ -445,6 +449,7 @@ impl Server {
             }
             let now = Instant::now();
             let t = self.time(now);
+            self.turn.begin(now);
 
             let mut shutdown = None;
             for ev in events.iter() {
@@ -486,6 +491,7 @@ impl Server {
             for key in std::mem::take(&mut self.resume) {
                 self.service_client(key, t, now);
             }
+            self.turn.lap(Phase::Io);
             self.client_timers(now);
             self.peers.tick(self.poll.registry(), now, &mut self.inputs);
             self.feed(t);
@@ -494,6 +500,7 @@ impl Server {
             }
             self.node.handle_timeout(t);
             self.sweep_expired(now, t);
+            self.turn.lap(Phase::Timers);
 
             self.snapshot_finished(now)?;
 
@@ -502,17 +509,20 @@ impl Server {
                 self.peers
                     .flush(self.poll.registry(), now, &mut self.inputs);
                 self.flush_clients(now);
+                self.turn.lap(Phase::Flush);
                 if self.inputs.is_empty() && !std::mem::take(&mut self.redrain) {
                     break;
                 }
                 self.feed(t);
+                self.turn.lap(Phase::Io);
             }
             self.maybe_snapshot(now)?;
+            self.turn.lap(Phase::SnapshotStart);
             self.end_client_turn(now);
             // How long this turn kept the loop from the sockets and timers:
             // the stall an operator cares about (a snapshot must not cause
             // one; issue 9).
-            let took = now.elapsed();
+            let took = self.turn.end(self.settings.heartbeat);
             let c = &mut self.counters;
             c.loop_turn_max_nanos = c.loop_turn_max_nanos.max(took.as_nanos() as u64);
             if took >= self.settings.heartbeat {
@@ -595,6 +605,7 @@ impl Server {
             now,
             fsyncs: 0,
             fsync_nanos: 0,
+            compact_nanos: 0,
             entries_persisted: 0,
             chunks_sent: 0,
             chunk_bytes_sent: 0,
@@ -612,6 +623,11 @@ impl Server {
         let r = self
             .driver
             .drain(&mut self.node, t, &mut disk, &mut links, &mut out);
+        self.turn.lap(Phase::Drive);
+        self.turn
+            .recharge(Phase::Drive, Phase::Fsync, disk.fsync_nanos);
+        self.turn
+            .recharge(Phase::Drive, Phase::Compaction, disk.compact_nanos);
         let c = &mut self.counters;
         c.fsyncs += disk.fsyncs;
         c.fsync_nanos += disk.fsync_nanos;
@@ -638,6 +654,7 @@ impl Server {
                 other => unreachable!("the driver carries out {other:?} itself"),
             }
         }
+        self.turn.lap(Phase::Apply);
         Ok(())
     }
 
@@ -721,6 +738,7 @@ impl Server {
             .storage
             .commit_snapshot(info)
             .map_err(FatalError::Storage)?;
+        self.turn.lap(Phase::SnapshotCommit);
         if !committed {
             log::info!(
                 "snapshot at index {} dropped: a newer one was installed meanwhile",
@@ -1939,6 +1957,7 @@ struct Disk<'a> {
     now: Instant,
     fsyncs: u64,
     fsync_nanos: u64,
+    compact_nanos: u64,
     entries_persisted: u64,
     chunks_sent: u64,
     chunk_bytes_sent: u64,
@@ -2035,7 +2054,10 @@ impl LogStore for Disk<'_> {
     }
 
     fn compact_log(&mut self, through: LogIndex) -> Result<(), StorageError> {
-        self.storage.compact(through)
+        let t0 = Instant::now();
+        let r = self.storage.compact(through);
+        self.compact_nanos += t0.elapsed().as_nanos() as u64;
+        r
     }
 
     fn read_snapshot_chunk(

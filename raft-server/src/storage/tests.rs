@@ -1299,6 +1299,48 @@ fn compaction_deletes_whole_segments_and_restart_recovers_snapshot_and_tail() {
     assert_eq!(r.entries, more);
 }
 
+/// The names in the dir that are trash (`trash.rs`).
+fn trash_files(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_keys()
+        .filter(|n| n.starts_with(trash::TRASH_PREFIX))
+        .collect()
+}
+
+#[test]
+fn deleted_files_leave_their_names_at_once_and_a_start_empties_the_trash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut s, _) = open_small(d, 200).unwrap();
+    s.save_hard_state(hs(1, None));
+    let entries = append_synced(&mut s, 1, 1, 30);
+    let firsts = segment_files(d);
+    write_snapshot(&mut s, 17, 1, b"state at 17");
+    // Replacing a snapshot keeps the old one under a trash name until the
+    // helper deletes it; the new one is in place at once.
+    let info = write_snapshot(&mut s, 20, 1, b"state at 20");
+    assert_eq!(read_payload(&s), b"state at 20");
+    s.compact(LogIndex(20)).unwrap();
+    // The segments' names are gone at once, whatever the helper did yet.
+    let kept = segment_files(d);
+    assert!(kept.len() < firsts.len(), "{firsts:?} -> {kept:?}");
+    assert_eq!(s.segment_count(), kept.len());
+    drop(s);
+    // What a crash leaves: trash the helper never got to.
+    fs::write(
+        d.join("trash-1-log-00000000000000000001"),
+        b"left by a crash",
+    )
+    .unwrap();
+    fs::write(d.join("trash-2-snapshot"), vec![7u8; 5 << 20]).unwrap();
+    let (s, r) = open_small(d, 200).unwrap();
+    assert_eq!(trash_files(d), Vec::<String>::new());
+    assert_eq!(segment_files(d), kept);
+    assert_eq!(r.snapshot, Some(info));
+    assert_eq!(r.entries, entries[20..]);
+    assert_eq!(read_payload(&s), b"state at 20");
+}
+
 #[test]
 #[should_panic(expected = "beyond the snapshot")]
 fn compaction_beyond_the_snapshot_panics() {
