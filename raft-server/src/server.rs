@@ -53,8 +53,10 @@ const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const METRICS_LISTENER: Token = Token(3);
-/// The snapshot thread wakes the loop with this token when it is done.
-const SNAPSHOT_WAKER: Token = Token(4);
+/// Helper threads wake the loop with this token: the snapshot writer
+/// when it is done, the store's log-sync thread after each fdatasync
+/// (storage/syncer.rs). One waker for both: mio allows one per poll.
+const HELPER_WAKER: Token = Token(4);
 /// Metrics HTTP connections use tokens from here (peer links use 1000+ and
 /// 2000+, see `peer`).
 const METRICS_BASE: usize = 3_000;
@@ -309,7 +311,7 @@ impl Server {
     pub fn new(
         settings: Settings,
         listeners: Listeners,
-        storage: Storage,
+        mut storage: Storage,
         recovered: Recovered,
     ) -> Result<Server, StartError> {
         let poll = Poll::new().map_err(StartError::Io)?;
@@ -351,7 +353,14 @@ impl Server {
         )
         .map_err(StartError::Node)?;
         let registry = poll.registry();
-        let snapshotter = Snapshotter::new(registry, SNAPSHOT_WAKER).map_err(StartError::Io)?;
+        let snapshotter = Snapshotter::new(registry, HELPER_WAKER).map_err(StartError::Io)?;
+        // A slow disk then delays what waits for durability, not the loop.
+        let sync_waker = snapshotter.waker();
+        storage
+            .sync_in_background(move || {
+                let _ = sync_waker.wake();
+            })
+            .map_err(StartError::Io)?;
         let signals = ShutdownSignals::install(registry, SIGNALS).map_err(StartError::Io)?;
         registry
             .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
@@ -456,7 +465,7 @@ impl Server {
                 match ev.token() {
                     SIGNALS => shutdown = shutdown.or(self.signals.received()),
                     // Handled below, every turn.
-                    SNAPSHOT_WAKER => {}
+                    HELPER_WAKER => {}
                     CLIENT_LISTENER => self.accept_clients(now),
                     token if self.peers.owns(token) => {
                         self.peers
@@ -502,6 +511,7 @@ impl Server {
             self.sweep_expired(now, t);
             self.turn.lap(Phase::Timers);
 
+            self.sync_finished(now)?;
             self.snapshot_finished(now)?;
 
             for _ in 0..MAX_DRAIN_ROUNDS {
@@ -691,6 +701,35 @@ impl Server {
             t0.elapsed().as_millis()
         );
         self.applied_for_reads(meta.last_index.0, now);
+        Ok(())
+    }
+
+    /// The store's background fdatasync completed: the driver releases
+    /// what waited for it (the drain that follows sends it).
+    fn sync_finished(&mut self, now: Instant) -> Result<(), FatalError> {
+        let Some(done) = self.storage.finish_sync() else {
+            return Ok(());
+        };
+        let took = done.map_err(FatalError::Storage)?;
+        let c = &mut self.counters;
+        c.fsyncs += 1;
+        c.fsync_nanos += took.as_nanos() as u64;
+        self.histograms.fsync.observe(took.as_secs_f64());
+        let t = self.time(now);
+        let mut links = Links {
+            peers: &mut self.peers,
+            registry: self.poll.registry(),
+            now,
+            inputs: &mut self.inputs,
+            sent: 0,
+            heartbeats_sent: 0,
+            heartbeats_failed: 0,
+        };
+        self.driver.sync_completed(&mut self.node, t, &mut links);
+        let c = &mut self.counters;
+        c.messages_sent += links.sent;
+        c.heartbeats_sent += links.heartbeats_sent;
+        c.heartbeats_failed += links.heartbeats_failed;
         Ok(())
     }
 
@@ -2024,17 +2063,22 @@ impl LogStore for Disk<'_> {
         Ok(())
     }
 
-    /// A synchronous fsync: durable on return.
+    /// Usually the fdatasync runs on the store's helper thread
+    /// (`Ok(false)`; `Server::sync_finished` completes it); a sync that
+    /// also writes the hard state or starts a segment is done here.
     fn sync(&mut self) -> Result<bool, StorageError> {
-        if self.storage.needs_sync() {
-            let t0 = Instant::now();
-            self.storage.sync()?;
+        if !self.storage.needs_sync() {
+            return Ok(true);
+        }
+        let t0 = Instant::now();
+        let durable = self.storage.start_sync()?;
+        if durable {
             let took = t0.elapsed();
             self.fsyncs += 1;
             self.fsync_nanos += took.as_nanos() as u64;
             self.histograms.fsync.observe(took.as_secs_f64());
         }
-        Ok(true)
+        Ok(durable)
     }
 
     fn write_snapshot_chunk(

@@ -213,6 +213,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_proto::{Entry, HardState, LogIndex, NodeId, Term};
@@ -220,6 +221,7 @@ use raft_proto::{Entry, HardState, LogIndex, NodeId, Term};
 mod power_cut;
 mod segment;
 mod snapshot;
+mod syncer;
 #[cfg(test)]
 mod tests;
 mod trash;
@@ -233,6 +235,7 @@ use self::segment::{
 };
 use self::snapshot::{check_snapshot_file, read_snapshot_header, Incoming};
 pub use self::snapshot::{SnapshotInfo, SnapshotReader, SnapshotWriter};
+use self::syncer::{Done, Syncer};
 use self::trash::Trash;
 
 /// Name of the lock file in the data dir.
@@ -349,6 +352,24 @@ pub struct Storage {
     power_cut: Option<PowerCut>,
     /// Files no longer needed, deleted by a helper thread (`trash.rs`).
     trash: Trash,
+    /// Runs the log's fdatasync on a helper thread, once the owner asked
+    /// for it ([`Storage::sync_in_background`]; `syncer.rs`).
+    syncer: Option<Syncer>,
+    /// The batch written whose fdatasync the syncer runs.
+    in_flight: Option<InFlight>,
+    /// A background sync that completed while a synchronous operation
+    /// waited for it, until [`Storage::finish_sync`] reports it.
+    finished: Option<Duration>,
+}
+
+/// A batch whose fdatasync runs in the background.
+#[derive(Debug)]
+struct InFlight {
+    /// The last entry it makes durable.
+    last: (LogIndex, Term),
+    /// In power-cut mode: the segment's inode and the length it makes
+    /// durable.
+    durable: Option<(u64, u64)>,
 }
 
 impl Storage {
@@ -709,6 +730,9 @@ impl Storage {
             incoming: None,
             power_cut,
             trash: Trash::new(dir),
+            syncer: None,
+            in_flight: None,
+            finished: None,
         })
     }
 
@@ -824,6 +848,8 @@ impl Storage {
     }
 
     fn sync_inner(&mut self) -> Result<(), StorageError> {
+        // Nothing is written while a batch's fdatasync runs.
+        self.wait_in_flight()?;
         let records = !self.buf.is_empty();
         let roll = records && self.roll_due();
         if let Some(pc) = &mut self.power_cut {
@@ -895,35 +921,148 @@ impl Storage {
         let path = self.dir.join(segment_name(self.active_segment().first));
         let mut start = 0;
         while start < self.buf.len() {
-            let end = batch_end(&self.buf, start);
-            let body = &self.buf[start..end];
-            self.active
-                .write_all(&encode_batch_header(body))
-                .and_then(|()| self.active.write_all(body))
-                .map_err(|e| io_err(&path, "cannot write", e))?;
-            cut_point(&mut self.power_cut);
+            start = self.write_batch(start)?;
             // fdatasync also persists the new file size, which is all the
             // metadata an append changes.
             fsync_file(&self.active, &path, SyncKind::Data, &mut self.power_cut)?;
-            let active = self
-                .segments
-                .last_mut()
-                .expect("there is an active segment");
-            active.bytes += (BATCH_HEADER_LEN + body.len()) as u64;
-            start = end;
         }
+        self.synced_last = self.buffer_written();
+        Ok(())
+    }
+
+    /// Writes the batch that starts at record boundary `start` of the
+    /// buffer into the active segment, without fsync (a cut point follows
+    /// the write); returns where it ends.
+    fn write_batch(&mut self, start: usize) -> Result<usize, StorageError> {
+        let path = self.dir.join(segment_name(self.active_segment().first));
+        let end = batch_end(&self.buf, start);
+        let body = &self.buf[start..end];
+        self.active
+            .write_all(&encode_batch_header(body))
+            .and_then(|()| self.active.write_all(body))
+            .map_err(|e| io_err(&path, "cannot write", e))?;
+        cut_point(&mut self.power_cut);
+        let active = self
+            .segments
+            .last_mut()
+            .expect("there is an active segment");
+        active.bytes += (BATCH_HEADER_LEN + body.len()) as u64;
+        Ok(end)
+    }
+
+    /// The whole buffer was written: empties it, and returns the last
+    /// entry the segments now hold.
+    fn buffer_written(&mut self) -> (LogIndex, Term) {
         self.buf.clear();
         // Do not keep a large buffer from one big batch forever.
         if self.buf.capacity() > 4 * MAX_RECORD_LEN {
             self.buf = Vec::new();
         }
-        self.synced_last = (
+        (
             self.log.last_index(),
             self.log
                 .last_term()
                 .expect("log invariant: the last entry's term is known"),
-        );
+        )
+    }
+
+    /// From now on [`Storage::start_sync`] may leave the fdatasync of the
+    /// log to a helper thread, which calls `notify` when it is done
+    /// (`syncer.rs`).
+    pub fn sync_in_background(&mut self, notify: impl Fn() + Send + 'static) -> io::Result<()> {
+        assert!(self.syncer.is_none(), "sync_in_background called twice");
+        self.syncer = Some(Syncer::start(Box::new(notify))?);
         Ok(())
+    }
+
+    /// Starts making everything buffered durable. `Ok(true)`: durable on
+    /// return, as after [`Storage::sync`]. `Ok(false)`: the records were
+    /// written as one batch whose fdatasync runs on the helper thread
+    /// (only when [`Storage::sync_in_background`] was called, the hard
+    /// state is unchanged, no new segment is due and the records fit in
+    /// one batch; otherwise the sync is done here); after `notify`, call
+    /// [`Storage::finish_sync`]. Errors poison the store, as with `sync`.
+    ///
+    /// Panics if a background sync is in flight or not yet reported by
+    /// `finish_sync` (one at a time, as the driver does).
+    pub fn start_sync(&mut self) -> Result<bool, StorageError> {
+        assert!(
+            self.in_flight.is_none() && self.finished.is_none(),
+            "start_sync before the previous background sync was reported by finish_sync"
+        );
+        self.guard(|s| {
+            let background = s.syncer.is_some()
+                && !s.hard_state_dirty
+                && !s.buf.is_empty()
+                && !s.roll_due()
+                && batch_end(&s.buf, 0) == s.buf.len();
+            if !background {
+                s.sync_inner()?;
+                return Ok(true);
+            }
+            if let Some(pc) = &mut s.power_cut {
+                // The one cut point: the batch written, before its fsync.
+                pc.begin_op(1);
+            }
+            s.write_batch(0)?;
+            let last = s.buffer_written();
+            let path = s.dir.join(segment_name(s.active_segment().first));
+            let file = s
+                .active
+                .try_clone()
+                .map_err(|e| io_err(&path, "cannot duplicate the descriptor of", e))?;
+            let durable = match &s.power_cut {
+                None => None,
+                Some(_) => {
+                    use std::os::unix::fs::MetadataExt;
+                    let m = file
+                        .metadata()
+                        .map_err(|e| io_err(&path, "cannot stat", e))?;
+                    Some((m.ino(), m.len()))
+                }
+            };
+            s.syncer.as_ref().expect("checked above").submit(file, path);
+            s.in_flight = Some(InFlight { last, durable });
+            Ok(false)
+        })
+    }
+
+    /// The background sync [`Storage::start_sync`] started, if it is done:
+    /// how long its fdatasync took, or its error (the store is poisoned
+    /// then). `None`: still running, or none was started.
+    pub fn finish_sync(&mut self) -> Option<Result<Duration, StorageError>> {
+        if let Some(took) = self.finished.take() {
+            return Some(Ok(took));
+        }
+        self.in_flight.as_ref()?;
+        let done = self.syncer.as_ref()?.try_done()?;
+        Some(self.complete_in_flight(done))
+    }
+
+    /// Waits for the background sync in flight, if any: the next batch may
+    /// be written only once it is durable. Its outcome is kept for
+    /// [`Storage::finish_sync`].
+    fn wait_in_flight(&mut self) -> Result<(), StorageError> {
+        let Some(syncer) = self.syncer.as_ref().filter(|_| self.in_flight.is_some()) else {
+            return Ok(());
+        };
+        let done = syncer.wait();
+        self.finished = Some(self.complete_in_flight(done)?);
+        Ok(())
+    }
+
+    fn complete_in_flight(&mut self, done: Done) -> Done {
+        let f = self.in_flight.take().expect("a background sync in flight");
+        match &done {
+            Ok(_) => {
+                self.synced_last = f.last;
+                if let (Some(pc), Some((ino, len))) = (&mut self.power_cut, f.durable) {
+                    pc.synced_len(ino, len);
+                }
+            }
+            Err(_) => self.poisoned = true,
+        }
+        done
     }
 
     /// Discards the whole log, which does not hold `(index, term)`, the

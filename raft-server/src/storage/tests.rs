@@ -895,6 +895,16 @@ fn power_cut_run(seed: u64) -> u64 {
         plan(CutWhen::AtSync(cut_at), seed),
     )
     .unwrap();
+    // Odd seeds leave the fdatasync of plain appends to the helper thread,
+    // as raft-node does.
+    let done = (seed % 2 == 1).then(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.sync_in_background(move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        rx
+    });
     let mut synced = (r.hard_state, r.entries);
     let mut pending = synced.clone();
     let mut steps = 0;
@@ -918,7 +928,16 @@ fn power_cut_run(seed: u64) -> u64 {
             s.append(std::slice::from_ref(&e));
             log.push(e);
         }
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.sync()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &done {
+            None => s.sync(),
+            Some(rx) => {
+                if s.start_sync()? {
+                    return Ok(());
+                }
+                rx.recv().unwrap();
+                s.finish_sync().expect("notified").map(|_| ())
+            }
+        }));
         match r {
             Ok(Ok(())) => synced = pending.clone(),
             Ok(Err(e)) => panic!("seed {seed}: sync failed: {e}"),
@@ -948,6 +967,41 @@ fn power_cut_run(seed: u64) -> u64 {
         pending.1.len()
     );
     steps
+}
+
+#[test]
+fn a_background_sync_completes_later_and_a_synchronous_one_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut s, _) = open(d).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.sync_in_background(move || {
+        let _ = tx.send(());
+    })
+    .unwrap();
+    // The hard state changed: synced here, as `sync` does.
+    s.save_hard_state(hs(1, None));
+    s.append(&[entry(1, 1, None)]);
+    assert!(s.start_sync().unwrap());
+    assert!(s.finish_sync().is_none());
+    // Records alone: the fdatasync runs on the helper.
+    s.append(&[entry(1, 2, Some("a"))]);
+    assert!(!s.start_sync().unwrap());
+    rx.recv().unwrap();
+    assert!(s.finish_sync().unwrap().is_ok());
+    assert!(s.finish_sync().is_none());
+    // A synchronous sync (here a snapshot's commit) waits for the one in
+    // flight, whose completion is still reported.
+    s.append(&[entry(1, 3, Some("b"))]);
+    assert!(!s.start_sync().unwrap());
+    s.append(&[entry(1, 4, Some("c"))]);
+    write_snapshot(&mut s, 3, 1, b"state at 3");
+    assert!(!s.needs_sync());
+    assert!(s.finish_sync().unwrap().is_ok());
+    assert!(s.finish_sync().is_none());
+    drop(s);
+    let (_, r) = open(d).unwrap();
+    assert_eq!(r.entries, [entry(1, 4, Some("c"))]);
 }
 
 #[test]
