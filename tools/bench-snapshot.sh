@@ -12,7 +12,8 @@
 #   cargo build --release -p raft-server -p tools && tools/bench-snapshot.sh
 #
 # Environment: RAFT_NODE, RAFT_LOAD (binaries), WRITES (1000000),
-# CATCHUP (200000), BIG_KEYS (1000000), KEEP_DATA=1 keeps the temp dir.
+# CATCHUP (200000), BIG_KEYS (1000000), PHASES (ABCD: the phases to run,
+# e.g. PHASES=D for the large store alone), KEEP_DATA=1 keeps the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tools/lib.sh
@@ -23,6 +24,8 @@ LOAD=${RAFT_LOAD:-target/release/raft-load}
 WRITES=${WRITES:-1000000}
 CATCHUP=${CATCHUP:-200000}
 BIG_KEYS=${BIG_KEYS:-1000000}
+PHASES=${PHASES:-ABCD}
+phase() { [[ $PHASES == *"$1"* ]]; }
 N=3
 for b in "$BIN" "$LOAD"; do
     [ -x "$b" ] || { echo "$b not built: cargo build --release -p raft-server -p tools" >&2; exit 1; }
@@ -130,6 +133,7 @@ F=$((L % N + 1))
 echo "cluster of $N on 127.0.0.1-3, base port $BASE, data in $TMP; leader $L"
 
 # --- A: at rest after WRITES writes over 10k keys ---------------------------
+if phase A; then
 secs=$(write_until "$WRITES" 10000)
 sleep 3
 echo
@@ -139,8 +143,10 @@ for i in $(seq 1 $N); do
         "$i" "$(rss_mb "$i")" "$(dir_mb "$i")" "$(num "$i" raft_snapshot_bytes)" "$(num "$i" raft_snapshot_index)" \
         "$(num "$i" raft_log_bytes)" "$(num "$i" raft_log_first_index)" "$(num "$i" raft_log_segments)"
 done
+fi
 
 # --- B: restart time ----------------------------------------------------------
+if phase B; then
 commit=$(num "$L" raft_commit_index)
 stop "$F"
 t0=$(date +%s.%N)
@@ -151,8 +157,10 @@ caught=$(wait_applied "$F" "$commit")
 echo
 echo "B. restart of member $F after $commit entries: serving INFO after ${up} s, applied everything after another ${caught} s"
 grep "started from the snapshot" "$TMP/node$F.log" | tail -1 | sed 's/^/   /'
+fi
 
 # --- C: catch-up after CATCHUP writes missed ----------------------------------
+if phase C; then
 stop "$F"
 secs=$(write_until "$CATCHUP" 10000)
 commit=$(num "$L" raft_commit_index)
@@ -164,8 +172,10 @@ echo
 echo "C. member $F stopped while $CATCHUP SETs went in (${secs} s): caught up ${caught} s after its start" \
     "(snapshot transfers from the leader: $(( $(num "$L" raft_snapshots_sent) - installs )))"
 grep "installed the leader's snapshot" "$TMP/node$F.log" | tail -1 | sed 's/^/   /'
+fi
 
 # --- D: a store of BIG_KEYS keys ----------------------------------------------
+phase D || exit 0
 # D1: fill the store with BIG_KEYS distinct keys, piped straight to the leader.
 L=$(leader)
 t0=$(date +%s.%N)
@@ -179,9 +189,10 @@ sleep 2
 # D2: with the store full, light load (4 clients) until every member took at
 # least two more snapshots of it; stalls and elections counted over that
 # window only.
-declare -A TURNS0 TAKEN0
+declare -A TURNS0 TAKEN0 LINES0
 el0=0
 for i in $(seq 1 $N); do
+    LINES0[$i]=$(wc -l <"$TMP/node$i.log")
     el0=$((el0 + $(num "$i" raft_elections_started)))
     TURNS0[$i]=$(num "$i" raft_loop_turns_over_heartbeat)
     TAKEN0[$i]=$(num "$i" raft_snapshots_taken)
@@ -204,3 +215,8 @@ for i in $(seq 1 $N); do
         "$(( $(num "$i" raft_loop_turns_over_heartbeat) - TURNS0[$i] ))" "$(num "$i" raft_loop_turn_max_ms)" "$(rss_mb "$i")"
 done
 echo "   elections started while the $keys-key snapshots were taken under light load: $((el1 - el0))"
+# The members' own account of the slow turns in that window (rate-limited:
+# at most one line per member every 10 s).
+for i in $(seq 1 $N); do
+    tail -n +$((LINES0[$i] + 1)) "$TMP/node$i.log" | grep "slow event-loop turn" | sed "s/^/   member $i: /" || true
+done

@@ -23,6 +23,7 @@ mod signal;
 mod snapshots;
 mod storage;
 mod topology;
+mod turn;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -42,6 +42,7 @@ use crate::signal::ShutdownSignals;
 use crate::snapshots::Snapshotter;
 use crate::storage::{Recovered, SnapshotInfo, Storage, StorageError, MAX_PAYLOAD_LEN};
 use crate::topology;
+use crate::turn::{Phase, TurnTimer};
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -52,8 +53,10 @@ const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const METRICS_LISTENER: Token = Token(3);
-/// The snapshot thread wakes the loop with this token when it is done.
-const SNAPSHOT_WAKER: Token = Token(4);
+/// Helper threads wake the loop with this token: the snapshot writer
+/// when it is done, the store's log-sync thread after each fdatasync
+/// (storage/syncer.rs). One waker for both: mio allows one per poll.
+const HELPER_WAKER: Token = Token(4);
 /// Metrics HTTP connections use tokens from here (peer links use 1000+ and
 /// 2000+, see `peer`).
 const METRICS_BASE: usize = 3_000;
@@ -298,6 +301,8 @@ pub struct Server {
     last_applied: (LogIndex, Term),
     /// Takes snapshots on a helper thread.
     snapshotter: Snapshotter,
+    /// Where the current loop turn spends its time (slow-turn warnings).
+    turn: TurnTimer,
 }
 
 impl Server {
@@ -306,7 +311,7 @@ impl Server {
     pub fn new(
         settings: Settings,
         listeners: Listeners,
-        storage: Storage,
+        mut storage: Storage,
         recovered: Recovered,
     ) -> Result<Server, StartError> {
         let poll = Poll::new().map_err(StartError::Io)?;
@@ -348,7 +353,14 @@ impl Server {
         )
         .map_err(StartError::Node)?;
         let registry = poll.registry();
-        let snapshotter = Snapshotter::new(registry, SNAPSHOT_WAKER).map_err(StartError::Io)?;
+        let snapshotter = Snapshotter::new(registry, HELPER_WAKER).map_err(StartError::Io)?;
+        // A slow disk then delays what waits for durability, not the loop.
+        let sync_waker = snapshotter.waker();
+        storage
+            .sync_in_background(move || {
+                let _ = sync_waker.wake();
+            })
+            .map_err(StartError::Io)?;
         let signals = ShutdownSignals::install(registry, SIGNALS).map_err(StartError::Io)?;
         registry
             .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
@@ -429,6 +441,7 @@ impl Server {
             appended_at: VecDeque::new(),
             last_applied,
             snapshotter,
+            turn: TurnTimer::new(start),
         })
     }
 
@@ -445,13 +458,14 @@ impl Server {
             }
             let now = Instant::now();
             let t = self.time(now);
+            self.turn.begin(now);
 
             let mut shutdown = None;
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => shutdown = shutdown.or(self.signals.received()),
                     // Handled below, every turn.
-                    SNAPSHOT_WAKER => {}
+                    HELPER_WAKER => {}
                     CLIENT_LISTENER => self.accept_clients(now),
                     token if self.peers.owns(token) => {
                         self.peers
@@ -486,6 +500,7 @@ impl Server {
             for key in std::mem::take(&mut self.resume) {
                 self.service_client(key, t, now);
             }
+            self.turn.lap(Phase::Io);
             self.client_timers(now);
             self.peers.tick(self.poll.registry(), now, &mut self.inputs);
             self.feed(t);
@@ -494,7 +509,9 @@ impl Server {
             }
             self.node.handle_timeout(t);
             self.sweep_expired(now, t);
+            self.turn.lap(Phase::Timers);
 
+            self.sync_finished(now)?;
             self.snapshot_finished(now)?;
 
             for _ in 0..MAX_DRAIN_ROUNDS {
@@ -502,17 +519,20 @@ impl Server {
                 self.peers
                     .flush(self.poll.registry(), now, &mut self.inputs);
                 self.flush_clients(now);
+                self.turn.lap(Phase::Flush);
                 if self.inputs.is_empty() && !std::mem::take(&mut self.redrain) {
                     break;
                 }
                 self.feed(t);
+                self.turn.lap(Phase::Io);
             }
             self.maybe_snapshot(now)?;
+            self.turn.lap(Phase::SnapshotStart);
             self.end_client_turn(now);
             // How long this turn kept the loop from the sockets and timers:
             // the stall an operator cares about (a snapshot must not cause
             // one; issue 9).
-            let took = now.elapsed();
+            let took = self.turn.end(self.settings.heartbeat);
             let c = &mut self.counters;
             c.loop_turn_max_nanos = c.loop_turn_max_nanos.max(took.as_nanos() as u64);
             if took >= self.settings.heartbeat {
@@ -595,6 +615,7 @@ impl Server {
             now,
             fsyncs: 0,
             fsync_nanos: 0,
+            compact_nanos: 0,
             entries_persisted: 0,
             chunks_sent: 0,
             chunk_bytes_sent: 0,
@@ -612,6 +633,11 @@ impl Server {
         let r = self
             .driver
             .drain(&mut self.node, t, &mut disk, &mut links, &mut out);
+        self.turn.lap(Phase::Drive);
+        self.turn
+            .recharge(Phase::Drive, Phase::Fsync, disk.fsync_nanos);
+        self.turn
+            .recharge(Phase::Drive, Phase::Compaction, disk.compact_nanos);
         let c = &mut self.counters;
         c.fsyncs += disk.fsyncs;
         c.fsync_nanos += disk.fsync_nanos;
@@ -638,6 +664,7 @@ impl Server {
                 other => unreachable!("the driver carries out {other:?} itself"),
             }
         }
+        self.turn.lap(Phase::Apply);
         Ok(())
     }
 
@@ -674,6 +701,35 @@ impl Server {
             t0.elapsed().as_millis()
         );
         self.applied_for_reads(meta.last_index.0, now);
+        Ok(())
+    }
+
+    /// The store's background fdatasync completed: the driver releases
+    /// what waited for it (the drain that follows sends it).
+    fn sync_finished(&mut self, now: Instant) -> Result<(), FatalError> {
+        let Some(done) = self.storage.finish_sync() else {
+            return Ok(());
+        };
+        let took = done.map_err(FatalError::Storage)?;
+        let c = &mut self.counters;
+        c.fsyncs += 1;
+        c.fsync_nanos += took.as_nanos() as u64;
+        self.histograms.fsync.observe(took.as_secs_f64());
+        let t = self.time(now);
+        let mut links = Links {
+            peers: &mut self.peers,
+            registry: self.poll.registry(),
+            now,
+            inputs: &mut self.inputs,
+            sent: 0,
+            heartbeats_sent: 0,
+            heartbeats_failed: 0,
+        };
+        self.driver.sync_completed(&mut self.node, t, &mut links);
+        let c = &mut self.counters;
+        c.messages_sent += links.sent;
+        c.heartbeats_sent += links.heartbeats_sent;
+        c.heartbeats_failed += links.heartbeats_failed;
         Ok(())
     }
 
@@ -721,6 +777,7 @@ impl Server {
             .storage
             .commit_snapshot(info)
             .map_err(FatalError::Storage)?;
+        self.turn.lap(Phase::SnapshotCommit);
         if !committed {
             log::info!(
                 "snapshot at index {} dropped: a newer one was installed meanwhile",
@@ -1939,6 +1996,7 @@ struct Disk<'a> {
     now: Instant,
     fsyncs: u64,
     fsync_nanos: u64,
+    compact_nanos: u64,
     entries_persisted: u64,
     chunks_sent: u64,
     chunk_bytes_sent: u64,
@@ -2005,17 +2063,22 @@ impl LogStore for Disk<'_> {
         Ok(())
     }
 
-    /// A synchronous fsync: durable on return.
+    /// Usually the fdatasync runs on the store's helper thread
+    /// (`Ok(false)`; `Server::sync_finished` completes it); a sync that
+    /// also writes the hard state or starts a segment is done here.
     fn sync(&mut self) -> Result<bool, StorageError> {
-        if self.storage.needs_sync() {
-            let t0 = Instant::now();
-            self.storage.sync()?;
+        if !self.storage.needs_sync() {
+            return Ok(true);
+        }
+        let t0 = Instant::now();
+        let durable = self.storage.start_sync()?;
+        if durable {
             let took = t0.elapsed();
             self.fsyncs += 1;
             self.fsync_nanos += took.as_nanos() as u64;
             self.histograms.fsync.observe(took.as_secs_f64());
         }
-        Ok(true)
+        Ok(durable)
     }
 
     fn write_snapshot_chunk(
@@ -2035,7 +2098,10 @@ impl LogStore for Disk<'_> {
     }
 
     fn compact_log(&mut self, through: LogIndex) -> Result<(), StorageError> {
-        self.storage.compact(through)
+        let t0 = Instant::now();
+        let r = self.storage.compact(through);
+        self.compact_nanos += t0.elapsed().as_nanos() as u64;
+        r
     }
 
     fn read_snapshot_chunk(

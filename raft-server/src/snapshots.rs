@@ -88,6 +88,12 @@ impl Snapshotter {
         })
     }
 
+    /// The waker its helper threads use, for other helpers to share (mio
+    /// allows one waker per poll).
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
     /// An entry with `bytes` of command was applied.
     pub fn applied(&mut self, bytes: usize) {
         self.entries_since += 1;

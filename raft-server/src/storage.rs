@@ -128,7 +128,9 @@
 //!   completes the reset. After (5) every segment before the reset's is
 //!   dead, so any subset of them that (7) leaves is skipped.
 //! - Compaction: deletions only, no fsync; any subset may survive a crash
-//!   and is skipped.
+//!   and is skipped. A deleted file is first renamed to a trash name and
+//!   unlinked by a helper thread (`trash.rs`): a crash may leave trash
+//!   files, which the next start deletes.
 //!
 //! # Recovery
 //!
@@ -211,6 +213,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_proto::{Entry, HardState, LogIndex, NodeId, Term};
@@ -218,8 +221,10 @@ use raft_proto::{Entry, HardState, LogIndex, NodeId, Term};
 mod power_cut;
 mod segment;
 mod snapshot;
+mod syncer;
 #[cfg(test)]
 mod tests;
+mod trash;
 
 use self::power_cut::{cut_point, PowerCut, PowerCutPlan};
 use self::segment::{
@@ -230,6 +235,8 @@ use self::segment::{
 };
 use self::snapshot::{check_snapshot_file, read_snapshot_header, Incoming};
 pub use self::snapshot::{SnapshotInfo, SnapshotReader, SnapshotWriter};
+use self::syncer::{Done, Syncer};
+use self::trash::Trash;
 
 /// Name of the lock file in the data dir.
 pub const LOCK_FILE: &str = "LOCK";
@@ -343,6 +350,26 @@ pub struct Storage {
     incoming: Option<Incoming>,
     /// The power-cut simulation; `None` unless its environment switch is set.
     power_cut: Option<PowerCut>,
+    /// Files no longer needed, deleted by a helper thread (`trash.rs`).
+    trash: Trash,
+    /// Runs the log's fdatasync on a helper thread, once the owner asked
+    /// for it ([`Storage::sync_in_background`]; `syncer.rs`).
+    syncer: Option<Syncer>,
+    /// The batch written whose fdatasync the syncer runs.
+    in_flight: Option<InFlight>,
+    /// A background sync that completed while a synchronous operation
+    /// waited for it, until [`Storage::finish_sync`] reports it.
+    finished: Option<Duration>,
+}
+
+/// A batch whose fdatasync runs in the background.
+#[derive(Debug)]
+struct InFlight {
+    /// The last entry it makes durable.
+    last: (LogIndex, Term),
+    /// In power-cut mode: the segment's inode and the length it makes
+    /// durable.
+    durable: Option<(u64, u64)>,
 }
 
 impl Storage {
@@ -576,6 +603,11 @@ impl Storage {
         for tmp in [SNAPSHOT_TMP, SNAPSHOT_INCOMING, SEGMENT_TMP, META_TMP] {
             remove_file(dir, tmp, &mut power_cut)?;
         }
+        // What the helper of the last run did not get to delete (trash.rs).
+        // Here, not on a helper: nothing waits on the store yet.
+        for name in list_trash(dir)? {
+            remove_file(dir, &name, &mut power_cut)?;
+        }
 
         // §7: the entries after the snapshot, if the log holds its last one.
         let log = replay.terms();
@@ -697,6 +729,10 @@ impl Storage {
             writer: None,
             incoming: None,
             power_cut,
+            trash: Trash::new(dir),
+            syncer: None,
+            in_flight: None,
+            finished: None,
         })
     }
 
@@ -812,6 +848,8 @@ impl Storage {
     }
 
     fn sync_inner(&mut self) -> Result<(), StorageError> {
+        // Nothing is written while a batch's fdatasync runs.
+        self.wait_in_flight()?;
         let records = !self.buf.is_empty();
         let roll = records && self.roll_due();
         if let Some(pc) = &mut self.power_cut {
@@ -883,35 +921,148 @@ impl Storage {
         let path = self.dir.join(segment_name(self.active_segment().first));
         let mut start = 0;
         while start < self.buf.len() {
-            let end = batch_end(&self.buf, start);
-            let body = &self.buf[start..end];
-            self.active
-                .write_all(&encode_batch_header(body))
-                .and_then(|()| self.active.write_all(body))
-                .map_err(|e| io_err(&path, "cannot write", e))?;
-            cut_point(&mut self.power_cut);
+            start = self.write_batch(start)?;
             // fdatasync also persists the new file size, which is all the
             // metadata an append changes.
             fsync_file(&self.active, &path, SyncKind::Data, &mut self.power_cut)?;
-            let active = self
-                .segments
-                .last_mut()
-                .expect("there is an active segment");
-            active.bytes += (BATCH_HEADER_LEN + body.len()) as u64;
-            start = end;
         }
+        self.synced_last = self.buffer_written();
+        Ok(())
+    }
+
+    /// Writes the batch that starts at record boundary `start` of the
+    /// buffer into the active segment, without fsync (a cut point follows
+    /// the write); returns where it ends.
+    fn write_batch(&mut self, start: usize) -> Result<usize, StorageError> {
+        let path = self.dir.join(segment_name(self.active_segment().first));
+        let end = batch_end(&self.buf, start);
+        let body = &self.buf[start..end];
+        self.active
+            .write_all(&encode_batch_header(body))
+            .and_then(|()| self.active.write_all(body))
+            .map_err(|e| io_err(&path, "cannot write", e))?;
+        cut_point(&mut self.power_cut);
+        let active = self
+            .segments
+            .last_mut()
+            .expect("there is an active segment");
+        active.bytes += (BATCH_HEADER_LEN + body.len()) as u64;
+        Ok(end)
+    }
+
+    /// The whole buffer was written: empties it, and returns the last
+    /// entry the segments now hold.
+    fn buffer_written(&mut self) -> (LogIndex, Term) {
         self.buf.clear();
         // Do not keep a large buffer from one big batch forever.
         if self.buf.capacity() > 4 * MAX_RECORD_LEN {
             self.buf = Vec::new();
         }
-        self.synced_last = (
+        (
             self.log.last_index(),
             self.log
                 .last_term()
                 .expect("log invariant: the last entry's term is known"),
-        );
+        )
+    }
+
+    /// From now on [`Storage::start_sync`] may leave the fdatasync of the
+    /// log to a helper thread, which calls `notify` when it is done
+    /// (`syncer.rs`).
+    pub fn sync_in_background(&mut self, notify: impl Fn() + Send + 'static) -> io::Result<()> {
+        assert!(self.syncer.is_none(), "sync_in_background called twice");
+        self.syncer = Some(Syncer::start(Box::new(notify))?);
         Ok(())
+    }
+
+    /// Starts making everything buffered durable. `Ok(true)`: durable on
+    /// return, as after [`Storage::sync`]. `Ok(false)`: the records were
+    /// written as one batch whose fdatasync runs on the helper thread
+    /// (only when [`Storage::sync_in_background`] was called, the hard
+    /// state is unchanged, no new segment is due and the records fit in
+    /// one batch; otherwise the sync is done here); after `notify`, call
+    /// [`Storage::finish_sync`]. Errors poison the store, as with `sync`.
+    ///
+    /// Panics if a background sync is in flight or not yet reported by
+    /// `finish_sync` (one at a time, as the driver does).
+    pub fn start_sync(&mut self) -> Result<bool, StorageError> {
+        assert!(
+            self.in_flight.is_none() && self.finished.is_none(),
+            "start_sync before the previous background sync was reported by finish_sync"
+        );
+        self.guard(|s| {
+            let background = s.syncer.is_some()
+                && !s.hard_state_dirty
+                && !s.buf.is_empty()
+                && !s.roll_due()
+                && batch_end(&s.buf, 0) == s.buf.len();
+            if !background {
+                s.sync_inner()?;
+                return Ok(true);
+            }
+            if let Some(pc) = &mut s.power_cut {
+                // The one cut point: the batch written, before its fsync.
+                pc.begin_op(1);
+            }
+            s.write_batch(0)?;
+            let last = s.buffer_written();
+            let path = s.dir.join(segment_name(s.active_segment().first));
+            let file = s
+                .active
+                .try_clone()
+                .map_err(|e| io_err(&path, "cannot duplicate the descriptor of", e))?;
+            let durable = match &s.power_cut {
+                None => None,
+                Some(_) => {
+                    use std::os::unix::fs::MetadataExt;
+                    let m = file
+                        .metadata()
+                        .map_err(|e| io_err(&path, "cannot stat", e))?;
+                    Some((m.ino(), m.len()))
+                }
+            };
+            s.syncer.as_ref().expect("checked above").submit(file, path);
+            s.in_flight = Some(InFlight { last, durable });
+            Ok(false)
+        })
+    }
+
+    /// The background sync [`Storage::start_sync`] started, if it is done:
+    /// how long its fdatasync took, or its error (the store is poisoned
+    /// then). `None`: still running, or none was started.
+    pub fn finish_sync(&mut self) -> Option<Result<Duration, StorageError>> {
+        if let Some(took) = self.finished.take() {
+            return Some(Ok(took));
+        }
+        self.in_flight.as_ref()?;
+        let done = self.syncer.as_ref()?.try_done()?;
+        Some(self.complete_in_flight(done))
+    }
+
+    /// Waits for the background sync in flight, if any: the next batch may
+    /// be written only once it is durable. Its outcome is kept for
+    /// [`Storage::finish_sync`].
+    fn wait_in_flight(&mut self) -> Result<(), StorageError> {
+        let Some(syncer) = self.syncer.as_ref().filter(|_| self.in_flight.is_some()) else {
+            return Ok(());
+        };
+        let done = syncer.wait();
+        self.finished = Some(self.complete_in_flight(done)?);
+        Ok(())
+    }
+
+    fn complete_in_flight(&mut self, done: Done) -> Done {
+        let f = self.in_flight.take().expect("a background sync in flight");
+        match &done {
+            Ok(_) => {
+                self.synced_last = f.last;
+                if let (Some(pc), Some((ino, len))) = (&mut self.power_cut, f.durable) {
+                    pc.synced_len(ino, len);
+                }
+            }
+            Err(_) => self.poisoned = true,
+        }
+        done
     }
 
     /// Discards the whole log, which does not hold `(index, term)`, the
@@ -934,19 +1085,19 @@ impl Storage {
         1 + 2 * u64::from(index.next() > self.active_segment().first)
     }
 
-    /// Deletes the `n` oldest segments (never the active one). No fsync:
-    /// module docs.
+    /// Deletes the `n` oldest segments (never the active one): moved to
+    /// the trash at once, so that their names are gone for recovery and
+    /// for the tests, and unlinked by the trash's helper thread (unlinking
+    /// a 16 MiB segment here took the event loop 12 ms, tens under load).
+    /// No fsync: module docs.
     fn delete_segments(&mut self, n: usize) -> Result<(), StorageError> {
         assert!(
             n < self.segments.len(),
             "the active segment is never deleted"
         );
-        // Unlinking a 16 MiB segment frees its pages and extents, which
-        // took the event loop tens of milliseconds under load. Handing it to
-        // a helper thread is the fix to make, with a rename first so that
-        // recovery and the tests see the segment gone at once; not done yet.
         for s in self.segments.drain(..n) {
-            remove_file(&self.dir, &segment_name(s.first), &mut self.power_cut)?;
+            self.trash
+                .discard(&segment_name(s.first), &mut self.power_cut)?;
         }
         Ok(())
     }
@@ -1088,6 +1239,8 @@ impl Storage {
                 info.last_index,
                 self.snapshot().map_or(LogIndex(0), |s| s.last_index)
             );
+            // Rare (a leader's snapshot overtook this one), so deleted
+            // here rather than through the trash: nothing stays behind.
             self.guard(|s| remove_file(&s.dir, SNAPSHOT_TMP, &mut s.power_cut))?;
             return Ok(false);
         }
@@ -1117,11 +1270,14 @@ impl Storage {
             pc.begin_op(2);
         }
         cut_point(&mut self.power_cut);
+        // The rename would free the old snapshot (hundreds of MB for a
+        // large store) on this thread: the trash keeps a name for it.
+        let old = self.trash.link(SNAPSHOT_FILE);
         rename_into_place(&self.dir, SNAPSHOT_TMP, SNAPSHOT_FILE, &mut self.power_cut)?;
         cut_point(&mut self.power_cut);
         fsync_dir(&self.dir, &mut self.power_cut)?;
         self.snapshot = Some(CurrentSnapshot { info, file });
-        Ok(())
+        self.trash.delete(old, &mut self.power_cut)
     }
 
     /// Removes `snapshot.tmp` left by a writer that failed or was dropped,
@@ -1170,6 +1326,9 @@ impl Storage {
 
     /// The current snapshot and a reader of its payload (module docs of
     /// [`SnapshotReader`] for how it reports a damaged payload), or `None`.
+    /// The reader must be done before the snapshot is replaced (the next
+    /// [`Storage::commit_snapshot`] or [`Storage::install_incoming`]): the
+    /// replaced file is shrunk in the background (`trash.rs`).
     pub fn snapshot_payload(&self) -> Result<Option<(SnapshotInfo, SnapshotReader)>, StorageError> {
         let Some(current) = &self.snapshot else {
             return Ok(None);
@@ -1312,6 +1471,8 @@ impl Storage {
         let path = self.dir.join(SNAPSHOT_INCOMING);
         cut_point(&mut self.power_cut);
         fsync_file(&inc.file, &path, SyncKind::All, &mut self.power_cut)?;
+        // As in `commit_inner`: the old snapshot is freed by the trash.
+        let old = self.trash.link(SNAPSHOT_FILE);
         rename_into_place(
             &self.dir,
             SNAPSHOT_INCOMING,
@@ -1324,6 +1485,7 @@ impl Storage {
             info: inc.info,
             file: inc.file,
         });
+        self.trash.delete(old, &mut self.power_cut)?;
         if !keep {
             log::info!(
                 "snapshot through {index} of term {term} installed; the log does not hold that \
@@ -1541,6 +1703,18 @@ fn refuse_old_log(dir: &Path) -> Result<(), StorageError> {
         0,
         "a file named log has no place in a data dir of format version 4",
     ))
+}
+
+/// The names of the trash files in `dir` (`trash.rs`).
+fn list_trash(dir: &Path) -> Result<Vec<String>, StorageError> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).map_err(|e| io_err(dir, "cannot list", e))? {
+        let e = e.map_err(|e| io_err(dir, "cannot list", e))?;
+        if let Some(name) = e.file_name().to_str().filter(|n| trash::is_trash(n)) {
+            v.push(name.to_string());
+        }
+    }
+    Ok(v)
 }
 
 /// The first indexes of the segment files in `dir`, in order.

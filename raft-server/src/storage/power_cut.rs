@@ -278,6 +278,12 @@ impl PowerCut {
         self.synced.insert(m.ino(), m.len());
     }
 
+    /// `len` bytes of the file `ino` were made durable by an fsync on
+    /// another thread, which the store's thread learnt of.
+    pub fn synced_len(&mut self, ino: u64, len: u64) {
+        self.synced.insert(ino, len);
+    }
+
     /// `name` is about to be unlinked or renamed over: if it is durable,
     /// keep its inode alive for the cut to put back.
     pub fn before_unlink(&mut self, name: &str) {

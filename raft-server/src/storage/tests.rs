@@ -895,6 +895,16 @@ fn power_cut_run(seed: u64) -> u64 {
         plan(CutWhen::AtSync(cut_at), seed),
     )
     .unwrap();
+    // Odd seeds leave the fdatasync of plain appends to the helper thread,
+    // as raft-node does.
+    let done = (seed % 2 == 1).then(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.sync_in_background(move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        rx
+    });
     let mut synced = (r.hard_state, r.entries);
     let mut pending = synced.clone();
     let mut steps = 0;
@@ -918,7 +928,16 @@ fn power_cut_run(seed: u64) -> u64 {
             s.append(std::slice::from_ref(&e));
             log.push(e);
         }
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.sync()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &done {
+            None => s.sync(),
+            Some(rx) => {
+                if s.start_sync()? {
+                    return Ok(());
+                }
+                rx.recv().unwrap();
+                s.finish_sync().expect("notified").map(|_| ())
+            }
+        }));
         match r {
             Ok(Ok(())) => synced = pending.clone(),
             Ok(Err(e)) => panic!("seed {seed}: sync failed: {e}"),
@@ -948,6 +967,41 @@ fn power_cut_run(seed: u64) -> u64 {
         pending.1.len()
     );
     steps
+}
+
+#[test]
+fn a_background_sync_completes_later_and_a_synchronous_one_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut s, _) = open(d).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.sync_in_background(move || {
+        let _ = tx.send(());
+    })
+    .unwrap();
+    // The hard state changed: synced here, as `sync` does.
+    s.save_hard_state(hs(1, None));
+    s.append(&[entry(1, 1, None)]);
+    assert!(s.start_sync().unwrap());
+    assert!(s.finish_sync().is_none());
+    // Records alone: the fdatasync runs on the helper.
+    s.append(&[entry(1, 2, Some("a"))]);
+    assert!(!s.start_sync().unwrap());
+    rx.recv().unwrap();
+    assert!(s.finish_sync().unwrap().is_ok());
+    assert!(s.finish_sync().is_none());
+    // A synchronous sync (here a snapshot's commit) waits for the one in
+    // flight, whose completion is still reported.
+    s.append(&[entry(1, 3, Some("b"))]);
+    assert!(!s.start_sync().unwrap());
+    s.append(&[entry(1, 4, Some("c"))]);
+    write_snapshot(&mut s, 3, 1, b"state at 3");
+    assert!(!s.needs_sync());
+    assert!(s.finish_sync().unwrap().is_ok());
+    assert!(s.finish_sync().is_none());
+    drop(s);
+    let (_, r) = open(d).unwrap();
+    assert_eq!(r.entries, [entry(1, 4, Some("c"))]);
 }
 
 #[test]
@@ -1297,6 +1351,48 @@ fn compaction_deletes_whole_segments_and_restart_recovers_snapshot_and_tail() {
     drop(s);
     let (_, r) = open(d).unwrap();
     assert_eq!(r.entries, more);
+}
+
+/// The names in the dir that are trash (`trash.rs`).
+fn trash_files(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_keys()
+        .filter(|n| n.starts_with(trash::TRASH_PREFIX))
+        .collect()
+}
+
+#[test]
+fn deleted_files_leave_their_names_at_once_and_a_start_empties_the_trash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut s, _) = open_small(d, 200).unwrap();
+    s.save_hard_state(hs(1, None));
+    let entries = append_synced(&mut s, 1, 1, 30);
+    let firsts = segment_files(d);
+    write_snapshot(&mut s, 17, 1, b"state at 17");
+    // Replacing a snapshot keeps the old one under a trash name until the
+    // helper deletes it; the new one is in place at once.
+    let info = write_snapshot(&mut s, 20, 1, b"state at 20");
+    assert_eq!(read_payload(&s), b"state at 20");
+    s.compact(LogIndex(20)).unwrap();
+    // The segments' names are gone at once, whatever the helper did yet.
+    let kept = segment_files(d);
+    assert!(kept.len() < firsts.len(), "{firsts:?} -> {kept:?}");
+    assert_eq!(s.segment_count(), kept.len());
+    drop(s);
+    // What a crash leaves: trash the helper never got to.
+    fs::write(
+        d.join("trash-1-log-00000000000000000001"),
+        b"left by a crash",
+    )
+    .unwrap();
+    fs::write(d.join("trash-2-snapshot"), vec![7u8; 5 << 20]).unwrap();
+    let (s, r) = open_small(d, 200).unwrap();
+    assert_eq!(trash_files(d), Vec::<String>::new());
+    assert_eq!(segment_files(d), kept);
+    assert_eq!(r.snapshot, Some(info));
+    assert_eq!(r.entries, entries[20..]);
+    assert_eq!(read_payload(&s), b"state at 20");
 }
 
 #[test]
