@@ -161,6 +161,19 @@ impl PeerKey {
         }
     }
 
+    /// The cluster id: the first 8 bytes of HMAC-SHA256(secret, "raft
+    /// cluster id v1"). Every member holds the secret, a member that joins
+    /// included, so all agree on the id without a bootstrap exchange, and
+    /// a membership change leaves it alone. The HMAC does not reveal the
+    /// secret. (With `insecure_peer_links` the well-known key makes it a
+    /// constant: such clusters are not told apart.)
+    pub fn cluster_id(&self) -> u64 {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.key).expect("HMAC takes any key");
+        m.update(b"raft cluster id v1");
+        let tag = m.finalize().into_bytes();
+        u64::from_be_bytes(tag[..8].try_into().expect("32-byte tag"))
+    }
+
     /// Whether links are unauthenticated.
     pub fn is_insecure(&self) -> bool {
         self.insecure

@@ -793,6 +793,19 @@ pub enum Command {
     CountCommands,
     /// `COMMAND DOCS [name ...]`: every command's, or these.
     Docs(Option<Vec<Bytes>>),
+    /// `RAFT.MEMBERS`: the configuration in force, as this member knows it.
+    RaftMembers,
+    /// `RAFT.ADD id peer_addr client_addr [LEARNER]`, `RAFT.PROMOTE id`,
+    /// `RAFT.REMOVE id`: a configuration change, on the leader.
+    RaftChange {
+        /// The change.
+        change: raft_proto::MembershipChange,
+        /// For `RAFT.ADD`: the new member's peer and client addresses.
+        addresses: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    },
+    /// `RAFT.TRANSFER [id]`: hand leadership to `id`, or to the most
+    /// up-to-date voter.
+    RaftTransfer(Option<raft_proto::NodeId>),
 }
 
 /// One entry of the `COMMAND` table, in Redis' shape: name, arity
@@ -1241,6 +1254,46 @@ pub const COMMANDS: &[CommandSpec] = &[
         group: "cluster",
         summary: "Sends this connection's reads to the leader again.",
     },
+    CommandSpec {
+        name: "raft.members",
+        arity: 1,
+        flags: &["admin", "loading", "stale"],
+        keys: (0, 0, 0),
+        group: "raft",
+        summary: "The configuration in force: id, peer and client address, voter or learner.",
+    },
+    CommandSpec {
+        name: "raft.add",
+        arity: -4,
+        flags: &["admin", "write"],
+        keys: (0, 0, 0),
+        group: "raft",
+        summary: "Adds a member (a voter, or with LEARNER a learner) once the change commits.",
+    },
+    CommandSpec {
+        name: "raft.promote",
+        arity: 2,
+        flags: &["admin", "write"],
+        keys: (0, 0, 0),
+        group: "raft",
+        summary: "Makes a caught-up learner a voter once the change commits.",
+    },
+    CommandSpec {
+        name: "raft.remove",
+        arity: 2,
+        flags: &["admin", "write"],
+        keys: (0, 0, 0),
+        group: "raft",
+        summary: "Removes a member once the change commits.",
+    },
+    CommandSpec {
+        name: "raft.transfer",
+        arity: -1,
+        flags: &["admin"],
+        keys: (0, 0, 0),
+        group: "raft",
+        summary: "Hands leadership to a member (or the most up-to-date one); OK once it leads.",
+    },
 ];
 
 /// A `COMMAND` entry as a reply.
@@ -1344,6 +1397,21 @@ const READ_COMMANDS: &[&str] = &[
 ];
 
 /// Parses a request into a [`Command`], or the error reply Redis would give.
+/// A member id argument: a positive integer.
+fn member_id(a: &Bytes) -> Result<raft_proto::NodeId, Reply> {
+    std::str::from_utf8(a)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&i| i != 0)
+        .map(raft_proto::NodeId)
+        .ok_or_else(|| {
+            Reply::Error(format!(
+                "ERR invalid member id '{}': expected a positive integer",
+                String::from_utf8_lossy(a)
+            ))
+        })
+}
+
 pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
     let name = args
         .first()
@@ -1466,6 +1534,56 @@ pub fn parse_command(args: &[Bytes]) -> Result<Command, Reply> {
         "readonly" | "readwrite" => {
             arity(argc == 1)?;
             Command::ReadMode(lower == "readonly")
+        }
+        "raft.members" => {
+            arity(argc == 1)?;
+            Command::RaftMembers
+        }
+        "raft.add" => {
+            arity(argc == 4 || argc == 5)?;
+            let id = member_id(&args[1])?;
+            let addr = |a: &Bytes| {
+                std::str::from_utf8(a)
+                    .ok()
+                    .and_then(|s| s.parse::<std::net::SocketAddr>().ok())
+                    .ok_or_else(|| {
+                        Reply::Error(format!(
+                            "ERR invalid address '{}': expected IP:PORT",
+                            String::from_utf8_lossy(a)
+                        ))
+                    })
+            };
+            let addresses = Some((addr(&args[2])?, addr(&args[3])?));
+            let change = match args.get(4) {
+                None => raft_proto::MembershipChange::AddVoter(id),
+                Some(a) if a.eq_ignore_ascii_case(b"learner") => {
+                    raft_proto::MembershipChange::AddLearner(id)
+                }
+                Some(a) => {
+                    return Err(Reply::Error(format!(
+                        "ERR syntax error: expected LEARNER, got '{}'",
+                        String::from_utf8_lossy(a)
+                    )))
+                }
+            };
+            Command::RaftChange { change, addresses }
+        }
+        "raft.promote" | "raft.remove" => {
+            arity(argc == 2)?;
+            let id = member_id(&args[1])?;
+            let change = if lower == "raft.promote" {
+                raft_proto::MembershipChange::Promote(id)
+            } else {
+                raft_proto::MembershipChange::Remove(id)
+            };
+            Command::RaftChange {
+                change,
+                addresses: None,
+            }
+        }
+        "raft.transfer" => {
+            arity(argc <= 2)?;
+            Command::RaftTransfer(args.get(1).map(member_id).transpose()?)
         }
         "cluster" => {
             arity(argc >= 2)?;

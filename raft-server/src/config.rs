@@ -107,6 +107,13 @@ pub struct Cli {
     /// member's metrics_addr in the cluster file; off when neither is set).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+
+    /// A new member of a running cluster: it does not bootstrap a cluster
+    /// of its own from the file's members, and waits to be added with
+    /// RAFT.ADD on the leader (the file must list it, for its own
+    /// addresses). Ignored once the data dir holds state.
+    #[arg(long)]
+    pub join: bool,
 }
 
 impl Cli {
@@ -214,9 +221,12 @@ pub struct Settings {
     pub election_timeout_max: Duration,
     /// Where this member serves metrics (flag, else its `metrics_addr`).
     pub metrics_addr: Option<SocketAddr>,
-    /// Identifies the cluster's membership: see [`cluster_id`]. Not a
-    /// secret: the peer handshake sends it in the clear.
+    /// Identifies the cluster: a keyed hash of its peer secret
+    /// ([`PeerKey::cluster_id`]), recorded in the data dir at the first
+    /// boot. Not a secret: the peer handshake sends it in the clear.
     pub cluster_id: u64,
+    /// `--join`: start without bootstrapping (see [`Cli::join`]).
+    pub join: bool,
     /// What peer links prove in the handshake: the cluster secret from
     /// `secret_file`, or nothing (`insecure_peer_links = true`).
     pub peer_key: PeerKey,
@@ -240,6 +250,10 @@ pub struct Settings {
     pub compaction_trailing_entries: u64,
     /// Size at which a log segment is closed (`log_segment_mb`).
     pub segment_bytes: u64,
+    /// A leader that gets SIGTERM/SIGINT hands leadership over before it
+    /// exits (`shutdown_transfer`, default true; false is for comparing,
+    /// in the membership drill).
+    pub shutdown_transfer: bool,
 }
 
 /// The client password, kept out of `Debug` output and logs.
@@ -483,13 +497,15 @@ impl Settings {
             snapshot_bytes,
             compaction_trailing_entries,
             segment_bytes,
+            shutdown_transfer: file.shutdown_transfer,
             client_password,
             client_idle_timeout,
             client_memory_budget: usize::try_from(budget_mb << 20).unwrap_or(usize::MAX),
             config_path: path.clone(),
             data_dir: cli.data_dir.clone(),
             id: me.id,
-            cluster_id: cluster_id(&file.nodes),
+            cluster_id: peer_key.cluster_id(),
+            join: cli.join,
             members,
             heartbeat: Duration::from_millis(heartbeat_ms),
             election_timeout_min: Duration::from_millis(min_ms),
@@ -523,7 +539,11 @@ impl Settings {
     /// A `raft_proto::Config` with these timings and the protocol's default
     /// limits, seeded with `seed`.
     pub fn proto_config(&self, seed: u64) -> raft_proto::Config {
-        let mut c = raft_proto::Config::new(self.id, self.voters());
+        // A member that joins knows no configuration until the leader's
+        // log gives it one.
+        let voters = if self.join { Vec::new() } else { self.voters() };
+        let mut c = raft_proto::Config::new(self.id, voters);
+        c.bootstrap_context = crate::members::encode(&self.members);
         c.heartbeat_interval = self.heartbeat;
         c.election_timeout_min = self.election_timeout_min;
         c.election_timeout_max = self.election_timeout_max;
@@ -618,8 +638,14 @@ struct ClusterFile {
     compaction_trailing_entries: u64,
     #[serde(default = "default_log_segment_mb")]
     log_segment_mb: u64,
+    #[serde(default = "default_true")]
+    shutdown_transfer: bool,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_snapshot_entries() -> u64 {
@@ -754,50 +780,6 @@ pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
         return Err("port 0 is not a reachable address".into());
     }
     Ok(addr)
-}
-
-/// The cluster id: a 64-bit FNV-1a hash of the membership, the `(id,
-/// peer_addr)` pairs sorted by id with the addresses as written in the file.
-///
-/// Members exchange it in the peer handshake, so that a member of another
-/// cluster (or of an edited membership) is refused rather than mixed in; the
-/// data dir records it too. Timings and client addresses are not part of it:
-/// changing them is not a different cluster.
-fn cluster_id(nodes: &[NodeEntry]) -> u64 {
-    let mut pairs: Vec<(u64, &str)> = nodes.iter().map(|n| (n.id, n.peer_addr.trim())).collect();
-    pairs.sort_unstable();
-    let mut h = Fnv1a::new();
-    h.write(b"raft-cluster-v1");
-    for (id, addr) in pairs {
-        h.write(&id.to_le_bytes());
-        h.write(&(addr.len() as u64).to_le_bytes());
-        h.write(addr.as_bytes());
-    }
-    h.finish()
-}
-
-/// 64-bit FNV-1a: tiny, stable across Rust versions and platforms (unlike
-/// `std`'s `DefaultHasher`), which an identifier stored on disk requires.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Self {
-        Fnv1a(Self::OFFSET)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[cfg(test)]
@@ -937,27 +919,29 @@ client_addr = "127.0.0.1:6403"
     }
 
     #[test]
-    fn cluster_id_depends_on_membership_only() {
+    fn cluster_id_depends_on_the_secret_only() {
         let a = load(&["--id", "1"], THREE).unwrap().cluster_id;
-        // Order of [[node]] tables and timings do not matter.
-        let reordered = THREE
-            .replace("heartbeat_ms = 50", "heartbeat_ms = 40")
-            .replace("id = 1\n", "id = 9\n")
-            .replace("id = 3\n", "id = 1\n")
-            .replace("id = 9\n", "id = 3\n")
-            .replace("7001", "7xxx")
-            .replace("7003", "7001")
-            .replace("7xxx", "7003")
-            .replace("6401", "6xxx")
-            .replace("6403", "6401")
-            .replace("6xxx", "6403");
-        let b = load(&["--id", "1"], &reordered).unwrap().cluster_id;
-        assert_eq!(a, b);
+        // The membership may change (members join and leave); the
+        // cluster stays the same.
         let moved = THREE.replace("7002", "7012");
-        let c = load(&["--id", "1"], &moved).unwrap().cluster_id;
-        assert_ne!(a, c);
-        let client_moved = THREE.replace("6402", "6412");
-        assert_eq!(a, load(&["--id", "1"], &client_moved).unwrap().cluster_id);
+        assert_eq!(a, load(&["--id", "1"], &moved).unwrap().cluster_id);
+        assert_eq!(
+            PeerKey::secret(b"one".to_vec()).cluster_id(),
+            PeerKey::secret(b"one".to_vec()).cluster_id()
+        );
+        assert_ne!(
+            PeerKey::secret(b"one".to_vec()).cluster_id(),
+            PeerKey::secret(b"two".to_vec()).cluster_id()
+        );
+    }
+
+    #[test]
+    fn join_starts_without_a_bootstrap_configuration() {
+        let s = load(&["--id", "2", "--join"], THREE).unwrap();
+        assert!(s.join);
+        assert!(s.proto_config(1).voters.is_empty());
+        let s = load(&["--id", "2"], THREE).unwrap();
+        assert_eq!(s.proto_config(1).voters.len(), 3);
     }
 
     /// A cluster file in a temporary directory with a secret file beside it.

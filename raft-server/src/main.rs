@@ -16,6 +16,7 @@ mod config;
 mod conn;
 mod info;
 mod kv;
+mod members;
 mod peer;
 mod resp;
 mod server;

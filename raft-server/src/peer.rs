@@ -52,7 +52,7 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Challenge, Hello, Nonce, PeerKey, Proof};
-use crate::config::Settings;
+use crate::config::{Member, Settings};
 use crate::conn::{self, ReadStatus};
 
 /// Token of the first outbound link; peer `i` (in id order) uses base + i.
@@ -221,6 +221,9 @@ struct Outbound {
     /// Dials started, and failures (including links that broke), for metrics.
     connect_attempts: u64,
     connect_failures: u64,
+    /// The member left the configuration: no dials, no sends. Its slot
+    /// (and token) is reused by the next member that joins.
+    retired: bool,
 }
 
 /// Where an inbound connection's handshake stands.
@@ -318,6 +321,9 @@ pub struct PeerSet {
     /// The identified inbound connection of each peer (slab key).
     inbound_of: HashMap<NodeId, usize>,
     members: Vec<NodeId>,
+    /// A member that joins and has no configuration yet: any member id
+    /// that proves the secret may connect (the leader that adds it).
+    open: bool,
     rng: StdRng,
 }
 
@@ -349,6 +355,7 @@ impl PeerSet {
                 health: Health::Starting,
                 dropped: 0,
                 hello: None,
+                retired: false,
             })
             .collect();
         let member_ips: HashMap<NodeId, Option<IpAddr>> =
@@ -381,6 +388,7 @@ impl PeerSet {
             inbound: Slab::new(),
             inbound_of: HashMap::new(),
             members: settings.voters(),
+            open: settings.join,
             rng: StdRng::from_entropy(),
         })
     }
@@ -431,7 +439,11 @@ impl PeerSet {
         now: Instant,
         out: &mut Vec<PeerInput>,
     ) -> bool {
-        let Some(i) = self.outbound.iter().position(|o| o.id == msg.to) else {
+        let Some(i) = self
+            .outbound
+            .iter()
+            .position(|o| o.id == msg.to && !o.retired)
+        else {
             log::warn!("dropping {} to unknown member {}", msg.kind(), msg.to);
             return false;
         };
@@ -479,7 +491,7 @@ impl PeerSet {
     pub fn tick(&mut self, registry: &Registry, now: Instant, out: &mut Vec<PeerInput>) {
         for i in 0..self.outbound.len() {
             let o = &self.outbound[i];
-            if now < o.deadline {
+            if now < o.deadline || o.retired {
                 continue;
             }
             match o.phase {
@@ -525,7 +537,7 @@ impl PeerSet {
         let out = self
             .outbound
             .iter()
-            .filter(|o| o.phase != Phase::Up)
+            .filter(|o| o.phase != Phase::Up && !o.retired)
             .map(|o| o.deadline);
         let inb = self
             .inbound
@@ -549,8 +561,10 @@ impl PeerSet {
 
     /// Link state of every peer, in id order.
     pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
-        self.outbound
+        let mut v: Vec<PeerStatus> = self
+            .outbound
             .iter()
+            .filter(|o| !o.retired)
             .map(|o| {
                 let up = o.phase == Phase::Up;
                 let since = match o.health {
@@ -571,7 +585,85 @@ impl PeerSet {
                     dropped: o.dropped,
                 }
             })
-            .collect()
+            .collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// Follows the configuration in force: dials the members it names that
+    /// have no link yet (at once), closes the links of members that left,
+    /// and from now on completes handshakes only with the members named.
+    /// With `open`, a member that joins and knows no configuration yet
+    /// accepts any member id that proves the secret.
+    pub fn set_members(
+        &mut self,
+        members: &[Member],
+        open: bool,
+        registry: &Registry,
+        now: Instant,
+        out: &mut Vec<PeerInput>,
+    ) {
+        self.open = open;
+        self.members = members.iter().map(|m| m.id).collect();
+        for m in members {
+            self.member_ips.insert(m.id, m.peer_ip);
+            if let Some(ip) = m.peer_ip {
+                self.sources.entry(ip).or_default().member = true;
+            }
+        }
+        for i in 0..self.outbound.len() {
+            let id = self.outbound[i].id;
+            if self.outbound[i].retired || self.members.contains(&id) {
+                continue;
+            }
+            let o = &mut self.outbound[i];
+            if let Some(mut link) = o.link.take() {
+                let _ = registry.deregister(&mut link.sock);
+            }
+            o.phase = Phase::Idle;
+            o.retired = true;
+            if let Some(k) = self.inbound_of.remove(&id) {
+                self.close_inbound(k, registry, None, out);
+            }
+            log::info!("member {id} is not in the configuration any more: its links are closed");
+        }
+        for m in members.iter().filter(|m| m.id != self.me) {
+            if let Some(o) = self
+                .outbound
+                .iter_mut()
+                .find(|o| o.id == m.id && !o.retired)
+            {
+                // Used from the next dial on.
+                o.addr = m.peer_addr;
+                continue;
+            }
+            let slot = self.outbound.iter().position(|o| o.retired);
+            let i = slot.unwrap_or(self.outbound.len());
+            let o = Outbound {
+                id: m.id,
+                addr: m.peer_addr,
+                token: Token(OUTBOUND_TOKEN_BASE + i),
+                phase: Phase::Idle,
+                link: None,
+                deadline: now,
+                attempt: 0,
+                connect_attempts: 0,
+                connect_failures: 0,
+                health: Health::Starting,
+                dropped: 0,
+                hello: None,
+                retired: false,
+            };
+            match slot {
+                Some(i) => self.outbound[i] = o,
+                None => self.outbound.push(o),
+            }
+            log::info!(
+                "member {} is in the configuration: connecting to {}",
+                m.id,
+                m.peer_addr
+            );
+        }
     }
 
     /// Closes every peer socket and the listener (shutdown).
@@ -1129,7 +1221,7 @@ impl PeerSet {
                 hello.to, self.me
             ));
         }
-        if hello.from == self.me || !self.members.contains(&hello.from) {
+        if hello.from == self.me || (!self.open && !self.members.contains(&hello.from)) {
             return Err(format!("unknown member id {}", hello.from));
         }
         let c = &mut self.inbound[k];
@@ -1167,6 +1259,15 @@ impl PeerSet {
             }
         }
         log::debug!("peer {peer} connected from {addr}");
+        // It is up, so a dial of ours waiting out its backoff may go now
+        // (a member that was just added dials back at once).
+        if let Some(o) = self
+            .outbound
+            .iter_mut()
+            .find(|o| o.id == peer && !o.retired && o.phase == Phase::Idle)
+        {
+            o.deadline = o.deadline.min(Instant::now());
+        }
     }
 
     /// Closes the inbound link of `peer`, if it has one, because of what

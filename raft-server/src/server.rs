@@ -26,8 +26,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use raft_proto::driver::{Driver, LogStore, Transport};
 use raft_proto::{
-    Action, ElectionReason, Entry, EntryPayload, Event, HardState, LogIndex, Message, Node, NodeId,
-    PersistentState, ProposeError, ReadError, Role, SnapshotMeta, Term, Time,
+    Action, ElectionReason, Entry, EntryPayload, Event, HardState, LogIndex, Membership,
+    MembershipError, Message, Node, NodeId, PersistentState, ProposeError, ReadError, Role,
+    SnapshotMeta, Term, Time, TransferError,
 };
 use slab::Slab;
 
@@ -43,6 +44,8 @@ use crate::snapshots::Snapshotter;
 use crate::storage::{Recovered, SnapshotInfo, Storage, StorageError, MAX_PAYLOAD_LEN};
 use crate::topology;
 use crate::turn::{Phase, TurnTimer};
+
+mod admin;
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -263,6 +266,14 @@ pub struct Server {
     signals: ShutdownSignals,
     /// Pending writes by log index.
     writes: BTreeMap<u64, PendingWrite>,
+    /// Configuration changes (RAFT.ADD, PROMOTE, REMOVE) waiting for their
+    /// entry to apply, by log index.
+    changes: BTreeMap<u64, PendingWrite>,
+    /// RAFT.TRANSFER requests waiting for the target to lead.
+    transfers: Vec<(ReplyTo, NodeId)>,
+    /// SIGTERM/SIGINT on the leader: leadership is being handed over
+    /// first; shut down once it moved or at the deadline.
+    leaving: Option<(&'static str, Instant)>,
     /// Pending reads by read id.
     reads: HashMap<u64, PendingRead>,
     /// Reads waiting for a sweep to move the store clock.
@@ -331,20 +342,28 @@ impl Server {
         let seed: u64 = rand::random();
         // The store starts from the snapshot, and the log after it is
         // applied again (the node hands out the applies).
-        let snapshot = recovered.snapshot.map(|s| SnapshotMeta {
-            last_index: s.last_index,
-            last_term: s.last_term,
-            len: s.len,
-        });
-        let kv = match snapshot {
-            None => Kv::new(),
-            Some(meta) => load_snapshot(&storage, meta).map_err(StartError::Snapshot)?,
+        // Its payload starts with the configuration at its last index.
+        let (kv, snapshot) = match recovered.snapshot {
+            None => (Kv::new(), None),
+            Some(info) => {
+                let (kv, membership) =
+                    load_snapshot(&storage, info).map_err(StartError::Snapshot)?;
+                let meta = SnapshotMeta {
+                    last_index: info.last_index,
+                    last_term: info.last_term,
+                    len: info.len,
+                    membership,
+                };
+                (kv, Some(meta))
+            }
         };
-        let last_applied = snapshot.map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
+        let last_applied = snapshot
+            .as_ref()
+            .map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
         let node = Node::new(
             settings.proto_config(seed),
             PersistentState {
-                snapshot,
+                snapshot: snapshot.clone(),
                 hard_state: recovered.hard_state,
                 entries: recovered.entries,
                 applied: last_applied.0,
@@ -352,6 +371,19 @@ impl Server {
             Time::ZERO,
         )
         .map_err(StartError::Node)?;
+        // The configuration in force lives in the log and the snapshot:
+        // the cluster file only bootstrapped it (and gives this member's
+        // own addresses).
+        let mut settings = settings;
+        if !node.membership().voters.is_empty() {
+            settings.join = false;
+            let (members, unknown) =
+                crate::members::members_of(node.membership(), &settings.members, settings.id);
+            if !unknown.is_empty() {
+                log::warn!("no address known for members {unknown:?}: not connecting to them");
+            }
+            settings.members = members;
+        }
         let registry = poll.registry();
         let snapshotter = Snapshotter::new(registry, HELPER_WAKER).map_err(StartError::Io)?;
         // A slow disk then delays what waits for durability, not the loop.
@@ -423,6 +455,9 @@ impl Server {
             metrics,
             signals,
             writes: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            transfers: Vec::new(),
+            leaving: None,
             reads: HashMap::new(),
             clock_waits: Vec::new(),
             sweep_in_flight: None,
@@ -494,7 +529,14 @@ impl Server {
                 }
             }
             if let Some(signal) = shutdown {
-                return self.shutdown(signal);
+                if self.leaving.is_some() || !self.hand_over(signal, t, now) {
+                    return self.shutdown(signal);
+                }
+            }
+            if let Some((signal, deadline)) = self.leaving {
+                if self.node.role() != Role::Leader || now >= deadline {
+                    return self.shutdown(signal);
+                }
             }
 
             for key in std::mem::take(&mut self.resume) {
@@ -688,7 +730,18 @@ impl Server {
     /// reads meanwhile anyway.
     fn install_snapshot(&mut self, meta: SnapshotMeta, now: Instant) -> Result<(), FatalError> {
         let t0 = Instant::now();
-        self.kv = load_snapshot(&self.storage, meta).map_err(FatalError::Snapshot)?;
+        let (kv, membership) =
+            load_snapshot(&self.storage, info_of(&meta)).map_err(FatalError::Snapshot)?;
+        if membership != meta.membership {
+            // The leader wrote both from the same log; the node follows
+            // the announced one.
+            log::warn!(
+                "the leader's snapshot at {} holds configuration {membership:?}, announced {:?}",
+                meta.last_index,
+                meta.membership
+            );
+        }
+        self.kv = kv;
         self.last_applied = (meta.last_index, meta.last_term);
         self.snapshotter.reset();
         self.counters.snapshots_installed += 1;
@@ -751,7 +804,18 @@ impl Server {
         }
         log::debug!("snapshot at index {index} (term {term}) started");
         self.snapshotter
-            .start(&mut self.storage, &self.kv, index, term, now)
+            .start(
+                &mut self.storage,
+                &self.kv,
+                &self
+                    .node
+                    .membership_at(index)
+                    .expect("the applied index is not below the log start")
+                    .clone(),
+                index,
+                term,
+                now,
+            )
             .map_err(FatalError::Storage)
     }
 
@@ -785,10 +849,18 @@ impl Server {
             );
             return Ok(());
         }
+        let Some(membership) = self.node.membership_at(info.last_index).cloned() else {
+            log::info!(
+                "snapshot at index {} dropped: the log was compacted past it meanwhile",
+                info.last_index
+            );
+            return Ok(());
+        };
         let meta = SnapshotMeta {
             last_index: info.last_index,
             last_term: info.last_term,
             len: info.len,
+            membership,
         };
         self.counters.snapshots_taken += 1;
         self.snapshotter.last = Some(crate::snapshots::LastSnapshot {
@@ -818,6 +890,10 @@ impl Server {
         self.snapshotter.applied(entry.payload_len());
         let result = match &entry.payload {
             EntryPayload::Noop => None,
+            EntryPayload::Configuration(m) => {
+                self.configuration_applied(entry.index, entry.term, m);
+                None
+            }
             EntryPayload::Command(bytes) => Some(match kv::Write::decode(bytes) {
                 Ok(w) => Ok(self.kv.apply(entry.index.0, &w)),
                 Err(e) => {
@@ -1000,12 +1076,42 @@ impl Server {
                     self.fail_pending_writes(
                         "ERR leadership lost before the write committed; it may still take effect",
                     );
+                    for (_, w) in std::mem::take(&mut self.changes) {
+                        let msg = "ERR leadership lost before the configuration change                                    committed; it may still take effect (see RAFT.MEMBERS)";
+                        self.deliver(w.to, Reply::Error(msg.into()));
+                    }
                     self.release_clock_waits(Instant::now());
                 }
             }
             Event::LeaderChanged { leader, term } => {
                 self.track_leader(leader.is_some());
                 self.log_leader(leader, term);
+                if let Some(l) = leader {
+                    for (to, target) in std::mem::take(&mut self.transfers) {
+                        let reply = if l == target {
+                            Reply::Simple("OK")
+                        } else {
+                            Reply::Error(format!(
+                                "ERR leadership went to member {l}, not to member {target}"
+                            ))
+                        };
+                        self.deliver(to, reply);
+                    }
+                }
+            }
+            Event::MembershipChanged { index, membership } => {
+                self.follow_membership(index, &membership);
+            }
+            Event::TransferAborted { target } => {
+                log::warn!(
+                    "leadership transfer to member {target} given up: it did not catch up and                      win within an election timeout; accepting writes again"
+                );
+                for (to, _) in std::mem::take(&mut self.transfers) {
+                    let msg = format!(
+                        "ERR leadership transfer to member {target} given up: it did not catch                          up and win within an election timeout"
+                    );
+                    self.deliver(to, Reply::Error(msg));
+                }
             }
             Event::PeerFault { peer, fault } => {
                 // A member that sends impossible messages is buggy or not
@@ -1473,6 +1579,14 @@ impl Server {
                     .collect();
                 self.clients[key].reply_now(Reply::Map(docs));
             }
+            Command::RaftMembers => {
+                let reply = self.members_reply(&self.node.membership().clone());
+                self.clients[key].reply_now(reply);
+            }
+            Command::RaftChange { change, addresses } => {
+                self.change_membership(key, change, addresses, t)
+            }
+            Command::RaftTransfer(target) => self.transfer(key, target, t),
             Command::Cluster(q) => {
                 let nodes = self.topology();
                 let term = self.node.term();
@@ -1694,6 +1808,12 @@ impl Server {
                     ProposeError::TooLarge { len, max } => {
                         Reply::Error(format!("ERR value too large: {len} bytes, at most {max}"))
                     }
+                    // Leadership is moving there: the client follows the
+                    // redirect (the target leads within a round trip).
+                    ProposeError::TransferInProgress { target } => {
+                        self.redirect(Some(target), slot_key)
+                    }
+                    ProposeError::Membership(e) => unreachable!("a store write: {e}"),
                 };
                 self.clients[key].reply_now(reply);
             }
@@ -1861,7 +1981,7 @@ impl Server {
     fn snapshot(&self, now: Instant) -> Snapshot {
         let status = self.node.status();
         Snapshot {
-            status,
+            status: status.clone(),
             leader_client_addr: status
                 .leader
                 .and_then(|l| self.settings.member(l))
@@ -2003,7 +2123,7 @@ struct Disk<'a> {
     snapshots_sent: u64,
 }
 
-fn info_of(meta: SnapshotMeta) -> SnapshotInfo {
+fn info_of(meta: &SnapshotMeta) -> SnapshotInfo {
     SnapshotInfo {
         last_index: meta.last_index,
         last_term: meta.last_term,
@@ -2011,18 +2131,21 @@ fn info_of(meta: SnapshotMeta) -> SnapshotInfo {
     }
 }
 
-/// The store as the current snapshot holds it, which must be `meta`.
-fn load_snapshot(storage: &Storage, meta: SnapshotMeta) -> Result<Kv, String> {
+/// The store and the configuration as the current snapshot holds them,
+/// which must be `meta`.
+fn load_snapshot(storage: &Storage, meta: SnapshotInfo) -> Result<(Kv, Membership), String> {
     let Some((info, reader)) = storage.snapshot_payload().map_err(|e| e.to_string())? else {
         return Err(format!("the snapshot at {} is missing", meta.last_index));
     };
-    if info != info_of(meta) {
+    if info != meta {
         return Err(format!(
             "the snapshot on disk is at {} (term {}), not {} (term {})",
             info.last_index, info.last_term, meta.last_index, meta.last_term
         ));
     }
     let mut reader = io::BufReader::with_capacity(1 << 20, reader);
+    let membership = crate::members::read_membership(&mut reader)
+        .map_err(|e| format!("snapshot at {}: {e}", meta.last_index))?;
     let kv =
         Kv::read_from(&mut reader).map_err(|e| format!("snapshot at {}: {e}", meta.last_index))?;
     if kv.applied_index() > meta.last_index.0 {
@@ -2032,7 +2155,7 @@ fn load_snapshot(storage: &Storage, meta: SnapshotMeta) -> Result<Kv, String> {
             kv.applied_index()
         ));
     }
-    Ok(kv)
+    Ok((kv, membership))
 }
 
 impl LogStore for Disk<'_> {
@@ -2083,7 +2206,7 @@ impl LogStore for Disk<'_> {
 
     fn write_snapshot_chunk(
         &mut self,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         offset: u64,
         data: &[u8],
     ) -> Result<(), StorageError> {
@@ -2093,7 +2216,7 @@ impl LogStore for Disk<'_> {
 
     /// Checks the received snapshot (length, header, checksum) and makes it
     /// current, durably, with §7's rule applied to the log.
-    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool, StorageError> {
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<bool, StorageError> {
         self.storage.install_incoming(info_of(meta))
     }
 
@@ -2106,7 +2229,7 @@ impl LogStore for Disk<'_> {
 
     fn read_snapshot_chunk(
         &mut self,
-        meta: SnapshotMeta,
+        meta: &SnapshotMeta,
         offset: u64,
         len: usize,
     ) -> Result<Option<raft_proto::Bytes>, StorageError> {

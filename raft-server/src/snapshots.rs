@@ -125,12 +125,16 @@ impl Snapshotter {
         &mut self,
         storage: &mut Storage,
         kv: &Kv,
+        membership: &raft_proto::Membership,
         last_index: LogIndex,
         last_term: Term,
         now: Instant,
     ) -> Result<(), StorageError> {
         assert!(self.job.is_none(), "one snapshot at a time");
         let mut writer = storage.snapshot_writer(last_index, last_term)?;
+        // The payload starts with the configuration at `last_index`
+        // (members::write_membership), then the store.
+        let membership = crate::members::membership_bytes(membership);
         let snap = kv.snapshot();
         let (tx, rx) = mpsc::channel();
         let waker = Arc::clone(&self.waker);
@@ -145,7 +149,9 @@ impl Snapshotter {
                 unsafe {
                     libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
                 }
-                let outcome = match snap.write_to(&mut writer) {
+                let written = std::io::Write::write_all(&mut writer, &membership)
+                    .and_then(|()| snap.write_to(&mut writer));
+                let outcome = match written {
                     Ok(()) => writer.finish().map_err(|e| e.to_string()),
                     Err(e) => Err(format!("cannot write the snapshot: {e}")),
                 };

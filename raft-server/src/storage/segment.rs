@@ -51,6 +51,9 @@ pub(super) const KIND_TRUNCATE: u8 = 2;
 pub(super) const KIND_RESET: u8 = 3;
 pub(super) const PAYLOAD_NOOP: u8 = 0;
 pub(super) const PAYLOAD_COMMAND: u8 = 1;
+/// A configuration entry, in the wire format of
+/// [`raft_proto::codec::put_membership`].
+pub(super) const PAYLOAD_CONFIGURATION: u8 = 2;
 
 /// The file name of the segment whose first entry is `first`.
 pub(super) fn segment_name(first: LogIndex) -> String {
@@ -181,6 +184,12 @@ pub(super) fn push_entry(buf: &mut Vec<u8>, e: &Entry) {
         EntryPayload::Command(c) => {
             buf.push(PAYLOAD_COMMAND);
             buf.extend_from_slice(c);
+        }
+        EntryPayload::Configuration(m) => {
+            buf.push(PAYLOAD_CONFIGURATION);
+            let mut b = bytes::BytesMut::new();
+            raft_proto::codec::put_membership(m, &mut b);
+            buf.extend_from_slice(&b);
         }
     }
     seal_record(buf, start);
@@ -667,6 +676,14 @@ fn apply_record(
                 PAYLOAD_NOOP if body.len() == ENTRY_BODY_FIXED_LEN => EntryPayload::Noop,
                 PAYLOAD_NOOP => return Err(bad("no-op entry with a payload".into())),
                 PAYLOAD_COMMAND => EntryPayload::Command(body.slice(ENTRY_BODY_FIXED_LEN..)),
+                PAYLOAD_CONFIGURATION => {
+                    let mut b = body.slice(ENTRY_BODY_FIXED_LEN..);
+                    match raft_proto::codec::get_membership(&mut b) {
+                        Ok(m) if b.is_empty() => EntryPayload::Configuration(m),
+                        Ok(_) => return Err(bad("configuration entry with trailing bytes".into())),
+                        Err(e) => return Err(bad(format!("configuration entry: {e}"))),
+                    }
+                }
                 k => return Err(bad(format!("unknown payload kind {k}"))),
             };
             if index != last.next() {

@@ -1,0 +1,250 @@
+//! The cluster's own commands: `RAFT.MEMBERS`, `RAFT.ADD`, `RAFT.PROMOTE`,
+//! `RAFT.REMOVE`, `RAFT.TRANSFER`, and the leadership hand-over at
+//! SIGTERM. The decisions are the node's (`Node::propose_membership`,
+//! `Node::transfer_leadership`); this is the driver's side: addresses,
+//! replies, links.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use raft_proto::{LogIndex, Membership, MembershipChange, NodeId, ProposeError, Role, Term, Time};
+
+use super::{MembershipError, PendingWrite, ReplyTo, Server, TransferError};
+use crate::client;
+use crate::members::{self, Addresses};
+use crate::resp::Reply;
+
+fn bulk(s: impl AsRef<str>) -> Reply {
+    Reply::Bulk(Bytes::copy_from_slice(s.as_ref().as_bytes()))
+}
+
+impl Server {
+    /// `RAFT.MEMBERS`, or the reply to a change: one entry per member of
+    /// `m`, `[id, peer_addr, client_addr, voter|learner]`, and on the
+    /// leader also the member's match index and its link (`up`, `down`,
+    /// or `self`).
+    pub(super) fn members_reply(&self, m: &Membership) -> Reply {
+        let book = members::decode(&m.context).unwrap_or_default();
+        let progress = self.node.peer_progress();
+        let links = self.peers.status(Instant::now());
+        let leader = self.node.role() == Role::Leader;
+        let entries = m
+            .members()
+            .map(|id| {
+                let addrs = book.iter().find(|a| a.id == id).map_or_else(
+                    || {
+                        self.settings
+                            .member(id)
+                            .map(|k| (k.peer_addr.to_string(), k.client_addr.to_string()))
+                            .unwrap_or_default()
+                    },
+                    |a| (a.peer_addr.to_string(), a.client_addr.to_string()),
+                );
+                let role = if m.is_voter(id) { "voter" } else { "learner" };
+                let mut e = vec![
+                    Reply::Integer(id.0 as i64),
+                    bulk(addrs.0),
+                    bulk(addrs.1),
+                    bulk(role),
+                ];
+                if leader {
+                    let (matched, link) = if id == self.settings.id {
+                        (self.node.last_log_index(), "self")
+                    } else {
+                        let matched = progress
+                            .iter()
+                            .find(|p| p.id == id)
+                            .map_or(LogIndex(0), |p| p.match_index);
+                        let up = links.iter().any(|l| l.id == id && l.up);
+                        (matched, if up { "up" } else { "down" })
+                    };
+                    e.push(Reply::Integer(matched.0 as i64));
+                    e.push(bulk(link));
+                }
+                Reply::Array(e)
+            })
+            .collect();
+        Reply::Array(entries)
+    }
+
+    /// `RAFT.ADD`, `RAFT.PROMOTE`, `RAFT.REMOVE`: proposed on the leader
+    /// with the new configuration's addresses; answered when the entry
+    /// applies (`configuration_applied`).
+    pub(super) fn change_membership(
+        &mut self,
+        key: usize,
+        change: MembershipChange,
+        addresses: Option<(SocketAddr, SocketAddr)>,
+        t: Time,
+    ) {
+        if self.node.role() != Role::Leader {
+            let reply = self.redirect(self.node.leader(), b"");
+            self.clients[key].reply_now(reply);
+            return;
+        }
+        let current = self.node.membership().clone();
+        let mut book: Vec<Addresses> = current
+            .members()
+            .filter_map(|id| {
+                self.settings.member(id).map(|m| Addresses {
+                    id,
+                    peer_addr: m.peer_addr,
+                    client_addr: m.client_addr,
+                })
+            })
+            .collect();
+        match change {
+            MembershipChange::AddLearner(id) | MembershipChange::AddVoter(id) => {
+                if let Some((peer_addr, client_addr)) = addresses {
+                    book.retain(|a| a.id != id);
+                    book.push(Addresses {
+                        id,
+                        peer_addr,
+                        client_addr,
+                    });
+                }
+            }
+            MembershipChange::Remove(id) => book.retain(|a| a.id != id),
+            MembershipChange::Promote(_) => {}
+        }
+        book.sort_by_key(|a| a.id);
+        let what = format!("{change:?}");
+        match self
+            .node
+            .propose_membership(t, change, members::encode_list(&book))
+        {
+            Ok(id) => {
+                log::info!(
+                    "configuration change proposed at index {}: {what}",
+                    id.index
+                );
+                let c = &mut self.clients[key];
+                let to = ReplyTo {
+                    key,
+                    client_id: c.id,
+                    seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
+                };
+                self.changes
+                    .insert(id.index.0, PendingWrite { to, term: id.term });
+            }
+            Err(e) => {
+                let reply = match e {
+                    ProposeError::NotLeader { leader } => self.redirect(leader, b""),
+                    ProposeError::TransferInProgress { target } => self.redirect(Some(target), b""),
+                    ProposeError::Membership(MembershipError::ChangeInProgress) => Reply::Error(
+                        "ERR a configuration change is in progress (or this leader has not \
+                         committed its first entry yet); retry shortly"
+                            .into(),
+                    ),
+                    ProposeError::Membership(e) => Reply::Error(format!("ERR {e}")),
+                    ProposeError::Busy => {
+                        Reply::Error("ERR too many uncommitted writes; retry".into())
+                    }
+                    ProposeError::TooLarge { .. } => {
+                        Reply::Error("ERR the configuration is too large".into())
+                    }
+                };
+                self.clients[key].reply_now(reply);
+            }
+        }
+    }
+
+    /// A configuration entry was applied: the change it carries is
+    /// committed; answer the client that asked for it.
+    pub(super) fn configuration_applied(&mut self, index: LogIndex, term: Term, m: &Membership) {
+        log::info!(
+            "configuration committed at index {index}: voters {:?}, learners {:?}",
+            m.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            m.learners.iter().map(|v| v.0).collect::<Vec<_>>()
+        );
+        if let Some(w) = self.changes.remove(&index.0) {
+            let reply = if w.term == term {
+                self.members_reply(m)
+            } else {
+                Reply::Error(
+                    "ERR the configuration change was lost to a leader change; retry".into(),
+                )
+            };
+            self.deliver(w.to, reply);
+        }
+    }
+
+    /// The configuration in force changed (appended, undone, or from a
+    /// snapshot): addresses and peer links follow it.
+    pub(super) fn follow_membership(&mut self, index: LogIndex, m: &Membership) {
+        let (new, unknown) = members::members_of(m, &self.settings.members, self.settings.id);
+        if !unknown.is_empty() {
+            log::warn!("no address known for members {unknown:?}: not connecting to them");
+        }
+        log::info!(
+            "configuration in force (index {index}): voters {:?}, learners {:?}{}",
+            m.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            m.learners.iter().map(|v| v.0).collect::<Vec<_>>(),
+            if m.contains(self.settings.id) {
+                ""
+            } else {
+                "; this member is not in it"
+            }
+        );
+        self.settings.members = new;
+        // A member that joins accepts any member until it has one.
+        let open = m.voters.is_empty();
+        self.settings.join &= open;
+        self.peers.set_members(
+            &self.settings.members,
+            open,
+            self.poll.registry(),
+            Instant::now(),
+            &mut self.inputs,
+        );
+    }
+
+    /// `RAFT.TRANSFER [id]`: answered `+OK` once the target leads.
+    pub(super) fn transfer(&mut self, key: usize, target: Option<NodeId>, t: Time) {
+        match self.node.transfer_leadership(t, target) {
+            Ok(id) if id == self.settings.id => {
+                self.clients[key].reply_now(Reply::Simple("OK"));
+            }
+            Ok(id) => {
+                log::info!("leadership transfer to member {id} started");
+                let c = &mut self.clients[key];
+                let to = ReplyTo {
+                    key,
+                    client_id: c.id,
+                    seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
+                };
+                self.transfers.push((to, id));
+            }
+            Err(TransferError::NotLeader { leader }) => {
+                let reply = self.redirect(leader, b"");
+                self.clients[key].reply_now(reply);
+            }
+            Err(e) => self.clients[key].reply_now(Reply::Error(format!("ERR {e}"))),
+        }
+    }
+
+    /// SIGTERM or SIGINT on the leader of a cluster with other voters:
+    /// hand leadership to the most up-to-date one first, so that writes
+    /// pause for a round trip instead of an election timeout (thesis
+    /// §3.10). Returns false if there is nothing to hand over (shut down
+    /// at once).
+    pub(super) fn hand_over(&mut self, signal: &'static str, t: Time, now: Instant) -> bool {
+        if self.node.role() != Role::Leader || !self.settings.shutdown_transfer {
+            return false;
+        }
+        match self.node.transfer_leadership(t, None) {
+            Ok(target) if target != self.settings.id => {
+                log::info!(
+                    "{signal} received: handing leadership to member {target} before shutting down"
+                );
+                // At most an election timeout (the node gives up then)
+                // and a heartbeat for the answer.
+                let deadline = now + self.settings.election_timeout_max + self.settings.heartbeat;
+                self.leaving = Some((signal, deadline));
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Changing the cluster while it runs, on real `raft-node` processes
+//! (issue 10): a member that joins with `--join` is added as a learner,
+//! catches up, is promoted, and replaces a member that is removed; a
+//! rolling restart in which each leader hands over at SIGTERM loses no
+//! write and fails none.
+
+mod common;
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn num(c: &Cluster, id: u64, key: &str) -> u64 {
+    c.field(id, key)
+        .unwrap_or_else(|| panic!("INFO of {id} has no {key}"))
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The cluster file with only the first `n` [[node]] tables: what the
+/// initial members bootstrap from.
+fn file_of_first(c: &Cluster, n: usize) -> std::path::PathBuf {
+    let text = fs::read_to_string(&c.config).unwrap();
+    let mut out = String::new();
+    let mut nodes = 0;
+    for block in text.split("[[node]]") {
+        if out.is_empty() && !block.contains("id =") {
+            out.push_str(block);
+            continue;
+        }
+        nodes += 1;
+        if nodes <= n {
+            out.push_str("[[node]]");
+            out.push_str(block);
+        }
+    }
+    let path = c.dir.path().join(format!("cluster{n}.toml"));
+    fs::write(&path, out).unwrap();
+    path
+}
+
+/// Runs `args` on the leader until it stops answering "retry": a change
+/// in progress, or a learner still catching up.
+fn admin(c: &Cluster, args: &[&str]) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.exec(args) {
+            Resp::Error(e)
+                if (e.contains("in progress") || e.contains("has caught up"))
+                    && Instant::now() < deadline =>
+            {
+                sleep(Duration::from_millis(50))
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The ids in a RAFT.MEMBERS-shaped reply, with their roles.
+fn members(r: &Resp) -> Vec<(i64, String)> {
+    let Resp::Array(entries) = r else {
+        panic!("not a member list: {r:?}")
+    };
+    entries
+        .iter()
+        .map(|e| match e {
+            Resp::Array(f) => match (&f[0], &f[3]) {
+                (Resp::Int(id), Resp::Bulk(Some(role))) => {
+                    (*id, String::from_utf8_lossy(role).into_owned())
+                }
+                other => panic!("entry {other:?}"),
+            },
+            other => panic!("entry {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_that_joins_replaces_one_that_leaves() {
+    let mut c = Cluster::new(4);
+    let full = c.config.clone();
+    c.config = file_of_first(&c, 3);
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.config = full;
+    c.wait_leader(Duration::from_secs(10));
+    for i in 0..200 {
+        let v = format!("v{i}");
+        assert_eq!(
+            c.exec(&["SET", &format!("k{i}"), &v]),
+            Resp::Simple("OK".into())
+        );
+    }
+    // Member 4 joins: it does not bootstrap, does not campaign, waits.
+    let mut cmd = c.command(4);
+    let log = fs::File::create(&c.m(4).log).unwrap();
+    c.members[3].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+    sleep(Duration::from_millis(800));
+    assert_eq!(c.field(4, "raft_role").as_deref(), Some("follower"));
+    assert_eq!(
+        num(&c, 4, "raft_term"),
+        0,
+        "a joining member never campaigns"
+    );
+    assert_eq!(num(&c, 4, "raft_last_log_index"), 0);
+
+    let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
+    let r = admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
+    assert!(
+        members(&r).contains(&(4, "learner".into())),
+        "after ADD: {r:?}"
+    );
+    // It catches up from the log (or a snapshot) as a learner.
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while num(&c, 4, "raft_last_applied") < num(&c, leader, "raft_commit_index") {
+        assert!(Instant::now() < deadline, "member 4 did not catch up");
+        sleep(Duration::from_millis(50));
+    }
+    let r = admin(&c, &["RAFT.PROMOTE", "4"]);
+    assert!(
+        members(&r).contains(&(4, "voter".into())),
+        "after PROMOTE: {r:?}"
+    );
+    // Removing 1 (whichever role it has) leaves 2, 3 and 4.
+    let r = admin(&c, &["RAFT.REMOVE", "1"]);
+    let ids: Vec<i64> = members(&r).iter().map(|m| m.0).collect();
+    assert_eq!(ids, vec![2, 3, 4], "after REMOVE: {r:?}");
+    assert!(c.terminate(1).success());
+    for i in 200..300 {
+        let v = format!("v{i}");
+        assert_eq!(
+            c.exec(&["SET", &format!("k{i}"), &v]),
+            Resp::Simple("OK".into())
+        );
+    }
+    let leader = c.wait_leader(Duration::from_secs(10));
+    assert_ne!(leader, 1);
+    // Every write is on member 4, served by it (READONLY: its own read).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while num(&c, 4, "raft_last_applied") < num(&c, leader, "raft_commit_index") {
+        assert!(Instant::now() < deadline, "member 4 fell behind");
+        sleep(Duration::from_millis(50));
+    }
+    let mut conn = c.conn(4);
+    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
+    for i in (0..300).step_by(37) {
+        assert_eq!(
+            conn.cmd(&["GET", &format!("k{i}")]).unwrap(),
+            Resp::Bulk(Some(format!("v{i}").into_bytes())),
+            "k{i} on member 4"
+        );
+    }
+    let r = c.exec(&["RAFT.MEMBERS"]);
+    assert_eq!(members(&r).len(), 3, "{r:?}");
+    // Bad requests get clear errors.
+    for (args, want) in [
+        (vec!["RAFT.ADD", "2", &peer, &client], "already a member"),
+        (vec!["RAFT.PROMOTE", "9"], "not such a member"),
+        (vec!["RAFT.ADD", "0", &peer, &client], "invalid member id"),
+        (vec!["RAFT.ADD", "5", "nowhere", &client], "invalid address"),
+        (vec!["RAFT.REMOVE"], "wrong number of arguments"),
+    ] {
+        match c.exec(&args) {
+            Resp::Error(e) => assert!(e.contains(want), "{args:?}: {e}"),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+    // Member 1's log says it left; member 4's that it joined.
+    assert!(c.log_text(4).contains("configuration in force"));
+}
+
+/// A rolling restart under a steady write load: each member in turn gets
+/// SIGTERM and is started again; the leader hands over first. No write
+/// fails (clients follow `-MOVED`), none is lost.
+#[test]
+fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    c.wait_leader(Duration::from_secs(10));
+    let c = Arc::new(Mutex::new(c));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addrs, client_password) = {
+        let c = c.lock().unwrap();
+        (
+            c.members.iter().map(|m| m.client).collect::<Vec<_>>(),
+            c.client_password.clone(),
+        )
+    };
+    assert!(client_password.is_none());
+    // The writer: one key per write, following MOVED; any other error
+    // is a failed write.
+    let writer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut failed = Vec::new();
+            let mut target = addrs[0];
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{i}");
+                let r = Conn::open(target).and_then(|mut conn| conn.cmd(&["SET", &key, "x"]));
+                match r {
+                    Ok(Resp::Simple(s)) if s == "OK" => {
+                        acked.push(key);
+                        i += 1;
+                    }
+                    Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
+                        target = e.rsplit(' ').next().unwrap().parse().unwrap();
+                    }
+                    Ok(Resp::Error(e)) if e.starts_with("CLUSTERDOWN") => {
+                        sleep(Duration::from_millis(5))
+                    }
+                    // The member is restarting: try the next one.
+                    Err(_) => {
+                        let k = addrs.iter().position(|a| *a == target).unwrap();
+                        target = addrs[(k + 1) % addrs.len()];
+                        sleep(Duration::from_millis(5));
+                    }
+                    Ok(other) => {
+                        failed.push(format!("{key}: {other:?}"));
+                        i += 1;
+                    }
+                }
+            }
+            (acked, failed)
+        })
+    };
+    sleep(Duration::from_millis(300));
+    let mut handovers = 0;
+    // Followers first, the leader last, as an operator would.
+    let order: Vec<u64> = {
+        let c = c.lock().unwrap();
+        let l = c.wait_leader(Duration::from_secs(10));
+        let mut o: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+        o.push(l);
+        o
+    };
+    for id in order {
+        let mut g = c.lock().unwrap();
+        let was_leader = g.field(id, "raft_role").as_deref() == Some("leader");
+        assert!(g.terminate(id).success(), "member {id} exit status");
+        if was_leader {
+            handovers += 1;
+            assert!(
+                g.log_text(id).contains("handing leadership to member"),
+                "leader {id} did not hand over"
+            );
+        }
+        g.start(id);
+        let l = g.wait_leader(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while num(&g, id, "raft_last_applied") < num(&g, l, "raft_commit_index") {
+            assert!(Instant::now() < deadline, "member {id} did not catch up");
+            sleep(Duration::from_millis(20));
+        }
+        drop(g);
+        sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.join().unwrap();
+    let c = c.lock().unwrap();
+    assert!(handovers >= 1, "no restart of a leader");
+    assert!(failed.is_empty(), "failed writes: {failed:?}");
+    assert!(acked.len() > 100, "only {} writes", acked.len());
+    // None lost.
+    for key in acked.iter().step_by(17).chain(acked.last()) {
+        assert_eq!(
+            c.exec(&["GET", key]),
+            Resp::Bulk(Some(b"x".to_vec())),
+            "{key} lost"
+        );
+    }
+}
