@@ -122,12 +122,17 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         assert!(Instant::now() < deadline, "member 4 did not catch up");
         sleep(Duration::from_millis(50));
     }
+    assert_eq!(c.field(4, "raft_membership").as_deref(), Some("learner"));
     let r = admin(&c, &["RAFT.PROMOTE", "4"]);
     assert!(
         members(&r).contains(&(4, "voter".into())),
         "after PROMOTE: {r:?}"
     );
     // Removing 1 (whichever role it has) leaves 2, 3 and 4.
+    // The hard case: the leader removes itself. It leads until the change
+    // commits (its followers must still answer it), then hands over.
+    assert_eq!(c.exec(&["RAFT.TRANSFER", "1"]), Resp::Simple("OK".into()));
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), 1);
     let r = admin(&c, &["RAFT.REMOVE", "1"]);
     let ids: Vec<i64> = members(&r).iter().map(|m| m.0).collect();
     assert_eq!(ids, vec![2, 3, 4], "after REMOVE: {r:?}");
@@ -156,6 +161,8 @@ fn a_member_that_joins_replaces_one_that_leaves() {
             "k{i} on member 4"
         );
     }
+    assert_eq!(c.field(4, "raft_voters").as_deref(), Some("2,3,4"));
+    assert_eq!(c.field(4, "raft_membership").as_deref(), Some("voter"));
     let r = c.exec(&["RAFT.MEMBERS"]);
     assert_eq!(members(&r).len(), 3, "{r:?}");
     // Bad requests get clear errors.

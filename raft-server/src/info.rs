@@ -121,6 +121,13 @@ impl Default for Histograms {
 pub struct Snapshot {
     /// The node's state.
     pub status: Status,
+    /// The configuration in force: voters, learners, and the index of the
+    /// entry (or snapshot) that holds it.
+    pub voters: Vec<u64>,
+    /// Learners of the configuration in force.
+    pub learners: Vec<u64>,
+    /// Index of the configuration in force.
+    pub configuration_index: u64,
     /// The leader's client address, if a leader is known.
     pub leader_client_addr: Option<SocketAddr>,
     /// Identifies the cluster's membership.
@@ -351,6 +358,19 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_last_log_index", &st.last_log_index);
     line("raft_last_log_term", &st.last_log_term);
     line("raft_cluster_id", &format!("{:016x}", s.cluster_id));
+    let me = st.id.0;
+    let membership = if s.voters.contains(&me) {
+        "voter"
+    } else if s.learners.contains(&me) {
+        "learner"
+    } else {
+        "none"
+    };
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    line("raft_membership", &membership);
+    line("raft_voters", &list(&s.voters));
+    line("raft_learners", &list(&s.learners));
+    line("raft_configuration_index", &s.configuration_index);
     let up: Vec<String> = s
         .peers
         .iter()
@@ -465,6 +485,30 @@ pub fn render_metrics(s: &Snapshot) -> String {
     };
     let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     gauge(&mut r, "node_id", "This member's id.", i(st.id.0));
+    gauge(
+        &mut r,
+        "voters",
+        "Voters in the configuration in force.",
+        s.voters.len() as i64,
+    );
+    gauge(
+        &mut r,
+        "learners",
+        "Learners in the configuration in force.",
+        s.learners.len() as i64,
+    );
+    gauge(
+        &mut r,
+        "is_voter",
+        "1 if this member votes in the configuration in force.",
+        i64::from(s.voters.contains(&st.id.0)),
+    );
+    gauge(
+        &mut r,
+        "configuration_index",
+        "Log index of the configuration in force.",
+        i(s.configuration_index),
+    );
     gauge(&mut r, "term", "Current term.", i(st.term.0));
     gauge(
         &mut r,
@@ -1020,6 +1064,9 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         Snapshot {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            configuration_index: 1,
             status: Status {
                 id: NodeId(1),
                 role: Role::Leader,

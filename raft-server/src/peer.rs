@@ -444,7 +444,9 @@ impl PeerSet {
             .iter()
             .position(|o| o.id == msg.to && !o.retired)
         else {
-            log::warn!("dropping {} to unknown member {}", msg.kind(), msg.to);
+            // Normal for a moment after a configuration change: the node
+            // reaches a new member before the driver has dialled it.
+            log::debug!("dropping {} to unknown member {}", msg.kind(), msg.to);
             return false;
         };
         let o = &mut self.outbound[i];

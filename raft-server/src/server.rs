@@ -274,6 +274,9 @@ pub struct Server {
     /// SIGTERM/SIGINT on the leader: leadership is being handed over
     /// first; shut down once it moved or at the deadline.
     leaving: Option<(&'static str, Instant)>,
+    /// The latest configuration known committed (applied, or from the
+    /// snapshot): its members keep their links until a newer one commits.
+    committed_membership: Option<Membership>,
     /// Pending reads by read id.
     reads: HashMap<u64, PendingRead>,
     /// Reads waiting for a sweep to move the store clock.
@@ -374,6 +377,7 @@ impl Server {
         // The configuration in force lives in the log and the snapshot:
         // the cluster file only bootstrapped it (and gives this member's
         // own addresses).
+        let committed_membership = node.membership_at(node.last_applied()).cloned();
         let mut settings = settings;
         if !node.membership().voters.is_empty() {
             settings.join = false;
@@ -458,6 +462,7 @@ impl Server {
             changes: BTreeMap::new(),
             transfers: Vec::new(),
             leaving: None,
+            committed_membership,
             reads: HashMap::new(),
             clock_waits: Vec::new(),
             sweep_in_flight: None,
@@ -742,6 +747,8 @@ impl Server {
             );
         }
         self.kv = kv;
+        self.committed_membership = Some(meta.membership.clone());
+        self.sync_links();
         self.last_applied = (meta.last_index, meta.last_term);
         self.snapshotter.reset();
         self.counters.snapshots_installed += 1;
@@ -1980,7 +1987,11 @@ impl Server {
 
     fn snapshot(&self, now: Instant) -> Snapshot {
         let status = self.node.status();
+        let membership = self.node.membership();
         Snapshot {
+            voters: membership.voters.iter().map(|v| v.0).collect(),
+            learners: membership.learners.iter().map(|v| v.0).collect(),
+            configuration_index: self.node.membership_index().0,
             status: status.clone(),
             leader_client_addr: status
                 .leader

@@ -153,6 +153,8 @@ impl Server {
     /// A configuration entry was applied: the change it carries is
     /// committed; answer the client that asked for it.
     pub(super) fn configuration_applied(&mut self, index: LogIndex, term: Term, m: &Membership) {
+        self.committed_membership = Some(m.clone());
+        self.sync_links();
         log::info!(
             "configuration committed at index {index}: voters {:?}, learners {:?}",
             m.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
@@ -173,10 +175,6 @@ impl Server {
     /// The configuration in force changed (appended, undone, or from a
     /// snapshot): addresses and peer links follow it.
     pub(super) fn follow_membership(&mut self, index: LogIndex, m: &Membership) {
-        let (new, unknown) = members::members_of(m, &self.settings.members, self.settings.id);
-        if !unknown.is_empty() {
-            log::warn!("no address known for members {unknown:?}: not connecting to them");
-        }
         log::info!(
             "configuration in force (index {index}): voters {:?}, learners {:?}{}",
             m.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
@@ -187,9 +185,31 @@ impl Server {
                 "; this member is not in it"
             }
         );
+        self.sync_links();
+    }
+
+    /// Peer links (and the addresses redirects use) cover the members of
+    /// the configuration in force and of the last committed one. A member
+    /// that a configuration removes must still be heard until that
+    /// configuration commits: a leader that removes itself leads until
+    /// then, and needs its followers' answers (thesis §4.2.2).
+    pub(super) fn sync_links(&mut self) {
+        let mut both = self.node.membership().clone();
+        if let Some(c) = &self.committed_membership {
+            for id in c.members() {
+                if !both.contains(id) {
+                    both.learners.push(id);
+                }
+            }
+            both.learners.sort();
+        }
+        let (new, unknown) = members::members_of(&both, &self.settings.members, self.settings.id);
+        if !unknown.is_empty() {
+            log::warn!("no address known for members {unknown:?}: not connecting to them");
+        }
         self.settings.members = new;
         // A member that joins accepts any member until it has one.
-        let open = m.voters.is_empty();
+        let open = self.node.membership().voters.is_empty();
         self.settings.join &= open;
         self.peers.set_members(
             &self.settings.members,
