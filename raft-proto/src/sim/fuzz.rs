@@ -29,8 +29,9 @@ use super::cluster::{encode_write, Cluster};
 use crate::codec;
 use crate::{
     Action, AppendEntries, AppendEntriesResponse, AppendResult, Config, Entry, EntryPayload, Event,
-    HardState, LogIndex, Membership, Message, MessageBody, Node, NodeId, PersistentState,
-    ProposeError, RequestVote, RequestVoteResponse, Role, Term, Time, MAX_ENTRY_LEN,
+    HardState, LogIndex, Membership, MembershipChange, Message, MessageBody, Node, NodeId,
+    PersistentState, ProposeError, RequestVote, RequestVoteResponse, Role, Term, Time,
+    MAX_ENTRY_LEN,
 };
 
 /// What a run reached, so that tests can tell the adversary got where it is
@@ -265,8 +266,38 @@ impl NodeDriver {
                 }
                 self.drain();
             }
-            _ => match inp.byte() % 4 {
+            _ => match inp.byte() % 6 {
                 0 => self.restart(),
+                // Configuration changes and leadership transfers, as an
+                // operator issues them; refusals change nothing.
+                4 => {
+                    let id = NodeId(1 + u64::from(inp.byte() % 6));
+                    let change = match inp.byte() % 4 {
+                        0 => MembershipChange::AddLearner(id),
+                        1 => MembershipChange::AddVoter(id),
+                        2 => MembershipChange::Promote(id),
+                        _ => MembershipChange::Remove(id),
+                    };
+                    let before = self.node.status();
+                    if self
+                        .node
+                        .propose_membership(self.now, change, Bytes::new())
+                        .is_err()
+                    {
+                        assert_eq!(
+                            self.node.status(),
+                            before,
+                            "a refused change changed the node"
+                        );
+                        assert_eq!(self.node.poll_action(), None, "a refused change had output");
+                    }
+                    self.drain();
+                }
+                5 => {
+                    let target = inp.bit().then(|| self.peer(inp.byte()));
+                    let _ = self.node.transfer_leadership(self.now, target);
+                    self.drain();
+                }
                 1 => {
                     self.node.shutdown();
                     assert_eq!(self.node.poll_action(), None, "output after shutdown");
