@@ -226,6 +226,27 @@ struct Outbound {
     retired: bool,
 }
 
+impl Outbound {
+    /// The link to `m` in slot `i` (its token), to be dialled at `now`.
+    fn new(m: &Member, i: usize, now: Instant) -> Outbound {
+        Outbound {
+            id: m.id,
+            addr: m.peer_addr,
+            token: Token(OUTBOUND_TOKEN_BASE + i),
+            phase: Phase::Idle,
+            link: None,
+            deadline: now,
+            attempt: 0,
+            connect_attempts: 0,
+            connect_failures: 0,
+            health: Health::Starting,
+            dropped: 0,
+            hello: None,
+            retired: false,
+        }
+    }
+}
+
 /// Where an inbound connection's handshake stands.
 #[derive(Clone, Copy, Debug)]
 enum InboundState {
@@ -342,21 +363,7 @@ impl PeerSet {
         let outbound = settings
             .peers()
             .enumerate()
-            .map(|(i, m)| Outbound {
-                id: m.id,
-                addr: m.peer_addr,
-                token: Token(OUTBOUND_TOKEN_BASE + i),
-                phase: Phase::Idle,
-                link: None,
-                deadline: now,
-                attempt: 0,
-                connect_attempts: 0,
-                connect_failures: 0,
-                health: Health::Starting,
-                dropped: 0,
-                hello: None,
-                retired: false,
-            })
+            .map(|(i, m)| Outbound::new(m, i, now))
             .collect();
         let member_ips: HashMap<NodeId, Option<IpAddr>> =
             settings.members.iter().map(|m| (m.id, m.peer_ip)).collect();
@@ -641,21 +648,7 @@ impl PeerSet {
             }
             let slot = self.outbound.iter().position(|o| o.retired);
             let i = slot.unwrap_or(self.outbound.len());
-            let o = Outbound {
-                id: m.id,
-                addr: m.peer_addr,
-                token: Token(OUTBOUND_TOKEN_BASE + i),
-                phase: Phase::Idle,
-                link: None,
-                deadline: now,
-                attempt: 0,
-                connect_attempts: 0,
-                connect_failures: 0,
-                health: Health::Starting,
-                dropped: 0,
-                hello: None,
-                retired: false,
-            };
+            let o = Outbound::new(m, i, now);
             match slot {
                 Some(i) => self.outbound[i] = o,
                 None => self.outbound.push(o),

@@ -438,18 +438,20 @@ impl Cluster {
 
     /// Proposes a command on `id`.
     pub fn propose(&mut self, id: NodeId, command: Bytes) -> Result<EntryId, ProposeError> {
+        self.on_node(id, |n, now| n.propose(now, command))
+            .unwrap_or(Err(ProposeError::NotLeader { leader: None }))
+    }
+
+    /// Runs `f` on `id`'s node if it is up, then carries out its output.
+    fn on_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut Node, Time) -> R) -> Option<R> {
         if !self.is_up(id) {
-            return Err(ProposeError::NotLeader { leader: None });
+            return None;
         }
         let now = self.now;
-        let r = self
-            .members
-            .get_mut(&id)
-            .and_then(|m| m.node.as_mut())
-            .expect("up")
-            .propose(now, command);
+        let node = self.members.get_mut(&id).and_then(|m| m.node.as_mut());
+        let r = f(node.expect("up"), now);
         self.after_input(id);
-        r
+        Some(r)
     }
 
     /// Proposes a configuration change on `id` (an empty context).
@@ -458,18 +460,8 @@ impl Cluster {
         id: NodeId,
         change: MembershipChange,
     ) -> Result<EntryId, ProposeError> {
-        if !self.is_up(id) {
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        let now = self.now;
-        let r = self
-            .members
-            .get_mut(&id)
-            .and_then(|m| m.node.as_mut())
-            .expect("up")
-            .propose_membership(now, change, Bytes::new());
-        self.after_input(id);
-        r
+        self.on_node(id, |n, now| n.propose_membership(now, change, Bytes::new()))
+            .unwrap_or(Err(ProposeError::NotLeader { leader: None }))
     }
 
     /// Asks `id` to hand its leadership to `target` (or the best voter).
@@ -478,18 +470,8 @@ impl Cluster {
         id: NodeId,
         target: Option<NodeId>,
     ) -> Result<NodeId, TransferError> {
-        if !self.is_up(id) {
-            return Err(TransferError::NotLeader { leader: None });
-        }
-        let now = self.now;
-        let r = self
-            .members
-            .get_mut(&id)
-            .and_then(|m| m.node.as_mut())
-            .expect("up")
-            .transfer_leadership(now, target);
-        self.after_input(id);
-        r
+        self.on_node(id, |n, now| n.transfer_leadership(now, target))
+            .unwrap_or(Err(TransferError::NotLeader { leader: None }))
     }
 
     /// Registers a linearizable read of `key` on `id`.
