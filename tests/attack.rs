@@ -22,20 +22,42 @@ use raft_proto::{
 use sha2::Sha256;
 use socket2::{Domain, Socket, Type};
 
-/// The handshake as specified in the README (version 2): fixed-size
-/// messages, HMAC-SHA256 over both nonces, bound to the cluster id and both
-/// member ids. Written out here from the contract, not shared with the
+/// The handshake as specified in the README (version 3): fixed-size
+/// messages, HMAC-SHA256 over both nonces, bound to the cluster id, both
+/// member ids and the dialer's listen address. Written out here from the contract, not shared with the
 /// server, so that a change to either side is caught.
 const HELLO: u8 = 1;
 const CHALLENGE_LEN: usize = 6 + 8 + 32 + 32;
 
-fn mac(secret: &[u8], label: &[u8], cluster: u64, d: u64, a: u64, nd: &[u8], na: &[u8]) -> Vec<u8> {
+/// An address as the handshake carries it: IPv4-mapped IPv6, then the port.
+fn addr18(a: SocketAddr) -> Vec<u8> {
+    let ip = match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let mut b = ip.octets().to_vec();
+    b.extend_from_slice(&a.port().to_be_bytes());
+    b
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mac(
+    secret: &[u8],
+    label: &[u8],
+    cluster: u64,
+    d: u64,
+    a: u64,
+    listen: SocketAddr,
+    nd: &[u8],
+    na: &[u8],
+) -> Vec<u8> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret).unwrap();
     for part in [
         label,
         &cluster.to_be_bytes(),
         &d.to_be_bytes(),
         &a.to_be_bytes(),
+        &addr18(listen),
         nd,
         na,
     ] {
@@ -44,12 +66,13 @@ fn mac(secret: &[u8], label: &[u8], cluster: u64, d: u64, a: u64, nd: &[u8], na:
     m.finalize().into_bytes().to_vec()
 }
 
-fn hello(cluster: u64, from: u64, to: u64, nonce: &[u8; 32]) -> Vec<u8> {
-    let mut b = b"RAFT\x02".to_vec();
+fn hello(cluster: u64, from: u64, to: u64, listen: SocketAddr, nonce: &[u8; 32]) -> Vec<u8> {
+    let mut b = b"RAFT\x03".to_vec();
     b.push(HELLO);
     b.extend_from_slice(&cluster.to_be_bytes());
     b.extend_from_slice(&from.to_be_bytes());
     b.extend_from_slice(&to.to_be_bytes());
+    b.extend_from_slice(&addr18(listen));
     b.extend_from_slice(nonce);
     b
 }
@@ -98,21 +121,32 @@ fn authenticate(c: &Cluster, me: u64, peer: u64, secret: &[u8]) -> Option<TcpStr
     let cluster = cluster_id(c, peer);
     let mut s = connect_from(c.m(me).peer.ip(), c.m(peer).peer);
     let nd = [me as u8; 32];
-    s.write_all(&hello(cluster, me, peer, &nd)).ok()?;
+    let listen = c.m(me).peer;
+    s.write_all(&hello(cluster, me, peer, listen, &nd)).ok()?;
     let mut ch = [0u8; CHALLENGE_LEN];
     s.read_exact(&mut ch).ok()?;
-    assert_eq!(&ch[..6], b"RAFT\x02\x02", "a challenge");
+    assert_eq!(&ch[..6], b"RAFT\x03\x02", "a challenge");
     assert_eq!(u64::from_be_bytes(ch[6..14].try_into().unwrap()), peer);
     let na = &ch[14..46];
-    let expect = mac(secret, b"raft-peer-v2 acceptor", cluster, me, peer, &nd, na);
-    // An attacker sends its proof whether or not the acceptor's verified.
-    let mut proof = b"RAFT\x02\x03".to_vec();
-    proof.extend(mac(
+    let expect = mac(
         secret,
-        b"raft-peer-v2 dialer",
+        b"raft-peer-v3 acceptor",
         cluster,
         me,
         peer,
+        listen,
+        &nd,
+        na,
+    );
+    // An attacker sends its proof whether or not the acceptor's verified.
+    let mut proof = b"RAFT\x03\x03".to_vec();
+    proof.extend(mac(
+        secret,
+        b"raft-peer-v3 dialer",
+        cluster,
+        me,
+        peer,
+        listen,
         &nd,
         na,
     ));
@@ -176,7 +210,11 @@ fn outsiders_without_the_secret_are_refused_and_change_nothing() {
         (cluster, followers[0], stranger(4)),
     ] {
         let mut s = connect_from(ip, peer);
-        s.write_all(&hello(cid, from, leader, &[1; 32])).unwrap();
+        // Member 9 is unknown: it says it listens elsewhere than where it
+        // connects from.
+        let listen = SocketAddr::new(c.m(followers[0]).peer.ip(), 7999);
+        s.write_all(&hello(cid, from, leader, listen, &[1; 32]))
+            .unwrap();
         let mut buf = [0u8; 8];
         assert!(
             matches!(s.read(&mut buf), Ok(0) | Err(_)),
@@ -201,10 +239,11 @@ fn outsiders_without_the_secret_are_refused_and_change_nothing() {
     while Instant::now() < until && attempts < 400 {
         let f = followers[attempts % 2];
         let mut s = connect_from(c.m(f).peer.ip(), peer);
-        s.write_all(&hello(cluster, f, leader, &[2; 32])).unwrap();
+        s.write_all(&hello(cluster, f, leader, c.m(f).peer, &[2; 32]))
+            .unwrap();
         let mut ch = [0u8; CHALLENGE_LEN];
         if s.read_exact(&mut ch).is_ok() {
-            let _ = s.write_all(b"RAFT\x02\x03");
+            let _ = s.write_all(b"RAFT\x03\x03");
             let _ = s.write_all(&[0u8; 32]);
         }
         assert!(closed(&mut s));
@@ -234,7 +273,7 @@ fn outsiders_without_the_secret_are_refused_and_change_nothing() {
         "not a Raft peer handshake",
         "handshake version 1",
         "another cluster",
-        "unknown member id 9",
+        "member 9 not in this member's configuration says it listens on",
         "whose peer_addr is on",
         "does not prove the cluster secret",
     ] {

@@ -284,3 +284,60 @@ fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
         );
     }
 }
+
+/// A member that was down while member 4 joined, and comes back to find 4
+/// leading: its log does not name 4 yet, so it accepts 4's authenticated
+/// link and answers on a link dialled back to the address 4's handshake
+/// gives, until the log it receives makes 4 a member.
+#[test]
+fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
+    let mut c = Cluster::new(4);
+    let full = c.config.clone();
+    c.config = file_of_first(&c, 3);
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.wait_leader(Duration::from_secs(10));
+    assert_eq!(c.exec(&["SET", "before", "1"]), Resp::Simple("OK".into()));
+    // Member 3 stops before 4 joins; the two others commit without it.
+    assert!(c.terminate(3).success());
+    c.config = full;
+    let mut cmd = c.command(4);
+    let log = fs::File::create(&c.m(4).log).unwrap();
+    c.members[3].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+    let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
+    admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
+    let r = admin(&c, &["RAFT.PROMOTE", "4"]);
+    assert!(members(&r).contains(&(4, "voter".into())), "{r:?}");
+    assert_eq!(c.exec(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));
+    assert_eq!(c.exec(&["SET", "after", "2"]), Resp::Simple("OK".into()));
+    // Member 3 returns, with the bootstrap file and a log from before 4.
+    c.config = file_of_first(&c, 3);
+    c.start(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = c.field(4, "raft_commit_index");
+        if c.field(3, "raft_voters").as_deref() == Some("1,2,3,4")
+            && c.field(3, "raft_last_applied") == l
+            && c.field(3, "raft_leader_id").as_deref() == Some("4")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 3 did not catch up from leader 4: {:?} {:?}",
+            c.field(3, "raft_voters"),
+            c.field(3, "raft_last_applied")
+        );
+        sleep(Duration::from_millis(50));
+    }
+    assert!(c
+        .log_text(3)
+        .contains("not in this member's configuration, connected from"));
+    let mut conn = c.conn(3);
+    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(
+        conn.cmd(&["GET", "after"]).unwrap(),
+        Resp::Bulk(Some(b"2".to_vec()))
+    );
+}

@@ -3,14 +3,20 @@
 //!
 //! ```text
 //!   dialer D                                         acceptor A
-//!   Hello     { cluster_id, from: D, to: A, nonce_d }  -->
+//!   Hello     { cluster_id, from: D, to: A, listen_d, nonce_d }  -->
 //!             <--  Challenge { from: A, nonce_a, mac_a }
 //!   Proof     { mac_d }                                -->
 //!   Raft frames (D to A only)                          -->
 //!
-//!   mac_a = HMAC-SHA256(secret, "raft-peer-v2 acceptor" | cluster_id | D | A | nonce_d | nonce_a)
-//!   mac_d = HMAC-SHA256(secret, "raft-peer-v2 dialer"   | cluster_id | D | A | nonce_d | nonce_a)
+//!   mac_a = HMAC-SHA256(secret, "raft-peer-v3 acceptor" | cluster_id | D | A | listen_d | nonce_d | nonce_a)
+//!   mac_d = HMAC-SHA256(secret, "raft-peer-v3 dialer"   | cluster_id | D | A | listen_d | nonce_d | nonce_a)
 //! ```
+//!
+//! `listen_d` is the dialer's `peer_addr` (IPv6 or IPv4-mapped, 16 bytes,
+//! and the port): an acceptor that does not know the dialer yet (a member
+//! whose log has not reached the configuration that added it) dials back
+//! there to answer it. The MACs cover it, so nobody on the path can point
+//! that dial elsewhere.
 //!
 //! Each side proves that it knows the secret over a nonce the other side
 //! chose fresh for this connection, so a recorded handshake cannot be
@@ -45,7 +51,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// scanner or a RESP client on the wrong port at once.
 pub const MAGIC: [u8; 4] = *b"RAFT";
 /// Handshake protocol version. Version 1 (unauthenticated) is refused.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes of a nonce.
 pub const NONCE_LEN: usize = 32;
 /// Bytes of a MAC (HMAC-SHA256).
@@ -57,14 +63,16 @@ const KIND_PROOF: u8 = 3;
 const HEADER_LEN: usize = 4 + 1 + 1;
 
 /// Length of an encoded [`Hello`].
-pub const HELLO_LEN: usize = HEADER_LEN + 8 + 8 + 8 + NONCE_LEN;
+pub const HELLO_LEN: usize = HEADER_LEN + 8 + 8 + 8 + ADDR_LEN + NONCE_LEN;
+/// An address: 16 bytes of IPv6 (IPv4-mapped for IPv4) and the port.
+const ADDR_LEN: usize = 16 + 2;
 /// Length of an encoded [`Challenge`].
 pub const CHALLENGE_LEN: usize = HEADER_LEN + 8 + NONCE_LEN + MAC_LEN;
 /// Length of an encoded [`Proof`].
 pub const PROOF_LEN: usize = HEADER_LEN + MAC_LEN;
 
-const LABEL_ACCEPTOR: &[u8] = b"raft-peer-v2 acceptor";
-const LABEL_DIALER: &[u8] = b"raft-peer-v2 dialer";
+const LABEL_ACCEPTOR: &[u8] = b"raft-peer-v3 acceptor";
+const LABEL_DIALER: &[u8] = b"raft-peer-v3 dialer";
 
 /// A fresh random nonce from the OS.
 pub type Nonce = [u8; NONCE_LEN];
@@ -81,8 +89,32 @@ pub struct Hello {
     pub from: NodeId,
     /// Whom it means to reach.
     pub to: NodeId,
+    /// Where the dialer listens for peers (its `peer_addr`).
+    pub listen: std::net::SocketAddr,
     /// The dialer's challenge to the acceptor.
     pub nonce: Nonce,
+}
+
+fn addr_bytes(a: &std::net::SocketAddr) -> [u8; ADDR_LEN] {
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let mut b = [0u8; ADDR_LEN];
+    b[..16].copy_from_slice(&ip.octets());
+    b[16..].copy_from_slice(&a.port().to_be_bytes());
+    b
+}
+
+fn addr_of(b: &[u8; ADDR_LEN]) -> std::net::SocketAddr {
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&b[..16]);
+    let v6 = std::net::Ipv6Addr::from(octets);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => std::net::IpAddr::V4(v4),
+        None => std::net::IpAddr::V6(v6),
+    };
+    std::net::SocketAddr::new(ip, u16::from_be_bytes([b[16], b[17]]))
 }
 
 /// The acceptor's answer: its own challenge and its proof.
@@ -184,18 +216,19 @@ impl PeerKey {
         self.key.len()
     }
 
-    fn mac(&self, label: &[u8], cluster_id: u64, dialer: NodeId, acceptor: NodeId) -> HmacSha256 {
+    fn mac(&self, label: &[u8], hello: &Hello) -> HmacSha256 {
         let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         m.update(label);
-        m.update(&cluster_id.to_be_bytes());
-        m.update(&dialer.0.to_be_bytes());
-        m.update(&acceptor.0.to_be_bytes());
+        m.update(&hello.cluster_id.to_be_bytes());
+        m.update(&hello.from.0.to_be_bytes());
+        m.update(&hello.to.0.to_be_bytes());
+        m.update(&addr_bytes(&hello.listen));
         m
     }
 
     /// The acceptor's MAC over both nonces.
     pub fn acceptor_mac(&self, hello: &Hello, acceptor_nonce: &Nonce) -> Tag {
-        let mut m = self.mac(LABEL_ACCEPTOR, hello.cluster_id, hello.from, hello.to);
+        let mut m = self.mac(LABEL_ACCEPTOR, hello);
         m.update(&hello.nonce);
         m.update(acceptor_nonce);
         m.finalize().into_bytes().into()
@@ -203,7 +236,7 @@ impl PeerKey {
 
     /// The dialer's MAC over both nonces.
     pub fn dialer_mac(&self, hello: &Hello, acceptor_nonce: &Nonce) -> Tag {
-        let mut m = self.mac(LABEL_DIALER, hello.cluster_id, hello.from, hello.to);
+        let mut m = self.mac(LABEL_DIALER, hello);
         m.update(&hello.nonce);
         m.update(acceptor_nonce);
         m.finalize().into_bytes().into()
@@ -211,7 +244,7 @@ impl PeerKey {
 
     /// Checks the acceptor's MAC in constant time.
     pub fn verify_acceptor(&self, hello: &Hello, ch: &Challenge) -> bool {
-        let mut m = self.mac(LABEL_ACCEPTOR, hello.cluster_id, hello.from, hello.to);
+        let mut m = self.mac(LABEL_ACCEPTOR, hello);
         m.update(&hello.nonce);
         m.update(&ch.nonce);
         m.verify_slice(&ch.mac).is_ok()
@@ -219,7 +252,7 @@ impl PeerKey {
 
     /// Checks the dialer's MAC in constant time.
     pub fn verify_dialer(&self, hello: &Hello, acceptor_nonce: &Nonce, proof: &Proof) -> bool {
-        let mut m = self.mac(LABEL_DIALER, hello.cluster_id, hello.from, hello.to);
+        let mut m = self.mac(LABEL_DIALER, hello);
         m.update(&hello.nonce);
         m.update(acceptor_nonce);
         m.verify_slice(&proof.mac).is_ok()
@@ -256,6 +289,7 @@ pub fn encode_hello(h: &Hello, dst: &mut BytesMut) {
     dst.put_u64(h.cluster_id);
     dst.put_u64(h.from.0);
     dst.put_u64(h.to.0);
+    dst.put_slice(&addr_bytes(&h.listen));
     dst.put_slice(&h.nonce);
 }
 
@@ -309,12 +343,15 @@ pub fn decode_hello(src: &mut BytesMut) -> Result<Option<Hello>, HandshakeError>
     let cluster_id = src.get_u64();
     let from = src.get_u64();
     let to = src.get_u64();
+    let mut listen = [0u8; ADDR_LEN];
+    src.copy_to_slice(&mut listen);
     let mut nonce = [0u8; NONCE_LEN];
     src.copy_to_slice(&mut nonce);
     Ok(Some(Hello {
         cluster_id,
         from: id(from)?,
         to: id(to)?,
+        listen: addr_of(&listen),
         nonce,
     }))
 }
@@ -372,6 +409,7 @@ mod tests {
             cluster_id: 0xfeed,
             from: NodeId(1),
             to: NodeId(2),
+            listen: "127.0.0.1:7001".parse().unwrap(),
             nonce: [7; NONCE_LEN],
         }
     }
@@ -389,6 +427,12 @@ mod tests {
         }
         assert_eq!(decode_hello(&mut buf), Ok(Some(h)));
         assert!(buf.is_empty());
+        let v6 = Hello {
+            listen: "[2001:db8::7]:7004".parse().unwrap(),
+            ..h
+        };
+        encode_hello(&v6, &mut buf);
+        assert_eq!(decode_hello(&mut buf), Ok(Some(v6)));
 
         let c = Challenge {
             from: NodeId(2),
@@ -461,6 +505,10 @@ mod tests {
             },
             Hello { to: NodeId(3), ..h },
             Hello { cluster_id: 1, ..h },
+            Hello {
+                listen: "127.0.0.9:7001".parse().unwrap(),
+                ..h
+            },
             Hello {
                 nonce: [8; NONCE_LEN],
                 ..h

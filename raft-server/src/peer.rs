@@ -35,7 +35,7 @@
 //! outbound link comes up, `LinkDown` when an up link (either direction)
 //! breaks, which is how a follower notices at once that its leader died.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -342,9 +342,15 @@ pub struct PeerSet {
     /// The identified inbound connection of each peer (slab key).
     inbound_of: HashMap<NodeId, usize>,
     members: Vec<NodeId>,
-    /// A member that joins and has no configuration yet: any member id
-    /// that proves the secret may connect (the leader that adds it).
-    open: bool,
+    /// Members that left this member's configuration: their handshakes
+    /// are refused (etcd does the same), until a configuration names them
+    /// again. Anyone else who proves the secret is accepted, and answered
+    /// on a link dialled back to the address its handshake gives: a
+    /// member whose log is behind does not know a member added since, and
+    /// must still hear it (it may lead by now).
+    removed: HashSet<NodeId>,
+    /// This member's peer address, sent in every handshake.
+    listen: SocketAddr,
     rng: StdRng,
 }
 
@@ -395,7 +401,8 @@ impl PeerSet {
             inbound: Slab::new(),
             inbound_of: HashMap::new(),
             members: settings.voters(),
-            open: settings.join,
+            removed: HashSet::new(),
+            listen: settings.me().peer_addr,
             rng: StdRng::from_entropy(),
         })
     }
@@ -601,20 +608,17 @@ impl PeerSet {
 
     /// Follows the configuration in force: dials the members it names that
     /// have no link yet (at once), closes the links of members that left,
-    /// and from now on completes handshakes only with the members named.
-    /// With `open`, a member that joins and knows no configuration yet
-    /// accepts any member id that proves the secret.
+    /// and refuses the handshakes of members that left.
     pub fn set_members(
         &mut self,
         members: &[Member],
-        open: bool,
         registry: &Registry,
         now: Instant,
         out: &mut Vec<PeerInput>,
     ) {
-        self.open = open;
-        self.members = members.iter().map(|m| m.id).collect();
+        let previous = std::mem::replace(&mut self.members, members.iter().map(|m| m.id).collect());
         for m in members {
+            self.removed.remove(&m.id);
             self.member_ips.insert(m.id, m.peer_ip);
             if let Some(ip) = m.peer_ip {
                 self.sources.entry(ip).or_default().member = true;
@@ -622,9 +626,12 @@ impl PeerSet {
         }
         for i in 0..self.outbound.len() {
             let id = self.outbound[i].id;
-            if self.outbound[i].retired || self.members.contains(&id) {
+            // A link dialled back to a member this one does not know yet
+            // stays: only a member that left is cut off.
+            if self.outbound[i].retired || self.members.contains(&id) || !previous.contains(&id) {
                 continue;
             }
+            self.removed.insert(id);
             let o = &mut self.outbound[i];
             if let Some(mut link) = o.link.take() {
                 let _ = registry.deregister(&mut link.sock);
@@ -697,6 +704,7 @@ impl PeerSet {
                     cluster_id: self.cluster_id,
                     from: self.me,
                     to: o.id,
+                    listen: self.listen,
                     nonce: auth::fresh_nonce(),
                 };
                 let mut out = BytesMut::with_capacity(auth::HELLO_LEN);
@@ -1153,7 +1161,7 @@ impl PeerSet {
                                 hello.from
                             ));
                         }
-                        self.identify(k, hello.from, registry, out);
+                        self.identify(k, hello, registry, out);
                         continue; // read frames
                     }
                 }
@@ -1216,8 +1224,29 @@ impl PeerSet {
                 hello.to, self.me
             ));
         }
-        if hello.from == self.me || (!self.open && !self.members.contains(&hello.from)) {
-            return Err(format!("unknown member id {}", hello.from));
+        if hello.from == self.me {
+            return Err(format!("claims this member's own id {}", hello.from));
+        }
+        if self.removed.contains(&hello.from) {
+            return Err(format!(
+                "member {} was removed from the configuration",
+                hello.from
+            ));
+        }
+        let c = &self.inbound[k];
+        if !self.members.contains(&hello.from) {
+            // Not (yet) in this member's configuration: its handshake
+            // names where it listens, and a member dials from that IP.
+            let ip = hello.listen.ip();
+            if !ip.is_unspecified() && c.addr.ip() != ip {
+                return Err(format!(
+                    "member {} not in this member's configuration says it listens on {}, \
+                     but connects from {}",
+                    hello.from,
+                    hello.listen,
+                    c.addr.ip()
+                ));
+            }
         }
         let c = &mut self.inbound[k];
         if let Some(Some(ip)) = self.member_ips.get(&hello.from) {
@@ -1241,7 +1270,8 @@ impl PeerSet {
 
     /// The dialer proved the secret: the connection becomes that peer's
     /// inbound link, replacing an older one.
-    fn identify(&mut self, k: usize, peer: NodeId, registry: &Registry, out: &mut Vec<PeerInput>) {
+    fn identify(&mut self, k: usize, hello: Hello, registry: &Registry, out: &mut Vec<PeerInput>) {
+        let peer = hello.from;
         let addr = self.inbound[k].addr;
         self.inbound[k].state = InboundState::Up(peer);
         if let Some(src) = self.sources.get_mut(&addr.ip()) {
@@ -1254,6 +1284,29 @@ impl PeerSet {
             }
         }
         log::debug!("peer {peer} connected from {addr}");
+        if !self.outbound.iter().any(|o| o.id == peer && !o.retired) {
+            // A member this one's configuration does not name yet: answer
+            // it on a link to where its handshake says it listens.
+            log::info!(
+                "member {peer}, not in this member's configuration, connected from {addr}: \
+                 dialing back {}",
+                hello.listen
+            );
+            let learned = Member {
+                id: peer,
+                peer_addr: hello.listen,
+                client_addr: hello.listen,
+                metrics_addr: None,
+                peer_ip: None,
+            };
+            let slot = self.outbound.iter().position(|o| o.retired);
+            let i = slot.unwrap_or(self.outbound.len());
+            let o = Outbound::new(&learned, i, Instant::now());
+            match slot {
+                Some(i) => self.outbound[i] = o,
+                None => self.outbound.push(o),
+            }
+        }
         // It is up, so a dial of ours waiting out its backoff may go now
         // (a member that was just added dials back at once).
         if let Some(o) = self
@@ -1297,6 +1350,17 @@ impl PeerSet {
                     self.inbound_of.remove(&peer);
                     if let Some(reason) = reason {
                         out.push(PeerInput::LinkDown { peer, reason });
+                    }
+                    // A link dialled back to a member not in the
+                    // configuration lives as long as its own link to us.
+                    if !self.members.contains(&peer) {
+                        for o in self.outbound.iter_mut().filter(|o| o.id == peer) {
+                            if let Some(mut link) = o.link.take() {
+                                let _ = registry.deregister(&mut link.sock);
+                            }
+                            o.phase = Phase::Idle;
+                            o.retired = true;
+                        }
                     }
                 }
             }

@@ -208,12 +208,9 @@ impl Server {
             log::warn!("no address known for members {unknown:?}: not connecting to them");
         }
         self.settings.members = new;
-        // A member that joins accepts any member until it has one.
-        let open = self.node.membership().voters.is_empty();
-        self.settings.join &= open;
+        self.settings.join &= self.node.membership().voters.is_empty();
         self.peers.set_members(
             &self.settings.members,
-            open,
             self.poll.registry(),
             Instant::now(),
             &mut self.inputs,
