@@ -45,6 +45,7 @@ fn main() -> std::io::Result<()> {
             "request_vote",
             msg(MessageBody::RequestVote(RequestVote {
                 pre_vote: false,
+                leadership_transfer: false,
                 last_log_index: LogIndex(4),
                 last_log_term: Term(2),
             })),
@@ -63,8 +64,17 @@ fn main() -> std::io::Result<()> {
                 entry(5, EntryPayload::Noop),
                 entry(6, EntryPayload::Command(Bytes::from_static(b"set x 1"))),
                 entry(7, EntryPayload::Command(Bytes::new())),
+                entry(
+                    8,
+                    EntryPayload::Configuration(raft_proto::Membership {
+                        voters: vec![NodeId(1), NodeId(2), NodeId(4)],
+                        learners: vec![NodeId(5)],
+                        context: Bytes::from_static(b"4 127.0.0.4:7004 127.0.0.4:6404\n"),
+                    }),
+                ),
             ]),
         ),
+        ("timeout_now", msg(MessageBody::TimeoutNow)),
         (
             "append_success",
             response(AppendResult::Success {
