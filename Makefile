@@ -7,7 +7,7 @@ SIM_LONG_SEEDS ?= 0..20000
 SLOW_SEEDS ?= 0..2000
 FUZZ_SECS ?= 60
 
-.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean mutants
+.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill membership-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean mutants
 CHAOS_SEEDS ?= 1 2 3 4 5
 CHAOS_SECS ?= 120
 TRIALS ?= 10
@@ -20,6 +20,7 @@ help:
 	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
 	@echo "make chaos      Jepsen-style check of a real cluster under faults, seeds CHAOS_SEEDS, CHAOS_SECS s each (root)"
 	@echo "make failover-drill  kill, freeze and isolate the leader TRIALS times each; detection/election/unavailability (root)"
+	@echo "make membership-drill  replace members and restart them all in turn under write load; lost writes, pauses (root)"
 	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make clippy     lints, warnings are errors"
@@ -61,6 +62,11 @@ failover-drill: release
 	target/release/raft-drill --start --fault kill --trials $(TRIALS)
 	target/release/raft-drill --start --fault freeze --trials $(TRIALS)
 	target/release/raft-drill --start --fault isolate --trials $(TRIALS)
+
+# Replace member 1 (leading) by 4 and 2 by 5, then two rolling restarts
+# (with and without the hand-over at SIGTERM), under write load.
+membership-drill: release
+	target/release/raft-drill --start --membership
 
 fuzz:
 	tools/fuzz.sh $(FUZZ_SECS)

@@ -9,7 +9,12 @@
 //! raft-drill --data data --fault freeze --trials 5
 //! # a cluster started with `RAFT_NETNS=ns DATA=dir tools/fault.sh cluster-start`
 //! raft-drill --data dir --netns ns --fault isolate --trials 5
+//! # the membership drill (root): replace members, rolling restarts, under load
+//! raft-drill --start --membership
 //! ```
+//!
+//! `--membership` is a drill of its own, described at [`membership`]; it
+//! shares the namespace, cluster and log machinery below.
 //!
 //! `--start` creates a network namespace (`--netns NAME`, or
 //! `raft-drill-PID`), starts three members inside it with `tools/fault.sh
@@ -100,9 +105,26 @@ struct Args {
     /// down afterwards.
     #[arg(long)]
     start: bool,
-    /// What to do to the leader.
-    #[arg(long, value_enum)]
-    fault: Fault,
+    /// What to do to the leader (required unless --membership).
+    #[arg(
+        long = "fault",
+        value_name = "FAULT",
+        value_enum,
+        required_unless_present = "membership"
+    )]
+    fault_arg: Option<Fault>,
+    /// Instead of a failover drill: the membership drill (needs --start).
+    /// Under a steady write load it replaces member 1 (made leader first) by
+    /// a joining member 4 and member 2 (a follower) by member 5, then
+    /// restarts every member in turn, once with the leader's hand-over at
+    /// SIGTERM and once with `shutdown_transfer = false`; it checks that
+    /// no acknowledged write is lost and prints each step's time, failed
+    /// writes and longest write pause.
+    #[arg(long, conflicts_with = "fault_arg")]
+    membership: bool,
+    /// Concurrent writers in the membership drill.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    clients: u32,
     /// Number of trials.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     trials: u32,
@@ -129,6 +151,15 @@ struct Args {
     /// Stop at the first failed check instead of recovering and going on.
     #[arg(long)]
     stop_on_failure: bool,
+}
+
+impl Args {
+    /// The failover drill's fault; clap requires it unless --membership,
+    /// and only the failover drill asks for it.
+    fn fault(&self) -> Fault {
+        self.fault_arg
+            .expect("clap requires --fault unless --membership")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -166,6 +197,8 @@ fn main() -> ExitCode {
         start_outside(&args)
     } else if let (Some(ns), false) = (&args.netns, inside) {
         reexec_inside(ns, &[])
+    } else if args.membership {
+        membership::run(&args).map(|ok| if ok { 0 } else { 1 })
     } else {
         run_drill(&args).map(|ok| if ok { 0 } else { 1 })
     };
@@ -858,13 +891,13 @@ fn run_drill(args: &Args) -> Result<bool, String> {
         .or_else(|| std::env::var_os("RAFT_NODE").map(PathBuf::from))
         .map(|b| absolute(&b))
         .transpose()?;
-    if args.fault == Fault::Isolate && !is_root() {
+    if args.fault() == Fault::Isolate && !is_root() {
         return Err("--fault isolate: needs root (iptables)".into());
     }
     if args.trials == 0 {
         return Err("--trials 0: a drill must run at least one trial".into());
     }
-    if args.fault == Fault::Isolate {
+    if args.fault() == Fault::Isolate {
         // Checked before anything starts: without iptables no fault would
         // take effect, and the drill would measure nothing.
         for tool in ["iptables", "iptables-restore"] {
@@ -902,7 +935,7 @@ fn run_drill(args: &Args) -> Result<bool, String> {
         {
             eprintln!("raft-drill: stopping the cluster: {e}");
         }
-    } else if args.fault == Fault::Isolate {
+    } else if args.fault() == Fault::Isolate {
         let _ = cl.fault_sh(&["heal"]);
     }
     result
@@ -911,7 +944,7 @@ fn run_drill(args: &Args) -> Result<bool, String> {
 fn trials(args: &Args, cl: &Cluster) -> Result<bool, String> {
     println!(
         "raft-drill: fault {:?}, {} trials, {} members in {}{} (heartbeat {} ms, election timeout {}-{} ms)",
-        args.fault,
+        args.fault(),
         args.trials,
         cl.members.len(),
         cl.data.display(),
@@ -983,7 +1016,7 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         // its last step, so T0 is when it returns (the tens of ms of bash
         // before that are not counted).
         let started = Instant::now();
-        let injected = match args.fault {
+        let injected = match args.fault() {
             Fault::Kill => cl.signal(l, libc::SIGKILL),
             Fault::Freeze => cl.signal(l, libc::SIGSTOP),
             Fault::Isolate => cl.fault_sh(&["isolate", &l.to_string()]).map(|_| ()),
@@ -1067,7 +1100,7 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
     // Recover, and check the old leader rejoins quietly.
     let recover_ms = now_ms();
     let recover_at = Instant::now();
-    let recovered = match args.fault {
+    let recovered = match args.fault() {
         Fault::Kill => cl.fault_sh(&["restart", &l.to_string()]).map(|_| ()),
         Fault::Freeze => cl.signal(l, libc::SIGCONT),
         Fault::Isolate => cl.fault_sh(&["heal"]).map(|_| ()),
@@ -1121,7 +1154,7 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         "trial {t}/{}: leader {l} {}{took} | detection {} | election {}{by} \
          | first write acked {}{via} | {term_change}{rejoin}",
         args.trials,
-        args.fault.verb(),
+        args.fault().verb(),
         fmt(r.detection_ms),
         fmt(r.election_ms),
         fmt(r.unavailable_ms),
@@ -1129,7 +1162,7 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
     if !detected_by.is_empty() {
         println!("  detected: {detected_by}");
     }
-    if r.failures.is_empty() && args.fault != Fault::Kill {
+    if r.failures.is_empty() && args.fault() != Fault::Kill {
         // What the old leader said on its way back: how quiet it was.
         let raft_lines: Vec<String> = read_log_from(&cl.member(l).log, offsets[&l])
             .into_iter()
@@ -1244,7 +1277,7 @@ fn print_summary(args: &Args, cl: &Cluster, results: &[TrialResult]) {
     println!();
     println!(
         "summary: fault {:?}, {} trials, heartbeat {} ms, election timeout {}-{} ms, writes via {:?}",
-        args.fault,
+        args.fault(),
         results.len(),
         cl.heartbeat_ms,
         cl.election_timeout_ms.0,
@@ -1299,6 +1332,1270 @@ fn print_summary(args: &Args, cl: &Cluster, results: &[TrialResult]) {
             "  checks: {failed} of {} trials FAILED (see above)",
             results.len()
         );
+    }
+}
+
+// ----- membership drill ----------------------------------------------------------
+
+/// `--membership`: members replaced and restarted under a steady write load.
+///
+/// Run a1 replaces member 1 by member 4, with member 1 leading when it is
+/// removed (the harder case: the leader commits its own removal, then
+/// steps down). Runs b1 and b2 restart every member in turn (followers
+/// first, the leader last): once with the leader's hand-over at SIGTERM,
+/// once with `shutdown_transfer = false` (the whole cluster is restarted
+/// with that file first), for comparison. Run a2 replaces member 2, a
+/// follower, by member 5 while member 4 leads: a member joining through a
+/// leader that is not in the log's first configuration. Each replacement
+/// is: start the new member with `--join`, `RAFT.ADD N ... LEARNER`, wait
+/// until it has caught up, `RAFT.PROMOTE N`, `RAFT.REMOVE old`, SIGTERM
+/// the old one. A run that fails ends the drill.
+///
+/// During each run several writers SET keys of their own (one key per
+/// write, `md:RUN:CLIENT:SEQ` = `SEQ`), resending a write until it is
+/// acknowledged (SET of the same key and value is idempotent, so a resend
+/// after a timeout is safe). Afterwards every acknowledged write is read
+/// back from the leader, and from each member added in that run with
+/// `READONLY`: a missing or different value is a lost write, and fails the
+/// drill, as does a step that could not be carried out or a member that
+/// died. Pauses are measured from the writers' own acknowledgements.
+mod membership {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::fs::OpenOptions;
+    use std::os::unix::ffi::OsStrExt;
+    use std::process::Child;
+
+    /// Writes per client at most, so the record of acknowledged writes
+    /// stays bounded (a run lasts well under a minute; this is minutes of
+    /// load at the fastest rate this machine reaches).
+    const MAX_WRITES_PER_CLIENT: u64 = 2_000_000;
+    /// A write not acknowledged within this long is given up (and counted).
+    const WRITE_GIVE_UP: Duration = Duration::from_secs(30);
+    /// Pause before a resend (after CLUSTERDOWN, TRYAGAIN, an error or a
+    /// refused connection). Short: a longer one would itself become part of
+    /// the pauses the drill measures.
+    const RESEND_PAUSE: Duration = Duration::from_millis(1);
+    /// Redirects followed in a row without a pause: a hand-over can bounce
+    /// a client between the old leader and the target for a moment.
+    const FREE_HOPS: u32 = 3;
+    /// Read/write timeout of the writers' connections; a write whose reply
+    /// takes longer is resent.
+    const WRITE_IO_TIMEOUT: Duration = Duration::from_secs(1);
+    /// RAFT.ADD and the like answer when the change commits.
+    const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long one admin command may be retried ("in progress", "has
+    /// caught up to", no leader).
+    const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long a new or restarted member may take to catch up.
+    const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long a started member may take to answer INFO.
+    const START_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long a member may take to exit after SIGTERM (a leader first
+    /// hands over, for at most an election timeout).
+    const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Load alone before the first step of a run: the reference pause.
+    const STEADY: Duration = Duration::from_secs(2);
+    /// Error replies kept per client for the report (counted beyond that).
+    const MAX_ERRORS_KEPT: usize = 10_000;
+    /// GETs in flight while reading the writes back.
+    const VERIFY_BATCH: usize = 256;
+    /// The goal for a rolling restart with the hand-over.
+    const PAUSE_GOAL: Duration = Duration::from_millis(20);
+
+    /// Addresses of member `id`, following tools/cluster.sh (127.0.0.ID,
+    /// ports 7000+ID, 6400+ID, 9400+ID).
+    fn addrs_of(id: u64) -> (String, String, String) {
+        (
+            format!("127.0.0.{id}:{}", 7000 + id),
+            format!("127.0.0.{id}:{}", 6400 + id),
+            format!("127.0.0.{id}:{}", 9400 + id),
+        )
+    }
+
+    /// One acknowledged write.
+    struct Ack {
+        seq: u64,
+        sent: Instant,
+        acked: Instant,
+    }
+
+    /// What one writer saw.
+    #[derive(Default)]
+    struct ClientLog {
+        acks: Vec<Ack>,
+        /// Writes that got an error reply other than a redirect: sequence
+        /// number and the time of the first such reply.
+        failed: Vec<(u64, Instant)>,
+        /// Error replies other than redirects, with their time.
+        errors: Vec<(Instant, String)>,
+        errors_dropped: u64,
+        /// Resends after a timeout or a lost connection (outcome unknown).
+        unknown: Vec<Instant>,
+        /// MOVED, CLUSTERDOWN and TRYAGAIN replies.
+        redirects: u64,
+        /// Writes given up after WRITE_GIVE_UP.
+        given_up: u64,
+    }
+
+    impl ClientLog {
+        fn error(&mut self, seq: u64, at: Instant, first: &mut bool, e: String) {
+            if *first {
+                self.failed.push((seq, at));
+                *first = false;
+            }
+            if self.errors.len() < MAX_ERRORS_KEPT {
+                self.errors.push((at, e));
+            } else {
+                self.errors_dropped += 1;
+            }
+        }
+    }
+
+    /// Writes `md:TAG:C:SEQ` = `SEQ` until `stop`, each one until it is
+    /// acknowledged.
+    fn writer(c: u32, tag: &str, addrs: &[SocketAddr], stop: &AtomicBool) -> ClientLog {
+        let mut log = ClientLog::default();
+        let mut next = c as usize % addrs.len();
+        let mut target = addrs[next];
+        let mut conn: Option<Conn> = None;
+        let mut seq = 0;
+        while !stop.load(Ordering::SeqCst) && seq < MAX_WRITES_PER_CLIENT {
+            seq += 1;
+            let key = format!("md:{tag}:{c}:{seq}");
+            let value = seq.to_string();
+            let sent = Instant::now();
+            let mut first_error = true;
+            let mut hops = 0;
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    // Not acknowledged: not checked either.
+                    return log;
+                }
+                if sent.elapsed() > WRITE_GIVE_UP {
+                    log.given_up += 1;
+                    break;
+                }
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match Conn::connect_timeouts(target, CONNECT_TIMEOUT, WRITE_IO_TIMEOUT)
+                    {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => {
+                            // Down (stopped, restarting, removed): try the
+                            // next member.
+                            next = (next + 1) % addrs.len();
+                            target = addrs[next];
+                            thread::sleep(RESEND_PAUSE);
+                            continue;
+                        }
+                    },
+                };
+                match c.call(&["SET", &key, &value]) {
+                    Ok(Reply::Simple(s)) if s == "OK" => {
+                        log.acks.push(Ack {
+                            seq,
+                            sent,
+                            acked: Instant::now(),
+                        });
+                        break;
+                    }
+                    Ok(r @ Reply::Error(_)) if r.moved_to().is_some() => {
+                        log.redirects += 1;
+                        let to = r.moved_to().expect("checked");
+                        if to != target {
+                            target = to;
+                            conn = None;
+                        }
+                        hops += 1;
+                        if hops > FREE_HOPS {
+                            thread::sleep(RESEND_PAUSE);
+                        }
+                    }
+                    Ok(Reply::Error(e))
+                        if e.starts_with("CLUSTERDOWN") || e.starts_with("TRYAGAIN") =>
+                    {
+                        log.redirects += 1;
+                        thread::sleep(RESEND_PAUSE);
+                    }
+                    Ok(Reply::Error(e)) => {
+                        let e: String = e.chars().take(160).collect();
+                        log.error(seq, Instant::now(), &mut first_error, e);
+                        thread::sleep(RESEND_PAUSE);
+                    }
+                    Ok(other) => {
+                        let e = format!("unexpected reply {other:?}");
+                        log.error(seq, Instant::now(), &mut first_error, e);
+                        thread::sleep(RESEND_PAUSE);
+                    }
+                    Err(_) => {
+                        log.unknown.push(Instant::now());
+                        conn = None;
+                        next = (next + 1) % addrs.len();
+                        target = addrs[next];
+                    }
+                }
+            }
+        }
+        log
+    }
+
+    /// One step of a run.
+    struct Step {
+        name: String,
+        start: Instant,
+        end: Instant,
+        /// What happened (Ok), or why the step could not be carried out.
+        outcome: Result<String, String>,
+    }
+
+    /// One run: load, steps, and what the writers saw.
+    struct Run {
+        tag: String,
+        title: String,
+        start: Instant,
+        end: Instant,
+        steps: Vec<Step>,
+        logs: Vec<ClientLog>,
+        /// Acknowledged writes read back, and the lost ones.
+        checked: u64,
+        lost: Vec<String>,
+        /// Problems found after the steps (lost writes, dead members,
+        /// verification that could not run).
+        failures: Vec<String>,
+    }
+
+    impl Run {
+        fn ok(&self) -> bool {
+            self.failures.is_empty() && self.steps.iter().all(|s| s.outcome.is_ok())
+        }
+        fn acked(&self) -> usize {
+            self.logs.iter().map(|l| l.acks.len()).sum()
+        }
+        fn failed(&self) -> usize {
+            self.logs.iter().map(|l| l.failed.len()).sum()
+        }
+    }
+
+    /// The numbers of one step's window.
+    struct Window {
+        acked: usize,
+        failed: usize,
+        unknown: usize,
+        /// Longest time overlapping the window in which no client had a
+        /// write acknowledged.
+        pause: Duration,
+        /// Longest single write (first send to acknowledgement) that
+        /// overlaps the window.
+        max_latency: Duration,
+    }
+
+    fn window(run: &Run, acks: &[Instant], s: Instant, e: Instant) -> Window {
+        // The gaps between consecutive acknowledgements (and from the
+        // start of the load to the first, from the last to its end).
+        let mut pause = Duration::ZERO;
+        let mut prev = run.start;
+        for &a in acks.iter().chain(std::iter::once(&run.end)) {
+            if a >= s && prev <= e {
+                pause = pause.max(a.saturating_duration_since(prev));
+            }
+            prev = a;
+            if prev > e {
+                break;
+            }
+        }
+        let within = |t: Instant| t >= s && t <= e;
+        let all = || run.logs.iter().flat_map(|l| l.acks.iter());
+        Window {
+            acked: all().filter(|a| within(a.acked)).count(),
+            failed: run
+                .logs
+                .iter()
+                .flat_map(|l| l.failed.iter())
+                .filter(|f| within(f.1))
+                .count(),
+            unknown: run
+                .logs
+                .iter()
+                .flat_map(|l| l.unknown.iter())
+                .filter(|&&t| within(t))
+                .count(),
+            pause,
+            max_latency: all()
+                .filter(|a| a.sent <= e && a.acked >= s)
+                .map(|a| a.acked - a.sent)
+                .max()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The drill's view of the cluster, and the members it started itself
+    /// (kept to be reaped when they exit).
+    struct Drill {
+        cl: Cluster,
+        children: Mutex<Vec<Child>>,
+        clients: u32,
+    }
+
+    impl Drill {
+        fn reap(&self) {
+            let mut ch = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            ch.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        }
+
+        fn alive(&self, id: u64) -> bool {
+            self.reap();
+            self.cl.alive(id)
+        }
+
+        /// Members with a pid file whose process runs.
+        fn running(&self) -> Vec<u64> {
+            self.reap();
+            self.cl
+                .members
+                .iter()
+                .map(|m| m.id)
+                .filter(|&id| self.cl.alive(id))
+                .collect()
+        }
+
+        /// The running member that says it leads, in the highest term.
+        fn leader(&self) -> Option<(u64, Info)> {
+            self.running()
+                .into_iter()
+                .filter_map(|id| self.cl.info(id).ok().map(|i| (id, i)))
+                .filter(|(_, i)| i.role == "leader")
+                .max_by_key(|(_, i)| i.term)
+        }
+
+        /// The client addresses the writers start from (and fall back to).
+        fn addrs(&self) -> Vec<SocketAddr> {
+            self.cl.members.iter().map(|m| m.client_addr).collect()
+        }
+
+        /// Sends an admin command to the leader, retrying while there is
+        /// none, on a redirect, and on an error containing one of `retry`.
+        fn admin(&self, cmd: &[&str], retry: &[&str]) -> Result<Reply, String> {
+            let deadline = Instant::now() + ADMIN_TIMEOUT;
+            let mut last = String::from("no leader");
+            let mut tries = 0u32;
+            while Instant::now() < deadline {
+                tries += 1;
+                let Some((l, _)) = self.leader() else {
+                    thread::sleep(POLL);
+                    continue;
+                };
+                let addr = self.cl.member(l).client_addr;
+                let mut c = Conn::connect_timeouts(addr, CONNECT_TIMEOUT, ADMIN_IO_TIMEOUT)
+                    .map_err(|e| format!("leader {l}: {e}"))?;
+                match c.call(cmd) {
+                    Ok(Reply::Error(e))
+                        if e.starts_with("MOVED")
+                            || e.starts_with("CLUSTERDOWN")
+                            || retry.iter().any(|r| e.contains(r)) =>
+                    {
+                        last = format!("-{e} (from member {l})");
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    Ok(Reply::Error(e)) => {
+                        return Err(format!("{}: -{e} (from member {l})", cmd.join(" ")))
+                    }
+                    Ok(r) => return Ok(r),
+                    // Not resent: the outcome of a change whose reply was
+                    // lost is unknown, and the drill must say so.
+                    Err(e) => {
+                        return Err(format!("{}: no reply from member {l}: {e}", cmd.join(" ")))
+                    }
+                }
+            }
+            Err(format!(
+                "{}: not done within {} s ({tries} tries); last reply {last}",
+                cmd.join(" "),
+                ADMIN_TIMEOUT.as_secs()
+            ))
+        }
+
+        /// Starts a member with `argv` in `cwd`, appending to its node.log
+        /// and writing its pid file as tools/cluster.sh does.
+        fn launch(&self, id: u64, argv: &[OsString], cwd: &Path) -> Result<(), String> {
+            let m = self.cl.member(id);
+            if let Some(dir) = m.log.parent() {
+                fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&m.log)
+                .map_err(|e| format!("{}: {e}", m.log.display()))?;
+            let err = log.try_clone().map_err(|e| e.to_string())?;
+            let exe = cwd.join(&argv[0]);
+            let child = Command::new(&exe)
+                .args(&argv[1..])
+                .current_dir(cwd)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("member {id}: {}: {e}", exe.display()))?;
+            fs::write(&m.pid_file, format!("{}\n", child.id()))
+                .map_err(|e| format!("{}: {e}", m.pid_file.display()))?;
+            self.children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(child);
+            Ok(())
+        }
+
+        /// Waits until member `id` answers INFO.
+        fn wait_answers(&self, id: u64, log_from: u64) -> Result<(), String> {
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if !self.alive(id) {
+                    return Err(format!(
+                        "member {id} exited: {}",
+                        crash_summary(&self.cl.member(id).log, log_from)
+                    ));
+                }
+                if self.cl.info(id).is_ok() {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "member {id} did not answer INFO within {} s",
+                        START_TIMEOUT.as_secs()
+                    ));
+                }
+                thread::sleep(POLL);
+            }
+        }
+
+        /// Waits until member `id` applied what the leader had committed
+        /// when the wait began (under load, the commit index moves on).
+        fn wait_caught_up(&self, id: u64) -> Result<String, String> {
+            let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+            let mut target = None;
+            let mut seen = String::from("no leader");
+            loop {
+                if target.is_none() {
+                    if let Some((l, i)) = self.leader() {
+                        target = Some((l, i.commit_index));
+                    }
+                }
+                if let Some((l, t)) = target {
+                    match self.cl.info(id) {
+                        Ok(i) if i.last_applied >= t => {
+                            return Ok(format!(
+                                "applied {} >= leader {l}'s commit index {t}",
+                                i.last_applied
+                            ))
+                        }
+                        Ok(i) => seen = format!("applied {} of {t}", i.last_applied),
+                        Err(e) => seen = e,
+                    }
+                }
+                if !self.alive(id) {
+                    return Err(format!("member {id} exited while catching up"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "member {id} did not catch up within {} s: {seen}",
+                        CATCH_UP_TIMEOUT.as_secs()
+                    ));
+                }
+                thread::sleep(POLL);
+            }
+        }
+
+        /// SIGTERM, then waits for the exit; returns how long it took.
+        fn stop(&self, id: u64) -> Result<Duration, String> {
+            let t = Instant::now();
+            self.cl.signal(id, libc::SIGTERM)?;
+            while self.alive(id) {
+                if t.elapsed() > EXIT_TIMEOUT {
+                    let _ = self.cl.signal(id, libc::SIGKILL);
+                    return Err(format!(
+                        "member {id} did not exit within {} s of SIGTERM (killed)",
+                        EXIT_TIMEOUT.as_secs()
+                    ));
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            let took = t.elapsed();
+            let _ = fs::remove_file(&self.cl.member(id).pid_file);
+            Ok(took)
+        }
+
+        /// The command line and working directory of a running member.
+        fn command_line(&self, id: u64) -> Result<(Vec<OsString>, PathBuf), String> {
+            let pid = self
+                .cl
+                .pid(id)
+                .ok_or_else(|| format!("member {id}: no pid file"))?;
+            let raw = fs::read(format!("/proc/{pid}/cmdline"))
+                .map_err(|e| format!("member {id}: /proc/{pid}/cmdline: {e}"))?;
+            let argv: Vec<OsString> = raw
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| OsStr::from_bytes(a).to_os_string())
+                .collect();
+            let cwd = fs::read_link(format!("/proc/{pid}/cwd"))
+                .map_err(|e| format!("member {id}: /proc/{pid}/cwd: {e}"))?;
+            if argv.is_empty() {
+                return Err(format!("member {id}: empty command line"));
+            }
+            Ok((argv, cwd))
+        }
+
+        /// Every running member follows one leader in its term and applied
+        /// what it had committed.
+        fn wait_ready(&self) -> Result<u64, String> {
+            let deadline = Instant::now() + HEALTH_TIMEOUT;
+            let mut last = String::from("not checked");
+            while Instant::now() < deadline {
+                match self.ready() {
+                    Ok(l) => return Ok(l),
+                    Err(e) => last = e,
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(format!(
+                "cluster not ready within {} s: {last}",
+                HEALTH_TIMEOUT.as_secs()
+            ))
+        }
+
+        fn ready(&self) -> Result<u64, String> {
+            let (l, li) = self.leader().ok_or("no leader")?;
+            for id in self.running() {
+                let i = self.cl.info(id)?;
+                if id != l && (i.leader != l || i.term != li.term) {
+                    return Err(format!(
+                        "member {id} follows {} in term {}",
+                        i.leader, i.term
+                    ));
+                }
+                if i.last_applied < li.commit_index {
+                    return Err(format!(
+                        "member {id} applied {} of {}",
+                        i.last_applied, li.commit_index
+                    ));
+                }
+            }
+            Ok(l)
+        }
+    }
+
+    /// Runs `f`, timed, as a step of `run`; prints it as it ends.
+    fn step(
+        steps: &mut Vec<Step>,
+        name: impl Into<String>,
+        f: impl FnOnce() -> Result<String, String>,
+    ) -> bool {
+        let name = name.into();
+        let start = Instant::now();
+        let outcome = f();
+        let end = Instant::now();
+        match &outcome {
+            Ok(note) => println!(
+                "  {name}: {} ms{}",
+                (end - start).as_millis(),
+                if note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({note})")
+                }
+            ),
+            Err(e) => println!(
+                "  {name}: FAILED after {} ms: {e}",
+                (end - start).as_millis()
+            ),
+        }
+        let ok = outcome.is_ok();
+        steps.push(Step {
+            name,
+            start,
+            end,
+            outcome,
+        });
+        ok
+    }
+
+    /// Runs the steps of `body` under the write load, then reads every
+    /// acknowledged write back (from the leader, and with READONLY from
+    /// each of `check_on`).
+    fn under_load(
+        d: &Drill,
+        tag: &str,
+        title: &str,
+        check_on: &[u64],
+        body: impl FnOnce(&mut Vec<Step>),
+    ) -> Run {
+        println!("\n{tag}: {title}");
+        let addrs = d.addrs();
+        let stop = AtomicBool::new(false);
+        let start = Instant::now();
+        let mut steps = Vec::new();
+        let logs = thread::scope(|s| {
+            let handles: Vec<_> = (0..d.clients)
+                .map(|c| {
+                    let (addrs, stop) = (&addrs, &stop);
+                    s.spawn(move || writer(c, tag, addrs, stop))
+                })
+                .collect();
+            // The writers stop however the steps end (even by a panic).
+            struct StopOnDrop<'a>(&'a AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _guard = StopOnDrop(&stop);
+            step(
+                &mut steps,
+                format!("steady load ({} s)", STEADY.as_secs()),
+                || {
+                    thread::sleep(STEADY);
+                    Ok(String::new())
+                },
+            );
+            body(&mut steps);
+            stop.store(true, Ordering::SeqCst);
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        let end = Instant::now();
+        let mut run = Run {
+            tag: tag.to_string(),
+            title: title.to_string(),
+            start,
+            end,
+            steps,
+            logs,
+            checked: 0,
+            lost: Vec::new(),
+            failures: Vec::new(),
+        };
+        verify(d, &mut run, check_on);
+        for m in &d.cl.members {
+            if m.pid_file.exists() && !d.alive(m.id) {
+                run.failures.push(format!(
+                    "member {} died: {}",
+                    m.id,
+                    crash_summary(&m.log, 0)
+                ));
+            }
+        }
+        run
+    }
+
+    /// Reads every acknowledged write of `run` back.
+    fn verify(d: &Drill, run: &mut Run, check_on: &[u64]) {
+        // A leader is enough to read from: a member that did not catch up
+        // is the step's failure, not a reason to skip the check.
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        let leader = loop {
+            if let Some((l, _)) = d.leader() {
+                break l;
+            }
+            if Instant::now() > deadline {
+                run.failures.push(format!(
+                    "cannot read the writes back: no leader within {} s",
+                    HEALTH_TIMEOUT.as_secs()
+                ));
+                return;
+            }
+            thread::sleep(POLL);
+        };
+        let mut targets = vec![(leader, false)];
+        targets.extend(
+            check_on
+                .iter()
+                .filter(|&&id| id != leader && d.alive(id))
+                .map(|&id| (id, true)),
+        );
+        for (id, readonly) in targets {
+            match read_back(d, run, id, readonly) {
+                Ok((checked, lost)) => {
+                    println!(
+                        "  read back from member {id}{}: {checked} acknowledged writes, {} lost",
+                        if readonly { " (READONLY)" } else { " (leader)" },
+                        lost.len()
+                    );
+                    run.checked = run.checked.max(checked);
+                    if !lost.is_empty() {
+                        run.failures.push(format!(
+                            "member {id}: {} acknowledged writes lost, e.g. {}",
+                            lost.len(),
+                            lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                    run.lost.extend(lost);
+                }
+                Err(e) => run
+                    .failures
+                    .push(format!("reading the writes back from member {id}: {e}")),
+            }
+        }
+    }
+
+    fn read_back(
+        d: &Drill,
+        run: &Run,
+        id: u64,
+        readonly: bool,
+    ) -> Result<(u64, Vec<String>), String> {
+        let mut c = Conn::connect_timeouts(
+            d.cl.member(id).client_addr,
+            CONNECT_TIMEOUT,
+            ADMIN_IO_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        if readonly {
+            match c.call(&["READONLY"]) {
+                Ok(Reply::Simple(_)) => {}
+                other => return Err(format!("READONLY: {other:?}")),
+            }
+        }
+        let mut checked = 0;
+        let mut lost = Vec::new();
+        for (client, log) in run.logs.iter().enumerate() {
+            for batch in log.acks.chunks(VERIFY_BATCH) {
+                let keys: Vec<String> = batch
+                    .iter()
+                    .map(|a| format!("md:{}:{client}:{}", run.tag, a.seq))
+                    .collect();
+                for k in &keys {
+                    c.send(&[b"GET", k.as_bytes()]).map_err(|e| e.to_string())?;
+                }
+                for (a, k) in batch.iter().zip(&keys) {
+                    let want = a.seq.to_string();
+                    match c.read().map_err(|e| format!("GET {k}: {e}"))? {
+                        Reply::Bulk(Some(v)) if v == want.as_bytes() => {}
+                        Reply::Bulk(Some(v)) => lost.push(format!(
+                            "{k} = {:?} (acknowledged {want})",
+                            String::from_utf8_lossy(&v)
+                        )),
+                        Reply::Bulk(None) => lost.push(format!("{k} missing")),
+                        other => return Err(format!("GET {k}: {other:?}")),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        Ok((checked, lost))
+    }
+
+    /// Adds [[node]] entries for `ids` to the cluster file, unless present.
+    fn add_to_cluster_file(data: &Path, ids: &[u64]) -> Result<(), String> {
+        let file = data.join("cluster.toml");
+        let mut text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        for &id in ids {
+            if text
+                .lines()
+                .any(|l| l.replace(' ', "") == format!("id={id}"))
+            {
+                continue;
+            }
+            let (peer, client, metrics) = addrs_of(id);
+            text.push_str(&format!(
+                "\n[[node]]\nid = {id}\npeer_addr = \"{peer}\"\nclient_addr = \"{client}\"\nmetrics_addr = \"{metrics}\"\n"
+            ));
+        }
+        fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// Puts `shutdown_transfer = false` at the top of the cluster file
+    /// (top-level keys must come before the first [[node]]).
+    fn disable_hand_over(data: &Path) -> Result<(), String> {
+        let file = data.join("cluster.toml");
+        let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = format!(
+            "# The membership drill's baseline: no hand-over at SIGTERM.\nshutdown_transfer = false\n{text}"
+        );
+        fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// Replaces member `old` by `new` (see the module doc).
+    /// Member `leads` is made leader first (unless it leads already).
+    fn replace(d: &Drill, tag: &str, old: u64, new: u64, leads: u64) -> Run {
+        let title = if leads == old {
+            format!("replace member {old} (the leader) by member {new}")
+        } else {
+            format!("replace member {old} (a follower) by member {new}, member {leads} leading")
+        };
+        under_load(d, tag, &title, &[new], |steps| {
+            let id = leads.to_string();
+            if d.leader().map(|(l, _)| l) != Some(leads)
+                && !step(steps, format!("RAFT.TRANSFER {leads}"), || {
+                    d.admin(&["RAFT.TRANSFER", &id], &["in progress"])
+                        .map(|r| members_summary(&r))
+                })
+            {
+                return;
+            }
+            let (peer, client, _) = addrs_of(new);
+            let log_from = log_len(&d.cl.member(new).log);
+            if !step(steps, format!("start member {new} --join"), || {
+                if d.alive(new) {
+                    return Err(format!("member {new} is running already"));
+                }
+                let (argv, cwd) = d.command_line(old)?;
+                let mut new_argv = vec![argv[0].clone()];
+                let data = &d.cl.data;
+                for a in [
+                    "--config".into(),
+                    data.join("cluster.toml").into_os_string(),
+                    "--id".into(),
+                    new.to_string().into(),
+                    "--data-dir".into(),
+                    data.join(format!("node{new}")).into_os_string(),
+                    "--join".into(),
+                ] {
+                    new_argv.push(a);
+                }
+                d.launch(new, &new_argv, &cwd)?;
+                d.wait_answers(new, log_from)?;
+                Ok("answers INFO".into())
+            }) {
+                return;
+            }
+            let new_s = new.to_string();
+            if !step(steps, format!("RAFT.ADD {new} LEARNER"), || {
+                d.admin(
+                    &["RAFT.ADD", &new_s, &peer, &client, "LEARNER"],
+                    &["in progress"],
+                )
+                .map(|r| members_summary(&r))
+            }) {
+                return;
+            }
+            if !step(steps, format!("catch-up of {new}"), || {
+                d.wait_caught_up(new)
+            }) {
+                return;
+            }
+            if !step(steps, format!("RAFT.PROMOTE {new}"), || {
+                d.admin(
+                    &["RAFT.PROMOTE", &new_s],
+                    &["has caught up to", "in progress"],
+                )
+                .map(|r| members_summary(&r))
+            }) {
+                return;
+            }
+            let role = if d.leader().map(|(l, _)| l) == Some(old) {
+                "leader"
+            } else {
+                "follower"
+            };
+            let old_s = old.to_string();
+            if !step(steps, format!("RAFT.REMOVE {old} ({role})"), || {
+                match d.admin(&["RAFT.REMOVE", &old_s], &["in progress"]) {
+                    Ok(r) => {
+                        let summary = members_summary(&r);
+                        if member_ids(&r).contains(&old) {
+                            return Err(format!("the reply still lists member {old}: {summary}"));
+                        }
+                        Ok(summary)
+                    }
+                    // The server's own words: the change may have been
+                    // committed by the next leader. The configuration
+                    // says which; either way the reply is reported.
+                    Err(e) if e.contains("may still take effect") => {
+                        let r = d.admin(&["RAFT.MEMBERS"], &[])?;
+                        if member_ids(&r).contains(&old) {
+                            return Err(format!("{e}; RAFT.MEMBERS still lists {old}"));
+                        }
+                        Ok(format!(
+                            "ANOMALY: the removal took effect ({}) but the reply was {e}",
+                            members_summary(&r)
+                        ))
+                    }
+                    Err(e) => Err(e),
+                }
+            }) {
+                return;
+            }
+            step(steps, format!("stop member {old}"), || {
+                let took = d.stop(old)?;
+                let l = d.leader().map_or("none".into(), |(l, _)| l.to_string());
+                Ok(format!(
+                    "exited {} ms after SIGTERM; leader now {l}",
+                    took.as_millis()
+                ))
+            });
+        })
+    }
+
+    /// Restarts every running member in turn, followers first, the leader
+    /// last, each with its own command line.
+    fn rolling_restart(d: &Drill, tag: &str, title: &str) -> Run {
+        under_load(d, tag, title, &[], |steps| {
+            let Some((leader, _)) = d.leader() else {
+                step(steps, "find the leader", || Err("no leader".into()));
+                return;
+            };
+            let mut order: Vec<u64> = d.running().into_iter().filter(|&id| id != leader).collect();
+            order.push(leader);
+            for id in order {
+                let role = if d.leader().map(|(l, _)| l) == Some(id) {
+                    "leader"
+                } else {
+                    "follower"
+                };
+                let ok = step(steps, format!("restart member {id} ({role})"), || {
+                    let (argv, cwd) = d.command_line(id)?;
+                    let log_from = log_len(&d.cl.member(id).log);
+                    let down = d.stop(id)?;
+                    let t = Instant::now();
+                    d.launch(id, &argv, &cwd)?;
+                    d.wait_answers(id, log_from)?;
+                    let answers = t.elapsed();
+                    d.wait_caught_up(id)?;
+                    let l = d.leader().map_or("none".into(), |(l, _)| l.to_string());
+                    Ok(format!(
+                        "exited {} ms after SIGTERM, answered {} ms after start, caught up after {} ms; leader now {l}",
+                        down.as_millis(),
+                        answers.as_millis(),
+                        t.elapsed().as_millis()
+                    ))
+                });
+                if !ok {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Restarts the whole cluster (no load): every member stops, then all
+    /// start again with their own command lines.
+    fn restart_all(d: &Drill) -> Result<(), String> {
+        let ids = d.running();
+        let mut lines = Vec::new();
+        for &id in &ids {
+            lines.push((id, d.command_line(id)?, log_len(&d.cl.member(id).log)));
+        }
+        for &id in &ids {
+            d.stop(id)?;
+        }
+        for (id, (argv, cwd), _) in &lines {
+            d.launch(*id, argv, cwd)?;
+        }
+        for (id, _, from) in &lines {
+            d.wait_answers(*id, *from)?;
+        }
+        d.wait_ready().map(|_| ())
+    }
+
+    /// `[[id, peer, client, role, ...], ...]` → `1 voter, 4 learner`.
+    fn members_summary(r: &Reply) -> String {
+        match r {
+            Reply::Array(ms) => ms
+                .iter()
+                .map(|m| match m {
+                    Reply::Array(f) => match (f.first(), f.get(3)) {
+                        (Some(Reply::Integer(id)), Some(Reply::Bulk(Some(role)))) => {
+                            format!("{id} {}", String::from_utf8_lossy(role))
+                        }
+                        _ => format!("{f:?}"),
+                    },
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Reply::Simple(s) => s.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn member_ids(r: &Reply) -> Vec<u64> {
+        match r {
+            Reply::Array(ms) => ms
+                .iter()
+                .filter_map(|m| match m {
+                    Reply::Array(f) => match f.first() {
+                        Some(Reply::Integer(id)) => u64::try_from(*id).ok(),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn ms(d: Duration) -> String {
+        format!("{:.1}", d.as_secs_f64() * 1000.0)
+    }
+
+    fn print_run(run: &Run) -> (Duration, usize) {
+        let mut acks: Vec<Instant> = run
+            .logs
+            .iter()
+            .flat_map(|l| l.acks.iter().map(|a| a.acked))
+            .collect();
+        acks.sort_unstable();
+        println!("\n{}: {}", run.tag, run.title);
+        println!(
+            "  {:<34} {:>8} {:>7} {:>6} {:>7} {:>9} {:>10}",
+            "step", "took ms", "acked", "failed", "unknown", "pause ms", "max lat ms"
+        );
+        let (mut worst, mut failed) = (Duration::ZERO, 0);
+        for s in &run.steps {
+            let w = window(run, &acks, s.start, s.end);
+            println!(
+                "  {:<34} {:>8} {:>7} {:>6} {:>7} {:>9} {:>10}{}",
+                s.name,
+                (s.end - s.start).as_millis(),
+                w.acked,
+                w.failed,
+                w.unknown,
+                ms(w.pause),
+                ms(w.max_latency),
+                if s.outcome.is_err() {
+                    "  STEP FAILED"
+                } else {
+                    ""
+                }
+            );
+            if !s.name.starts_with("steady") {
+                worst = worst.max(w.pause);
+                failed += w.failed;
+            }
+        }
+        let redirects: u64 = run.logs.iter().map(|l| l.redirects).sum();
+        let unknown: usize = run.logs.iter().map(|l| l.unknown.len()).sum();
+        let given_up: u64 = run.logs.iter().map(|l| l.given_up).sum();
+        println!(
+            "  whole run: {} writes acknowledged, {} failed, {} resent after a timeout or closed connection, \
+             {redirects} MOVED/CLUSTERDOWN/TRYAGAIN replies followed, {given_up} given up, {} lost of {} read back",
+            run.acked(),
+            run.failed(),
+            unknown,
+            run.lost.len(),
+            run.checked
+        );
+        let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
+        for l in &run.logs {
+            for (_, e) in &l.errors {
+                *errors.entry(e.as_str()).or_default() += 1;
+            }
+        }
+        for (e, n) in errors {
+            println!("  error reply ({n}x): -{e}");
+        }
+        let dropped: u64 = run.logs.iter().map(|l| l.errors_dropped).sum();
+        if dropped > 0 {
+            println!("  ... and {dropped} more error replies not kept");
+        }
+        for s in &run.steps {
+            if let Ok(note) = &s.outcome {
+                if note.starts_with("ANOMALY") {
+                    println!("  {}: {note}", s.name);
+                }
+            }
+        }
+        for f in &run.failures {
+            println!("  CHECK FAILED: {f}");
+        }
+        (worst, failed)
+    }
+
+    pub(super) fn run(args: &Args) -> Result<bool, String> {
+        if !args.start {
+            return Err(
+                "--membership needs --start: it replaces and restarts members, so it runs on a cluster of its own"
+                    .into(),
+            );
+        }
+        let data = match &args.data {
+            Some(d) => absolute(d)?,
+            None => return Err("--data DIR is required (--start passes it)".into()),
+        };
+        let script = fault_script(args)?;
+        let bin = args
+            .bin
+            .clone()
+            .or_else(|| std::env::var_os("RAFT_NODE").map(PathBuf::from))
+            .map(|b| absolute(&b))
+            .transpose()?;
+        let boot = Cluster {
+            data: data.clone(),
+            members: Vec::new(),
+            heartbeat_ms: 0,
+            election_timeout_ms: (0, 0),
+            script: script.clone(),
+            bin: bin.clone(),
+        };
+        boot.fault_sh(&["cluster-start"])?;
+        let result = drill(args, &data, script, bin);
+        // Every member with a pid file, joined ones included; whatever is
+        // left, the namespace's deletion kills.
+        if let Err(e) = boot.fault_sh(&["cluster-stop"]) {
+            eprintln!("raft-drill: stopping the cluster: {e}");
+        }
+        result
+    }
+
+    fn drill(
+        args: &Args,
+        data: &Path,
+        script: PathBuf,
+        bin: Option<PathBuf>,
+    ) -> Result<bool, String> {
+        // From now on the file lists members 4 and 5 (for their own
+        // addresses when they join). The running members never reread it;
+        // a restarted member takes its configuration from its data dir.
+        add_to_cluster_file(data, &[4, 5])?;
+        let d = Drill {
+            cl: Cluster::load(data, script, bin)?,
+            children: Mutex::new(Vec::new()),
+            clients: args.clients,
+        };
+        let l = d.wait_ready()?;
+        println!(
+            "raft-drill --membership: {} writers, members {:?} in {}{} (heartbeat {} ms, election timeout {}-{} ms); leader {l}",
+            args.clients,
+            d.running(),
+            data.display(),
+            std::env::var(INSIDE_ENV)
+                .map(|ns| format!(", namespace {ns}"))
+                .unwrap_or_default(),
+            d.cl.heartbeat_ms,
+            d.cl.election_timeout_ms.0,
+            d.cl.election_timeout_ms.1,
+        );
+        let mut runs = Vec::new();
+        let go_on = |runs: &Vec<Run>| runs.last().is_none_or(|r: &Run| r.ok());
+        runs.push(replace(&d, "a1", 1, 4, 1));
+        if go_on(&runs) {
+            runs.push(rolling_restart(
+                &d,
+                "b1",
+                "rolling restart with the hand-over (shutdown_transfer = true, the default)",
+            ));
+        }
+        if go_on(&runs) {
+            println!("\nrestarting the whole cluster with shutdown_transfer = false (no load)");
+            match disable_hand_over(data).and_then(|_| restart_all(&d)) {
+                Ok(()) => runs.push(rolling_restart(
+                    &d,
+                    "b2",
+                    "rolling restart without the hand-over (shutdown_transfer = false)",
+                )),
+                Err(e) => {
+                    println!("  FAILED: {e}");
+                    print_results(&runs);
+                    return Ok(false);
+                }
+            }
+        }
+        // Last, as it may leave a learner that never catches up behind:
+        // member 5 joins through a leader that joined itself (4, not in the
+        // log's first configuration).
+        if go_on(&runs) {
+            runs.push(replace(&d, "a2", 2, 5, 4));
+        }
+        Ok(print_results(&runs))
+    }
+
+    fn print_results(runs: &[Run]) -> bool {
+        println!("\n===== membership drill results =====");
+        println!(
+            "pause ms: the longest time overlapping the step in which no writer had a write acknowledged (all \
+             writers together; normal latency included). max lat ms: the longest single write overlapping the step, \
+             first send to acknowledgement, resends after MOVED/CLUSTERDOWN/timeouts included. failed: writes that \
+             got an error reply other than MOVED, CLUSTERDOWN or TRYAGAIN (then resent: SET of the same key and \
+             value is idempotent). unknown: resends after a timeout or a closed connection."
+        );
+        let mut restart = BTreeMap::new();
+        for r in runs {
+            let (pause, failed) = print_run(r);
+            restart.insert(r.tag.as_str(), (pause, failed));
+        }
+        println!();
+        if let Some((p, f)) = restart.get("b1") {
+            println!(
+                "rolling restart with hand-over: longest pause {} ms (goal < {} ms: {}), failed writes {f} (goal 0: {})",
+                ms(*p),
+                PAUSE_GOAL.as_millis(),
+                if *p < PAUSE_GOAL { "met" } else { "MISSED" },
+                if *f == 0 { "met" } else { "MISSED" }
+            );
+        }
+        if let Some((p, f)) = restart.get("b2") {
+            println!(
+                "rolling restart without hand-over: longest pause {} ms, failed writes {f}",
+                ms(*p)
+            );
+        }
+        let anomalies = runs
+            .iter()
+            .flat_map(|r| r.steps.iter())
+            .filter(|s| matches!(&s.outcome, Ok(n) if n.starts_with("ANOMALY")))
+            .count();
+        if anomalies > 0 {
+            // Carried out, so not a failed step; but a reply that
+            // contradicts what happened is a server defect to look at.
+            println!("server anomalies: {anomalies} (ANOMALY lines above)");
+        }
+        let lost: usize = runs.iter().map(|r| r.lost.len()).sum();
+        let ok = runs.len() == 4 && runs.iter().all(Run::ok);
+        println!(
+            "checks: {} ({} runs of 4, {lost} acknowledged writes lost)",
+            if ok { "all passed" } else { "FAILED" },
+            runs.len()
+        );
+        ok
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn pause_is_the_longest_gap_overlapping_the_window() {
+            let t0 = Instant::now();
+            let at = |ms: u64| t0 + Duration::from_millis(ms);
+            let log = ClientLog {
+                acks: [10, 20, 70, 75]
+                    .iter()
+                    .map(|&ms| Ack {
+                        seq: ms,
+                        sent: at(ms - 5),
+                        acked: at(ms),
+                    })
+                    .collect(),
+                ..ClientLog::default()
+            };
+            let run = Run {
+                tag: "t".into(),
+                title: "t".into(),
+                start: t0,
+                end: at(100),
+                steps: Vec::new(),
+                logs: vec![log],
+                checked: 0,
+                lost: Vec::new(),
+                failures: Vec::new(),
+            };
+            let acks: Vec<Instant> = run.logs[0].acks.iter().map(|a| a.acked).collect();
+            // The 20..70 gap overlaps a window inside it, and one that
+            // only touches its end.
+            let w = window(&run, &acks, at(30), at(40));
+            assert_eq!((w.pause, w.acked), (Duration::from_millis(50), 0));
+            let w = window(&run, &acks, at(72), at(74));
+            assert_eq!(w.pause, Duration::from_millis(5));
+            // From the last acknowledgement to the end of the load.
+            let w = window(&run, &acks, at(90), at(95));
+            assert_eq!(w.pause, Duration::from_millis(25));
+            assert_eq!(w.max_latency, Duration::ZERO);
+            let w = window(&run, &acks, at(0), at(100));
+            assert_eq!((w.acked, w.max_latency), (4, Duration::from_millis(5)));
+        }
     }
 }
 
