@@ -268,7 +268,7 @@ add() {
     admin "in progress" RAFT.ADD "$i" "127.0.0.$i:$((7000 + i))" "127.0.0.$i:$((6400 + i))" LEARNER >/dev/null \
         || die "RAFT.ADD $i failed; $fail"
     echo "node $i added as a learner"
-    wait_caught_up "$i"
+    (wait_caught_up "$i") || die "node $i was not promoted; $fail"
     admin "has caught up to|in progress" RAFT.PROMOTE "$i" >/dev/null || die "RAFT.PROMOTE $i failed; $fail"
     echo "node $i promoted to voter"
     echo "members (id peer client role match link):"
