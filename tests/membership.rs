@@ -341,3 +341,59 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
         Resp::Bulk(Some(b"2".to_vec()))
     );
 }
+
+/// A member that joins while the leader is a member added after the
+/// bootstrap, behind a log longer than one AppendEntries batch: on the way
+/// it applies the bootstrap configuration, which does not name its leader,
+/// and must keep answering it (a drill found it refusing it for good).
+#[test]
+fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
+    let mut c = Cluster::new(5);
+    let full = c.config.clone();
+    c.config = file_of_first(&c, 3);
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.config = full;
+    c.wait_leader(Duration::from_secs(10));
+    let leader = c.wait_leader(Duration::from_secs(10));
+    {
+        // 600 entries, more than two batches of 256.
+        let mut conn = c.conn(leader);
+        for i in 0..600 {
+            conn.send(&[b"SET", format!("k{i}").as_bytes(), b"v"])
+                .unwrap();
+        }
+        for _ in 0..600 {
+            assert_eq!(conn.read().unwrap(), Resp::Simple("OK".into()));
+        }
+    }
+    for id in [4u64, 5] {
+        let mut cmd = c.command(id);
+        let log = fs::File::create(&c.m(id).log).unwrap();
+        c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+        let (peer, client) = (c.m(id).peer.to_string(), c.m(id).client.to_string());
+        let n = id.to_string();
+        admin(&c, &["RAFT.ADD", &n, &peer, &client, "LEARNER"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = c.wait_leader(Duration::from_secs(5));
+            if num(&c, id, "raft_last_applied") >= num(&c, l, "raft_commit_index") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} stuck at {} of {}",
+                num(&c, id, "raft_last_applied"),
+                num(&c, l, "raft_commit_index")
+            );
+            sleep(Duration::from_millis(50));
+        }
+        if id == 4 {
+            admin(&c, &["RAFT.PROMOTE", "4"]);
+            assert_eq!(c.exec(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));
+        }
+    }
+    assert_eq!(c.field(5, "raft_leader_id").as_deref(), Some("4"));
+    assert_eq!(c.field(5, "raft_membership").as_deref(), Some("learner"));
+}

@@ -35,7 +35,7 @@
 //! outbound link comes up, `LinkDown` when an up link (either direction)
 //! breaks, which is how a follower notices at once that its leader died.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -342,13 +342,6 @@ pub struct PeerSet {
     /// The identified inbound connection of each peer (slab key).
     inbound_of: HashMap<NodeId, usize>,
     members: Vec<NodeId>,
-    /// Members that left this member's configuration: their handshakes
-    /// are refused (etcd does the same), until a configuration names them
-    /// again. Anyone else who proves the secret is accepted, and answered
-    /// on a link dialled back to the address its handshake gives: a
-    /// member whose log is behind does not know a member added since, and
-    /// must still hear it (it may lead by now).
-    removed: HashSet<NodeId>,
     /// This member's peer address, sent in every handshake.
     listen: SocketAddr,
     rng: StdRng,
@@ -401,7 +394,6 @@ impl PeerSet {
             inbound: Slab::new(),
             inbound_of: HashMap::new(),
             members: settings.voters(),
-            removed: HashSet::new(),
             listen: settings.me().peer_addr,
             rng: StdRng::from_entropy(),
         })
@@ -608,17 +600,10 @@ impl PeerSet {
 
     /// Follows the configuration in force: dials the members it names that
     /// have no link yet (at once), closes the links of members that left,
-    /// and refuses the handshakes of members that left.
-    pub fn set_members(
-        &mut self,
-        members: &[Member],
-        registry: &Registry,
-        now: Instant,
-        out: &mut Vec<PeerInput>,
-    ) {
+    /// unless that member is connected to us (see below).
+    pub fn set_members(&mut self, members: &[Member], registry: &Registry, now: Instant) {
         let previous = std::mem::replace(&mut self.members, members.iter().map(|m| m.id).collect());
         for m in members {
-            self.removed.remove(&m.id);
             self.member_ips.insert(m.id, m.peer_ip);
             if let Some(ip) = m.peer_ip {
                 self.sources.entry(ip).or_default().member = true;
@@ -627,21 +612,25 @@ impl PeerSet {
         for i in 0..self.outbound.len() {
             let id = self.outbound[i].id;
             // A link dialled back to a member this one does not know yet
-            // stays: only a member that left is cut off.
-            if self.outbound[i].retired || self.members.contains(&id) || !previous.contains(&id) {
+            // stays, and so does the link to any member connected to us:
+            // a member whose log is behind (one that joins, or one that was
+            // down) applies old configurations that do not name members
+            // added since, one of which may lead by now, and must still
+            // answer it. Such a link goes when the member's own link does.
+            if self.outbound[i].retired
+                || self.members.contains(&id)
+                || !previous.contains(&id)
+                || self.inbound_of.contains_key(&id)
+            {
                 continue;
             }
-            self.removed.insert(id);
             let o = &mut self.outbound[i];
             if let Some(mut link) = o.link.take() {
                 let _ = registry.deregister(&mut link.sock);
             }
             o.phase = Phase::Idle;
             o.retired = true;
-            if let Some(k) = self.inbound_of.remove(&id) {
-                self.close_inbound(k, registry, None, out);
-            }
-            log::info!("member {id} is not in the configuration any more: its links are closed");
+            log::info!("member {id} is not in the configuration any more: link to it closed");
         }
         for m in members.iter().filter(|m| m.id != self.me) {
             if let Some(o) = self
@@ -1226,12 +1215,6 @@ impl PeerSet {
         }
         if hello.from == self.me {
             return Err(format!("claims this member's own id {}", hello.from));
-        }
-        if self.removed.contains(&hello.from) {
-            return Err(format!(
-                "member {} was removed from the configuration",
-                hello.from
-            ));
         }
         let c = &self.inbound[k];
         if !self.members.contains(&hello.from) {

@@ -1084,7 +1084,7 @@ impl Server {
                         "ERR leadership lost before the write committed; it may still take effect",
                     );
                     for (_, w) in std::mem::take(&mut self.changes) {
-                        let msg = "ERR leadership lost before the configuration change                                    committed; it may still take effect (see RAFT.MEMBERS)";
+                        let msg = "ERR leadership lost before the configuration change committed; it may still take effect (see RAFT.MEMBERS)";
                         self.deliver(w.to, Reply::Error(msg.into()));
                     }
                     self.release_clock_waits(Instant::now());
@@ -1111,11 +1111,11 @@ impl Server {
             }
             Event::TransferAborted { target } => {
                 log::warn!(
-                    "leadership transfer to member {target} given up: it did not catch up and                      win within an election timeout; accepting writes again"
+                    "leadership transfer to member {target} given up: it did not catch up and win within an election timeout; accepting writes again"
                 );
                 for (to, _) in std::mem::take(&mut self.transfers) {
                     let msg = format!(
-                        "ERR leadership transfer to member {target} given up: it did not catch                          up and win within an election timeout"
+                        "ERR leadership transfer to member {target} given up: it did not catch up and win within an election timeout"
                     );
                     self.deliver(to, Reply::Error(msg));
                 }

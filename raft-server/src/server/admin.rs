@@ -209,12 +209,8 @@ impl Server {
         }
         self.settings.members = new;
         self.settings.join &= self.node.membership().voters.is_empty();
-        self.peers.set_members(
-            &self.settings.members,
-            self.poll.registry(),
-            Instant::now(),
-            &mut self.inputs,
-        );
+        self.peers
+            .set_members(&self.settings.members, self.poll.registry(), Instant::now());
     }
 
     /// `RAFT.TRANSFER [id]`: answered `+OK` once the target leads.
