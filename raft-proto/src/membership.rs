@@ -121,8 +121,8 @@ impl Node {
                 leader: self.leader,
             });
         };
-        if let Some(t) = ls.transfer {
-            return Err(ProposeError::TransferInProgress { target: t.target });
+        if let Some(target) = self.leadership_moving() {
+            return Err(ProposeError::TransferInProgress { target });
         }
         if !self.committed_in_current_term() || self.log.membership_index() > self.commit_index {
             return Err(ProposeError::Membership(MembershipError::ChangeInProgress));
@@ -235,6 +235,29 @@ impl Node {
         self.send_append(target, false);
         self.debug_check_invariants();
         Ok(target)
+    }
+
+    /// On a leader whose leadership is about to move, where it moves: the
+    /// target of a transfer, or, once the leader removed itself from the
+    /// voters (it leads only until that commits, thesis §4.2.2), the voter
+    /// furthest along. A proposal then would be cut off by the step-down,
+    /// so it is refused with [`ProposeError::TransferInProgress`] and the
+    /// client goes there.
+    pub(crate) fn leadership_moving(&self) -> Option<NodeId> {
+        let RoleState::Leader(ls) = &self.role else {
+            return None;
+        };
+        if let Some(t) = ls.transfer {
+            return Some(t.target);
+        }
+        let m = self.log.membership();
+        if m.is_voter(self.config.id) {
+            return None;
+        }
+        m.voters.iter().copied().max_by_key(|v| {
+            let matched = ls.progress.get(v).map_or(LogIndex(0), |p| p.match_index);
+            (matched, std::cmp::Reverse(*v))
+        })
     }
 
     /// Sends TimeoutNow to the transfer's target if its log matches ours.

@@ -448,10 +448,8 @@ impl Node {
         if uncommitted >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Busy);
         }
-        if let RoleState::Leader(ls) = &self.role {
-            if let Some(t) = ls.transfer {
-                return Err(ProposeError::TransferInProgress { target: t.target });
-            }
+        if let Some(target) = self.leadership_moving() {
+            return Err(ProposeError::TransferInProgress { target });
         }
         let id = self.leader_append(now, EntryPayload::Command(command));
         self.leader_replicate_all();

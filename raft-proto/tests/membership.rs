@@ -239,7 +239,14 @@ fn a_leader_that_removes_itself_hands_over_once_committed() {
     let l = settle(&mut c);
     write(&mut c, 5);
     let before = c.now();
-    change(&mut c, MembershipChange::Remove(l));
+    c.propose_membership(l, MembershipChange::Remove(l))
+        .unwrap();
+    // Until it steps down it takes no write: one would be cut off by the
+    // step-down; the client is sent to the voter furthest along.
+    assert!(matches!(
+        c.propose(l, encode_write(1, 1)),
+        Err(ProposeError::TransferInProgress { target }) if target != l
+    ));
     assert!(c.run_until_pred(SEC, |c| c.leader().is_some_and(|n| n != l)));
     let took = c.now() - before;
     assert!(took < 100 * MS, "handover took {took:?}");
