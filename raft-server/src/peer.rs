@@ -1218,8 +1218,28 @@ impl PeerSet {
         }
         let c = &self.inbound[k];
         if !self.members.contains(&hello.from) {
-            // Not (yet) in this member's configuration: its handshake
-            // names where it listens, and a member dials from that IP.
+            // A member not (yet) in this member's configuration gets a
+            // link dialled back: a bounded number of them, so that a holder
+            // of the secret cycling through ids cannot make this member
+            // open sockets without end.
+            let learned = self
+                .outbound
+                .iter()
+                .filter(|o| !o.retired && !self.members.contains(&o.id))
+                .count();
+            let known = self
+                .outbound
+                .iter()
+                .any(|o| o.id == hello.from && !o.retired);
+            if !known && learned >= raft_proto::MAX_MEMBERS {
+                return Err(format!(
+                    "member {}: already {learned} links to members not in this member's \
+                     configuration",
+                    hello.from
+                ));
+            }
+            // Its handshake names where it listens, and a member dials
+            // from that IP.
             let ip = hello.listen.ip();
             if !ip.is_unspecified() && c.addr.ip() != ip {
                 return Err(format!(
