@@ -66,11 +66,11 @@ fn main() -> std::io::Result<()> {
                 entry(7, EntryPayload::Command(Bytes::new())),
                 entry(
                     8,
-                    EntryPayload::Configuration(raft_proto::Membership {
+                    EntryPayload::Configuration(Box::new(raft_proto::Membership {
                         voters: vec![NodeId(1), NodeId(2), NodeId(4)],
                         learners: vec![NodeId(5)],
                         context: Bytes::from_static(b"4 127.0.0.4:7004 127.0.0.4:6404\n"),
-                    }),
+                    })),
                 ),
             ]),
         ),

@@ -199,8 +199,8 @@ pub enum Event {
     MembershipChanged {
         /// Index of the entry that holds it (or of the snapshot).
         index: LogIndex,
-        /// The configuration now in force.
-        membership: Membership,
+        /// The configuration now in force (boxed: events stay small).
+        membership: Box<Membership>,
     },
     /// A leadership transfer this leader started was given up: the target
     /// did not catch up and win within an election timeout. Proposals are

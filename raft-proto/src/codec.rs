@@ -710,7 +710,7 @@ impl Reader {
             last_index: self.index("snapshot last_index")?,
             last_term: self.term("snapshot last_term")?,
             len: self.u64("snapshot len")?,
-            membership: self.membership()?,
+            membership: Box::new(self.membership()?),
         };
         let offset = self.u64("snapshot offset")?;
         let round = self.u64("round")?;
@@ -743,7 +743,7 @@ impl Reader {
                 }
                 EntryPayload::Command(self.bytes(len, "command")?)
             }
-            PAYLOAD_CONFIGURATION => EntryPayload::Configuration(self.membership()?),
+            PAYLOAD_CONFIGURATION => EntryPayload::Configuration(Box::new(self.membership()?)),
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "entry payload",
@@ -1038,7 +1038,7 @@ mod tests {
             Just(EntryPayload::Noop),
             proptest::collection::vec(any::<u8>(), 0..48)
                 .prop_map(|v| EntryPayload::Command(Bytes::from(v))),
-            membership().prop_map(EntryPayload::Configuration),
+            membership().prop_map(|m| EntryPayload::Configuration(Box::new(m))),
         ]
     }
 
@@ -1204,7 +1204,7 @@ mod tests {
                         last_index: LogIndex(i),
                         last_term: Term(lt),
                         len: (offset + data.len() as u64 + tail).max(1),
-                        membership,
+                        membership: Box::new(membership),
                     },
                     offset,
                     data: Bytes::from(data),

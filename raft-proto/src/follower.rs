@@ -299,7 +299,7 @@ mod tests {
             last_index: LogIndex(10),
             last_term: Term(2),
             len: 1,
-            membership,
+            membership: Box::new(membership),
         });
         node.current_term = Term(2);
         node.commit_index = LogIndex(10);

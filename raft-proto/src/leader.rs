@@ -57,7 +57,7 @@ impl Node {
         // configuration, so that the configuration is in the log from
         // index 1 on and members that join later learn it from there.
         let first = if self.log.last_index() == LogIndex(0) {
-            EntryPayload::Configuration(self.log.membership().clone())
+            EntryPayload::Configuration(Box::new(self.log.membership().clone()))
         } else {
             EntryPayload::Noop
         };

@@ -39,7 +39,7 @@ impl RaftLog {
         let mut configs = vec![(offset, base)];
         for e in &entries {
             if let EntryPayload::Configuration(m) = &e.payload {
-                configs.push((e.index, m.clone()));
+                configs.push((e.index, (**m).clone()));
             }
         }
         let log = RaftLog {
@@ -90,7 +90,7 @@ impl RaftLog {
                 && self.configs.windows(2).all(|w| w[0].0 < w[1].0)
                 && self.configs[1..].iter().all(|(i, m)| matches!(
                     self.entry(*i).map(|e| &e.payload),
-                    Some(EntryPayload::Configuration(c)) if c == m
+                    Some(EntryPayload::Configuration(c)) if **c == *m
                 )),
             "log invariant: the configurations are the base and the log's configuration entries"
         );
@@ -189,7 +189,7 @@ impl RaftLog {
             "log append must not lower the term"
         );
         if let EntryPayload::Configuration(m) = &entry.payload {
-            self.configs.push((entry.index, m.clone()));
+            self.configs.push((entry.index, (**m).clone()));
             self.config_epoch += 1;
         }
         self.entries.push(entry);

@@ -182,7 +182,7 @@ impl Node {
         if let Err(rule) = next.check() {
             return refuse(MembershipError::Invalid(rule));
         }
-        let id = self.leader_append(now, EntryPayload::Configuration(next));
+        let id = self.leader_append(now, EntryPayload::Configuration(Box::new(next)));
         self.sync_membership(now);
         self.leader_replicate_all();
         self.debug_check_invariants();
@@ -353,7 +353,7 @@ impl Node {
         self.peers = Self::peers_of(&self.membership, self.config.id);
         self.events.push_back(Event::MembershipChanged {
             index: self.log.membership_index(),
-            membership: self.membership.clone(),
+            membership: Box::new(self.membership.clone()),
         });
         let next = self.log.last_index().next();
         let peers = self.peers.clone();

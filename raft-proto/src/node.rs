@@ -219,7 +219,7 @@ impl Node {
         // The configuration at the log's start: the snapshot's, or the
         // bootstrap one (empty for a member that joins).
         let base = match &state.snapshot {
-            Some(s) => s.membership.clone(),
+            Some(s) => (*s.membership).clone(),
             None => {
                 let mut voters = config.voters.clone();
                 voters.sort();
@@ -566,7 +566,7 @@ impl Node {
             meta.last_index
         );
         assert_eq!(
-            &meta.membership,
+            &*meta.membership,
             self.log.membership_at(meta.last_index),
             "handle_snapshot_saved: the snapshot's configuration is not the one at its index"
         );
@@ -613,7 +613,7 @@ impl Node {
             "only a snapshot beyond the commit index is installed"
         );
         self.log
-            .install_snapshot(meta.last_index, meta.last_term, meta.membership.clone());
+            .install_snapshot(meta.last_index, meta.last_term, (*meta.membership).clone());
         self.persisted_index = self.persisted_index.min(self.log.last_index());
         self.commit_index = meta.last_index;
         // Entries waiting to be applied are older than the snapshot, which

@@ -283,10 +283,10 @@ fn a_truncated_configuration_entry_is_undone() {
     let mut n = Node::new(config, PersistentState::default(), Time::ZERO).unwrap();
     let now = Time::ZERO + 10 * MS;
     let cfg = |voters: &[u64]| {
-        EntryPayload::Configuration(Membership {
+        EntryPayload::Configuration(Box::new(Membership {
             voters: ids(voters),
             ..Membership::default()
-        })
+        }))
     };
     let entry = |term, index, payload| Entry {
         term: Term(term),

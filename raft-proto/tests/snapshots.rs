@@ -252,10 +252,10 @@ fn meta(index: u64, term: u64, len: u64) -> SnapshotMeta {
         last_index: LogIndex(index),
         last_term: Term(term),
         len,
-        membership: Membership {
+        membership: Box::new(Membership {
             voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             ..Membership::default()
-        },
+        }),
     }
 }
 

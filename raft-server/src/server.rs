@@ -355,7 +355,7 @@ impl Server {
                     last_index: info.last_index,
                     last_term: info.last_term,
                     len: info.len,
-                    membership,
+                    membership: Box::new(membership),
                 };
                 (kv, Some(meta))
             }
@@ -737,7 +737,7 @@ impl Server {
         let t0 = Instant::now();
         let (kv, membership) =
             load_snapshot(&self.storage, info_of(&meta)).map_err(FatalError::Snapshot)?;
-        if membership != meta.membership {
+        if membership != *meta.membership {
             // The leader wrote both from the same log; the node follows
             // the announced one.
             log::warn!(
@@ -747,7 +747,7 @@ impl Server {
             );
         }
         self.kv = kv;
-        self.committed_membership = Some(meta.membership.clone());
+        self.committed_membership = Some((*meta.membership).clone());
         self.sync_links();
         self.last_applied = (meta.last_index, meta.last_term);
         self.snapshotter.reset();
@@ -867,7 +867,7 @@ impl Server {
             last_index: info.last_index,
             last_term: info.last_term,
             len: info.len,
-            membership,
+            membership: Box::new(membership),
         };
         self.counters.snapshots_taken += 1;
         self.snapshotter.last = Some(crate::snapshots::LastSnapshot {

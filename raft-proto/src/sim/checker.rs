@@ -319,10 +319,10 @@ impl Checker {
             .iter()
             .rev()
             .find_map(|e| match &e.payload {
-                EntryPayload::Configuration(m) => Some(m),
+                EntryPayload::Configuration(m) => Some(&**m),
                 _ => None,
             });
-        if let Some(m) = committed_config.filter(|&m| *m != meta.membership) {
+        if let Some(m) = committed_config.filter(|&m| *m != *meta.membership) {
             return Err(Violation(format!(
                 "node {id}: snapshot at {} carries configuration {:?}, the log says {:?}",
                 meta.last_index, meta.membership, m

@@ -1067,7 +1067,7 @@ impl Cluster {
             last_index: index,
             last_term: term,
             len: data.len() as u64,
-            membership,
+            membership: Box::new(membership),
         };
         member.snapshot_index = index;
         member.disk.save_snapshot((meta.clone(), data));

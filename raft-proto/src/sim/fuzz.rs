@@ -493,7 +493,7 @@ impl NodeDriver {
                         last_index,
                         last_term,
                         len,
-                        membership: self.membership(inp),
+                        membership: Box::new(self.membership(inp)),
                     },
                     offset,
                     data: inp.bytes(n),
@@ -540,7 +540,9 @@ impl NodeDriver {
                 _ => Term(term.0.saturating_sub(1)),
             };
             let payload = match flags >> 7 {
-                0 if flags & 0x20 != 0 => EntryPayload::Configuration(self.membership(inp)),
+                0 if flags & 0x20 != 0 => {
+                    EntryPayload::Configuration(Box::new(self.membership(inp)))
+                }
                 0 => EntryPayload::Noop,
                 _ if flags == 0xff => EntryPayload::Command(Bytes::from_static(&TOO_LARGE)),
                 _ => {

@@ -679,7 +679,7 @@ fn apply_record(
                 PAYLOAD_CONFIGURATION => {
                     let mut b = body.slice(ENTRY_BODY_FIXED_LEN..);
                     match raft_proto::codec::get_membership(&mut b) {
-                        Ok(m) if b.is_empty() => EntryPayload::Configuration(m),
+                        Ok(m) if b.is_empty() => EntryPayload::Configuration(Box::new(m)),
                         Ok(_) => return Err(bad("configuration entry with trailing bytes".into())),
                         Err(e) => return Err(bad(format!("configuration entry: {e}"))),
                     }
