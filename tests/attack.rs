@@ -499,3 +499,59 @@ fn squatters_on_the_peer_port_do_not_keep_a_member_out() {
     let refusals = log_lines(&c, leader, "refused");
     assert!(refusals <= 400, "{refusals} refusal lines");
 }
+
+/// A holder of the secret cycling through member ids that no configuration
+/// names: each gets a link dialled back (a member behind on its log must
+/// answer members added since), but at most 64 at a time; the cluster
+/// carries on.
+#[test]
+fn an_insider_cycling_ids_gets_a_bounded_number_of_links() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let peer = c.m(leader).peer;
+    let cluster = cluster_id(&c, leader);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for n in 0..70u8 {
+        let ip: IpAddr = [127, 0, 1, n + 1].into();
+        let id = 1000 + u64::from(n);
+        let listen = SocketAddr::new(ip, 9);
+        let mut s = connect_from(ip, peer);
+        let nd = [n; 32];
+        s.write_all(&hello(cluster, id, leader, listen, &nd))
+            .unwrap();
+        let mut ch = [0u8; CHALLENGE_LEN];
+        if s.read_exact(&mut ch).is_err() {
+            refused += 1;
+            continue;
+        }
+        let na = &ch[14..46];
+        let mut proof = b"RAFT\x03\x03".to_vec();
+        proof.extend(mac(
+            SECRET,
+            b"raft-peer-v3 dialer",
+            cluster,
+            id,
+            leader,
+            listen,
+            &nd,
+            na,
+        ));
+        s.write_all(&proof).unwrap();
+        held.push(s);
+        // Identified before the next one is counted.
+        sleep(Duration::from_millis(5));
+    }
+    assert_eq!(refused, 6, "70 ids, 64 links: {refused} refused");
+    assert!(
+        log_lines(
+            &c,
+            leader,
+            "links to members not in this member's configuration"
+        ) >= 1
+    );
+    assert_eq!(c.exec(&["SET", "a", "b"]), ok());
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), leader);
+    drop(held);
+}
