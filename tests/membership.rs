@@ -137,6 +137,14 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     let ids: Vec<i64> = members(&r).iter().map(|m| m.0).collect();
     assert_eq!(ids, vec![2, 3, 4], "after REMOVE: {r:?}");
     assert!(c.terminate(1).success());
+    // Retried after it took effect: answered as done, not an error.
+    let r = admin(&c, &["RAFT.REMOVE", "1"]);
+    assert_eq!(members(&r).len(), 3, "REMOVE again: {r:?}");
+    let r = admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
+    assert!(
+        members(&r).contains(&(4, "voter".into())),
+        "ADD again: {r:?}"
+    );
     for i in 200..300 {
         let v = format!("v{i}");
         assert_eq!(
@@ -167,6 +175,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     assert_eq!(members(&r).len(), 3, "{r:?}");
     // Bad requests get clear errors.
     for (args, want) in [
+        // Member 2 exists with other addresses: not the same member.
         (vec!["RAFT.ADD", "2", &peer, &client], "already a member"),
         (vec!["RAFT.PROMOTE", "9"], "not such a member"),
         (vec!["RAFT.ADD", "0", &peer, &client], "invalid member id"),

@@ -1209,6 +1209,17 @@ impl Server {
                 topology::key_slot(key),
                 m.client_addr
             )),
+            // A member the configuration no longer names hears from no
+            // leader: say why, so that an operator stops it.
+            None if !self.node.membership().contains(self.settings.id)
+                && !self.node.membership().voters.is_empty() =>
+            {
+                Reply::Error(
+                    "CLUSTERDOWN no leader: this member is not in the cluster's configuration \
+                     (removed?)"
+                        .into(),
+                )
+            }
             None => Reply::Error("CLUSTERDOWN no leader".into()),
         }
     }

@@ -84,6 +84,28 @@ impl Server {
             return;
         }
         let current = self.node.membership().clone();
+        // A change already in effect, committed, is answered as done: an
+        // operator retries after "may still take effect", and a member
+        // listed in the bootstrap file is a member already.
+        let same_addresses = |id: NodeId| {
+            addresses.is_none_or(|(p, c)| {
+                self.settings
+                    .member(id)
+                    .is_some_and(|m| m.peer_addr == p && m.client_addr == c)
+            })
+        };
+        let done = match change {
+            MembershipChange::AddLearner(id) => current.contains(id) && same_addresses(id),
+            MembershipChange::AddVoter(id) | MembershipChange::Promote(id) => {
+                current.is_voter(id) && same_addresses(id)
+            }
+            MembershipChange::Remove(id) => !current.contains(id),
+        };
+        if done && self.node.membership_index() <= self.node.commit_index() {
+            let reply = self.members_reply(&current);
+            self.clients[key].reply_now(reply);
+            return;
+        }
         let mut book: Vec<Addresses> = current
             .members()
             .filter_map(|id| {
