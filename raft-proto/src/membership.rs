@@ -19,7 +19,7 @@
 //!
 //! - a configuration takes effect on each member when it is appended to
 //!   that member's log, committed or not, and is undone if the entry is
-//!   truncated ([`crate::log::RaftLog`] tracks it);
+//!   truncated (the log, `RaftLog`, tracks it);
 //! - one change at a time: a new one is refused until the previous one is
 //!   committed;
 //! - the known fix to single-server changes (Ongaro, raft-dev, 2015): a
@@ -27,7 +27,8 @@
 //!   own term, so a change of a deposed leader's term that some voters
 //!   never saw cannot combine with this one into two disjoint majorities;
 //! - a leader that removes itself keeps leading (without counting itself
-//!   in majorities) until the change commits, then hands over to the most
+//!   in majorities, and taking no new proposals, which the step-down would
+//!   cut off) until the change commits, then hands over to the most
 //!   up-to-date voter with TimeoutNow and steps down (§4.2.2);
 //! - learners receive the log and snapshots and count for nothing; a
 //!   learner is promoted only once it holds everything committed, so the
