@@ -24,12 +24,14 @@
 //!   before the next batch is written. The body is records, each `u32
 //!   length | u32 CRC32C of the length | u32 CRC32C of the body | body`,
 //!   little-endian; a record body is an entry `{1, term u64, index u64,
-//!   payload kind u8 (0 no-op, 1 command), command bytes}`, a truncation
+//!   payload kind u8 (0 no-op, 1 command, 2 configuration), the command's
+//!   bytes or the configuration in the wire format}`, a truncation
 //!   `{2, from u64}` or a reset `{3, index u64, term u64}` (below).
 //! - `snapshot`: the latest snapshot, a 52-byte header (magic, snapshot
 //!   format version, cluster id, last index u64, last term u64, payload
 //!   length u64, payload CRC32C, header CRC32C) and the payload, opaque
-//!   bytes (the state machine's serialisation). The whole file is what is
+//!   bytes (raft-node's: the configuration at the last index, then the
+//!   store; snapshot format version 2, version 1 had no configuration). The whole file is what is
 //!   sent to other members, so it names no member, and a receiver checks
 //!   it like the file at start-up. `snapshot.tmp` holds a local snapshot
 //!   while it is written ([`SnapshotWriter`]), `snapshot.incoming` one

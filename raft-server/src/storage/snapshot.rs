@@ -15,8 +15,10 @@ use super::{corrupt, io_err, u32_at, u64_at, StorageError};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTSNAP";
 /// The snapshot file's own format version: it travels between members, so
-/// it is versioned apart from the data dir.
-pub(super) const SNAPSHOT_VERSION: u32 = 1;
+/// it is versioned apart from the data dir. Version 2: the payload, opaque
+/// here, starts with the cluster configuration (raft-node's `members.rs`);
+/// a version 1 file is refused with one line rather than misread.
+pub(super) const SNAPSHOT_VERSION: u32 = 2;
 /// magic 8 | version 4 | cluster 8 | last index 8 | last term 8 |
 /// payload length 8 | payload crc 4 | header crc 4
 pub const SNAPSHOT_HEADER_LEN: usize = 52;

@@ -1693,7 +1693,7 @@ fn a_damaged_snapshot_is_refused_at_open_naming_file_and_offset() {
             err,
             StorageError::Version {
                 found: 9,
-                expected: 1,
+                expected: 2,
                 ..
             }
         ),
