@@ -2056,6 +2056,13 @@ impl Server {
         self.storage.sync().map_err(FatalError::Storage)?;
         self.node.shutdown();
         self.fail_pending_writes("ERR server shutting down; the write may still take effect");
+        for (_, w) in std::mem::take(&mut self.changes) {
+            let msg = "ERR server shutting down; the configuration change may still take effect";
+            self.deliver(w.to, Reply::Error(msg.into()));
+        }
+        for (to, _) in std::mem::take(&mut self.transfers) {
+            self.deliver(to, Reply::Error("ERR server shutting down".into()));
+        }
         for (_, r) in std::mem::take(&mut self.reads) {
             self.deliver(r.to, Reply::Error("ERR server shutting down".into()));
         }
