@@ -79,6 +79,33 @@ fn members(r: &Resp) -> Vec<(i64, String)> {
         .collect()
 }
 
+/// Starts member `id` with `--join` and the cluster file as it is now.
+fn start_joining(c: &mut Cluster, id: u64) {
+    let mut cmd = c.command(id);
+    let log = fs::File::create(&c.m(id).log).unwrap();
+    c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+}
+
+/// Waits until member `id` has applied what the leader committed.
+fn wait_caught_up(c: &Cluster, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = c.wait_leader(Duration::from_secs(5));
+        let (applied, commit) = (
+            num(c, id, "raft_last_applied"),
+            num(c, l, "raft_commit_index"),
+        );
+        if applied >= commit {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {id} stuck at {applied} of {commit}"
+        );
+        sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_member_that_joins_replaces_one_that_leaves() {
     let mut c = Cluster::new(4);
@@ -97,9 +124,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         );
     }
     // Member 4 joins: it does not bootstrap, does not campaign, waits.
-    let mut cmd = c.command(4);
-    let log = fs::File::create(&c.m(4).log).unwrap();
-    c.members[3].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+    start_joining(&mut c, 4);
     sleep(Duration::from_millis(800));
     assert_eq!(c.field(4, "raft_role").as_deref(), Some("follower"));
     assert_eq!(
@@ -116,12 +141,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         "after ADD: {r:?}"
     );
     // It catches up from the log (or a snapshot) as a learner.
-    let leader = c.wait_leader(Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while num(&c, 4, "raft_last_applied") < num(&c, leader, "raft_commit_index") {
-        assert!(Instant::now() < deadline, "member 4 did not catch up");
-        sleep(Duration::from_millis(50));
-    }
+    wait_caught_up(&c, 4);
     assert_eq!(c.field(4, "raft_membership").as_deref(), Some("learner"));
     let r = admin(&c, &["RAFT.PROMOTE", "4"]);
     assert!(
@@ -155,11 +175,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     let leader = c.wait_leader(Duration::from_secs(10));
     assert_ne!(leader, 1);
     // Every write is on member 4, served by it (READONLY: its own read).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while num(&c, 4, "raft_last_applied") < num(&c, leader, "raft_commit_index") {
-        assert!(Instant::now() < deadline, "member 4 fell behind");
-        sleep(Duration::from_millis(50));
-    }
+    wait_caught_up(&c, 4);
     let mut conn = c.conn(4);
     assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
     for i in (0..300).step_by(37) {
@@ -269,12 +285,7 @@ fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
             );
         }
         g.start(id);
-        let l = g.wait_leader(Duration::from_secs(10));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while num(&g, id, "raft_last_applied") < num(&g, l, "raft_commit_index") {
-            assert!(Instant::now() < deadline, "member {id} did not catch up");
-            sleep(Duration::from_millis(20));
-        }
+        wait_caught_up(&g, id);
         drop(g);
         sleep(Duration::from_millis(200));
     }
@@ -311,9 +322,7 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
     // Member 3 stops before 4 joins; the two others commit without it.
     assert!(c.terminate(3).success());
     c.config = full;
-    let mut cmd = c.command(4);
-    let log = fs::File::create(&c.m(4).log).unwrap();
-    c.members[3].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+    start_joining(&mut c, 4);
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
     admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
     let r = admin(&c, &["RAFT.PROMOTE", "4"]);
@@ -378,26 +387,11 @@ fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
         }
     }
     for id in [4u64, 5] {
-        let mut cmd = c.command(id);
-        let log = fs::File::create(&c.m(id).log).unwrap();
-        c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
+        start_joining(&mut c, id);
         let (peer, client) = (c.m(id).peer.to_string(), c.m(id).client.to_string());
         let n = id.to_string();
         admin(&c, &["RAFT.ADD", &n, &peer, &client, "LEARNER"]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let l = c.wait_leader(Duration::from_secs(5));
-            if num(&c, id, "raft_last_applied") >= num(&c, l, "raft_commit_index") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {id} stuck at {} of {}",
-                num(&c, id, "raft_last_applied"),
-                num(&c, l, "raft_commit_index")
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_caught_up(&c, id);
         if id == 4 {
             admin(&c, &["RAFT.PROMOTE", "4"]);
             assert_eq!(c.exec(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));

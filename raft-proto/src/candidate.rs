@@ -95,8 +95,7 @@ impl Node {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
         };
-        let (voters, _) = self.other_voters();
-        for peer in voters {
+        for peer in self.other_voters() {
             self.sends.push_back((
                 Message {
                     from: self.config.id,

@@ -380,13 +380,10 @@ impl Node {
         }
     }
 
-    /// The voters other than this node, and whether this node votes.
-    pub(crate) fn other_voters(&self) -> (Vec<NodeId>, bool) {
-        let m = self.log.membership();
+    /// The voters other than this node.
+    pub(crate) fn other_voters(&self) -> Vec<NodeId> {
         let me = self.config.id;
-        (
-            m.voters.iter().copied().filter(|&v| v != me).collect(),
-            m.is_voter(me),
-        )
+        let m = self.log.membership();
+        m.voters.iter().copied().filter(|&v| v != me).collect()
     }
 }

@@ -1244,6 +1244,12 @@ impl Node {
                         || self.log.membership_index() > self.commit_index,
                     "invariant: a leader is a voter, or its removal is not committed yet"
                 );
+                assert!(
+                    ls.transfer.is_none_or(
+                        |t| self.membership.is_voter(t.target) && t.target != self.config.id
+                    ),
+                    "invariant: a leadership transfer targets another voter"
+                );
                 assert_eq!(
                     self.voted_for,
                     Some(self.config.id),
