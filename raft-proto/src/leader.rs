@@ -39,6 +39,7 @@ impl Node {
             progress,
             round: 0,
             round_pending: false,
+            replicate_pending: false,
             reads: ReadQueue::default(),
             heartbeat_deadline: now + self.config.heartbeat_interval,
             check_quorum_deadline: now + self.config.election_timeout_min,
@@ -94,22 +95,55 @@ impl Node {
         }
     }
 
+    /// Asks for [`Node::leader_flush`] at the next drain.
+    pub(crate) fn replicate_at_drain(&mut self) {
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.replicate_pending = true;
+        }
+    }
+
+    /// At a drain: sends every follower what flow control allows of what
+    /// was appended since the last drain; with `round`, a new round was
+    /// started for reads and every follower that got no entries gets a
+    /// heartbeat of it. An append carries the round too, so its answer
+    /// confirms the round as well as a heartbeat's would: reads under
+    /// write load cost no extra messages.
+    pub(crate) fn leader_flush(&mut self, round: bool) {
+        for peer in self.peers.clone() {
+            let in_snapshot = match &self.role {
+                RoleState::Leader(ls) => matches!(
+                    ls.progress.get(&peer).map(|p| &p.state),
+                    Some(ProgressState::Snapshot { .. })
+                ),
+                _ => return,
+            };
+            if round && in_snapshot {
+                self.heartbeat(peer);
+                continue;
+            }
+            if !self.send_append(peer, false) && round {
+                self.heartbeat(peer);
+            }
+        }
+    }
+
     /// Sends the next batch to `peer` if flow control allows. With `force`,
-    /// sends even when there is nothing new (a probe).
-    pub(crate) fn send_append(&mut self, peer: NodeId, force: bool) {
+    /// sends even when there is nothing new (a probe). Whether an
+    /// AppendEntries went out.
+    pub(crate) fn send_append(&mut self, peer: NodeId, force: bool) -> bool {
         let commit = self.commit_index;
         let max_inflight = self.config.max_inflight_appends;
         let RoleState::Leader(ls) = &mut self.role else {
-            return;
+            return false;
         };
         let round = ls.round;
         let pr = ls.progress.get_mut(&peer).expect("progress for every peer");
         if matches!(pr.state, ProgressState::Snapshot { .. }) {
             self.send_snapshot_chunks(peer, false);
-            return;
+            return true;
         }
         if pr.is_paused(max_inflight) {
-            return;
+            return false;
         }
         if pr.next_index <= self.log.start_index() {
             // The entries it needs are compacted: send the snapshot that
@@ -120,7 +154,7 @@ impl Node {
                 .expect("a compacted log has a snapshot");
             pr.become_snapshot(meta);
             self.send_snapshot_chunks(peer, true);
-            return;
+            return true;
         }
         let entries = if pr.next_index <= self.log.last_index() {
             self.log.slice(
@@ -132,7 +166,7 @@ impl Node {
             Vec::new()
         };
         if entries.is_empty() && !force {
-            return;
+            return false;
         }
         let prev_log_index = pr.next_index.prev();
         let prev_log_term = self
@@ -149,6 +183,7 @@ impl Node {
             round,
         };
         self.send(peer, MessageBody::AppendEntries(ae));
+        true
     }
 
     /// Sends chunks of the snapshot to `peer` (in snapshot state) while
@@ -210,50 +245,49 @@ impl Node {
     /// never commits beyond what the follower is known to hold; to a
     /// follower receiving the snapshot, its next chunks or a probe.
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        for peer in self.peers.clone() {
+            self.heartbeat(peer);
+        }
+    }
+
+    /// One follower's heartbeat of the current round (see
+    /// [`Node::broadcast_heartbeat`]).
+    pub(crate) fn heartbeat(&mut self, peer: NodeId) {
         let commit = self.commit_index;
         let start = self.log.start_index();
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
         let round = ls.round;
-        let mut beats: Vec<(NodeId, AppendEntries)> = Vec::new();
-        let mut snapshot_peers = Vec::new();
-        for (&peer, pr) in ls.progress.iter_mut() {
-            if let ProgressState::Snapshot {
-                acked,
-                sent,
-                acked_at_heartbeat,
-                ..
-            } = &mut pr.state
-            {
-                // No progress for a whole interval: a chunk was lost.
-                if *acked == *acked_at_heartbeat && *sent > *acked {
-                    *sent = *acked;
-                }
-                *acked_at_heartbeat = *acked;
-                snapshot_peers.push(peer);
-                continue;
+        let Some(pr) = ls.progress.get_mut(&peer) else {
+            return;
+        };
+        if let ProgressState::Snapshot {
+            acked,
+            sent,
+            acked_at_heartbeat,
+            ..
+        } = &mut pr.state
+        {
+            // No progress for a whole interval: a chunk was lost.
+            if *acked == *acked_at_heartbeat && *sent > *acked {
+                *sent = *acked;
             }
-            let prev_log_index = pr.match_index.max(start);
-            // A heartbeat's answer may name its prev_log_index.
-            pr.sent_index = pr.sent_index.max(prev_log_index);
-            beats.push((
-                peer,
-                AppendEntries {
-                    prev_log_index,
-                    prev_log_term: self.log.term_at(prev_log_index).expect("index held"),
-                    entries: Vec::new(),
-                    leader_commit: commit.min(prev_log_index),
-                    round,
-                },
-            ));
-        }
-        for (peer, ae) in beats {
-            self.send(peer, MessageBody::AppendEntries(ae));
-        }
-        for peer in snapshot_peers {
+            *acked_at_heartbeat = *acked;
             self.send_snapshot_chunks(peer, true);
+            return;
         }
+        let prev_log_index = pr.match_index.max(start);
+        // A heartbeat's answer may name its prev_log_index.
+        pr.sent_index = pr.sent_index.max(prev_log_index);
+        let ae = AppendEntries {
+            prev_log_index,
+            prev_log_term: self.log.term_at(prev_log_index).expect("index held"),
+            entries: Vec::new(),
+            leader_commit: commit.min(prev_log_index),
+            round,
+        };
+        self.send(peer, MessageBody::AppendEntries(ae));
     }
 
     pub(crate) fn leader_tick(&mut self, now: Time) {
@@ -440,7 +474,9 @@ impl Node {
             self.leader_maybe_send_timeout_now(from);
         }
         self.advance_reads();
-        self.send_append(from, false);
+        // The window moved: what it allows goes at the drain, together
+        // with what was proposed and what other answers let through.
+        self.replicate_at_drain();
     }
 
     /// An answer about a snapshot chunk: where the follower stands in the

@@ -123,6 +123,12 @@ pub(crate) struct LeaderState {
     pub(crate) round: u64,
     /// Reads wait for `round + 1`, to be sent at the next drain.
     pub(crate) round_pending: bool,
+    /// Entries were appended or a follower's answer moved its window:
+    /// send what flow control allows at the next drain. Deferred so that
+    /// every proposal and answer fed between two drains goes out as one
+    /// AppendEntries per follower, not one each (etcd batches the same
+    /// way, per `Ready`).
+    pub(crate) replicate_pending: bool,
     pub(crate) reads: ReadQueue,
     pub(crate) heartbeat_deadline: Time,
     pub(crate) check_quorum_deadline: Time,
@@ -452,7 +458,7 @@ impl Node {
             return Err(ProposeError::TransferInProgress { target });
         }
         let id = self.leader_append(now, EntryPayload::Command(command));
-        self.leader_replicate_all();
+        self.replicate_at_drain();
         self.debug_check_invariants();
         Ok(id)
     }
@@ -755,10 +761,13 @@ impl Node {
             return Some(a);
         }
         if let RoleState::Leader(ls) = &mut self.role {
-            if ls.round_pending {
-                ls.round_pending = false;
+            let round = std::mem::take(&mut ls.round_pending);
+            let replicate = std::mem::take(&mut ls.replicate_pending);
+            if round {
                 ls.round += 1;
-                self.broadcast_heartbeat();
+            }
+            if round || replicate {
+                self.leader_flush(round);
             }
         }
         if let Some((message, len)) = self.sends.pop_front() {

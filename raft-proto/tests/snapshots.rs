@@ -477,6 +477,9 @@ fn a_leader_sends_its_snapshot_in_a_window_of_chunks() {
     n.handle_message(t, ok(1));
     for v in 0..4u8 {
         let id = n.propose(t, Bytes::from(vec![v])).unwrap();
+        // The append goes out at the drain (one per drain, not per
+        // proposal); an answer before it would be for an unsent entry.
+        drain(&mut n);
         n.handle_log_persisted(t, id.index, Term(1));
         n.handle_message(t, ok(id.index.0));
     }

@@ -144,6 +144,8 @@ pub struct Client {
     read_closed: bool,
     /// The socket was read until `WouldBlock` since its last readable event.
     drained: bool,
+    /// An event reported EOF or an error: read to the end.
+    hangup: bool,
     /// Reading stopped because of back-pressure or a held request; resume
     /// once it clears.
     stalled: bool,
@@ -234,6 +236,7 @@ impl Client {
             closing: false,
             read_closed: false,
             drained: false,
+            hangup: false,
             stalled: false,
             held: None,
             inflight: 0,
@@ -272,9 +275,12 @@ impl Client {
         &mut self.sock
     }
 
-    /// A readable event arrived: the socket may hold data again.
-    pub fn mark_readable(&mut self) {
+    /// A readable event arrived: the socket may hold data again. With
+    /// `hangup` (the event also reported EOF or an error), reads go on to
+    /// `EAGAIN` or EOF rather than stop at a short read (`conn::read_via`).
+    pub fn mark_readable(&mut self, hangup: bool) {
         self.drained = false;
+        self.hangup |= hangup;
     }
 
     /// Output bytes: reply slots (answered or reserved) and unsent bytes.
@@ -372,7 +378,13 @@ impl Client {
     ) -> io::Result<ReadStatus> {
         let before = self.inbuf.len();
         let limit = (limits.max_request_len + conn::READ_CHUNK).min(before.saturating_add(room));
-        let status = conn::read_via(&mut self.sock, scratch, &mut self.inbuf, limit)?;
+        let status = conn::read_via(
+            &mut self.sock,
+            scratch,
+            &mut self.inbuf,
+            limit,
+            !self.hangup,
+        )?;
         match status {
             ReadStatus::Drained => self.drained = true,
             ReadStatus::Eof => self.read_closed = true,

@@ -54,11 +54,21 @@ pub fn read_into(src: &mut impl Read, buf: &mut BytesMut, limit: usize) -> io::R
 /// arrived. `buf` then grows by what a peer actually sent, not by a whole
 /// read chunk per connection: thousands of mostly idle clients cost what
 /// they hold, which is what a memory budget over all of them counts.
+///
+/// With `short_is_drained`, a read that returns less than was asked for
+/// ends it as [`ReadStatus::Drained`] without the read that would only
+/// say `EAGAIN`: that was one system call in three on a leader under
+/// load. Sound for a TCP socket under edge-triggered epoll (tokio does the
+/// same): a read takes all that is queued up to its length, and data that
+/// arrives later is a new edge. The caller passes `false` when the event
+/// also reported a hang-up or an error, which arrive with no further edge
+/// and need the read to the end.
 pub fn read_via(
     src: &mut impl Read,
     scratch: &mut [u8],
     buf: &mut BytesMut,
     limit: usize,
+    short_is_drained: bool,
 ) -> io::Result<ReadStatus> {
     assert!(!scratch.is_empty(), "empty scratch buffer");
     loop {
@@ -68,7 +78,12 @@ pub fn read_via(
         let want = (limit - buf.len()).min(scratch.len());
         match src.read(&mut scratch[..want]) {
             Ok(0) => return Ok(ReadStatus::Eof),
-            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&scratch[..n]);
+                if short_is_drained && n < want {
+                    return Ok(ReadStatus::Drained);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
             Err(e) => return Err(e),
@@ -250,12 +265,12 @@ mod tests {
             eof: true,
         };
         assert_eq!(
-            read_via(&mut s, &mut scratch, &mut buf, 5).unwrap(),
+            read_via(&mut s, &mut scratch, &mut buf, 5, false).unwrap(),
             ReadStatus::Full
         );
         assert_eq!(&buf[..], b"hello");
         assert_eq!(
-            read_via(&mut s, &mut scratch, &mut buf, 100).unwrap(),
+            read_via(&mut s, &mut scratch, &mut buf, 100, false).unwrap(),
             ReadStatus::Eof
         );
         assert_eq!(&buf[..], b"hello world");
@@ -267,10 +282,51 @@ mod tests {
             eof: false,
         };
         assert_eq!(
-            read_via(&mut s, &mut scratch, &mut empty, 100).unwrap(),
+            read_via(&mut s, &mut scratch, &mut empty, 100, false).unwrap(),
             ReadStatus::Drained
         );
         assert_eq!(empty.capacity(), 0);
+    }
+
+    /// A short read ends the pass when allowed: the socket had nothing more
+    /// (the next read would only say `EAGAIN`); otherwise, and whenever
+    /// the reads fill what was asked, it reads on.
+    #[test]
+    fn a_short_read_ends_the_pass_only_when_allowed() {
+        let mut scratch = [0u8; 4];
+        let trickle = || Trickle {
+            data: b"hello world".to_vec(),
+            piece: 3,
+            eof: true,
+        };
+        let mut buf = BytesMut::new();
+        let mut s = trickle();
+        assert_eq!(
+            read_via(&mut s, &mut scratch, &mut buf, 100, true).unwrap(),
+            ReadStatus::Drained
+        );
+        assert_eq!(&buf[..], b"hel");
+        // Reads that fill the scratch buffer go on.
+        let mut buf = BytesMut::new();
+        let mut s = Trickle {
+            data: b"hello world".to_vec(),
+            piece: 4,
+            eof: true,
+        };
+        assert_eq!(
+            read_via(&mut s, &mut scratch, &mut buf, 100, true).unwrap(),
+            ReadStatus::Drained
+        );
+        // ... up to the last, short one: it stops before the EOF.
+        assert_eq!(&buf[..], b"hello world");
+        // After a hang-up the reads go to the end.
+        let mut buf = BytesMut::new();
+        let mut s = trickle();
+        assert_eq!(
+            read_via(&mut s, &mut scratch, &mut buf, 100, false).unwrap(),
+            ReadStatus::Eof
+        );
+        assert_eq!(&buf[..], b"hello world");
     }
 
     #[test]

@@ -423,9 +423,11 @@ impl PeerSet {
     }
 
     /// Handles a readiness event on one of the peer tokens.
+    /// `hangup`: the event also reported EOF or an error.
     pub fn ready(
         &mut self,
         token: Token,
+        hangup: bool,
         registry: &Registry,
         now: Instant,
         out: &mut Vec<PeerInput>,
@@ -435,7 +437,7 @@ impl PeerSet {
         } else if let Some(i) = self.outbound_index(token) {
             self.outbound_ready(i, registry, now, out);
         } else if let Some(k) = self.inbound_key(token) {
-            self.inbound_ready(k, registry, now, out);
+            self.inbound_ready(k, hangup, registry, now, out);
         }
     }
 
@@ -1071,11 +1073,12 @@ impl PeerSet {
     fn inbound_ready(
         &mut self,
         k: usize,
+        hangup: bool,
         registry: &Registry,
         now: Instant,
         out: &mut Vec<PeerInput>,
     ) {
-        match self.inbound_io(k, registry, out) {
+        match self.inbound_io(k, hangup, registry, out) {
             Ok(true) => {}
             Ok(false) => {
                 let c = &self.inbound[k];
@@ -1110,6 +1113,7 @@ impl PeerSet {
     fn inbound_io(
         &mut self,
         k: usize,
+        hangup: bool,
         registry: &Registry,
         out: &mut Vec<PeerInput>,
     ) -> Result<bool, String> {
@@ -1134,8 +1138,9 @@ impl PeerSet {
                 InboundState::AwaitProof { .. } => auth::PROOF_LEN,
                 InboundState::Up(_) => INBOUND_BUF_LIMIT,
             };
-            let status = conn::read_via(&mut c.sock, &mut self.scratch, &mut c.inbuf, limit)
-                .map_err(|e| describe(&e))?;
+            let status =
+                conn::read_via(&mut c.sock, &mut self.scratch, &mut c.inbuf, limit, !hangup)
+                    .map_err(|e| describe(&e))?;
             match c.state {
                 InboundState::AwaitHello => {
                     if let Some(hello) =

@@ -508,15 +508,22 @@ impl Server {
                     HELPER_WAKER => {}
                     CLIENT_LISTENER => self.accept_clients(now),
                     token if self.peers.owns(token) => {
-                        self.peers
-                            .ready(token, self.poll.registry(), now, &mut self.inputs);
+                        let hangup = ev.is_read_closed() || ev.is_error();
+                        self.peers.ready(
+                            token,
+                            hangup,
+                            self.poll.registry(),
+                            now,
+                            &mut self.inputs,
+                        );
                         self.feed(t);
                     }
                     token if token.0 >= CLIENT_BASE => {
                         let key = token.0 - CLIENT_BASE;
                         if let Some(c) = self.clients.get_mut(key) {
-                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                                c.mark_readable();
+                            let hangup = ev.is_read_closed() || ev.is_error();
+                            if ev.is_readable() || hangup {
+                                c.mark_readable(hangup);
                             }
                             self.dirty.push(key);
                             self.service_client(key, t, now);

@@ -341,6 +341,9 @@ pub struct Storage {
     segments: Vec<Segment>,
     /// The active segment, open for appending.
     active: File,
+    /// A duplicate of `active`'s descriptor for the log-sync thread, made
+    /// at the first background sync of each segment.
+    sync_file: Option<std::sync::Arc<File>>,
     /// Encoded records not yet written to the active segment.
     buf: Vec<u8>,
     poisoned: bool,
@@ -725,6 +728,7 @@ impl Storage {
             synced_last,
             segments,
             active,
+            sync_file: None,
             buf: Vec::new(),
             poisoned: false,
             snapshot,
@@ -902,6 +906,7 @@ impl Storage {
             h.first > self.active_segment().first,
             "a new segment must sort after the active one"
         );
+        self.sync_file = None;
         self.active = create_segment(
             &self.dir,
             self.cluster_id,
@@ -1009,10 +1014,18 @@ impl Storage {
             s.write_batch(0)?;
             let last = s.buffer_written();
             let path = s.dir.join(segment_name(s.active_segment().first));
-            let file = s
-                .active
-                .try_clone()
-                .map_err(|e| io_err(&path, "cannot duplicate the descriptor of", e))?;
+            let file = match &s.sync_file {
+                Some(f) => f.clone(),
+                None => {
+                    let f = std::sync::Arc::new(
+                        s.active
+                            .try_clone()
+                            .map_err(|e| io_err(&path, "cannot duplicate the descriptor of", e))?,
+                    );
+                    s.sync_file = Some(f.clone());
+                    f
+                }
+            };
             let durable = match &s.power_cut {
                 None => None,
                 Some(_) => {

@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,9 @@ pub(super) type Notify = Box<dyn Fn() + Send>;
 pub(super) type Done = Result<Duration, StorageError>;
 
 struct Job {
-    /// A descriptor of the segment written to.
-    file: File,
+    /// A descriptor of the segment written to, duplicated once per segment
+    /// (not per sync: that was two system calls per batch).
+    file: Arc<File>,
     path: PathBuf,
 }
 
@@ -77,7 +79,7 @@ impl Syncer {
     }
 
     /// Starts the fdatasync of `file` (at `path`).
-    pub fn submit(&self, file: File, path: PathBuf) {
+    pub fn submit(&self, file: Arc<File>, path: PathBuf) {
         let sent = self
             .tx
             .as_ref()
