@@ -423,7 +423,10 @@ impl Node {
     }
 
     /// Proposes a command. On the leader it is appended to the log and
-    /// replicated; the returned id tells the caller which applied entry is
+    /// replicated: the AppendEntries go out at the next [`Node::poll_action`],
+    /// one per follower for all the proposals made since the last drain
+    /// (so a driver that feeds a turn's requests before draining batches
+    /// them); the returned id tells the caller which applied entry is
     /// its own (same index and term). Anywhere else the answer says who the
     /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
     /// [`ProposeError::TooLarge`] on any node, before anything is appended.
