@@ -36,7 +36,7 @@ fn set(i: usize, v: u8) -> Bytes {
         get: false,
         ttl: Ttl::Clear,
     };
-    Write::new(1_700_000_000_000 + i as u64, cmd).encode()
+    Write::new(1_700_000_000_000 + i as u64, cmd).encode_in(&mut bytes::BytesMut::new())
 }
 
 fn main() {

@@ -500,12 +500,29 @@ impl Write {
     ///
     /// Panics on a length over `u32::MAX` (the client protocol's limits make
     /// it impossible).
+    #[cfg(test)]
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(16 + encoded_hint(&self.cmd));
-        b.put_u8(STAMPED);
-        b.put_u64_le(self.stamp_ms);
-        put_cmd(&mut b, &self.cmd);
-        b.freeze()
+        self.encode_in(&mut BytesMut::new())
+    }
+
+    /// Encodes the write at the end of `arena` and splits it off: the
+    /// writes a leader encodes one after another share the arena's
+    /// buffers ([`ENCODE_ARENA`] at a time), so a log entry costs no
+    /// allocation of its own, neither for its bytes nor for the shared
+    /// header the first clone of a `Bytes` made from a `Vec` allocates.
+    /// A buffer is freed once every entry in it is gone (entries leave
+    /// the log in order, so that is soon after the last of them).
+    pub fn encode_in(&self, arena: &mut BytesMut) -> Bytes {
+        let hint = 16 + encoded_hint(&self.cmd);
+        if arena.capacity() < hint {
+            // `reserve` on a buffer that split-off entries still share
+            // allocates a new one; ask for a whole chunk, not one write.
+            *arena = BytesMut::with_capacity(hint.max(ENCODE_ARENA));
+        }
+        arena.put_u8(STAMPED);
+        arena.put_u64_le(self.stamp_ms);
+        put_cmd(arena, &self.cmd);
+        arena.split().freeze()
     }
 
     /// Decodes a log entry's payload. Keys and values share `payload`'s
@@ -560,6 +577,9 @@ impl Write {
         Ok(w)
     }
 }
+
+/// The size of the buffers [`Write::encode_in`] encodes into.
+pub const ENCODE_ARENA: usize = 64 << 10;
 
 fn encoded_hint(cmd: &Command) -> usize {
     match cmd {
@@ -2335,6 +2355,24 @@ mod tests {
 
     fn bulk(s: &str) -> Outcome {
         Outcome::Bulk(b(s))
+    }
+
+    /// Writes encoded one after another share the arena's buffer and decode
+    /// as encoded alone; one too large for what is left gets a new buffer.
+    #[test]
+    fn writes_encoded_in_an_arena_share_its_buffer() {
+        let mut arena = BytesMut::new();
+        let w1 = Write::new(1, set("a", "1"));
+        let w2 = Write::new(2, set("b", "2"));
+        let p1 = w1.encode_in(&mut arena);
+        let p2 = w2.encode_in(&mut arena);
+        assert_eq!((p1.clone(), p2.clone()), (w1.encode(), w2.encode()));
+        assert_eq!(p1.as_ptr().wrapping_add(p1.len()), p2.as_ptr());
+        assert!(arena.capacity() >= ENCODE_ARENA - p1.len() - p2.len() - 64);
+        let big = Write::new(3, set("c", &"x".repeat(ENCODE_ARENA)));
+        let p3 = big.encode_in(&mut arena);
+        assert_eq!(p3, big.encode());
+        assert_eq!(Write::decode(&p2).unwrap(), w2);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use raft_proto::codec;
@@ -1431,12 +1431,25 @@ fn describe(e: &io::Error) -> String {
 /// Copies command payloads out of the frame buffer. Decoded payloads are
 /// slices of the read buffer; the node keeps log entries for the process's
 /// life, and a retained slice would pin the whole read chunk it came from,
-/// heartbeats and all.
+/// heartbeats and all. The payloads of one message go into one buffer
+/// together (one allocation per message, not two per entry: its bytes and
+/// the shared header of its first clone); they are appended and compacted
+/// together, so none pins much beyond its neighbours.
 fn own_payloads(mut msg: Message) -> Message {
     if let MessageBody::AppendEntries(ae) = &mut msg.body {
+        let total: usize = ae
+            .entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Command(c) => c.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut buf = BytesMut::with_capacity(total);
         for e in &mut ae.entries {
             if let EntryPayload::Command(c) = &mut e.payload {
-                *c = Bytes::copy_from_slice(c);
+                buf.extend_from_slice(c);
+                *c = buf.split().freeze();
             }
         }
     }
@@ -1473,8 +1486,13 @@ mod tests {
     }
 
     #[test]
-    fn payloads_are_copied_out_of_the_frame() {
-        let frame = Bytes::from_static(b"xxhelloxx");
+    fn payloads_are_copied_out_of_the_frame_into_one_buffer() {
+        let frame = bytes::Bytes::from_static(b"xxhelloxxworldxx");
+        let entry = |i: u64, payload| raft_proto::Entry {
+            term: raft_proto::Term(1),
+            index: raft_proto::LogIndex(i),
+            payload,
+        };
         let msg = Message {
             from: NodeId(1),
             to: NodeId(2),
@@ -1482,11 +1500,11 @@ mod tests {
             body: MessageBody::AppendEntries(raft_proto::AppendEntries {
                 prev_log_index: raft_proto::LogIndex(0),
                 prev_log_term: raft_proto::Term(0),
-                entries: vec![raft_proto::Entry {
-                    term: raft_proto::Term(1),
-                    index: raft_proto::LogIndex(1),
-                    payload: EntryPayload::Command(frame.slice(2..7)),
-                }],
+                entries: vec![
+                    entry(1, EntryPayload::Command(frame.slice(2..7))),
+                    entry(2, EntryPayload::Noop),
+                    entry(3, EntryPayload::Command(frame.slice(9..14))),
+                ],
                 leader_commit: raft_proto::LogIndex(0),
                 round: 0,
             }),
@@ -1496,9 +1514,14 @@ mod tests {
         let MessageBody::AppendEntries(ae) = &owned.body else {
             unreachable!()
         };
-        let EntryPayload::Command(c) = &ae.entries[0].payload else {
+        let (EntryPayload::Command(a), EntryPayload::Command(b)) =
+            (&ae.entries[0].payload, &ae.entries[2].payload)
+        else {
             unreachable!()
         };
-        assert_ne!(c.as_ptr(), frame[2..].as_ptr());
+        assert_ne!(a.as_ptr(), frame[2..].as_ptr());
+        assert_ne!(b.as_ptr(), frame[9..].as_ptr());
+        // One allocation for the message: the second follows the first.
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
     }
 }

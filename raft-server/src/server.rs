@@ -287,6 +287,8 @@ pub struct Server {
     next_sweep_at: Option<Instant>,
     /// Proposals were made while draining: drain again before sleeping.
     redrain: bool,
+    /// Where proposals are encoded (`kv::Write::encode_in`).
+    encode_arena: bytes::BytesMut,
     next_read_id: u64,
     /// Peer inputs not yet fed to the node.
     inputs: Vec<PeerInput>,
@@ -468,6 +470,7 @@ impl Server {
             sweep_in_flight: None,
             next_sweep_at: None,
             redrain: false,
+            encode_arena: bytes::BytesMut::new(),
             next_read_id: 0,
             inputs: Vec::new(),
             dirty: Vec::new(),
@@ -1008,7 +1011,8 @@ impl Server {
             return self.sweep_in_flight;
         }
         let w = kv::Write::new(self.wall_ms(now), kv::Command::Sweep);
-        match self.node.propose(self.time(now), w.encode()) {
+        let payload = w.encode_in(&mut self.encode_arena);
+        match self.node.propose(self.time(now), payload) {
             Ok(id) => {
                 self.sweep_in_flight = Some(id.index.0);
                 self.redrain = true;
@@ -1811,7 +1815,8 @@ impl Server {
     /// redirect.
     fn propose(&mut self, key: usize, cmd: kv::Command, slot_key: &[u8], t: Time) {
         let stamp_ms = self.wall_ms(self.start + t.since_epoch());
-        match self.node.propose(t, kv::Write::new(stamp_ms, cmd).encode()) {
+        let payload = kv::Write::new(stamp_ms, cmd).encode_in(&mut self.encode_arena);
+        match self.node.propose(t, payload) {
             Ok(id) => {
                 let c = &mut self.clients[key];
                 let to = ReplyTo {
