@@ -2,7 +2,9 @@
 # Benchmarks a real 3-member raft-node cluster on 127.0.0.1/.2/.3 with
 # raft-load: SET with 1, 16 and 64 clients, GET with 16 and 64 clients (and
 # 64 with READONLY), then the idle CPU and RSS of the leader and a follower.
-# For each SET run it also prints where a write's cost goes on the leader and
+# For each SET run it also prints where a write's time goes (raft-load's
+# latency beside the members' append-to-commit, append-to-durable and
+# fdatasync histograms) and where its cost goes on the leader and
 # a follower: CPU per write (utime + stime of every thread, /proc/PID/stat),
 # disk bytes per write (/proc/PID/io write_bytes), fsyncs and peer messages
 # per write (the members' metrics), and with SYSCALLS=1 the system calls per
@@ -155,6 +157,37 @@ fsync_counters() {
         END { print f + 0, e + 0, s + 0, w + 0, ms + 0, mr + 0 }'
 }
 
+# lag_buckets I: "name le count" of member I's latency histograms (the
+# append-to-apply and append-to-durable lags and the fdatasync alone).
+lag_buckets() {
+    metrics "$1" | tr -d '\r' |
+        sed -n 's/^raft_\(apply_lag\|durable_lag\|fsync\)_seconds_bucket{le="\([^"]*\)"} \(.*\)$/\1 \2 \3/p'
+}
+
+# lag_quantiles BEFORE AFTER NAME: "p50 / p99" in ms of histogram NAME over
+# what was observed between two lag_buckets outputs, interpolated linearly
+# within a bucket.
+lag_quantiles() {
+    { sed 's/^/B /' <<<"$1"; sed 's/^/A /' <<<"$2"; } | awk -v n="$3" '
+        $1 == "B" && $2 == n { b[$3] = $4 }
+        $1 == "A" && $2 == n { le[++k] = $3; c[k] = $4 - b[$3] }
+        END {
+            if (k == 0 || c[k] <= 0) { print "- / -"; exit }
+            for (j = 1; j <= 2; j++) {
+                want = (j == 1 ? 0.5 : 0.99) * c[k]; lo = 0; below = 0; v = 0
+                for (x = 1; x <= k; x++) {
+                    if (c[x] >= want) {
+                        v = (le[x] == "+Inf") ? lo : lo + (want - below) / (c[x] - below) * (le[x] - lo)
+                        break
+                    }
+                    lo = le[x]; below = c[x]
+                }
+                printf "%s%.2f", (j == 1 ? "" : " / "), v * 1000
+            }
+            print ""
+        }'
+}
+
 # --- start -----------------------------------------------------------------
 
 CONF=$TMP/cluster.toml
@@ -274,6 +307,7 @@ syscalls_summary() {
 
 ROWS=()
 WROWS=()
+LROWS=()
 declare -A OPSPS
 jf() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
 
@@ -283,7 +317,7 @@ jf() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
 # runs on the cluster also add the leader's and a follower's write-path rows.
 run_load() {
     local target=$1 op=$2 clients=$3 extra=${4:-} addrs before after json ops opsps p50 p99 err fs ent sec per ms label=$2
-    local c0 c1 w p i m
+    local c0 c1 w p i m lb0 lb1 fb0 fb1
     local -a c
     local -A T0 B0 T1 B1
     [ -n "$extra" ] && label="$op $extra"
@@ -292,6 +326,8 @@ run_load() {
     if [ "$target" = raft ]; then
         before=$(fsync_counters "$LEADER")
         c0=$(fsync_counters "$FOLLOWER")
+        lb0=$(lag_buckets "$LEADER")
+        fb0=$(lag_buckets "$FOLLOWER")
         for p in "$LPID" "$FPID"; do T0[$p]=$(cpu_ticks "$p") B0[$p]=$(io_write_bytes "$p"); done
         if [ "$op" = set ] && [ "$clients" != 1 ]; then
             for p in "$LPID" "$FPID"; do perf_start "$p" "$TMP/perf.$p.$clients"; done
@@ -318,6 +354,8 @@ run_load() {
     for p in "$LPID" "$FPID"; do T1[$p]=$(cpu_ticks "$p") B1[$p]=$(io_write_bytes "$p"); done
     after=$(fsync_counters "$LEADER")
     c1=$(fsync_counters "$FOLLOWER")
+    lb1=$(lag_buckets "$LEADER")
+    fb1=$(lag_buckets "$FOLLOWER")
     read -r fs ent sec w <<<"$(paste -d' ' <(echo "$before") <(echo "$after") |
         awk '{ print $7 - $1, $8 - $2, $9 - $3, $10 - $4 }')"
     per=$(awk -v e="$ent" -v f="$fs" 'BEGIN { if (f > 0) printf "%.1f", e / f; else print "-" }')
@@ -337,6 +375,13 @@ run_load() {
     ROWS+=("$(printf '| %s %s B | %s | %.0f | %.2f | %.2f | %s | %s | %s |' \
         "$(tr a-z A-Z <<<"$label")" "$VALUE_SIZE" "$clients" "$opsps" "$p50" "$p99" "$err" "$per" "$ms")")
     [ "$op" = set ] && [ "$w" -gt 0 ] || return 0
+    # Where a write's time goes: raft-load's latency beside the leader's
+    # append-to-commit (apply) and append-to-durable lags, its fdatasync,
+    # and the follower's durable lag and fdatasync.
+    LROWS+=("$(printf '| %s | %.2f / %.2f | %s | %s | %s | %s | %s |' "$clients" "$p50" "$p99" \
+        "$(lag_quantiles "$lb0" "$lb1" apply_lag)" "$(lag_quantiles "$lb0" "$lb1" durable_lag)" \
+        "$(lag_quantiles "$lb0" "$lb1" fsync)" "$(lag_quantiles "$fb0" "$fb1" durable_lag)" \
+        "$(lag_quantiles "$fb0" "$fb1" fsync)")")
     # Where a write's cost goes, per member: every figure is a delta over
     # the run divided by the writes the leader acknowledged in it.
     for p in "$LPID" "$FPID"; do
@@ -449,6 +494,13 @@ if [ "${#WROWS[@]}" -gt 0 ]; then
     echo "| load | member | CPU µs | syscalls (most frequent) | fsyncs | entries/fsync | disk bytes | peer msgs sent / received |"
     echo "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"
     printf '%s\n' "${WROWS[@]}"
+    echo
+fi
+if [ "${#LROWS[@]}" -gt 0 ]; then
+    echo "Where a SET's time goes, p50 / p99 in ms (append: to this member's log; commit: the leader's answer goes out in the same turn):"
+    echo "| clients | raft-load | leader append → commit | leader append → durable | leader fdatasync | follower append → durable | follower fdatasync |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    printf '%s\n' "${LROWS[@]}"
     echo
 fi
 echo "| idle ${IDLE_SECS} s | CPU | RSS |"

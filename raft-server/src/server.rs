@@ -312,6 +312,8 @@ pub struct Server {
     /// When each log entry not yet applied was appended here, oldest first
     /// (apply lag); bounded, the oldest forgotten past the bound.
     appended_at: VecDeque<(u64, Instant)>,
+    /// Appends not yet durable, for the durable-lag histogram.
+    durable_pending: VecDeque<(u64, Instant)>,
     /// The last entry applied to `kv` (or the snapshot it was loaded from):
     /// what a snapshot taken now covers.
     last_applied: (LogIndex, Term),
@@ -482,6 +484,7 @@ impl Server {
             no_leader_since: Some(Instant::now()),
             histograms: Histograms::new(),
             appended_at: VecDeque::new(),
+            durable_pending: VecDeque::new(),
             last_applied,
             snapshotter,
             turn: TurnTimer::new(start),
@@ -669,6 +672,7 @@ impl Server {
             storage: &mut self.storage,
             histograms: &mut self.histograms,
             appended_at: &mut self.appended_at,
+            durable_pending: &mut self.durable_pending,
             now,
             fsyncs: 0,
             fsync_nanos: 0,
@@ -785,6 +789,12 @@ impl Server {
         c.fsyncs += 1;
         c.fsync_nanos += took.as_nanos() as u64;
         self.histograms.fsync.observe(took.as_secs_f64());
+        observe_durable(
+            &mut self.durable_pending,
+            &self.histograms.durable_lag,
+            self.storage.synced_index(),
+            now,
+        );
         let t = self.time(now);
         let mut links = Links {
             peers: &mut self.peers,
@@ -2154,6 +2164,7 @@ struct Disk<'a> {
     storage: &'a mut Storage,
     histograms: &'a mut Histograms,
     appended_at: &'a mut VecDeque<(u64, Instant)>,
+    durable_pending: &'a mut VecDeque<(u64, Instant)>,
     now: Instant,
     fsyncs: u64,
     fsync_nanos: u64,
@@ -2162,6 +2173,20 @@ struct Disk<'a> {
     chunks_sent: u64,
     chunk_bytes_sent: u64,
     snapshots_sent: u64,
+}
+
+/// Observes the durable lag of every tracked append up to `synced`.
+fn observe_durable(
+    pending: &mut VecDeque<(u64, Instant)>,
+    durable_lag: &prometheus_client::metrics::histogram::Histogram,
+    synced: u64,
+    now: Instant,
+) {
+    while pending.front().is_some_and(|&(i, _)| i <= synced) {
+        if let Some((_, at)) = pending.pop_front() {
+            durable_lag.observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+    }
 }
 
 fn info_of(meta: &SnapshotMeta) -> SnapshotInfo {
@@ -2208,8 +2233,10 @@ impl LogStore for Disk<'_> {
     }
 
     fn truncate_log(&mut self, from: LogIndex) -> Result<(), StorageError> {
-        while self.appended_at.back().is_some_and(|&(i, _)| i >= from.0) {
-            self.appended_at.pop_back();
+        for q in [&mut *self.appended_at, &mut *self.durable_pending] {
+            while q.back().is_some_and(|&(i, _)| i >= from.0) {
+                q.pop_back();
+            }
         }
         self.storage.truncate(from);
         Ok(())
@@ -2222,6 +2249,10 @@ impl LogStore for Disk<'_> {
                 self.appended_at.pop_front();
             }
             self.appended_at.push_back((e.index.0, self.now));
+            if self.durable_pending.len() == MAX_APPLY_LAG_TRACKED {
+                self.durable_pending.pop_front();
+            }
+            self.durable_pending.push_back((e.index.0, self.now));
         }
         self.storage.append(entries);
         Ok(())
@@ -2241,6 +2272,12 @@ impl LogStore for Disk<'_> {
             self.fsyncs += 1;
             self.fsync_nanos += took.as_nanos() as u64;
             self.histograms.fsync.observe(took.as_secs_f64());
+            observe_durable(
+                self.durable_pending,
+                &self.histograms.durable_lag,
+                self.storage.synced_index(),
+                Instant::now(),
+            );
         }
         Ok(durable)
     }

@@ -1122,6 +1122,11 @@ impl Storage {
         self.hard_state_dirty || !self.buf.is_empty()
     }
 
+    /// Index of the last entry known durable (its batch's fsync is done).
+    pub fn synced_index(&self) -> u64 {
+        self.synced_last.0 .0
+    }
+
     /// Index of the last entry as of the latest buffered operation.
     pub fn last_index(&self) -> LogIndex {
         self.log.last_index()
