@@ -125,3 +125,29 @@ fn a_read_alone_sends_a_heartbeat_round() {
         .iter()
         .any(|a| matches!(a, Action::ReadReady { id: 9 })));
 }
+
+/// §6.4: a read is served only once a majority has answered a message
+/// sent after the read arrived. An answer to an append or heartbeat sent
+/// before it, even one fed between the read and the next drain (as a loop
+/// turn does), proves nothing: that leader may have been deposed since.
+#[test]
+fn an_answer_to_a_round_sent_before_the_read_does_not_confirm_it() {
+    let t = Time::ZERO;
+    let mut n = leader(t);
+    let t = t + MS;
+    n.read_index(t, 5).unwrap();
+    // Late answers to round 0, sent before the read.
+    n.handle_message(t, from(2, ok(1, 0)));
+    n.handle_message(t, from(3, ok(1, 0)));
+    let out = drain(&mut n);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::ReadReady { .. })),
+        "{out:?}"
+    );
+    let sent = appends(&out);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    n.handle_message(t, from(3, ok(1, sent[0].2)));
+    assert!(drain(&mut n)
+        .iter()
+        .any(|a| matches!(a, Action::ReadReady { id: 5 })));
+}

@@ -43,6 +43,13 @@ pub struct NetConfig {
     pub slow_replies: f64,
     /// The range of a slow answer's delay.
     pub slow_reply_delay: (Duration, Duration),
+    /// A member that receives a message also takes every other message
+    /// for it due within this window before draining (zero: one message
+    /// per drain). `raft-node` reads all its sockets, then drains once a
+    /// loop turn: several answers, appends and read requests reach the
+    /// node between two drains, which is what the leader's one
+    /// AppendEntries per follower per drain is built on.
+    pub batch_window: Duration,
 }
 
 impl Default for NetConfig {
@@ -58,6 +65,7 @@ impl Default for NetConfig {
             snapshot_every: 0,
             slow_replies: 0.0,
             slow_reply_delay: (Duration::from_millis(200), Duration::from_millis(2200)),
+            batch_window: Duration::ZERO,
         }
     }
 }
@@ -847,6 +855,14 @@ impl Cluster {
                     .and_then(|m| m.node.as_mut())
                     .expect("up")
                     .handle_message(now, msg);
+                for msg in self.take_batch(to) {
+                    self.log_line(|| format!("{msg} (same drain)"));
+                    self.members
+                        .get_mut(&to)
+                        .and_then(|m| m.node.as_mut())
+                        .expect("up")
+                        .handle_message(now, msg);
+                }
                 self.after_input(to);
             }
             Scheduled::SyncDone { node, incarnation } => {
@@ -897,6 +913,41 @@ impl Cluster {
                 self.after_input(node);
             }
         }
+    }
+
+    /// The messages for `to` due within [`NetConfig::batch_window`], taken
+    /// off the queue in order, to be fed before the next drain: up to the
+    /// first other event for `to` (a sync's end, a link change), which
+    /// keeps its place; blocked messages stay to be dropped at their time.
+    fn take_batch(&mut self, to: NodeId) -> Vec<Message> {
+        if self.net.batch_window.is_zero() {
+            return Vec::new();
+        }
+        let until = self.now + self.net.batch_window;
+        let mut keys = Vec::new();
+        for (&key, what) in self.queue.range(..=(until, u64::MAX)) {
+            match what {
+                Scheduled::Deliver(m) if m.to == to => {
+                    if !self.blocked.contains(&(m.from, to)) {
+                        keys.push(key);
+                    }
+                }
+                Scheduled::Deliver(_) => {}
+                Scheduled::SyncDone { node, .. }
+                | Scheduled::LinkDown { node, .. }
+                | Scheduled::LinkUp { node, .. } => {
+                    if *node == to {
+                        break;
+                    }
+                }
+            }
+        }
+        keys.into_iter()
+            .map(|k| match self.queue.remove(&k) {
+                Some(Scheduled::Deliver(m)) => m,
+                _ => unreachable!("taken from the queue above"),
+            })
+            .collect()
     }
 
     /// Drains the node's actions through the production driver, carries
