@@ -764,6 +764,13 @@ impl Server {
         self.committed_membership = Some((*meta.membership).clone());
         self.sync_links();
         self.last_applied = (meta.last_index, meta.last_term);
+        // Entries the snapshot replaced are neither applied nor made
+        // durable here: they leave the lag histograms unobserved.
+        for q in [&mut self.appended_at, &mut self.durable_pending] {
+            while q.front().is_some_and(|&(i, _)| i <= meta.last_index.0) {
+                q.pop_front();
+            }
+        }
         self.snapshotter.reset();
         self.counters.snapshots_installed += 1;
         log::info!(
