@@ -291,32 +291,6 @@ fn restart(c: &mut Cluster, id: u64, seed: u64) {
     eprintln!("member {id} restarted: {recovery}");
 }
 
-/// Waits until member `id` has applied everything the leader had committed
-/// when the wait began.
-fn wait_caught_up(c: &Cluster, id: u64) {
-    let leader = c.wait_leader(Duration::from_secs(15));
-    let commit: u64 = c
-        .field(leader, "raft_commit_index")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let applied: u64 = c
-            .field(id, "raft_last_applied")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if applied >= commit {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "member {id} did not catch up: applied {applied} of {commit}"
-        );
-        sleep(Duration::from_millis(50));
-    }
-}
-
 /// A 3-member cluster with every member in power-cut mode, a leader, and
 /// the load running for a moment.
 fn loaded_cluster(seed: u64) -> (Cluster, Load) {
@@ -340,7 +314,7 @@ fn leader_loses_power_mid_group_commit() {
         // The others elect a leader and carry on under the load.
         sleep(Duration::from_millis(700));
         restart(&mut c, leader, seed.wrapping_add(10 * round + leader));
-        wait_caught_up(&c, leader);
+        c.wait_caught_up(leader);
     }
     let history = load.finish();
     check_acknowledged(&c, &history);
@@ -355,7 +329,7 @@ fn follower_loses_power_mid_group_commit() {
     // By trigger file, at its next append.
     cut(&mut c, follower);
     restart(&mut c, follower, seed.wrapping_add(10 + follower));
-    wait_caught_up(&c, follower);
+    c.wait_caught_up(follower);
     // By count: restarted with RAFT_POWER_CUT_AT_SYNC, it loses power at
     // its N-th sync, in the middle of catching up or of the load.
     c.kill(follower);
@@ -371,7 +345,7 @@ fn follower_loses_power_mid_group_commit() {
     let line = wait_cut(&mut c, follower);
     assert!(line.contains(&format!("in sync number {n}:")), "{line}");
     restart(&mut c, follower, seed.wrapping_add(30 + follower));
-    wait_caught_up(&c, follower);
+    c.wait_caught_up(follower);
     let history = load.finish();
     check_acknowledged(&c, &history);
 }
@@ -384,7 +358,7 @@ fn every_member_loses_power_in_turn() {
         cut(&mut c, id);
         sleep(Duration::from_millis(300));
         restart(&mut c, id, seed.wrapping_add(10 * id));
-        wait_caught_up(&c, id);
+        c.wait_caught_up(id);
     }
     let history = load.finish();
     check_acknowledged(&c, &history);
@@ -479,7 +453,7 @@ fn deposed_leader_truncates_its_unacknowledged_tail() {
     }
     // The old leader rejoins and truncates its tail.
     start_armed(&mut c, old, seed.wrapping_add(20));
-    wait_caught_up(&c, old);
+    c.wait_caught_up(old);
     // It loses power at its next sync, and restarts from what it made
     // durable: the truncation and the entries after it.
     fs::write(trigger(&c, old), b"").unwrap();
@@ -492,7 +466,7 @@ fn deposed_leader_truncates_its_unacknowledged_tail() {
     wait_cut(&mut c, old);
     fs::remove_file(trigger(&c, old)).unwrap();
     restart(&mut c, old, seed.wrapping_add(30));
-    wait_caught_up(&c, old);
+    c.wait_caught_up(old);
     for i in 0..10 {
         assert_eq!(c.exec(&["GET", &format!("lost{i}")]), Resp::Bulk(None));
     }

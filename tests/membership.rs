@@ -43,6 +43,18 @@ fn file_of_first(c: &Cluster, n: usize) -> std::path::PathBuf {
     path
 }
 
+/// Starts members 1..=`n` from a cluster file that names only them (the
+/// bootstrap configuration), then points `c` back at the full file, which
+/// members started later (joining ones) read.
+fn start_bootstrap(c: &mut Cluster, n: usize) {
+    let full = c.config.clone();
+    c.config = file_of_first(c, n);
+    for id in 1..=n as u64 {
+        c.start(id);
+    }
+    c.config = full;
+}
+
 /// Runs `args` on the leader until it stops answering "retry": a change
 /// in progress, or a learner still catching up.
 fn admin(c: &Cluster, args: &[&str]) -> Resp {
@@ -86,35 +98,10 @@ fn start_joining(c: &mut Cluster, id: u64) {
     c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
 }
 
-/// Waits until member `id` has applied what the leader committed.
-fn wait_caught_up(c: &Cluster, id: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let l = c.wait_leader(Duration::from_secs(5));
-        let (applied, commit) = (
-            num(c, id, "raft_last_applied"),
-            num(c, l, "raft_commit_index"),
-        );
-        if applied >= commit {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "member {id} stuck at {applied} of {commit}"
-        );
-        sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_member_that_joins_replaces_one_that_leaves() {
     let mut c = Cluster::new(4);
-    let full = c.config.clone();
-    c.config = file_of_first(&c, 3);
-    for id in 1..=3 {
-        c.start(id);
-    }
-    c.config = full;
+    start_bootstrap(&mut c, 3);
     c.wait_leader(Duration::from_secs(10));
     for i in 0..200 {
         let v = format!("v{i}");
@@ -141,7 +128,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         "after ADD: {r:?}"
     );
     // It catches up from the log (or a snapshot) as a learner.
-    wait_caught_up(&c, 4);
+    c.wait_caught_up(4);
     assert_eq!(c.field(4, "raft_membership").as_deref(), Some("learner"));
     let r = admin(&c, &["RAFT.PROMOTE", "4"]);
     assert!(
@@ -175,7 +162,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     let leader = c.wait_leader(Duration::from_secs(10));
     assert_ne!(leader, 1);
     // Every write is on member 4, served by it (READONLY: its own read).
-    wait_caught_up(&c, 4);
+    c.wait_caught_up(4);
     let mut conn = c.conn(4);
     assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
     for i in (0..300).step_by(37) {
@@ -285,7 +272,7 @@ fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
             );
         }
         g.start(id);
-        wait_caught_up(&g, id);
+        g.wait_caught_up(id);
         drop(g);
         sleep(Duration::from_millis(200));
     }
@@ -312,16 +299,11 @@ fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
 #[test]
 fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
     let mut c = Cluster::new(4);
-    let full = c.config.clone();
-    c.config = file_of_first(&c, 3);
-    for id in 1..=3 {
-        c.start(id);
-    }
+    start_bootstrap(&mut c, 3);
     c.wait_leader(Duration::from_secs(10));
     assert_eq!(c.exec(&["SET", "before", "1"]), Resp::Simple("OK".into()));
     // Member 3 stops before 4 joins; the two others commit without it.
     assert!(c.terminate(3).success());
-    c.config = full;
     start_joining(&mut c, 4);
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
     admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
@@ -367,13 +349,7 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
 #[test]
 fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
     let mut c = Cluster::new(5);
-    let full = c.config.clone();
-    c.config = file_of_first(&c, 3);
-    for id in 1..=3 {
-        c.start(id);
-    }
-    c.config = full;
-    c.wait_leader(Duration::from_secs(10));
+    start_bootstrap(&mut c, 3);
     let leader = c.wait_leader(Duration::from_secs(10));
     {
         // 600 entries, more than two batches of 256.
@@ -391,7 +367,7 @@ fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
         let (peer, client) = (c.m(id).peer.to_string(), c.m(id).client.to_string());
         let n = id.to_string();
         admin(&c, &["RAFT.ADD", &n, &peer, &client, "LEARNER"]);
-        wait_caught_up(&c, id);
+        c.wait_caught_up(id);
         if id == 4 {
             admin(&c, &["RAFT.PROMOTE", "4"]);
             assert_eq!(c.exec(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));

@@ -16,15 +16,6 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 /// needs it to authenticate).
 pub const SECRET: &[u8] = b"test-cluster-secret-0123456789abcdef";
 
-/// A free TCP port on `ip` (bound and released; racy but adequate here).
-pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A RESP value as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resp {
@@ -187,10 +178,18 @@ impl Cluster {
         }
         toml.push('\n');
         let mut members = Vec::new();
+        // Every port stays bound until all are chosen: a port released at
+        // once may be handed out again by the next bind (a test once got
+        // one port as both a member's peer and client address).
+        let mut held = Vec::new();
         for i in 1..=n {
             let ip = format!("127.0.0.{i}");
-            let addr =
-                |ip: &str| -> SocketAddr { format!("{ip}:{}", free_port(ip)).parse().unwrap() };
+            let mut addr = |ip: &str| -> SocketAddr {
+                let l = TcpListener::bind((ip, 0)).unwrap();
+                let a = l.local_addr().unwrap();
+                held.push(l);
+                a
+            };
             let (peer, client) = (addr(&ip), addr(&ip));
             let metrics = opts.metrics.then(|| addr(&ip));
             toml.push_str(&format!(
@@ -210,6 +209,7 @@ impl Cluster {
                 child: None,
             });
         }
+        drop(held);
         let config = dir.path().join("cluster.toml");
         fs::write(&config, toml).unwrap();
         Cluster {
@@ -351,6 +351,32 @@ impl Cluster {
             .into_iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v)
+    }
+
+    /// Waits until member `id` has applied everything the leader had
+    /// committed when the wait began (a moving target under load would
+    /// never be reached for sure).
+    pub fn wait_caught_up(&self, id: u64) {
+        let leader = self.wait_leader(Duration::from_secs(15));
+        let commit: u64 = self
+            .field(leader, "raft_commit_index")
+            .and_then(|v| v.parse().ok())
+            .expect("the leader reports its commit index");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let applied: u64 = self
+                .field(id, "raft_last_applied")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if applied >= commit {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} did not catch up: applied {applied} of {commit}"
+            );
+            sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until every running member agrees on one leader; returns it.
