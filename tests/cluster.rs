@@ -164,13 +164,35 @@ fn torn_tail_is_recovered_and_mid_file_corruption_refused() {
     for i in 0..10 {
         assert_eq!(c.exec(&["SET", &format!("k{i}"), "value"]), ok());
     }
+    // The last entry spans several 512-byte sectors.
+    assert_eq!(c.exec(&["SET", "big", &"v".repeat(1500)]), ok());
+    c.wait_caught_up(1);
     c.kill(1);
     // The first (and, with this little load, only) log segment.
     let log = c.m(1).data.join(format!("log-{:020}", 1));
 
-    // A crash in the middle of an append: the last record is cut short.
-    let bytes = fs::read(&log).unwrap();
-    fs::write(&log, &bytes[..bytes.len() - 3]).unwrap();
+    // The segment is preallocated: its data ends where zeroes start.
+    let mut bytes = fs::read(&log).unwrap();
+    assert!(
+        bytes.len() >= 1 << 20,
+        "not preallocated: {} bytes",
+        bytes.len()
+    );
+    let data_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    // The last batch (48-byte segment header, then batches of a 16-byte
+    // header with the body's length at +4).
+    let (mut last, mut at) = (48, 48);
+    while at < data_end {
+        last = at;
+        at += 16 + u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    // A crash in the middle of an append: the sector holding the end of
+    // the last batch never reached the disk (it reads as the zeroes that
+    // were there).
+    let lo = (data_end - 1) / 512 * 512;
+    assert!(lo > last, "the last batch does not span sectors");
+    bytes[lo..data_end].fill(0);
+    fs::write(&log, &bytes).unwrap();
     c.start(1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.field(1, "raft_role").is_none() {
@@ -185,9 +207,10 @@ fn torn_tail_is_recovered_and_mid_file_corruption_refused() {
     c.wait_leader(Duration::from_secs(10));
     c.kill(1);
 
-    // A flipped byte in the middle: refuse to start, touch nothing.
+    // A flipped byte in the middle of the data: refuse to start, touch
+    // nothing.
     let mut bytes = fs::read(&log).unwrap();
-    let mid = bytes.len() / 2;
+    let mid = last / 2;
     bytes[mid] ^= 0x55;
     fs::write(&log, &bytes).unwrap();
     let out = c.command(1).stderr(Stdio::piped()).output().unwrap();

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         settings.id,
         StorageOptions {
             segment_bytes: settings.segment_bytes,
+            ..StorageOptions::default()
         },
     ) {
         Ok(r) => r,

@@ -18,7 +18,15 @@
 //!   index is `first - 1`), CRC32C), followed by batches. A segment is
 //!   created atomically (written as `log.tmp`, fsynced, renamed, directory
 //!   fsynced), so its header is always whole, and only the last segment (the
-//!   active one) is ever appended to. Each [`Storage::sync`] writes its
+//!   active one) is ever appended to. A new segment is preallocated
+//!   ([`StorageOptions::preallocate`]): `fallocate` makes the file
+//!   `segment_bytes` long before its fsync, reading as zeroes after the
+//!   header, and batches are written at the end of the data, not of the
+//!   file. An fdatasync then has no file size to write, only the data: on
+//!   the development VM its p50 fell from 0.19 to 0.13 ms alone and from
+//!   0.37-0.50 to 0.30-0.36 ms with three writers (without preallocation
+//!   a data dir of an earlier version still opens; its segments grow as
+//!   they are appended to). Each [`Storage::sync`] writes its
 //!   records as one batch, `magic "BTCH" | u32 body length | u32 CRC32C of
 //!   the body | u32 CRC32C of these 12 bytes | body`, and fdatasyncs it
 //!   before the next batch is written. The body is records, each `u32
@@ -162,10 +170,18 @@
 //! last segment only, so at most the last batch of the last segment is
 //! unsynced, and only it can be damaged by the cut. Of that batch the disk
 //! may hold any prefix, and within it whole 512-byte sectors (pages,
-//! sectors not written back) may read as zeroes instead of the data. So
+//! sectors not written back) may read as zeroes instead of the data. A
+//! segment's data ends where only zeroes follow (a batch starts with its
+//! non-zero magic): the free space of a preallocated segment, or a size a
+//! power cut made durable without the data; nothing was written there, so
+//! that end is clean, and the next batch goes there. The rules that bound
+//! the damage by "what follows" count data up to the last non-zero byte,
+//! not the file's length. So
 //! recovery drops the last batch, with a warning, when it is incomplete
-//! (runs past the end of the file), or when its damage is a zeroed sector:
-//! it was never acknowledged, because `sync` had not returned. Anything else
+//! (runs past the end of the file or of the data), or when its damage is a zeroed sector:
+//! it was never acknowledged, because `sync` had not returned; it cuts the
+//! file there and allocates it again, so no byte of the dropped batch is
+//! read later. Anything else
 //! is a [`StorageError`] naming the file, the byte offset and what is wrong,
 //! and leaves the disk untouched: a damaged batch with data after it (a
 //! later batch proves it was synced), a damaged batch in a segment that is
@@ -195,9 +211,10 @@
 //! `meta.tmp` or `log.tmp` before its fsync, or after its rename before
 //! the directory fsync; a snapshot before or after its rename, before the
 //! directory fsync; a reset record before its fdatasync). The cut tears
-//! the active segment at a point between its durable length and its
-//! current length, sometimes zeroes whole sectors inside the unsynced part
-//! or leaves zeroes after it; undoes every rename and creation not made
+//! the active segment at a point between its durable length and the end
+//! of its data (a preallocated one keeps its length: the lost part reads
+//! as zeroes, cut at a sector boundary), sometimes zeroes whole sectors
+//! inside the unsynced part or leaves zeroes after it; undoes every rename and creation not made
 //! durable by a directory fsync (a renamed file whose data was never
 //! fsynced is durable as an empty file); brings back each file deleted
 //! since, or not (any subset); deletes the tmp files; and calls
@@ -232,7 +249,7 @@ use self::power_cut::{cut_point, PowerCut, PowerCutPlan};
 use self::segment::{
     batch_end, check_segment_header, encode_batch_header, encode_segment_header,
     parse_segment_name, push_entry, push_reset, push_truncate, scan_segment, segment_name,
-    LogTerms, Replay, ReplayBounds, SegmentHeader, BATCH_HEADER_LEN, MAX_RECORD_LEN,
+    LogTerms, Replay, ReplayBounds, SegmentEnd, SegmentHeader, BATCH_HEADER_LEN, MAX_RECORD_LEN,
     SEGMENT_HEADER_LEN,
 };
 use self::snapshot::{check_snapshot_file, read_snapshot_header, Incoming};
@@ -271,12 +288,28 @@ pub struct StorageOptions {
     /// A new segment starts at the first sync after the active one reached
     /// this many bytes (at least 1). Default 16 MiB.
     pub segment_bytes: u64,
+    /// Allocate each new segment's `segment_bytes` when it is created
+    /// (`fallocate`), so that an append does not change the file's size
+    /// and its fdatasync has no size to write (module docs). Default on.
+    pub preallocate: bool,
+}
+
+impl StorageOptions {
+    /// The length a new segment is allocated to (0: none).
+    fn preallocation(&self) -> u64 {
+        if self.preallocate {
+            self.segment_bytes
+        } else {
+            0
+        }
+    }
 }
 
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
         StorageOptions {
             segment_bytes: 16 << 20,
+            preallocate: true,
         }
     }
 }
@@ -301,7 +334,8 @@ pub struct Recovered {
 #[derive(Debug, Clone, Copy)]
 struct Segment {
     first: LogIndex,
-    /// Its size on disk.
+    /// Where its data ends: the end of its last batch. A preallocated
+    /// segment's file is longer, zeroes after that.
     bytes: u64,
 }
 
@@ -521,7 +555,6 @@ impl Storage {
         for (i, &first) in segments.iter().enumerate() {
             let path = dir.join(segment_name(first));
             let bytes = Bytes::from(fs::read(&path).map_err(|e| io_err(&path, "cannot read", e))?);
-            sizes.push(bytes.len() as u64);
             let h = check_segment_header(&path, &bytes, first, cluster_id, node_id, hard_state)?;
             let continues = replay.as_mut().is_some_and(|r| r.continued_by(h));
             if !continues {
@@ -529,8 +562,9 @@ impl Storage {
                 run_start = i;
             }
             let r = replay.as_mut().expect("a segment was replayed");
-            if let Some(t) = scan_segment(&path, &bytes, r, bounds)? {
-                if i + 1 < segments.len() {
+            match scan_segment(&path, &bytes, r, bounds)? {
+                SegmentEnd::Clean { data_end } => sizes.push(data_end),
+                SegmentEnd::Torn(t) if i + 1 < segments.len() => {
                     return Err(corrupt(
                         &path,
                         t.offset,
@@ -541,7 +575,10 @@ impl Storage {
                         ),
                     ));
                 }
-                torn = Some((path, t));
+                SegmentEnd::Torn(t) => {
+                    sizes.push(t.offset);
+                    torn = Some((path, bytes.len() as u64, t));
+                }
             }
         }
         let mut replay = replay.expect("there are segments");
@@ -573,25 +610,27 @@ impl Storage {
         }
 
         // Everything checked out: only now touch the disk.
-        if let Some((path, t)) = &torn {
-            let size = sizes.last_mut().expect("there are segments");
+        if let Some((path, file_len, t)) = &torn {
             log::warn!(
-                "{}: torn final records at byte offset {} ({} bytes, {}): the last batch, never \
+                "{}: torn final records at byte offset {} ({}): the last batch, never \
                  acknowledged, dropped; recovering the log up to index {}",
                 path.display(),
                 t.offset,
-                *size - t.offset,
                 t.why,
                 replay.last_index()
             );
+            // Cut, so that no byte of it is taken for a batch later; then
+            // the segment gets its preallocated length back.
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
                 .map_err(|e| io_err(path, "cannot open for writing", e))?;
             f.set_len(t.offset)
                 .map_err(|e| io_err(path, "cannot truncate", e))?;
+            if options.preallocate && *file_len > t.offset {
+                allocate(&f, path, (*file_len).max(options.segment_bytes))?;
+            }
             fsync_file(&f, path, SyncKind::All, &mut power_cut)?;
-            *size = t.offset;
         }
         if run_start > 0 {
             log::warn!(
@@ -648,8 +687,27 @@ impl Storage {
             .map(|(&first, &bytes)| Segment { first, bytes })
             .collect();
         let snapshot_info = snapshot.as_ref().map(|s| s.info);
+        let last = segments.last().expect("at least one segment");
+        let path = dir.join(segment_name(last.first));
+        let active = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, "cannot open for writing", e))?;
+        if let Some(pc) = &mut power_cut {
+            // What lies after the data (zeroes) is not the log's.
+            pc.segment_written(&active, last.bytes);
+            pc.synced_len(
+                std::os::unix::fs::MetadataExt::ino(
+                    &active
+                        .metadata()
+                        .map_err(|e| io_err(&path, "cannot stat", e))?,
+                ),
+                last.bytes,
+            );
+        }
         let mut store = Storage::assemble(
-            dir, lock, cluster_id, node_id, options, hard_state, log, segments, snapshot, power_cut,
+            dir, lock, cluster_id, node_id, options, hard_state, log, segments, active, snapshot,
+            power_cut,
         )?;
         if let Some((index, term)) = reset {
             // Not counted as a power-cut operation: no cut at start-up.
@@ -681,14 +739,22 @@ impl Storage {
             first: LogIndex(1),
             prev_term: Term(0),
         };
-        create_segment(dir, cluster_id, node_id, h, &mut power_cut)?;
+        let active = create_segment(
+            dir,
+            cluster_id,
+            node_id,
+            h,
+            options.preallocation(),
+            &mut power_cut,
+        )?;
         let log = LogTerms::new(LogIndex(0), Some(Term(0)), VecDeque::new());
         let segments = vec![Segment {
             first: h.first,
             bytes: SEGMENT_HEADER_LEN as u64,
         }];
         Storage::assemble(
-            dir, lock, cluster_id, node_id, options, hard_state, log, segments, None, power_cut,
+            dir, lock, cluster_id, node_id, options, hard_state, log, segments, active, None,
+            power_cut,
         )
     }
 
@@ -702,15 +768,10 @@ impl Storage {
         hard_state: HardState,
         log: LogTerms,
         segments: Vec<Segment>,
+        active: File,
         snapshot: Option<CurrentSnapshot>,
         power_cut: Option<PowerCut>,
     ) -> Result<Storage, StorageError> {
-        let last = segments.last().expect("at least one segment");
-        let path = dir.join(segment_name(last.first));
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, "cannot open for appending", e))?;
         // After recovery the last term is known: a base of unknown term
         // lies below the snapshot's index, whose entry the log then holds,
         // or the log is about to be reset to that entry (`open`), which
@@ -912,6 +973,7 @@ impl Storage {
             self.cluster_id,
             self.node_id,
             h,
+            self.options.preallocation(),
             &mut self.power_cut,
         )?;
         self.segments.push(Segment {
@@ -929,8 +991,8 @@ impl Storage {
         let mut start = 0;
         while start < self.buf.len() {
             start = self.write_batch(start)?;
-            // fdatasync also persists the new file size, which is all the
-            // metadata an append changes.
+            // fdatasync also persists the new file size when the batch
+            // grew the file (no preallocation, or a segment past it).
             fsync_file(&self.active, &path, SyncKind::Data, &mut self.power_cut)?;
         }
         self.synced_last = self.buffer_written();
@@ -944,16 +1006,23 @@ impl Storage {
         let path = self.dir.join(segment_name(self.active_segment().first));
         let end = batch_end(&self.buf, start);
         let body = &self.buf[start..end];
+        // At the end of the data, not of the file: a preallocated segment
+        // is longer.
+        let at = self.active_segment().bytes;
         self.active
-            .write_all(&encode_batch_header(body))
-            .and_then(|()| self.active.write_all(body))
+            .write_all_at(&encode_batch_header(body), at)
+            .and_then(|()| self.active.write_all_at(body, at + BATCH_HEADER_LEN as u64))
             .map_err(|e| io_err(&path, "cannot write", e))?;
+        let data_end = at + (BATCH_HEADER_LEN + body.len()) as u64;
+        if let Some(pc) = &mut self.power_cut {
+            pc.segment_written(&self.active, data_end);
+        }
         cut_point(&mut self.power_cut);
         let active = self
             .segments
             .last_mut()
             .expect("there is an active segment");
-        active.bytes += (BATCH_HEADER_LEN + body.len()) as u64;
+        active.bytes = data_end;
         Ok(end)
     }
 
@@ -1033,7 +1102,7 @@ impl Storage {
                     let m = file
                         .metadata()
                         .map_err(|e| io_err(&path, "cannot stat", e))?;
-                    Some((m.ino(), m.len()))
+                    Some((m.ino(), s.active_segment().bytes))
                 }
             };
             s.syncer.as_ref().expect("checked above").submit(file, path);
@@ -1862,28 +1931,67 @@ fn replace_atomically(
     fsync_dir(dir, power_cut)
 }
 
-/// Creates the segment `h` describes, empty, atomically, and opens it for
-/// appending.
+/// Creates the segment `h` describes, empty, atomically (written as
+/// `log.tmp`, fsynced, renamed, directory fsynced), `preallocate` bytes
+/// long when that is above the header's length (the rest reads as
+/// zeroes), and returns it open for writing.
 fn create_segment(
     dir: &Path,
     cluster_id: u64,
     node_id: NodeId,
     h: SegmentHeader,
+    preallocate: u64,
     power_cut: &mut Option<PowerCut>,
 ) -> Result<File, StorageError> {
-    let name = segment_name(h.first);
-    replace_atomically(
-        dir,
-        SEGMENT_TMP,
-        &name,
-        &encode_segment_header(cluster_id, node_id, h),
-        power_cut,
-    )?;
-    let path = dir.join(name);
-    OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(|e| io_err(&path, "cannot open for appending", e))
+    let tmp_path = dir.join(SEGMENT_TMP);
+    let mut f = create_file(&tmp_path, power_cut)?;
+    f.write_all(&encode_segment_header(cluster_id, node_id, h))
+        .map_err(|e| io_err(&tmp_path, "cannot write", e))?;
+    if let Some(pc) = power_cut {
+        pc.segment_written(&f, SEGMENT_HEADER_LEN as u64);
+    }
+    if preallocate > SEGMENT_HEADER_LEN as u64 {
+        allocate(&f, &tmp_path, preallocate)?;
+    }
+    cut_point(power_cut);
+    fsync_file(&f, &tmp_path, SyncKind::All, power_cut)?;
+    rename_into_place(dir, SEGMENT_TMP, &segment_name(h.first), power_cut)?;
+    cut_point(power_cut);
+    fsync_dir(dir, power_cut)?;
+    Ok(f)
+}
+
+/// Makes `file` `len` bytes long with its blocks allocated (`fallocate`),
+/// the new part reading as zeroes. On a filesystem that cannot, says so
+/// once and leaves the file as it is: appends then grow it, as without
+/// preallocation.
+fn allocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
+    use std::os::fd::AsRawFd;
+    static UNSUPPORTED_LOGGED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+    let len = libc::off_t::try_from(len).expect("segment size fits in off_t");
+    loop {
+        // SAFETY: fallocate reads no memory of ours; the descriptor is
+        // open for the duration of the call.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => {
+                if !UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!(
+                        "{}: the filesystem cannot preallocate log segments (fallocate: {e}); \
+                         appends grow them instead, and each fdatasync writes the new size too",
+                        path.display()
+                    );
+                }
+                return Ok(());
+            }
+            _ => return Err(io_err(path, "cannot allocate", e)),
+        }
+    }
 }
 
 /// The decoded `meta` file.

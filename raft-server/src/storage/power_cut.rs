@@ -5,7 +5,9 @@
 //! entries (name to inode) as of the last directory fsync, and for each
 //! inode the prefix of its contents that an fsync made durable. Every file
 //! the store writes is append-only or written once before its fsync, so a
-//! prefix length says it all. A file renamed over or unlinked while its
+//! prefix length says it all. A segment's length is where its data ends,
+//! which the store reports ([`PowerCut::segment_written`]): a preallocated
+//! segment's file is longer, zeroes after the data. A file renamed over or unlinked while its
 //! name is durable is kept alive through a hard link (`powercut-<inode>`),
 //! so that the cut can put it back.
 
@@ -194,6 +196,9 @@ pub(super) struct PowerCut {
     /// Per inode: the length of the prefix an fsync made durable (none:
     /// nothing).
     synced: HashMap<u64, u64>,
+    /// Per segment inode the store wrote to: where its data ends (none:
+    /// at the end of the file).
+    written: HashMap<u64, u64>,
     /// Fsyncs made on other threads (snapshot writers), not yet in
     /// `synced`.
     ledger: SyncLedger,
@@ -225,6 +230,7 @@ impl PowerCut {
                 .map(|(n, &(ino, _))| (n.clone(), ino))
                 .collect(),
             synced: found.values().copied().collect(),
+            written: HashMap::new(),
             ledger: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -270,12 +276,21 @@ impl PowerCut {
         self.drain_ledger();
         let ino = file.metadata().expect("power-cut mode: stat a file").ino();
         self.synced.remove(&ino);
+        self.written.remove(&ino);
     }
 
     /// `file` was just fsynced: its current contents are durable.
     pub fn file_synced(&mut self, file: &File) {
         let m = file.metadata().expect("power-cut mode: stat a file");
-        self.synced.insert(m.ino(), m.len());
+        let len = self.written.get(&m.ino()).copied().unwrap_or(m.len());
+        self.synced.insert(m.ino(), len);
+    }
+
+    /// The data of segment `file` now ends at `end` (what follows in the
+    /// file, if anything, is zeroes the store did not write).
+    pub fn segment_written(&mut self, file: &File, end: u64) {
+        let ino = file.metadata().expect("power-cut mode: stat a file").ino();
+        self.written.insert(ino, end);
     }
 
     /// `len` bytes of the file `ino` were made durable by an fsync on
@@ -356,16 +371,18 @@ impl PowerCut {
                 }
             }
             let durable = self.synced.get(&ino).copied().unwrap_or(0);
-            let len = fs::metadata(&path)
+            let file_len = fs::metadata(&path)
                 .expect("power-cut mode: stat a file")
                 .len();
+            let len = self.written.get(&ino).copied().unwrap_or(file_len);
             assert!(
-                len >= durable,
-                "{name} of {len} bytes is shorter than its durable length {durable}"
+                len >= durable && file_len >= len,
+                "{name} of {file_len} bytes, data to {len}, is shorter than its durable length \
+                 {durable}"
             );
             if parse_segment_name(name).is_some() {
                 if len > durable {
-                    report.push(self.tear(name, &path, durable));
+                    report.push(self.tear(name, &path, durable, len, file_len));
                 }
             } else if len != durable {
                 OpenOptions::new()
@@ -392,18 +409,28 @@ impl PowerCut {
         (self.plan.halt)()
     }
 
-    /// Cuts the segment `name` somewhere between its durable and its
-    /// current length (sometimes nowhere: the whole batch reached the
-    /// disk), maybe zeroes sectors of the unsynced part, and maybe leaves
-    /// zeroes after the end (the size was updated, the data not). Zeroes
-    /// come in whole sectors, clipped to the unsynced part (the durable
-    /// bytes before it stay): a disk writes a sector all or nothing.
-    fn tear(&mut self, name: &str, path: &Path, durable: u64) -> String {
+    /// Cuts the segment `name` somewhere between its durable length and
+    /// the end of its data, `written` (sometimes nowhere: the whole batch
+    /// reached the disk), maybe zeroes sectors of the unsynced part, and
+    /// maybe leaves zeroes after the end (the size was updated, the data
+    /// not). Zeroes come in whole sectors, clipped to the unsynced part (the
+    /// durable bytes before it stay): a disk writes a sector all or
+    /// nothing. A preallocated segment (`file_len` beyond `written`) keeps
+    /// its length: its size was durable before the data, so the cut leaves
+    /// zeroes where the lost data was.
+    fn tear(
+        &mut self,
+        name: &str,
+        path: &Path,
+        durable: u64,
+        written: u64,
+        file_len: u64,
+    ) -> String {
         let f = OpenOptions::new()
             .write(true)
             .open(path)
             .expect("power-cut mode: open a segment");
-        let written = f.metadata().expect("power-cut mode: stat a segment").len();
+        let preallocated = file_len > written;
         let sector = SECTOR as u64;
         let zero = |lo: u64, hi: u64| {
             f.write_all_at(&vec![0u8; (hi - lo) as usize], lo)
@@ -411,12 +438,23 @@ impl PowerCut {
         };
         let keep = if self.rng.chance(0.25) {
             written
+        } else if preallocated {
+            // Each sector holds what was written or what was there before,
+            // zeroes: the cut falls on a sector boundary (or at the
+            // durable length, the sector before it keeping its durable part).
+            (self.rng.range(durable, written + 1) / sector * sector).max(durable)
         } else {
             self.rng.range(durable, written + 1)
         };
-        f.set_len(keep).expect("power-cut mode: cut a segment");
-        let mut report =
-            format!("{name} cut to {keep} bytes (durable {durable}, written {written})");
+        if preallocated {
+            zero(keep, written);
+        } else {
+            f.set_len(keep).expect("power-cut mode: cut a segment");
+        }
+        let mut report = format!(
+            "{name} cut to {keep} bytes (durable {durable}, written {written}{})",
+            if preallocated { ", preallocated" } else { "" }
+        );
         if keep > durable && self.rng.chance(0.5) {
             let s = self.rng.range(durable / sector, (keep - 1) / sector + 1);
             let n = self.rng.range(1, 4);
@@ -429,10 +467,14 @@ impl PowerCut {
             // The data of the last sector did not make it either.
             let lo = (keep / sector * sector).max(durable);
             zero(lo, keep);
-            let pad = self.rng.range(1, 2 * sector);
-            f.set_len(keep + pad)
-                .expect("power-cut mode: extend a segment");
-            report.push_str(&format!(", zeroes at {lo}..{}", keep + pad));
+            if preallocated {
+                report.push_str(&format!(", zeroes at {lo}..{keep}"));
+            } else {
+                let pad = self.rng.range(1, 2 * sector);
+                f.set_len(keep + pad)
+                    .expect("power-cut mode: extend a segment");
+                report.push_str(&format!(", zeroes at {lo}..{}", keep + pad));
+            }
         }
         report
     }

@@ -415,6 +415,17 @@ pub(super) struct ReplayBounds {
     pub snapshot_last: Option<LogIndex>,
 }
 
+/// How a segment's batches end.
+#[derive(Debug)]
+pub(super) enum SegmentEnd {
+    /// After the batch ending at `data_end` the file ends, or holds only
+    /// zeroes: nothing was written there (a preallocated segment's free
+    /// space, or a size that a power cut made durable without the data).
+    Clean { data_end: u64 },
+    /// The final batch is torn.
+    Torn(TornTail),
+}
+
 /// A damaged final batch that recovery may cut off.
 #[derive(Debug)]
 pub(super) struct TornTail {
@@ -504,8 +515,8 @@ fn find_whole_batch(bytes: &[u8], from: usize) -> Option<usize> {
 
 /// Validates the batches of one segment (its header already checked)
 /// without changing anything, and replays their records onto `replay`.
-/// Returns where the valid prefix ends if the segment ends in a torn
-/// batch.
+/// Returns where its data ends, or where the valid prefix ends if the
+/// segment ends in a torn batch.
 ///
 /// Only the last batch of the last segment can be torn (module docs), and
 /// a torn batch is dropped whole: it was never acknowledged. A batch is
@@ -515,34 +526,39 @@ fn find_whole_batch(bytes: &[u8], from: usize) -> Option<usize> {
 /// after it was synced, and damage that is not zeroes was not done by a
 /// power cut: both are corruption, and cutting there could drop
 /// acknowledged entries. The caller refuses a torn tail in any segment but
-/// the last.
+/// the last. Zeroes where a batch header would start end the data: that
+/// is where the next batch goes.
 pub(super) fn scan_segment(
     path: &Path,
     bytes: &Bytes,
     replay: &mut Replay,
     bounds: ReplayBounds,
-) -> Result<Option<TornTail>, StorageError> {
+) -> Result<SegmentEnd, StorageError> {
     let len = bytes.len();
-    let zeros_from = |at: usize| bytes[at..].iter().all(|&b| b == 0);
+    // Everything from here on is zeroes: never written, or a power cut's
+    // loss. A preallocated segment is mostly this.
+    let data_end =
+        last_nonzero(bytes).map_or(SEGMENT_HEADER_LEN, |i| (i + 1).max(SEGMENT_HEADER_LEN));
     let mut off = SEGMENT_HEADER_LEN;
-    while off < len {
+    loop {
+        if off >= data_end {
+            return Ok(SegmentEnd::Clean {
+                data_end: off as u64,
+            });
+        }
         let torn = |why: String| {
-            Some(TornTail {
+            Ok(SegmentEnd::Torn(TornTail {
                 offset: off as u64,
                 why,
-            })
+            }))
         };
         let rest = len - off;
         if rest < BATCH_HEADER_LEN {
-            return Ok(torn(format!("{rest} bytes of a batch header")));
+            return torn(format!("{rest} bytes of a batch header"));
         }
         let header_ok = &bytes[off..off + 4] == BATCH_MAGIC
             && crc32c::crc32c(&bytes[off..off + 12]) == u32_at(bytes, off + 12);
         if !header_ok {
-            if zeros_from(off) {
-                // Nothing at all was written here: dropping it loses nothing.
-                return Ok(torn("zero-filled tail".into()));
-            }
             if !zeroed_by_power_cut(bytes, off, off..off + BATCH_HEADER_LEN) {
                 return Err(corrupt(
                     path,
@@ -550,12 +566,14 @@ pub(super) fn scan_segment(
                     "batch header damaged, and not by a power cut (which leaves zeroes)",
                 ));
             }
-            if rest > BATCH_HEADER_LEN + MAX_BATCH_LEN {
+            // Only data counts, not the zeroes of a preallocated segment.
+            let data = data_end - off;
+            if data > BATCH_HEADER_LEN + MAX_BATCH_LEN {
                 return Err(corrupt(
                     path,
                     off as u64,
                     format!(
-                        "batch header zeroed, with {rest} bytes after it, more than one \
+                        "batch header zeroed, with {data} bytes of data after it, more than one \
                          batch holds: a synced batch was damaged"
                     ),
                 ));
@@ -570,7 +588,7 @@ pub(super) fn scan_segment(
                     ),
                 ));
             }
-            return Ok(torn("batch header zeroed".into()));
+            return torn("batch header zeroed".into());
         }
         let blen = u32_at(bytes, off + 4) as usize;
         if blen == 0 || blen > MAX_BATCH_LEN {
@@ -584,10 +602,10 @@ pub(super) fn scan_segment(
         let body_at = off + BATCH_HEADER_LEN;
         let end = body_at + blen;
         if end > len {
-            return Ok(torn(format!(
+            return torn(format!(
                 "batch of {blen} bytes has only {} written",
                 len - body_at
-            )));
+            ));
         }
         if crc32c::crc32c(&bytes[body_at..end]) != u32_at(bytes, off + 8) {
             // Find the damaged record, to name it and to judge the damage.
@@ -608,14 +626,14 @@ pub(super) fn scan_segment(
                     "batch checksum mismatch, though every record in it checks out",
                 ));
             };
-            if !zeros_from(end) {
+            if end < data_end {
                 return Err(corrupt(
                     path,
                     rec as u64,
                     format!(
                         "{what}, in a batch with {} bytes of further data after it \
                          (so it was synced)",
-                        len - end
+                        data_end - end
                     ),
                 ));
             }
@@ -626,9 +644,7 @@ pub(super) fn scan_segment(
                     format!("{what} in the final batch, and not by a power cut (no zeroed sector)"),
                 ));
             }
-            return Ok(torn(format!(
-                "{what} at byte offset {rec}, in zeroed sectors"
-            )));
+            return torn(format!("{what} at byte offset {rec}, in zeroed sectors"));
         }
         // The batch is exactly what was written: anything wrong in it is
         // corruption (or a bug), never a torn write.
@@ -650,7 +666,23 @@ pub(super) fn scan_segment(
         }
         off = end;
     }
-    Ok(None)
+}
+
+/// The offset of the last byte that is not zero.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    // Eight bytes at a time: a preallocated segment is 16 MiB of zeroes.
+    let words = bytes.len() / 8;
+    let tail = bytes[words * 8..].iter().rposition(|&b| b != 0);
+    if let Some(i) = tail {
+        return Some(words * 8 + i);
+    }
+    let w = (0..words)
+        .rev()
+        .find(|&w| u64::from_ne_bytes(bytes[w * 8..w * 8 + 8].try_into().expect("8 bytes")) != 0)?;
+    bytes[w * 8..w * 8 + 8]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|i| w * 8 + i)
 }
 
 /// Checks one intact record at byte offset `off` against the log so far

@@ -33,13 +33,43 @@ fn hs(term: u64, vote: Option<u64>) -> HardState {
     }
 }
 
+/// A store whose segment files end where their data does (no
+/// preallocation), so that the tests of the format can damage, cut and
+/// extend them at the end; `open_preallocated` for the other kind.
 fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
-    Storage::open(dir, CLUSTER, ME, StorageOptions::default())
+    Storage::open(dir, CLUSTER, ME, EXACT)
+}
+
+const EXACT: StorageOptions = StorageOptions {
+    segment_bytes: 16 << 20,
+    preallocate: false,
+};
+
+/// A store whose new segments are preallocated (as raft-node's are) to
+/// `segment_bytes`.
+fn open_preallocated(dir: &Path, segment_bytes: u64) -> Result<(Storage, Recovered), StorageError> {
+    Storage::open(
+        dir,
+        CLUSTER,
+        ME,
+        StorageOptions {
+            segment_bytes,
+            preallocate: true,
+        },
+    )
 }
 
 /// A store that starts a new segment at nearly every sync.
 fn open_small(dir: &Path, segment_bytes: u64) -> Result<(Storage, Recovered), StorageError> {
-    Storage::open(dir, CLUSTER, ME, StorageOptions { segment_bytes })
+    Storage::open(
+        dir,
+        CLUSTER,
+        ME,
+        StorageOptions {
+            segment_bytes,
+            preallocate: false,
+        },
+    )
 }
 
 /// The path of the segment whose first index is `first`.
@@ -86,11 +116,14 @@ fn populated_with(dir: &Path, last: &str) -> Vec<Entry> {
     entries
 }
 
-/// Byte offset of each batch in the log file.
+/// Byte offset of each batch in the log file, up to zeroes (where the
+/// data of a preallocated segment ends).
 fn batch_offsets(log: &[u8]) -> Vec<usize> {
     let mut v = Vec::new();
     let mut off = SEGMENT_HEADER_LEN;
-    while off + BATCH_HEADER_LEN <= log.len() {
+    while off + BATCH_HEADER_LEN <= log.len()
+        && log[off..off + BATCH_HEADER_LEN].iter().any(|&b| b != 0)
+    {
         v.push(off);
         off += BATCH_HEADER_LEN + u32_at(log, off + 4) as usize;
     }
@@ -261,19 +294,51 @@ fn torn_tail_bad_checksum_is_cut() {
     });
 }
 
+/// Replaces the last batch (entry 4) and what follows with `tail`'s
+/// result, reopens, and checks the log ends cleanly before it: entries
+/// 1..=3, no warning needed, the file left as it is (a preallocated
+/// segment keeps its length), and an append goes where entry 4 was.
+fn check_zero_tail(tail: impl FnOnce(&mut Vec<u8>, usize)) {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = populated(dir.path());
+    let log_path = seg(dir.path(), 1);
+    let mut log = fs::read(&log_path).unwrap();
+    let offsets = batch_offsets(&log);
+    assert_eq!(offsets.len(), 4);
+    tail(&mut log, offsets[3]);
+    fs::write(&log_path, &log).unwrap();
+    let (mut s, r) = open(dir.path()).unwrap();
+    assert_eq!(r.entries, entries[..3]);
+    assert_eq!(fs::read(&log_path).unwrap(), log, "the file was changed");
+    s.append(&[entry(2, 4, Some("new"))]);
+    s.sync().unwrap();
+    drop(s);
+    let after = fs::read(&log_path).unwrap();
+    assert!(after.len() >= log.len(), "the file was cut");
+    assert_eq!(batch_offsets(&after).get(3), Some(&offsets[3]));
+    let (_, r) = open(dir.path()).unwrap();
+    assert_eq!(r.entries[3], entry(2, 4, Some("new")));
+}
+
 #[test]
-fn torn_tail_zero_filled_is_cut() {
+fn a_zero_tail_is_where_the_data_ends() {
     // The last record's body never made it, and the filesystem shows
-    // zeroes in its place plus a block of preallocated zeroes.
-    check_torn(|log, offs| {
-        for b in &mut log[offs[3]..] {
+    // zeroes in its place plus a block of preallocated zeroes: nothing
+    // was written there, nothing is lost.
+    check_zero_tail(|log, last| {
+        for b in &mut log[last..] {
             *b = 0;
         }
         log.extend_from_slice(&[0u8; 4096]);
     });
-    check_torn(|log, offs| {
-        log.truncate(offs[3]);
+    check_zero_tail(|log, last| {
+        log.truncate(last);
         log.extend_from_slice(&[0u8; 100]);
+    });
+    // Fewer zeroes than a batch header.
+    check_zero_tail(|log, last| {
+        log.truncate(last);
+        log.extend_from_slice(&[0u8; 3]);
     });
 }
 
@@ -596,12 +661,11 @@ fn torn_last_batch_is_dropped_whole() {
 }
 
 #[test]
-fn a_zero_tail_longer_than_a_batch_is_dropped() {
-    // Nothing was written there, so nothing is lost by dropping it,
-    // however long it is (preallocated space).
-    check_torn(|log, offs| {
-        log.truncate(offs[3]);
-        log.resize(offs[3] + BATCH_HEADER_LEN + MAX_BATCH_LEN + 1, 0);
+fn a_zero_tail_longer_than_a_batch_is_where_the_data_ends() {
+    // However long it is (preallocated space).
+    check_zero_tail(|log, last| {
+        log.truncate(last);
+        log.resize(last + BATCH_HEADER_LEN + MAX_BATCH_LEN + 1, 0);
     });
 }
 
@@ -887,11 +951,16 @@ fn power_cut_run(seed: u64) -> u64 {
         populated(dir.path());
     }
     let cut_at = rng.range(1, 16);
+    // Seeds 0, 1 mod 4 preallocate (1 MiB, so a run may fill a segment).
+    let options = StorageOptions {
+        segment_bytes: 1 << 20,
+        preallocate: seed % 4 < 2,
+    };
     let (mut s, r) = Storage::open_with(
         dir.path(),
         CLUSTER,
         ME,
-        StorageOptions::default(),
+        options,
         plan(CutWhen::AtSync(cut_at), seed),
     )
     .unwrap();
@@ -1025,16 +1094,20 @@ fn power_cut_tears_the_log_and_puts_meta_back() {
     // each was seen (a bounded number of seeds).
     let want = [(1, 1), (2, 1), (2, 2)].into_iter().collect();
     let mut seen = std::collections::BTreeSet::new();
-    for seed in 0..400 {
+    for seed in 0..400u64 {
         if seen == want {
             break;
         }
         let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            preallocate: seed.is_multiple_of(2),
+            ..StorageOptions::default()
+        };
         let (mut s, _) = Storage::open_with(
             dir.path(),
             CLUSTER,
             ME,
-            StorageOptions::default(),
+            options,
             plan(CutWhen::AtSync(2), seed),
         )
         .unwrap();
@@ -1960,7 +2033,10 @@ fn before_a_cut(d: &Path, seed: u64) -> Storage {
     for (name, bytes) in files(template.path()) {
         fs::write(d.join(name), bytes).unwrap();
     }
-    let options = StorageOptions { segment_bytes: 1 };
+    let options = StorageOptions {
+        segment_bytes: 1,
+        preallocate: false,
+    };
     let (s, _) =
         Storage::open_with(d, CLUSTER, ME, options, plan(CutWhen::AtSync(1), seed)).unwrap();
     s
@@ -2122,6 +2198,8 @@ fn power_cut_snapshot_run(seed: u64) -> u64 {
         } else {
             1 << 20
         },
+        // Not drawn from `rng`: the seeds' workloads stay as they were.
+        preallocate: seed.is_multiple_of(2),
     };
     if rng.chance(0.3) {
         populated(d);
@@ -2284,4 +2362,135 @@ fn power_cut_with_segments_and_snapshots_loses_nothing() {
         steps += power_cut_snapshot_run(seed);
     }
     assert!(steps > 200, "too few operations completed: {steps}");
+}
+
+// ----- Preallocated segments ----------------------------------------------
+
+const PREALLOCATED: u64 = 32 << 10;
+
+/// A preallocated store with entries 1..=n of term 2, each synced alone
+/// (about 55 bytes each: 40 fit in a 32 KiB segment, 1000 do not).
+fn preallocated_with(dir: &Path, n: u64) -> Vec<Entry> {
+    let (mut s, r) = open_preallocated(dir, PREALLOCATED).unwrap();
+    assert!(r.first_boot);
+    s.save_hard_state(hs(2, Some(1)));
+    append_synced(&mut s, 2, 1, n)
+}
+
+#[test]
+fn preallocated_segments_keep_their_length_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (s, _) = open_preallocated(d, PREALLOCATED).unwrap();
+    assert_eq!(fs::metadata(seg(d, 1)).unwrap().len(), PREALLOCATED);
+    drop(s);
+    fs::remove_dir_all(d).unwrap();
+    fs::create_dir(d).unwrap();
+    let mut entries = preallocated_with(d, 40);
+    assert_eq!(segment_files(d), vec![1]);
+    // Appends went to the data's end, not the file's.
+    assert_eq!(fs::metadata(seg(d, 1)).unwrap().len(), PREALLOCATED);
+    let (mut s, r) = open_preallocated(d, PREALLOCATED).unwrap();
+    assert_eq!(r.entries, entries);
+    // Until a roll: the full segment grew by at most one batch, the new
+    // one is preallocated too, and a start reads the first one's end
+    // (zeroes, if any are left) as the end of its data.
+    entries.extend(append_synced(&mut s, 2, 41, 1000));
+    drop(s);
+    let files = segment_files(d);
+    assert!(files.len() >= 2, "no roll: {files:?}");
+    for &f in &files {
+        let len = fs::metadata(seg(d, f)).unwrap().len();
+        assert!(
+            (PREALLOCATED..PREALLOCATED + 4096).contains(&len),
+            "segment {f}: {len} bytes"
+        );
+    }
+    let (_, r) = open_preallocated(d, PREALLOCATED).unwrap();
+    assert_eq!(r.entries, entries);
+}
+
+#[test]
+fn a_torn_batch_in_a_preallocated_segment_is_dropped_and_the_zeroes_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut s, _) = open_preallocated(d, PREALLOCATED).unwrap();
+    s.save_hard_state(hs(2, Some(1)));
+    let mut entries = append_synced(&mut s, 2, 1, 3);
+    let big = entry(2, 4, Some(&"x".repeat(1500)));
+    s.append(std::slice::from_ref(&big));
+    s.sync().unwrap();
+    drop(s);
+    let path = seg(d, 1);
+    let mut log = fs::read(&path).unwrap();
+    let last = batch_offsets(&log)[3];
+    // A sector in the middle of the last batch never reached the disk.
+    let hole = (last / SECTOR + 1) * SECTOR;
+    log[hole..hole + SECTOR].fill(0);
+    fs::write(&path, &log).unwrap();
+    let (mut s, r) = open_preallocated(d, PREALLOCATED).unwrap();
+    assert_eq!(r.entries, entries);
+    let after = fs::read(&path).unwrap();
+    assert_eq!(after.len() as u64, PREALLOCATED, "not preallocated again");
+    assert!(
+        after[last..].iter().all(|&b| b == 0),
+        "the torn batch's bytes are still there"
+    );
+    entries.extend(append_synced(&mut s, 2, 4, 2));
+    drop(s);
+    let (_, r) = open_preallocated(d, PREALLOCATED).unwrap();
+    assert_eq!(r.entries, entries);
+}
+
+#[test]
+fn damage_in_a_preallocated_segment_is_judged_by_its_data() {
+    // A last batch whose first sector was lost is torn, not corrupt, in a
+    // segment preallocated beyond the largest batch: the rule "more data
+    // after a zeroed header than one batch holds" counts data, not the
+    // free space's zeroes (which alone would exceed a batch).
+    let big = (BATCH_HEADER_LEN + MAX_BATCH_LEN) as u64 + (1 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut s, _) = open_preallocated(d, big).unwrap();
+    s.save_hard_state(hs(2, Some(1)));
+    let mut entries = append_synced(&mut s, 2, 1, 3);
+    // Entry 4 pads the data to a sector boundary, so that entry 5's batch
+    // starts a sector.
+    let end = batch_offsets(&fs::read(seg(d, 1)).unwrap())
+        .last()
+        .map(|&o| o + BATCH_HEADER_LEN + u32_at(&fs::read(seg(d, 1)).unwrap(), o + 4) as usize)
+        .unwrap();
+    let fixed = BATCH_HEADER_LEN + RECORD_HEADER_LEN + ENTRY_BODY_FIXED_LEN;
+    let pad = (2 * SECTOR - (end + fixed) % SECTOR) % SECTOR + SECTOR;
+    let e4 = entry(2, 4, Some(&"p".repeat(pad)));
+    s.append(std::slice::from_ref(&e4));
+    s.sync().unwrap();
+    entries.push(e4);
+    s.append(&[entry(2, 5, Some(&"x".repeat(1500)))]);
+    s.sync().unwrap();
+    drop(s);
+    let path = seg(d, 1);
+    let mut log = fs::read(&path).unwrap();
+    let last = *batch_offsets(&log).last().unwrap();
+    assert_eq!(last % SECTOR, 0);
+    log[last..last + SECTOR].fill(0);
+    fs::write(&path, &log).unwrap();
+    let (_, r) = open_preallocated(d, big).unwrap();
+    assert_eq!(r.entries, entries);
+
+    // Data in the free space is not ignored: a whole batch far after the
+    // end of the data proves the zeroes before it are damage.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    preallocated_with(d, 3);
+    let path = seg(d, 1);
+    let mut log = fs::read(&path).unwrap();
+    let offs = batch_offsets(&log);
+    let stray =
+        log[offs[2]..offs[2] + BATCH_HEADER_LEN + u32_at(&log, offs[2] + 4) as usize].to_vec();
+    let far = PREALLOCATED as usize - 4096;
+    log[far..far + stray.len()].copy_from_slice(&stray);
+    fs::write(&path, &log).unwrap();
+    let err = open_preallocated(d, PREALLOCATED).unwrap_err();
+    assert!(err.to_string().contains("a whole batch follows"), "{err}");
 }

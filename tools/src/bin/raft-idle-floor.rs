@@ -229,6 +229,17 @@ fn drain(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// One poll; a signal (a tracer attaching, say) is an empty wake-up.
+fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+    match poll.poll(events, Some(timeout)) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 fn send(s: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     // Idle traffic never fills a socket buffer; a short write is a failure.
     match s.write(bytes)? {
@@ -274,10 +285,8 @@ fn leader(args: &Args) -> io::Result<()> {
             }
             next = now + interval;
         }
-        poll.poll(
-            &mut events,
-            Some(next.saturating_duration_since(Instant::now())),
-        )?;
+        let timeout = next.saturating_duration_since(Instant::now());
+        wait(&mut poll, &mut events, timeout)?;
         for ev in &events {
             let i = ev.token().0;
             let s = if i < 2 {
@@ -314,7 +323,7 @@ fn follower(args: &Args) -> io::Result<()> {
     let mut pending = 0;
     let mut events = Events::with_capacity(16);
     loop {
-        poll.poll(&mut events, Some(FOLLOWER_TIMER))?;
+        wait(&mut poll, &mut events, FOLLOWER_TIMER)?;
         if events.is_empty() {
             continue; // the election timer: nothing to do at rest
         }
