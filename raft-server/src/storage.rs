@@ -248,9 +248,9 @@ mod trash;
 use self::power_cut::{cut_point, PowerCut, PowerCutPlan};
 use self::segment::{
     batch_end, check_segment_header, encode_batch_header, encode_segment_header,
-    parse_segment_name, push_entry, push_reset, push_truncate, scan_segment, segment_name,
-    LogTerms, Replay, ReplayBounds, SegmentEnd, SegmentHeader, BATCH_HEADER_LEN, MAX_RECORD_LEN,
-    SEGMENT_HEADER_LEN,
+    parse_segment_name, push_entry, push_reset, push_truncate, replay_records, scan_segment,
+    segment_name, LogTerms, Replay, ReplayBounds, SegmentEnd, SegmentHeader, BATCH_HEADER_LEN,
+    MAX_RECORD_LEN, SEGMENT_HEADER_LEN,
 };
 use self::snapshot::{check_snapshot_file, read_snapshot_header, Incoming};
 pub use self::snapshot::{SnapshotInfo, SnapshotReader, SnapshotWriter};
@@ -554,7 +554,7 @@ impl Storage {
         let mut torn = None;
         for (i, &first) in segments.iter().enumerate() {
             let path = dir.join(segment_name(first));
-            let bytes = Bytes::from(fs::read(&path).map_err(|e| io_err(&path, "cannot read", e))?);
+            let mut bytes = fs::read(&path).map_err(|e| io_err(&path, "cannot read", e))?;
             let h = check_segment_header(&path, &bytes, first, cluster_id, node_id, hard_state)?;
             let continues = replay.as_mut().is_some_and(|r| r.continued_by(h));
             if !continues {
@@ -562,8 +562,10 @@ impl Storage {
                 run_start = i;
             }
             let r = replay.as_mut().expect("a segment was replayed");
-            match scan_segment(&path, &bytes, r, bounds)? {
-                SegmentEnd::Clean { data_end } => sizes.push(data_end),
+            let file_len = bytes.len() as u64;
+            let mut records = Vec::new();
+            let end = match scan_segment(&path, &bytes, &mut records)? {
+                SegmentEnd::Clean { data_end } => data_end,
                 SegmentEnd::Torn(t) if i + 1 < segments.len() => {
                     return Err(corrupt(
                         &path,
@@ -576,10 +578,17 @@ impl Storage {
                     ));
                 }
                 SegmentEnd::Torn(t) => {
-                    sizes.push(t.offset);
-                    torn = Some((path, bytes.len() as u64, t));
+                    let end = t.offset;
+                    torn = Some((path.clone(), file_len, t));
+                    end
                 }
-            }
+            };
+            sizes.push(end);
+            // The entries keep slices of this buffer: drop what lies after
+            // the data (a preallocated segment's zeroes) first.
+            bytes.truncate(end as usize);
+            bytes.shrink_to_fit();
+            replay_records(&path, &Bytes::from(bytes), &records, r, bounds)?;
         }
         let mut replay = replay.expect("there are segments");
         let start_path = dir.join(segment_name(segments[run_start]));

@@ -513,10 +513,16 @@ fn find_whole_batch(bytes: &[u8], from: usize) -> Option<usize> {
     })
 }
 
+/// An intact record found by [`scan_segment`]: its byte offset, and its
+/// body's range in the segment.
+pub(super) type RecordAt = (usize, Range<usize>);
+
 /// Validates the batches of one segment (its header already checked)
-/// without changing anything, and replays their records onto `replay`.
-/// Returns where its data ends, or where the valid prefix ends if the
-/// segment ends in a torn batch.
+/// without changing anything, and appends the records of its intact
+/// batches to `records`, for [`replay_records`]. Returns where its data
+/// ends, or where the valid prefix ends if the segment ends in a torn
+/// batch: nothing after that is needed (a preallocated segment's zeroes
+/// need not stay in memory).
 ///
 /// Only the last batch of the last segment can be torn (module docs), and
 /// a torn batch is dropped whole: it was never acknowledged. A batch is
@@ -530,9 +536,8 @@ fn find_whole_batch(bytes: &[u8], from: usize) -> Option<usize> {
 /// is where the next batch goes.
 pub(super) fn scan_segment(
     path: &Path,
-    bytes: &Bytes,
-    replay: &mut Replay,
-    bounds: ReplayBounds,
+    bytes: &[u8],
+    records: &mut Vec<RecordAt>,
 ) -> Result<SegmentEnd, StorageError> {
     let len = bytes.len();
     // Everything from here on is zeroes: never written, or a power cut's
@@ -652,7 +657,7 @@ pub(super) fn scan_segment(
         while at < end {
             match check_record(bytes, at, end) {
                 RecordCheck::Intact { body, next } => {
-                    apply_record(path, at, bytes.slice(body), replay, bounds)?;
+                    records.push((at, body));
                     at = next;
                 }
                 RecordCheck::Damaged { what, .. } => {
@@ -683,6 +688,22 @@ fn last_nonzero(bytes: &[u8]) -> Option<usize> {
         .iter()
         .rposition(|&b| b != 0)
         .map(|i| w * 8 + i)
+}
+
+/// Checks the intact records [`scan_segment`] found in `data` (the
+/// segment's bytes, or a prefix holding them) against the log so far, in
+/// order, and applies them to `replay`.
+pub(super) fn replay_records(
+    path: &Path,
+    data: &Bytes,
+    records: &[RecordAt],
+    replay: &mut Replay,
+    bounds: ReplayBounds,
+) -> Result<(), StorageError> {
+    for (at, body) in records {
+        apply_record(path, *at, data.slice(body.clone()), replay, bounds)?;
+    }
+    Ok(())
 }
 
 /// Checks one intact record at byte offset `off` against the log so far
