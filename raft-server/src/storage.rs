@@ -23,10 +23,11 @@
 //!   `segment_bytes` long before its fsync, reading as zeroes after the
 //!   header, and batches are written at the end of the data, not of the
 //!   file. An fdatasync then has no file size to write, only the data: on
-//!   the development VM its p50 fell from 0.19 to 0.13 ms alone and from
-//!   0.37-0.50 to 0.30-0.36 ms with three writers (without preallocation
-//!   a data dir of an earlier version still opens; its segments grow as
-//!   they are appended to). Each [`Storage::sync`] writes its
+//!   the development VM the p50 of a member's log fdatasync under one
+//!   client's SETs fell from 0.47 to 0.33-0.38 ms (three members on one
+//!   disk; README, Numbers). A data dir of an earlier version still opens;
+//!   its segments grow as they are appended to. Recovery keeps only a
+//!   segment's data in memory, not its zeroes. Each [`Storage::sync`] writes its
 //!   records as one batch, `magic "BTCH" | u32 body length | u32 CRC32C of
 //!   the body | u32 CRC32C of these 12 bytes | body`, and fdatasyncs it
 //!   before the next batch is written. The body is records, each `u32
