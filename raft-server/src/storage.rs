@@ -179,10 +179,12 @@
 //! the damage by "what follows" count data up to the last non-zero byte,
 //! not the file's length. So
 //! recovery drops the last batch, with a warning, when it is incomplete
-//! (runs past the end of the file or of the data), or when its damage is a zeroed sector:
+//! (runs past the end of the file), or when its damage is a zeroed sector:
 //! it was never acknowledged, because `sync` had not returned; it cuts the
-//! file there and allocates it again, so no byte of the dropped batch is
-//! read later. Anything else
+//! file there (and allocates the segment again), so no byte of the
+//! dropped batch is read later. (Zeroes at the end of the data are its
+//! clean end, without a warning: a disk that zeroed the tail of synced
+//! data there goes unnoticed, as a lost tail always could.) Anything else
 //! is a [`StorageError`] naming the file, the byte offset and what is wrong,
 //! and leaves the disk untouched: a damaged batch with data after it (a
 //! later batch proves it was synced), a damaged batch in a segment that is
@@ -563,7 +565,6 @@ impl Storage {
                 run_start = i;
             }
             let r = replay.as_mut().expect("a segment was replayed");
-            let file_len = bytes.len() as u64;
             let mut records = Vec::new();
             let end = match scan_segment(&path, &bytes, &mut records)? {
                 SegmentEnd::Clean { data_end } => data_end,
@@ -580,7 +581,7 @@ impl Storage {
                 }
                 SegmentEnd::Torn(t) => {
                     let end = t.offset;
-                    torn = Some((path.clone(), file_len, t));
+                    torn = Some((path.clone(), t));
                     end
                 }
             };
@@ -620,7 +621,7 @@ impl Storage {
         }
 
         // Everything checked out: only now touch the disk.
-        if let Some((path, file_len, t)) = &torn {
+        if let Some((path, t)) = &torn {
             log::warn!(
                 "{}: torn final records at byte offset {} ({}): the last batch, never \
                  acknowledged, dropped; recovering the log up to index {}",
@@ -629,17 +630,14 @@ impl Storage {
                 t.why,
                 replay.last_index()
             );
-            // Cut, so that no byte of it is taken for a batch later; then
-            // the segment gets its preallocated length back.
+            // Cut, so that no byte of it is taken for a batch later (the
+            // active segment is allocated again below).
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
                 .map_err(|e| io_err(path, "cannot open for writing", e))?;
             f.set_len(t.offset)
                 .map_err(|e| io_err(path, "cannot truncate", e))?;
-            if options.preallocate && *file_len > t.offset {
-                allocate(&f, path, (*file_len).max(options.segment_bytes))?;
-            }
             fsync_file(&f, path, SyncKind::All, &mut power_cut)?;
         }
         if run_start > 0 {
@@ -706,6 +704,18 @@ impl Storage {
         if let Some(pc) = &mut power_cut {
             // What lies after the data (zeroes) is not the log's.
             pc.segment_written(&active, last.bytes);
+        }
+        // A segment cut after a torn batch, one of a data dir written
+        // without preallocation, or one whose allocation a crash undid.
+        let file_len = active
+            .metadata()
+            .map_err(|e| io_err(&path, "cannot stat", e))?
+            .len();
+        if options.preallocate && file_len < options.segment_bytes {
+            allocate(&active, &path, options.segment_bytes)?;
+            fsync_file(&active, &path, SyncKind::All, &mut power_cut)?;
+        }
+        if let Some(pc) = &mut power_cut {
             pc.synced_len(
                 std::os::unix::fs::MetadataExt::ino(
                     &active
@@ -1226,7 +1236,8 @@ impl Storage {
         self.snapshot.as_ref().map(|s| s.info)
     }
 
-    /// Bytes of log segments on disk.
+    /// Bytes of log data in the segments (a preallocated segment's file is
+    /// longer).
     pub fn log_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
     }
@@ -1997,6 +2008,16 @@ fn allocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
                         path.display()
                     );
                 }
+                return Ok(());
+            }
+            // An optimisation is no reason to stop before the disk is
+            // really full: appends fail then, as without it.
+            Some(libc::ENOSPC) => {
+                log::warn!(
+                    "{}: no room to preallocate {len} bytes (fallocate: {e}); the segment grows \
+                     as it is appended to",
+                    path.display()
+                );
                 return Ok(());
             }
             _ => return Err(io_err(path, "cannot allocate", e)),

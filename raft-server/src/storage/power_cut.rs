@@ -427,10 +427,22 @@ impl PowerCut {
         file_len: u64,
     ) -> String {
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(path)
             .expect("power-cut mode: open a segment");
         let preallocated = file_len > written;
+        if preallocated {
+            // The store reports where its data ends; check it wrote nothing
+            // after that, which the cut would otherwise keep.
+            let mut after = vec![0u8; (file_len - written) as usize];
+            f.read_exact_at(&mut after, written)
+                .expect("power-cut mode: read a segment");
+            assert!(
+                after.iter().all(|&b| b == 0),
+                "{name}: data after the end the store reported ({written})"
+            );
+        }
         let sector = SECTOR as u64;
         let zero = |lo: u64, hi: u64| {
             f.write_all_at(&vec![0u8; (hi - lo) as usize], lo)
@@ -485,5 +497,59 @@ fn remove_if_present(path: &Path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => panic!("power-cut mode: cannot remove {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn halt() -> ! {
+        panic!("halt")
+    }
+
+    #[test]
+    fn a_preallocated_segment_is_torn_in_sectors_and_keeps_its_length() {
+        const LEN: u64 = 64 << 10;
+        const DURABLE: u64 = 3000;
+        const WRITTEN: u64 = 10_000;
+        let mut shortened = 0;
+        for seed in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let name = "log-00000000000000000001";
+            let path = dir.path().join(name);
+            let mut bytes = vec![0xab; WRITTEN as usize];
+            bytes.resize(LEN as usize, 0);
+            fs::write(&path, &bytes).unwrap();
+            let plan = PowerCutPlan {
+                when: CutWhen::AtSync(1),
+                seed,
+                halt,
+            };
+            let mut pc = PowerCut::new(plan, dir.path());
+            let report = pc.tear(name, &path, DURABLE, WRITTEN, LEN);
+            let after = fs::read(&path).unwrap();
+            assert_eq!(after.len() as u64, LEN, "seed {seed}: {report}");
+            assert!(
+                after[..DURABLE as usize].iter().all(|&b| b == 0xab),
+                "seed {seed}: durable bytes lost: {report}"
+            );
+            let keep: u64 = report
+                .split("cut to ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("seed {seed}: {report}"));
+            assert!(
+                keep == WRITTEN || keep == DURABLE || keep.is_multiple_of(SECTOR as u64),
+                "seed {seed}: cut inside a sector: {report}"
+            );
+            assert!(
+                after[keep as usize..].iter().all(|&b| b == 0),
+                "seed {seed}: data after the cut: {report}"
+            );
+            shortened += u32::from(keep < WRITTEN);
+        }
+        assert!(shortened > 50, "only {shortened} cuts lost data");
     }
 }

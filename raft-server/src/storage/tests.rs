@@ -1016,8 +1016,8 @@ fn power_cut_run(seed: u64) -> u64 {
         assert!(steps < cut_at, "seed {seed}: no power cut at sync {cut_at}");
     }
     drop(s);
-    let (_, r) =
-        open(dir.path()).unwrap_or_else(|e| panic!("seed {seed}: refused after a power cut: {e}"));
+    let (mut s, r) = Storage::open(dir.path(), CLUSTER, ME, options)
+        .unwrap_or_else(|e| panic!("seed {seed}: refused after a power cut: {e}"));
     assert!(
         r.hard_state == synced.0 || r.hard_state == pending.0,
         "seed {seed}: recovered hard state {:?}; the last completed sync made {:?} durable, \
@@ -1034,6 +1034,25 @@ fn power_cut_run(seed: u64) -> u64 {
         r.entries.last().map(|e| (e.term, e.index)),
         synced.1.len(),
         pending.1.len()
+    );
+    // The store goes on where the cut left it (after a repair, if any).
+    let mut entries = r.entries;
+    let next = entry(
+        r.hard_state.current_term.0.max(1),
+        entries.len() as u64 + 1,
+        Some("after the cut"),
+    );
+    if r.hard_state.current_term < next.term {
+        s.save_hard_state(hs(next.term.0, None));
+    }
+    s.append(std::slice::from_ref(&next));
+    s.sync().unwrap();
+    entries.push(next);
+    drop(s);
+    let (_, r) = Storage::open(dir.path(), CLUSTER, ME, options).unwrap();
+    assert_eq!(
+        r.entries, entries,
+        "seed {seed}: after the cut and one more sync"
     );
     steps
 }
@@ -1091,16 +1110,21 @@ fn power_cut_tears_the_log_and_puts_meta_back() {
     // new meta survives, never whether sync 1's data does.
     // Cut before meta.tmp's fsync or before the directory fsync: term 1;
     // after: term 2, with the batch torn (dropped) or spared. Runs until
-    // each was seen (a bounded number of seeds).
-    let want = [(1, 1), (2, 1), (2, 2)].into_iter().collect();
+    // each was seen (a bounded number of seeds), with preallocated
+    // segments (even seeds) and without: a cut must tear both kinds.
+    let want: std::collections::BTreeSet<_> = [true, false]
+        .into_iter()
+        .flat_map(|p| [(p, 1, 1), (p, 2, 1), (p, 2, 2)])
+        .collect();
     let mut seen = std::collections::BTreeSet::new();
-    for seed in 0..400u64 {
+    for seed in 0..800u64 {
         if seen == want {
             break;
         }
         let dir = tempfile::tempdir().unwrap();
+        let preallocate = seed.is_multiple_of(2);
         let options = StorageOptions {
-            preallocate: seed.is_multiple_of(2),
+            preallocate,
             ..StorageOptions::default()
         };
         let (mut s, _) = Storage::open_with(
@@ -1120,14 +1144,21 @@ fn power_cut_tears_the_log_and_puts_meta_back() {
         assert!(r.is_err(), "seed {seed}: no cut");
         drop(s);
         assert!(!dir.path().join(META_TMP).exists());
-        let (_, r) = open(dir.path()).unwrap();
+        if preallocate {
+            let len = fs::metadata(seg(dir.path(), 1)).unwrap().len();
+            assert_eq!(
+                len, options.segment_bytes,
+                "seed {seed}: the cut changed the size"
+            );
+        }
+        let (_, r) = Storage::open(dir.path(), CLUSTER, ME, options).unwrap();
         assert_eq!(
             r.entries.first(),
             Some(&entry(1, 1, Some("synced"))),
             "seed {seed}: the entry of sync 1 was lost"
         );
         assert!(r.entries.len() <= 2);
-        seen.insert((r.hard_state.current_term.0, r.entries.len()));
+        seen.insert((preallocate, r.hard_state.current_term.0, r.entries.len()));
     }
     assert_eq!(seen, want);
 }
