@@ -594,6 +594,16 @@ impl Storage {
         }
         let mut replay = replay.expect("there are segments");
         let start_path = dir.join(segment_name(segments[run_start]));
+        // A segment that does not continue the one before it: that one's
+        // last entries may be what is missing (zeroed synced data reads as
+        // the clean end of a segment).
+        let lost_end = match run_start {
+            0 => String::new(),
+            i => format!(
+                ", or the end of {} was lost",
+                dir.join(segment_name(segments[i - 1])).display()
+            ),
+        };
         match &snapshot {
             None if replay.base.0 > 0 => {
                 return Err(corrupt(
@@ -601,8 +611,8 @@ impl Storage {
                     0,
                     format!(
                         "the log starts after index {}, but there is no snapshot: the segments \
-                         before are missing",
-                        replay.base
+                         before are missing{}",
+                        replay.base, lost_end
                     ),
                 ))
             }
@@ -612,8 +622,8 @@ impl Storage {
                     0,
                     format!(
                         "the log starts after index {}, but the snapshot covers only up to {}: \
-                         the segments between are missing",
-                        replay.base, s.info.last_index
+                         the segments between are missing{}",
+                        replay.base, s.info.last_index, lost_end
                     ),
                 ))
             }
