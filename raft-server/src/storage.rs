@@ -25,9 +25,10 @@
 //!   file. An fdatasync then has no file size to write, only the data: on
 //!   the development VM the p50 of a member's log fdatasync under one
 //!   client's SETs fell from 0.47 to 0.33-0.38 ms (three members on one
-//!   disk; README, Numbers). A data dir of an earlier version still opens;
-//!   its segments grow as they are appended to. Recovery keeps only a
-//!   segment's data in memory, not its zeroes. Each [`Storage::sync`] writes its
+//!   disk; README, Numbers). A start allocates an active segment that is
+//!   shorter (one cut after a torn batch, or of a data dir written before
+//!   preallocation, which still opens). Recovery keeps only a segment's
+//!   data in memory, not its zeroes. Each [`Storage::sync`] writes its
 //!   records as one batch, `magic "BTCH" | u32 body length | u32 CRC32C of
 //!   the body | u32 CRC32C of these 12 bytes | body`, and fdatasyncs it
 //!   before the next batch is written. The body is records, each `u32
