@@ -797,7 +797,12 @@ impl Node {
             return None;
         }
         Some(match &self.role {
-            RoleState::Leader(ls) => ls.heartbeat_deadline.min(ls.check_quorum_deadline),
+            // CheckQuorum runs at the first heartbeat at or after its
+            // deadline, at most one heartbeat late (the config keeps the
+            // election timeout at several heartbeats): a wake-up of its own
+            // would send nothing when the check passes, as it nearly
+            // always does.
+            RoleState::Leader(ls) => ls.heartbeat_deadline,
             _ => self.election_deadline,
         })
     }

@@ -151,3 +151,43 @@ fn an_answer_to_a_round_sent_before_the_read_does_not_confirm_it() {
         .iter()
         .any(|a| matches!(a, Action::ReadReady { id: 5 })));
 }
+
+/// Issue 12: a member at rest wakes only to send or receive. A leader's
+/// timer is its heartbeat; CheckQuorum runs at the first heartbeat at or
+/// after its deadline instead of at a wake-up of its own, which would send
+/// nothing. It still deposes a leader cut off from its followers, at most
+/// one heartbeat later.
+#[test]
+fn a_leader_at_rest_wakes_only_to_send() {
+    let t0 = Time::ZERO;
+    let mut n = leader(t0);
+    let config = Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
+    let mut t = t0;
+    let mut wakes = 0u32;
+    while t < t0 + config.election_timeout_min * 10 {
+        // A loop wakes a little late, by a varying amount: the heartbeat
+        // and CheckQuorum deadlines drift apart.
+        wakes += 1;
+        t = n.poll_timeout().expect("a leader has a timer") + MS * (wakes % 4) / 2;
+        n.handle_timeout(t);
+        let sent = appends(&drain(&mut n));
+        assert_eq!(sent.len(), 2, "a wake-up at {t:?} sent {sent:?}");
+        for (peer, _, round) in sent {
+            n.handle_message(t, from(peer, ok(1, round)));
+        }
+        drain(&mut n);
+        assert_eq!(n.role(), Role::Leader);
+    }
+    // The followers fall silent at `cut`: two CheckQuorum windows later at
+    // most, plus the heartbeat it waits for, it steps down.
+    let cut = t;
+    while n.role() == Role::Leader {
+        t = n.poll_timeout().expect("a leader has a timer");
+        assert!(
+            t <= cut + config.election_timeout_min * 2 + config.heartbeat_interval,
+            "still leading at {t:?}, cut off at {cut:?}"
+        );
+        n.handle_timeout(t);
+        drain(&mut n);
+    }
+}
