@@ -53,8 +53,10 @@ pub struct Config {
     /// that was cut off does not raise the term when it returns.
     pub pre_vote: bool,
     /// A leader that has not heard from a majority for an election timeout
-    /// steps down, and followers that heard from a leader within the minimum
-    /// election timeout refuse votes (§6.2, "leader stickiness").
+    /// steps down (checked at the first heartbeat after each minimum
+    /// election timeout, so that the check costs no wake-up of its own),
+    /// and followers that heard from a leader within the minimum election
+    /// timeout refuse votes (§6.2, "leader stickiness").
     pub check_quorum: bool,
     /// When the driver reports the link to the leader lost, start a
     /// pre-vote after a short delay (the survivors take turns, half a
