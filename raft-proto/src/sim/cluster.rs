@@ -50,6 +50,11 @@ pub struct NetConfig {
     /// node between two drains, which is what the leader's one
     /// AppendEntries per follower per drain is built on.
     pub batch_window: Duration,
+    /// A member's timer fires up to this late (zero: exactly at its
+    /// deadline), by an amount fixed by the seed, the member and the
+    /// deadline: a real loop wakes late by varying amounts, so deadlines
+    /// set from its clock drift apart, which exact wake-ups never show.
+    pub timer_lateness: Duration,
 }
 
 impl Default for NetConfig {
@@ -66,6 +71,7 @@ impl Default for NetConfig {
             slow_replies: 0.0,
             slow_reply_delay: (Duration::from_millis(200), Duration::from_millis(2200)),
             batch_window: Duration::ZERO,
+            timer_lateness: Duration::ZERO,
         }
     }
 }
@@ -746,9 +752,12 @@ impl Cluster {
         let net = self.queue.keys().next().map(|(t, _)| *t);
         let timers = self
             .members
-            .values()
-            .filter(|m| !m.frozen)
-            .filter_map(|m| m.node.as_ref().and_then(|n| n.poll_timeout()))
+            .iter()
+            .filter(|(_, m)| !m.frozen)
+            .filter_map(|(&id, m)| {
+                let deadline = m.node.as_ref().and_then(|n| n.poll_timeout())?;
+                Some(self.wake_at(id, deadline))
+            })
             .min();
         // A deadline that passed while a node was frozen fires at once.
         let next = match (net, timers) {
@@ -818,18 +827,51 @@ impl Cluster {
                 .node
                 .as_ref()
                 .and_then(|n| n.poll_timeout())
-                .is_some_and(|d| d <= t);
+                .is_some_and(|d| self.wake_at(id, d) <= t);
             if due && !self.members[&id].frozen {
                 let now = self.now;
-                self.members
+                let node = self
+                    .members
                     .get_mut(&id)
                     .and_then(|m| m.node.as_mut())
-                    .expect("up")
-                    .handle_timeout(now);
-                self.after_input(id);
+                    .expect("up");
+                let before = (node.role(), node.term());
+                node.handle_timeout(now);
+                let sent = self.after_input_with(id, Vec::new());
+                // A leader's only timer is its heartbeat: a wake-up that
+                // sends nothing (issue 12: a member at rest wakes only to
+                // send or receive) while it stays leader with someone to
+                // send to is a timer that costs a wake-up for nothing.
+                let node = self.members[&id].node.as_ref().expect("up");
+                let m = node.membership();
+                let others = m.voters.iter().chain(&m.learners).any(|&p| p != id);
+                if before.0 == Role::Leader
+                    && (node.role(), node.term()) == before
+                    && others
+                    && sent == 0
+                    && self.violation.is_none()
+                {
+                    self.violation = Some(Violation(format!(
+                        "at {}: leader n{id} woke at its deadline and sent nothing",
+                        self.now
+                    )));
+                }
                 return;
             }
         }
+    }
+
+    /// When a member whose timer is due at `deadline` wakes
+    /// ([`NetConfig::timer_lateness`]).
+    fn wake_at(&self, id: NodeId, deadline: Time) -> Time {
+        let max = self.net.timer_lateness.as_nanos() as u64;
+        if max == 0 {
+            return deadline;
+        }
+        let mix =
+            Rng::new(self.seed ^ id.0.rotate_left(32) ^ deadline.since_epoch().as_nanos() as u64)
+                .range(0, max + 1);
+        deadline + Duration::from_nanos(mix)
     }
 
     fn handle_scheduled(&mut self, what: Scheduled) {
@@ -957,8 +999,9 @@ impl Cluster {
     }
 
     /// Like [`Cluster::after_input`], with messages the driver already
-    /// released (on a sync's completion) to send first.
-    fn after_input_with(&mut self, id: NodeId, released: Vec<Message>) {
+    /// released (on a sync's completion) to send first. Returns how many
+    /// messages the member sent.
+    fn after_input_with(&mut self, id: NodeId, released: Vec<Message>) -> usize {
         let now = self.now;
         let member = self.members.get_mut(&id).expect("member");
         let node = member.node.as_mut().expect("running");
@@ -1089,10 +1132,12 @@ impl Cluster {
                 },
             );
         }
+        let sent = outbox.0.len();
         for m in outbox.0 {
             self.transmit(m);
         }
         self.maybe_snapshot(id);
+        sent
     }
 
     /// Takes a snapshot of `id`'s state machine once it applied
@@ -1213,9 +1258,9 @@ impl Cluster {
     /// Term of `id`'s durable log entry at `index`, if the durable log
     /// holds it (not compacted).
     pub fn persisted_term_at(&self, id: NodeId, index: LogIndex) -> Option<Term> {
-        let (start, log) = self.members[&id].disk.durable_log();
-        let pos = index.0.checked_sub(start.0 + 1)?;
-        log.get(pos as usize).map(|e| e.term)
+        // The snapshot's last entry counts: with no trailing log kept, a
+        // member may compact exactly through the entry asked about.
+        self.members[&id].disk.durable_term_at(index)
     }
 }
 

@@ -105,7 +105,9 @@ impl SimDisk {
         self.durable_snapshot = Some(snapshot);
     }
 
-    fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
+    /// The term of the durable entry at `index`, including the snapshot's
+    /// last entry (the index before the durable log).
+    pub(crate) fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
         if index == self.durable_start {
             return Some(self.durable_start_term);
         }
@@ -191,6 +193,21 @@ impl SimDisk {
         }
         for op in unsynced {
             self.make_durable(op);
+        }
+        // What the next start does, as the real store does it (§7): a log
+        // that does not hold the snapshot's last entry (the sync of its
+        // tail was lost, the snapshot was not) is discarded, durably, so
+        // that later appends continue from the snapshot. Without this the
+        // durable log kept the old tail and the next append left a gap.
+        if self.corrupt.is_none() {
+            if let Some((meta, _)) = &self.durable_snapshot {
+                if self.durable_term_at(meta.last_index) != Some(meta.last_term) {
+                    self.durable_log.clear();
+                    self.durable_sums.clear();
+                    self.durable_start = meta.last_index;
+                    self.durable_start_term = meta.last_term;
+                }
+            }
         }
         self.incoming = None;
         self.restore_written(committed);

@@ -114,6 +114,13 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
     if batching.range(0, 3) > 0 {
         cluster.net.batch_window = Duration::from_micros(batching.range(50, 1000));
     }
+    // Half the seeds wake their members up to 0.1-3 ms late, as a loop
+    // turn does (its own stream too): timers set from a late clock drift
+    // apart, and the cluster checks a leader never wakes to send nothing.
+    let mut lateness = Rng::new(seed ^ 0x1A7E_0000_0000_0002);
+    if lateness.chance(0.5) {
+        cluster.net.timer_lateness = Duration::from_micros(lateness.range(100, 3000));
+    }
     if opts.trace {
         cluster.enable_trace();
     }
@@ -283,6 +290,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
         for &id in &ids {
             let _ = write!(msg, "\n  n{id}: {:?}", cluster.node(id).map(|n| n.status()));
         }
+
         return Err(fail(&mut cluster, &report, &msg));
     }
     report.recovery = cluster.now() - healed_at;
