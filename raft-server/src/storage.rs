@@ -718,23 +718,15 @@ impl Storage {
         }
         // A segment cut after a torn batch, one of a data dir written
         // without preallocation, or one whose allocation a crash undid.
-        let file_len = active
+        let meta = active
             .metadata()
-            .map_err(|e| io_err(&path, "cannot stat", e))?
-            .len();
-        if options.preallocate && file_len < options.segment_bytes {
+            .map_err(|e| io_err(&path, "cannot stat", e))?;
+        if options.preallocate && meta.len() < options.segment_bytes {
             allocate(&active, &path, options.segment_bytes)?;
             fsync_file(&active, &path, SyncKind::All, &mut power_cut)?;
         }
         if let Some(pc) = &mut power_cut {
-            pc.synced_len(
-                std::os::unix::fs::MetadataExt::ino(
-                    &active
-                        .metadata()
-                        .map_err(|e| io_err(&path, "cannot stat", e))?,
-                ),
-                last.bytes,
-            );
+            pc.synced_len(std::os::unix::fs::MetadataExt::ino(&meta), last.bytes);
         }
         let mut store = Storage::assemble(
             dir, lock, cluster_id, node_id, options, hard_state, log, segments, active, snapshot,

@@ -48,28 +48,24 @@ const EXACT: StorageOptions = StorageOptions {
 /// A store whose new segments are preallocated (as raft-node's are) to
 /// `segment_bytes`.
 fn open_preallocated(dir: &Path, segment_bytes: u64) -> Result<(Storage, Recovered), StorageError> {
-    Storage::open(
-        dir,
-        CLUSTER,
-        ME,
-        StorageOptions {
-            segment_bytes,
-            preallocate: true,
-        },
-    )
+    open_segments(dir, segment_bytes, true)
 }
 
 /// A store that starts a new segment at nearly every sync.
 fn open_small(dir: &Path, segment_bytes: u64) -> Result<(Storage, Recovered), StorageError> {
-    Storage::open(
-        dir,
-        CLUSTER,
-        ME,
-        StorageOptions {
-            segment_bytes,
-            preallocate: false,
-        },
-    )
+    open_segments(dir, segment_bytes, false)
+}
+
+fn open_segments(
+    dir: &Path,
+    segment_bytes: u64,
+    preallocate: bool,
+) -> Result<(Storage, Recovered), StorageError> {
+    let options = StorageOptions {
+        segment_bytes,
+        preallocate,
+    };
+    Storage::open(dir, CLUSTER, ME, options)
 }
 
 /// The path of the segment whose first index is `first`.
