@@ -385,21 +385,6 @@ pub fn decode_proof(src: &mut BytesMut) -> Result<Option<Proof>, HandshakeError>
     Ok(Some(Proof { mac }))
 }
 
-/// Whether a client's `AUTH` password is the configured one. Both are
-/// hashed first (HMAC-SHA256 under a fixed label) and the digests compared
-/// in constant time, so the time taken says nothing about how much of the
-/// password, or of its length, was right.
-pub fn password_matches(configured: &[u8], given: &[u8]) -> bool {
-    let digest = |pw: &[u8]| {
-        let mut m = Hmac::<Sha256>::new_from_slice(b"raft-node client password")
-            .expect("HMAC takes any key length");
-        m.update(pw);
-        m
-    };
-    let expected = digest(configured).finalize().into_bytes();
-    digest(given).verify_slice(&expected).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,14 +517,5 @@ mod tests {
     #[test]
     fn nonces_are_fresh() {
         assert_ne!(fresh_nonce(), fresh_nonce());
-    }
-
-    #[test]
-    fn client_passwords_compare_by_digest() {
-        assert!(password_matches(b"s3cret", b"s3cret"));
-        assert!(!password_matches(b"s3cret", b"s3cre"));
-        assert!(!password_matches(b"s3cret", b"s3cret "));
-        assert!(!password_matches(b"s3cret", b""));
-        assert!(password_matches(b"", b""));
     }
 }

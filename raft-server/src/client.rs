@@ -173,8 +173,12 @@ pub struct Client {
     pub tx: Option<Transaction>,
     /// `WATCH`ed keys, each with the store's applied index when watched.
     pub watches: Vec<(Bytes, u64)>,
-    /// Authenticated (always, when no client password is configured).
-    pub authenticated: bool,
+    /// Who this connection is logged in as (see [`crate::acl`]): the
+    /// default user from the start when it takes no password, else
+    /// nobody until `AUTH`.
+    pub user: Option<crate::acl::UserId>,
+    /// Failed `AUTH` attempts on this connection.
+    pub auth_failures: u32,
     /// `READONLY`: a follower serves this client's reads (linearizable:
     /// it asks the leader for a read index first).
     pub readonly: bool,
@@ -250,7 +254,8 @@ impl Client {
             name: None,
             tx: None,
             watches: Vec::new(),
-            authenticated: true,
+            user: None,
+            auth_failures: 0,
             readonly: false,
         }
     }
@@ -769,7 +774,7 @@ pub enum Command {
     },
     /// `AUTH [username] password`.
     Auth {
-        /// The user, if given (only `default` exists).
+        /// The user, if given (else `default`).
         user: Option<Bytes>,
         /// The password.
         password: Bytes,
@@ -1739,29 +1744,6 @@ pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
 /// Redis' answer to a wrong user or password.
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-/// Checks `AUTH [user] password` / `HELLO ... AUTH user password` against
-/// the client password, `None` when none is configured. As in Redis, the
-/// only user is `default`; without a password it takes any password, and
-/// `AUTH password` alone is an error. The comparison takes the same time
-/// whatever the password (see `auth::password_matches`).
-pub fn check_auth(
-    configured: Option<&[u8]>,
-    user: Option<&[u8]>,
-    password: &[u8],
-) -> Result<(), Reply> {
-    let user_ok = user.is_none_or(|u| u == b"default");
-    match configured {
-        None if user.is_none() => Err(Reply::Error(
-            "ERR AUTH <password> called without any password configured for the default \
-             user. Are you sure your configuration is correct?"
-                .into(),
-        )),
-        None if user_ok => Ok(()),
-        Some(pw) if crate::auth::password_matches(pw, password) && user_ok => Ok(()),
-        _ => Err(Reply::Error(WRONGPASS.into())),
-    }
-}
-
 /// A client name: printable ASCII without spaces, at most 256 bytes.
 fn valid_client_name(name: &Bytes) -> Result<Bytes, Reply> {
     if name.len() > 256 || name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
@@ -2255,7 +2237,7 @@ mod tests {
             err(&["HELLO", "x"]),
             "ERR Protocol version is not an integer or out of range"
         );
-        // Who may AUTH is decided when it runs (check_auth).
+        // Who may AUTH is decided when it runs (crate::acl).
         assert!(matches!(
             cmd(&["HELLO", "3", "AUTH", "bob", "pw"]),
             Command::Hello { auth: Some((u, _)), .. } if u == "bob"
@@ -2272,20 +2254,6 @@ mod tests {
             cmd(&["AUTH", "default", "pw"]),
             Command::Auth { user: Some(u), .. } if u == "default"
         ));
-        // Without a client password: Redis' answers.
-        let e = |r: Result<(), Reply>| match r {
-            Err(Reply::Error(e)) => e,
-            other => panic!("{other:?}"),
-        };
-        assert!(e(check_auth(None, None, b"pw"))
-            .starts_with("ERR AUTH <password> called without any password configured"));
-        assert_eq!(check_auth(None, Some(b"default"), b"anything"), Ok(()));
-        assert_eq!(e(check_auth(None, Some(b"bob"), b"pw")), WRONGPASS);
-        // With one.
-        assert_eq!(check_auth(Some(b"s3"), None, b"s3"), Ok(()));
-        assert_eq!(check_auth(Some(b"s3"), Some(b"default"), b"s3"), Ok(()));
-        assert_eq!(e(check_auth(Some(b"s3"), None, b"s4")), WRONGPASS);
-        assert_eq!(e(check_auth(Some(b"s3"), Some(b"bob"), b"s3")), WRONGPASS);
         assert!(matches!(
             cmd(&["CLIENT", "SETNAME", "a-b"]),
             Command::ClientSetName(_)

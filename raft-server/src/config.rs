@@ -17,6 +17,7 @@ use clap::Parser;
 use raft_proto::NodeId;
 use serde::Deserialize;
 
+use crate::acl::{Acl, MAX_USERS_FILE_LEN};
 use crate::auth::PeerKey;
 
 /// Default leader heartbeat interval, as in the interface contract.
@@ -238,9 +239,10 @@ pub struct Settings {
     /// Bytes all client connections may hold together
     /// (`client_memory_budget_mb`, default 256).
     pub client_memory_budget: usize,
-    /// The password clients must give with `AUTH` or `HELLO ... AUTH`
-    /// (`client_password_file`); `None`: none is needed.
-    pub client_password: Option<ClientPassword>,
+    /// Who may connect and run what: the users of `users_file`, the
+    /// default user's password from `client_password_file`, protected
+    /// mode (see [`crate::acl`]).
+    pub acl: Acl,
     /// A snapshot is taken once this many entries were applied since the
     /// last one (`snapshot_entries`)...
     pub snapshot_entries: u64,
@@ -254,23 +256,6 @@ pub struct Settings {
     /// exits (`shutdown_transfer`, default true; false is for comparing,
     /// in the membership drill).
     pub shutdown_transfer: bool,
-}
-
-/// The client password, kept out of `Debug` output and logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientPassword(Vec<u8>);
-
-impl ClientPassword {
-    /// The password's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ClientPassword {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientPassword(..)")
-    }
 }
 
 impl Settings {
@@ -478,17 +463,29 @@ impl Settings {
             )));
         }
 
+        let dir = path.parent().unwrap_or_else(|| Path::new(""));
         let client_password = match &file.client_password_file {
             None => None,
+            Some(name) => Some(read_secret_file(
+                &dir.join(name.trim()),
+                "client_password_file",
+            )?),
+        };
+        let acl = match &file.users_file {
+            None => Acl::single(client_password.as_deref(), file.protected_mode),
             Some(name) => {
-                let pw_path = path
-                    .parent()
-                    .unwrap_or_else(|| Path::new(""))
-                    .join(name.trim());
-                Some(ClientPassword(read_secret_file(
-                    &pw_path,
-                    "client_password_file",
-                )?))
+                let users_path = dir.join(name.trim());
+                let bytes = read_private_file(&users_path, "users_file", MAX_USERS_FILE_LEN)?;
+                let text = String::from_utf8(bytes).map_err(|_| LoadError::File {
+                    path: users_path.clone(),
+                    msg: "users_file is not UTF-8".into(),
+                })?;
+                Acl::parse(&text, client_password.as_deref(), file.protected_mode).map_err(
+                    |msg| LoadError::File {
+                        path: users_path.clone(),
+                        msg,
+                    },
+                )?
             }
         };
 
@@ -498,7 +495,7 @@ impl Settings {
             compaction_trailing_entries,
             segment_bytes,
             shutdown_transfer: file.shutdown_transfer,
-            client_password,
+            acl,
             client_idle_timeout,
             client_memory_budget: usize::try_from(budget_mb << 20).unwrap_or(usize::MAX),
             config_path: path.clone(),
@@ -625,6 +622,12 @@ struct ClusterFile {
     insecure_peer_links: bool,
     /// The client password, relative to the cluster file.
     client_password_file: Option<String>,
+    /// Client users and what each may run, relative to the cluster file.
+    users_file: Option<String>,
+    /// Redis' protected mode: with no password for the default user,
+    /// serve loopback clients only.
+    #[serde(default = "default_true")]
+    protected_mode: bool,
     /// 0: off.
     #[serde(default)]
     client_idle_timeout_ms: u64,
@@ -706,6 +709,26 @@ fn read_config_file(path: &Path) -> Result<String, LoadError> {
 /// empty, too large, or accessible by group or others: a secret that other
 /// local users can read protects nothing.
 fn read_secret_file(path: &Path, field: &str) -> Result<Vec<u8>, LoadError> {
+    let mut secret = read_private_file(path, field, MAX_SECRET_FILE_LEN)?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        return Err(LoadError::File {
+            path: path.to_path_buf(),
+            msg: format!("{field} is empty"),
+        });
+    }
+    Ok(secret)
+}
+
+/// Reads a file that holds secrets (the cluster secret, passwords, the
+/// users file): refused if missing, not a regular file, larger than
+/// `max_len`, or accessible by group or others.
+fn read_private_file(path: &Path, field: &str, max_len: u64) -> Result<Vec<u8>, LoadError> {
     let err = |msg: String| LoadError::File {
         path: path.to_path_buf(),
         msg,
@@ -725,23 +748,13 @@ fn read_secret_file(path: &Path, field: &str) -> Result<Vec<u8>, LoadError> {
             )));
         }
     }
-    if meta.len() > MAX_SECRET_FILE_LEN {
+    if meta.len() > max_len {
         return Err(err(format!(
-            "{field} is {} bytes, at most {MAX_SECRET_FILE_LEN} (is it the right file?)",
+            "{field} is {} bytes, at most {max_len} (is it the right file?)",
             meta.len()
         )));
     }
-    let mut secret = std::fs::read(path).map_err(|e| err(format!("cannot read {field}: {e}")))?;
-    if secret.last() == Some(&b'\n') {
-        secret.pop();
-        if secret.last() == Some(&b'\r') {
-            secret.pop();
-        }
-    }
-    if secret.is_empty() {
-        return Err(err(format!("{field} is empty")));
-    }
-    Ok(secret)
+    std::fs::read(path).map_err(|e| err(format!("cannot read {field}: {e}")))
 }
 
 /// A TOML error as `line L, column C: message` on one line (the toml crate's
@@ -992,16 +1005,14 @@ client_addr = "127.0.0.1:6403"
         std::fs::write(&pw, "hunter2\n").unwrap();
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
         let none = Settings::from_toml(&cli, &text).unwrap();
-        assert_eq!(none.client_password, None);
+        assert!(none.acl.initial_user().is_some() && none.acl.protected());
         let text = text.replace(
             "secret_file =",
             "client_password_file = \"clients.pw\"\nsecret_file =",
         );
         let s = Settings::from_toml(&cli, &text).unwrap();
-        assert_eq!(
-            s.client_password.as_ref().map(|p| p.bytes()),
-            Some(&b"hunter2"[..])
-        );
+        assert_eq!(s.acl.initial_user(), None);
+        assert!(s.acl.authenticate(None, b"hunter2").is_ok());
         assert!(!format!("{s:?}").contains("hunter2"), "kept out of Debug");
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
@@ -1018,6 +1029,38 @@ client_addr = "127.0.0.1:6403"
             e.contains("clients.pw: cannot read client_password_file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reads_users_like_the_secret_and_names_the_bad_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, cli, text) = with_secret(b"0123456789abcdef0123\n", 0o600);
+        let users = dir.path().join("users.acl");
+        std::fs::write(
+            &users,
+            "user admin on >a +@all\nuser app on >b +@all -@admin\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = text.replace("secret_file =", "users_file = \"users.acl\"\nsecret_file =");
+        let s = Settings::from_toml(&cli, &text).unwrap();
+        assert_eq!(s.acl.initial_user(), None, "default is off");
+        assert!(!s.acl.protected());
+        let app = s.acl.authenticate(Some(b"app"), b"b").unwrap();
+        assert!(!s.acl.allows(app, b"RAFT.ADD", None));
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
+        assert!(e.contains("users.acl: users_file has mode 0644"), "{e}");
+        std::fs::write(&users, "user admin on >a +@all\nuser x on +@sudo\n").unwrap();
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = Settings::from_toml(&cli, &text).unwrap_err().to_string();
+        assert!(
+            e.contains("users.acl: line 2: user \"x\": unknown category @sudo"),
+            "{e}"
+        );
+        let off = text.replace("users_file = \"users.acl\"\n", "protected_mode = false\n");
+        let s = Settings::from_toml(&cli, &off).unwrap();
+        assert!(!s.acl.protected());
     }
 
     #[test]

@@ -52,6 +52,16 @@ pub struct Counters {
     pub peer_faults: u64,
     /// Client connections refused: the maximum was connected.
     pub clients_rejected: u64,
+    /// Client connections refused by protected mode (not loopback, and
+    /// no password for the default user).
+    pub clients_denied_protected: u64,
+    /// `AUTH` attempts with a wrong user or password.
+    pub auth_failures: u64,
+    /// `AUTH` attempts refused unchecked: their source address had failed
+    /// too often.
+    pub auth_rate_limited: u64,
+    /// Commands refused by the user's rules (`NOPERM`).
+    pub commands_denied: u64,
     /// Clients closed because the budget for all client buffers stayed
     /// full.
     pub clients_evicted: u64,
@@ -304,6 +314,14 @@ fn stats_section(s: &Snapshot, o: &mut String) {
     );
     field(o, "rejected_connections", c.clients_rejected);
     field(o, "evicted_clients", c.clients_evicted);
+    field(o, "acl_access_denied_auth", c.auth_failures);
+    field(o, "acl_access_denied_cmd", c.commands_denied);
+    field(o, "auth_rate_limited", c.auth_rate_limited);
+    field(
+        o,
+        "denied_protected_connections",
+        c.clients_denied_protected,
+    );
 }
 
 fn replication_section(s: &Snapshot, o: &mut String) {
@@ -819,6 +837,30 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "clients_rejected",
         "Client connections refused at the maximum.",
         c.clients_rejected,
+    );
+    counter(
+        &mut r,
+        "clients_denied_protected",
+        "Client connections refused by protected mode.",
+        c.clients_denied_protected,
+    );
+    counter(
+        &mut r,
+        "client_auth_failures",
+        "AUTH attempts with a wrong user or password.",
+        c.auth_failures,
+    );
+    counter(
+        &mut r,
+        "client_auth_rate_limited",
+        "AUTH attempts refused unchecked: their address had failed too often.",
+        c.auth_rate_limited,
+    );
+    counter(
+        &mut r,
+        "client_commands_denied",
+        "Commands refused by the user's ACL rules (NOPERM).",
+        c.commands_denied,
     );
     counter(
         &mut r,

@@ -9,6 +9,7 @@
 //!
 //! [`Node`]: raft_proto::Node
 
+mod acl;
 mod auth;
 mod client;
 mod commands;
@@ -115,6 +116,24 @@ fn main() -> ExitCode {
             "insecure_peer_links = true: peer links are NOT authenticated; anyone who can \
              reach the peer port can pose as a member. For experiments only."
         ),
+    }
+    let acl = &settings.acl;
+    if acl.protected() {
+        log::info!(
+            "clients: no password for the default user, so protected mode serves loopback \
+             clients only (set client_password_file or users_file to serve others)"
+        );
+    } else if acl.initial_user().is_some() {
+        log::warn!(
+            "clients: protected_mode = false and no password for the default user: any \
+             client that reaches {} may run every command, RAFT.ADD and FLUSHALL included",
+            settings.me().client_addr
+        );
+    } else {
+        log::info!(
+            "clients: {} user(s); every connection must AUTH first",
+            acl.users()
+        );
     }
     // The default soft limit (often 1024) dates from select(2); clients are
     // capped below whatever limit is in force, keeping a reserve for

@@ -45,6 +45,7 @@ use crate::storage::{Recovered, SnapshotInfo, Storage, StorageError, MAX_PAYLOAD
 use crate::topology;
 use crate::turn::{Phase, TurnTimer};
 
+mod access;
 mod admin;
 
 /// Impossible messages from one peer are logged at most once per interval.
@@ -305,6 +306,8 @@ pub struct Server {
     /// how many were not logged since.
     peer_faults: HashMap<NodeId, (Option<Instant>, u64)>,
     counters: Counters,
+    /// Failed AUTH attempts per source address.
+    auth_limiter: crate::acl::AuthLimiter,
     /// Since when no leader has been known (None while one is).
     no_leader_since: Option<Instant>,
     /// Fsync latency and apply lag.
@@ -481,6 +484,7 @@ impl Server {
             link_down_reason: HashMap::new(),
             peer_faults: HashMap::new(),
             counters: Counters::default(),
+            auth_limiter: crate::acl::AuthLimiter::default(),
             no_leader_since: Some(Instant::now()),
             histograms: Histograms::new(),
             appended_at: VecDeque::new(),
@@ -1293,7 +1297,10 @@ impl Server {
         let retrying = self.accept_retry_at.take().is_some();
         loop {
             match self.client_listener.accept() {
-                Ok((sock, addr)) => {
+                Ok((mut sock, addr)) => {
+                    if self.refuse_if_protected(&mut sock, addr) {
+                        continue;
+                    }
                     if self.clients.len() >= self.max_clients {
                         self.refuse_client(sock, addr);
                         continue;
@@ -1338,7 +1345,7 @@ impl Server {
         let _ = sock.set_nodelay(true);
         self.next_client_id += 1;
         let mut c = Client::new(self.next_client_id, sock, addr, now);
-        c.authenticated = self.settings.client_password.is_none();
+        c.user = self.settings.acl.initial_user();
         self.budget.update(&mut c);
         self.client_timer
             .note(c.deadline(self.settings.client_idle_timeout));
@@ -1447,16 +1454,16 @@ impl Server {
                 return;
             }
         };
-        // With a client password, only these run before AUTH (as in Redis).
-        if !c.authenticated
-            && !matches!(
-                cmd,
-                Command::Auth { .. } | Command::Hello { .. } | Command::Quit | Command::Reset
-            )
-        {
-            c.reply_now(Reply::Error("NOAUTH Authentication required.".into()));
+        // Before AUTH only these run (as in Redis); after it, what the
+        // user's rules allow.
+        let before_auth = matches!(
+            cmd,
+            Command::Auth { .. } | Command::Hello { .. } | Command::Quit | Command::Reset
+        );
+        if !before_auth && !self.permitted(key, &req) {
             return;
         }
+        let c = &mut self.clients[key];
         if c.in_multi()
             && !matches!(
                 cmd,
@@ -1491,23 +1498,20 @@ impl Server {
                 } else {
                     "replica"
                 };
-                let password = self.settings.client_password.as_ref().map(|p| p.bytes());
-                let c = &mut self.clients[key];
-                match &auth {
-                    Some((user, pw)) => match client::check_auth(password, Some(user), pw) {
-                        Ok(()) => c.authenticated = true,
-                        Err(reply) => return c.reply_now(reply),
-                    },
-                    None if !c.authenticated => {
-                        return c.reply_now(Reply::Error(
-                            "NOAUTH HELLO must be called with the client already authenticated, \
-                             otherwise the HELLO <proto> AUTH <user> <pass> option can be used \
-                             to authenticate the client and select the RESP protocol version at \
-                             the same time"
-                                .into(),
-                        ))
+                if let Some((user, pw)) = &auth {
+                    if let Err(reply) = self.login(key, Some(user), pw) {
+                        return self.clients[key].reply_now(reply);
                     }
-                    None => {}
+                }
+                let c = &mut self.clients[key];
+                if auth.is_none() && c.user.is_none() {
+                    return c.reply_now(Reply::Error(
+                        "NOAUTH HELLO must be called with the client already authenticated, \
+                         otherwise the HELLO <proto> AUTH <user> <pass> option can be used \
+                         to authenticate the client and select the RESP protocol version at \
+                         the same time"
+                            .into(),
+                    ));
                 }
                 if let Some(p) = protocol {
                     // The reply to HELLO is already in the new protocol.
@@ -1533,15 +1537,11 @@ impl Server {
                 c.reply_now(reply);
             }
             Command::Auth { user, password } => {
-                let configured = self.settings.client_password.as_ref().map(|p| p.bytes());
-                let c = &mut self.clients[key];
-                match client::check_auth(configured, user.as_deref(), &password) {
-                    Ok(()) => {
-                        c.authenticated = true;
-                        c.reply_now(Reply::Simple("OK"));
-                    }
-                    Err(reply) => c.reply_now(reply),
-                }
+                let reply = match self.login(key, user.as_ref(), &password) {
+                    Ok(()) => Reply::Simple("OK"),
+                    Err(reply) => reply,
+                };
+                self.clients[key].reply_now(reply);
             }
             Command::Multi => {
                 let c = &mut self.clients[key];
@@ -1684,7 +1684,7 @@ impl Server {
                 c.name = None;
                 c.tx = None;
                 c.watches.clear();
-                c.authenticated = self.settings.client_password.is_none();
+                c.user = self.settings.acl.initial_user();
                 c.readonly = false;
                 c.reply_now(Reply::Simple("RESET"));
             }
