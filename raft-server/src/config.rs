@@ -60,6 +60,8 @@ pub const DEFAULT_SNAPSHOT_LOG_MB: u64 = 64;
 pub const DEFAULT_TRAILING_ENTRIES: u64 = 5_000;
 /// `log_segment_mb` by default.
 pub const DEFAULT_LOG_SEGMENT_MB: u64 = 16;
+/// Default `member_add_timeout_ms`.
+pub const DEFAULT_MEMBER_ADD_TIMEOUT_MS: u64 = 10_000;
 /// Bytes of snapshot per InstallSnapshot message: with the pipelining
 /// window (32 messages) 16 MiB in flight, which fits the peer send queue
 /// beside a full window of appends.
@@ -115,6 +117,14 @@ pub struct Cli {
     /// addresses). Ignored once the data dir holds state.
     #[arg(long)]
     pub join: bool,
+
+    /// UNSAFE recovery when a quorum of the voters is lost for good:
+    /// restart this surviving member as the only voter of a new
+    /// configuration, from its own data (what only the lost members held is
+    /// gone). Re-add the others with RAFT.ADD from empty data dirs started
+    /// with --join. See the README's "Unsafe recovery".
+    #[arg(long, conflicts_with = "join")]
+    pub force_new_cluster: bool,
 }
 
 impl Cli {
@@ -256,6 +266,10 @@ pub struct Settings {
     /// exits (`shutdown_transfer`, default true; false is for comparing,
     /// in the membership drill).
     pub shutdown_transfer: bool,
+    /// `RAFT.ADD` of a voter gives the new member this long without
+    /// progress to connect and catch up before it removes it again
+    /// (`member_add_timeout_ms`, default 10 s).
+    pub member_add_timeout: Duration,
 }
 
 impl Settings {
@@ -456,6 +470,12 @@ impl Settings {
         let snapshot_bytes = positive("snapshot_log_mb", file.snapshot_log_mb, 1 << 20)? << 20;
         let segment_bytes = positive("log_segment_mb", file.log_segment_mb, 1 << 10)? << 20;
         let compaction_trailing_entries = file.compaction_trailing_entries;
+        let member_add_timeout_ms = file.member_add_timeout_ms;
+        if !(100..=3_600_000).contains(&member_add_timeout_ms) {
+            return Err(file_err(format!(
+                "member_add_timeout_ms: {member_add_timeout_ms} is outside 100..=3600000"
+            )));
+        }
         if compaction_trailing_entries > 1 << 32 {
             return Err(file_err(format!(
                 "compaction_trailing_entries: {compaction_trailing_entries} is above {}",
@@ -495,6 +515,7 @@ impl Settings {
             compaction_trailing_entries,
             segment_bytes,
             shutdown_transfer: file.shutdown_transfer,
+            member_add_timeout: Duration::from_millis(member_add_timeout_ms),
             acl,
             client_idle_timeout,
             client_memory_budget: usize::try_from(budget_mb << 20).unwrap_or(usize::MAX),
@@ -643,12 +664,20 @@ struct ClusterFile {
     log_segment_mb: u64,
     #[serde(default = "default_true")]
     shutdown_transfer: bool,
+    /// RAFT.ADD gives a new member this long without progress to connect
+    /// and catch up.
+    #[serde(default = "default_member_add_timeout_ms")]
+    member_add_timeout_ms: u64,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn default_member_add_timeout_ms() -> u64 {
+    DEFAULT_MEMBER_ADD_TIMEOUT_MS
 }
 
 fn default_snapshot_entries() -> u64 {

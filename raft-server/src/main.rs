@@ -19,6 +19,7 @@ mod info;
 mod kv;
 mod members;
 mod peer;
+mod recovery;
 mod resp;
 mod server;
 mod signal;
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (storage, recovered) = match Storage::open(
+    let (mut storage, mut recovered) = match Storage::open(
         &settings.data_dir,
         settings.cluster_id,
         settings.id,
@@ -96,6 +97,15 @@ fn main() -> ExitCode {
         recovered.hard_state.current_term,
         recovered.entries.len()
     );
+    if cli.force_new_cluster {
+        match recovery::force_new_cluster(&settings, &mut storage, &mut recovered) {
+            Ok(line) => log::warn!("{line}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     match &settings.secret_path {
         Some(path) if !settings.peer_key.is_insecure() => {
             log::info!(

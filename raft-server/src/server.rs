@@ -47,6 +47,7 @@ use crate::turn::{Phase, TurnTimer};
 
 mod access;
 mod admin;
+mod reconfig;
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -272,6 +273,10 @@ pub struct Server {
     changes: BTreeMap<u64, PendingWrite>,
     /// RAFT.TRANSFER requests waiting for the target to lead.
     transfers: Vec<(ReplyTo, NodeId)>,
+    /// A RAFT.ADD of a voter under way (learner, catch-up, promotion).
+    join: Option<reconfig::Join>,
+    /// Since when this member leads (None while it does not).
+    led_since: Option<Instant>,
     /// SIGTERM/SIGINT on the leader: leadership is being handed over
     /// first; shut down once it moved or at the deadline.
     leaving: Option<(&'static str, Instant)>,
@@ -468,6 +473,8 @@ impl Server {
             writes: BTreeMap::new(),
             changes: BTreeMap::new(),
             transfers: Vec::new(),
+            join: None,
+            led_since: None,
             leaving: None,
             committed_membership,
             reads: HashMap::new(),
@@ -573,6 +580,7 @@ impl Server {
             }
             self.node.handle_timeout(t);
             self.sweep_expired(now, t);
+            self.advance_join(t, now);
             self.turn.lap(Phase::Timers);
 
             self.sync_finished(now)?;
@@ -1111,7 +1119,9 @@ impl Server {
             }
             Event::RoleChanged { role, term, reason } => {
                 log::info!("became {role} in term {term} ({reason})");
+                self.note_role(role);
                 if role != Role::Leader {
+                    self.abandon_join();
                     self.fail_pending_writes(
                         "ERR leadership lost before the write committed; it may still take effect",
                     );

@@ -69,8 +69,10 @@ impl Server {
     }
 
     /// `RAFT.ADD`, `RAFT.PROMOTE`, `RAFT.REMOVE`: proposed on the leader
-    /// with the new configuration's addresses; answered when the entry
-    /// applies (`configuration_applied`).
+    /// with the new configuration's addresses once the strict check passes
+    /// (`reconfig`); answered when the entry applies
+    /// (`configuration_applied`). `RAFT.ADD` of a voter goes through a
+    /// learner first (`start_join`).
     pub(super) fn change_membership(
         &mut self,
         key: usize,
@@ -87,17 +89,12 @@ impl Server {
         // A change already in effect, committed, is answered as done: an
         // operator retries after "may still take effect", and a member
         // listed in the bootstrap file is a member already.
-        let same_addresses = |id: NodeId| {
-            addresses.is_none_or(|(p, c)| {
-                self.settings
-                    .member(id)
-                    .is_some_and(|m| m.peer_addr == p && m.client_addr == c)
-            })
-        };
         let done = match change {
-            MembershipChange::AddLearner(id) => current.contains(id) && same_addresses(id),
+            MembershipChange::AddLearner(id) => {
+                current.contains(id) && self.same_addresses(id, addresses)
+            }
             MembershipChange::AddVoter(id) | MembershipChange::Promote(id) => {
-                current.is_voter(id) && same_addresses(id)
+                current.is_voter(id) && self.same_addresses(id, addresses)
             }
             MembershipChange::Remove(id) => !current.contains(id),
         };
@@ -106,6 +103,54 @@ impl Server {
             self.clients[key].reply_now(reply);
             return;
         }
+        if let MembershipChange::AddVoter(id) = change {
+            return self.start_join(key, id, addresses, t);
+        }
+        if let Err(reply) = self.check_quorum_after(change) {
+            return self.clients[key].reply_now(reply);
+        }
+        match self.propose_change(change, addresses, t) {
+            Ok((index, term)) => {
+                let to = self.reserve_reply(key);
+                self.changes.insert(index.0, PendingWrite { to, term });
+            }
+            Err(reply) => self.clients[key].reply_now(reply),
+        }
+    }
+
+    /// Whether `addresses` (if given) are the ones member `id` has.
+    pub(super) fn same_addresses(
+        &self,
+        id: NodeId,
+        addresses: Option<(SocketAddr, SocketAddr)>,
+    ) -> bool {
+        addresses.is_none_or(|(p, c)| {
+            self.settings
+                .member(id)
+                .is_some_and(|m| m.peer_addr == p && m.client_addr == c)
+        })
+    }
+
+    /// A place in client `key`'s reply order for an answer that comes
+    /// later.
+    pub(super) fn reserve_reply(&mut self, key: usize) -> ReplyTo {
+        let c = &mut self.clients[key];
+        ReplyTo {
+            key,
+            client_id: c.id,
+            seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
+        }
+    }
+
+    /// Proposes `change` with the addresses of the configuration it makes;
+    /// the entry's index and term, or the reply that says why not.
+    pub(super) fn propose_change(
+        &mut self,
+        change: MembershipChange,
+        addresses: Option<(SocketAddr, SocketAddr)>,
+        t: Time,
+    ) -> Result<(LogIndex, Term), Reply> {
+        let current = self.node.membership().clone();
         let mut book: Vec<Addresses> = current
             .members()
             .filter_map(|id| {
@@ -141,34 +186,22 @@ impl Server {
                     "configuration change proposed at index {}: {what}",
                     id.index
                 );
-                let c = &mut self.clients[key];
-                let to = ReplyTo {
-                    key,
-                    client_id: c.id,
-                    seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
-                };
-                self.changes
-                    .insert(id.index.0, PendingWrite { to, term: id.term });
+                Ok((id.index, id.term))
             }
-            Err(e) => {
-                let reply = match e {
-                    ProposeError::NotLeader { leader } => self.redirect(leader, b""),
-                    ProposeError::TransferInProgress { target } => self.redirect(Some(target), b""),
-                    ProposeError::Membership(MembershipError::ChangeInProgress) => Reply::Error(
-                        "ERR a configuration change is in progress (or this leader has not \
-                         committed its first entry yet); retry shortly"
-                            .into(),
-                    ),
-                    ProposeError::Membership(e) => Reply::Error(format!("ERR {e}")),
-                    ProposeError::Busy => {
-                        Reply::Error("ERR too many uncommitted writes; retry".into())
-                    }
-                    ProposeError::TooLarge { .. } => {
-                        Reply::Error("ERR the configuration is too large".into())
-                    }
-                };
-                self.clients[key].reply_now(reply);
-            }
+            Err(e) => Err(match e {
+                ProposeError::NotLeader { leader } => self.redirect(leader, b""),
+                ProposeError::TransferInProgress { target } => self.redirect(Some(target), b""),
+                ProposeError::Membership(MembershipError::ChangeInProgress) => Reply::Error(
+                    "ERR a configuration change is in progress (or this leader has not \
+                     committed its first entry yet); retry shortly"
+                        .into(),
+                ),
+                ProposeError::Membership(e) => Reply::Error(format!("ERR {e}")),
+                ProposeError::Busy => Reply::Error("ERR too many uncommitted writes; retry".into()),
+                ProposeError::TooLarge { .. } => {
+                    Reply::Error("ERR the configuration is too large".into())
+                }
+            }),
         }
     }
 
@@ -182,6 +215,7 @@ impl Server {
             m.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
             m.learners.iter().map(|v| v.0).collect::<Vec<_>>()
         );
+        self.join_applied(index, term, m);
         if let Some(w) = self.changes.remove(&index.0) {
             let reply = if w.term == term {
                 self.members_reply(m)
@@ -237,18 +271,18 @@ impl Server {
 
     /// `RAFT.TRANSFER [id]`: answered `+OK` once the target leads.
     pub(super) fn transfer(&mut self, key: usize, target: Option<NodeId>, t: Time) {
+        if self.node.role() == Role::Leader {
+            if let Some(reply) = self.transfer_too_soon(Instant::now()) {
+                return self.clients[key].reply_now(reply);
+            }
+        }
         match self.node.transfer_leadership(t, target) {
             Ok(id) if id == self.settings.id => {
                 self.clients[key].reply_now(Reply::Simple("OK"));
             }
             Ok(id) => {
                 log::info!("leadership transfer to member {id} started");
-                let c = &mut self.clients[key];
-                let to = ReplyTo {
-                    key,
-                    client_id: c.id,
-                    seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
-                };
+                let to = self.reserve_reply(key);
                 self.transfers.push((to, id));
             }
             Err(TransferError::NotLeader { leader }) => {
