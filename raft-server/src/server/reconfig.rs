@@ -96,6 +96,13 @@ impl Server {
     /// The error is the reply.
     pub(super) fn check_quorum_after(&self, change: MembershipChange) -> Result<(), Reply> {
         let mut voters: Vec<NodeId> = self.node.membership().voters.clone();
+        // A change the node refuses anyway (promoting a non-member) gets
+        // the node's own error.
+        if let MembershipChange::Promote(id) = change {
+            if !self.node.membership().learners.contains(&id) {
+                return Ok(());
+            }
+        }
         match change {
             MembershipChange::AddVoter(id) | MembershipChange::Promote(id) => {
                 if !voters.contains(&id) {
@@ -107,6 +114,22 @@ impl Server {
         }
         voters.sort();
         let now = Instant::now();
+        if let MembershipChange::Promote(id) | MembershipChange::AddVoter(id) = change {
+            let why = match self.health(id, now) {
+                Health::Healthy => None,
+                Health::Down => Some("its link is not up".to_string()),
+                Health::Behind { match_index } => Some(format!(
+                    "it has {match_index} of {} committed",
+                    self.node.commit_index()
+                )),
+            };
+            if let Some(why) = why {
+                return Err(Reply::Error(format!(
+                    "ERR member {id} is not connected and caught up yet ({why}); a learner \
+                     becomes a voter once it is: retry once it has caught up"
+                )));
+            }
+        }
         let quorum = voters.len() / 2 + 1;
         let mut healthy = 0;
         let mut bad = Vec::new();

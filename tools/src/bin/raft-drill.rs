@@ -2130,7 +2130,7 @@ mod membership {
             let id = leads.to_string();
             if d.leader().map(|(l, _)| l) != Some(leads)
                 && !step(steps, format!("RAFT.TRANSFER {leads}"), || {
-                    d.admin(&["RAFT.TRANSFER", &id], &["in progress"])
+                    d.admin(&["RAFT.TRANSFER", &id], &["in progress", "retry in"])
                         .map(|r| members_summary(&r))
                 })
             {
@@ -2178,11 +2178,8 @@ mod membership {
                 return;
             }
             if !step(steps, format!("RAFT.PROMOTE {new}"), || {
-                d.admin(
-                    &["RAFT.PROMOTE", &new_s],
-                    &["has caught up to", "in progress"],
-                )
-                .map(|r| members_summary(&r))
+                d.admin(&["RAFT.PROMOTE", &new_s], &["has caught up", "in progress"])
+                    .map(|r| members_summary(&r))
             }) {
                 return;
             }
