@@ -269,7 +269,7 @@ add() {
         || die "RAFT.ADD $i failed; $fail"
     echo "node $i added as a learner"
     (wait_caught_up "$i") || die "node $i was not promoted; $fail"
-    admin "has caught up to|in progress" RAFT.PROMOTE "$i" >/dev/null || die "RAFT.PROMOTE $i failed; $fail"
+    admin "has caught up|in progress" RAFT.PROMOTE "$i" >/dev/null || die "RAFT.PROMOTE $i failed; $fail"
     echo "node $i promoted to voter"
     echo "members (id peer client role match link):"
     admin "" RAFT.MEMBERS | sed 's/^/  /'
@@ -307,7 +307,7 @@ config_ids() { admin "" RAFT.MEMBERS | awk '{print $1}'; }
 transfer() {
     [ -z "${1:-}" ] || valid_id "$1"
     local out
-    out=$(admin "in progress" RAFT.TRANSFER ${1:+"$1"}) || exit 1
+    out=$(admin "in progress|retry in" RAFT.TRANSFER ${1:+"$1"}) || exit 1
     echo "RAFT.TRANSFER ${1:-}: $out"
     status
 }
