@@ -1713,13 +1713,13 @@ impl Server {
                 c.reply_now(Reply::Integer(c.id as i64));
             }
             Command::ClientInfo => {
-                let line = client_line(&self.clients[key]);
+                let line = client_line(&self.clients[key], &self.settings.acl);
                 self.clients[key].reply_now(Reply::Bulk(Bytes::from(line)));
             }
             Command::ClientList => {
                 let mut text = String::new();
                 for (_, c) in self.clients.iter() {
-                    text.push_str(&client_line(c));
+                    text.push_str(&client_line(c, &self.settings.acl));
                 }
                 self.clients[key].reply_now(Reply::Bulk(Bytes::from(text)));
             }
@@ -2158,7 +2158,7 @@ fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
 }
 
 /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis' `key=value` form.
-fn client_line(c: &Client) -> String {
+fn client_line(c: &Client, acl: &crate::acl::Acl) -> String {
     let name = c
         .name
         .as_ref()
@@ -2168,8 +2168,10 @@ fn client_line(c: &Client) -> String {
         resp::Protocol::Resp2 => 2,
         resp::Protocol::Resp3 => 3,
     };
+    // Redis writes `user=` the same way, empty before a login.
+    let user = c.user.map_or("", |u| acl.name(u));
     format!(
-        "id={} addr={} laddr= fd=0 name={name} db=0 resp={resp}\n",
+        "id={} addr={} laddr= fd=0 name={name} db=0 user={user} resp={resp}\n",
         c.id, c.addr
     )
 }

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -45,6 +45,20 @@ pub struct Conn {
 impl Conn {
     pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        Conn::wrap(s)
+    }
+
+    /// A connection from the local address `from` (any 127.x address is
+    /// local): limits kept per source address then see this test's
+    /// connections apart from the harness's own.
+    pub fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(from, 0).into())?;
+        s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+        Conn::wrap(s.into())
+    }
+
+    fn wrap(s: TcpStream) -> std::io::Result<Conn> {
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(Conn {
             r: BufReader::new(s.try_clone()?),
@@ -116,6 +130,8 @@ pub struct Cluster {
     pub fd_limit: Option<u64>,
     /// A `client_password_file` with this password.
     pub client_password: Option<String>,
+    /// The user and password the harness logs in with (`AUTH user pw`).
+    pub login: Option<(String, String)>,
 }
 
 /// Settings of a test cluster beyond the defaults, written to its file.
@@ -133,6 +149,11 @@ pub struct Options {
     pub client_password: Option<String>,
     /// More top-level settings, as TOML lines.
     pub extra_toml: Option<String>,
+    /// A `users_file` (written mode 0600) with these lines.
+    pub users: Option<String>,
+    /// The user and password the harness logs in with (`AUTH user pw`),
+    /// one of `users`.
+    pub login: Option<(String, String)>,
 }
 
 impl Cluster {
@@ -175,6 +196,17 @@ impl Cluster {
                 .unwrap();
             f.write_all(pw.as_bytes()).unwrap();
             toml.push_str("client_password_file = \"clients.password\"\n");
+        }
+        if let Some(users) = &opts.users {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(dir.path().join("users.acl"))
+                .unwrap();
+            f.write_all(users.as_bytes()).unwrap();
+            toml.push_str("users_file = \"users.acl\"\n");
         }
         toml.push('\n');
         let mut members = Vec::new();
@@ -219,6 +251,7 @@ impl Cluster {
             extra_args: Vec::new(),
             fd_limit: opts.fd_limit,
             client_password: opts.client_password,
+            login: opts.login,
         }
     }
 
@@ -320,10 +353,14 @@ impl Cluster {
         self.open(self.m(id).client).unwrap()
     }
 
-    /// A connection, authenticated if the cluster has a client password.
+    /// A connection, authenticated if the cluster has a client password
+    /// or a login.
     pub fn open(&self, addr: SocketAddr) -> std::io::Result<Conn> {
         let mut c = Conn::open(addr)?;
-        if let Some(pw) = &self.client_password {
+        if let Some((user, pw)) = &self.login {
+            let r = c.cmd(&["AUTH", user, pw])?;
+            assert_eq!(r, Resp::Simple("OK".into()), "AUTH {user}");
+        } else if let Some(pw) = &self.client_password {
             let r = c.cmd(&["AUTH", pw])?;
             assert_eq!(r, Resp::Simple("OK".into()), "AUTH");
         }
@@ -530,4 +567,143 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     // utime and stime are fields 14 and 15 of the line; 12 and 13 here.
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Posing as a member that holds the cluster secret (an insider, or a
+/// buggy member): the dialer's side of the peer handshake and raw Raft
+/// frames. Written out from the README's handshake contract (version 3),
+/// not shared with the server, so that a change to either side is caught.
+/// (tests/attack.rs has its own copy from before this module.)
+pub mod insider {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use hmac::{Hmac, Mac};
+    use raft_proto::{codec, Message};
+    use sha2::Sha256;
+
+    use super::Cluster;
+
+    const HELLO: u8 = 1;
+    const CHALLENGE_LEN: usize = 6 + 8 + 32 + 32;
+    /// Where a frame's term starts: length (4), version, tag, from (8),
+    /// to (8).
+    pub const TERM_OFFSET: usize = 22;
+
+    /// An address as the handshake carries it: IPv4-mapped IPv6, then the
+    /// port.
+    fn addr18(a: SocketAddr) -> Vec<u8> {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let mut b = ip.octets().to_vec();
+        b.extend_from_slice(&a.port().to_be_bytes());
+        b
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mac(
+        secret: &[u8],
+        label: &[u8],
+        cluster: u64,
+        d: u64,
+        a: u64,
+        listen: SocketAddr,
+        nd: &[u8],
+        na: &[u8],
+    ) -> Vec<u8> {
+        let mut m = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        for part in [
+            label,
+            &cluster.to_be_bytes(),
+            &d.to_be_bytes(),
+            &a.to_be_bytes(),
+            &addr18(listen),
+            nd,
+            na,
+        ] {
+            m.update(part);
+        }
+        m.finalize().into_bytes().to_vec()
+    }
+
+    fn hello(cluster: u64, from: u64, to: u64, listen: SocketAddr, nonce: &[u8; 32]) -> Vec<u8> {
+        let mut b = b"RAFT\x03".to_vec();
+        b.push(HELLO);
+        b.extend_from_slice(&cluster.to_be_bytes());
+        b.extend_from_slice(&from.to_be_bytes());
+        b.extend_from_slice(&to.to_be_bytes());
+        b.extend_from_slice(&addr18(listen));
+        b.extend_from_slice(nonce);
+        b
+    }
+
+    /// A TCP connection to `to` from `from_ip`, without Nagle's delay (a
+    /// frame written right after the proof must not wait for its ACK).
+    fn connect_from(from_ip: IpAddr, to: SocketAddr) -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(from_ip, 0).into()).unwrap();
+        s.connect_timeout(&to.into(), Duration::from_secs(2))
+            .unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    pub fn cluster_id(c: &Cluster, id: u64) -> u64 {
+        u64::from_str_radix(&c.field(id, "raft_cluster_id").unwrap(), 16).unwrap()
+    }
+
+    /// Runs the dialer's side of the handshake as member `me` towards
+    /// member `peer`, from `me`'s own address, with `secret`. Returns the
+    /// stream ready for frames, or None if the acceptor's proof did not
+    /// verify or it closed.
+    pub fn authenticate(c: &Cluster, me: u64, peer: u64, secret: &[u8]) -> Option<TcpStream> {
+        let cluster = cluster_id(c, peer);
+        let mut s = connect_from(c.m(me).peer.ip(), c.m(peer).peer);
+        let nd = [me as u8; 32];
+        let listen = c.m(me).peer;
+        s.write_all(&hello(cluster, me, peer, listen, &nd)).ok()?;
+        let mut ch = [0u8; CHALLENGE_LEN];
+        s.read_exact(&mut ch).ok()?;
+        assert_eq!(&ch[..6], b"RAFT\x03\x02", "a challenge");
+        assert_eq!(u64::from_be_bytes(ch[6..14].try_into().unwrap()), peer);
+        let na = &ch[14..46];
+        let label = b"raft-peer-v3 acceptor";
+        let expect = mac(secret, label, cluster, me, peer, listen, &nd, na);
+        let mut proof = b"RAFT\x03\x03".to_vec();
+        let label = b"raft-peer-v3 dialer";
+        proof.extend(mac(secret, label, cluster, me, peer, listen, &nd, na));
+        s.write_all(&proof).ok()?;
+        (ch[46..] == expect[..]).then_some(s)
+    }
+
+    /// A message as it goes on a peer link.
+    pub fn frame(msg: &Message) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        codec::encode(msg, &mut b);
+        b.to_vec()
+    }
+
+    /// Whether the other side closes the connection (EOF or reset) within
+    /// the read timeout, rather than leaving it open.
+    pub fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 128];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
+    }
 }

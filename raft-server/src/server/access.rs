@@ -34,6 +34,9 @@ impl Server {
         let ip = self.clients[key].addr.ip();
         if let Some(secs) = self.auth_limiter.check(ip, now) {
             self.counters.auth_rate_limited += 1;
+            // Counted against the connection too: one that keeps trying
+            // while its address is limited is closed like a guesser.
+            self.count_connection_failure(key);
             return Err(Reply::Error(format!(
                 "ERR too many failed AUTH attempts from {ip}; retry in {secs} s"
             )));
@@ -57,18 +60,24 @@ impl Server {
             Err(AuthError::WrongPass) => {
                 self.counters.auth_failures += 1;
                 self.auth_limiter.failed(ip, now);
-                let c = &mut self.clients[key];
-                c.auth_failures += 1;
-                if c.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION {
-                    log::debug!(
-                        "client {}: {} failed AUTH attempts, closing",
-                        c.addr,
-                        c.auth_failures
-                    );
-                    c.close_after_replies();
-                }
+                self.count_connection_failure(key);
                 Err(Reply::Error(WRONGPASS.into()))
             }
+        }
+    }
+
+    /// One more failed (or refused) `AUTH` on connection `key`; the
+    /// connection closes after its reply at the limit.
+    fn count_connection_failure(&mut self, key: usize) {
+        let c = &mut self.clients[key];
+        c.auth_failures += 1;
+        if c.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION {
+            log::debug!(
+                "client {}: {} failed AUTH attempts, closing",
+                c.addr,
+                c.auth_failures
+            );
+            c.close_after_replies();
         }
     }
 
@@ -90,10 +99,18 @@ impl Server {
         if let Some(tx) = &mut c.tx {
             tx.failed = true;
         }
+        // Redis names a subcommand as `container|sub` where its rules
+        // differ from the container's (`client|list`).
+        let mut what = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if let Some(sub) = req.get(1).filter(|_| what == "client") {
+            what = format!(
+                "{what}|{}",
+                String::from_utf8_lossy(sub).to_ascii_lowercase()
+            );
+        }
         c.reply_now(Reply::Error(format!(
-            "NOPERM User {} has no permissions to run the '{}' command",
+            "NOPERM User {} has no permissions to run the '{what}' command",
             acl.name(user),
-            String::from_utf8_lossy(name).to_ascii_lowercase()
         )));
         false
     }
