@@ -423,6 +423,13 @@ pub enum RoleChangeReason {
     ElectionLost,
     /// This leader's removal from the voters is committed (thesis §4.2.2).
     RemovedFromConfiguration,
+    /// Enough voters claimed a term more than [`Term::MAX_JUMP`] beyond
+    /// this node's that it moved there (it fell far behind, or a forged
+    /// jump reached a majority one bounded step at a time).
+    TermVouched {
+        /// The term moved to.
+        term: Term,
+    },
 }
 
 impl fmt::Display for RoleChangeReason {
@@ -439,6 +446,12 @@ impl fmt::Display for RoleChangeReason {
             RoleChangeReason::ElectionLost => write!(f, "election rejected by a majority"),
             RoleChangeReason::RemovedFromConfiguration => {
                 write!(f, "removed from the voters by a committed configuration")
+            }
+            RoleChangeReason::TermVouched { term } => {
+                write!(
+                    f,
+                    "voters vouched for term {term}, beyond the one-message bound"
+                )
             }
         }
     }

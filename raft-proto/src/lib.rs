@@ -72,6 +72,26 @@
 //! [`MAX_ENTRY_LEN`] ([`ProposeError::TooLarge`]), so that no member ever
 //! holds an entry another would refuse.
 //!
+//! Terms get one more defence, because a term is the one field a single
+//! message can use to stop a cluster for good: a member that adopts a term
+//! near [`Term::MAX`] can never campaign past it. So no message moves a
+//! node's term by more than [`Term::MAX_JUMP`] (2^32, which an honest
+//! cluster needs some 40 years of elections to run ahead by) on its
+//! sender's word alone. A term beyond that is kept as the sender's claim,
+//! one per voter, and the node moves there only once at least two voters
+//! other than itself, and with it a majority of the voters, claim it:
+//! one faulty member, whatever it sends, moves no one past the bound, and
+//! a member that honestly fell that far behind catches up from the
+//! others' answers to its pre-votes ([`Node::term_claims`] shows what it
+//! still refuses). A member that joins with no configuration yet has
+//! nobody to ask and still takes any term up to [`Term::MAX`]; the worst
+//! one message does there is leave that one new member stuck (see
+//! [`Term::MAX_JUMP`] and the `node` module). What stays outside the
+//! threat model is a member that keeps forging: it can push terms up by
+//! the bound once per message (2^30 messages reach [`Term::MAX`]), and a
+//! faulty voter can always refuse its votes; Raft tolerates crashes, not
+//! lies.
+//!
 //! Protocol: leader election with randomized timeouts, PreVote and
 //! CheckQuorum (on by default), fast failover when the driver reports the
 //! leader's link lost, log replication with conflict hints, bounded batching

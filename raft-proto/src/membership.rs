@@ -352,6 +352,9 @@ impl Node {
         }
         self.membership = self.log.membership().clone();
         self.peers = Self::peers_of(&self.membership, self.config.id);
+        // Only voters vouch for terms: one entry per voter at most.
+        let m = &self.membership;
+        self.term_claims.retain(|&id, _| m.is_voter(id));
         self.events.push_back(Event::MembershipChanged {
             index: self.log.membership_index(),
             membership: Box::new(self.membership.clone()),

@@ -1,5 +1,39 @@
 //! The Raft node: state, inputs, outputs and the term rules. The per-role
 //! message handlers live in `follower.rs`, `candidate.rs` and `leader.rs`.
+//!
+//! # How far one message moves the term
+//!
+//! Before the term rules (§5.1), a message whose term is more than
+//! [`Term::MAX_JUMP`] beyond this node's is dropped, and its term kept as
+//! a claim of its sender if that is a voter (the highest per voter, so at
+//! most one per voter). The node moves to the highest term claimed by at
+//! least two voters other than itself that, with this node if it votes,
+//! make a majority of the voters (three of five: itself and two others;
+//! both others of three; two of a learner's three voters). Then:
+//!
+//! - one faulty member moves no one past the bound, whatever it sends and
+//!   to whom: the term taken is never above a second voter's claim;
+//! - a member that fell that far behind while it was away (which takes
+//!   2^32 honest elections) catches up: the leader's messages are one
+//!   claim, and its pre-votes, refused in the voters' terms, bring the
+//!   others; a learner, which does not campaign, sends a pre-vote only for
+//!   this, when it holds claims, and wins nothing with it;
+//! - a member whose configuration has no voter (it joins, and has received
+//!   no configuration) has no one to ask, and takes any term up to
+//!   [`Term::MAX`] as before. One forged message can leave that member
+//!   stuck, never the cluster: the others hold its messages to the bound.
+//!
+//! What one message can no longer do is take the cluster to [`Term::MAX`];
+//! what is left is the same bounded jump any message within the bound
+//! makes, after which the members meet again by the terms their refusals
+//! carry. The cases this leaves, beyond one message: a member that forges
+//! again and again (it moves terms by the bound each time; a persistent
+//! insider is outside the threat model: it can also refuse every vote),
+//! and, in a cluster of three with one member down, a member that fell
+//! more than the bound behind waits for the third to vouch (in a cluster
+//! of two, nobody can vouch; neither case happens without a forged jump
+//! and then ages of honest elections, or without PreVote, where a lone
+//! candidate raises its own term at every timeout).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -14,7 +48,7 @@ use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
 use crate::progress::Progress;
-use crate::quorum::VoteTally;
+use crate::quorum::{self, VoteTally};
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::types::{
@@ -198,6 +232,11 @@ pub struct Node {
     /// vote lease, and the "silent for" in election logs).
     pub(crate) last_leader_contact: Option<Time>,
     pub(crate) last_leader: Option<NodeId>,
+    /// Terms beyond `current_term + Term::MAX_JUMP` that voters of the
+    /// configuration claimed, the highest per voter: at most one entry
+    /// per voter (pruned when the configuration changes). Not persisted:
+    /// after a restart the voters say it again.
+    pub(crate) term_claims: BTreeMap<NodeId, Term>,
     pub(crate) shut_down: bool,
 
     // Output, drained in this order by `poll_action`.
@@ -289,6 +328,7 @@ impl Node {
             election_reason: None,
             last_leader_contact: None,
             last_leader: None,
+            term_claims: BTreeMap::new(),
             shut_down: false,
             hard_state_dirty: false,
             persist: VecDeque::new(),
@@ -844,6 +884,20 @@ impl Node {
         self.last_applied
     }
 
+    /// Terms more than [`Term::MAX_JUMP`] beyond this node's that voters
+    /// claimed and not enough others vouched for yet, the highest per
+    /// voter, by voter. Empty in a healthy cluster. Non-empty for long
+    /// means this member fell far behind (it catches up once enough
+    /// voters vouch) or a voter sends forged terms: worth showing in
+    /// `INFO` and logging when it changes.
+    pub fn term_claims(&self) -> Vec<(NodeId, Term)> {
+        self.term_claims
+            .iter()
+            .filter(|(_, &t)| t > self.current_term.plus_max_jump())
+            .map(|(&id, &t)| (id, t))
+            .collect()
+    }
+
     /// Index of the last log entry.
     pub fn last_log_index(&self) -> LogIndex {
         self.log.last_index()
@@ -896,6 +950,9 @@ impl Node {
             self.peer_fault(msg.from, fault);
             return;
         }
+        if !self.within_term_bound(now, &msg) {
+            return;
+        }
         if !self.apply_term_rules(now, &msg) {
             return;
         }
@@ -929,6 +986,85 @@ impl Node {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The bound on how far one message moves this node's term
+    /// ([`Term::MAX_JUMP`]). A message whose term is beyond it is dropped
+    /// and its term kept as its sender's claim, if the sender is a voter;
+    /// then, if enough voters vouch for a term beyond ours
+    /// ([`Node::vouched_term`]), this node moves to it. Returns whether the
+    /// message goes on to the term rules: its term is within the bound
+    /// (maybe only now, after the move).
+    ///
+    /// A node whose configuration has no voter at all (a member that joins
+    /// and has not received one yet) has nobody to ask: it takes the term
+    /// of any message, up to [`Term::MAX`], as before the bound existed.
+    /// It has no vote that counts and no log to protect, and it cannot
+    /// pass a forged term on: every member with a configuration holds
+    /// this node's messages to the bound like anyone's. The worst one
+    /// forged message does to it is leave this one member stuck at a term
+    /// the others never reach (it then never catches up, and the operator
+    /// removes it, wipes it and joins it again). Refusing instead would
+    /// leave a cluster whose term went past the bound once (a forged jump
+    /// within the bound, then one election) unable to add any member ever.
+    fn within_term_bound(&mut self, now: Time, msg: &Message) -> bool {
+        if msg.term <= self.current_term.plus_max_jump() {
+            return true;
+        }
+        let m = self.log.membership();
+        if m.voters.is_empty() {
+            return true;
+        }
+        let claim = match &msg.body {
+            // A pre-candidate asks for the term after its own: it is in
+            // the one before.
+            MessageBody::RequestVote(rv) if rv.pre_vote => Term(msg.term.0 - 1),
+            // A granted pre-vote carries the term its candidate asked for,
+            // nobody's term: no honest one is beyond the bound, and it
+            // claims nothing.
+            MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => return false,
+            _ => msg.term,
+        };
+        if m.is_voter(msg.from) && msg.from != self.config.id {
+            let held = self.term_claims.entry(msg.from).or_insert(claim);
+            *held = (*held).max(claim);
+        }
+        let Some(term) = self.vouched_term() else {
+            return false;
+        };
+        self.become_follower(now, term, None, RoleChangeReason::TermVouched { term });
+        msg.term <= self.current_term.plus_max_jump()
+    }
+
+    /// The highest term beyond ours that enough voters claim
+    /// ([`Term::MAX_JUMP`]): at least two voters other than this node,
+    /// and, counting this node if it is a voter, a majority of the voters.
+    ///
+    /// Two, so that one faulty member never moves anyone past the bound:
+    /// whatever it claims, the term taken is at most what some other
+    /// voter claims. A majority with this node, so that the voters that
+    /// can elect a leader with it can also bring it along: in a cluster of
+    /// five, this node and two others; of three, both others. (Of three,
+    /// with one member down, a member that fell behind by more than the
+    /// bound waits for it to come back; honestly, that needs 2^32
+    /// elections while it was away.) A cluster of one or two voters has no
+    /// second voice and never moves past the bound this way: its members
+    /// meet again within the bound by the terms their refusals carry.
+    pub(crate) fn vouched_term(&self) -> Option<Term> {
+        let m = self.log.membership();
+        let me = self.config.id;
+        let needed = (quorum::majority(m.voters.len()) - usize::from(m.is_voter(me))).max(2);
+        let mut claims: Vec<Term> = self
+            .term_claims
+            .iter()
+            .filter(|(&id, _)| id != me && m.is_voter(id))
+            .map(|(_, &t)| t)
+            .collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        claims
+            .get(needed - 1)
+            .copied()
+            .filter(|&t| t > self.current_term)
     }
 
     /// The term rules (§5.1). A newer term makes this node a follower in
@@ -998,8 +1134,13 @@ impl Node {
                 MessageBody::InstallSnapshot(is) => {
                     self.send_snapshot_response(msg.from, is.meta.last_index, 0, 0);
                 }
-                MessageBody::RequestVote(rv) if rv.pre_vote => {
-                    self.send_vote_response(msg.from, self.current_term, true, false);
+                // A stale (pre-)candidate learns our term from the refusal
+                // (Figure 2). Besides, a member that fell behind by more
+                // than the bound learns the voters' terms this way: their
+                // refusals are the claims that bring it back (see
+                // `within_term_bound`).
+                MessageBody::RequestVote(rv) => {
+                    self.send_vote_response(msg.from, self.current_term, rv.pre_vote, false);
                 }
                 _ => {}
             }
@@ -1046,6 +1187,8 @@ impl Node {
             self.current_term = term;
             self.voted_for = None;
             self.hard_state_dirty = true;
+            // Claims at or below our term are met.
+            self.term_claims.retain(|_, t| *t > term);
             // A transfer belongs to its leader's term.
             self.incoming = None;
         }

@@ -1123,8 +1123,10 @@ fn a_message_that_skipped_the_codec_meets_the_same_rules() {
 #[test]
 fn a_node_at_the_maximum_term_does_not_campaign_and_does_not_panic() {
     // A term of exactly Term::MAX passes the codec, so a node can be
-    // pushed there. It has no term left to campaign in: it keeps waking
-    // once per election timeout, sends nothing, and still votes.
+    // pushed there, though only if two voters vouch for it (one message
+    // moves a term by Term::MAX_JUMP at most). It has no term left to
+    // campaign in: it keeps waking once per election timeout, sends
+    // nothing, and still votes.
     let hs = HardState {
         current_term: Term(1),
         voted_for: None,
@@ -1140,8 +1142,15 @@ fn a_node_at_the_maximum_term_does_not_campaign_and_does_not_panic() {
         Time::ZERO + SEC,
         msg(2, 1, Term::MAX.0, MessageBody::RequestVote(rv.clone())),
     );
+    assert_eq!(n.term(), Term(1), "one voter's word is not enough");
+    assert_eq!(n.term_claims(), [(NodeId(2), Term::MAX)]);
+    n.handle_message(
+        Time::ZERO + SEC,
+        msg(3, 1, Term::MAX.0, MessageBody::RequestVote(rv.clone())),
+    );
     assert_eq!(n.term(), Term::MAX);
-    assert_eq!(n.hard_state().voted_for, Some(NodeId(2)));
+    assert_eq!(n.hard_state().voted_for, Some(NodeId(3)));
+    assert!(n.term_claims().is_empty());
     drain(&mut n);
     let mut now = Time::ZERO + SEC;
     for _ in 0..10 {

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::checker::{Checker, Violation};
 use super::disk::{CheckedDisk, SimDisk};
+use crate::codec;
 use crate::driver::{Driver, Transport};
 use crate::{
     Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, MembershipChange,
@@ -684,6 +685,17 @@ impl Cluster {
         true
     }
 
+    /// Like [`Cluster::inject`], but the forged message arrives as a frame
+    /// on the wire ([`forge_frame`]) and goes through [`codec::decode`]
+    /// first, as in the server: `Err` if the codec refused it (nothing was
+    /// delivered), else whether the addressee was up.
+    pub fn inject_frame(&mut self, mut frame: BytesMut) -> Result<bool, codec::DecodeError> {
+        match codec::decode(&mut frame)? {
+            Some(msg) => Ok(self.inject(msg)),
+            None => unreachable!("a whole frame decodes to a message or an error"),
+        }
+    }
+
     /// The [`Event::PeerFault`]s reported on messages from
     /// [`Cluster::inject`], with the node that reported each.
     pub fn peer_faults(&self) -> &[(NodeId, Event)] {
@@ -1244,6 +1256,26 @@ impl Cluster {
         self.members[&id].refused
     }
 
+    /// Moves the durable term of `id`, which must be down, to `term` (no
+    /// vote in it), as if it had taken part in elections up to there. For
+    /// tests of terms an honest cluster reaches only after ages (see
+    /// [`Term::MAX_JUMP`]).
+    ///
+    /// # Panics
+    ///
+    /// If `id` is running, or `term` is not above its durable term.
+    pub fn set_persisted_term(&mut self, id: NodeId, term: Term) {
+        let m = self.members.get_mut(&id).expect("member");
+        assert!(m.node.is_none(), "n{id} must be down");
+        assert!(term > m.disk.durable_hs.current_term, "terms only grow");
+        let hs = HardState {
+            current_term: term,
+            voted_for: None,
+        };
+        m.disk.durable_hs = hs;
+        m.disk.written_hs = hs;
+    }
+
     /// The durable hard state of `id`.
     pub fn persisted_hard_state(&self, id: NodeId) -> HardState {
         self.members[&id].disk.durable_hs
@@ -1262,6 +1294,21 @@ impl Cluster {
         // member may compact exactly through the entry asked about.
         self.members[&id].disk.durable_term_at(index)
     }
+}
+
+/// `msg` as a frame on the wire, whatever its term: [`codec::encode`]
+/// refuses to write a term above [`Term::MAX`], so the frame is encoded
+/// with `Term::MAX` in its place and the term field overwritten. What a
+/// hostile or broken peer can put on a link; [`codec::decode`] judges it.
+pub fn forge_frame(msg: &Message) -> BytesMut {
+    // len:u32 version:u8 tag:u8 from:u64 to:u64, then term:u64.
+    const TERM_AT: usize = codec::FRAME_HEADER_LEN + 1 + 8 + 8;
+    let mut as_max = msg.clone();
+    as_max.term = Term::MAX;
+    let mut frame = BytesMut::new();
+    codec::encode(&as_max, &mut frame);
+    frame[TERM_AT..TERM_AT + 8].copy_from_slice(&msg.term.0.to_be_bytes());
+    frame
 }
 
 /// One line for an event, as the server logs it.
