@@ -993,8 +993,8 @@ impl Node {
     /// and its term kept as its sender's claim, if the sender is a voter;
     /// then, if enough voters vouch for a term beyond ours
     /// ([`Node::vouched_term`]), this node moves to it. Returns whether the
-    /// message goes on to the term rules: its term is within the bound
-    /// (maybe only now, after the move).
+    /// message goes on to the term rules: its term is within the bound, or
+    /// is the vouched term just moved to.
     ///
     /// A node whose configuration has no voter at all (a member that joins
     /// and has not received one yet) has nobody to ask: it takes the term
@@ -1033,7 +1033,10 @@ impl Node {
             return false;
         };
         self.become_follower(now, term, None, RoleChangeReason::TermVouched { term });
-        msg.term <= self.current_term.plus_max_jump()
+        // Only a message of the vouched term itself goes on: one message
+        // moves the term to a vouched one or by the bound, never both
+        // (the sender alone would otherwise add a jump on top).
+        msg.term == self.current_term
     }
 
     /// The highest term beyond ours that enough voters claim

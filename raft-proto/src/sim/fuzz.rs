@@ -111,6 +111,9 @@ struct NodeDriver {
     /// driver does after its fsync; off, the leader waits for its disk.
     sync_at_drain: bool,
     sent: VecDeque<Message>,
+    /// The highest term each peer claimed (a pre-candidate: the one
+    /// before the term it asks for), as the node should count them.
+    claims: BTreeMap<NodeId, Term>,
     next_read: u64,
     reads: BTreeSet<u64>,
     applied: LogIndex,
@@ -184,6 +187,7 @@ impl NodeDriver {
             disk,
             sync_at_drain: true,
             sent: VecDeque::new(),
+            claims: BTreeMap::new(),
             next_read: 0,
             reads: BTreeSet::new(),
             applied: LogIndex(0),
@@ -395,11 +399,13 @@ impl NodeDriver {
         })
     }
 
-    /// A term, mostly the node's own or next to it, sometimes at or beyond
-    /// the bound.
+    /// A term, mostly the node's own or next to it, sometimes at or just
+    /// past the largest jump one message may make ([`Term::MAX_JUMP`]),
+    /// at or beyond [`Term::MAX`], up to `u64::MAX`.
     fn term(&mut self, inp: &mut Input<'_>) -> Term {
         let t = self.node.term().0;
-        Term(match inp.byte() % 12 {
+        let bound = t.saturating_add(Term::MAX_JUMP.0);
+        Term(match inp.byte() % 16 {
             0..=4 => t,
             5 => t.saturating_add(1),
             6 => t.saturating_sub(1),
@@ -407,6 +413,10 @@ impl NodeDriver {
             8 => Term::MAX.0,
             9 => Term::MAX.0 + 1,
             10 => u64::from(inp.byte()),
+            11 => bound,
+            12 => bound.saturating_add(1 + u64::from(inp.byte())),
+            13 => Term::MAX.0 - 1,
+            14 => u64::MAX - u64::from(inp.byte() % 2),
             _ => inp.u64(),
         })
     }
@@ -708,12 +718,30 @@ impl NodeDriver {
     }
 
     /// Feeds a message the codec accepted; if the node drops it as a peer
-    /// fault, nothing else may happen.
+    /// fault, nothing else may happen. Its term moves by at most
+    /// [`Term::MAX_JUMP`], unless two peers claimed the new term.
     fn feed(&mut self, msg: Message) {
         self.stats.delivered += 1;
         let from = msg.from;
+        let claim = match &msg.body {
+            MessageBody::RequestVote(rv) if rv.pre_vote => Some(Term(msg.term.0.saturating_sub(1))),
+            MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => None,
+            _ => Some(msg.term),
+        };
+        if let Some(claim) = claim.filter(|_| from != ID) {
+            let held = self.claims.entry(from).or_insert(claim);
+            *held = (*held).max(claim);
+        }
         let before = (self.node.status(), self.node.poll_timeout());
         self.node.handle_message(self.now, msg);
+        let (old, new) = (before.0.term, self.node.term());
+        if new > old.plus_max_jump() {
+            let vouching = self.claims.values().filter(|&&t| t >= new).count();
+            assert!(
+                vouching >= 2,
+                "one message moved the term from {old} to {new} with {vouching} peer(s) claiming it"
+            );
+        }
         let first = self.poll_all();
         // A snapshot assembled from hostile chunks is refused by the
         // driver after the node took its chunks (`BadSnapshot`): that is
