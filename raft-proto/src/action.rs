@@ -421,7 +421,10 @@ pub enum RoleChangeReason {
     PreVoteLost,
     /// An election was lost (a majority refused); waiting again.
     ElectionLost,
-    /// This leader's removal from the voters is committed (thesis §4.2.2).
+    /// This node's removal is committed: a leader that removed itself
+    /// steps down (thesis §4.2.2), and a follower reports it once
+    /// ([`crate::Node::is_removed`]); it never campaigns again unless it
+    /// is added back.
     RemovedFromConfiguration,
     /// Enough voters claimed a term more than [`Term::MAX_JUMP`] beyond
     /// this node's that it moved there (it fell far behind, or a forged
@@ -445,7 +448,7 @@ impl fmt::Display for RoleChangeReason {
             RoleChangeReason::PreVoteLost => write!(f, "pre-vote rejected by a majority"),
             RoleChangeReason::ElectionLost => write!(f, "election rejected by a majority"),
             RoleChangeReason::RemovedFromConfiguration => {
-                write!(f, "removed from the voters by a committed configuration")
+                write!(f, "removed from the cluster by a committed configuration")
             }
             RoleChangeReason::TermVouched { term } => {
                 write!(

@@ -168,7 +168,35 @@ pub(crate) struct LeaderState {
     pub(crate) check_quorum_deadline: Time,
     /// A leadership transfer under way (thesis §3.10).
     pub(crate) transfer: Option<Transfer>,
+    /// Members a configuration of this leader removed that are still
+    /// being told so (see [`Departing`]). Their progress stays in
+    /// `progress`; they count for nothing.
+    pub(crate) departing: BTreeMap<NodeId, Departing>,
 }
+
+/// A member the configuration in force removed. It would never learn
+/// that its removal committed if the leader stopped sending to it at
+/// once, and would take itself for a voter: so the leader keeps
+/// replicating to it (log and commit index) until it acknowledges an
+/// append, sent after the removal committed, that reaches the removing
+/// configuration, or for [`DEPARTING_GRACE_TIMEOUTS`] maximum election
+/// timeouts after the commit, whichever comes first: a member that is
+/// away then does not learn, by design (it cannot disrupt: its pre-votes
+/// carry a log without the removal, which the voters refuse).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Departing {
+    /// Index of the configuration that removed it.
+    pub(crate) config_index: LogIndex,
+    /// Once that configuration is committed: the first heartbeat round all
+    /// of whose appends carry a commit index at or past it, and when the
+    /// leader stops trying.
+    pub(crate) committed: Option<(u64, Time)>,
+}
+
+/// How long, in maximum election timeouts after a removal commits, the
+/// leader keeps telling the removed member: a member that is up answers
+/// within a round trip; one that is away would need a whole catch-up.
+pub(crate) const DEPARTING_GRACE_TIMEOUTS: u32 = 2;
 
 /// A leadership transfer: proposals are refused until it succeeds (this
 /// leader hears of the target's newer term) or `deadline` passes.
@@ -237,6 +265,12 @@ pub struct Node {
     /// per voter (pruned when the configuration changes). Not persisted:
     /// after a restart the voters say it again.
     pub(crate) term_claims: BTreeMap<NodeId, Term>,
+    /// Some configuration this node followed named it (or its log still
+    /// holds one that does): a configuration without it then means it was
+    /// removed, not that it is still joining.
+    pub(crate) was_member: bool,
+    /// `Node::is_removed` was reported (once per removal).
+    pub(crate) removal_reported: bool,
     pub(crate) shut_down: bool,
 
     // Output, drained in this order by `poll_action`.
@@ -329,6 +363,8 @@ impl Node {
             last_leader_contact: None,
             last_leader: None,
             term_claims: BTreeMap::new(),
+            was_member: false,
+            removal_reported: false,
             shut_down: false,
             hard_state_dirty: false,
             persist: VecDeque::new(),
@@ -338,6 +374,7 @@ impl Node {
             events: VecDeque::new(),
         };
         node.reset_election_deadline(now);
+        node.was_member = node.log.ever_contains(node.config.id);
         node.check_invariants();
         Ok(node)
     }
@@ -362,6 +399,7 @@ impl Node {
         }
         self.step(now, msg);
         self.sync_membership(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
@@ -390,6 +428,7 @@ impl Node {
         }
         // A single-voter cluster wins at once and writes its configuration.
         self.sync_membership(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
@@ -402,7 +441,7 @@ impl Node {
         if self.installing.is_some() {
             return;
         }
-        if self.shut_down || !self.peers.contains(&peer) {
+        if self.shut_down || !self.replication_targets().contains(&peer) {
             return;
         }
         match &mut self.role {
@@ -449,7 +488,7 @@ impl Node {
         if self.installing.is_some() {
             return;
         }
-        if self.shut_down || !self.peers.contains(&peer) {
+        if self.shut_down || !self.replication_targets().contains(&peer) {
             return;
         }
         let _ = now;
@@ -568,6 +607,7 @@ impl Node {
             self.unpersisted_since = None;
         }
         self.leader_maybe_commit(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
@@ -674,11 +714,17 @@ impl Node {
         self.advance_remote_reads();
         self.send_snapshot_response(inst.from, last_index, len, round);
         self.sync_membership(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
     /// A read on a follower: ask the leader for a read index.
     fn follower_read(&mut self, id: u64) -> Result<(), ReadError> {
+        if self.is_removed() {
+            // Not part of the cluster any more: its leader may stop
+            // answering at any time.
+            return Err(ReadError::NotLeader { leader: None });
+        }
         let leader = match (&self.role, self.leader) {
             (RoleState::Follower, Some(l)) => l,
             _ => {
@@ -914,6 +960,60 @@ impl Node {
     /// The entry at `index`, if this node's log holds it.
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
+    }
+
+    /// Whether this node knows it was removed from the cluster: it was a
+    /// member, the configuration in force does not name it, and that
+    /// configuration is committed as far as it knows. A removed node never
+    /// campaigns (nor does any non-voter) and serves no reads; it still
+    /// answers what it is sent. It stops being removed once a
+    /// configuration naming it is in force again (it was added back).
+    ///
+    /// The leader keeps telling a removed member until it acknowledges
+    /// the commit, for a bounded time; a member that was away then never
+    /// learns it, and after a restart a member learns the commit again
+    /// only if its driver passes [`PersistentState::applied`] (raft-node
+    /// does not): `false` then, though it does not campaign either, since
+    /// the configuration in its log excludes it.
+    pub fn is_removed(&self) -> bool {
+        let m = self.log.membership();
+        self.was_member
+            && !m.voters.is_empty()
+            && !m.contains(self.config.id)
+            && self.log.membership_index() <= self.commit_index
+    }
+
+    /// Reports a removal once, when [`Node::is_removed`] becomes true (as
+    /// [`Event::RoleChanged`] to follower, reason
+    /// [`RoleChangeReason::RemovedFromConfiguration`]); a leader that
+    /// removed itself reports it with its step-down. Reads this follower
+    /// was serving fail.
+    pub(crate) fn note_removal(&mut self, now: Time) {
+        let removed = self.is_removed();
+        if !removed {
+            self.removal_reported = false;
+            return;
+        }
+        if self.removal_reported {
+            return;
+        }
+        self.removal_reported = true;
+        for (id, _) in std::mem::take(&mut self.remote_reads) {
+            self.read_results.push_back(Action::ReadFailed {
+                id,
+                error: ReadError::NotLeader { leader: None },
+            });
+        }
+        let reason = RoleChangeReason::RemovedFromConfiguration;
+        if matches!(self.role, RoleState::Follower) {
+            self.events.push_back(Event::RoleChanged {
+                role: Role::Follower,
+                term: self.current_term,
+                reason,
+            });
+        } else {
+            self.become_follower(now, self.current_term, None, reason);
+        }
     }
 
     /// Everything `INFO raft` shows.
@@ -1399,8 +1499,17 @@ impl Node {
                     "invariant: a leader knows it leads"
                 );
                 assert!(
-                    ls.progress.keys().eq(self.peers.iter()),
-                    "invariant: the leader tracks exactly the other members"
+                    ls.progress
+                        .keys()
+                        .filter(|p| !ls.departing.contains_key(p))
+                        .eq(self.peers.iter()),
+                    "invariant: the leader tracks exactly the other members, and departing ones"
+                );
+                assert!(
+                    ls.departing.iter().all(|(p, d)| ls.progress.contains_key(p)
+                        && !self.membership.contains(*p)
+                        && d.config_index <= self.log.last_index()),
+                    "invariant: a departing member has progress and is no member"
                 );
                 assert!(
                     self.membership.is_voter(self.config.id)

@@ -239,6 +239,11 @@ pub struct Cluster {
     forging: bool,
     /// Peer faults reported on forged messages: (reporter, event).
     peer_faults: Vec<(NodeId, Event)>,
+    /// Members that reported their removal and still know it (a removal
+    /// is reported once per process).
+    removal_reported: BTreeSet<NodeId>,
+    /// Removals reported, in all.
+    removals: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
     transfer_elections: u64,
@@ -284,6 +289,8 @@ impl Cluster {
             in_flight: None,
             forging: false,
             peer_faults: Vec::new(),
+            removal_reported: BTreeSet::new(),
+            removals: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
             transfer_elections: 0,
@@ -424,6 +431,12 @@ impl Cluster {
         self.sent.clear();
     }
 
+    /// Removals members reported ([`crate::Node::is_removed`] became true)
+    /// so far.
+    pub fn removals_reported(&self) -> u64 {
+        self.removals
+    }
+
     /// Snapshots taken so far, and installed from a leader.
     pub fn snapshot_counts(&self) -> (u64, u64) {
         (self.snapshots_taken, self.snapshots_installed)
@@ -517,6 +530,7 @@ impl Cluster {
         m.frozen = false;
         m.reads.clear();
         m.held.clear();
+        self.removal_reported.remove(&id);
         // Messages the driver held for a sync never left; of the writes
         // not yet synced, the disk keeps a prefix (maybe torn).
         m.driver.crash();
@@ -1020,6 +1034,7 @@ impl Cluster {
         let mut result = Ok(());
         let mut outbox = Outbox(released);
         let mut out = Vec::new();
+        let mut removal_reports = 0;
         let sync_was_in_flight = member.disk.sync_in_flight();
         let mut disk = CheckedDisk {
             id,
@@ -1104,6 +1119,13 @@ impl Cluster {
                             self.transfer_elections += 1;
                             Ok(())
                         }
+                        Event::RoleChanged {
+                            reason: crate::RoleChangeReason::RemovedFromConfiguration,
+                            ..
+                        } => {
+                            removal_reports += 1;
+                            Ok(())
+                        }
                         _ => Ok(()),
                     }
                 }
@@ -1116,6 +1138,23 @@ impl Cluster {
         let node = member.node.as_ref().expect("running");
         node.check_invariants();
         let (role, term, commit) = (node.role(), node.term(), node.commit_index());
+        // A member knows its removal once its removing configuration is
+        // committed: it reports that once, and never campaigns after.
+        let removed = node.is_removed();
+        self.removals += removal_reports;
+        if removal_reports > 0 && (!removed || !self.removal_reported.insert(id)) {
+            result = result.and(Err(Violation(format!(
+                "n{id} reported a removal {removal_reports} time(s) (removed: {removed}, reported before: {})",
+                self.removal_reported.contains(&id)
+            ))));
+        }
+        if !removed {
+            self.removal_reported.remove(&id);
+        } else if role != Role::Follower {
+            result = result.and(Err(Violation(format!(
+                "n{id} knows it was removed and is {role}"
+            ))));
+        }
         if result.is_ok() {
             result = self
                 .checker

@@ -70,6 +70,8 @@ pub struct RunReport {
     pub config_changes: u64,
     /// Elections started by a leadership transfer.
     pub transfer_elections: u64,
+    /// Removals members learned and reported ([`crate::Node::is_removed`]).
+    pub removals_reported: u64,
     /// Forged messages sent (one member sends one, then stops).
     pub forged: u64,
     /// Of those, refused by the codec (term above `Term::MAX`).
@@ -354,6 +356,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
         .committed_configurations()
         .saturating_sub(1);
     report.transfer_elections = cluster.transfer_elections();
+    report.removals_reported = cluster.removals_reported();
     report.trace = cluster.take_trace();
     Ok(report)
 }
