@@ -14,8 +14,10 @@ use crate::quorum::{majority, quorum_index};
 use crate::read::ReadQueue;
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Time};
 
-/// How long a leader may hold appends that were never reported durable
-/// before a debug build calls it a driver bug.
+/// How long a leader may hold appends without any durability report
+/// before a debug build calls it a driver bug. A disk that stalls this long
+/// trips it too: the check cannot tell the two apart, and a minute-long
+/// stall in a test is worth a loud failure as well.
 const UNREPORTED_DURABILITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Node {
@@ -312,7 +314,7 @@ impl Node {
         debug_assert!(
             self.unpersisted_since
                 .is_none_or(|t| now.saturating_since(t) < UNREPORTED_DURABILITY_LIMIT),
-            "node {}: appends never reported durable for {:?}: the driver must call \
+            "node {}: appends waited {:?} with no durability report: the driver must call \
              Node::handle_log_persisted after each sync (raft_proto::driver::Driver does)",
             self.config.id,
             UNREPORTED_DURABILITY_LIMIT

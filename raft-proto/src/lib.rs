@@ -41,8 +41,8 @@
 //!   leader counts itself in commits only up to there (thesis §10.2.1):
 //!   forget it and a leader commits only while every follower answers,
 //!   which fails silently when one is away. Debug builds panic with a
-//!   message if a leader holds appends that were never reported durable
-//!   for a minute.
+//!   message if a leader holds appends and gets no durability report at
+//!   all for a minute (a disk stalled that long trips it too).
 //! - **Errors of [`Node::propose`]** are all ordinary outcomes:
 //!   [`ProposeError::NotLeader`] (retry at `leader`, or later if `None`),
 //!   [`ProposeError::Busy`] (too many uncommitted proposals: back off and

@@ -229,7 +229,8 @@ pub struct Node {
     /// replicate entries before its own fsync completes).
     pub(crate) persisted_index: LogIndex,
     /// Since when this leader has held appends not yet reported durable
-    /// (debug check that the driver calls `handle_log_persisted` at all).
+    /// with no durability report since (debug check that the driver calls
+    /// `handle_log_persisted` at all).
     pub(crate) unpersisted_since: Option<Time>,
     /// The latest snapshot the driver saved or installed. The log holds
     /// nothing at or below its start, which is at most this snapshot's
@@ -605,6 +606,11 @@ impl Node {
         self.persisted_index = index;
         if self.persisted_index >= self.log.last_index() {
             self.unpersisted_since = None;
+        } else if self.unpersisted_since.is_some() {
+            // Progress: the driver does report. Under a steady write load
+            // the durable index may trail the log for good; only a driver
+            // that stops reporting altogether is what the check is for.
+            self.unpersisted_since = Some(now);
         }
         self.leader_maybe_commit(now);
         self.note_removal(now);

@@ -98,6 +98,9 @@ const ID: NodeId = NodeId(1);
 const SENT_KEPT: usize = 32;
 /// Inputs per run at most: bounded work per fuzz case.
 const MAX_INPUTS: u64 = 4096;
+/// The longest a disk stalls before its sync completes: under the minute
+/// after which debug builds call unreported appends a driver bug.
+const DISK_STALL_MAX: Duration = Duration::from_secs(50);
 
 /// One node, its "disk", and what a driver would check of its output.
 struct NodeDriver {
@@ -110,6 +113,12 @@ struct NodeDriver {
     /// Report the log durable at the end of every drain, as a follower's
     /// driver does after its fsync; off, the leader waits for its disk.
     sync_at_drain: bool,
+    /// Since when, with `sync_at_drain` off, appends have waited for a
+    /// sync. A real disk may stall, but one whose syncs never complete is
+    /// a driver that never calls `Node::handle_log_persisted`, which debug
+    /// builds report loudly after a minute (issue 28): the stalled disk
+    /// completes its sync after [`DISK_STALL_MAX`] at most.
+    unsynced_since: Option<Time>,
     sent: VecDeque<Message>,
     /// The highest term each peer claimed (a pre-candidate: the one
     /// before the term it asks for), as the node should count them.
@@ -186,6 +195,7 @@ impl NodeDriver {
             hard_state,
             disk,
             sync_at_drain: true,
+            unsynced_since: None,
             sent: VecDeque::new(),
             claims: BTreeMap::new(),
             next_read: 0,
@@ -255,11 +265,7 @@ impl NodeDriver {
             14 => {
                 match inp.byte() % 3 {
                     0 => self.sync_at_drain = !self.sync_at_drain,
-                    1 => {
-                        if let Some(e) = self.disk.last() {
-                            self.node.handle_log_persisted(self.now, e.index, e.term);
-                        }
-                    }
+                    1 => self.report_durable(),
                     // A report for something the log does not hold (any
                     // more) is ignored.
                     _ => {
@@ -315,7 +321,26 @@ impl NodeDriver {
         }
     }
 
+    /// A stalled disk completes its sync at last (see `unsynced_since`).
+    fn end_long_stall(&mut self) {
+        let Some(since) = self.unsynced_since else {
+            return;
+        };
+        if self.now.saturating_since(since) >= DISK_STALL_MAX {
+            self.report_durable();
+        }
+    }
+
+    /// Reports the whole disk durable, as after a completed sync.
+    fn report_durable(&mut self) {
+        self.unsynced_since = None;
+        if let Some((index, term)) = self.disk.last().map(|e| (e.index, e.term)) {
+            self.node.handle_log_persisted(self.now, index, term);
+        }
+    }
+
     fn timeout(&mut self) {
+        self.end_long_stall();
         self.node.handle_timeout(self.now);
         self.drain();
         if let Some(t) = self.node.poll_timeout() {
@@ -804,10 +829,10 @@ impl NodeDriver {
     fn drain(&mut self) {
         self.poll_all();
         while self.sync_at_drain {
-            let Some((index, term)) = self.disk.last().map(|e| (e.index, e.term)) else {
+            if self.disk.is_empty() {
                 return;
-            };
-            self.node.handle_log_persisted(self.now, index, term);
+            }
+            self.report_durable();
             if self.poll_all().is_empty() {
                 return;
             }
@@ -833,6 +858,9 @@ impl NodeDriver {
             }
             Action::AppendLog(entries) => {
                 assert!(!entries.is_empty(), "empty AppendLog");
+                if !self.sync_at_drain {
+                    self.unsynced_since.get_or_insert(self.now);
+                }
                 for e in entries {
                     assert_eq!(
                         e.index.0,
