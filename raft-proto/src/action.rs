@@ -433,6 +433,14 @@ pub enum RoleChangeReason {
         /// The term moved to.
         term: Term,
     },
+    /// A voter claimed a term more than [`Term::MAX_JUMP`] beyond this
+    /// node's, no quorum vouched for it, and this node had heard no leader
+    /// for an election timeout: it moved by the bound (to `term`), toward
+    /// the claim.
+    TermStepped {
+        /// The term moved to.
+        term: Term,
+    },
 }
 
 impl fmt::Display for RoleChangeReason {
@@ -454,6 +462,12 @@ impl fmt::Display for RoleChangeReason {
                 write!(
                     f,
                     "voters vouched for term {term}, beyond the one-message bound"
+                )
+            }
+            RoleChangeReason::TermStepped { term } => {
+                write!(
+                    f,
+                    "no leader heard, and a claim beyond the one-message bound: stepped to term {term}"
                 )
             }
         }

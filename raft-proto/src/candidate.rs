@@ -22,15 +22,8 @@ impl Node {
         if !self.log.membership().is_voter(self.config.id) {
             // A learner, a member that is joining, or one that was removed:
             // it never campaigns. Its timer stays armed, so it still wakes
-            // once per election timeout, to no effect, unless it holds
-            // term claims beyond the bound (`Term::MAX_JUMP`): a voter
-            // gathers the voters' terms from the refusals of its pre-vote,
-            // and a learner asks the same way, or it could never catch up.
-            // The pre-vote of a non-voter wins nothing: no one tallies it.
+            // once per election timeout, to no effect.
             self.reset_election_deadline(now);
-            if !self.term_claims().is_empty() && self.current_term < Term::MAX {
-                self.request_votes(self.current_term.next(), true, false);
-            }
             return;
         }
         if self.config.pre_vote {

@@ -512,6 +512,18 @@ impl Node {
         // In-order links: an append of an earlier round still unanswered
         // now was lost; resend from the match index.
         pr.detect_loss(r.round);
+        // A probe that is not outstanding any more (this answer moved
+        // nothing, or the probe was lost or dropped) while the follower
+        // lacks entries: ask again now. Without new entries to carry, the
+        // next drain sends nothing, and heartbeats (anchored at the match
+        // index) never find where its log ends: an idle leader left a
+        // member whose probe was lost behind for good.
+        let reprobe = !matched
+            && matches!(pr.state, ProgressState::Probe { paused: false })
+            && pr.match_index < self.log.last_index();
+        if reprobe {
+            self.send_append(from, true);
+        }
         if matched {
             self.leader_maybe_commit(now);
             self.leader_maybe_send_timeout_now(from);

@@ -75,22 +75,19 @@
 //! Terms get one more defence, because a term is the one field a single
 //! message can use to stop a cluster for good: a member that adopts a term
 //! near [`Term::MAX`] can never campaign past it. So no message moves a
-//! node's term by more than [`Term::MAX_JUMP`] (2^32, which an honest
-//! cluster needs some 40 years of elections to run ahead by) on its
-//! sender's word alone. A term beyond that is kept as the sender's claim,
-//! one per voter, and the node moves there only once at least two voters
-//! other than itself, and with it a majority of the voters, claim it:
-//! one faulty member, whatever it sends, moves no one past the bound, and
-//! a member that honestly fell that far behind catches up from the
-//! others' answers to its pre-votes ([`Node::term_claims`] shows what it
-//! still refuses). A member that joins with no configuration yet has
-//! nobody to ask and still takes any term up to [`Term::MAX`]; the worst
-//! one message does there is leave that one new member stuck (see
-//! [`Term::MAX_JUMP`] and the `node` module). What stays outside the
-//! threat model is a member that keeps forging: it can push terms up by
-//! the bound once per message (2^30 messages reach [`Term::MAX`]), and a
-//! faulty voter can always refuse its votes; Raft tolerates crashes, not
-//! lies.
+//! node's term by more than [`Term::MAX_JUMP`] (2^32; an honest cluster
+//! needs some 40 years of elections to run that far ahead of a member).
+//! A term beyond that is kept as its sender's claim, one per voter; the
+//! node moves there once two voters other than itself, and with it a
+//! majority of the voters, claim it, or, if it has heard no leader for an
+//! election timeout, moves by the bound toward it. One faulty member,
+//! whatever it sends, moves a node by the bound at most, and a node with
+//! a live leader not at all; a member that fell behind still catches up
+//! ([`Node::term_claims`] shows what it still refuses). A member that
+//! keeps forging (outside the threat model; Raft tolerates crashes, not
+//! lies, and a faulty voter can refuse its votes anyway) moves leaderless
+//! nodes by the bound once per election timeout: 2^30 timeouts before
+//! anyone reaches [`Term::MAX`].
 //!
 //! Protocol: leader election with randomized timeouts, PreVote and
 //! CheckQuorum (on by default), fast failover when the driver reports the

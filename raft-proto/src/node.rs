@@ -6,34 +6,29 @@
 //! Before the term rules (§5.1), a message whose term is more than
 //! [`Term::MAX_JUMP`] beyond this node's is dropped, and its term kept as
 //! a claim of its sender if that is a voter (the highest per voter, so at
-//! most one per voter). The node moves to the highest term claimed by at
-//! least two voters other than itself that, with this node if it votes,
-//! make a majority of the voters (three of five: itself and two others;
-//! both others of three; two of a learner's three voters). Then:
+//! most one per voter). Then:
 //!
-//! - one faulty member moves no one past the bound, whatever it sends and
-//!   to whom: the term taken is never above a second voter's claim;
-//! - a member that fell that far behind while it was away (which takes
-//!   2^32 honest elections) catches up: the leader's messages are one
-//!   claim, and its pre-votes, refused in the voters' terms, bring the
-//!   others; a learner, which does not campaign, sends a pre-vote only for
-//!   this, when it holds claims, and wins nothing with it;
-//! - a member whose configuration has no voter (it joins, and has received
-//!   no configuration) has no one to ask, and takes any term up to
-//!   [`Term::MAX`] as before. One forged message can leave that member
-//!   stuck, never the cluster: the others hold its messages to the bound.
+//! - if at least two voters other than this node, that make with this
+//!   node (if it votes) a majority of the voters, claim a term beyond
+//!   ours, the node moves to the highest such term (three of five: itself
+//!   and two others; both others of three; two of a learner's three
+//!   voters). Their claims come with the leader's messages and with the
+//!   refusals of this node's pre-votes, which carry the voters' terms;
+//! - otherwise, if the claim comes from a voter (or from anyone, for a
+//!   member that joins and has no configuration yet, so no voter to ask),
+//!   and this node is no leader, has heard no leader for a minimum
+//!   election timeout and did not do so within the last one, it moves by
+//!   the bound. The leader's next message is then within it.
 //!
-//! What one message can no longer do is take the cluster to [`Term::MAX`];
-//! what is left is the same bounded jump any message within the bound
-//! makes, after which the members meet again by the terms their refusals
-//! carry. The cases this leaves, beyond one message: a member that forges
-//! again and again (it moves terms by the bound each time; a persistent
-//! insider is outside the threat model: it can also refuse every vote),
-//! and, in a cluster of three with one member down, a member that fell
-//! more than the bound behind waits for the third to vouch (in a cluster
-//! of two, nobody can vouch; neither case happens without a forged jump
-//! and then ages of honest elections, or without PreVote, where a lone
-//! candidate raises its own term at every timeout).
+//! What one message can still do: move a node that has no leader by the
+//! bound, as a forged message within the bound does anyway; the members
+//! then meet again by the terms their answers carry. What it can no longer
+//! do is take anyone to [`Term::MAX`]: a node with a live leader, or that
+//! leads, is not moved at all, and quorum vouching never takes a term
+//! above a second voter's claim. Beyond one message: a member that keeps
+//! forging moves leaderless nodes by the bound once per election timeout
+//! (2^30 timeouts before the ceiling: a persistent insider is outside the
+//! threat model, and it can refuse every vote anyway).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -266,6 +261,9 @@ pub struct Node {
     /// per voter (pruned when the configuration changes). Not persisted:
     /// after a restart the voters say it again.
     pub(crate) term_claims: BTreeMap<NodeId, Term>,
+    /// When this node last moved its term by the bound on one claim
+    /// (`Node::may_step_term`).
+    pub(crate) last_term_step: Option<Time>,
     /// Some configuration this node followed named it (or its log still
     /// holds one that does): a configuration without it then means it was
     /// removed, not that it is still joining.
@@ -364,6 +362,7 @@ impl Node {
             last_leader_contact: None,
             last_leader: None,
             term_claims: BTreeMap::new(),
+            last_term_step: None,
             was_member: false,
             removal_reported: false,
             shut_down: false,
@@ -1098,29 +1097,24 @@ impl Node {
     /// ([`Term::MAX_JUMP`]). A message whose term is beyond it is dropped
     /// and its term kept as its sender's claim, if the sender is a voter;
     /// then, if enough voters vouch for a term beyond ours
-    /// ([`Node::vouched_term`]), this node moves to it. Returns whether the
-    /// message goes on to the term rules: its term is within the bound, or
-    /// is the vouched term just moved to.
+    /// ([`Node::vouched_term`]), this node moves to it. If none can, a
+    /// node that has heard no leader for a while steps by the bound
+    /// ([`Node::may_step_term`]). Returns whether the message goes on to
+    /// the term rules: its term is within the bound, or is the vouched
+    /// term just moved to.
     ///
     /// A node whose configuration has no voter at all (a member that joins
-    /// and has not received one yet) has nobody to ask: it takes the term
-    /// of any message, up to [`Term::MAX`], as before the bound existed.
-    /// It has no vote that counts and no log to protect, and it cannot
-    /// pass a forged term on: every member with a configuration holds
-    /// this node's messages to the bound like anyone's. The worst one
-    /// forged message does to it is leave this one member stuck at a term
-    /// the others never reach (it then never catches up, and the operator
-    /// removes it, wipes it and joins it again). Refusing instead would
-    /// leave a cluster whose term went past the bound once (a forged jump
-    /// within the bound, then one election) unable to add any member ever.
+    /// and has not received one yet) has nobody to ask: it steps by the
+    /// bound on anyone's word, under the same conditions. So one forged
+    /// message moves it by the bound at most too, and a cluster whose term
+    /// went past the bound (a forged jump within it, then elections) can
+    /// still add members: they get there a bound at a time.
     fn within_term_bound(&mut self, now: Time, msg: &Message) -> bool {
         if msg.term <= self.current_term.plus_max_jump() {
             return true;
         }
         let m = self.log.membership();
-        if m.voters.is_empty() {
-            return true;
-        }
+        let joining = m.voters.is_empty();
         let claim = match &msg.body {
             // A pre-candidate asks for the term after its own: it is in
             // the one before.
@@ -1131,18 +1125,55 @@ impl Node {
             MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => return false,
             _ => msg.term,
         };
-        if m.is_voter(msg.from) && msg.from != self.config.id {
+        let voter = m.is_voter(msg.from) && msg.from != self.config.id;
+        if voter {
             let held = self.term_claims.entry(msg.from).or_insert(claim);
             *held = (*held).max(claim);
         }
-        let Some(term) = self.vouched_term() else {
-            return false;
-        };
-        self.become_follower(now, term, None, RoleChangeReason::TermVouched { term });
-        // Only a message of the vouched term itself goes on: one message
-        // moves the term to a vouched one or by the bound, never both
-        // (the sender alone would otherwise add a jump on top).
-        msg.term == self.current_term
+        if let Some(term) = self.vouched_term() {
+            self.become_follower(now, term, None, RoleChangeReason::TermVouched { term });
+            // Only a message of the vouched term itself goes on: one
+            // message moves the term to a vouched one or by the bound,
+            // never both (its sender alone would add a jump on top).
+            return msg.term == self.current_term;
+        }
+        if (voter || joining) && self.may_step_term(now) {
+            // Below the claim, which is at most Term::MAX.
+            let term = self.current_term.plus_max_jump();
+            self.last_term_step = Some(now);
+            self.become_follower(now, term, None, RoleChangeReason::TermStepped { term });
+        }
+        false
+    }
+
+    /// Whether this node may move its term by [`Term::MAX_JUMP`] on one
+    /// voter's claim, when no quorum vouches: it is not a leader, it has
+    /// heard no leader for a minimum election timeout, and it did not step
+    /// within the last one.
+    ///
+    /// For the members that no quorum can vouch for: of three voters with
+    /// one down, a member that was away while the other two went past the
+    /// bound (a forged jump takes them to the bound, and one election
+    /// beyond); of two voters; a member whose log still holds a stale
+    /// configuration; a learner, which does not campaign and so hears only
+    /// the leader. Such a member takes one step, and then the leader's next
+    /// message is within the bound.
+    ///
+    /// What it costs: a forged claim moves a node that has no leader by
+    /// the bound, as a forged message within the bound does anyway. A
+    /// member with a live leader, or that leads, is not moved at all, and
+    /// one that keeps forging moves a leaderless node by the bound once
+    /// per election timeout at most: 2^30 election timeouts, a decade at
+    /// 300 ms, before anyone nears [`Term::MAX`].
+    pub(crate) fn may_step_term(&self, now: Time) -> bool {
+        let quiet = self.config.election_timeout_min;
+        !matches!(self.role, RoleState::Leader(_))
+            && self
+                .last_leader_contact
+                .is_none_or(|t| now.saturating_since(t) >= quiet)
+            && self
+                .last_term_step
+                .is_none_or(|t| now.saturating_since(t) >= quiet)
     }
 
     /// The highest term beyond ours that enough voters claim
@@ -1153,12 +1184,10 @@ impl Node {
     /// whatever it claims, the term taken is at most what some other
     /// voter claims. A majority with this node, so that the voters that
     /// can elect a leader with it can also bring it along: in a cluster of
-    /// five, this node and two others; of three, both others. (Of three,
-    /// with one member down, a member that fell behind by more than the
-    /// bound waits for it to come back; honestly, that needs 2^32
-    /// elections while it was away.) A cluster of one or two voters has no
-    /// second voice and never moves past the bound this way: its members
-    /// meet again within the bound by the terms their refusals carry.
+    /// five, this node and two others; of three, both others. Where that
+    /// many voices cannot be heard (of three with one down, of two, or for
+    /// a learner that hears only the leader), [`Node::may_step_term`]
+    /// takes over, a bound at a time.
     pub(crate) fn vouched_term(&self) -> Option<Term> {
         let m = self.log.membership();
         let me = self.config.id;

@@ -69,26 +69,37 @@ impl Term {
     /// and then nobody could campaign past it, ever. So a message whose
     /// term exceeds the node's own by more than this is not believed on
     /// its sender's word alone: it is dropped, and its term kept as that
-    /// sender's *claim* (the highest per voter of the configuration). The
-    /// node moves to the highest term that enough voters other than
-    /// itself claim, at least two of them and, with this node if it is a
-    /// voter, a majority of the voters (see `Node`'s docs): one faulty
-    /// member can never move anyone past this bound on its own, and a
-    /// member that honestly fell far behind catches up once the others
-    /// vouch (their answers to its pre-votes carry their terms).
+    /// sender's *claim* (the highest per voter of the configuration).
+    /// Then (see the `node` module):
     ///
-    /// Why 2^32: an honest member never sees a term this far ahead. Every
-    /// term is one election attempt, and the highest term in a cluster
-    /// rises at most once per minimum election timeout (only a member
-    /// that has sat in the highest term for a whole timeout starts the
-    /// next one). A member that was away while the others ran 2^32
-    /// elections was away for 2^32 election timeouts: about 40 years at
-    /// the default 300 ms, and still 49 days at an absurd 1 ms. Leadership
+    /// - the node moves to the highest term that enough voters other than
+    ///   itself claim: at least two, and with this node, if it votes, a
+    ///   majority of the voters. One faulty member never moves anyone
+    ///   past this bound on its own this way;
+    /// - where no such quorum can form (three voters with one down, two
+    ///   voters, a learner, a member that joins), a node that has heard
+    ///   no leader for a minimum election timeout moves by this bound,
+    ///   once per minimum election timeout at most. A node with a live
+    ///   leader, or that leads, is not moved by one voter's claim at all.
+    ///
+    /// So one message moves a node by this bound at most, and only a node
+    /// that has no leader anyway; a member that fell behind (it was away
+    /// while a forged jump and then elections took the others past the
+    /// bound) catches up, from the claims in the leader's messages and in
+    /// the refusals of its own pre-votes.
+    ///
+    /// Why 2^32: an honest cluster never runs this far ahead of a member
+    /// on its own. Every term is one election attempt, and the highest
+    /// term in a cluster rises at most once per minimum election timeout
+    /// (only a member that has sat in the highest term for a whole
+    /// timeout starts the next one): 2^32 elections take 40 years at the
+    /// default 300 ms, and still 49 days at an absurd 1 ms. Leadership
     /// transfers each cost a term too, and an operator does not order four
     /// billion of them. Meanwhile [`Term::MAX`] leaves room for 2^30 such
-    /// jumps, so only a member that forges message after message for a
-    /// long time (a persistent malicious insider, outside the threat
-    /// model: it can refuse every vote anyway) can exhaust the terms.
+    /// jumps: a member that forges message after message (a persistent
+    /// malicious insider, outside the threat model: it can refuse every
+    /// vote anyway) moves a leaderless node by the bound once per election
+    /// timeout at most, a decade at 300 ms before anyone nears the ceiling.
     pub const MAX_JUMP: Term = Term(1 << 32);
 
     /// This term plus [`Term::MAX_JUMP`]: the highest term one message may
