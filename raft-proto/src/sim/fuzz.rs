@@ -11,8 +11,10 @@
 //!   looking answers to what the node sent (so it wins elections and
 //!   commits), proposals, reads, link reports, timeouts, restarts from what
 //!   it persisted. Nothing may panic, the node's invariants hold after every
-//!   input, what it asks the driver to do is consistent, and a message it
-//!   drops as a [`PeerFault`](crate::PeerFault) changes nothing.
+//!   input, what it asks the driver to do is consistent, a message it
+//!   drops as a [`PeerFault`](crate::PeerFault) changes nothing, and no
+//!   message moves its term past [`Term::MAX_JUMP`] unless two peers
+//!   claimed the new term. Terms range up to `u64::MAX`.
 //! - [`fuzz_network`]: a simulated cluster of correct nodes whose network is
 //!   the adversary: the bytes choose which message in flight arrives next,
 //!   which are duplicated or lost, and when time passes. The simulator's
