@@ -421,8 +421,26 @@ pub enum RoleChangeReason {
     PreVoteLost,
     /// An election was lost (a majority refused); waiting again.
     ElectionLost,
-    /// This leader's removal from the voters is committed (thesis §4.2.2).
+    /// This node's removal is committed: a leader that removed itself
+    /// steps down (thesis §4.2.2), and a follower reports it once
+    /// ([`crate::Node::is_removed`]); it never campaigns again unless it
+    /// is added back.
     RemovedFromConfiguration,
+    /// Enough voters claimed a term more than [`Term::MAX_JUMP`] beyond
+    /// this node's that it moved there (it fell far behind, or a forged
+    /// jump reached a majority one bounded step at a time).
+    TermVouched {
+        /// The term moved to.
+        term: Term,
+    },
+    /// A voter claimed a term more than [`Term::MAX_JUMP`] beyond this
+    /// node's, no quorum vouched for it, and this node had heard no leader
+    /// for an election timeout: it moved by the bound (to `term`), toward
+    /// the claim.
+    TermStepped {
+        /// The term moved to.
+        term: Term,
+    },
 }
 
 impl fmt::Display for RoleChangeReason {
@@ -438,7 +456,19 @@ impl fmt::Display for RoleChangeReason {
             RoleChangeReason::PreVoteLost => write!(f, "pre-vote rejected by a majority"),
             RoleChangeReason::ElectionLost => write!(f, "election rejected by a majority"),
             RoleChangeReason::RemovedFromConfiguration => {
-                write!(f, "removed from the voters by a committed configuration")
+                write!(f, "removed from the cluster by a committed configuration")
+            }
+            RoleChangeReason::TermVouched { term } => {
+                write!(
+                    f,
+                    "voters vouched for term {term}, beyond the one-message bound"
+                )
+            }
+            RoleChangeReason::TermStepped { term } => {
+                write!(
+                    f,
+                    "no leader heard, and a claim beyond the one-message bound: stepped to term {term}"
+                )
             }
         }
     }

@@ -14,8 +14,10 @@ use crate::quorum::{majority, quorum_index};
 use crate::read::ReadQueue;
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Time};
 
-/// How long a leader may hold appends that were never reported durable
-/// before a debug build calls it a driver bug.
+/// How long a leader may hold appends without any durability report
+/// before a debug build calls it a driver bug. A disk that stalls this long
+/// trips it too: the check cannot tell the two apart, and a minute-long
+/// stall in a test is worth a loud failure as well.
 const UNREPORTED_DURABILITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Node {
@@ -44,6 +46,9 @@ impl Node {
             heartbeat_deadline: now + self.config.heartbeat_interval,
             check_quorum_deadline: now + self.config.election_timeout_min,
             transfer: None,
+            // A removal of an earlier leader's term is not told by this
+            // one: best effort, see `Departing`.
+            departing: BTreeMap::new(),
         }));
         self.election_reason = None;
         self.set_leader(Some(self.config.id));
@@ -90,9 +95,19 @@ impl Node {
     }
 
     pub(crate) fn leader_replicate_all(&mut self) {
-        for peer in self.peers.clone() {
+        for peer in self.replication_targets() {
             self.send_append(peer, false);
         }
+    }
+
+    /// Whom the leader sends to: the other members, then the departing
+    /// ones (`Departing`).
+    pub(crate) fn replication_targets(&self) -> Vec<NodeId> {
+        let mut to = self.peers.clone();
+        if let RoleState::Leader(ls) = &self.role {
+            to.extend(ls.departing.keys());
+        }
+        to
     }
 
     /// Asks for [`Node::leader_flush`] at the next drain.
@@ -109,7 +124,7 @@ impl Node {
     /// confirms the round as well as a heartbeat's would: reads under
     /// write load cost no extra messages.
     pub(crate) fn leader_flush(&mut self, round: bool) {
-        for peer in self.peers.clone() {
+        for peer in self.replication_targets() {
             let in_snapshot = match &self.role {
                 RoleState::Leader(ls) => matches!(
                     ls.progress.get(&peer).map(|p| &p.state),
@@ -245,7 +260,7 @@ impl Node {
     /// never commits beyond what the follower is known to hold; to a
     /// follower receiving the snapshot, its next chunks or a probe.
     pub(crate) fn broadcast_heartbeat(&mut self) {
-        for peer in self.peers.clone() {
+        for peer in self.replication_targets() {
             self.heartbeat(peer);
         }
     }
@@ -299,7 +314,7 @@ impl Node {
         debug_assert!(
             self.unpersisted_since
                 .is_none_or(|t| now.saturating_since(t) < UNREPORTED_DURABILITY_LIMIT),
-            "node {}: appends never reported durable for {:?}: the driver must call \
+            "node {}: appends waited {:?} with no durability report: the driver must call \
              Node::handle_log_persisted after each sync (raft_proto::driver::Driver does)",
             self.config.id,
             UNREPORTED_DURABILITY_LIMIT
@@ -333,6 +348,17 @@ impl Node {
         };
         if now >= ls.heartbeat_deadline {
             ls.heartbeat_deadline = now + self.config.heartbeat_interval;
+            // Departing members that did not answer in time are given up.
+            let expired: Vec<NodeId> = ls
+                .departing
+                .iter()
+                .filter(|(_, d)| d.committed.is_some_and(|(_, until)| now >= until))
+                .map(|(&id, _)| id)
+                .collect();
+            for id in expired {
+                ls.departing.remove(&id);
+                ls.progress.remove(&id);
+            }
             // Each heartbeat starts a round: answers to it prove that every
             // earlier append was processed (flow control), and that the
             // follower still follows (ReadIndex). Reads waiting for the next
@@ -432,6 +458,23 @@ impl Node {
             self.peer_fault(from, fault);
             return;
         }
+        if let Some(d) = ls.departing.get(&from) {
+            // This answer proves the departing member holds the removing
+            // configuration and a commit index at or past it (its append
+            // left after the removal committed, carrying that commit
+            // index up to the index matched): it knows; forget it.
+            let told = match (d.committed, &r.result) {
+                (Some((round, _)), AppendResult::Success { match_index }) => {
+                    r.round >= round && *match_index >= d.config_index
+                }
+                _ => false,
+            };
+            if told {
+                ls.departing.remove(&from);
+                ls.progress.remove(&from);
+                return;
+            }
+        }
         let pr = ls.progress.get_mut(&from).expect("progress for every peer");
         pr.recent_active = true;
         pr.acked_round = pr.acked_round.max(r.round);
@@ -469,6 +512,18 @@ impl Node {
         // In-order links: an append of an earlier round still unanswered
         // now was lost; resend from the match index.
         pr.detect_loss(r.round);
+        // A probe that is not outstanding any more (this answer moved
+        // nothing, or the probe was lost or dropped) while the follower
+        // lacks entries: ask again now. Without new entries to carry, the
+        // next drain sends nothing, and heartbeats (anchored at the match
+        // index) never find where its log ends: an idle leader left a
+        // member whose probe was lost behind for good.
+        let reprobe = !matched
+            && matches!(pr.state, ProgressState::Probe { paused: false })
+            && pr.match_index < self.log.last_index();
+        if reprobe {
+            self.send_append(from, true);
+        }
         if matched {
             self.leader_maybe_commit(now);
             self.leader_maybe_send_timeout_now(from);
@@ -600,6 +655,17 @@ impl Node {
         let n = quorum_index(matches);
         if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
             self.advance_commit(n);
+            let grace = self.config.election_timeout_max * crate::node::DEPARTING_GRACE_TIMEOUTS;
+            if let RoleState::Leader(ls) = &mut self.role {
+                // Appends of the next round carry a commit index past the
+                // removal (this round's earlier ones may not).
+                let round = ls.round + 1;
+                for d in ls.departing.values_mut() {
+                    if d.committed.is_none() && d.config_index <= n {
+                        d.committed = Some((round, now + grace));
+                    }
+                }
+            }
             // Followers learn the new commit index with the next append or
             // heartbeat; no extra message is needed for safety.
             self.leader_step_down_if_removed(now);

@@ -41,8 +41,8 @@
 //!   leader counts itself in commits only up to there (thesis §10.2.1):
 //!   forget it and a leader commits only while every follower answers,
 //!   which fails silently when one is away. Debug builds panic with a
-//!   message if a leader holds appends that were never reported durable
-//!   for a minute.
+//!   message if a leader holds appends and gets no durability report at
+//!   all for a minute (a disk stalled that long trips it too).
 //! - **Errors of [`Node::propose`]** are all ordinary outcomes:
 //!   [`ProposeError::NotLeader`] (retry at `leader`, or later if `None`),
 //!   [`ProposeError::Busy`] (too many uncommitted proposals: back off and
@@ -71,6 +71,23 @@
 //! guard only its own invariants. [`Node::propose`] refuses a command above
 //! [`MAX_ENTRY_LEN`] ([`ProposeError::TooLarge`]), so that no member ever
 //! holds an entry another would refuse.
+//!
+//! Terms get one more defence, because a term is the one field a single
+//! message can use to stop a cluster for good: a member that adopts a term
+//! near [`Term::MAX`] can never campaign past it. So no message moves a
+//! node's term by more than [`Term::MAX_JUMP`] (2^32; an honest cluster
+//! needs some 40 years of elections to run that far ahead of a member).
+//! A term beyond that is kept as its sender's claim, one per voter; the
+//! node moves there once two voters other than itself, and with it a
+//! majority of the voters, claim it, or, if it has heard no leader for an
+//! election timeout, moves by the bound toward it. One faulty member,
+//! whatever it sends, moves a node by the bound at most, and a node with
+//! a live leader not at all; a member that fell behind still catches up
+//! ([`Node::term_claims`] shows what it still refuses). A member that
+//! keeps forging (outside the threat model; Raft tolerates crashes, not
+//! lies, and a faulty voter can refuse its votes anyway) moves leaderless
+//! nodes by the bound once per election timeout: 2^30 timeouts before
+//! anyone reaches [`Term::MAX`].
 //!
 //! Protocol: leader election with randomized timeouts, PreVote and
 //! CheckQuorum (on by default), fast failover when the driver reports the

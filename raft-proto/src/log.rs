@@ -10,7 +10,7 @@
 //! to the log may change it: an append adds one, a truncation undoes one,
 //! a snapshot replaces the prefix that held them.
 
-use crate::types::{Entry, EntryPayload, LogIndex, Membership, Term};
+use crate::types::{Entry, EntryPayload, LogIndex, Membership, NodeId, Term};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog {
@@ -60,6 +60,12 @@ impl RaftLog {
 
     /// Index of the entry that holds the configuration in force (the
     /// log's start if it came with a snapshot or the bootstrap).
+    /// Whether any configuration the log still knows of (the one at its
+    /// start, and those in its entries) names `id`.
+    pub(crate) fn ever_contains(&self, id: NodeId) -> bool {
+        self.configs.iter().any(|(_, m)| m.contains(id))
+    }
+
     pub(crate) fn membership_index(&self) -> LogIndex {
         self.configs.last().expect("configs is never empty").0
     }
@@ -288,7 +294,6 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::NodeId;
 
     fn log_of(terms: &[u64]) -> RaftLog {
         let entries = terms

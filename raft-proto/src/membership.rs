@@ -32,7 +32,16 @@
 //!   up-to-date voter with TimeoutNow and steps down (§4.2.2);
 //! - learners receive the log and snapshots and count for nothing; a
 //!   learner is promoted only once it holds everything committed, so the
-//!   new voter does not stall commits while it catches up (§4.2.1).
+//!   new voter does not stall commits while it catches up (§4.2.1);
+//! - a removed member learns it: the leader keeps replicating to it (log
+//!   and commit index, counting it for nothing) until it acknowledges an
+//!   append sent after the removal committed that reaches the removing
+//!   configuration, or for two maximum election timeouts after the commit.
+//!   It then knows ([`Node::is_removed`]), reports it once, serves no
+//!   reads, and, as every non-voter, never campaigns. One that was away
+//!   meanwhile may never learn; it cannot disrupt either: its log lacks
+//!   the removal, so the voters refuse its pre-votes (§4.2.3, with
+//!   PreVote and CheckQuorum's lease). Added back, it is a member again.
 //!
 //! The configuration lives in the log (the first leader of a new cluster
 //! writes the bootstrap one as entry 1) and in snapshots
@@ -43,7 +52,7 @@ use bytes::Bytes;
 
 use crate::action::{Event, MembershipError, ProposeError, RoleChangeReason, TransferError};
 use crate::message::MessageBody;
-use crate::node::{Node, RoleState, Transfer};
+use crate::node::{Departing, Node, RoleState, Transfer};
 use crate::progress::{Progress, ProgressState};
 use crate::types::{EntryId, EntryPayload, LogIndex, Membership, MembershipChange, NodeId, Time};
 
@@ -88,6 +97,7 @@ impl Node {
         };
         ls.progress
             .iter()
+            .filter(|(id, _)| !ls.departing.contains_key(id))
             .map(|(&id, pr)| PeerProgress {
                 id,
                 match_index: pr.match_index,
@@ -328,6 +338,8 @@ impl Node {
         }
         let term = self.current_term;
         self.become_follower(now, term, None, RoleChangeReason::RemovedFromConfiguration);
+        // That was the report of the removal (`Node::note_removal`).
+        self.removal_reported = self.is_removed();
     }
 
     /// Every member but `me`, sorted.
@@ -339,7 +351,8 @@ impl Node {
 
     /// Follows the log's configuration: announces a new one, and on the
     /// leader starts replicating to new members (a probe at once) and
-    /// forgets the ones that left. Called after every input that may have
+    /// marks the ones that left as departing (it tells them of their
+    /// removal, see `Departing`). Called after every input that may have
     /// changed the log.
     pub(crate) fn sync_membership(&mut self, now: Time) {
         let _ = now;
@@ -352,6 +365,13 @@ impl Node {
         }
         self.membership = self.log.membership().clone();
         self.peers = Self::peers_of(&self.membership, self.config.id);
+        // Only voters vouch for terms: one entry per voter at most.
+        let m = &self.membership;
+        self.term_claims.retain(|&id, _| m.is_voter(id));
+        if m.contains(self.config.id) {
+            self.was_member = true;
+        }
+        let config_index = self.log.membership_index();
         self.events.push_back(Event::MembershipChanged {
             index: self.log.membership_index(),
             membership: Box::new(self.membership.clone()),
@@ -362,7 +382,22 @@ impl Node {
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
-        ls.progress.retain(|p, _| peers.contains(p));
+        // Who left is told so before it is forgotten; who is back is a
+        // member again.
+        let gone: Vec<NodeId> = ls
+            .progress
+            .keys()
+            .filter(|p| !peers.contains(p) && !ls.departing.contains_key(p))
+            .copied()
+            .collect();
+        for p in gone {
+            let d = Departing {
+                config_index,
+                committed: None,
+            };
+            ls.departing.insert(p, d);
+        }
+        ls.departing.retain(|p, _| !peers.contains(p));
         let mut added = Vec::new();
         for &p in &peers {
             ls.progress.entry(p).or_insert_with(|| {

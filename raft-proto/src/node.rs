@@ -1,5 +1,34 @@
 //! The Raft node: state, inputs, outputs and the term rules. The per-role
 //! message handlers live in `follower.rs`, `candidate.rs` and `leader.rs`.
+//!
+//! # How far one message moves the term
+//!
+//! Before the term rules (§5.1), a message whose term is more than
+//! [`Term::MAX_JUMP`] beyond this node's is dropped, and its term kept as
+//! a claim of its sender if that is a voter (the highest per voter, so at
+//! most one per voter). Then:
+//!
+//! - if at least two voters other than this node, that make with this
+//!   node (if it votes) a majority of the voters, claim a term beyond
+//!   ours, the node moves to the highest such term (three of five: itself
+//!   and two others; both others of three; two of a learner's three
+//!   voters). Their claims come with the leader's messages and with the
+//!   refusals of this node's pre-votes, which carry the voters' terms;
+//! - otherwise, if the claim comes from a voter (or from anyone, for a
+//!   member that joins and has no configuration yet, so no voter to ask),
+//!   and this node is no leader, has heard no leader for a minimum
+//!   election timeout and did not do so within the last one, it moves by
+//!   the bound. The leader's next message is then within it.
+//!
+//! What one message can still do: move a node that has no leader by the
+//! bound, as a forged message within the bound does anyway; the members
+//! then meet again by the terms their answers carry. What it can no longer
+//! do is take anyone to [`Term::MAX`]: a node with a live leader, or that
+//! leads, is not moved at all, and quorum vouching never takes a term
+//! above a second voter's claim. Beyond one message: a member that keeps
+//! forging moves leaderless nodes by the bound once per election timeout
+//! (2^30 timeouts before the ceiling: a persistent insider is outside the
+//! threat model, and it can refuse every vote anyway).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -14,7 +43,7 @@ use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
 use crate::progress::Progress;
-use crate::quorum::VoteTally;
+use crate::quorum::{self, VoteTally};
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::types::{
@@ -134,7 +163,35 @@ pub(crate) struct LeaderState {
     pub(crate) check_quorum_deadline: Time,
     /// A leadership transfer under way (thesis §3.10).
     pub(crate) transfer: Option<Transfer>,
+    /// Members a configuration of this leader removed that are still
+    /// being told so (see [`Departing`]). Their progress stays in
+    /// `progress`; they count for nothing.
+    pub(crate) departing: BTreeMap<NodeId, Departing>,
 }
+
+/// A member the configuration in force removed. It would never learn
+/// that its removal committed if the leader stopped sending to it at
+/// once, and would take itself for a voter: so the leader keeps
+/// replicating to it (log and commit index) until it acknowledges an
+/// append, sent after the removal committed, that reaches the removing
+/// configuration, or for [`DEPARTING_GRACE_TIMEOUTS`] maximum election
+/// timeouts after the commit, whichever comes first: a member that is
+/// away then does not learn, by design (it cannot disrupt: its pre-votes
+/// carry a log without the removal, which the voters refuse).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Departing {
+    /// Index of the configuration that removed it.
+    pub(crate) config_index: LogIndex,
+    /// Once that configuration is committed: the first heartbeat round all
+    /// of whose appends carry a commit index at or past it, and when the
+    /// leader stops trying.
+    pub(crate) committed: Option<(u64, Time)>,
+}
+
+/// How long, in maximum election timeouts after a removal commits, the
+/// leader keeps telling the removed member: a member that is up answers
+/// within a round trip; one that is away would need a whole catch-up.
+pub(crate) const DEPARTING_GRACE_TIMEOUTS: u32 = 2;
 
 /// A leadership transfer: proposals are refused until it succeeds (this
 /// leader hears of the target's newer term) or `deadline` passes.
@@ -167,7 +224,8 @@ pub struct Node {
     /// replicate entries before its own fsync completes).
     pub(crate) persisted_index: LogIndex,
     /// Since when this leader has held appends not yet reported durable
-    /// (debug check that the driver calls `handle_log_persisted` at all).
+    /// with no durability report since (debug check that the driver calls
+    /// `handle_log_persisted` at all).
     pub(crate) unpersisted_since: Option<Time>,
     /// The latest snapshot the driver saved or installed. The log holds
     /// nothing at or below its start, which is at most this snapshot's
@@ -198,6 +256,20 @@ pub struct Node {
     /// vote lease, and the "silent for" in election logs).
     pub(crate) last_leader_contact: Option<Time>,
     pub(crate) last_leader: Option<NodeId>,
+    /// Terms beyond `current_term + Term::MAX_JUMP` that voters of the
+    /// configuration claimed, the highest per voter: at most one entry
+    /// per voter (pruned when the configuration changes). Not persisted:
+    /// after a restart the voters say it again.
+    pub(crate) term_claims: BTreeMap<NodeId, Term>,
+    /// When this node last moved its term by the bound on one claim
+    /// (`Node::may_step_term`).
+    pub(crate) last_term_step: Option<Time>,
+    /// Some configuration this node followed named it (or its log still
+    /// holds one that does): a configuration without it then means it was
+    /// removed, not that it is still joining.
+    pub(crate) was_member: bool,
+    /// `Node::is_removed` was reported (once per removal).
+    pub(crate) removal_reported: bool,
     pub(crate) shut_down: bool,
 
     // Output, drained in this order by `poll_action`.
@@ -289,6 +361,10 @@ impl Node {
             election_reason: None,
             last_leader_contact: None,
             last_leader: None,
+            term_claims: BTreeMap::new(),
+            last_term_step: None,
+            was_member: false,
+            removal_reported: false,
             shut_down: false,
             hard_state_dirty: false,
             persist: VecDeque::new(),
@@ -298,6 +374,7 @@ impl Node {
             events: VecDeque::new(),
         };
         node.reset_election_deadline(now);
+        node.was_member = node.log.ever_contains(node.config.id);
         node.check_invariants();
         Ok(node)
     }
@@ -322,6 +399,7 @@ impl Node {
         }
         self.step(now, msg);
         self.sync_membership(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
@@ -350,6 +428,7 @@ impl Node {
         }
         // A single-voter cluster wins at once and writes its configuration.
         self.sync_membership(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
@@ -362,7 +441,7 @@ impl Node {
         if self.installing.is_some() {
             return;
         }
-        if self.shut_down || !self.peers.contains(&peer) {
+        if self.shut_down || !self.replication_targets().contains(&peer) {
             return;
         }
         match &mut self.role {
@@ -409,7 +488,7 @@ impl Node {
         if self.installing.is_some() {
             return;
         }
-        if self.shut_down || !self.peers.contains(&peer) {
+        if self.shut_down || !self.replication_targets().contains(&peer) {
             return;
         }
         let _ = now;
@@ -526,8 +605,14 @@ impl Node {
         self.persisted_index = index;
         if self.persisted_index >= self.log.last_index() {
             self.unpersisted_since = None;
+        } else if self.unpersisted_since.is_some() {
+            // Progress: the driver does report. Under a steady write load
+            // the durable index may trail the log for good; only a driver
+            // that stops reporting altogether is what the check is for.
+            self.unpersisted_since = Some(now);
         }
         self.leader_maybe_commit(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
@@ -634,11 +719,17 @@ impl Node {
         self.advance_remote_reads();
         self.send_snapshot_response(inst.from, last_index, len, round);
         self.sync_membership(now);
+        self.note_removal(now);
         self.debug_check_invariants();
     }
 
     /// A read on a follower: ask the leader for a read index.
     fn follower_read(&mut self, id: u64) -> Result<(), ReadError> {
+        if self.is_removed() {
+            // Not part of the cluster any more: its leader may stop
+            // answering at any time.
+            return Err(ReadError::NotLeader { leader: None });
+        }
         let leader = match (&self.role, self.leader) {
             (RoleState::Follower, Some(l)) => l,
             _ => {
@@ -844,6 +935,20 @@ impl Node {
         self.last_applied
     }
 
+    /// Terms more than [`Term::MAX_JUMP`] beyond this node's that voters
+    /// claimed and not enough others vouched for yet, the highest per
+    /// voter, by voter. Empty in a healthy cluster. Non-empty for long
+    /// means this member fell far behind (it catches up once enough
+    /// voters vouch) or a voter sends forged terms: worth showing in
+    /// `INFO` and logging when it changes.
+    pub fn term_claims(&self) -> Vec<(NodeId, Term)> {
+        self.term_claims
+            .iter()
+            .filter(|(_, &t)| t > self.current_term.plus_max_jump())
+            .map(|(&id, &t)| (id, t))
+            .collect()
+    }
+
     /// Index of the last log entry.
     pub fn last_log_index(&self) -> LogIndex {
         self.log.last_index()
@@ -860,6 +965,60 @@ impl Node {
     /// The entry at `index`, if this node's log holds it.
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
+    }
+
+    /// Whether this node knows it was removed from the cluster: it was a
+    /// member, the configuration in force does not name it, and that
+    /// configuration is committed as far as it knows. A removed node never
+    /// campaigns (nor does any non-voter) and serves no reads; it still
+    /// answers what it is sent. It stops being removed once a
+    /// configuration naming it is in force again (it was added back).
+    ///
+    /// The leader keeps telling a removed member until it acknowledges
+    /// the commit, for a bounded time; a member that was away then never
+    /// learns it, and after a restart a member learns the commit again
+    /// only if its driver passes [`PersistentState::applied`] (raft-node
+    /// does not): `false` then, though it does not campaign either, since
+    /// the configuration in its log excludes it.
+    pub fn is_removed(&self) -> bool {
+        let m = self.log.membership();
+        self.was_member
+            && !m.voters.is_empty()
+            && !m.contains(self.config.id)
+            && self.log.membership_index() <= self.commit_index
+    }
+
+    /// Reports a removal once, when [`Node::is_removed`] becomes true (as
+    /// [`Event::RoleChanged`] to follower, reason
+    /// [`RoleChangeReason::RemovedFromConfiguration`]); a leader that
+    /// removed itself reports it with its step-down. Reads this follower
+    /// was serving fail.
+    pub(crate) fn note_removal(&mut self, now: Time) {
+        let removed = self.is_removed();
+        if !removed {
+            self.removal_reported = false;
+            return;
+        }
+        if self.removal_reported {
+            return;
+        }
+        self.removal_reported = true;
+        for (id, _) in std::mem::take(&mut self.remote_reads) {
+            self.read_results.push_back(Action::ReadFailed {
+                id,
+                error: ReadError::NotLeader { leader: None },
+            });
+        }
+        let reason = RoleChangeReason::RemovedFromConfiguration;
+        if matches!(self.role, RoleState::Follower) {
+            self.events.push_back(Event::RoleChanged {
+                role: Role::Follower,
+                term: self.current_term,
+                reason,
+            });
+        } else {
+            self.become_follower(now, self.current_term, None, reason);
+        }
     }
 
     /// Everything `INFO raft` shows.
@@ -896,6 +1055,9 @@ impl Node {
             self.peer_fault(msg.from, fault);
             return;
         }
+        if !self.within_term_bound(now, &msg) {
+            return;
+        }
         if !self.apply_term_rules(now, &msg) {
             return;
         }
@@ -929,6 +1091,118 @@ impl Node {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The bound on how far one message moves this node's term
+    /// ([`Term::MAX_JUMP`]). A message whose term is beyond it is dropped
+    /// and its term kept as its sender's claim, if the sender is a voter;
+    /// then, if enough voters vouch for a term beyond ours
+    /// ([`Node::vouched_term`]), this node moves to it. If none can, a
+    /// node that has heard no leader for a while steps by the bound
+    /// ([`Node::may_step_term`]). Returns whether the message goes on to
+    /// the term rules: its term is within the bound, or is the vouched
+    /// term just moved to.
+    ///
+    /// A node whose configuration has no voter at all (a member that joins
+    /// and has not received one yet) has nobody to ask: it steps by the
+    /// bound on anyone's word, under the same conditions. So one forged
+    /// message moves it by the bound at most too, and a cluster whose term
+    /// went past the bound (a forged jump within it, then elections) can
+    /// still add members: they get there a bound at a time.
+    fn within_term_bound(&mut self, now: Time, msg: &Message) -> bool {
+        if msg.term <= self.current_term.plus_max_jump() {
+            return true;
+        }
+        let m = self.log.membership();
+        let joining = m.voters.is_empty();
+        let claim = match &msg.body {
+            // A pre-candidate asks for the term after its own: it is in
+            // the one before.
+            MessageBody::RequestVote(rv) if rv.pre_vote => Term(msg.term.0 - 1),
+            // A granted pre-vote carries the term its candidate asked for,
+            // nobody's term: no honest one is beyond the bound, and it
+            // claims nothing.
+            MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => return false,
+            _ => msg.term,
+        };
+        let voter = m.is_voter(msg.from) && msg.from != self.config.id;
+        if voter {
+            let held = self.term_claims.entry(msg.from).or_insert(claim);
+            *held = (*held).max(claim);
+        }
+        if let Some(term) = self.vouched_term() {
+            self.become_follower(now, term, None, RoleChangeReason::TermVouched { term });
+            // Only a message of the vouched term itself goes on: one
+            // message moves the term to a vouched one or by the bound,
+            // never both (its sender alone would add a jump on top).
+            return msg.term == self.current_term;
+        }
+        if (voter || joining) && self.may_step_term(now) {
+            // Below the claim, which is at most Term::MAX.
+            let term = self.current_term.plus_max_jump();
+            self.last_term_step = Some(now);
+            self.become_follower(now, term, None, RoleChangeReason::TermStepped { term });
+        }
+        false
+    }
+
+    /// Whether this node may move its term by [`Term::MAX_JUMP`] on one
+    /// voter's claim, when no quorum vouches: it is not a leader, it has
+    /// heard no leader for a minimum election timeout, and it did not step
+    /// within the last one.
+    ///
+    /// For the members that no quorum can vouch for: of three voters with
+    /// one down, a member that was away while the other two went past the
+    /// bound (a forged jump takes them to the bound, and one election
+    /// beyond); of two voters; a member whose log still holds a stale
+    /// configuration; a learner, which does not campaign and so hears only
+    /// the leader. Such a member takes one step, and then the leader's next
+    /// message is within the bound.
+    ///
+    /// What it costs: a forged claim moves a node that has no leader by
+    /// the bound, as a forged message within the bound does anyway. A
+    /// member with a live leader, or that leads, is not moved at all, and
+    /// one that keeps forging moves a leaderless node by the bound once
+    /// per election timeout at most: 2^30 election timeouts, a decade at
+    /// 300 ms, before anyone nears [`Term::MAX`].
+    pub(crate) fn may_step_term(&self, now: Time) -> bool {
+        let quiet = self.config.election_timeout_min;
+        !matches!(self.role, RoleState::Leader(_))
+            && self
+                .last_leader_contact
+                .is_none_or(|t| now.saturating_since(t) >= quiet)
+            && self
+                .last_term_step
+                .is_none_or(|t| now.saturating_since(t) >= quiet)
+    }
+
+    /// The highest term beyond ours that enough voters claim
+    /// ([`Term::MAX_JUMP`]): at least two voters other than this node,
+    /// and, counting this node if it is a voter, a majority of the voters.
+    ///
+    /// Two, so that one faulty member never moves anyone past the bound:
+    /// whatever it claims, the term taken is at most what some other
+    /// voter claims. A majority with this node, so that the voters that
+    /// can elect a leader with it can also bring it along: in a cluster of
+    /// five, this node and two others; of three, both others. Where that
+    /// many voices cannot be heard (of three with one down, of two, or for
+    /// a learner that hears only the leader), [`Node::may_step_term`]
+    /// takes over, a bound at a time.
+    pub(crate) fn vouched_term(&self) -> Option<Term> {
+        let m = self.log.membership();
+        let me = self.config.id;
+        let needed = (quorum::majority(m.voters.len()) - usize::from(m.is_voter(me))).max(2);
+        let mut claims: Vec<Term> = self
+            .term_claims
+            .iter()
+            .filter(|(&id, _)| id != me && m.is_voter(id))
+            .map(|(_, &t)| t)
+            .collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        claims
+            .get(needed - 1)
+            .copied()
+            .filter(|&t| t > self.current_term)
     }
 
     /// The term rules (§5.1). A newer term makes this node a follower in
@@ -998,8 +1272,13 @@ impl Node {
                 MessageBody::InstallSnapshot(is) => {
                     self.send_snapshot_response(msg.from, is.meta.last_index, 0, 0);
                 }
-                MessageBody::RequestVote(rv) if rv.pre_vote => {
-                    self.send_vote_response(msg.from, self.current_term, true, false);
+                // A stale (pre-)candidate learns our term from the refusal
+                // (Figure 2). Besides, a member that fell behind by more
+                // than the bound learns the voters' terms this way: their
+                // refusals are the claims that bring it back (see
+                // `within_term_bound`).
+                MessageBody::RequestVote(rv) => {
+                    self.send_vote_response(msg.from, self.current_term, rv.pre_vote, false);
                 }
                 _ => {}
             }
@@ -1046,6 +1325,8 @@ impl Node {
             self.current_term = term;
             self.voted_for = None;
             self.hard_state_dirty = true;
+            // Claims at or below our term are met.
+            self.term_claims.retain(|_, t| *t > term);
             // A transfer belongs to its leader's term.
             self.incoming = None;
         }
@@ -1253,8 +1534,17 @@ impl Node {
                     "invariant: a leader knows it leads"
                 );
                 assert!(
-                    ls.progress.keys().eq(self.peers.iter()),
-                    "invariant: the leader tracks exactly the other members"
+                    ls.progress
+                        .keys()
+                        .filter(|p| !ls.departing.contains_key(p))
+                        .eq(self.peers.iter()),
+                    "invariant: the leader tracks exactly the other members, and departing ones"
+                );
+                assert!(
+                    ls.departing.iter().all(|(p, d)| ls.progress.contains_key(p)
+                        && !self.membership.contains(*p)
+                        && d.config_index <= self.log.last_index()),
+                    "invariant: a departing member has progress and is no member"
                 );
                 assert!(
                     self.membership.is_voter(self.config.id)

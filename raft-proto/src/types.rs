@@ -40,22 +40,78 @@ impl fmt::Display for LogIndex {
 }
 
 impl Term {
-    /// The highest term a node adopts or campaigns in: 2^62.
+    /// The highest term a node adopts or campaigns in: 2^62. A hard
+    /// ceiling for arithmetic, not the defence against forged terms (that
+    /// is [`Term::MAX_JUMP`]).
     ///
     /// Terms come from the network, and a term of `u64::MAX` once taken
     /// from one forged frame made [`Term::next`] overflow forever after. So
     /// the codec refuses every term field above this bound, the node drops
     /// (as a [`crate::PeerFault`]) any message whose term exceeds it, and a
     /// node at this term no longer campaigns, which is all [`Term::next`]
-    /// is used for.
+    /// is used for. With the bound on each message's jump, a node gets here
+    /// only through some 2^30 forged messages of the largest jump each.
     ///
     /// Why 2^62: an honest cluster cannot get near it. Every term is one
     /// election attempt; even a cluster campaigning once per microsecond
     /// (far faster than any sane configuration) needs about 146,000 years
-    /// to climb that far. The headroom above it means `term + 1` never
-    /// overflows anywhere, and it still fits an `i64` for the tools and
-    /// languages that read terms as signed integers.
+    /// to climb that far. The headroom above it means `term + 1` (and
+    /// `term + Term::MAX_JUMP`) never overflows anywhere, and it still
+    /// fits an `i64` for the tools and languages that read terms as
+    /// signed integers.
     pub const MAX: Term = Term(1 << 62);
+
+    /// How far one message may move a node's term: 2^32.
+    ///
+    /// A fixed ceiling alone does not protect liveness: a member holding
+    /// the cluster secret (compromised, or with a memory fault) that sends
+    /// one frame of term [`Term::MAX`] would have every member adopt it,
+    /// and then nobody could campaign past it, ever. So a message whose
+    /// term exceeds the node's own by more than this is not believed on
+    /// its sender's word alone: it is dropped, and its term kept as that
+    /// sender's *claim* (the highest per voter of the configuration).
+    /// Then (see the `node` module):
+    ///
+    /// - the node moves to the highest term that enough voters other than
+    ///   itself claim: at least two, and with this node, if it votes, a
+    ///   majority of the voters. One faulty member never moves anyone
+    ///   past this bound on its own this way;
+    /// - where no such quorum can form (three voters with one down, two
+    ///   voters, a learner, a member that joins), a node that has heard
+    ///   no leader for a minimum election timeout moves by this bound,
+    ///   once per minimum election timeout at most. A node with a live
+    ///   leader, or that leads, is not moved by one voter's claim at all.
+    ///
+    /// So one message moves a node by this bound at most, and only a node
+    /// that has no leader anyway; a member that fell behind (it was away
+    /// while a forged jump and then elections took the others past the
+    /// bound) catches up, from the claims in the leader's messages and in
+    /// the refusals of its own pre-votes.
+    ///
+    /// Why 2^32: an honest cluster never runs this far ahead of a member
+    /// on its own. Every term is one election attempt, and the highest
+    /// term in a cluster rises at most once per minimum election timeout
+    /// (only a member that has sat in the highest term for a whole
+    /// timeout starts the next one): 2^32 elections take 40 years at the
+    /// default 300 ms, and still 49 days at an absurd 1 ms. Leadership
+    /// transfers each cost a term too, and an operator does not order four
+    /// billion of them. Meanwhile [`Term::MAX`] leaves room for 2^30 such
+    /// jumps: a member that forges message after message (a persistent
+    /// malicious insider, outside the threat model: it can refuse every
+    /// vote anyway) moves a leaderless node by the bound once per election
+    /// timeout at most, a decade at 300 ms before anyone nears the ceiling.
+    pub const MAX_JUMP: Term = Term(1 << 32);
+
+    /// This term plus [`Term::MAX_JUMP`]: the highest term one message may
+    /// move a node at this term to. Never overflows: terms stay at or
+    /// below [`Term::MAX`].
+    pub fn plus_max_jump(self) -> Term {
+        Term(
+            self.0
+                .checked_add(Term::MAX_JUMP.0)
+                .expect("term invariant: terms stay at or below Term::MAX"),
+        )
+    }
 
     /// The term after this one.
     ///

@@ -91,3 +91,23 @@ fn random_bytes_reach_elections_commits_faults_and_refusals() {
         "a leader emerged under the adversary in only {led} of 16 runs"
     );
 }
+
+/// Issue 28: with "sync at drain" turned off, the node driver's disk never
+/// completed a sync, and after a minute of heartbeats the leader's debug
+/// check for drivers that never call `Node::handle_log_persisted` fired:
+/// the fuzz driver broke the contract, not the node. Its stalled disk now
+/// completes its sync within 50 s, and the leader keeps leading through
+/// minutes of such stalls.
+#[test]
+fn the_fuzz_drivers_stalled_disk_reports_within_the_minute() {
+    // Three voters, no PreVote, no CheckQuorum (the lone leader stays).
+    let mut data = vec![6, 0, 0, 0, 0, 0, 0];
+    data.extend([14, 0]); // syncs stop completing
+    data.extend([10]); // election timeout: campaign
+    data.extend([5, 0, 1]); // n2 grants: leader, appends entry 1
+    for _ in 0..100 {
+        data.extend([9, 255]); // 1.275 s pass, timers fire
+    }
+    let stats = fuzz_node(&data);
+    assert!(stats.led, "{stats:?}");
+}

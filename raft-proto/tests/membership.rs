@@ -448,3 +448,166 @@ fn a_configuration_entry_round_trips_through_the_codec_and_bounds_hold() {
         Err("a configuration's members are not sorted and unique")
     );
 }
+
+// ----- A removed member knows it -------------------------------------------
+
+/// How many times `id` reported its removal in `trace`.
+fn removal_reports(trace: &[String], id: NodeId) -> usize {
+    let who = format!(" n{id} became ");
+    trace
+        .iter()
+        .filter(|l| l.contains(&who) && l.contains("removed from the cluster"))
+        .count()
+}
+
+/// Lines of `trace` that are messages to or from `id`.
+fn messages_of(trace: &[String], id: NodeId) -> usize {
+    let (to, from) = (format!("->n{id} "), format!(" n{id}->"));
+    trace
+        .iter()
+        .filter(|l| l.contains(&to) || l.contains(&from))
+        .count()
+}
+
+/// Whether `id` campaigns (pre-vote or election) within `d`.
+fn campaigns_within(c: &mut Cluster, id: NodeId, d: Duration) -> bool {
+    c.run_until_pred(d, |c| {
+        c.node(id)
+            .is_some_and(|n| matches!(n.role(), Role::PreCandidate | Role::Candidate))
+    })
+}
+
+#[test]
+fn a_removed_follower_learns_it_reports_it_once_and_never_campaigns() {
+    let mut c = cluster(40, &[]);
+    c.enable_trace();
+    let l = settle(&mut c);
+    let mut trace = Vec::new();
+    let f = *[1, 2, 3].map(NodeId).iter().find(|&&n| n != l).unwrap();
+    assert!(!c.node(f).unwrap().is_removed());
+    change(&mut c, MembershipChange::Remove(f));
+    // The leader keeps telling it until it knows the removal committed.
+    assert!(
+        c.run_until_pred(SEC, |c| c.node(f).unwrap().is_removed()),
+        "the removed member never learned its removal committed"
+    );
+    let node = c.node(f).unwrap();
+    assert!(!node.membership().contains(f));
+    assert!(node.commit_index() >= node.membership_index());
+    // Then the leader stops sending to it, and it stays quiet: no
+    // pre-vote, no election, however long the silence.
+    c.run_for(SEC);
+    trace.extend(c.take_trace());
+    assert!(
+        !campaigns_within(&mut c, f, 10 * SEC),
+        "a removed member campaigned"
+    );
+    let quiet = c.take_trace();
+    assert_eq!(messages_of(&quiet, f), 0, "{quiet:#?}");
+    assert_eq!(c.leader(), Some(l));
+    assert!(c.node(l).unwrap().peer_progress().iter().all(|p| p.id != f));
+    write(&mut c, 3);
+    assert!(c.node(f).unwrap().is_removed());
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+    trace.extend(quiet);
+    trace.extend(c.take_trace());
+    assert_eq!(removal_reports(&trace, f), 1, "reported once");
+    assert_eq!(c.removals_reported(), 1);
+}
+
+#[test]
+fn a_leader_that_removes_itself_knows_it_and_reports_it_once() {
+    // §4.2.2: it leads until the removal commits, then hands over.
+    let mut c = cluster(41, &[]);
+    c.enable_trace();
+    let l = settle(&mut c);
+    c.propose_membership(l, MembershipChange::Remove(l))
+        .unwrap();
+    assert!(c.run_until_pred(SEC, |c| c.leader().is_some_and(|n| n != l)));
+    let node = c.node(l).unwrap();
+    assert!(node.is_removed());
+    assert_eq!(node.role(), Role::Follower);
+    assert!(!campaigns_within(&mut c, l, 10 * SEC));
+    write(&mut c, 3);
+    assert_eq!(removal_reports(&c.take_trace(), l), 1);
+    assert_eq!(c.removals_reported(), 1);
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+}
+
+#[test]
+fn a_member_removed_while_cut_off_does_not_disrupt_when_it_returns() {
+    let mut c = cluster(42, &[]);
+    let l = settle(&mut c);
+    let f = *[1, 2, 3].map(NodeId).iter().find(|&&n| n != l).unwrap();
+    c.isolate(f);
+    change(&mut c, MembershipChange::Remove(f));
+    write(&mut c, 3);
+    // Longer than the leader tries to tell it.
+    c.run_for(3 * SEC);
+    let term = c.node(l).unwrap().term();
+    c.heal();
+    // It may never learn that it was removed: the leader stopped telling
+    // it. It still takes itself for a voter and pre-votes now and then,
+    // but its log lacks the removal, so the voters refuse it, and the
+    // cluster goes on undisturbed.
+    c.run_for(10 * SEC);
+    assert_eq!(c.leader(), Some(l));
+    assert_eq!(c.node(l).unwrap().term(), term, "no election");
+    assert!(!c.node(f).unwrap().is_removed());
+    write(&mut c, 3);
+    assert_eq!(c.node(l).unwrap().term(), term);
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+}
+
+#[test]
+fn a_removed_member_added_back_is_a_member_again() {
+    let mut c = cluster(43, &[]);
+    let l = settle(&mut c);
+    let f = *[1, 2, 3].map(NodeId).iter().find(|&&n| n != l).unwrap();
+    change(&mut c, MembershipChange::Remove(f));
+    assert!(c.run_until_pred(SEC, |c| c.node(f).unwrap().is_removed()));
+    write(&mut c, 3);
+    change(&mut c, MembershipChange::AddVoter(f));
+    assert!(
+        c.run_until_pred(SEC, |c| !c.node(f).unwrap().is_removed()),
+        "added back, it is no longer removed"
+    );
+    let last = write(&mut c, 3);
+    assert!(c.run_until_pred(SEC, |c| c.node(f).unwrap().last_applied() >= last));
+    // A voter again: it may even lead.
+    c.transfer_leadership(l, Some(f)).unwrap();
+    assert!(c.run_until_pred(SEC, |c| c.leader() == Some(f)));
+    // And removed again, it learns again.
+    c.run_until_pred(SEC, |c| {
+        c.node(f).is_some_and(|n| {
+            n.entry(n.commit_index())
+                .is_some_and(|e| e.term == n.term())
+        })
+    });
+    let l2 = c.leader().unwrap();
+    let g = *[1, 2, 3].map(NodeId).iter().find(|&&n| n != l2).unwrap();
+    change(&mut c, MembershipChange::Remove(g));
+    assert!(c.run_until_pred(SEC, |c| c.node(g).unwrap().is_removed()));
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+}
+
+#[test]
+fn a_member_that_joins_is_not_removed_while_it_replays_older_configurations() {
+    // It receives the log from entry 1 on, two entries at a time: for a
+    // while the configuration in force is an old one without it, and
+    // committed. It was never a member of those: joining, not removed.
+    let mut config = Config::new(NodeId(1), ids(&[1, 2, 3]));
+    config.max_entries_per_append = 2;
+    let mut c = Cluster::with_spares(config, &ids(&[4]), 44);
+    settle(&mut c);
+    write(&mut c, 20);
+    change(&mut c, MembershipChange::AddLearner(NodeId(4)));
+    let l = c.leader().unwrap();
+    let last = c.node(l).unwrap().last_log_index();
+    let removed = |c: &Cluster| c.node(NodeId(4)).unwrap().is_removed();
+    let caught_up = |c: &Cluster| c.node(NodeId(4)).unwrap().last_applied() >= last;
+    assert!(!c.run_until_pred(2 * SEC, |c| removed(c) || caught_up(c)) || !removed(&c));
+    assert!(c.run_until_pred(2 * SEC, caught_up));
+    assert!(!removed(&c));
+    assert_eq!(c.removals_reported(), 0);
+}

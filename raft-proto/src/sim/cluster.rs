@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::checker::{Checker, Violation};
 use super::disk::{CheckedDisk, SimDisk};
+use crate::codec;
 use crate::driver::{Driver, Transport};
 use crate::{
     Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, MembershipChange,
@@ -238,6 +239,11 @@ pub struct Cluster {
     forging: bool,
     /// Peer faults reported on forged messages: (reporter, event).
     peer_faults: Vec<(NodeId, Event)>,
+    /// Members that reported their removal and still know it (a removal
+    /// is reported once per process).
+    removal_reported: BTreeSet<NodeId>,
+    /// Removals reported, in all.
+    removals: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
     transfer_elections: u64,
@@ -283,6 +289,8 @@ impl Cluster {
             in_flight: None,
             forging: false,
             peer_faults: Vec::new(),
+            removal_reported: BTreeSet::new(),
+            removals: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
             transfer_elections: 0,
@@ -423,6 +431,12 @@ impl Cluster {
         self.sent.clear();
     }
 
+    /// Removals members reported ([`crate::Node::is_removed`] became true)
+    /// so far.
+    pub fn removals_reported(&self) -> u64 {
+        self.removals
+    }
+
     /// Snapshots taken so far, and installed from a leader.
     pub fn snapshot_counts(&self) -> (u64, u64) {
         (self.snapshots_taken, self.snapshots_installed)
@@ -516,6 +530,7 @@ impl Cluster {
         m.frozen = false;
         m.reads.clear();
         m.held.clear();
+        self.removal_reported.remove(&id);
         // Messages the driver held for a sync never left; of the writes
         // not yet synced, the disk keeps a prefix (maybe torn).
         m.driver.crash();
@@ -682,6 +697,17 @@ impl Cluster {
         self.after_input(to);
         self.forging = false;
         true
+    }
+
+    /// Like [`Cluster::inject`], but the forged message arrives as a frame
+    /// on the wire ([`forge_frame`]) and goes through [`codec::decode`]
+    /// first, as in the server: `Err` if the codec refused it (nothing was
+    /// delivered), else whether the addressee was up.
+    pub fn inject_frame(&mut self, mut frame: BytesMut) -> Result<bool, codec::DecodeError> {
+        match codec::decode(&mut frame)? {
+            Some(msg) => Ok(self.inject(msg)),
+            None => unreachable!("a whole frame decodes to a message or an error"),
+        }
     }
 
     /// The [`Event::PeerFault`]s reported on messages from
@@ -1008,6 +1034,7 @@ impl Cluster {
         let mut result = Ok(());
         let mut outbox = Outbox(released);
         let mut out = Vec::new();
+        let mut removal_reports = 0;
         let sync_was_in_flight = member.disk.sync_in_flight();
         let mut disk = CheckedDisk {
             id,
@@ -1092,6 +1119,13 @@ impl Cluster {
                             self.transfer_elections += 1;
                             Ok(())
                         }
+                        Event::RoleChanged {
+                            reason: crate::RoleChangeReason::RemovedFromConfiguration,
+                            ..
+                        } => {
+                            removal_reports += 1;
+                            Ok(())
+                        }
                         _ => Ok(()),
                     }
                 }
@@ -1104,6 +1138,23 @@ impl Cluster {
         let node = member.node.as_ref().expect("running");
         node.check_invariants();
         let (role, term, commit) = (node.role(), node.term(), node.commit_index());
+        // A member knows its removal once its removing configuration is
+        // committed: it reports that once, and never campaigns after.
+        let removed = node.is_removed();
+        self.removals += removal_reports;
+        if removal_reports > 0 && (!removed || !self.removal_reported.insert(id)) {
+            result = result.and(Err(Violation(format!(
+                "n{id} reported a removal {removal_reports} time(s) (removed: {removed}, reported before: {})",
+                self.removal_reported.contains(&id)
+            ))));
+        }
+        if !removed {
+            self.removal_reported.remove(&id);
+        } else if role != Role::Follower {
+            result = result.and(Err(Violation(format!(
+                "n{id} knows it was removed and is {role}"
+            ))));
+        }
         if result.is_ok() {
             result = self
                 .checker
@@ -1244,6 +1295,26 @@ impl Cluster {
         self.members[&id].refused
     }
 
+    /// Moves the durable term of `id`, which must be down, to `term` (no
+    /// vote in it), as if it had taken part in elections up to there. For
+    /// tests of terms an honest cluster reaches only after ages (see
+    /// [`Term::MAX_JUMP`]).
+    ///
+    /// # Panics
+    ///
+    /// If `id` is running, or `term` is not above its durable term.
+    pub fn set_persisted_term(&mut self, id: NodeId, term: Term) {
+        let m = self.members.get_mut(&id).expect("member");
+        assert!(m.node.is_none(), "n{id} must be down");
+        assert!(term > m.disk.durable_hs.current_term, "terms only grow");
+        let hs = HardState {
+            current_term: term,
+            voted_for: None,
+        };
+        m.disk.durable_hs = hs;
+        m.disk.written_hs = hs;
+    }
+
     /// The durable hard state of `id`.
     pub fn persisted_hard_state(&self, id: NodeId) -> HardState {
         self.members[&id].disk.durable_hs
@@ -1262,6 +1333,21 @@ impl Cluster {
         // member may compact exactly through the entry asked about.
         self.members[&id].disk.durable_term_at(index)
     }
+}
+
+/// `msg` as a frame on the wire, whatever its term: [`codec::encode`]
+/// refuses to write a term above [`Term::MAX`], so the frame is encoded
+/// with `Term::MAX` in its place and the term field overwritten. What a
+/// hostile or broken peer can put on a link; [`codec::decode`] judges it.
+pub fn forge_frame(msg: &Message) -> BytesMut {
+    // len:u32 version:u8 tag:u8 from:u64 to:u64, then term:u64.
+    const TERM_AT: usize = codec::FRAME_HEADER_LEN + 1 + 8 + 8;
+    let mut as_max = msg.clone();
+    as_max.term = Term::MAX;
+    let mut frame = BytesMut::new();
+    codec::encode(&as_max, &mut frame);
+    frame[TERM_AT..TERM_AT + 8].copy_from_slice(&msg.term.0.to_be_bytes());
+    frame
 }
 
 /// One line for an event, as the server logs it.

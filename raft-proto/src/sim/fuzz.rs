@@ -11,8 +11,10 @@
 //!   looking answers to what the node sent (so it wins elections and
 //!   commits), proposals, reads, link reports, timeouts, restarts from what
 //!   it persisted. Nothing may panic, the node's invariants hold after every
-//!   input, what it asks the driver to do is consistent, and a message it
-//!   drops as a [`PeerFault`](crate::PeerFault) changes nothing.
+//!   input, what it asks the driver to do is consistent, a message it
+//!   drops as a [`PeerFault`](crate::PeerFault) changes nothing, and no
+//!   message moves its term past [`Term::MAX_JUMP`] unless two peers
+//!   claimed the new term. Terms range up to `u64::MAX`.
 //! - [`fuzz_network`]: a simulated cluster of correct nodes whose network is
 //!   the adversary: the bytes choose which message in flight arrives next,
 //!   which are duplicated or lost, and when time passes. The simulator's
@@ -98,6 +100,9 @@ const ID: NodeId = NodeId(1);
 const SENT_KEPT: usize = 32;
 /// Inputs per run at most: bounded work per fuzz case.
 const MAX_INPUTS: u64 = 4096;
+/// The longest a disk stalls before its sync completes: under the minute
+/// after which debug builds call unreported appends a driver bug.
+const DISK_STALL_MAX: Duration = Duration::from_secs(50);
 
 /// One node, its "disk", and what a driver would check of its output.
 struct NodeDriver {
@@ -110,7 +115,16 @@ struct NodeDriver {
     /// Report the log durable at the end of every drain, as a follower's
     /// driver does after its fsync; off, the leader waits for its disk.
     sync_at_drain: bool,
+    /// Since when, with `sync_at_drain` off, appends have waited for a
+    /// sync. A real disk may stall, but one whose syncs never complete is
+    /// a driver that never calls `Node::handle_log_persisted`, which debug
+    /// builds report loudly after a minute (issue 28): the stalled disk
+    /// completes its sync after [`DISK_STALL_MAX`] at most.
+    unsynced_since: Option<Time>,
     sent: VecDeque<Message>,
+    /// The highest term each peer claimed (a pre-candidate: the one
+    /// before the term it asks for), as the node should count them.
+    claims: BTreeMap<NodeId, Term>,
     next_read: u64,
     reads: BTreeSet<u64>,
     applied: LogIndex,
@@ -183,7 +197,9 @@ impl NodeDriver {
             hard_state,
             disk,
             sync_at_drain: true,
+            unsynced_since: None,
             sent: VecDeque::new(),
+            claims: BTreeMap::new(),
             next_read: 0,
             reads: BTreeSet::new(),
             applied: LogIndex(0),
@@ -251,11 +267,7 @@ impl NodeDriver {
             14 => {
                 match inp.byte() % 3 {
                     0 => self.sync_at_drain = !self.sync_at_drain,
-                    1 => {
-                        if let Some(e) = self.disk.last() {
-                            self.node.handle_log_persisted(self.now, e.index, e.term);
-                        }
-                    }
+                    1 => self.report_durable(),
                     // A report for something the log does not hold (any
                     // more) is ignored.
                     _ => {
@@ -311,7 +323,26 @@ impl NodeDriver {
         }
     }
 
+    /// A stalled disk completes its sync at last (see `unsynced_since`).
+    fn end_long_stall(&mut self) {
+        let Some(since) = self.unsynced_since else {
+            return;
+        };
+        if self.now.saturating_since(since) >= DISK_STALL_MAX {
+            self.report_durable();
+        }
+    }
+
+    /// Reports the whole disk durable, as after a completed sync.
+    fn report_durable(&mut self) {
+        self.unsynced_since = None;
+        if let Some((index, term)) = self.disk.last().map(|e| (e.index, e.term)) {
+            self.node.handle_log_persisted(self.now, index, term);
+        }
+    }
+
     fn timeout(&mut self) {
+        self.end_long_stall();
         self.node.handle_timeout(self.now);
         self.drain();
         if let Some(t) = self.node.poll_timeout() {
@@ -395,11 +426,13 @@ impl NodeDriver {
         })
     }
 
-    /// A term, mostly the node's own or next to it, sometimes at or beyond
-    /// the bound.
+    /// A term, mostly the node's own or next to it, sometimes at or just
+    /// past the largest jump one message may make ([`Term::MAX_JUMP`]),
+    /// at or beyond [`Term::MAX`], up to `u64::MAX`.
     fn term(&mut self, inp: &mut Input<'_>) -> Term {
         let t = self.node.term().0;
-        Term(match inp.byte() % 12 {
+        let bound = t.saturating_add(Term::MAX_JUMP.0);
+        Term(match inp.byte() % 16 {
             0..=4 => t,
             5 => t.saturating_add(1),
             6 => t.saturating_sub(1),
@@ -407,6 +440,10 @@ impl NodeDriver {
             8 => Term::MAX.0,
             9 => Term::MAX.0 + 1,
             10 => u64::from(inp.byte()),
+            11 => bound,
+            12 => bound.saturating_add(1 + u64::from(inp.byte())),
+            13 => Term::MAX.0 - 1,
+            14 => u64::MAX - u64::from(inp.byte() % 2),
             _ => inp.u64(),
         })
     }
@@ -708,12 +745,30 @@ impl NodeDriver {
     }
 
     /// Feeds a message the codec accepted; if the node drops it as a peer
-    /// fault, nothing else may happen.
+    /// fault, nothing else may happen. Its term moves by at most
+    /// [`Term::MAX_JUMP`], unless two peers claimed the new term.
     fn feed(&mut self, msg: Message) {
         self.stats.delivered += 1;
         let from = msg.from;
+        let claim = match &msg.body {
+            MessageBody::RequestVote(rv) if rv.pre_vote => Some(Term(msg.term.0.saturating_sub(1))),
+            MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => None,
+            _ => Some(msg.term),
+        };
+        if let Some(claim) = claim.filter(|_| from != ID) {
+            let held = self.claims.entry(from).or_insert(claim);
+            *held = (*held).max(claim);
+        }
         let before = (self.node.status(), self.node.poll_timeout());
         self.node.handle_message(self.now, msg);
+        let (old, new) = (before.0.term, self.node.term());
+        if new > old.plus_max_jump() {
+            let vouching = self.claims.values().filter(|&&t| t >= new).count();
+            assert!(
+                vouching >= 2,
+                "one message moved the term from {old} to {new} with {vouching} peer(s) claiming it"
+            );
+        }
         let first = self.poll_all();
         // A snapshot assembled from hostile chunks is refused by the
         // driver after the node took its chunks (`BadSnapshot`): that is
@@ -776,10 +831,10 @@ impl NodeDriver {
     fn drain(&mut self) {
         self.poll_all();
         while self.sync_at_drain {
-            let Some((index, term)) = self.disk.last().map(|e| (e.index, e.term)) else {
+            if self.disk.is_empty() {
                 return;
-            };
-            self.node.handle_log_persisted(self.now, index, term);
+            }
+            self.report_durable();
             if self.poll_all().is_empty() {
                 return;
             }
@@ -805,6 +860,9 @@ impl NodeDriver {
             }
             Action::AppendLog(entries) => {
                 assert!(!entries.is_empty(), "empty AppendLog");
+                if !self.sync_at_drain {
+                    self.unsynced_since.get_or_insert(self.now);
+                }
                 for e in entries {
                     assert_eq!(
                         e.index.0,

@@ -18,5 +18,5 @@ pub mod linearizability;
 mod run;
 
 pub use checker::{Checker, Violation};
-pub use cluster::{describe, encode_write, Cluster, Completion, NetConfig};
+pub use cluster::{describe, encode_write, forge_frame, Cluster, Completion, NetConfig};
 pub use run::{run_seed, run_slow_network, RunOptions, RunReport};

@@ -4,9 +4,16 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::cluster::{encode_write, Cluster, Completion, NetConfig};
+use bytes::Bytes;
+
+use super::cluster::{encode_write, forge_frame, Cluster, Completion, NetConfig};
 use super::linearizability::{self, Op, OpKind};
-use crate::{Config, EntryId, MembershipChange, NodeId, ProposeError, ReadError, Rng, Time};
+use crate::{
+    AppendEntries, AppendEntriesResponse, AppendResult, Config, EntryId, InstallSnapshot,
+    InstallSnapshotResponse, LogIndex, MembershipChange, Message, MessageBody, NodeId,
+    ProposeError, ReadError, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
+    Rng, SnapshotMeta, Term, Time,
+};
 
 /// Knobs of one run.
 #[derive(Clone, Debug)]
@@ -63,6 +70,12 @@ pub struct RunReport {
     pub config_changes: u64,
     /// Elections started by a leadership transfer.
     pub transfer_elections: u64,
+    /// Removals members learned and reported ([`crate::Node::is_removed`]).
+    pub removals_reported: u64,
+    /// Forged messages sent (one member sends one, then stops).
+    pub forged: u64,
+    /// Of those, refused by the codec (term above `Term::MAX`).
+    pub forged_refused: u64,
     /// Virtual time from healing to a new commit on every node.
     pub recovery: Duration,
     /// The trace, when asked for.
@@ -143,6 +156,14 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
 
     let fault_end = Time::ZERO + opts.fault_time;
     let mut next_fault = Time::ZERO + Duration::from_millis(rng.range(500, 2000));
+    // Half the seeds also have one member send one forged message with an
+    // arbitrary term, then stop (see `forge_one`). From its own stream,
+    // so the rest of the seed's choices stay as they were.
+    let mut forgery = Rng::new(seed ^ 0xF0A6_ED00_0000_0003);
+    let mut forge_at = forgery.chance(0.5).then(|| {
+        let ms = opts.fault_time.as_millis() as u64;
+        Time::ZERO + Duration::from_millis(forgery.range(500, ms.max(501)))
+    });
     let mut crashed: Vec<NodeId> = Vec::new();
     let mut frozen: Vec<NodeId> = Vec::new();
 
@@ -152,6 +173,13 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
             let text = inject_fault(&mut cluster, &mut rng, &ids, &mut crashed, &mut frozen);
             report.faults.push(format!("{} {text}", cluster.now()));
             next_fault = cluster.now() + Duration::from_millis(rng.range(200, 3000));
+        }
+        if forge_at.is_some_and(|t| cluster.now() >= t) {
+            forge_at = None;
+            let (text, refused) = forge_one(&mut cluster, &mut forgery, &ids, &mut crashed);
+            report.forged += 1;
+            report.forged_refused += u64::from(refused);
+            report.faults.push(format!("{} {text}", cluster.now()));
         }
         // Clients.
         let now = cluster.now();
@@ -187,6 +215,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
                 Some((_, _, started)) => *started + OP_TIMEOUT,
             })
             .chain([next_fault, fault_end])
+            .chain(forge_at)
             .min()
             .expect("some deadline")
             .max(cluster.now());
@@ -228,7 +257,13 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
         }
     }
 
-    // Liveness: a leader, and a fresh write applied on every node, in bound.
+    // Liveness: a leader, and a fresh write applied on every node, in bound
+    // (10 s by default: some 16 maximum election timeouts). The heal above
+    // undoes every kind of fault the nemesis injects (crashes, crash-all,
+    // freezes, partitions, blocks, isolations, a lossy network, and the
+    // member that forged a message, crashed or cut off), so this is the
+    // "a leader within a bound of the last fault" check for all of them;
+    // a member a configuration change removed is not expected to hear.
     let deadline = healed_at + opts.recovery_bound;
     let probe_value = next_value;
     let mut probe: Option<(NodeId, EntryId)> = None;
@@ -321,6 +356,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
         .committed_configurations()
         .saturating_sub(1);
     report.transfer_elections = cluster.transfer_elections();
+    report.removals_reported = cluster.removals_reported();
     report.trace = cluster.take_trace();
     Ok(report)
 }
@@ -422,6 +458,131 @@ fn reconfigure(cluster: &mut Cluster, rng: &mut Rng, ids: &[NodeId]) -> String {
         Ok(id) => format!("n{l}: {change:?} at {}", id.index),
         Err(e) => format!("n{l}: {change:?} refused: {e}"),
     }
+}
+
+/// One member sends one forged message with an arbitrary term, then is
+/// crashed or cut off (a member with a memory fault, or a compromised one,
+/// caught at once): the run must still end with a leader and a new commit
+/// on every member once it heals. The frame goes through the codec as in
+/// the server, so terms above `Term::MAX` are refused there. Terms are
+/// what is forged: the contents are ones that cannot break safety by
+/// themselves (an AppendEntries anchored at index 0, a snapshot the
+/// addressee has committed, answers to nothing), since Raft does not
+/// survive a member that lies about its log; and a term the addressee
+/// could honestly share with a real leader (a small step up) is never
+/// used for the kinds only a leader sends. Returns what happened, and
+/// whether the codec refused the frame.
+fn forge_one(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    ids: &[NodeId],
+    crashed: &mut Vec<NodeId>,
+) -> (String, bool) {
+    let any = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
+    let from = any(rng, ids);
+    let targets: Vec<NodeId> = ids
+        .iter()
+        .copied()
+        .filter(|&id| id != from && cluster.is_up(id))
+        .collect();
+    if targets.is_empty() {
+        return (format!("forge from n{from}: no target"), false);
+    }
+    let to = any(rng, &targets);
+    let node = cluster.node(to).expect("up");
+    let current = node.term();
+    let commit = node.commit_index();
+    let membership = node.membership().clone();
+    let term = match rng.range(0, 8) {
+        0 => current.plus_max_jump().0,
+        1 => current.plus_max_jump().0 + 1,
+        2 => Term::MAX.0 - 1,
+        3 => Term::MAX.0,
+        4 => Term::MAX.0 + 1,
+        5 => u64::MAX - 1,
+        6 => u64::MAX,
+        _ => rng.next_u64().max(current.plus_max_jump().0),
+    };
+    let rv = |pre_vote, leadership_transfer| {
+        MessageBody::RequestVote(RequestVote {
+            pre_vote,
+            leadership_transfer,
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+        })
+    };
+    let vote = |pre_vote, granted| {
+        MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted })
+    };
+    let body = match rng.range(0, 12) {
+        0 => rv(false, false),
+        1 => rv(true, false),
+        2 => rv(false, true),
+        3 => vote(rng.chance(0.5), rng.chance(0.5)),
+        4 => MessageBody::AppendEntries(AppendEntries {
+            prev_log_index: LogIndex(0),
+            prev_log_term: Term(0),
+            entries: Vec::new(),
+            leader_commit: LogIndex(0),
+            round: 0,
+        }),
+        5 => MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+            round: 0,
+            result: AppendResult::Success {
+                match_index: LogIndex(0),
+            },
+        }),
+        6 if commit.0 > 0 => MessageBody::InstallSnapshot(InstallSnapshot {
+            meta: SnapshotMeta {
+                last_index: commit,
+                last_term: Term(1),
+                len: 1,
+                membership: Box::new(membership),
+            },
+            offset: 0,
+            data: Bytes::new(),
+            round: 0,
+        }),
+        7 => MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
+            last_index: LogIndex(1),
+            next_offset: 0,
+            round: 0,
+        }),
+        8 => MessageBody::ReadIndexRequest(ReadIndexRequest { id: rng.next_u64() }),
+        9 => MessageBody::ReadIndexResponse(ReadIndexResponse {
+            id: rng.next_u64(),
+            read_index: None,
+        }),
+        _ => MessageBody::TimeoutNow,
+    };
+    let msg = Message {
+        from,
+        to,
+        term: Term(term),
+        body,
+    };
+    let what = format!("{msg}");
+    let (outcome, refused) = match cluster.inject_frame(forge_frame(&msg)) {
+        Ok(_) => {
+            let now_at = cluster.node(to).map_or(Term(0), |n| n.term());
+            (format!("n{to} now at term {now_at}"), false)
+        }
+        Err(e) => (format!("refused by the codec: {e}"), true),
+    };
+    let stop = if rng.chance(0.5) {
+        cluster.crash(from);
+        if !crashed.contains(&from) {
+            crashed.push(from);
+        }
+        "crashed"
+    } else {
+        cluster.isolate(from);
+        "isolated"
+    };
+    (
+        format!("forged {what} ({outcome}); n{from} {stop}"),
+        refused,
+    )
 }
 
 fn inject_fault(

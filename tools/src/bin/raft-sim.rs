@@ -139,6 +139,7 @@ fn main() -> ExitCode {
     let (mut snapshots, mut installs, mut seeds_installing) = (0u64, 0u64, 0u64);
     let mut worst_recovery = (Duration::ZERO, start);
     let (mut config_changes, mut transfers) = (0u64, 0u64);
+    let (mut forged, mut forged_refused, mut removals) = (0u64, 0u64, 0u64);
     for seed in start..end {
         if single {
             println!("seed {seed}");
@@ -146,6 +147,9 @@ fn main() -> ExitCode {
         match run_one(seed, &opts) {
             Ok(r) => {
                 if single {
+                    for line in &r.faults {
+                        println!("fault: {line}");
+                    }
                     for line in &r.trace {
                         println!("{line}");
                     }
@@ -173,6 +177,9 @@ fn main() -> ExitCode {
                 seeds_installing += u64::from(r.snapshots_installed > 0);
                 config_changes += r.config_changes;
                 transfers += r.transfer_elections;
+                forged += r.forged;
+                removals += r.removals_reported;
+                forged_refused += r.forged_refused;
                 if r.recovery > worst_recovery.0 {
                     worst_recovery = (r.recovery, seed);
                 }
@@ -187,7 +194,7 @@ fn main() -> ExitCode {
     }
     if !single {
         println!(
-            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, {snapshots} snapshots taken, {installs} installed from a leader (in {seeds_installing} seeds), {config_changes} configuration changes committed, {transfers} transfer elections, worst recovery after healing {} ms (seed {})",
+            "{} seeds passed ({start}..{end}) in {:.1}s: {ops} ops ok, {unknown} unknown, {committed} entries committed, {snapshots} snapshots taken, {installs} installed from a leader (in {seeds_installing} seeds), {config_changes} configuration changes committed ({removals} removals learned by the removed), {transfers} transfer elections, {forged} forged messages ({forged_refused} refused by the codec), worst recovery after healing {} ms (seed {})",
             end - start,
             began.elapsed().as_secs_f64(),
             worst_recovery.0.as_millis(),
