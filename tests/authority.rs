@@ -1000,3 +1000,52 @@ fn force_new_cluster_on_an_empty_data_dir_is_refused_with_one_line() {
     assert_eq!(c.wait_leader(Duration::from_secs(10)), 1);
     assert_eq!(c.exec(&["SET", "k", "v"]), ok());
 }
+
+// ----- A removed member ------------------------------------------------
+
+/// Finding 3's second half: a member removed with RAFT.REMOVE went on
+/// reporting itself a voter. Now it learns that the removal committed:
+/// `INFO raft` says `raft_membership:removed`, its RAFT.MEMBERS lists it
+/// as `removed`, its log says so once, and it never campaigns, however
+/// long it keeps running (here several election timeouts).
+#[test]
+fn a_removed_member_knows_it_and_never_campaigns() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let gone = if leader == 3 { 2 } else { 3 };
+    assert_eq!(c.exec(&["SET", "k", "v"]), ok());
+    let r = admin(&c, &["RAFT.REMOVE", &gone.to_string()]);
+    assert!(!ids(&r).contains(&(gone as i64)), "{}", show(&r));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.field(gone, "raft_membership").as_deref() != Some("removed") {
+        assert!(
+            Instant::now() < deadline,
+            "member {gone} does not know it was removed: {:?}",
+            c.field(gone, "raft_membership")
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let r = c.conn(gone).cmd(&["RAFT.MEMBERS"]).unwrap();
+    assert!(
+        members(&r).contains(&(gone as i64, "removed".into(), None)),
+        "{}",
+        show(&r)
+    );
+    let pre_votes = stat(&c, gone, "raft_pre_votes_started");
+    let elections = stat(&c, gone, "raft_elections_started");
+    let term_before = term(&c, leader);
+    // Five maximum election timeouts: a member that still thought it
+    // could campaign would have started a pre-vote by now.
+    sleep(Duration::from_millis(3000));
+    assert_eq!(stat(&c, gone, "raft_pre_votes_started"), pre_votes);
+    assert_eq!(stat(&c, gone, "raft_elections_started"), elections);
+    assert_eq!(term(&c, leader), term_before, "the cluster's term moved");
+    assert_eq!(c.exec(&["SET", "k", "w"]), ok());
+    let said = c
+        .log_text(gone)
+        .matches("removed from the cluster by a committed configuration")
+        .count();
+    assert_eq!(said, 1, "the removal is logged once");
+}

@@ -147,6 +147,12 @@ pub struct Snapshot {
     pub learners: Vec<u64>,
     /// Index of the configuration in force.
     pub configuration_index: u64,
+    /// This member knows a committed configuration removed it
+    /// (`Node::is_removed`).
+    pub removed: bool,
+    /// Terms beyond the one-message bound that peers claimed and no
+    /// quorum vouched for yet (`Node::term_claims`).
+    pub term_claims: Vec<(u64, u64)>,
     /// The leader's client address, if a leader is known.
     pub leader_client_addr: Option<SocketAddr>,
     /// Identifies the cluster's membership.
@@ -386,7 +392,9 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_last_log_term", &st.last_log_term);
     line("raft_cluster_id", &format!("{:016x}", s.cluster_id));
     let me = st.id.0;
-    let membership = if s.voters.contains(&me) {
+    let membership = if s.removed {
+        "removed"
+    } else if s.voters.contains(&me) {
         "voter"
     } else if s.learners.contains(&me) {
         "learner"
@@ -398,6 +406,12 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_voters", &list(&s.voters));
     line("raft_learners", &list(&s.learners));
     line("raft_configuration_index", &s.configuration_index);
+    let claims: Vec<String> = s
+        .term_claims
+        .iter()
+        .map(|(id, term)| format!("{id}={term}"))
+        .collect();
+    line("raft_term_claims", &claims.join(","));
     let up: Vec<String> = s
         .peers
         .iter()
@@ -1123,6 +1137,8 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![],
             configuration_index: 1,
+            removed: false,
+            term_claims: Vec::new(),
             status: Status {
                 id: NodeId(1),
                 role: Role::Leader,

@@ -2042,6 +2042,13 @@ impl Server {
             voters: membership.voters.iter().map(|v| v.0).collect(),
             learners: membership.learners.iter().map(|v| v.0).collect(),
             configuration_index: self.node.membership_index().0,
+            removed: self.node.is_removed(),
+            term_claims: self
+                .node
+                .term_claims()
+                .iter()
+                .map(|(id, t)| (id.0, t.0))
+                .collect(),
             status: status.clone(),
             leader_client_addr: status
                 .leader

@@ -64,7 +64,19 @@ impl Server {
                 }
                 Reply::Array(e)
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut entries = entries;
+        // A member that knows it was removed says so about itself: the
+        // configuration it follows no longer lists it.
+        if self.node.is_removed() && !m.contains(self.settings.id) {
+            let me = self.settings.me();
+            entries.push(Reply::Array(vec![
+                Reply::Integer(me.id.0 as i64),
+                bulk(me.peer_addr.to_string()),
+                bulk(me.client_addr.to_string()),
+                bulk("removed"),
+            ]));
+        }
         Reply::Array(entries)
     }
 
