@@ -1636,7 +1636,7 @@ impl Server {
                 self.clients[key].reply_now(Reply::Map(docs));
             }
             Command::RaftMembers => {
-                let reply = self.members_reply(&self.node.membership().clone());
+                let reply = self.members_command();
                 self.clients[key].reply_now(reply);
             }
             Command::RaftChange { change, addresses } => {

@@ -20,6 +20,26 @@ fn bulk(s: impl AsRef<str>) -> Reply {
 }
 
 impl Server {
+    /// `RAFT.MEMBERS`: the configuration in force, and this member as
+    /// `removed` when it knows a committed configuration removed it (the
+    /// configuration it follows no longer lists it).
+    pub(super) fn members_command(&self) -> Reply {
+        let m = self.node.membership().clone();
+        let mut reply = self.members_reply(&m);
+        if let Reply::Array(entries) = &mut reply {
+            if self.node.is_removed() && !m.contains(self.settings.id) {
+                let me = self.settings.me();
+                entries.push(Reply::Array(vec![
+                    Reply::Integer(me.id.0 as i64),
+                    bulk(me.peer_addr.to_string()),
+                    bulk(me.client_addr.to_string()),
+                    bulk("removed"),
+                ]));
+            }
+        }
+        reply
+    }
+
     /// `RAFT.MEMBERS`, or the reply to a change: one entry per member of
     /// `m`, `[id, peer_addr, client_addr, voter|learner]`, and on the
     /// leader also the member's match index and its link (`up`, `down`,
@@ -64,19 +84,7 @@ impl Server {
                 }
                 Reply::Array(e)
             })
-            .collect::<Vec<_>>();
-        let mut entries = entries;
-        // A member that knows it was removed says so about itself: the
-        // configuration it follows no longer lists it.
-        if self.node.is_removed() && !m.contains(self.settings.id) {
-            let me = self.settings.me();
-            entries.push(Reply::Array(vec![
-                Reply::Integer(me.id.0 as i64),
-                bulk(me.peer_addr.to_string()),
-                bulk(me.client_addr.to_string()),
-                bulk("removed"),
-            ]));
-        }
+            .collect();
         Reply::Array(entries)
     }
 
