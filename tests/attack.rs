@@ -8,157 +8,20 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use common::insider::*;
 use common::*;
-use hmac::{Hmac, Mac};
 use raft_proto::{
-    codec, AppendEntries, AppendEntriesResponse, AppendResult, Entry, EntryPayload, LogIndex,
-    Message, MessageBody, NodeId, Term,
+    AppendEntries, AppendEntriesResponse, AppendResult, Entry, EntryPayload, LogIndex, Message,
+    MessageBody, NodeId, Term,
 };
-use sha2::Sha256;
-use socket2::{Domain, Socket, Type};
 
-/// The handshake as specified in the README (version 3): fixed-size
-/// messages, HMAC-SHA256 over both nonces, bound to the cluster id, both
-/// member ids and the dialer's listen address. Written out here from the contract, not shared with the
-/// server, so that a change to either side is caught.
-const HELLO: u8 = 1;
-const CHALLENGE_LEN: usize = 6 + 8 + 32 + 32;
-
-/// An address as the handshake carries it: IPv4-mapped IPv6, then the port.
-fn addr18(a: SocketAddr) -> Vec<u8> {
-    let ip = match a.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let mut b = ip.octets().to_vec();
-    b.extend_from_slice(&a.port().to_be_bytes());
-    b
-}
-
-#[allow(clippy::too_many_arguments)]
-fn mac(
-    secret: &[u8],
-    label: &[u8],
-    cluster: u64,
-    d: u64,
-    a: u64,
-    listen: SocketAddr,
-    nd: &[u8],
-    na: &[u8],
-) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    for part in [
-        label,
-        &cluster.to_be_bytes(),
-        &d.to_be_bytes(),
-        &a.to_be_bytes(),
-        &addr18(listen),
-        nd,
-        na,
-    ] {
-        m.update(part);
-    }
-    m.finalize().into_bytes().to_vec()
-}
-
-fn hello(cluster: u64, from: u64, to: u64, listen: SocketAddr, nonce: &[u8; 32]) -> Vec<u8> {
-    let mut b = b"RAFT\x03".to_vec();
-    b.push(HELLO);
-    b.extend_from_slice(&cluster.to_be_bytes());
-    b.extend_from_slice(&from.to_be_bytes());
-    b.extend_from_slice(&to.to_be_bytes());
-    b.extend_from_slice(&addr18(listen));
-    b.extend_from_slice(nonce);
-    b
-}
-
-/// A TCP connection to `to` from `from_ip` (any 127.x address is local, so a
-/// test can pose as any member's address).
-fn connect_from(from_ip: IpAddr, to: SocketAddr) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::new(from_ip, 0).into()).unwrap();
-    s.connect_timeout(&to.into(), Duration::from_secs(2))
-        .unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // Without it a frame written right after the proof waits for the
-    // proof's (delayed) ACK, and the real member may have redialed by then.
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-/// Whether the other side closes the connection (EOF or reset) within the
-/// read timeout, rather than leaving it open.
-fn closed(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 128];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue, // e.g. a challenge before the refusal
-            Err(e) => {
-                return !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                )
-            }
-        }
-    }
-}
-
-fn cluster_id(c: &Cluster, id: u64) -> u64 {
-    u64::from_str_radix(&c.field(id, "raft_cluster_id").unwrap(), 16).unwrap()
-}
-
-/// Runs the dialer's side of the handshake as member `me` towards member
-/// `peer`, from `me`'s own address, with `secret`. Returns the stream ready
-/// for frames, or None if the acceptor's proof did not verify or it closed.
-fn authenticate(c: &Cluster, me: u64, peer: u64, secret: &[u8]) -> Option<TcpStream> {
-    let cluster = cluster_id(c, peer);
-    let mut s = connect_from(c.m(me).peer.ip(), c.m(peer).peer);
-    let nd = [me as u8; 32];
-    let listen = c.m(me).peer;
-    s.write_all(&hello(cluster, me, peer, listen, &nd)).ok()?;
-    let mut ch = [0u8; CHALLENGE_LEN];
-    s.read_exact(&mut ch).ok()?;
-    assert_eq!(&ch[..6], b"RAFT\x03\x02", "a challenge");
-    assert_eq!(u64::from_be_bytes(ch[6..14].try_into().unwrap()), peer);
-    let na = &ch[14..46];
-    let expect = mac(
-        secret,
-        b"raft-peer-v3 acceptor",
-        cluster,
-        me,
-        peer,
-        listen,
-        &nd,
-        na,
-    );
-    // An attacker sends its proof whether or not the acceptor's verified.
-    let mut proof = b"RAFT\x03\x03".to_vec();
-    proof.extend(mac(
-        secret,
-        b"raft-peer-v3 dialer",
-        cluster,
-        me,
-        peer,
-        listen,
-        &nd,
-        na,
-    ));
-    s.write_all(&proof).ok()?;
-    (ch[46..] == expect[..]).then_some(s)
-}
-
-fn frame(msg: &Message) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    codec::encode(msg, &mut b);
-    b.to_vec()
-}
+// The handshake written out from the contract (not shared with the
+// server, so that a change to either side is caught) is in
+// common::insider, which tests/authority.rs uses too.
 
 fn term_of(c: &Cluster, id: u64) -> u64 {
     c.field(id, "raft_term").unwrap().parse().unwrap()

@@ -35,26 +35,6 @@ fn err(s: &str) -> Resp {
     Resp::Error(s.into())
 }
 
-/// Runs `args` on the leader until it stops answering "retry": a change
-/// in progress, a learner still catching up, or a leader too new to
-/// transfer leadership. (As in tests/membership.rs.)
-fn admin(c: &Cluster, args: &[&str]) -> Resp {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match c.exec(args) {
-            Resp::Error(e)
-                if (e.contains("in progress")
-                    || e.contains("has caught up")
-                    || e.contains("retry in"))
-                    && Instant::now() < deadline =>
-            {
-                sleep(Duration::from_millis(50))
-            }
-            r => return r,
-        }
-    }
-}
-
 /// The `[id, role]` pairs of a RAFT.MEMBERS-shaped reply, and on the
 /// leader each member's link (`up`, `down`, `self`).
 fn members(r: &Resp) -> Vec<(i64, String, Option<String>)> {
@@ -240,7 +220,7 @@ fn only_an_operator_may_change_the_cluster_or_wipe_the_store() {
     assert_eq!(c.wait_leader(Duration::from_secs(5)), leader);
 
     // The operator may: hand leadership over, and wipe the store.
-    assert_eq!(admin(&c, &["RAFT.TRANSFER"]), ok());
+    assert_eq!(c.admin(&["RAFT.TRANSFER"]), ok());
     assert_ne!(c.wait_leader(Duration::from_secs(10)), leader);
     assert_eq!(c.exec(&["FLUSHALL"]), ok());
     assert_eq!(c.exec(&["GET", "k"]), Resp::Bulk(None));
@@ -289,7 +269,7 @@ fn adding_voters_that_never_connect_leaves_the_configuration_as_it_was() {
             );
             first.read().unwrap()
         } else {
-            admin(&c, &["RAFT.ADD", &n, &peer, &client])
+            c.admin(&["RAFT.ADD", &n, &peer, &client])
         };
         match reply {
             Resp::Error(e) => assert!(
@@ -465,7 +445,7 @@ fn removing_a_voter_while_another_is_down_is_refused() {
     assert_eq!(c.exec(&["SET", "k", "w"]), ok());
 
     // Removing the member that is down leaves two that answer.
-    let r = admin(&c, &["RAFT.REMOVE", "3"]);
+    let r = c.admin(&["RAFT.REMOVE", "3"]);
     assert_eq!(voters(&r), [1, 2], "{r:?}");
     assert_eq!(c.exec(&["SET", "k", "x"]), ok());
     assert_eq!(c.exec(&["GET", "k"]), bulk("x"));
@@ -960,7 +940,7 @@ fn force_new_cluster_makes_a_survivor_the_only_voter_and_others_can_rejoin() {
     // Member 2 again, from nothing.
     start_joining(&mut c, 2);
     let (peer, client) = (c.m(2).peer.to_string(), c.m(2).client.to_string());
-    let r = admin(&c, &["RAFT.ADD", "2", &peer, &client]);
+    let r = c.admin(&["RAFT.ADD", "2", &peer, &client]);
     assert_eq!(voters(&r), [1, 2], "{r:?}");
     c.wait_caught_up(2);
     let mut conn = c.conn(2);
@@ -1015,7 +995,7 @@ fn a_removed_member_knows_it_and_never_campaigns() {
     let leader = c.wait_leader(Duration::from_secs(10));
     let gone = if leader == 3 { 2 } else { 3 };
     assert_eq!(c.exec(&["SET", "k", "v"]), ok());
-    let r = admin(&c, &["RAFT.REMOVE", &gone.to_string()]);
+    let r = c.admin(&["RAFT.REMOVE", &gone.to_string()]);
     assert!(!ids(&r).contains(&(gone as i64)), "{}", show(&r));
 
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -55,26 +55,6 @@ fn start_bootstrap(c: &mut Cluster, n: usize) {
     c.config = full;
 }
 
-/// Runs `args` on the leader until it stops answering "retry": a change
-/// in progress, a learner still catching up, or a leader too new to
-/// transfer leadership.
-fn admin(c: &Cluster, args: &[&str]) -> Resp {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match c.exec(args) {
-            Resp::Error(e)
-                if (e.contains("in progress")
-                    || e.contains("has caught up")
-                    || e.contains("retry in"))
-                    && Instant::now() < deadline =>
-            {
-                sleep(Duration::from_millis(50))
-            }
-            r => return r,
-        }
-    }
-}
-
 /// The ids in a RAFT.MEMBERS-shaped reply, with their roles.
 fn members(r: &Resp) -> Vec<(i64, String)> {
     let Resp::Array(entries) = r else {
@@ -125,7 +105,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     assert_eq!(num(&c, 4, "raft_last_log_index"), 0);
 
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
-    let r = admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
+    let r = c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
     assert!(
         members(&r).contains(&(4, "learner".into())),
         "after ADD: {r:?}"
@@ -133,7 +113,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     // It catches up from the log (or a snapshot) as a learner.
     c.wait_caught_up(4);
     assert_eq!(c.field(4, "raft_membership").as_deref(), Some("learner"));
-    let r = admin(&c, &["RAFT.PROMOTE", "4"]);
+    let r = c.admin(&["RAFT.PROMOTE", "4"]);
     assert!(
         members(&r).contains(&(4, "voter".into())),
         "after PROMOTE: {r:?}"
@@ -141,19 +121,16 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     // Removing 1 (whichever role it has) leaves 2, 3 and 4.
     // The hard case: the leader removes itself. It leads until the change
     // commits (its followers must still answer it), then hands over.
-    assert_eq!(
-        admin(&c, &["RAFT.TRANSFER", "1"]),
-        Resp::Simple("OK".into())
-    );
+    assert_eq!(c.admin(&["RAFT.TRANSFER", "1"]), Resp::Simple("OK".into()));
     assert_eq!(c.wait_leader(Duration::from_secs(5)), 1);
-    let r = admin(&c, &["RAFT.REMOVE", "1"]);
+    let r = c.admin(&["RAFT.REMOVE", "1"]);
     let ids: Vec<i64> = members(&r).iter().map(|m| m.0).collect();
     assert_eq!(ids, vec![2, 3, 4], "after REMOVE: {r:?}");
     assert!(c.terminate(1).success());
     // Retried after it took effect: answered as done, not an error.
-    let r = admin(&c, &["RAFT.REMOVE", "1"]);
+    let r = c.admin(&["RAFT.REMOVE", "1"]);
     assert_eq!(members(&r).len(), 3, "REMOVE again: {r:?}");
-    let r = admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
+    let r = c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
     assert!(
         members(&r).contains(&(4, "voter".into())),
         "ADD again: {r:?}"
@@ -312,13 +289,10 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
     assert!(c.terminate(3).success());
     start_joining(&mut c, 4);
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
-    admin(&c, &["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
-    let r = admin(&c, &["RAFT.PROMOTE", "4"]);
+    c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
+    let r = c.admin(&["RAFT.PROMOTE", "4"]);
     assert!(members(&r).contains(&(4, "voter".into())), "{r:?}");
-    assert_eq!(
-        admin(&c, &["RAFT.TRANSFER", "4"]),
-        Resp::Simple("OK".into())
-    );
+    assert_eq!(c.admin(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));
     assert_eq!(c.exec(&["SET", "after", "2"]), Resp::Simple("OK".into()));
     // Member 3 returns, with the bootstrap file and a log from before 4.
     c.config = file_of_first(&c, 3);
@@ -375,14 +349,11 @@ fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
         start_joining(&mut c, id);
         let (peer, client) = (c.m(id).peer.to_string(), c.m(id).client.to_string());
         let n = id.to_string();
-        admin(&c, &["RAFT.ADD", &n, &peer, &client, "LEARNER"]);
+        c.admin(&["RAFT.ADD", &n, &peer, &client, "LEARNER"]);
         c.wait_caught_up(id);
         if id == 4 {
-            admin(&c, &["RAFT.PROMOTE", "4"]);
-            assert_eq!(
-                admin(&c, &["RAFT.TRANSFER", "4"]),
-                Resp::Simple("OK".into())
-            );
+            c.admin(&["RAFT.PROMOTE", "4"]);
+            assert_eq!(c.admin(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));
         }
     }
     assert_eq!(c.field(5, "raft_leader_id").as_deref(), Some("4"));

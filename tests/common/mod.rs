@@ -446,6 +446,26 @@ impl Cluster {
         }
     }
 
+    /// Runs `args` on the leader until it stops answering "retry": a
+    /// configuration change in progress, a learner still catching up, or
+    /// a leader too new to transfer leadership.
+    pub fn admin(&self, args: &[&str]) -> Resp {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.exec(args) {
+                Resp::Error(e)
+                    if (e.contains("in progress")
+                        || e.contains("has caught up")
+                        || e.contains("retry in"))
+                        && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50))
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Runs a command against the cluster, following MOVED and retrying
     /// CLUSTERDOWN and connection errors, like `redis-cli -c` with retries.
     pub fn exec(&self, args: &[&str]) -> Resp {
@@ -573,7 +593,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 /// buggy member): the dialer's side of the peer handshake and raw Raft
 /// frames. Written out from the README's handshake contract (version 3),
 /// not shared with the server, so that a change to either side is caught.
-/// (tests/attack.rs has its own copy from before this module.)
+/// tests/attack.rs and tests/authority.rs use it.
 pub mod insider {
     use std::io::{Read, Write};
     use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -586,15 +606,17 @@ pub mod insider {
 
     use super::Cluster;
 
-    const HELLO: u8 = 1;
-    const CHALLENGE_LEN: usize = 6 + 8 + 32 + 32;
+    /// The handshake's message kinds and lengths.
+    pub const HELLO: u8 = 1;
+    /// A challenge: header, acceptor id, nonce, MAC.
+    pub const CHALLENGE_LEN: usize = 6 + 8 + 32 + 32;
     /// Where a frame's term starts: length (4), version, tag, from (8),
     /// to (8).
     pub const TERM_OFFSET: usize = 22;
 
     /// An address as the handshake carries it: IPv4-mapped IPv6, then the
     /// port.
-    fn addr18(a: SocketAddr) -> Vec<u8> {
+    pub fn addr18(a: SocketAddr) -> Vec<u8> {
         let ip = match a.ip() {
             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
             IpAddr::V6(v6) => v6,
@@ -605,7 +627,7 @@ pub mod insider {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn mac(
+    pub fn mac(
         secret: &[u8],
         label: &[u8],
         cluster: u64,
@@ -630,7 +652,13 @@ pub mod insider {
         m.finalize().into_bytes().to_vec()
     }
 
-    fn hello(cluster: u64, from: u64, to: u64, listen: SocketAddr, nonce: &[u8; 32]) -> Vec<u8> {
+    pub fn hello(
+        cluster: u64,
+        from: u64,
+        to: u64,
+        listen: SocketAddr,
+        nonce: &[u8; 32],
+    ) -> Vec<u8> {
         let mut b = b"RAFT\x03".to_vec();
         b.push(HELLO);
         b.extend_from_slice(&cluster.to_be_bytes());
@@ -643,7 +671,7 @@ pub mod insider {
 
     /// A TCP connection to `to` from `from_ip`, without Nagle's delay (a
     /// frame written right after the proof must not wait for its ACK).
-    fn connect_from(from_ip: IpAddr, to: SocketAddr) -> TcpStream {
+    pub fn connect_from(from_ip: IpAddr, to: SocketAddr) -> TcpStream {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.bind(&SocketAddr::new(from_ip, 0).into()).unwrap();
         s.connect_timeout(&to.into(), Duration::from_secs(2))
