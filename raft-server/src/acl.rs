@@ -50,7 +50,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::client::COMMANDS;
+use crate::cmd::COMMANDS;
 
 /// Users one file may define.
 pub const MAX_USERS: usize = 256;

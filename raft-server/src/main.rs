@@ -12,7 +12,7 @@
 mod acl;
 mod auth;
 mod client;
-mod commands;
+mod cmd;
 mod config;
 mod conn;
 mod info;

@@ -32,7 +32,8 @@ use raft_proto::{
 };
 use slab::Slab;
 
-use crate::client::{self, Budget, Client, ClientTimer, Command, Expiry, MAX_CLIENTS};
+use crate::client::{self, Budget, Client, ClientTimer, Expiry, MAX_CLIENTS};
+use crate::cmd::{self, Command};
 use crate::config::Settings;
 use crate::conn;
 use crate::info::{self, Counters, Histograms, MetricsServer, Snapshot};
@@ -1409,7 +1410,7 @@ impl Server {
                 let Some(req) = c.next_request(&self.limits, now) else {
                     break;
                 };
-                if c.must_wait(client::kind_of(&req, c.in_multi())) {
+                if c.must_wait(cmd::kind_of(&req, c.in_multi())) {
                     c.hold(req);
                     break;
                 }
@@ -1453,7 +1454,7 @@ impl Server {
 
     fn execute(&mut self, key: usize, req: Request, t: Time) {
         let c = &mut self.clients[key];
-        let cmd = match client::parse_command(&req) {
+        let cmd = match cmd::parse_command(&req) {
             Ok(cmd) => cmd,
             Err(reply) => {
                 // Inside MULTI a refused command dooms the transaction.
@@ -1602,21 +1603,19 @@ impl Server {
                 c.reply_now(Reply::Simple("OK"));
             }
             Command::CountCommands => {
-                self.clients[key].reply_now(Reply::Integer(client::COMMANDS.len() as i64))
+                self.clients[key].reply_now(Reply::Integer(cmd::COMMANDS.len() as i64))
             }
             Command::Commands(names) => {
                 let reply = match names {
-                    None => {
-                        Reply::Array(client::COMMANDS.iter().map(client::command_entry).collect())
-                    }
+                    None => Reply::Array(cmd::COMMANDS.iter().map(cmd::command_entry).collect()),
                     Some(names) => Reply::Array(
                         names
                             .iter()
                             .map(|n| {
-                                client::COMMANDS
+                                cmd::COMMANDS
                                     .iter()
                                     .find(|c| c.name.as_bytes().eq_ignore_ascii_case(n))
-                                    .map_or(Reply::Nil, client::command_entry)
+                                    .map_or(Reply::Nil, cmd::command_entry)
                             })
                             .collect(),
                     ),
@@ -1624,14 +1623,14 @@ impl Server {
                 self.clients[key].reply_now(reply);
             }
             Command::Docs(names) => {
-                let docs = client::COMMANDS
+                let docs = cmd::COMMANDS
                     .iter()
                     .filter(|c| {
                         names.as_ref().is_none_or(|ns| {
                             ns.iter().any(|n| c.name.as_bytes().eq_ignore_ascii_case(n))
                         })
                     })
-                    .map(client::command_docs)
+                    .map(cmd::command_docs)
                     .collect();
                 self.clients[key].reply_now(Reply::Map(docs));
             }
@@ -1648,14 +1647,14 @@ impl Server {
                 let term = self.node.term();
                 let bulk_text = |t: String| Reply::Bulk(Bytes::from(t));
                 let reply = match q {
-                    client::ClusterQuery::Slots => topology::slots(&nodes),
-                    client::ClusterQuery::Shards => topology::shards(&nodes),
-                    client::ClusterQuery::Nodes => {
+                    cmd::ClusterQuery::Slots => topology::slots(&nodes),
+                    cmd::ClusterQuery::Shards => topology::shards(&nodes),
+                    cmd::ClusterQuery::Nodes => {
                         bulk_text(topology::nodes_text(&nodes, self.settings.id, term))
                     }
-                    client::ClusterQuery::MyId => bulk_text(topology::node_id(self.settings.id)),
-                    client::ClusterQuery::Info => bulk_text(topology::info_text(&nodes, term)),
-                    client::ClusterQuery::KeySlot(k) => {
+                    cmd::ClusterQuery::MyId => bulk_text(topology::node_id(self.settings.id)),
+                    cmd::ClusterQuery::Info => bulk_text(topology::info_text(&nodes, term)),
+                    cmd::ClusterQuery::KeySlot(k) => {
                         Reply::Integer(i64::from(topology::key_slot(&k)))
                     }
                 };

@@ -1,10 +1,12 @@
-//! The store's commands as Redis clients send them: arity, options and
-//! values checked with Redis' error replies, and turned into
-//! [`kv::Command`]s. What they do is in `kv`; docs/commands.md is the
-//! reference for users.
+//! Parsers of the store's commands as Redis clients send them: options
+//! and values checked with Redis' error replies, and turned into
+//! [`kv::Command`]s. Each is one entry of the table in [`super::table`],
+//! whose arity is checked before the parser runs. What they do is in
+//! `kv`; docs/commands.md is the reference for users.
 
 use bytes::Bytes;
 
+use super::arity;
 use crate::kv::{self, Command, ExpireCond, SetCond, Ttl, MAX_TTL_MS};
 use crate::resp::Reply;
 
@@ -64,233 +66,228 @@ fn ttl_arg(
     Ok(if absolute { Ttl::At(ms) } else { Ttl::In(ms) })
 }
 
-/// The store commands' names, lower case.
-pub const NAMES: &[&str] = &[
-    "get",
-    "set",
-    "getdel",
-    "getex",
-    "mget",
-    "mset",
-    "msetnx",
-    "exists",
-    "del",
-    "unlink",
-    "incr",
-    "decr",
-    "incrby",
-    "decrby",
-    "append",
-    "strlen",
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "ttl",
-    "pttl",
-    "persist",
-    "type",
-    "dbsize",
-    "keys",
-    "scan",
-    "flushall",
-    "flushdb",
-    "lock.acquire",
-    "lock.release",
-    "lock.extend",
-    "lock.info",
-    "fenced.set",
-];
-
-/// Parses `args` (the name first, already known to be `lower` in lower
-/// case) if it names a store command: `None` if it does not, else the
-/// command or Redis' error reply.
-pub fn parse(lower: &str, args: &[Bytes]) -> Option<Result<Command, Reply>> {
-    NAMES.contains(&lower).then(|| parse_known(lower, args))
+/// `GET`.
+pub fn parse_get(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Get {
+        key: args[1].clone(),
+    })
 }
 
-fn parse_known(lower: &str, args: &[Bytes]) -> Result<Command, Reply> {
-    let argc = args.len();
-    let arity = |ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(err(format!(
-                "ERR wrong number of arguments for '{lower}' command"
-            )))
-        }
-    };
-    let key = || args[1].clone();
-    let keys = || args[1..].to_vec();
-    let pairs = || {
-        args[1..]
-            .chunks_exact(2)
-            .map(|p| (p[0].clone(), p[1].clone()))
-            .collect::<Vec<_>>()
-    };
-    Ok(match lower {
-        "get" => {
-            arity(argc == 2)?;
-            Command::Get { key: key() }
-        }
-        "set" => {
-            arity(argc >= 3)?;
-            parse_set(args)?
-        }
-        "getdel" => {
-            arity(argc == 2)?;
-            Command::GetDel { key: key() }
-        }
-        "getex" => {
-            arity(argc >= 2)?;
-            let ttl = match &args[2..] {
-                [] => Ttl::Keep,
-                [p] if p.eq_ignore_ascii_case(b"persist") => Ttl::Clear,
-                [opt, v] => {
-                    let (scale, absolute) = ttl_option(opt).ok_or_else(syntax)?;
-                    ttl_arg("getex", v, scale, absolute, false)?
-                }
-                _ => return Err(syntax()),
-            };
-            Command::GetEx { key: key(), ttl }
-        }
-        "mget" => {
-            arity(argc >= 2)?;
-            Command::MGet { keys: keys() }
-        }
-        "mset" => {
-            arity(argc >= 3 && argc % 2 == 1)?;
-            Command::MSet { pairs: pairs() }
-        }
-        "msetnx" => {
-            arity(argc >= 3 && argc % 2 == 1)?;
-            Command::MSetNx { pairs: pairs() }
-        }
-        "exists" => {
-            arity(argc >= 2)?;
-            Command::Exists { keys: keys() }
-        }
-        "del" | "unlink" => {
-            arity(argc >= 2)?;
-            Command::Del { keys: keys() }
-        }
-        "incr" | "decr" => {
-            arity(argc == 2)?;
-            let by = if lower == "incr" { 1 } else { -1 };
-            Command::IncrBy { key: key(), by }
-        }
-        "incrby" | "decrby" => {
-            arity(argc == 3)?;
-            let v = int(&args[2])?;
-            let by = if lower == "incrby" {
-                v
-            } else {
-                v.checked_neg()
-                    .ok_or_else(|| err("ERR decrement would overflow"))?
-            };
-            Command::IncrBy { key: key(), by }
-        }
-        "append" => {
-            arity(argc == 3)?;
-            Command::Append {
-                key: key(),
-                value: args[2].clone(),
-            }
-        }
-        "strlen" => {
-            arity(argc == 2)?;
-            Command::Strlen { key: key() }
-        }
-        "expire" | "pexpire" | "expireat" | "pexpireat" => {
-            arity(argc >= 3)?;
-            let scale = if lower.starts_with('p') { 1 } else { 1000 };
-            let ttl = ttl_arg(lower, &args[2], scale, lower.ends_with("at"), true)?;
-            let cond = expire_cond(&args[3..])?;
-            Command::Expire {
-                key: key(),
-                ttl,
-                cond,
-            }
-        }
-        "ttl" | "pttl" => {
-            arity(argc == 2)?;
-            Command::TimeToLive {
-                key: key(),
-                ms: lower == "pttl",
-            }
-        }
-        "persist" => {
-            arity(argc == 2)?;
-            Command::Persist { key: key() }
-        }
-        "type" => {
-            arity(argc == 2)?;
-            Command::Type { key: key() }
-        }
-        "dbsize" => {
-            arity(argc == 1)?;
-            Command::DbSize
-        }
-        "keys" => {
-            arity(argc == 2)?;
-            Command::Keys {
-                pattern: args[1].clone(),
-            }
-        }
-        "scan" => {
-            arity(argc >= 2)?;
-            parse_scan(args)?
-        }
-        "flushall" | "flushdb" => {
-            match &args[1..] {
-                [] => {}
-                [m] if m.eq_ignore_ascii_case(b"sync") || m.eq_ignore_ascii_case(b"async") => {}
-                _ => return Err(syntax()),
-            }
-            Command::FlushAll
-        }
-        "lock.acquire" => {
-            arity(argc == 4)?;
-            Command::LockAcquire {
-                name: args[1].clone(),
-                owner: args[2].clone(),
-                ttl_ms: lease(lower, &args[3])?,
-            }
-        }
-        "lock.release" => {
-            arity(argc == 4)?;
-            Command::LockRelease {
-                name: args[1].clone(),
-                owner: args[2].clone(),
-                token: unsigned(&args[3])?,
-            }
-        }
-        "lock.extend" => {
-            arity(argc == 5)?;
-            Command::LockExtend {
-                name: args[1].clone(),
-                owner: args[2].clone(),
-                token: unsigned(&args[3])?,
-                ttl_ms: lease(lower, &args[4])?,
-            }
-        }
-        "lock.info" => {
-            arity(argc == 2)?;
-            Command::LockInfo {
-                name: args[1].clone(),
-            }
-        }
-        "fenced.set" => {
-            arity(argc == 5)?;
-            Command::FencedSet {
-                lock: args[1].clone(),
-                token: unsigned(&args[2])?,
-                key: args[3].clone(),
-                value: args[4].clone(),
-            }
-        }
-        other => unreachable!("{other} is in NAMES but not parsed"),
+/// `SET`.
+pub fn parse_set(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    set_args(args)
+}
+
+/// `GETDEL`.
+pub fn parse_getdel(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::GetDel {
+        key: args[1].clone(),
     })
+}
+
+/// `GETEX`.
+pub fn parse_getex(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let ttl = match &args[2..] {
+        [] => Ttl::Keep,
+        [p] if p.eq_ignore_ascii_case(b"persist") => Ttl::Clear,
+        [opt, v] => {
+            let (scale, absolute) = ttl_option(opt).ok_or_else(syntax)?;
+            ttl_arg("getex", v, scale, absolute, false)?
+        }
+        _ => return Err(syntax()),
+    };
+    Ok(Command::GetEx {
+        key: args[1].clone(),
+        ttl,
+    })
+}
+
+/// `MGET`.
+pub fn parse_mget(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::MGet {
+        keys: args[1..].to_vec(),
+    })
+}
+
+/// `MSET`.
+pub fn parse_mset(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let argc = args.len();
+    arity(name, argc >= 3 && argc % 2 == 1)?;
+    Ok(Command::MSet { pairs: pairs(args) })
+}
+
+/// `MSETNX`.
+pub fn parse_msetnx(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let argc = args.len();
+    arity(name, argc >= 3 && argc % 2 == 1)?;
+    Ok(Command::MSetNx { pairs: pairs(args) })
+}
+
+/// `EXISTS`.
+pub fn parse_exists(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Exists {
+        keys: args[1..].to_vec(),
+    })
+}
+
+/// `DEL / UNLINK`.
+pub fn parse_del(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Del {
+        keys: args[1..].to_vec(),
+    })
+}
+
+/// `INCR / DECR`.
+pub fn parse_incr(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let by = if name == "incr" { 1 } else { -1 };
+    Ok(Command::IncrBy {
+        key: args[1].clone(),
+        by,
+    })
+}
+
+/// `INCRBY / DECRBY`.
+pub fn parse_incrby(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let v = int(&args[2])?;
+    let by = if name == "incrby" {
+        v
+    } else {
+        v.checked_neg()
+            .ok_or_else(|| err("ERR decrement would overflow"))?
+    };
+    Ok(Command::IncrBy {
+        key: args[1].clone(),
+        by,
+    })
+}
+
+/// `APPEND`.
+pub fn parse_append(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Append {
+        key: args[1].clone(),
+        value: args[2].clone(),
+    })
+}
+
+/// `STRLEN`.
+pub fn parse_strlen(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Strlen {
+        key: args[1].clone(),
+    })
+}
+
+/// `EXPIRE / PEXPIRE / EXPIREAT / PEXPIREAT`.
+pub fn parse_expire(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    let scale = if name.starts_with('p') { 1 } else { 1000 };
+    let ttl = ttl_arg(name, &args[2], scale, name.ends_with("at"), true)?;
+    let cond = expire_cond(&args[3..])?;
+    Ok(Command::Expire {
+        key: args[1].clone(),
+        ttl,
+        cond,
+    })
+}
+
+/// `TTL / PTTL`.
+pub fn parse_ttl(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::TimeToLive {
+        key: args[1].clone(),
+        ms: name == "pttl",
+    })
+}
+
+/// `PERSIST`.
+pub fn parse_persist(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Persist {
+        key: args[1].clone(),
+    })
+}
+
+/// `TYPE`.
+pub fn parse_type(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Type {
+        key: args[1].clone(),
+    })
+}
+
+/// `DBSIZE`.
+pub fn parse_dbsize(_name: &str, _args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::DbSize)
+}
+
+/// `KEYS`.
+pub fn parse_keys(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Keys {
+        pattern: args[1].clone(),
+    })
+}
+
+/// `SCAN`.
+pub fn parse_scan(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    scan_args(args)
+}
+
+/// `FLUSHALL / FLUSHDB`.
+pub fn parse_flushall(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    match &args[1..] {
+        [] => {}
+        [m] if m.eq_ignore_ascii_case(b"sync") || m.eq_ignore_ascii_case(b"async") => {}
+        _ => return Err(syntax()),
+    }
+    Ok(Command::FlushAll)
+}
+
+/// `LOCK.ACQUIRE`.
+pub fn parse_lock_acquire(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::LockAcquire {
+        name: args[1].clone(),
+        owner: args[2].clone(),
+        ttl_ms: lease(name, &args[3])?,
+    })
+}
+
+/// `LOCK.RELEASE`.
+pub fn parse_lock_release(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::LockRelease {
+        name: args[1].clone(),
+        owner: args[2].clone(),
+        token: unsigned(&args[3])?,
+    })
+}
+
+/// `LOCK.EXTEND`.
+pub fn parse_lock_extend(name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::LockExtend {
+        name: args[1].clone(),
+        owner: args[2].clone(),
+        token: unsigned(&args[3])?,
+        ttl_ms: lease(name, &args[4])?,
+    })
+}
+
+/// `LOCK.INFO`.
+pub fn parse_lock_info(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::LockInfo {
+        name: args[1].clone(),
+    })
+}
+
+/// `FENCED.SET`.
+pub fn parse_fenced_set(_name: &str, args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::FencedSet {
+        lock: args[1].clone(),
+        token: unsigned(&args[2])?,
+        key: args[3].clone(),
+        value: args[4].clone(),
+    })
+}
+
+/// The `key value [key value ...]` pairs of `MSET`/`MSETNX`.
+fn pairs(args: &[Bytes]) -> Vec<(Bytes, Bytes)> {
+    args[1..]
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect()
 }
 
 /// A lock lease in ms: a positive integer.
@@ -316,7 +313,7 @@ fn ttl_option(opt: &[u8]) -> Option<(i64, bool)> {
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]`, with
 /// Redis' checks: one condition, one expiry, a value after each of `EX`
 /// and friends.
-fn parse_set(args: &[Bytes]) -> Result<Command, Reply> {
+fn set_args(args: &[Bytes]) -> Result<Command, Reply> {
     let mut cond = SetCond::Always;
     let mut get = false;
     let mut ttl = Ttl::Clear;
@@ -389,7 +386,7 @@ fn expire_cond(opts: &[Bytes]) -> Result<ExpireCond, Reply> {
 }
 
 /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE string]`.
-fn parse_scan(args: &[Bytes]) -> Result<Command, Reply> {
+fn scan_args(args: &[Bytes]) -> Result<Command, Reply> {
     let cursor = std::str::from_utf8(&args[1])
         .ok()
         .filter(|s| !s.starts_with('+'))
@@ -437,8 +434,7 @@ mod tests {
             .iter()
             .map(|s| Bytes::copy_from_slice(s.as_bytes()))
             .collect();
-        let lower = v[0].to_ascii_lowercase();
-        match parse(&lower, &args).expect("a store command") {
+        match super::super::parse_store(&args).expect("a store command") {
             Ok(c) => Ok(c),
             Err(Reply::Error(e)) => Err(e),
             Err(r) => panic!("{r:?}"),
@@ -455,8 +451,8 @@ mod tests {
 
     #[test]
     fn not_a_store_command() {
-        assert!(parse("ping", &[b("PING")]).is_none());
-        assert!(parse("lock.steal", &[b("LOCK.STEAL")]).is_none());
+        assert!(super::super::parse_store(&[b("PING")]).is_none());
+        assert!(super::super::parse_store(&[b("LOCK.STEAL")]).is_none());
     }
 
     #[test]
