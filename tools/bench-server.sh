@@ -14,7 +14,7 @@
 # run against one redis-server without persistence on 127.0.0.1 (a ceiling
 # for the RESP path on this machine), and the summary puts both side by side
 # with raft-node's share of it. Prints markdown table rows at the end, ready
-# for the README. The idle window is followed by raft-idle-floor (three bare processes
+# for docs/numbers.md. The idle window is followed by raft-idle-floor (three bare processes
 # exchanging heartbeats of the same shape) as the floor for those figures.
 #
 #   cargo build --release -p raft-server -p tools && tools/bench-server.sh

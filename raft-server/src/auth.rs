@@ -28,7 +28,7 @@
 //! ids, the source address), and replaces a member's link only after the
 //! `Proof` checks out.
 //!
-//! What this does not give (see the README's threat model): secrecy and
+//! What this does not give (see docs/operations.md, Security): secrecy and
 //! per-frame integrity. Someone who can read or rewrite the TCP stream
 //! between two members (on the path, not just on the network) sees the
 //! Raft traffic and can tamper with frames after the handshake. TLS is the

@@ -122,7 +122,7 @@ pub struct Cli {
     /// restart this surviving member as the only voter of a new
     /// configuration, from its own data (what only the lost members held is
     /// gone). Re-add the others with RAFT.ADD from empty data dirs started
-    /// with --join. See the README's "Unsafe recovery".
+    /// with --join. See docs/operations.md, "Unsafe recovery".
     #[arg(long, conflicts_with = "join")]
     pub force_new_cluster: bool,
 }

@@ -25,7 +25,7 @@
 //!   file. An fdatasync then has no file size to write, only the data: on
 //!   the development VM the p50 of a member's log fdatasync under one
 //!   client's SETs fell from 0.47 to 0.33-0.38 ms (three members on one
-//!   disk; README, Numbers). A start allocates an active segment that is
+//!   disk; docs/numbers.md). A start allocates an active segment that is
 //!   shorter (one cut after a torn batch, or of a data dir written before
 //!   preallocation, which still opens). Recovery keeps only a segment's
 //!   data in memory, not its zeroes. Each [`Storage::sync`] writes its

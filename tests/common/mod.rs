@@ -591,7 +591,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// Posing as a member that holds the cluster secret (an insider, or a
 /// buggy member): the dialer's side of the peer handshake and raw Raft
-/// frames. Written out from the README's handshake contract (version 3),
+/// frames. Written out from the handshake contract in docs/operations.md (version 3),
 /// not shared with the server, so that a change to either side is caught.
 /// tests/attack.rs and tests/authority.rs use it.
 pub mod insider {
