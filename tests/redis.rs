@@ -478,3 +478,28 @@ fn a_read_after_the_deadline_never_sees_the_key() {
         "the window was exercised: {late_reads} reads in {rounds} rounds"
     );
 }
+
+/// `TIME` answers this member's clock in Redis' shape (redis-py's
+/// absolute-expiry tests call it), on any member, with no Raft round.
+#[test]
+fn time_answers_this_members_clock() {
+    let (c, leader) = leader_cluster();
+    for id in [leader, if leader == 1 { 2 } else { 1 }] {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let r = c.conn(id).cmd(&["TIME"]).unwrap();
+        let Resp::Array(parts) = r else {
+            panic!("TIME on member {id}: {r:?}")
+        };
+        let num = |p: &Resp| match p {
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).parse::<u64>().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(parts.len(), 2);
+        let (secs, micros) = (num(&parts[0]), num(&parts[1]));
+        assert!((before..=before + 2).contains(&secs), "{secs} vs {before}");
+        assert!(micros < 1_000_000, "{micros}");
+    }
+}

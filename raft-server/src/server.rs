@@ -1491,6 +1491,17 @@ impl Server {
         }
         match cmd {
             Command::Ping(None) => self.clients[key].reply_now(Reply::Simple("PONG")),
+            Command::Time => {
+                // Redis' shape: two bulk strings, seconds and microseconds.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let bulk = |n: u64| Reply::Bulk(Bytes::from(n.to_string()));
+                self.clients[key].reply_now(Reply::Array(vec![
+                    bulk(now.as_secs()),
+                    bulk(u64::from(now.subsec_micros())),
+                ]));
+            }
             Command::Ping(Some(m)) | Command::Echo(m) => {
                 self.clients[key].reply_now(Reply::Bulk(m))
             }

@@ -216,6 +216,12 @@ fn valid_client_name(name: &Bytes) -> Result<Bytes, Reply> {
     Ok(name.clone())
 }
 
+/// `TIME`: the answering member's own clock, no Raft round (expiry uses
+/// the leader's clock stamped into the log, not this).
+pub fn parse_time(_name: &str, _args: &[Bytes]) -> Result<Command, Reply> {
+    Ok(Command::Time)
+}
+
 /// `QUIT`: any arguments are ignored, as Redis does.
 pub fn parse_quit(_name: &str, _args: &[Bytes]) -> Result<Command, Reply> {
     Ok(Command::Quit)

@@ -28,6 +28,8 @@ pub enum Command {
     Ping(Option<Bytes>),
     /// `ECHO message`.
     Echo(Bytes),
+    /// `TIME`: this member's clock.
+    Time,
     /// A store command that only reads (`GET`, `MGET`, `TTL`, `SCAN`, ...):
     /// linearizable, through ReadIndex on the leader.
     Read(crate::kv::Command),
@@ -446,6 +448,15 @@ mod tests {
         ] {
             assert!(spec(name).is_some(), "{name}");
         }
+    }
+
+    #[test]
+    fn time_takes_no_argument() {
+        assert_eq!(parse_command(&args(&["TIME"])), Ok(Command::Time));
+        assert_eq!(
+            err(&["time", "now"]),
+            "ERR wrong number of arguments for 'time' command"
+        );
     }
 
     /// The reference for users names every command of the table.

@@ -381,6 +381,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         parse: Parse::Session(connection::parse_echo),
     },
     CommandSpec {
+        name: "time",
+        arity: 1,
+        flags: &["loading", "stale", "fast"],
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns this member's clock: Unix seconds and microseconds.",
+        parse: Parse::Session(connection::parse_time),
+    },
+    CommandSpec {
         name: "info",
         arity: -1,
         flags: &["loading", "stale"],
