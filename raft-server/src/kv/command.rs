@@ -258,7 +258,6 @@ impl Command {
         )
     }
 
-    #[allow(dead_code)] // until log compaction (issue 9) uses it
     /// The key a redirect names the slot of: the first key, if any.
     pub fn first_key(&self) -> Option<&Bytes> {
         match self {

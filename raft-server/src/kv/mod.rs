@@ -106,7 +106,6 @@
 /// request size. Redis' `proto-max-bulk-len` is 512 MB; here a value must
 /// fit a client's output limits and a log entry.
 pub const MAX_VALUE_LEN: usize = 4 << 20;
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 /// Longest key or lock name or owner (a request argument is at most 512 KiB).
 pub const MAX_KEY_LEN: usize = 512 * 1024;
 /// Expired keys (and, separately, locks) one sweep entry removes at most.

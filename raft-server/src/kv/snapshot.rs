@@ -122,15 +122,11 @@ fn read_membership(r: &mut impl Read) -> Result<Membership, String> {
 
 // ----- Snapshots ----------------------------------------------------------------
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTKV\0\x01";
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 const SNAPSHOT_VERSION: u32 = 1;
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 /// Bytes buffered before each write to the snapshot's destination.
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 /// The whole state of a [`Kv`] at one index: values, deadlines, store clock,
 /// WATCH indexes and tombstones, locks. Taken in O(1) by [`Kv::snapshot`];
 /// `Send + 'static`, for a helper thread to write out.
@@ -139,7 +135,7 @@ pub struct KvSnapshot {
     kv: Kv,
 }
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
+#[allow(dead_code)] // getters for tests and the kv_bench example
 impl KvSnapshot {
     /// Index of the last entry the snapshot includes.
     pub fn applied_index(&self) -> u64 {
@@ -212,14 +208,12 @@ impl KvSnapshot {
     }
 }
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 struct SnapWriter<'a> {
     w: &'a mut dyn io::Write,
     buf: Vec<u8>,
     crc: u32,
 }
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 impl SnapWriter<'_> {
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
         if self.buf.len() + b.len() > SNAPSHOT_CHUNK {
@@ -261,13 +255,11 @@ impl SnapWriter<'_> {
     }
 }
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 struct SnapReader<'a> {
     r: &'a mut dyn Read,
     crc: u32,
 }
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 impl SnapReader<'_> {
     fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), DecodeError> {
         self.r.read_exact(buf).map_err(|e| read_error(e, what))?;
@@ -318,7 +310,6 @@ impl SnapReader<'_> {
     }
 }
 
-#[allow(dead_code)] // until log compaction (issue 9) uses it
 fn read_error(e: io::Error, what: &str) -> DecodeError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         DecodeError::new(format!("corrupt snapshot: truncated in a {what}"))
@@ -331,14 +322,12 @@ fn read_error(e: io::Error, what: &str) -> DecodeError {
 }
 
 impl Kv {
-    #[allow(dead_code)] // until log compaction (issue 9) uses it
     /// A snapshot of the whole state, sharing the maps (O(1)); later
     /// writes to the store do not change it.
     pub fn snapshot(&self) -> KvSnapshot {
         KvSnapshot { kv: self.clone() }
     }
 
-    #[allow(dead_code)] // until log compaction (issue 9) uses it
     /// Reads a snapshot written by [`KvSnapshot::write_to`], exactly its
     /// bytes (wrap a file in a `BufReader`: this reads in small pieces).
     /// Every length is checked against its bound before anything is

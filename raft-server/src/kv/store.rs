@@ -132,7 +132,7 @@ impl Kv {
         self.keys.len()
     }
 
-    #[allow(dead_code)] // until log compaction (issue 9) uses it
+    #[allow(dead_code)] // the pair of `len` (clippy::len_without_is_empty)
     /// Whether the store holds no key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
