@@ -1,7 +1,9 @@
 //! Taking snapshots without stalling the event loop (issue 9).
 //!
 //! The store is a persistent map (`imbl`), so [`Kv::snapshot`] is an O(1)
-//! clone that later writes do not disturb. The loop takes that clone and a
+//! clone that later writes do not disturb. The loop takes that clone, with
+//! the configuration, as a [`crate::kv::snapshot::Payload`] (whose module
+//! defines the payload's bytes, and reads them back), and a
 //! [`SnapshotWriter`] for `snapshot.tmp`, and hands both to a helper
 //! thread, which serialises the store, writes and fsyncs the file, and
 //! wakes the loop through a [`Waker`]. Back on the loop, the store makes it
