@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 #[allow(dead_code)]
-#[path = "../src/kv.rs"]
+#[path = "../src/kv/mod.rs"]
 mod kv;
 
 use kv::{Command, Kv, SetCond, Ttl, Write};

@@ -114,43 +114,6 @@ pub fn members_of(m: &Membership, known: &[Member], me: NodeId) -> (Vec<Member>,
     (members, unknown)
 }
 
-/// A configuration as the first bytes of raft-node's snapshot payload
-/// (the wire format of [`raft_proto::codec::put_membership`]).
-pub fn membership_bytes(m: &Membership) -> Vec<u8> {
-    let mut b = bytes::BytesMut::new();
-    raft_proto::codec::put_membership(m, &mut b);
-    b.to_vec()
-}
-
-/// Reads the configuration at the front of a snapshot payload, checking
-/// every bound before reading what it announces.
-pub fn read_membership(r: &mut impl std::io::Read) -> Result<Membership, String> {
-    use raft_proto::{MAX_MEMBERS, MAX_MEMBERSHIP_CONTEXT};
-    let mut raw = Vec::new();
-    let take = |r: &mut dyn std::io::Read, n: usize, raw: &mut Vec<u8>| {
-        let at = raw.len();
-        raw.resize(at + n, 0);
-        r.read_exact(&mut raw[at..])
-            .map_err(|e| format!("the configuration at its start: {e}"))
-    };
-    for _ in 0..2 {
-        take(r, 1, &mut raw)?;
-        let n = usize::from(*raw.last().expect("one byte read"));
-        if n > MAX_MEMBERS {
-            return Err(format!("a configuration of {n} members"));
-        }
-        take(r, 8 * n, &mut raw)?;
-    }
-    take(r, 4, &mut raw)?;
-    let len = u32::from_be_bytes(raw[raw.len() - 4..].try_into().expect("4 bytes")) as usize;
-    if len > MAX_MEMBERSHIP_CONTEXT {
-        return Err(format!("a configuration context of {len} bytes"));
-    }
-    take(r, len, &mut raw)?;
-    let mut b = Bytes::from(raw);
-    raft_proto::codec::get_membership(&mut b).map_err(|e| format!("its configuration: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,22 +147,6 @@ mod tests {
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn a_snapshot_payload_starts_with_its_configuration() {
-        let m = Membership {
-            voters: vec![NodeId(1), NodeId(3)],
-            learners: vec![NodeId(4)],
-            context: Bytes::from_static(b"4 127.0.0.1:1 127.0.0.1:2\n"),
-        };
-        let mut payload = membership_bytes(&m);
-        payload.extend_from_slice(b"store");
-        let mut r = &payload[..];
-        assert_eq!(read_membership(&mut r).unwrap(), m);
-        assert_eq!(r, b"store");
-        assert!(read_membership(&mut &payload[..5]).is_err());
-        assert!(read_membership(&mut &[200u8, 0, 0][..]).is_err());
     }
 
     #[test]

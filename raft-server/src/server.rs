@@ -1419,10 +1419,9 @@ fn load_snapshot(storage: &Storage, meta: SnapshotInfo) -> Result<(Kv, Membershi
         ));
     }
     let mut reader = io::BufReader::with_capacity(1 << 20, reader);
-    let membership = crate::members::read_membership(&mut reader)
+    let (kv, membership) = kv::snapshot::read_payload(&mut reader)
+        .map(|(m, kv)| (kv, m))
         .map_err(|e| format!("snapshot at {}: {e}", meta.last_index))?;
-    let kv =
-        Kv::read_from(&mut reader).map_err(|e| format!("snapshot at {}: {e}", meta.last_index))?;
     if kv.applied_index() > meta.last_index.0 {
         return Err(format!(
             "snapshot at {} holds a store applied up to {}",

@@ -1,7 +1,9 @@
 //! Taking snapshots without stalling the event loop (issue 9).
 //!
 //! The store is a persistent map (`imbl`), so [`Kv::snapshot`] is an O(1)
-//! clone that later writes do not disturb. The loop takes that clone and a
+//! clone that later writes do not disturb. The loop takes that clone, with
+//! the configuration, as a [`crate::kv::snapshot::Payload`] (whose module
+//! defines the payload's bytes, and reads them back), and a
 //! [`SnapshotWriter`] for `snapshot.tmp`, and hands both to a helper
 //! thread, which serialises the store, writes and fsyncs the file, and
 //! wakes the loop through a [`Waker`]. Back on the loop, the store makes it
@@ -132,10 +134,8 @@ impl Snapshotter {
     ) -> Result<(), StorageError> {
         assert!(self.job.is_none(), "one snapshot at a time");
         let mut writer = storage.snapshot_writer(last_index, last_term)?;
-        // The payload starts with the configuration at `last_index`
-        // (members::write_membership), then the store.
-        let membership = crate::members::membership_bytes(membership);
-        let snap = kv.snapshot();
+        // The configuration at `last_index`, then the store (kv::snapshot).
+        let payload = crate::kv::snapshot::Payload::new(membership, kv);
         let (tx, rx) = mpsc::channel();
         let waker = Arc::clone(&self.waker);
         let spawned = std::thread::Builder::new()
@@ -149,8 +149,7 @@ impl Snapshotter {
                 unsafe {
                     libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
                 }
-                let written = std::io::Write::write_all(&mut writer, &membership)
-                    .and_then(|()| snap.write_to(&mut writer));
+                let written = payload.write_to(&mut writer);
                 let outcome = match written {
                     Ok(()) => writer.finish().map_err(|e| e.to_string()),
                     Err(e) => Err(format!("cannot write the snapshot: {e}")),
@@ -159,7 +158,7 @@ impl Snapshotter {
                 // joins this thread: the tree nodes the live store replaced
                 // since the clone belong to this copy alone, and freeing a
                 // large store's took the loop 100+ ms when the join did it.
-                drop(snap);
+                drop(payload);
                 // The loop may be gone (shutdown): nothing to tell then.
                 let _ = tx.send(outcome);
                 let _ = waker.wake();
