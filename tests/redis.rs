@@ -288,7 +288,7 @@ fn transaction_errors_like_redis() {
     );
 }
 
-/// The worked example of kv.rs: a client whose lease ran out while it was
+/// The worked example of kv/mod.rs: a client whose lease ran out while it was
 /// paused has its fenced write refused; the new holder's write stays.
 #[test]
 fn locks_fence_a_paused_clients_write() {

@@ -189,7 +189,7 @@ struct PendingRead {
 
 /// A read that would see a key whose deadline has passed by this leader's
 /// clock but not yet by the store clock: it waits for the sweep entry at
-/// `index` (see `finish_read` and kv.rs's "Time and expiry").
+/// `index` (see `finish_read` and kv/mod.rs, "Time and expiry").
 #[derive(Debug)]
 struct ClockWait {
     index: u64,
@@ -997,7 +997,7 @@ impl Server {
     /// key whose deadline has passed by this leader's clock but not by the
     /// store clock, a sweep stamped with this clock is proposed first and
     /// the read answered once it is applied: what a read sees is then a
-    /// state of the log at a time recorded in the log (kv.rs, "Time and
+    /// state of the log at a time recorded in the log (kv/mod.rs, "Time and
     /// expiry"). `checked_ms` is the clock of a first check: a read waits
     /// at most twice (an in-flight sweep may have been stamped earlier than
     /// it needed; the next one is stamped later). A member that cannot

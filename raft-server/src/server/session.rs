@@ -601,7 +601,7 @@ impl Server {
 
     /// `WATCH`: remembers each key with the store's applied index; `EXEC`
     /// sends them along, and applying it checks that none changed after
-    /// (kv.rs, "WATCH"). Only the leader's index counts, so followers
+    /// (kv/mod.rs, "WATCH"). Only the leader's index counts, so followers
     /// redirect.
     pub(super) fn watch(&mut self, key: usize, keys: Vec<Bytes>) {
         if self.clients[key].in_multi() {
