@@ -117,16 +117,20 @@ pub const CATEGORY_NAMES: &[(&str, Categories)] = &[
 /// none: only `+@all` (or naming it) allows it, and it is refused as
 /// unknown anyway.
 pub fn categories(name: &str, sub: Option<&[u8]>) -> Categories {
-    let Some(spec) = COMMANDS.iter().find(|c| c.name == name) else {
+    let Some(spec) = crate::cmd::spec(name) else {
         return 0;
     };
+    // RAFT.MEMBERS carries COMMAND's `admin` flag (it is about the
+    // cluster) but changes nothing, and cluster clients read the same
+    // through CLUSTER SLOTS: not @admin or @dangerous.
+    let changes_nothing = name == "raft.members";
     let mut cats = 0;
     for flag in spec.flags {
         cats |= match *flag {
             "readonly" => READ,
             "write" => WRITE,
             "fast" => FAST,
-            "admin" => ADMIN | DANGEROUS,
+            "admin" if !changes_nothing => ADMIN | DANGEROUS,
             _ => 0,
         };
     }
@@ -148,12 +152,6 @@ pub fn categories(name: &str, sub: Option<&[u8]>) -> Categories {
         "keys" | "info" => DANGEROUS,
         "flushall" | "flushdb" => DANGEROUS | KEYSPACE,
         "config" => ADMIN | DANGEROUS,
-        // Reading the membership changes nothing (cluster clients read
-        // the same through CLUSTER SLOTS).
-        "raft.members" => {
-            cats &= !(ADMIN | DANGEROUS);
-            0
-        }
         "client" => {
             let sub = sub.map(|s| s.to_ascii_lowercase());
             match sub.as_deref() {

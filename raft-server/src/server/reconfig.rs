@@ -229,12 +229,13 @@ impl Server {
                     log::info!("adding member {id}: caught up, promoting it (index {index})");
                     self.join.as_mut().expect("checked above").step =
                         JoinStep::Promoting(index, term);
+                    return;
                 }
                 // The node may refuse for now (a change in progress, the
-                // learner fell behind again): retry next turn.
+                // learner fell behind again): retry next turn, until the
+                // deadline below.
                 Err(reply) => log::debug!("adding member {id}: promotion not yet: {reply:?}"),
             }
-            return;
         }
         if now < deadline {
             return;
