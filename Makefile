@@ -7,7 +7,7 @@ SIM_LONG_SEEDS ?= 0..20000
 SLOW_SEEDS ?= 0..2000
 FUZZ_SECS ?= 60
 
-.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill membership-drill fuzz bench bench-proto bench-server clippy fmt cluster stop clean mutants
+.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill membership-drill fuzz fuzz-short bench bench-proto bench-server clippy fmt cluster stop clean mutants
 CHAOS_SEEDS ?= 1 2 3 4 5
 CHAOS_SECS ?= 120
 TRIALS ?= 10
@@ -22,6 +22,7 @@ help:
 	@echo "make failover-drill  kill, freeze and isolate the leader TRIALS times each; detection/election/unavailability (root)"
 	@echo "make membership-drill  replace members and restart them all in turn under write load; lost writes, pauses (root)"
 	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
+	@echo "make fuzz-short each fuzz target for a fixed number of runs from the kept seeds (CI)"
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make clippy     lints, warnings are errors"
 	@echo "make mutants    cargo-mutants on raft-proto's core files with the fast tests, 50 min at most (docs/mutants.md)"
@@ -70,6 +71,11 @@ membership-drill: release
 
 fuzz:
 	tools/fuzz.sh $(FUZZ_SECS)
+
+# Every fuzz target for a fixed number of runs from the kept seeds (about
+# 20 s each): what .ci/run runs after make test.
+fuzz-short:
+	tools/fuzz.sh --short
 
 # Mutation testing: driver, leader, follower, candidate, progress, quorum,
 # node, in that order, until the budget is spent (docs/mutants.md).
