@@ -1029,3 +1029,54 @@ fn a_removed_member_knows_it_and_never_campaigns() {
         .count();
     assert_eq!(said, 1, "the removal is logged once");
 }
+
+/// An operator's RAFT.REMOVE of a member that RAFT.ADD is still waiting
+/// for ends that RAFT.ADD at once, with an error saying so: the join must
+/// not outlive its member (it would try to remove a member that is gone,
+/// again and again, and refuse every later RAFT.ADD).
+#[test]
+fn removing_a_member_being_added_ends_the_add() {
+    let mut c = Cluster::with_options(
+        3,
+        Options {
+            extra_toml: Some("member_add_timeout_ms = 60000".into()),
+            ..Options::default()
+        },
+    );
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let (peer, client) = (nowhere(9), nowhere(9));
+    let mut adding = c.conn(leader);
+    adding
+        .send(&[b"RAFT.ADD", b"9", peer.as_bytes(), client.as_bytes()])
+        .unwrap();
+    // Once the learner is in, an operator removes it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ids(&c.exec(&["RAFT.MEMBERS"])).contains(&9) {
+        assert!(Instant::now() < deadline, "member 9 never became a learner");
+        sleep(Duration::from_millis(20));
+    }
+    let r = c.admin(&["RAFT.REMOVE", "9"]);
+    assert!(!ids(&r).contains(&9), "{}", show(&r));
+    adding
+        .w
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        adding.read().unwrap(),
+        err("ERR member 9 was removed by another change while it was being added")
+    );
+    // The next RAFT.ADD is not refused as "one at a time".
+    let (p10, c10) = (nowhere(10), nowhere(10));
+    let mut next = c.conn(leader);
+    next.send(&[b"RAFT.ADD", b"10", p10.as_bytes(), c10.as_bytes()])
+        .unwrap();
+    next.w
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        next.read().is_err(),
+        "RAFT.ADD 10 was answered at once: it should be waiting for member 10"
+    );
+    assert_eq!(voters(&c.exec(&["RAFT.MEMBERS"])), [1, 2, 3]);
+}

@@ -207,6 +207,20 @@ impl Server {
             return;
         }
         let id = j.id;
+        // Another change may have settled it meanwhile (an operator's
+        // RAFT.PROMOTE or RAFT.REMOVE): never remove a member that became
+        // a voter, never promote one that is gone.
+        let m = self.node.membership().clone();
+        if m.is_voter(id) {
+            log::info!("member {id} added as a voter (promoted by another change)");
+            let reply = self.members_reply(&m);
+            return self.end_join(reply);
+        }
+        if !m.contains(id) {
+            return self.end_join(Reply::Error(format!(
+                "ERR member {id} was removed by another change while it was being added"
+            )));
+        }
         let matched = self
             .node
             .peer_progress()
