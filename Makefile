@@ -13,18 +13,27 @@ CHAOS_SECS ?= 120
 TRIALS ?= 10
 
 help:
+	@echo "make help       this list"
 	@echo "make cluster    build release, start 3 members on 127.0.0.1/.2/.3, wait for a leader"
 	@echo "make stop       stop the members started by make cluster"
 	@echo "make test       the whole test suite (what CI runs)"
+	@echo "make test-unit  cargo test --workspace only (unit, scenario and process-level tests)"
+	@echo "make build      debug build of the workspace"
+	@echo "make release    release build of the workspace (target/release/raft-node)"
 	@echo "make sim        simulator sweep over SIM_SEEDS ($(SIM_SEEDS)), then SLOW_SEEDS ($(SLOW_SEEDS)) on a slow, lossy network"
 	@echo "make sim-long   long simulator sweep over SIM_LONG_SEEDS ($(SIM_LONG_SEEDS))"
+	@echo "make chaos-short  one 45 s chaos run, seed 1 (part of make test; root)"
 	@echo "make chaos      Jepsen-style check of a real cluster under faults, seeds CHAOS_SEEDS, CHAOS_SECS s each (root)"
 	@echo "make failover-drill  kill, freeze and isolate the leader TRIALS times each; detection/election/unavailability (root)"
 	@echo "make membership-drill  replace members and restart them all in turn under write load; lost writes, pauses (root)"
 	@echo "make fuzz       run each fuzz target for FUZZ_SECS ($(FUZZ_SECS)) seconds"
 	@echo "make fuzz-short each fuzz target for a fixed number of runs from the kept seeds (CI)"
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
+	@echo "make bench-proto   raft-proto's criterion benches only"
+	@echo "make bench-server  a temporary 3-node cluster under load: SET/GET throughput and latency, idle CPU and memory"
 	@echo "make clippy     lints, warnings are errors"
+	@echo "make fmt        cargo fmt on the workspace"
+	@echo "make clean      cargo clean and remove data/ (make cluster's members)"
 	@echo "make mutants    cargo-mutants on raft-proto's core files with the fast tests, 50 min at most (docs/mutants.md)"
 
 build:

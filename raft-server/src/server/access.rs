@@ -123,7 +123,9 @@ impl Server {
         sock: &mut mio::net::TcpStream,
         addr: SocketAddr,
     ) -> bool {
-        if !self.settings.acl.protected() || addr.ip().is_loopback() || is_mapped_loopback(addr) {
+        // `to_canonical`: an IPv4-mapped loopback (::ffff:127.0.0.1) is
+        // loopback too.
+        if !self.settings.acl.protected() || addr.ip().to_canonical().is_loopback() {
             return false;
         }
         if self.counters.clients_denied_protected == 0 {
@@ -139,12 +141,5 @@ impl Server {
         let _ = std::io::Read::read(sock, &mut self.read_buf);
         let _ = sock.write(DENIED_PROTECTED.as_bytes());
         true
-    }
-}
-
-fn is_mapped_loopback(addr: SocketAddr) -> bool {
-    match addr.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        std::net::IpAddr::V4(_) => false,
     }
 }
