@@ -60,6 +60,7 @@ use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
 
+use crate::cmd::Kind;
 use crate::conn::{self, ReadStatus};
 use crate::resp::{self, Limits, Protocol, ProtocolError, Reply, Request};
 
@@ -204,15 +205,6 @@ pub const MAX_TX_BYTES: usize = 1 << 20;
 pub const MAX_WATCHED_KEYS: usize = 1024;
 /// Counted per queued command or watched key on top of its bytes.
 pub const ITEM_COST: usize = 32;
-
-/// Whether a request reads or writes the store, for program order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Served by ReadIndex.
-    Read,
-    /// Goes through the log.
-    Write,
-}
 
 /// Why a client's deadline closed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

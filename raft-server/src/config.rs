@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +19,13 @@ use serde::Deserialize;
 
 use crate::acl::{Acl, MAX_USERS_FILE_LEN};
 use crate::auth::PeerKey;
+use crate::members::Member;
+
+/// Bytes queued for one peer at most (see [`crate::peer`]); past it the link is dropped as
+/// unreachable. Room for a few maximal frames, or a window of pipelined
+/// AppendEntries. Here, below the links, because the settings are checked
+/// against it (a request must fit in a peer's queue).
+pub const MAX_SEND_QUEUE: usize = 64 << 20;
 
 /// Default leader heartbeat interval, as in the interface contract.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
@@ -191,25 +198,6 @@ impl FromStr for ElectionRange {
             max_ms: parse(max)?,
         })
     }
-}
-
-/// One member as listed in the cluster file, addresses resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    /// The member's id (never 0).
-    pub id: NodeId,
-    /// Raft traffic: the member listens here and binds its outgoing peer
-    /// connections to this IP.
-    pub peer_addr: SocketAddr,
-    /// RESP clients.
-    pub client_addr: SocketAddr,
-    /// Prometheus metrics, if configured.
-    pub metrics_addr: Option<SocketAddr>,
-    /// The IP its peer connections must come from, when `peer_addr` is
-    /// written as an IP address (not a host name, not unspecified): a
-    /// member binds its outgoing peer connections to that IP, so a
-    /// handshake claiming this member from elsewhere is an impostor.
-    pub peer_ip: Option<IpAddr>,
 }
 
 /// Everything the server needs from the command line and the cluster file,
@@ -577,8 +565,7 @@ impl Settings {
             .max_bytes_per_append
             .max(crate::resp::Limits::DEFAULT.max_request_len);
         assert!(
-            c.max_inflight_appends * (per_message + (64 << 10))
-                <= crate::peer::MAX_SEND_QUEUE / 4 * 3,
+            c.max_inflight_appends * (per_message + (64 << 10)) <= MAX_SEND_QUEUE / 4 * 3,
             "in-flight window ({} x {per_message} B) does not fit the peer send queue",
             c.max_inflight_appends
         );
@@ -586,7 +573,7 @@ impl Settings {
         // in flight to it: both windows together must fit.
         assert!(
             c.max_inflight_appends * (per_message + c.snapshot_chunk_bytes + (128 << 10))
-                <= crate::peer::MAX_SEND_QUEUE,
+                <= MAX_SEND_QUEUE,
             "snapshot window ({} x {} B) and append window do not fit the peer send queue",
             c.max_inflight_appends,
             c.snapshot_chunk_bytes

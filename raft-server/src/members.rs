@@ -10,12 +10,29 @@
 //! and checked like any input from outside: a line that does not parse is
 //! refused as a whole context.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use raft_proto::{Membership, NodeId};
 
-use crate::config::Member;
+/// One member as listed in the cluster file, addresses resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's id (never 0).
+    pub id: NodeId,
+    /// Raft traffic: the member listens here and binds its outgoing peer
+    /// connections to this IP.
+    pub peer_addr: SocketAddr,
+    /// RESP clients.
+    pub client_addr: SocketAddr,
+    /// Prometheus metrics, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The IP its peer connections must come from, when `peer_addr` is
+    /// written as an IP address (not a host name, not unspecified): a
+    /// member binds its outgoing peer connections to that IP, so a
+    /// handshake claiming this member from elsewhere is an impostor.
+    pub peer_ip: Option<IpAddr>,
+}
 
 /// One member's addresses as the context carries them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

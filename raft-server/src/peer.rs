@@ -52,17 +52,14 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Challenge, Hello, Nonce, PeerKey, Proof};
-use crate::config::{Member, Settings};
+use crate::config::{Settings, MAX_SEND_QUEUE};
 use crate::conn::{self, ReadStatus};
+use crate::members::Member;
 
 /// Token of the first outbound link; peer `i` (in id order) uses base + i.
 pub const OUTBOUND_TOKEN_BASE: usize = 1_000;
 /// Token of the first inbound connection (slab key + base).
 pub const INBOUND_TOKEN_BASE: usize = 2_000;
-/// Bytes queued for one peer at most; past it the link is dropped as
-/// unreachable. Room for a few maximal frames, or a window of pipelined
-/// AppendEntries.
-pub const MAX_SEND_QUEUE: usize = 64 << 20;
 /// Inbound peer connections that have not authenticated yet, at most. A
 /// new connection beyond it closes the oldest such one, so connections that
 /// squat on the slots cannot keep a member out for longer than it takes to

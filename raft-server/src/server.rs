@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use raft_proto::driver::{Driver, LogStore, Transport};
+use raft_proto::driver::Driver;
 use raft_proto::{
-    Action, ElectionReason, Entry, EntryPayload, Event, HardState, LogIndex, Membership,
-    MembershipError, Message, Node, NodeId, PersistentState, ProposeError, ReadError, Role,
-    SnapshotMeta, Term, Time, TransferError,
+    Action, ElectionReason, Event, LogIndex, Membership, MembershipError, Node, NodeId,
+    PersistentState, ProposeError, ReadError, Role, SnapshotMeta, Term, Time, TransferError,
 };
 use slab::Slab;
 
@@ -38,18 +37,27 @@ use crate::config::Settings;
 use crate::conn;
 use crate::info::{self, Counters, Histograms, MetricsServer, Snapshot};
 use crate::kv::{self, Kv};
+use crate::members::Member;
 use crate::peer::{PeerInput, PeerSet};
 use crate::resp::{self, Limits, Reply, Request};
 use crate::signal::ShutdownSignals;
 use crate::snapshots::Snapshotter;
-use crate::storage::{Recovered, SnapshotInfo, Storage, StorageError, MAX_PAYLOAD_LEN};
+use crate::storage::{Recovered, Storage, MAX_PAYLOAD_LEN};
 use crate::topology;
 use crate::turn::{Phase, TurnTimer};
 
 mod access;
 mod admin;
+mod apply;
+mod disk;
+mod error;
 mod reconfig;
 mod session;
+mod snapshot;
+
+use disk::{observe_durable, Disk, Links};
+pub use error::{FatalError, StartError};
+use snapshot::load_snapshot;
 
 /// Impossible messages from one peer are logged at most once per interval.
 const PEER_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -90,77 +98,6 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 // log entry in one peer frame with room to spare (see `codec::MAX_FRAME_LEN`).
 const _: () = assert!(Limits::DEFAULT.max_request_len < MAX_PAYLOAD_LEN);
 const _: () = assert!(MAX_PAYLOAD_LEN <= raft_proto::codec::MAX_FRAME_LEN / 2);
-
-/// Why the server could not start. `Display` is one line.
-#[derive(Debug)]
-pub enum StartError {
-    /// A listener could not be bound.
-    Bind {
-        /// The cluster file.
-        config: String,
-        /// Which address.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The node refused its configuration.
-    Node(raft_proto::ConfigError),
-    /// The poll or the signal handlers could not be set up.
-    Io(io::Error),
-    /// The snapshot in the data dir could not be loaded.
-    Snapshot(String),
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::Bind {
-                config,
-                what,
-                addr,
-                source,
-            } => write!(f, "{config}: cannot listen on {what} {addr}: {source}"),
-            StartError::Node(
-                e @ (raft_proto::ConfigError::PersistedTermAboveMax { .. }
-                | raft_proto::ConfigError::AppliedBeyondLog { .. }
-                | raft_proto::ConfigError::LogDoesNotFollowSnapshot { .. }),
-            ) => write!(f, "the data dir's durable state is refused: {e}"),
-            StartError::Snapshot(e) => write!(f, "the data dir's snapshot is refused: {e}"),
-            StartError::Node(e) => write!(f, "invalid Raft configuration: {e}"),
-            StartError::Io(e) => write!(f, "cannot set up the event loop: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// Why the loop stopped other than by a signal. The process must exit: the
-/// durable state can no longer be trusted to match what was acknowledged.
-#[derive(Debug)]
-pub enum FatalError {
-    /// A write or fsync of the data dir failed.
-    Storage(StorageError),
-    /// `epoll_wait` failed.
-    Poll(io::Error),
-    /// A snapshot the store had checked and installed could not be loaded.
-    Snapshot(String),
-}
-
-impl fmt::Display for FatalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FatalError::Storage(e) => write!(f, "storage failure, stopping: {e}"),
-            FatalError::Poll(e) => write!(f, "poll failed, stopping: {e}"),
-            FatalError::Snapshot(e) => {
-                write!(f, "cannot load the installed snapshot, stopping: {e}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for FatalError {}
 
 /// Identifies one request of one client connection.
 #[derive(Clone, Copy, Debug)]
@@ -357,51 +294,14 @@ impl Server {
         // Seeded from the OS and logged (STYLE §4): a run's election timing
         // can be replayed in the simulator from this number.
         let seed: u64 = rand::random();
-        // The store starts from the snapshot, and the log after it is
-        // applied again (the node hands out the applies).
-        // Its payload starts with the configuration at its last index.
-        let (kv, snapshot) = match recovered.snapshot {
-            None => (Kv::new(), None),
-            Some(info) => {
-                let (kv, membership) =
-                    load_snapshot(&storage, info).map_err(StartError::Snapshot)?;
-                let meta = SnapshotMeta {
-                    last_index: info.last_index,
-                    last_term: info.last_term,
-                    len: info.len,
-                    membership: Box::new(membership),
-                };
-                (kv, Some(meta))
-            }
-        };
-        let last_applied = snapshot
-            .as_ref()
-            .map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
-        let node = Node::new(
-            settings.proto_config(seed),
-            PersistentState {
-                snapshot: snapshot.clone(),
-                hard_state: recovered.hard_state,
-                entries: recovered.entries,
-                applied: last_applied.0,
-            },
-            Time::ZERO,
-        )
-        .map_err(StartError::Node)?;
-        // The configuration in force lives in the log and the snapshot:
-        // the cluster file only bootstrapped it (and gives this member's
-        // own addresses).
-        let committed_membership = node.membership_at(node.last_applied()).cloned();
         let mut settings = settings;
-        if !node.membership().voters.is_empty() {
-            settings.join = false;
-            let (members, unknown) =
-                crate::members::members_of(node.membership(), &settings.members, settings.id);
-            if !unknown.is_empty() {
-                log::warn!("no address known for members {unknown:?}: not connecting to them");
-            }
-            settings.members = members;
-        }
+        let Restored {
+            node,
+            kv,
+            snapshot,
+            last_applied,
+            committed_membership,
+        } = restore(&mut settings, &storage, recovered, seed)?;
         let registry = poll.registry();
         let snapshotter = Snapshotter::new(registry, HELPER_WAKER).map_err(StartError::Io)?;
         // A slow disk then delays what waits for durability, not the loop.
@@ -424,32 +324,7 @@ impl Server {
 
         let max_clients = client_limits(&settings);
         let budget = Budget::new(settings.client_memory_budget);
-        log::info!(
-            "member {} of cluster {:016x} ({} members): peers on {}, clients on {}{}; heartbeat {} ms, \
-             election timeout {}-{} ms; term {}, {} log entries; PRNG seed {seed}",
-            settings.id,
-            settings.cluster_id,
-            settings.members.len(),
-            me.peer_addr,
-            me.client_addr,
-            settings.metrics_addr.map(|a| format!(", metrics on {a}")).unwrap_or_default(),
-            settings.heartbeat.as_millis(),
-            settings.election_timeout_min.as_millis(),
-            settings.election_timeout_max.as_millis(),
-            node.term(),
-            node.last_log_index(),
-        );
-        if let Some(s) = snapshot {
-            log::info!(
-                "started from the snapshot at index {} (term {}, {} bytes, {} keys); log {}..={}",
-                s.last_index,
-                s.last_term,
-                s.len,
-                kv.len(),
-                s.last_index.next(),
-                node.last_log_index()
-            );
-        }
+        log_start(&settings, &me, &node, &kv, snapshot.as_ref(), seed);
         Ok(Server {
             poll,
             settings,
@@ -743,62 +618,6 @@ impl Server {
         Ok(())
     }
 
-    /// Time from an entry's append here to its application.
-    fn observe_apply_lag(&mut self, index: u64, applied_at: Instant) {
-        while self.appended_at.front().is_some_and(|&(i, _)| i < index) {
-            self.appended_at.pop_front();
-        }
-        if let Some(&(i, at)) = self.appended_at.front() {
-            if i == index {
-                self.appended_at.pop_front();
-                let lag = applied_at.saturating_duration_since(at);
-                self.histograms.apply_lag.observe(lag.as_secs_f64());
-            }
-        }
-    }
-
-    /// The leader's snapshot was received, checked and installed by the
-    /// store (the driver did that): the store is replaced by it. This runs
-    /// on the loop: a member that needs a whole snapshot is not serving
-    /// reads meanwhile anyway.
-    fn install_snapshot(&mut self, meta: SnapshotMeta, now: Instant) -> Result<(), FatalError> {
-        let t0 = Instant::now();
-        let (kv, membership) =
-            load_snapshot(&self.storage, info_of(&meta)).map_err(FatalError::Snapshot)?;
-        if membership != *meta.membership {
-            // The leader wrote both from the same log; the node follows
-            // the announced one.
-            log::warn!(
-                "the leader's snapshot at {} holds configuration {membership:?}, announced {:?}",
-                meta.last_index,
-                meta.membership
-            );
-        }
-        self.kv = kv;
-        self.committed_membership = Some((*meta.membership).clone());
-        self.sync_links();
-        self.last_applied = (meta.last_index, meta.last_term);
-        // Entries the snapshot replaced are neither applied nor made
-        // durable here: they leave the lag histograms unobserved.
-        for q in [&mut self.appended_at, &mut self.durable_pending] {
-            while q.front().is_some_and(|&(i, _)| i <= meta.last_index.0) {
-                q.pop_front();
-            }
-        }
-        self.snapshotter.reset();
-        self.counters.snapshots_installed += 1;
-        log::info!(
-            "installed the leader's snapshot at index {} (term {}): {} bytes, {} keys, loaded in {} ms",
-            meta.last_index,
-            meta.last_term,
-            meta.len,
-            self.kv.len(),
-            t0.elapsed().as_millis()
-        );
-        self.applied_for_reads(meta.last_index.0, now);
-        Ok(())
-    }
-
     /// The store's background fdatasync completed: the driver releases
     /// what waited for it (the drain that follows sends it).
     fn sync_finished(&mut self, now: Instant) -> Result<(), FatalError> {
@@ -832,268 +651,6 @@ impl Server {
         c.heartbeats_sent += links.heartbeats_sent;
         c.heartbeats_failed += links.heartbeats_failed;
         Ok(())
-    }
-
-    /// Starts a snapshot when enough was applied since the last one.
-    fn maybe_snapshot(&mut self, now: Instant) -> Result<(), FatalError> {
-        let (index, term) = self.last_applied;
-        let current = self
-            .storage
-            .snapshot()
-            .map_or(LogIndex(0), |s| s.last_index);
-        if index <= current
-            || !self.snapshotter.due(
-                self.settings.snapshot_entries,
-                self.settings.snapshot_bytes,
-                now,
-            )
-        {
-            return Ok(());
-        }
-        log::debug!("snapshot at index {index} (term {term}) started");
-        self.snapshotter
-            .start(
-                &mut self.storage,
-                &self.kv,
-                &self
-                    .node
-                    .membership_at(index)
-                    .expect("the applied index is not below the log start")
-                    .clone(),
-                index,
-                term,
-                now,
-            )
-            .map_err(FatalError::Storage)
-    }
-
-    /// The snapshot thread finished: make its snapshot current, tell the
-    /// node (which compacts its log), or log why it failed.
-    fn snapshot_finished(&mut self, now: Instant) -> Result<(), FatalError> {
-        let Some(done) = self.snapshotter.poll(now) else {
-            return Ok(());
-        };
-        let info = match done.outcome {
-            Ok(info) => info,
-            Err(e) => {
-                self.counters.snapshots_failed += 1;
-                log::error!(
-                    "snapshot at index {} failed: {e}; next attempt in {} s",
-                    done.last_index,
-                    crate::snapshots::RETRY_AFTER.as_secs()
-                );
-                return self.storage.abort_snapshot().map_err(FatalError::Storage);
-            }
-        };
-        let committed = self
-            .storage
-            .commit_snapshot(info)
-            .map_err(FatalError::Storage)?;
-        self.turn.lap(Phase::SnapshotCommit);
-        if !committed {
-            log::info!(
-                "snapshot at index {} dropped: a newer one was installed meanwhile",
-                info.last_index
-            );
-            return Ok(());
-        }
-        let Some(membership) = self.node.membership_at(info.last_index).cloned() else {
-            log::info!(
-                "snapshot at index {} dropped: the log was compacted past it meanwhile",
-                info.last_index
-            );
-            return Ok(());
-        };
-        let meta = SnapshotMeta {
-            last_index: info.last_index,
-            last_term: info.last_term,
-            len: info.len,
-            membership: Box::new(membership),
-        };
-        self.counters.snapshots_taken += 1;
-        self.snapshotter.last = Some(crate::snapshots::LastSnapshot {
-            at: now,
-            took: done.took,
-        });
-        let before = self.storage.log_bytes();
-        self.node.handle_snapshot_saved(self.time(now), meta);
-        self.drain(now)?;
-        log::info!(
-            "snapshot at index {} (term {}): {} bytes in {} ms; log {} -> {} bytes, from index {}",
-            info.last_index,
-            info.last_term,
-            info.len,
-            done.took.as_millis(),
-            before,
-            self.storage.log_bytes(),
-            self.storage.first_index()
-        );
-        Ok(())
-    }
-
-    /// Applies a committed entry and answers the write that proposed it.
-    fn apply(&mut self, entry: Entry, now: Instant) {
-        self.counters.entries_applied += 1;
-        self.last_applied = (entry.index, entry.term);
-        self.snapshotter.applied(entry.payload_len());
-        let result = match &entry.payload {
-            EntryPayload::Noop => None,
-            EntryPayload::Configuration(m) => {
-                self.configuration_applied(entry.index, entry.term, m);
-                None
-            }
-            EntryPayload::Command(bytes) => Some(match kv::Write::decode(bytes) {
-                Ok(w) => Ok(self.kv.apply(entry.index.0, &w)),
-                Err(e) => {
-                    // Every member holds the same bytes and skips them alike.
-                    log::error!(
-                        "log entry {} (term {}): {e}; not applied",
-                        entry.index,
-                        entry.term
-                    );
-                    Err(e)
-                }
-            }),
-        };
-        self.applied_for_reads(entry.index.0, now);
-        debug_assert!(
-            self.writes.range(..entry.index.0).next().is_none(),
-            "a pending write below the applied index was never answered"
-        );
-        let Some(w) = self.writes.remove(&entry.index.0) else {
-            return;
-        };
-        let reply = match result {
-            // §5.3: another leader's entry took the index; ours is gone.
-            _ if w.term != entry.term => {
-                Reply::Error("ERR write lost to a leader change; retry".into())
-            }
-            Some(Ok(outcome)) => client::outcome_reply(outcome),
-            Some(Err(e)) => Reply::Error(format!("ERR {e}")),
-            None => Reply::Error("ERR internal error: no-op at a proposed index".into()),
-        };
-        if matches!(reply, Reply::Error(_)) {
-            self.counters.writes_failed += 1;
-        } else {
-            self.counters.writes_ok += 1;
-        }
-        self.deliver(w.to, reply);
-    }
-
-    fn answer_read(&mut self, id: u64, error: Option<ReadError>, now: Instant) {
-        let Some(r) = self.reads.remove(&id) else {
-            return;
-        };
-        match error {
-            None => self.finish_read(r, None, now),
-            Some(e) => {
-                let reply = self.read_error(e, r.cmd.first_key().map_or(&[][..], |k| k));
-                self.deliver(r.to, reply);
-            }
-        }
-    }
-
-    /// Answers a read whose ReadIndex round is complete. If it would see a
-    /// key whose deadline has passed by this leader's clock but not by the
-    /// store clock, a sweep stamped with this clock is proposed first and
-    /// the read answered once it is applied: what a read sees is then a
-    /// state of the log at a time recorded in the log (kv/mod.rs, "Time and
-    /// expiry"). `checked_ms` is the clock of a first check: a read waits
-    /// at most twice (an in-flight sweep may have been stamped earlier than
-    /// it needed; the next one is stamped later). A member that cannot
-    /// propose answers from its state, which is still linearizable.
-    fn finish_read(&mut self, read: PendingRead, checked_ms: Option<u64>, now: Instant) {
-        let now_ms = checked_ms.unwrap_or_else(|| self.wall_ms(now));
-        if self.node.role() == Role::Leader && self.kv.read_due(&read.cmd, now_ms) {
-            if let Some(index) = self.propose_sweep(now) {
-                self.clock_waits.push(ClockWait {
-                    index,
-                    now_ms,
-                    read,
-                });
-                return;
-            }
-        }
-        self.counters.reads_ok += 1;
-        let outcome = self.kv.query(&read.cmd, self.wall_ms(now));
-        self.deliver(read.to, client::outcome_reply(outcome));
-    }
-
-    /// An entry was applied: the reads waiting for it are answered.
-    fn applied_for_reads(&mut self, index: u64, now: Instant) {
-        if self.sweep_in_flight.is_some_and(|i| i <= index) {
-            self.sweep_in_flight = None;
-        }
-        if self.clock_waits.iter().any(|w| w.index <= index) {
-            let (ready, waiting) = std::mem::take(&mut self.clock_waits)
-                .into_iter()
-                .partition::<Vec<_>, _>(|w| w.index <= index);
-            self.clock_waits = waiting;
-            for w in ready {
-                self.finish_read(w.read, Some(w.now_ms), now);
-            }
-        }
-    }
-
-    /// Proposes a sweep of expired keys stamped with this member's clock,
-    /// unless one is in flight; the index of the sweep to wait for.
-    fn propose_sweep(&mut self, now: Instant) -> Option<u64> {
-        if self.sweep_in_flight.is_some() {
-            return self.sweep_in_flight;
-        }
-        let w = kv::Write::new(self.wall_ms(now), kv::Command::Sweep);
-        let payload = w.encode_in(&mut self.encode_arena);
-        match self.node.propose(self.time(now), payload) {
-            Ok(id) => {
-                self.sweep_in_flight = Some(id.index.0);
-                self.redrain = true;
-                Some(id.index.0)
-            }
-            Err(e) => {
-                log::debug!("sweep of expired keys not proposed: {e:?}");
-                None
-            }
-        }
-    }
-
-    /// Timers, on the leader: expired keys are removed through the log, by
-    /// a sweep once the earliest deadline has passed (bounded per entry;
-    /// another follows while some remain), at most every
-    /// [`SWEEP_INTERVAL`].
-    fn sweep_expired(&mut self, now: Instant, _t: Time) {
-        if self.node.role() != Role::Leader
-            || self.sweep_in_flight.is_some()
-            || self.next_sweep_at.is_some_and(|at| now < at)
-        {
-            return;
-        }
-        if self.kv.sweep_due(self.wall_ms(now)) {
-            self.next_sweep_at = Some(now + SWEEP_INTERVAL);
-            self.propose_sweep(now);
-        }
-    }
-
-    /// When the next timer sweep is due, on the leader.
-    fn sweep_deadline(&self) -> Option<Instant> {
-        if self.node.role() != Role::Leader || self.sweep_in_flight.is_some() {
-            return None;
-        }
-        let d = self.kv.next_deadline()?;
-        let due = if d <= self.kv.clock_ms() {
-            self.start
-        } else {
-            self.start + Duration::from_millis(d.saturating_sub(self.start_wall_ms))
-        };
-        Some(self.next_sweep_at.map_or(due, |at| due.max(at)))
-    }
-
-    /// Leadership lost: no sweep of ours will commit, and the waiting reads
-    /// are answered from this member's state.
-    fn release_clock_waits(&mut self, now: Instant) {
-        self.sweep_in_flight = None;
-        for w in std::mem::take(&mut self.clock_waits) {
-            self.finish_read(w.read, Some(w.now_ms), now);
-        }
     }
 
     fn on_event(&mut self, event: Event) {
@@ -1334,6 +891,115 @@ impl Server {
     }
 }
 
+/// The node and the store as the data dir left them.
+struct Restored {
+    node: Node,
+    kv: Kv,
+    snapshot: Option<SnapshotMeta>,
+    /// The last entry the store holds (the snapshot's).
+    last_applied: (LogIndex, Term),
+    /// The configuration known committed.
+    committed_membership: Option<Membership>,
+}
+
+/// Starts the node from the recovered state, and the store from the
+/// snapshot; the members' addresses from then on come from the
+/// configuration in force, not from the cluster file.
+fn restore(
+    settings: &mut Settings,
+    storage: &Storage,
+    recovered: Recovered,
+    seed: u64,
+) -> Result<Restored, StartError> {
+    // The store starts from the snapshot, and the log after it is
+    // applied again (the node hands out the applies).
+    // Its payload starts with the configuration at its last index.
+    let (kv, snapshot) = match recovered.snapshot {
+        None => (Kv::new(), None),
+        Some(info) => {
+            let (kv, membership) = load_snapshot(storage, info).map_err(StartError::Snapshot)?;
+            let meta = SnapshotMeta {
+                last_index: info.last_index,
+                last_term: info.last_term,
+                len: info.len,
+                membership: Box::new(membership),
+            };
+            (kv, Some(meta))
+        }
+    };
+    let last_applied = snapshot
+        .as_ref()
+        .map_or((LogIndex(0), Term(0)), |s| (s.last_index, s.last_term));
+    let node = Node::new(
+        settings.proto_config(seed),
+        PersistentState {
+            snapshot: snapshot.clone(),
+            hard_state: recovered.hard_state,
+            entries: recovered.entries,
+            applied: last_applied.0,
+        },
+        Time::ZERO,
+    )
+    .map_err(StartError::Node)?;
+    // The configuration in force lives in the log and the snapshot:
+    // the cluster file only bootstrapped it (and gives this member's
+    // own addresses).
+    let committed_membership = node.membership_at(node.last_applied()).cloned();
+    if !node.membership().voters.is_empty() {
+        settings.join = false;
+        let (members, unknown) =
+            crate::members::members_of(node.membership(), &settings.members, settings.id);
+        if !unknown.is_empty() {
+            log::warn!("no address known for members {unknown:?}: not connecting to them");
+        }
+        settings.members = members;
+    }
+    Ok(Restored {
+        node,
+        kv,
+        snapshot,
+        last_applied,
+        committed_membership,
+    })
+}
+
+/// The start line: who, where, timing, the durable state and the seed.
+fn log_start(
+    settings: &Settings,
+    me: &Member,
+    node: &Node,
+    kv: &Kv,
+    snapshot: Option<&SnapshotMeta>,
+    seed: u64,
+) {
+    log::info!(
+        "member {} of cluster {:016x} ({} members): peers on {}, clients on {}{}; heartbeat {} ms, \
+         election timeout {}-{} ms; term {}, {} log entries; PRNG seed {seed}",
+        settings.id,
+        settings.cluster_id,
+        settings.members.len(),
+        me.peer_addr,
+        me.client_addr,
+        settings.metrics_addr.map(|a| format!(", metrics on {a}")).unwrap_or_default(),
+        settings.heartbeat.as_millis(),
+        settings.election_timeout_min.as_millis(),
+        settings.election_timeout_max.as_millis(),
+        node.term(),
+        node.last_log_index(),
+    );
+    if let Some(s) = snapshot {
+        log::info!(
+            "started from the snapshot at index {} (term {}, {} bytes, {} keys); log {}..={}",
+            s.last_index,
+            s.last_term,
+            s.len,
+            kv.len(),
+            s.last_index.next(),
+            node.last_log_index()
+        );
+    }
+}
+
 /// How many clients this member accepts, logged with the other client
 /// limits at start.
 fn client_limits(settings: &Settings) -> usize {
@@ -1364,206 +1030,6 @@ fn client_cap(fd_limit: Option<u64>, members: usize) -> usize {
     let reserve = (FD_RESERVE + 2 * members) as u64;
     let available = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(reserve));
     usize::try_from(available).map_or(MAX_CLIENTS, |a| a.min(MAX_CLIENTS))
-}
-
-/// The data dir as the driver's [`LogStore`]: `Storage` buffers the writes
-/// and makes them durable with one fsync per sync (group commit), timed
-/// for the metrics; appends are remembered for the apply-lag histogram.
-struct Disk<'a> {
-    storage: &'a mut Storage,
-    histograms: &'a mut Histograms,
-    appended_at: &'a mut VecDeque<(u64, Instant)>,
-    durable_pending: &'a mut VecDeque<(u64, Instant)>,
-    now: Instant,
-    fsyncs: u64,
-    fsync_nanos: u64,
-    compact_nanos: u64,
-    entries_persisted: u64,
-    chunks_sent: u64,
-    chunk_bytes_sent: u64,
-    snapshots_sent: u64,
-}
-
-/// Observes the durable lag of every tracked append up to `synced`.
-fn observe_durable(
-    pending: &mut VecDeque<(u64, Instant)>,
-    durable_lag: &prometheus_client::metrics::histogram::Histogram,
-    synced: u64,
-    now: Instant,
-) {
-    while pending.front().is_some_and(|&(i, _)| i <= synced) {
-        if let Some((_, at)) = pending.pop_front() {
-            durable_lag.observe(now.saturating_duration_since(at).as_secs_f64());
-        }
-    }
-}
-
-fn info_of(meta: &SnapshotMeta) -> SnapshotInfo {
-    SnapshotInfo {
-        last_index: meta.last_index,
-        last_term: meta.last_term,
-        len: meta.len,
-    }
-}
-
-/// The store and the configuration as the current snapshot holds them,
-/// which must be `meta`.
-fn load_snapshot(storage: &Storage, meta: SnapshotInfo) -> Result<(Kv, Membership), String> {
-    let Some((info, reader)) = storage.snapshot_payload().map_err(|e| e.to_string())? else {
-        return Err(format!("the snapshot at {} is missing", meta.last_index));
-    };
-    if info != meta {
-        return Err(format!(
-            "the snapshot on disk is at {} (term {}), not {} (term {})",
-            info.last_index, info.last_term, meta.last_index, meta.last_term
-        ));
-    }
-    let mut reader = io::BufReader::with_capacity(1 << 20, reader);
-    let (kv, membership) = kv::snapshot::read_payload(&mut reader)
-        .map(|(m, kv)| (kv, m))
-        .map_err(|e| format!("snapshot at {}: {e}", meta.last_index))?;
-    if kv.applied_index() > meta.last_index.0 {
-        return Err(format!(
-            "snapshot at {} holds a store applied up to {}",
-            meta.last_index,
-            kv.applied_index()
-        ));
-    }
-    Ok((kv, membership))
-}
-
-impl LogStore for Disk<'_> {
-    type Error = StorageError;
-
-    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.storage.save_hard_state(hs);
-        Ok(())
-    }
-
-    fn truncate_log(&mut self, from: LogIndex) -> Result<(), StorageError> {
-        for q in [&mut *self.appended_at, &mut *self.durable_pending] {
-            while q.back().is_some_and(|&(i, _)| i >= from.0) {
-                q.pop_back();
-            }
-        }
-        self.storage.truncate(from);
-        Ok(())
-    }
-
-    fn append_log(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.entries_persisted += entries.len() as u64;
-        for e in entries {
-            if self.appended_at.len() == MAX_APPLY_LAG_TRACKED {
-                self.appended_at.pop_front();
-            }
-            self.appended_at.push_back((e.index.0, self.now));
-            if self.durable_pending.len() == MAX_APPLY_LAG_TRACKED {
-                self.durable_pending.pop_front();
-            }
-            self.durable_pending.push_back((e.index.0, self.now));
-        }
-        self.storage.append(entries);
-        Ok(())
-    }
-
-    /// Usually the fdatasync runs on the store's helper thread
-    /// (`Ok(false)`; `Server::sync_finished` completes it); a sync that
-    /// also writes the hard state or starts a segment is done here.
-    fn sync(&mut self) -> Result<bool, StorageError> {
-        if !self.storage.needs_sync() {
-            return Ok(true);
-        }
-        let t0 = Instant::now();
-        let durable = self.storage.start_sync()?;
-        if durable {
-            let took = t0.elapsed();
-            self.fsyncs += 1;
-            self.fsync_nanos += took.as_nanos() as u64;
-            self.histograms.fsync.observe(took.as_secs_f64());
-            observe_durable(
-                self.durable_pending,
-                &self.histograms.durable_lag,
-                self.storage.synced_index(),
-                Instant::now(),
-            );
-        }
-        Ok(durable)
-    }
-
-    fn write_snapshot_chunk(
-        &mut self,
-        meta: &SnapshotMeta,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), StorageError> {
-        self.storage
-            .write_incoming_chunk(info_of(meta), offset, data)
-    }
-
-    /// Checks the received snapshot (length, header, checksum) and makes it
-    /// current, durably, with §7's rule applied to the log.
-    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<bool, StorageError> {
-        self.storage.install_incoming(info_of(meta))
-    }
-
-    fn compact_log(&mut self, through: LogIndex) -> Result<(), StorageError> {
-        let t0 = Instant::now();
-        let r = self.storage.compact(through);
-        self.compact_nanos += t0.elapsed().as_nanos() as u64;
-        r
-    }
-
-    fn read_snapshot_chunk(
-        &mut self,
-        meta: &SnapshotMeta,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<raft_proto::Bytes>, StorageError> {
-        match self
-            .storage
-            .read_snapshot_chunk(meta.last_index, offset, len)
-        {
-            Ok(data) => {
-                self.chunks_sent += 1;
-                self.chunk_bytes_sent += data.len() as u64;
-                if offset == 0 {
-                    self.snapshots_sent += 1;
-                }
-                Ok(Some(data))
-            }
-            // A newer snapshot replaced it: the node starts over with that.
-            Err(StorageError::SnapshotReplaced { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// The peer links as the driver's [`Transport`]: messages are queued on
-/// their link; `flush` writes them out before an fsync, so that a leader's
-/// AppendEntries travel while its disk works (thesis §10.2.1).
-struct Links<'a> {
-    peers: &'a mut PeerSet,
-    registry: &'a mio::Registry,
-    now: Instant,
-    inputs: &'a mut Vec<PeerInput>,
-    sent: u64,
-    heartbeats_sent: u64,
-    heartbeats_failed: u64,
-}
-
-impl Transport for Links<'_> {
-    fn send(&mut self, msg: Message) {
-        self.sent += 1;
-        let queued = self.peers.send(&msg, self.registry, self.now, self.inputs);
-        if msg.kind() == "Heartbeat" {
-            self.heartbeats_sent += 1;
-            self.heartbeats_failed += u64::from(!queued);
-        }
-    }
-
-    fn flush(&mut self) {
-        self.peers.flush(self.registry, self.now, self.inputs);
-    }
 }
 
 impl fmt::Debug for Server {

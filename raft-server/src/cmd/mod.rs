@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::client::Kind;
 use crate::resp::{Protocol, Reply, Request};
 
 mod cluster;
@@ -20,6 +19,15 @@ mod store;
 mod table;
 
 pub use table::COMMANDS;
+
+/// Whether a request reads or writes the store, for program order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Served by ReadIndex.
+    Read,
+    /// Goes through the log.
+    Write,
+}
 
 /// A command, checked for arity and syntax.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -158,7 +158,7 @@ impl Server {
         ReplyTo {
             key,
             client_id: c.id,
-            seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
+            seq: c.reserve(crate::cmd::Kind::Write, client::WRITE_REPLY_RESERVE),
         }
     }
 

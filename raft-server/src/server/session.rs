@@ -588,7 +588,7 @@ impl Server {
                 let to = ReplyTo {
                     key,
                     client_id: c.id,
-                    seq: c.reserve(client::Kind::Read, reply_bytes),
+                    seq: c.reserve(crate::cmd::Kind::Read, reply_bytes),
                 };
                 self.reads.insert(id, PendingRead { to, cmd });
             }
@@ -679,7 +679,7 @@ impl Server {
                 let to = ReplyTo {
                     key,
                     client_id: c.id,
-                    seq: c.reserve(client::Kind::Write, client::WRITE_REPLY_RESERVE),
+                    seq: c.reserve(crate::cmd::Kind::Write, client::WRITE_REPLY_RESERVE),
                 };
                 let old = self
                     .writes
