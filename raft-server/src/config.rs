@@ -288,53 +288,7 @@ impl Settings {
             )));
         }
 
-        let mut members = Vec::with_capacity(file.nodes.len());
-        // Every socket address must belong to exactly one listener.
-        let mut addr_owner: HashMap<SocketAddr, (u64, &'static str)> = HashMap::new();
-        let mut ids: HashSet<u64> = HashSet::new();
-        for node in &file.nodes {
-            if node.id == 0 {
-                return Err(file_err(
-                    "node id 0 is reserved for \"no node\"; ids start at 1".into(),
-                ));
-            }
-            if !ids.insert(node.id) {
-                return Err(file_err(format!("node id {} is listed twice", node.id)));
-            }
-            let mut resolve = |field: &'static str, value: &str| -> Result<SocketAddr, LoadError> {
-                let addr = resolve_addr(value).map_err(|why| {
-                    file_err(format!("node {}: {field} {value:?}: {why}", node.id))
-                })?;
-                if let Some((other, other_field)) = addr_owner.insert(addr, (node.id, field)) {
-                    return Err(file_err(format!(
-                        "node {}: {field} {addr} is already used as {other_field} of node {other}",
-                        node.id
-                    )));
-                }
-                Ok(addr)
-            };
-            let peer_addr = resolve("peer_addr", &node.peer_addr)?;
-            let client_addr = resolve("client_addr", &node.client_addr)?;
-            let metrics_addr = match &node.metrics_addr {
-                Some(m) => Some(resolve("metrics_addr", m)?),
-                None => None,
-            };
-            let peer_ip = node
-                .peer_addr
-                .trim()
-                .parse::<SocketAddr>()
-                .ok()
-                .map(|a| a.ip())
-                .filter(|ip| !ip.is_unspecified());
-            members.push(Member {
-                id: NodeId(node.id),
-                peer_addr,
-                client_addr,
-                metrics_addr,
-                peer_ip,
-            });
-        }
-        members.sort_by_key(|m| m.id);
+        let members = members_of(&file, &file_err)?;
 
         if cli.id == 0 {
             return Err(LoadError::Flag(
@@ -350,52 +304,7 @@ impl Settings {
             )));
         };
 
-        // Timing: flags override the file; a bad value is blamed on its source.
-        let (heartbeat_ms, hb_src) = match cli.heartbeat_ms {
-            Some(v) => (v, Source::Flag("--heartbeat-ms")),
-            None => (file.heartbeat_ms, Source::File("heartbeat_ms")),
-        };
-        let (min_ms, max_ms, et_src) = match cli.election_timeout_ms {
-            Some(r) => (r.min_ms, r.max_ms, Source::Flag("--election-timeout-ms")),
-            None => (
-                file.election_timeout_ms[0],
-                file.election_timeout_ms[1],
-                Source::File("election_timeout_ms"),
-            ),
-        };
-        let blame = |src: Source, msg: String| match src {
-            Source::Flag(flag) => LoadError::Flag(format!("{flag}: {msg}")),
-            Source::File(key) => file_err(format!("{key}: {msg}")),
-        };
-        if heartbeat_ms == 0 {
-            return Err(blame(hb_src, "must be at least 1 ms".into()));
-        }
-        if min_ms == 0 || min_ms >= max_ms {
-            return Err(blame(
-                et_src,
-                format!("[{min_ms}, {max_ms}) is not a range: need 0 < MIN < MAX"),
-            ));
-        }
-        if min_ms < heartbeat_ms.saturating_mul(MIN_HEARTBEATS_PER_TIMEOUT) {
-            let src = if matches!(et_src, Source::Flag(_)) {
-                et_src
-            } else {
-                hb_src
-            };
-            return Err(blame(
-                src,
-                format!(
-                    "minimum election timeout {min_ms} ms must be at least \
-                     {MIN_HEARTBEATS_PER_TIMEOUT} heartbeats ({heartbeat_ms} ms each), \
-                     or one late heartbeat starts an election"
-                ),
-            ));
-        }
-        // Far beyond any sane setting; keeps Duration arithmetic trivially safe.
-        const MAX_TIMING_MS: u64 = 3_600_000;
-        if max_ms > MAX_TIMING_MS {
-            return Err(blame(et_src, format!("{max_ms} ms is more than an hour")));
-        }
+        let (heartbeat_ms, min_ms, max_ms) = timing(cli, &file, &file_err)?;
 
         let metrics_addr = match &cli.metrics_addr {
             Some(m) => Some(
@@ -405,31 +314,7 @@ impl Settings {
             None => me.metrics_addr,
         };
 
-        let (peer_key, secret_path) = match (&file.secret_file, file.insecure_peer_links) {
-            (Some(_), true) => {
-                return Err(file_err(
-                    "both secret_file and insecure_peer_links = true: choose one".into(),
-                ))
-            }
-            (None, false) => {
-                return Err(file_err(
-                    "no secret_file: peer links must be authenticated. Add \
-                     secret_file = \"cluster.secret\" (a file of random bytes, mode 0600, the \
-                     same on every member; e.g. head -c 32 /dev/urandom | base64 > cluster.secret), \
-                     or insecure_peer_links = true for experiments"
-                        .into(),
-                ))
-            }
-            (None, true) => (PeerKey::insecure(), None),
-            (Some(name), false) => {
-                let secret_path = path
-                    .parent()
-                    .unwrap_or_else(|| Path::new(""))
-                    .join(name.trim());
-                let secret = read_secret_file(&secret_path, "secret_file")?;
-                (PeerKey::secret(secret), Some(secret_path))
-            }
-        };
+        let (peer_key, secret_path) = peer_key_of(&file, path, &file_err)?;
         let client_idle_timeout = match file.client_idle_timeout_ms {
             0 => None,
             ms if ms > MAX_CLIENT_IDLE_TIMEOUT_MS => {
@@ -471,31 +356,7 @@ impl Settings {
             )));
         }
 
-        let dir = path.parent().unwrap_or_else(|| Path::new(""));
-        let client_password = match &file.client_password_file {
-            None => None,
-            Some(name) => Some(read_secret_file(
-                &dir.join(name.trim()),
-                "client_password_file",
-            )?),
-        };
-        let acl = match &file.users_file {
-            None => Acl::single(client_password.as_deref(), file.protected_mode),
-            Some(name) => {
-                let users_path = dir.join(name.trim());
-                let bytes = read_private_file(&users_path, "users_file", MAX_USERS_FILE_LEN)?;
-                let text = String::from_utf8(bytes).map_err(|_| LoadError::File {
-                    path: users_path.clone(),
-                    msg: "users_file is not UTF-8".into(),
-                })?;
-                Acl::parse(&text, client_password.as_deref(), file.protected_mode).map_err(
-                    |msg| LoadError::File {
-                        path: users_path.clone(),
-                        msg,
-                    },
-                )?
-            }
-        };
+        let acl = acl_of(&file, path)?;
 
         Ok(Settings {
             snapshot_entries,
@@ -580,6 +441,183 @@ impl Settings {
         );
         c
     }
+}
+
+/// The members listed in the cluster file, sorted by id, each address
+/// resolved and owned by exactly one listener.
+fn members_of(
+    file: &ClusterFile,
+    file_err: &dyn Fn(String) -> LoadError,
+) -> Result<Vec<Member>, LoadError> {
+    let mut members = Vec::with_capacity(file.nodes.len());
+    // Every socket address must belong to exactly one listener.
+    let mut addr_owner: HashMap<SocketAddr, (u64, &'static str)> = HashMap::new();
+    let mut ids: HashSet<u64> = HashSet::new();
+    for node in &file.nodes {
+        if node.id == 0 {
+            return Err(file_err(
+                "node id 0 is reserved for \"no node\"; ids start at 1".into(),
+            ));
+        }
+        if !ids.insert(node.id) {
+            return Err(file_err(format!("node id {} is listed twice", node.id)));
+        }
+        let mut resolve = |field: &'static str, value: &str| -> Result<SocketAddr, LoadError> {
+            let addr = resolve_addr(value)
+                .map_err(|why| file_err(format!("node {}: {field} {value:?}: {why}", node.id)))?;
+            if let Some((other, other_field)) = addr_owner.insert(addr, (node.id, field)) {
+                return Err(file_err(format!(
+                    "node {}: {field} {addr} is already used as {other_field} of node {other}",
+                    node.id
+                )));
+            }
+            Ok(addr)
+        };
+        let peer_addr = resolve("peer_addr", &node.peer_addr)?;
+        let client_addr = resolve("client_addr", &node.client_addr)?;
+        let metrics_addr = match &node.metrics_addr {
+            Some(m) => Some(resolve("metrics_addr", m)?),
+            None => None,
+        };
+        let peer_ip = node
+            .peer_addr
+            .trim()
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        members.push(Member {
+            id: NodeId(node.id),
+            peer_addr,
+            client_addr,
+            metrics_addr,
+            peer_ip,
+        });
+    }
+    members.sort_by_key(|m| m.id);
+    Ok(members)
+}
+
+/// Heartbeat and election timeout in ms: flags override the file, and a
+/// bad value is blamed on where it came from.
+fn timing(
+    cli: &Cli,
+    file: &ClusterFile,
+    file_err: &dyn Fn(String) -> LoadError,
+) -> Result<(u64, u64, u64), LoadError> {
+    // Timing: flags override the file; a bad value is blamed on its source.
+    let (heartbeat_ms, hb_src) = match cli.heartbeat_ms {
+        Some(v) => (v, Source::Flag("--heartbeat-ms")),
+        None => (file.heartbeat_ms, Source::File("heartbeat_ms")),
+    };
+    let (min_ms, max_ms, et_src) = match cli.election_timeout_ms {
+        Some(r) => (r.min_ms, r.max_ms, Source::Flag("--election-timeout-ms")),
+        None => (
+            file.election_timeout_ms[0],
+            file.election_timeout_ms[1],
+            Source::File("election_timeout_ms"),
+        ),
+    };
+    let blame = |src: Source, msg: String| match src {
+        Source::Flag(flag) => LoadError::Flag(format!("{flag}: {msg}")),
+        Source::File(key) => file_err(format!("{key}: {msg}")),
+    };
+    if heartbeat_ms == 0 {
+        return Err(blame(hb_src, "must be at least 1 ms".into()));
+    }
+    if min_ms == 0 || min_ms >= max_ms {
+        return Err(blame(
+            et_src,
+            format!("[{min_ms}, {max_ms}) is not a range: need 0 < MIN < MAX"),
+        ));
+    }
+    if min_ms < heartbeat_ms.saturating_mul(MIN_HEARTBEATS_PER_TIMEOUT) {
+        let src = if matches!(et_src, Source::Flag(_)) {
+            et_src
+        } else {
+            hb_src
+        };
+        return Err(blame(
+            src,
+            format!(
+                "minimum election timeout {min_ms} ms must be at least \
+                 {MIN_HEARTBEATS_PER_TIMEOUT} heartbeats ({heartbeat_ms} ms each), \
+                 or one late heartbeat starts an election"
+            ),
+        ));
+    }
+    // Far beyond any sane setting; keeps Duration arithmetic trivially safe.
+    const MAX_TIMING_MS: u64 = 3_600_000;
+    if max_ms > MAX_TIMING_MS {
+        return Err(blame(et_src, format!("{max_ms} ms is more than an hour")));
+    }
+    Ok((heartbeat_ms, min_ms, max_ms))
+}
+
+/// The peer links' key: from `secret_file` (next to the cluster file), or
+/// none when `insecure_peer_links` says so; never both, never neither.
+fn peer_key_of(
+    file: &ClusterFile,
+    path: &Path,
+    file_err: &dyn Fn(String) -> LoadError,
+) -> Result<(PeerKey, Option<PathBuf>), LoadError> {
+    let (peer_key, secret_path) = match (&file.secret_file, file.insecure_peer_links) {
+        (Some(_), true) => {
+            return Err(file_err(
+                "both secret_file and insecure_peer_links = true: choose one".into(),
+            ))
+        }
+        (None, false) => {
+            return Err(file_err(
+                "no secret_file: peer links must be authenticated. Add \
+                 secret_file = \"cluster.secret\" (a file of random bytes, mode 0600, the \
+                 same on every member; e.g. head -c 32 /dev/urandom | base64 > cluster.secret), \
+                 or insecure_peer_links = true for experiments"
+                    .into(),
+            ))
+        }
+        (None, true) => (PeerKey::insecure(), None),
+        (Some(name), false) => {
+            let secret_path = path
+                .parent()
+                .unwrap_or_else(|| Path::new(""))
+                .join(name.trim());
+            let secret = read_secret_file(&secret_path, "secret_file")?;
+            (PeerKey::secret(secret), Some(secret_path))
+        }
+    };
+    Ok((peer_key, secret_path))
+}
+
+/// The users: from `users_file`, or the default user alone (with
+/// `client_password_file`'s password, if any).
+fn acl_of(file: &ClusterFile, path: &Path) -> Result<Acl, LoadError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new(""));
+    let client_password = match &file.client_password_file {
+        None => None,
+        Some(name) => Some(read_secret_file(
+            &dir.join(name.trim()),
+            "client_password_file",
+        )?),
+    };
+    let acl = match &file.users_file {
+        None => Acl::single(client_password.as_deref(), file.protected_mode),
+        Some(name) => {
+            let users_path = dir.join(name.trim());
+            let bytes = read_private_file(&users_path, "users_file", MAX_USERS_FILE_LEN)?;
+            let text = String::from_utf8(bytes).map_err(|_| LoadError::File {
+                path: users_path.clone(),
+                msg: "users_file is not UTF-8".into(),
+            })?;
+            Acl::parse(&text, client_password.as_deref(), file.protected_mode).map_err(|msg| {
+                LoadError::File {
+                    path: users_path.clone(),
+                    msg,
+                }
+            })?
+        }
+    };
+    Ok(acl)
 }
 
 /// Where a timing value came from, to blame the right one.
