@@ -472,6 +472,17 @@ impl Client {
         self.first_seq + self.replies.len() as u64 - 1
     }
 
+    /// The protocol the reply in slot `seq` must be encoded in (the one in
+    /// force when the request was read). Panics if `seq` is not reserved.
+    pub fn slot_protocol(&self, seq: u64) -> Protocol {
+        let i = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < self.replies.len())
+            .unwrap_or_else(|| panic!("reply slot {seq} not reserved on client {}", self.id));
+        self.replies[i].protocol
+    }
+
     /// Fills a reserved slot; it now counts the reply's real size. Panics
     /// if `seq` was not reserved or is filled already (a driver bug).
     pub fn fill(&mut self, seq: u64, reply: Reply) {

@@ -38,6 +38,14 @@ pub struct Counters {
     pub writes_failed: u64,
     /// Linearizable reads served.
     pub reads_ok: u64,
+    /// Turns that left applies (or read answers, events) for the next turn
+    /// to stay within their budget.
+    pub apply_deferred_turns: u64,
+    /// Of the reads, walks of the key space served off the loop (`KEYS`, large
+    /// `SCAN` pages).
+    pub keyspace_walks: u64,
+    /// Their total time on the helper thread.
+    pub keyspace_walk_nanos: u64,
     /// Redirects (`MOVED`, `CLUSTERDOWN`).
     pub redirects: u64,
     /// Client connections accepted.
@@ -322,6 +330,8 @@ fn stats_section(s: &Snapshot, o: &mut String) {
         "denied_protected_connections",
         c.clients_denied_protected,
     );
+    field(o, "keyspace_walks", c.keyspace_walks);
+    field(o, "apply_deferred_turns", c.apply_deferred_turns);
 }
 
 fn replication_section(s: &Snapshot, o: &mut String) {

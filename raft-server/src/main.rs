@@ -27,6 +27,7 @@ mod snapshots;
 mod storage;
 mod topology;
 mod turn;
+mod walks;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -417,6 +417,9 @@ pub enum Reply {
     /// Key-value pairs: a RESP3 map (`%n`), or in RESP2 an array of 2n
     /// elements (as Redis answers `HELLO 2`, `CONFIG GET`).
     Map(Vec<(Reply, Reply)>),
+    /// A reply already encoded for the connection's protocol (a walk of
+    /// the key space, encoded off the loop: see `crate::walks`).
+    Encoded(Bytes),
 }
 
 impl Reply {
@@ -429,6 +432,7 @@ impl Reply {
             Reply::Error(e) => e.len() + 3,
             Reply::Integer(n) => n.to_string().len() + 3,
             Reply::Bulk(b) => bulk_len(b.len()),
+            Reply::Encoded(b) => b.len(),
             Reply::Nil | Reply::NilArray if p == Protocol::Resp3 => 3,
             Reply::Nil | Reply::NilArray => 5,
             Reply::Array(items) => {
@@ -458,6 +462,7 @@ impl Reply {
             Reply::Error(e) => error(out, e),
             Reply::Integer(n) => integer(out, *n),
             Reply::Bulk(b) => bulk(out, b),
+            Reply::Encoded(b) => out.put_slice(b),
             Reply::Nil | Reply::NilArray if p == Protocol::Resp3 => out.put_slice(b"_\r\n"),
             Reply::Nil => nil(out),
             Reply::NilArray => out.put_slice(b"*-1\r\n"),

@@ -45,6 +45,7 @@ use crate::snapshots::Snapshotter;
 use crate::storage::{Recovered, Storage, MAX_PAYLOAD_LEN};
 use crate::topology;
 use crate::turn::{Phase, TurnTimer};
+use crate::walks::Walker;
 
 mod access;
 mod admin;
@@ -79,6 +80,13 @@ const HELPER_WAKER: Token = Token(4);
 const METRICS_BASE: usize = 3_000;
 /// Client connections use tokens from here (slab key + base).
 const CLIENT_BASE: usize = 10_000;
+/// The applies, reads and events of one turn stop once the turn has kept
+/// the loop busy for this fraction of a heartbeat (a fourth: 12.5 ms by
+/// default), and go on next turn (`run_backlog`).
+const APPLY_BUDGET_HEARTBEATS: u32 = 4;
+/// Past this many actions waiting, the backlog is carried out whatever the
+/// budget: memory is bounded before latency.
+const MAX_APPLY_BACKLOG: usize = 1 << 20;
 /// Drain rounds per turn: a flush can take a link down, which is fed back
 /// to the node; anything left after this many rounds waits one turn.
 const MAX_DRAIN_ROUNDS: usize = 4;
@@ -226,8 +234,15 @@ pub struct Server {
     /// The last entry applied to `kv` (or the snapshot it was loaded from):
     /// what a snapshot taken now covers.
     last_applied: (LogIndex, Term),
+    /// What the driver handed out for this side to carry out (applies,
+    /// read answers, events), in its order, beyond the last turn's budget.
+    backlog: VecDeque<Action>,
+    /// `InstallSnapshot` actions in `backlog`.
+    installs_queued: usize,
     /// Takes snapshots on a helper thread.
     snapshotter: Snapshotter,
+    /// Walks the key space for reads, on a helper thread.
+    walker: Walker<ReplyTo>,
     /// Where the current loop turn spends its time (slow-turn warnings).
     turn: TurnTimer,
 }
@@ -316,6 +331,7 @@ impl Server {
 
             self.sync_finished(now)?;
             self.snapshot_finished(now)?;
+            self.walks_finished();
 
             for _ in 0..MAX_DRAIN_ROUNDS {
                 self.drain(now)?;
@@ -361,7 +377,11 @@ impl Server {
     /// How long the next poll may sleep: until the earliest deadline, or not
     /// at all if work is already waiting.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.resume.is_empty() || !self.inputs.is_empty() || self.redrain {
+        if !self.resume.is_empty()
+            || !self.inputs.is_empty()
+            || self.redrain
+            || !self.backlog.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let node = self
@@ -454,21 +474,60 @@ impl Server {
         c.heartbeats_failed += links.heartbeats_failed;
         r.map_err(FatalError::Storage)?;
 
-        let applied_at = Instant::now();
-        for action in out {
+        for action in &out {
+            if matches!(action, Action::InstallSnapshot { .. }) {
+                self.installs_queued += 1;
+            }
+        }
+        self.backlog.extend(out);
+        self.run_backlog(now)?;
+        self.turn.lap(Phase::Apply);
+        Ok(())
+    }
+
+    /// Carries out the applies, read answers and events the driver handed
+    /// out, in its order, until the turn has used its budget
+    /// ([`APPLY_BUDGET_HEARTBEATS`]); the rest waits for the next turn,
+    /// which starts at once (`poll_timeout`). A backlog of a million
+    /// entries (a follower catching up, a burst of large MSETs) then costs
+    /// several short turns instead of one that misses heartbeats.
+    ///
+    /// The order is what keeps this safe: a read the node declared ready is
+    /// answered only after every entry it handed out before it, exactly as
+    /// when everything ran at once. The node counts those entries applied
+    /// already; nothing on this side reads the store except through that
+    /// order (reads through ReadIndex, WATCH through the store's own
+    /// index, snapshots at the store's `last_applied`).
+    ///
+    /// The budget does not hold for an installed snapshot (the whole
+    /// backlog before it goes at once: it replaces the store) nor past
+    /// [`MAX_APPLY_BACKLOG`] actions (memory first).
+    fn run_backlog(&mut self, now: Instant) -> Result<(), FatalError> {
+        let budget = self.settings.heartbeat / APPLY_BUDGET_HEARTBEATS;
+        while let Some(action) = self.backlog.pop_front() {
             match action {
                 Action::Apply(e) => {
-                    self.observe_apply_lag(e.index.0, applied_at);
+                    self.observe_apply_lag(e.index.0, Instant::now());
                     self.apply(e, now);
                 }
-                Action::InstallSnapshot { meta } => self.install_snapshot(meta, now)?,
+                Action::InstallSnapshot { meta } => {
+                    self.installs_queued -= 1;
+                    self.install_snapshot(meta, now)?;
+                }
                 Action::ReadReady { id } => self.answer_read(id, None, now),
                 Action::ReadFailed { id, error } => self.answer_read(id, Some(error), now),
                 Action::Event(e) => self.on_event(e),
                 other => unreachable!("the driver carries out {other:?} itself"),
             }
+            if !self.backlog.is_empty()
+                && self.installs_queued == 0
+                && self.backlog.len() <= MAX_APPLY_BACKLOG
+                && self.turn.busy() >= budget
+            {
+                self.counters.apply_deferred_turns += 1;
+                break;
+            }
         }
-        self.turn.lap(Phase::Apply);
         Ok(())
     }
 

@@ -97,6 +97,14 @@ impl TurnTimer {
         self.nanos = [0; PHASES.len()];
     }
 
+    /// How long the current turn has kept the loop busy so far, the log's
+    /// fsyncs excepted (a budget for deferrable work; an fsync is a wait
+    /// for the disk, which deferring other work would not shorten).
+    pub fn busy(&self) -> Duration {
+        let elapsed = self.started.elapsed();
+        elapsed.saturating_sub(Duration::from_nanos(self.nanos[Phase::Fsync as usize]))
+    }
+
     /// Charges the time since the previous lap (or the turn's start) to
     /// `phase`.
     pub fn lap(&mut self, phase: Phase) {

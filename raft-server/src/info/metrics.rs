@@ -64,6 +64,12 @@ impl Metrics {
         self.r.register(name, help, g);
     }
 
+    fn fcounter(&mut self, name: &str, help: &str, v: f64) {
+        let k: Counter<f64, AtomicU64> = Counter::default();
+        k.inc_by(v);
+        self.r.register(name, help, k);
+    }
+
     fn counter(&mut self, name: &str, help: &str, v: u64) {
         let k: Counter = Counter::default();
         k.inc_by(v);
@@ -351,6 +357,21 @@ fn traffic_metrics(s: &Snapshot, m: &mut Metrics) {
         c.writes_failed,
     );
     m.counter("reads_ok", "Linearizable reads served.", c.reads_ok);
+    m.counter(
+        "apply_deferred_turns",
+        "Loop turns that left applies for the next turn to stay within their budget.",
+        c.apply_deferred_turns,
+    );
+    m.counter(
+        "keyspace_walks",
+        "Reads that walked the key space on the helper thread (KEYS, SCAN pages over 1000 keys).",
+        c.keyspace_walks,
+    );
+    m.fcounter(
+        "keyspace_walk_seconds",
+        "Time those walks took on the helper thread, reply encoding included.",
+        c.keyspace_walk_nanos as f64 / 1e9,
+    );
     m.counter("redirects", "MOVED and CLUSTERDOWN replies.", c.redirects);
     m.counter(
         "clients_accepted",

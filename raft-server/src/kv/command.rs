@@ -240,6 +240,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the read walks the key space rather than a few keys: `KEYS`,
+    /// and a `SCAN` page of more than [`super::WALK_INLINE_MAX`] keys. Such
+    /// reads run off the event loop (`crate::walks`), and cannot be queued
+    /// in a transaction (inside `EXEC` they would run on every member's
+    /// loop).
+    pub fn walks_keyspace(&self) -> bool {
+        match self {
+            Command::Keys { .. } => true,
+            Command::Scan { count, .. } => *count > super::WALK_INLINE_MAX,
+            _ => false,
+        }
+    }
+
     /// Whether the command only reads (it may then be answered through
     /// ReadIndex instead of the log).
     pub fn is_read(&self) -> bool {

@@ -117,6 +117,10 @@ pub const MAX_TOMBSTONES: usize = 100_000;
 /// keeps `clock + ttl` far from overflow. Larger values are refused when
 /// the command is parsed, with Redis' "invalid expire time".
 pub const MAX_TTL_MS: u64 = 1 << 62;
+/// A `SCAN` page of at most this many keys runs on the event loop; a larger
+/// one, like `KEYS`, walks the key space off it (`crate::walks`). A page of
+/// 1000 keys takes well under a millisecond.
+pub const WALK_INLINE_MAX: u64 = 1000;
 
 mod command;
 mod entry;

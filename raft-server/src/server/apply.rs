@@ -110,8 +110,29 @@ impl Server {
             }
         }
         self.counters.reads_ok += 1;
+        if read.cmd.walks_keyspace() {
+            // Off the loop, over the store as it is now (walks.rs).
+            let to = read.to;
+            let Some(c) = self.clients.get(to.key).filter(|c| c.id == to.client_id) else {
+                return;
+            };
+            let protocol = c.slot_protocol(to.seq);
+            let now_ms = self.wall_ms(now);
+            self.walker
+                .start(to, self.kv.clone(), read.cmd, now_ms, protocol);
+            return;
+        }
         let outcome = self.kv.query(&read.cmd, self.wall_ms(now));
         self.deliver(read.to, client::outcome_reply(outcome));
+    }
+
+    /// Answers the walks of the key space the helper thread finished.
+    pub(super) fn walks_finished(&mut self) {
+        while let Some(w) = self.walker.poll() {
+            self.counters.keyspace_walks += 1;
+            self.counters.keyspace_walk_nanos += w.took.as_nanos() as u64;
+            self.deliver(w.to, w.reply);
+        }
     }
 
     /// An entry was applied: the reads waiting for it are answered.

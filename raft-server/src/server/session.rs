@@ -634,6 +634,11 @@ impl Server {
                 let slot_key = c.first_key().cloned().unwrap_or_default();
                 Err(self.redirect(self.node.leader(), &slot_key))
             }
+            Command::Read(c) if c.walks_keyspace() => Err(Reply::Error(format!(
+                "ERR KEYS and SCAN with COUNT above {} cannot be queued in a transaction: \
+                 inside EXEC they would run on every member's event loop",
+                kv::WALK_INLINE_MAX
+            ))),
             Command::Read(c) | Command::Write(c) => Ok(c),
             _ => Err(Reply::Error(
                 "ERR only the store's commands can be queued in a transaction".into(),

@@ -222,6 +222,7 @@ impl Server {
         let registry = poll.registry();
         let snapshotter = Snapshotter::new(registry, HELPER_WAKER).map_err(StartError::Io)?;
         // A slow disk then delays what waits for durability, not the loop.
+        let walker = Walker::new(snapshotter.waker()).map_err(StartError::Io)?;
         let sync_waker = snapshotter.waker();
         storage
             .sync_in_background(move || {
@@ -291,7 +292,10 @@ impl Server {
             appended_at: VecDeque::new(),
             durable_pending: VecDeque::new(),
             last_applied,
+            backlog: VecDeque::new(),
+            installs_queued: 0,
             snapshotter,
+            walker,
             turn: TurnTimer::new(start),
         })
     }

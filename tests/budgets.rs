@@ -1,0 +1,154 @@
+//! No client can stall the event loop into an election (issue 21): work
+//! that grows with the store runs off the loop or in bounded slices. These
+//! tests assert behaviour only (no election, no lost write, the right
+//! answer); how long the loop's turns took is printed, and measured by
+//! `make bench-stall`.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Resp};
+
+/// Keys in the store: `KEYS *` over this many took the loop about a second
+/// before walks ran off it (two to three election timeouts by default).
+const KEYS: usize = 1_000_000;
+/// Keys per MSET (a request takes at most 1024 arguments).
+const BATCH: usize = 500;
+
+fn load(c: &Cluster, leader: u64, n: usize) {
+    let mut conn = c.conn(leader);
+    let mut sent = 0;
+    while sent < n {
+        // A window of pipelined MSETs, then their replies.
+        let mut window = 0;
+        while window < 100 && sent < n {
+            let keys: Vec<String> = (sent..(sent + BATCH).min(n))
+                .map(|i| format!("k{i:07}"))
+                .collect();
+            let mut args: Vec<&[u8]> = vec![b"MSET"];
+            for k in &keys {
+                args.push(k.as_bytes());
+                args.push(b"v");
+            }
+            conn.send(&args).unwrap();
+            sent += keys.len();
+            window += 1;
+        }
+        for _ in 0..window {
+            assert_eq!(conn.read().unwrap(), Resp::Simple("OK".into()));
+        }
+    }
+}
+
+fn terms(c: &Cluster) -> Vec<String> {
+    (1..=3)
+        .map(|id| c.field(id, "raft_term").expect("INFO answers"))
+        .collect()
+}
+
+#[test]
+fn keys_over_a_large_store_causes_no_election_and_loses_no_write() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let t0 = Instant::now();
+    load(&c, leader, KEYS);
+    println!("loaded {KEYS} keys in {:?}", t0.elapsed());
+    for id in 1..=3 {
+        c.wait_caught_up(id);
+    }
+    let before = terms(&c);
+
+    // Writes acknowledged while the walks run must all be there after.
+    let writer = {
+        let mut conn = c.conn(leader);
+        thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0..200 {
+                let key = format!("w{i}");
+                if conn.cmd(&["SET", &key, "1"]).ok() == Some(Resp::Simple("OK".into())) {
+                    acked.push(key);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            acked
+        })
+    };
+    // Four clients at once, twice each: inline, each took the loop a second.
+    let walkers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = c.conn(leader);
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    let started = Instant::now();
+                    let keys = match conn.cmd(&["KEYS", "k*"]).unwrap() {
+                        Resp::Array(keys) => keys,
+                        // An election answers "moved" or "write lost".
+                        other => panic!("KEYS answered {other:?}"),
+                    };
+                    assert_eq!(keys.len(), KEYS);
+                    println!("KEYS k* answered in {:?}", started.elapsed());
+                }
+            })
+        })
+        .collect();
+    for w in walkers {
+        w.join().unwrap();
+    }
+    let acked = writer.join().unwrap();
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged during the walks"
+    );
+
+    let after = terms(&c);
+    for id in 1..=3 {
+        println!(
+            "member {id}: longest loop turn {} ms",
+            c.field(id, "raft_loop_turn_max_ms").unwrap_or_default()
+        );
+    }
+    for id in 1..=3 {
+        for line in c
+            .log_text(id)
+            .lines()
+            .filter(|l| l.contains("slow event-loop turn"))
+        {
+            println!("member {id}: {line}");
+        }
+    }
+    assert_eq!(before, after, "an election happened during the walks");
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), leader);
+    let mut conn = c.conn(leader);
+    for key in &acked {
+        assert_eq!(
+            conn.cmd(&["GET", key]).unwrap(),
+            Resp::Bulk(Some(b"1".to_vec())),
+            "acknowledged write {key} lost"
+        );
+    }
+}
+
+#[test]
+fn keys_cannot_be_queued_in_a_transaction() {
+    let mut c = Cluster::new(1);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let mut conn = c.conn(leader);
+    assert_eq!(conn.cmd(&["MULTI"]).unwrap(), Resp::Simple("OK".into()));
+    let Resp::Error(e) = conn.cmd(&["KEYS", "*"]).unwrap() else {
+        panic!("KEYS was queued");
+    };
+    assert!(e.contains("cannot be queued in a transaction"), "{e}");
+    // A small SCAN page still runs inside EXEC.
+    assert_eq!(
+        conn.cmd(&["SCAN", "0", "COUNT", "10"]).unwrap(),
+        Resp::Simple("QUEUED".into())
+    );
+    let Resp::Error(e) = conn.cmd(&["EXEC"]).unwrap() else {
+        panic!("EXEC ran a doomed transaction");
+    };
+    assert!(e.starts_with("EXECABORT"), "{e}");
+}
