@@ -152,3 +152,74 @@ fn keys_cannot_be_queued_in_a_transaction() {
     };
     assert!(e.starts_with("EXECABORT"), "{e}");
 }
+
+#[test]
+fn clients_that_pipeline_big_gets_and_never_read_cause_no_election() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let value = "x".repeat(512 * 1024);
+    let mut conn = c.conn(leader);
+    assert_eq!(
+        conn.cmd(&["SET", "big", &value]).unwrap(),
+        Resp::Simple("OK".into())
+    );
+    for id in 1..=3 {
+        c.wait_caught_up(id);
+    }
+    let before = terms(&c);
+    // 100 connections, 2,000 GETs of 512 KiB each, none ever read: the
+    // replies would be 100 GB; the client budget bounds what is held, and
+    // the turn budget how long one turn spends on them.
+    let get = common::encode(&[b"GET", b"big"]).repeat(2_000);
+    let mut floods = Vec::new();
+    for _ in 0..100 {
+        let mut s = std::net::TcpStream::connect(c.m(leader).client).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        // The server stops reading once its budget is full: a short
+        // write then is expected.
+        let _ = std::io::Write::write_all(&mut s, &get);
+        floods.push(s);
+    }
+    // Writes go on meanwhile, and must all be there after.
+    let mut acked = Vec::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut i = 0;
+    while Instant::now() < until {
+        let key = format!("w{i}");
+        i += 1;
+        if conn.cmd(&["SET", &key, "1"]).ok() == Some(Resp::Simple("OK".into())) {
+            acked.push(key);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let after = terms(&c);
+    for id in 1..=3 {
+        println!(
+            "member {id}: longest loop turn {} ms",
+            c.field(id, "raft_loop_turn_max_ms").unwrap_or_default()
+        );
+        for line in c
+            .log_text(id)
+            .lines()
+            .filter(|l| l.contains("slow event-loop turn"))
+        {
+            println!("member {id}: {line}");
+        }
+    }
+    assert_eq!(before, after, "an election happened during the flood");
+    drop(floods);
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged during the flood"
+    );
+    let mut conn = c.conn(c.wait_leader(Duration::from_secs(5)));
+    for key in &acked {
+        assert_eq!(
+            conn.cmd(&["GET", key]).unwrap(),
+            Resp::Bulk(Some(b"1".to_vec())),
+            "acknowledged write {key} lost"
+        );
+    }
+}

@@ -41,6 +41,9 @@ pub struct Counters {
     /// Turns that left applies (or read answers, events) for the next turn
     /// to stay within their budget.
     pub apply_deferred_turns: u64,
+    /// Times a client's requests or replies were left for the next turn to
+    /// stay within the turn's budget.
+    pub client_deferred: u64,
     /// Of the reads, walks of the key space served off the loop (`KEYS`, large
     /// `SCAN` pages).
     pub keyspace_walks: u64,
@@ -332,6 +335,7 @@ fn stats_section(s: &Snapshot, o: &mut String) {
     );
     field(o, "keyspace_walks", c.keyspace_walks);
     field(o, "apply_deferred_turns", c.apply_deferred_turns);
+    field(o, "client_work_deferred", c.client_deferred);
 }
 
 fn replication_section(s: &Snapshot, o: &mut String) {

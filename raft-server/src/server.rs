@@ -381,6 +381,7 @@ impl Server {
             || !self.inputs.is_empty()
             || self.redrain
             || !self.backlog.is_empty()
+            || !self.dirty.is_empty()
         {
             return Some(Duration::ZERO);
         }

@@ -363,6 +363,11 @@ fn traffic_metrics(s: &Snapshot, m: &mut Metrics) {
         c.apply_deferred_turns,
     );
     m.counter(
+        "client_work_deferred",
+        "Times a client's requests or replies were left for the next loop turn to stay within its budget.",
+        c.client_deferred,
+    );
+    m.counter(
         "keyspace_walks",
         "Reads that walked the key space on the helper thread (KEYS, SCAN pages over 1000 keys).",
         c.keyspace_walks,
