@@ -223,3 +223,67 @@ fn clients_that_pipeline_big_gets_and_never_read_cause_no_election() {
         );
     }
 }
+
+#[test]
+fn a_follower_loads_a_large_snapshot_off_the_loop() {
+    let mut c = Cluster::with_options(
+        3,
+        common::Options {
+            extra_toml: Some("snapshot_entries = 500\ncompaction_trailing_entries = 0".into()),
+            ..Default::default()
+        },
+    );
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let away = (1..=3).find(|&id| id != leader).unwrap();
+    c.kill(away);
+    load(&c, leader, KEYS);
+    let others: Vec<u64> = (1..=3).filter(|&id| id != away).collect();
+    // The leader's log must be compacted past what `away` holds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .field(leader, "raft_snapshot_index")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        < 1_500
+    {
+        assert!(Instant::now() < deadline, "the leader took no snapshot");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let before: Vec<String> = others
+        .iter()
+        .map(|&id| c.field(id, "raft_term").unwrap())
+        .collect();
+    c.start(away);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.field(away, "raft_snapshots_installed").as_deref() != Some("1") {
+        assert!(
+            Instant::now() < deadline,
+            "member {away} installed no snapshot"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.wait_caught_up(away);
+    let after: Vec<String> = others
+        .iter()
+        .map(|&id| c.field(id, "raft_term").unwrap())
+        .collect();
+    assert_eq!(before, after, "an election happened during the install");
+    for line in c.log_text(away).lines().filter(|l| {
+        l.contains("installed the leader's snapshot") || l.contains("slow event-loop turn")
+    }) {
+        println!("member {away}: {line}");
+    }
+    println!(
+        "member {away}: longest loop turn {} ms",
+        c.field(away, "raft_loop_turn_max_ms").unwrap_or_default()
+    );
+    // What it serves is the leader's store.
+    let mut conn = c.conn(away);
+    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(conn.cmd(&["DBSIZE"]).unwrap(), Resp::Int(KEYS as i64));
+    assert_eq!(
+        conn.cmd(&["GET", "k0999999"]).unwrap(),
+        Resp::Bulk(Some(b"v".to_vec()))
+    );
+}

@@ -237,8 +237,9 @@ pub struct Server {
     /// What the driver handed out for this side to carry out (applies,
     /// read answers, events), in its order, beyond the last turn's budget.
     backlog: VecDeque<Action>,
-    /// `InstallSnapshot` actions in `backlog`.
-    installs_queued: usize,
+    /// The leader's snapshot being loaded into a store, off the loop; the
+    /// backlog waits behind it.
+    loading: Option<snapshot::Loading>,
     /// Takes snapshots on a helper thread.
     snapshotter: Snapshotter,
     /// Walks the key space for reads, on a helper thread.
@@ -380,7 +381,7 @@ impl Server {
         if !self.resume.is_empty()
             || !self.inputs.is_empty()
             || self.redrain
-            || !self.backlog.is_empty()
+            || (!self.backlog.is_empty() && self.loading.is_none())
             || !self.dirty.is_empty()
         {
             return Some(Duration::ZERO);
@@ -475,11 +476,6 @@ impl Server {
         c.heartbeats_failed += links.heartbeats_failed;
         r.map_err(FatalError::Storage)?;
 
-        for action in &out {
-            if matches!(action, Action::InstallSnapshot { .. }) {
-                self.installs_queued += 1;
-            }
-        }
         self.backlog.extend(out);
         self.run_backlog(now)?;
         self.turn.lap(Phase::Apply);
@@ -500,9 +496,10 @@ impl Server {
     /// order (reads through ReadIndex, WATCH through the store's own
     /// index, snapshots at the store's `last_applied`).
     ///
-    /// The budget does not hold for an installed snapshot (the whole
-    /// backlog before it goes at once: it replaces the store) nor past
-    /// [`MAX_APPLY_BACKLOG`] actions (memory first).
+    /// An installed snapshot is loaded on a helper thread, and what follows
+    /// it waits until the store is replaced (`install_snapshot`). The
+    /// budget does not hold past [`MAX_APPLY_BACKLOG`] actions (memory
+    /// first).
     fn run_backlog(&mut self, now: Instant) -> Result<(), FatalError> {
         let budget = self.settings.heartbeat / APPLY_BUDGET_HEARTBEATS;
         while let Some(action) = self.backlog.pop_front() {
@@ -512,8 +509,11 @@ impl Server {
                     self.apply(e, now);
                 }
                 Action::InstallSnapshot { meta } => {
-                    self.installs_queued -= 1;
-                    self.install_snapshot(meta, now)?;
+                    if let Some(meta) = self.install_snapshot(meta, now)? {
+                        // Loading: what follows waits behind it.
+                        self.backlog.push_front(Action::InstallSnapshot { meta });
+                        break;
+                    }
                 }
                 Action::ReadReady { id } => self.answer_read(id, None, now),
                 Action::ReadFailed { id, error } => self.answer_read(id, Some(error), now),
@@ -521,7 +521,6 @@ impl Server {
                 other => unreachable!("the driver carries out {other:?} itself"),
             }
             if !self.backlog.is_empty()
-                && self.installs_queued == 0
                 && self.backlog.len() <= MAX_APPLY_BACKLOG
                 && self.turn.busy() >= budget
             {

@@ -3,28 +3,47 @@
 //! is done, installing the leader's, and loading one into a store.
 
 use std::io;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use raft_proto::{LogIndex, Membership, SnapshotMeta};
 
 use super::{FatalError, Server};
 use crate::kv::{self, Kv};
-use crate::storage::{SnapshotInfo, Storage};
+use crate::storage::{SnapshotInfo, SnapshotReader, Storage};
 use crate::turn::Phase;
 
 impl Server {
     /// The leader's snapshot was received, checked and installed by the
-    /// store (the driver did that): the store is replaced by it. This runs
-    /// on the loop: a member that needs a whole snapshot is not serving
-    /// reads meanwhile anyway.
+    /// store (the driver did that): the store is to be replaced by it. The
+    /// loading (a million keys take about a second) runs on a helper
+    /// thread; meanwhile the loop serves its peers and timers, and the
+    /// applies, reads and events handed out after the snapshot wait in the
+    /// backlog behind it. `Ok(Some(meta))`: still loading, call again.
     pub(super) fn install_snapshot(
         &mut self,
         meta: SnapshotMeta,
         now: Instant,
-    ) -> Result<(), FatalError> {
-        let t0 = Instant::now();
-        let (kv, membership) =
-            load_snapshot(&self.storage, info_of(&meta)).map_err(FatalError::Snapshot)?;
+    ) -> Result<Option<SnapshotMeta>, FatalError> {
+        let Some(loading) = &self.loading else {
+            self.loading = Some(Loading::start(
+                &self.storage,
+                info_of(&meta),
+                self.snapshotter.waker(),
+            )?);
+            return Ok(Some(meta));
+        };
+        let (kv, membership) = match loading.rx.try_recv() {
+            Ok(loaded) => loaded.map_err(FatalError::Snapshot)?,
+            Err(TryRecvError::Empty) => return Ok(Some(meta)),
+            Err(TryRecvError::Disconnected) => {
+                return Err(FatalError::Snapshot(
+                    "the snapshot loading thread died".into(),
+                ))
+            }
+        };
+        let t0 = self.loading.take().expect("checked above").started;
         if membership != *meta.membership {
             // The leader wrote both from the same log; the node follows
             // the announced one.
@@ -56,7 +75,7 @@ impl Server {
                 t0.elapsed().as_millis()
             );
         self.applied_for_reads(meta.last_index.0, now);
-        Ok(())
+        Ok(None)
     }
 
     /// Starts a snapshot when enough was applied since the last one.
@@ -165,12 +184,47 @@ pub(super) fn info_of(meta: &SnapshotMeta) -> SnapshotInfo {
     }
 }
 
+/// A snapshot being loaded into a store on a helper thread.
+pub(super) struct Loading {
+    rx: Receiver<Result<(Kv, Membership), String>>,
+    started: Instant,
+}
+
+impl Loading {
+    /// Opens the current snapshot (on the loop: a file's open, so that a
+    /// snapshot installed meanwhile cannot swap the file under the reader)
+    /// and reads it on a helper thread, which wakes the loop when done.
+    fn start(
+        storage: &Storage,
+        meta: SnapshotInfo,
+        waker: Arc<mio::Waker>,
+    ) -> Result<Loading, FatalError> {
+        let reader = open_snapshot(storage, meta).map_err(FatalError::Snapshot)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("snapshot-load".into())
+            .spawn(move || {
+                let _ = tx.send(read_snapshot(reader, meta));
+                let _ = waker.wake();
+            })
+            .map_err(|e| FatalError::Snapshot(format!("cannot start the loading thread: {e}")))?;
+        Ok(Loading {
+            rx,
+            started: Instant::now(),
+        })
+    }
+}
+
 /// The store and the configuration as the current snapshot holds them,
-/// which must be `meta`.
+/// which must be `meta` (at start, on the loop's thread).
 pub(super) fn load_snapshot(
     storage: &Storage,
     meta: SnapshotInfo,
 ) -> Result<(Kv, Membership), String> {
+    read_snapshot(open_snapshot(storage, meta)?, meta)
+}
+
+fn open_snapshot(storage: &Storage, meta: SnapshotInfo) -> Result<SnapshotReader, String> {
     let Some((info, reader)) = storage.snapshot_payload().map_err(|e| e.to_string())? else {
         return Err(format!("the snapshot at {} is missing", meta.last_index));
     };
@@ -180,6 +234,10 @@ pub(super) fn load_snapshot(
             info.last_index, info.last_term, meta.last_index, meta.last_term
         ));
     }
+    Ok(reader)
+}
+
+fn read_snapshot(reader: SnapshotReader, meta: SnapshotInfo) -> Result<(Kv, Membership), String> {
     let mut reader = io::BufReader::with_capacity(1 << 20, reader);
     let (kv, membership) = kv::snapshot::read_payload(&mut reader)
         .map(|(m, kv)| (kv, m))

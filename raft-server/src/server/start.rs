@@ -293,7 +293,7 @@ impl Server {
             durable_pending: VecDeque::new(),
             last_applied,
             backlog: VecDeque::new(),
-            installs_queued: 0,
+            loading: None,
             snapshotter,
             walker,
             turn: TurnTimer::new(start),
