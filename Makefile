@@ -7,7 +7,7 @@ SIM_LONG_SEEDS ?= 0..20000
 SLOW_SEEDS ?= 0..2000
 FUZZ_SECS ?= 60
 
-.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill membership-drill fuzz fuzz-short bench bench-proto bench-server clippy fmt cluster stop clean mutants
+.PHONY: help build release test test-unit sim sim-long chaos chaos-short failover-drill membership-drill fuzz fuzz-short bench bench-proto bench-server bench-stall clippy fmt cluster stop clean mutants
 CHAOS_SEEDS ?= 1 2 3 4 5
 CHAOS_SECS ?= 120
 TRIALS ?= 10
@@ -31,6 +31,7 @@ help:
 	@echo "make bench      benchmarks: raft-proto criterion benches, then a 3-node cluster under load (fsync on)"
 	@echo "make bench-proto   raft-proto's criterion benches only"
 	@echo "make bench-server  a temporary 3-node cluster under load: SET/GET throughput and latency, idle CPU and memory"
+	@echo "make bench-stall   the heavy-client rows of issue 21 on 3-node clusters: longest loop turn per member, elections"
 	@echo "make clippy     lints, warnings are errors"
 	@echo "make fmt        cargo fmt on the workspace"
 	@echo "make clean      cargo clean and remove data/ (make cluster's members)"
@@ -100,6 +101,13 @@ bench-proto:
 # idle CPU and memory, on a temporary 3-node cluster on loopback.
 bench-server: release
 	tools/bench-server.sh
+
+# The loop-budget rows (tests/budgets.rs) with their numbers: each row
+# asserts no election and no lost write; this prints each member's longest
+# loop turn and its slow-turn lines.
+bench-stall: release
+	cargo test --release -p raft-server --test budgets -- --nocapture --test-threads=1 2>&1 \
+		| grep -oE 'stall-row.*|^  n[0-9].*|^test result.*'
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

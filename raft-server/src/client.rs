@@ -529,6 +529,19 @@ impl Client {
             while self.out.len() < ENCODE_AHEAD
                 && self.replies.front().is_some_and(|s| s.reply.is_some())
             {
+                // A reply encoded already (a walk of the key space, tens
+                // of MB) is copied out a window at a time, like the rest.
+                let room = ENCODE_AHEAD - self.out.len();
+                let front = self.replies.front_mut().expect("front checked");
+                if let Some(Reply::Encoded(b)) = &mut front.reply {
+                    if b.len() > room {
+                        let part = b.split_to(room);
+                        self.out.extend_from_slice(&part);
+                        front.bytes -= part.len();
+                        self.slot_bytes -= part.len();
+                        continue;
+                    }
+                }
                 let slot = self.replies.pop_front().expect("front checked");
                 self.first_seq += 1;
                 self.slot_bytes -= slot.bytes;
@@ -905,6 +918,43 @@ mod tests {
         }
         assert!(!c.replies.is_empty(), "everything was encoded");
         assert!(c.output_bytes() <= total);
+    }
+
+    /// A reply encoded elsewhere (a walk of the key space) is copied out a
+    /// window at a time too, and all of it arrives, in order.
+    #[test]
+    fn an_encoded_reply_is_copied_out_in_windows() {
+        use std::io::Read;
+        let (poll, mut c, mut peer) = pair();
+        let encoded: Vec<u8> = (0..20 * ENCODE_AHEAD).map(|i| (i % 251) as u8).collect();
+        let seq = c.reserve(Kind::Read, 16);
+        c.fill(seq, Reply::Encoded(Bytes::from(encoded.clone())));
+        c.reply_now(Reply::Simple("PONG"));
+        check_accounting(&c);
+        // Small socket buffers: the kernel takes little before the peer
+        // reads, and what it does not take must not be copied yet.
+        socket2::SockRef::from(&c.sock)
+            .set_send_buffer_size(64 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&peer)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        assert!(flush(&poll, &mut c));
+        check_accounting(&c);
+        assert!(c.out.len() <= ENCODE_AHEAD, "copied past the window");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while got.len() < encoded.len() + 7 {
+            assert!(flush(&poll, &mut c));
+            check_accounting(&c);
+            assert!(c.out.len() <= ENCODE_AHEAD, "copied past the window");
+            let n = peer.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[..encoded.len()], &encoded[..]);
+        assert_eq!(&got[encoded.len()..], b"+PONG\r\n");
+        assert_eq!(c.output_bytes(), 0);
     }
 
     /// Input counts in the footprint, and a read takes at most the room
