@@ -49,7 +49,8 @@ fn report(c: &Cluster, row: &str, before: &[String], after: &[String]) {
     let turns: Vec<String> = (1..=3)
         .map(|id| {
             let ms = c.field(id, "raft_loop_turn_max_ms").unwrap_or_default();
-            format!("n{id} {ms} ms")
+            let phase = c.field(id, "raft_loop_turn_max_phase").unwrap_or_default();
+            format!("n{id} {ms} ms ({phase})")
         })
         .collect();
     println!(

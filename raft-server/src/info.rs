@@ -90,8 +90,14 @@ pub struct Counters {
     pub heartbeats_failed: u64,
     /// The longest loop turn (work between two polls) since start.
     pub loop_turn_max_nanos: u64,
+    /// What the longest turn spent most of its time on (a [`crate::turn`]
+    /// phase).
+    pub loop_turn_max_phase: &'static str,
     /// Loop turns that took a heartbeat interval or longer.
     pub loop_turns_over_heartbeat: u64,
+    /// Loop turns that took half a heartbeat interval or longer (the
+    /// budgets aim below it).
+    pub loop_turns_over_half_heartbeat: u64,
     /// Snapshots taken here (committed).
     pub snapshots_taken: u64,
     /// Snapshots that failed to be written (retried later).
@@ -118,6 +124,8 @@ pub struct Histograms {
     /// to commit, so to the answer), it splits a write's wait into its own
     /// disk and the followers' round trip.
     pub durable_lag: Histogram,
+    /// Duration of each event-loop turn (work between two polls).
+    pub loop_turn: Histogram,
 }
 
 impl Histograms {
@@ -130,6 +138,8 @@ impl Histograms {
             fsync: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             apply_lag: lag(),
             durable_lag: lag(),
+            // 10 µs to about 5 s in steps of 2.
+            loop_turn: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
         }
     }
 }
@@ -466,9 +476,14 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_last_snapshot_age_s", &ago);
     line("raft_last_snapshot_ms", &took);
     line("raft_loop_turn_max_ms", &ms(c.loop_turn_max_nanos));
+    line("raft_loop_turn_max_phase", &c.loop_turn_max_phase);
     line(
         "raft_loop_turns_over_heartbeat",
         &c.loop_turns_over_heartbeat,
+    );
+    line(
+        "raft_loop_turns_over_half_heartbeat",
+        &c.loop_turns_over_half_heartbeat,
     );
     line("raft_log_first_index", &st.log_first_index);
     line("raft_log_bytes", &st.log_bytes);

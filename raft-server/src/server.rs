@@ -354,10 +354,18 @@ impl Server {
             // one; issue 9).
             let took = self.turn.end(self.settings.heartbeat);
             let c = &mut self.counters;
-            c.loop_turn_max_nanos = c.loop_turn_max_nanos.max(took.as_nanos() as u64);
+            let nanos = took.as_nanos() as u64;
+            if nanos > c.loop_turn_max_nanos {
+                c.loop_turn_max_nanos = nanos;
+                c.loop_turn_max_phase = self.turn.dominant();
+            }
             if took >= self.settings.heartbeat {
                 c.loop_turns_over_heartbeat += 1;
             }
+            if took >= self.settings.heartbeat / 2 {
+                c.loop_turns_over_half_heartbeat += 1;
+            }
+            self.histograms.loop_turn.observe(took.as_secs_f64());
         }
     }
 

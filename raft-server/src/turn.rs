@@ -52,6 +52,21 @@ const PHASES: [Phase; 9] = [
 ];
 
 impl Phase {
+    /// A short name for INFO and metrics.
+    fn id(self) -> &'static str {
+        match self {
+            Phase::Io => "io",
+            Phase::Timers => "timers",
+            Phase::SnapshotCommit => "snapshot_commit",
+            Phase::Drive => "persist_send",
+            Phase::Fsync => "fsync",
+            Phase::Compaction => "compaction",
+            Phase::Apply => "apply",
+            Phase::Flush => "output",
+            Phase::SnapshotStart => "snapshot_start",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Phase::Io => "socket I/O and requests",
@@ -158,6 +173,14 @@ impl TurnTimer {
         self.warned_at = Some(now);
         self.suppressed = 0;
         took
+    }
+
+    /// The phase the last turn spent most of its time on.
+    pub fn dominant(&self) -> &'static str {
+        PHASES
+            .iter()
+            .max_by_key(|&&p| self.nanos[p as usize])
+            .map_or("", |p| p.id())
     }
 
     /// The phases that took a millisecond or more, longest first.

@@ -36,6 +36,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.histograms.apply_lag.clone(),
     );
     m.r.register(
+        "loop_turn_seconds",
+        "Duration of event-loop turns (work between two polls).",
+        s.histograms.loop_turn.clone(),
+    );
+    m.r.register(
         "durable_lag_seconds",
         "Time from an entry's append to this member's log to the end of the fsync that made it durable.",
         s.histograms.durable_lag.clone(),
@@ -317,6 +322,11 @@ fn storage_metrics(s: &Snapshot, m: &mut Metrics) {
         "loop_turns_over_heartbeat",
         "Event-loop turns that took a heartbeat interval or longer.",
         c.loop_turns_over_heartbeat,
+    );
+    m.counter(
+        "loop_turns_over_half_heartbeat",
+        "Event-loop turns that took half a heartbeat interval or longer.",
+        c.loop_turns_over_half_heartbeat,
     );
     m.gauge(
         "log_first_index",
