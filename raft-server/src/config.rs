@@ -67,6 +67,9 @@ pub const DEFAULT_SNAPSHOT_LOG_MB: u64 = 64;
 pub const DEFAULT_TRAILING_ENTRIES: u64 = 5_000;
 /// `log_segment_mb` by default.
 pub const DEFAULT_LOG_SEGMENT_MB: u64 = 16;
+/// `max_snapshot_mb` by default: a snapshot a leader announces larger than
+/// this is refused unwritten (the store lives in memory; 16 GiB).
+pub const DEFAULT_MAX_SNAPSHOT_MB: u64 = 16 << 10;
 /// Default `member_add_timeout_ms`.
 pub const DEFAULT_MEMBER_ADD_TIMEOUT_MS: u64 = 10_000;
 /// Bytes of snapshot per InstallSnapshot message: with the pipelining
@@ -250,6 +253,9 @@ pub struct Settings {
     pub compaction_trailing_entries: u64,
     /// Size at which a log segment is closed (`log_segment_mb`).
     pub segment_bytes: u64,
+    /// A leader's snapshot larger than this is refused unwritten
+    /// (`max_snapshot_mb`).
+    pub max_snapshot_bytes: u64,
     /// A leader that gets SIGTERM/SIGINT hands leadership over before it
     /// exits (`shutdown_transfer`, default true; false is for comparing,
     /// in the membership drill).
@@ -342,6 +348,7 @@ impl Settings {
         let snapshot_entries = positive("snapshot_entries", file.snapshot_entries, 1 << 32)?;
         let snapshot_bytes = positive("snapshot_log_mb", file.snapshot_log_mb, 1 << 20)? << 20;
         let segment_bytes = positive("log_segment_mb", file.log_segment_mb, 1 << 10)? << 20;
+        let max_snapshot_bytes = positive("max_snapshot_mb", file.max_snapshot_mb, 1 << 30)? << 20;
         let compaction_trailing_entries = file.compaction_trailing_entries;
         let member_add_timeout_ms = file.member_add_timeout_ms;
         if !(100..=3_600_000).contains(&member_add_timeout_ms) {
@@ -363,6 +370,7 @@ impl Settings {
             snapshot_bytes,
             compaction_trailing_entries,
             segment_bytes,
+            max_snapshot_bytes,
             shutdown_transfer: file.shutdown_transfer,
             member_add_timeout: Duration::from_millis(member_add_timeout_ms),
             acl,
@@ -687,6 +695,8 @@ struct ClusterFile {
     compaction_trailing_entries: u64,
     #[serde(default = "default_log_segment_mb")]
     log_segment_mb: u64,
+    #[serde(default = "default_max_snapshot_mb")]
+    max_snapshot_mb: u64,
     #[serde(default = "default_true")]
     shutdown_transfer: bool,
     /// RAFT.ADD gives a new member this long without progress to connect
@@ -719,6 +729,10 @@ fn default_trailing_entries() -> u64 {
 
 fn default_log_segment_mb() -> u64 {
     DEFAULT_LOG_SEGMENT_MB
+}
+
+fn default_max_snapshot_mb() -> u64 {
+    DEFAULT_MAX_SNAPSHOT_MB
 }
 
 fn default_client_memory_budget_mb() -> u64 {

@@ -217,6 +217,9 @@ pub struct StorageStatus {
     pub log_segments: usize,
     /// A snapshot is being written by the helper thread.
     pub snapshot_in_progress: bool,
+    /// Snapshots from a leader refused unwritten (over `max_snapshot_mb`
+    /// or the free space).
+    pub snapshots_refused: u64,
     /// The last snapshot taken here: how long ago, and how long it took.
     pub last_snapshot: Option<(Duration, Duration)>,
 }
@@ -465,6 +468,7 @@ pub fn render_info(s: &Snapshot) -> String {
     line("raft_snapshots_taken", &c.snapshots_taken);
     line("raft_snapshots_failed", &c.snapshots_failed);
     line("raft_snapshots_installed", &c.snapshots_installed);
+    line("raft_snapshots_refused", &st.snapshots_refused);
     line("raft_snapshots_sent", &c.snapshots_sent);
     line("raft_snapshot_chunks_sent", &c.snapshot_chunks_sent);
     line("raft_snapshot_bytes_sent", &c.snapshot_bytes_sent);

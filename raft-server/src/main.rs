@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         settings.id,
         StorageOptions {
             segment_bytes: settings.segment_bytes,
+            max_incoming_snapshot: settings.max_snapshot_bytes,
             ..StorageOptions::default()
         },
     ) {

@@ -760,6 +760,7 @@ impl Server {
                 log_bytes: self.storage.log_bytes(),
                 log_segments: self.storage.segment_count(),
                 snapshot_in_progress: self.snapshotter.running(),
+                snapshots_refused: self.storage.incoming_refusals(),
                 last_snapshot: self
                     .snapshotter
                     .last

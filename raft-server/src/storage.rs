@@ -296,7 +296,17 @@ pub struct StorageOptions {
     /// (`fallocate`), so that an append does not change the file's size
     /// and its fdatasync has no size to write (module docs). Default on.
     pub preallocate: bool,
+    /// A snapshot a leader announces larger than this is refused before a
+    /// byte of it is written (a peer holding the secret may declare any
+    /// size). Default 16 GiB: the store lives in memory.
+    pub max_incoming_snapshot: u64,
 }
+
+/// Free space an incoming snapshot must leave on the data dir's file
+/// system, for the log and the next snapshot.
+const INCOMING_SNAPSHOT_HEADROOM: u64 = 256 << 20;
+/// Refused incoming snapshots are logged at most this often.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl StorageOptions {
     /// The length a new segment is allocated to (0: none).
@@ -314,6 +324,7 @@ impl Default for StorageOptions {
         StorageOptions {
             segment_bytes: 16 << 20,
             preallocate: true,
+            max_incoming_snapshot: 16 << 30,
         }
     }
 }
@@ -391,6 +402,13 @@ pub struct Storage {
     writer: Option<(LogIndex, Term)>,
     /// The snapshot being received.
     incoming: Option<Incoming>,
+    /// A snapshot a leader announced that is refused (over the limit or
+    /// the free space): its chunks are dropped unwritten and its install
+    /// fails, as for a damaged one.
+    refused_incoming: Option<SnapshotInfo>,
+    /// Snapshots refused so, and when one was last logged.
+    incoming_refusals: u64,
+    refusal_logged_at: Option<std::time::Instant>,
     /// The power-cut simulation; `None` unless its environment switch is set.
     power_cut: Option<PowerCut>,
     /// Files no longer needed, deleted by a helper thread (`trash.rs`).
@@ -818,6 +836,9 @@ impl Storage {
             snapshot,
             writer: None,
             incoming: None,
+            refused_incoming: None,
+            incoming_refusals: 0,
+            refusal_logged_at: None,
             power_cut,
             trash: Trash::new(dir),
             syncer: None,
@@ -1464,6 +1485,48 @@ impl Storage {
         Ok(Some((current.info, SnapshotReader::new(file, path, &h)?)))
     }
 
+    /// Why a snapshot of `len` bytes announced by a leader cannot be
+    /// received here, if it cannot: over the configured limit, or more
+    /// than the file system has free (with headroom for the log).
+    fn incoming_refusal(&self, len: u64) -> Option<String> {
+        let max = self.options.max_incoming_snapshot;
+        if len > max {
+            return Some(format!("{len} bytes announced, over the {max}-byte limit"));
+        }
+        match free_bytes(&self.dir) {
+            Ok(free) if len.saturating_add(INCOMING_SNAPSHOT_HEADROOM) > free => Some(format!(
+                "{len} bytes announced, {free} bytes free on the data dir's file system"
+            )),
+            // The write itself fails then, and is fatal like any other.
+            _ => None,
+        }
+    }
+
+    fn refuse_incoming(&mut self, info: SnapshotInfo, why: &str) {
+        self.refused_incoming = Some(info);
+        self.incoming_refusals += 1;
+        let now = std::time::Instant::now();
+        if self
+            .refusal_logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_INTERVAL)
+        {
+            log::warn!(
+                "the leader's snapshot through {} of term {} refused unwritten: {why} \
+                 ({} refused since start; logged at most once a minute)",
+                info.last_index,
+                info.last_term,
+                self.incoming_refusals
+            );
+            self.refusal_logged_at = Some(now);
+        }
+    }
+
+    /// Snapshots from a leader refused unwritten since start (see
+    /// [`StorageOptions::max_incoming_snapshot`]).
+    pub fn incoming_refusals(&self) -> u64 {
+        self.incoming_refusals
+    }
+
     /// Writes `data`, received from the leader at `offset` of the snapshot
     /// file `info` describes, into `snapshot.incoming`. Offset 0 starts
     /// over (creating or emptying the file); a later chunk must continue
@@ -1480,12 +1543,20 @@ impl Storage {
     ) -> Result<(), StorageError> {
         if offset == 0 {
             self.incoming = None;
+            self.refused_incoming = None;
+            if let Some(why) = self.incoming_refusal(info.len) {
+                self.refuse_incoming(info, &why);
+                return self.guard(|s| remove_file(&s.dir, SNAPSHOT_INCOMING, &mut s.power_cut));
+            }
             let inc = self.guard(|s| {
                 let path = s.dir.join(SNAPSHOT_INCOMING);
                 let file = create_file(&path, &mut s.power_cut)?;
                 Ok(Incoming::new(info, file))
             })?;
             self.incoming = Some(inc);
+        }
+        if self.refused_incoming == Some(info) {
+            return Ok(());
         }
         let inc = self
             .incoming
@@ -1529,6 +1600,10 @@ impl Storage {
     /// is not the snapshot being received.
     #[must_use = "Ok(false): the snapshot was refused"]
     pub fn install_incoming(&mut self, info: SnapshotInfo) -> Result<bool, StorageError> {
+        if self.refused_incoming == Some(info) {
+            self.refused_incoming = None;
+            return Ok(false);
+        }
         let inc = self
             .incoming
             .take()
@@ -1917,6 +1992,19 @@ fn rename_into_place(
 
 /// Removes `dir/name` if it exists; durable after the next directory
 /// fsync.
+/// Bytes available to this process on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the data dir's path"))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a struct to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 fn remove_file(
     dir: &Path,
     name: &str,

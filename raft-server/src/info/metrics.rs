@@ -292,6 +292,11 @@ fn storage_metrics(s: &Snapshot, m: &mut Metrics) {
         c.snapshots_installed,
     );
     m.counter(
+        "snapshots_refused",
+        "Snapshots from a leader refused unwritten: over max_snapshot_mb or the free space.",
+        st.snapshots_refused,
+    );
+    m.counter(
         "snapshots_sent",
         "Snapshot transfers started to followers.",
         c.snapshots_sent,

@@ -43,6 +43,7 @@ fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
 const EXACT: StorageOptions = StorageOptions {
     segment_bytes: 16 << 20,
     preallocate: false,
+    max_incoming_snapshot: 16 << 30,
 };
 
 /// A store whose new segments are preallocated (as raft-node's are) to
@@ -64,6 +65,7 @@ fn open_segments(
     let options = StorageOptions {
         segment_bytes,
         preallocate,
+        ..StorageOptions::default()
     };
     Storage::open(dir, CLUSTER, ME, options)
 }
@@ -951,6 +953,7 @@ fn power_cut_run(seed: u64) -> u64 {
     let options = StorageOptions {
         segment_bytes: 1 << 20,
         preallocate: seed % 4 < 2,
+        ..StorageOptions::default()
     };
     let (mut s, r) = Storage::open_with(
         dir.path(),
@@ -1882,6 +1885,45 @@ fn an_incoming_chunk_past_the_announced_length_panics() {
     let _ = s.write_incoming_chunk(info, 0, &[bytes.clone(), vec![0]].concat());
 }
 
+/// A snapshot announced over the limit (a peer may declare 2^63 bytes) or
+/// over the free space is refused before a byte is written: its chunks are
+/// dropped, no file is left, its install fails; the next good one installs.
+#[test]
+fn an_oversized_incoming_snapshot_is_refused_unwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    populated(d);
+    let options = StorageOptions {
+        max_incoming_snapshot: 400,
+        ..EXACT
+    };
+    let (mut s, _) = Storage::open(d, CLUSTER, ME, options).unwrap();
+    let (info, bytes) = blob(CLUSTER, 3, 2, &[1u8; 500]);
+    assert!(info.len > 400);
+    assert!(
+        !receive(&mut s, info, &bytes, 100),
+        "installed over the limit"
+    );
+    assert!(
+        !d.join(SNAPSHOT_INCOMING).exists(),
+        "a refused snapshot left a file"
+    );
+    // Declared far beyond any disk: refused by the limit and by the free
+    // space alike, never written.
+    let huge = SnapshotInfo {
+        len: 1 << 63,
+        ..info
+    };
+    s.write_incoming_chunk(huge, 0, &bytes[..100]).unwrap();
+    s.write_incoming_chunk(huge, 100, &bytes[100..200]).unwrap();
+    assert!(!d.join(SNAPSHOT_INCOMING).exists());
+    assert!(!s.install_incoming(huge).unwrap());
+    assert_eq!(s.incoming_refusals(), 2);
+    // Under the limit, the same store receives one.
+    let (small, bytes) = blob(CLUSTER, 3, 2, &[1u8; 100]);
+    assert!(receive(&mut s, small, &bytes, 64));
+}
+
 #[test]
 fn a_bad_received_snapshot_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -2063,6 +2105,7 @@ fn before_a_cut(d: &Path, seed: u64) -> Storage {
     let options = StorageOptions {
         segment_bytes: 1,
         preallocate: false,
+        ..StorageOptions::default()
     };
     let (s, _) =
         Storage::open_with(d, CLUSTER, ME, options, plan(CutWhen::AtSync(1), seed)).unwrap();
@@ -2227,6 +2270,7 @@ fn power_cut_snapshot_run(seed: u64) -> u64 {
         },
         // Not drawn from `rng`: the seeds' workloads stay as they were.
         preallocate: seed.is_multiple_of(2),
+        ..StorageOptions::default()
     };
     if rng.chance(0.3) {
         populated(d);
