@@ -287,15 +287,15 @@ fn garbage_on_the_client_port_only_costs_that_connection() {
     let leader = c.wait_leader(Duration::from_secs(10));
     // Malformed RESP: an error reply, then the connection is closed.
     let mut r = c.conn(leader);
-    r.w.write_all(b"*1\r\n$x\r\n").unwrap();
+    r.write_all(b"*1\r\n$x\r\n").unwrap();
     assert!(
-        matches!(r.read().unwrap(), Resp::Error(e) if e.starts_with("ERR Protocol error: invalid bulk length"))
+        matches!(r.read().unwrap(), Reply::Error(e) if e.starts_with("ERR Protocol error: invalid bulk length"))
     );
     assert!(r.read().is_err());
     // A declared length far over the limit: refused before it arrives.
     let mut r = c.conn(leader);
-    r.w.write_all(b"*2\r\n$3\r\nSET\r\n$999999999\r\n").unwrap();
-    assert!(matches!(r.read().unwrap(), Resp::Error(e) if e.starts_with("ERR Protocol error")));
+    r.write_all(b"*2\r\n$3\r\nSET\r\n$999999999\r\n").unwrap();
+    assert!(matches!(r.read().unwrap(), Reply::Error(e) if e.starts_with("ERR Protocol error")));
     assert!(r.read().is_err());
     // And the cluster still works, with the same leader.
     assert_eq!(c.exec(&["SET", "still", "ok"]), ok());

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -49,7 +48,7 @@ fn write_many(c: &Cluster, leader: u64, n: u64, keys: u64, tag: &str) -> Vec<Str
             buf.extend(encode(&[b"SET", format!("k{k}").as_bytes(), v.as_bytes()]));
             last[k as usize] = v;
         }
-        conn.w.write_all(&buf).unwrap();
+        conn.write_all(&buf).unwrap();
         for _ in 0..batch {
             assert_eq!(conn.read().unwrap(), ok());
         }

@@ -1,10 +1,10 @@
 //! What the process-level tests share: a cluster of real `raft-node`
 //! processes on loopback (127.0.0.1, .2, .3) in a temporary directory, and
-//! a minimal RESP client. Each test binary uses a different part of it.
+//! the tools' RESP client. Each test binary uses a different part of it.
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,99 +16,30 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 /// needs it to authenticate).
 pub const SECRET: &[u8] = b"test-cluster-secret-0123456789abcdef";
 
-/// A RESP value as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Resp>),
+#[allow(unused_imports)]
+pub use tools::resp::{encode, Conn, Reply};
+
+/// A client connection as the tests open it: 2 s to connect, 10 s for
+/// each read.
+pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    wrap(s)
 }
 
-/// A request as RESP: an array of bulk strings.
-pub fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+/// A connection from the local address `from` (any 127.x address is
+/// local): limits kept per source address then see this test's
+/// connections apart from the harness's own.
+pub fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Conn> {
+    wrap(tools::net::connect_from(
+        from,
+        addr,
+        Duration::from_secs(2),
+    )?)
 }
 
-pub struct Conn {
-    pub r: BufReader<TcpStream>,
-    pub w: TcpStream,
-}
-
-impl Conn {
-    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        Conn::wrap(s)
-    }
-
-    /// A connection from the local address `from` (any 127.x address is
-    /// local): limits kept per source address then see this test's
-    /// connections apart from the harness's own.
-    pub fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.bind(&SocketAddr::new(from, 0).into())?;
-        s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
-        Conn::wrap(s.into())
-    }
-
-    fn wrap(s: TcpStream) -> std::io::Result<Conn> {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Conn {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-        })
-    }
-
-    pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        self.w.write_all(&encode(args))
-    }
-
-    pub fn read(&mut self) -> std::io::Result<Resp> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let body = line.trim_end_matches("\r\n").to_string();
-        let (t, rest) = body.split_at(1);
-        Ok(match t {
-            "+" => Resp::Simple(rest.into()),
-            "-" => Resp::Error(rest.into()),
-            ":" => Resp::Int(rest.parse().unwrap()),
-            "$" => {
-                let n: i64 = rest.parse().unwrap();
-                if n < 0 {
-                    Resp::Bulk(None)
-                } else {
-                    let mut b = vec![0; n as usize + 2];
-                    self.r.read_exact(&mut b)?;
-                    b.truncate(n as usize);
-                    Resp::Bulk(Some(b))
-                }
-            }
-            "*" => {
-                let n: usize = rest.parse().unwrap();
-                let mut v = Vec::new();
-                for _ in 0..n {
-                    v.push(self.read()?);
-                }
-                Resp::Array(v)
-            }
-            _ => panic!("bad reply line {line:?}"),
-        })
-    }
-
-    pub fn cmd(&mut self, args: &[&str]) -> std::io::Result<Resp> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a)?;
-        self.read()
-    }
+fn wrap(s: TcpStream) -> std::io::Result<Conn> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(Conn::new(s))
 }
 
 pub struct Member {
@@ -356,22 +287,24 @@ impl Cluster {
     /// A connection, authenticated if the cluster has a client password
     /// or a login.
     pub fn open(&self, addr: SocketAddr) -> std::io::Result<Conn> {
-        let mut c = Conn::open(addr)?;
+        let mut c = open(addr)?;
         if let Some((user, pw)) = &self.login {
             let r = c.cmd(&["AUTH", user, pw])?;
-            assert_eq!(r, Resp::Simple("OK".into()), "AUTH {user}");
+            assert_eq!(r, Reply::Simple("OK".into()), "AUTH {user}");
         } else if let Some(pw) = &self.client_password {
             let r = c.cmd(&["AUTH", pw])?;
-            assert_eq!(r, Resp::Simple("OK".into()), "AUTH");
+            assert_eq!(r, Reply::Simple("OK".into()), "AUTH");
         }
         Ok(c)
     }
 
     pub fn info(&self, id: u64) -> Option<Vec<(String, String)>> {
         let mut c = self.open(self.m(id).client).ok()?;
-        c.w.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .ok()?;
         match c.cmd(&["INFO", "raft"]).ok()? {
-            Resp::Bulk(Some(b)) => Some(
+            Reply::Bulk(Some(b)) => Some(
                 String::from_utf8(b)
                     .unwrap()
                     .lines()
@@ -449,11 +382,11 @@ impl Cluster {
     /// Runs `args` on the leader until it stops answering "retry": a
     /// configuration change in progress, a learner still catching up, or
     /// a leader too new to transfer leadership.
-    pub fn admin(&self, args: &[&str]) -> Resp {
+    pub fn admin(&self, args: &[&str]) -> Reply {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match self.exec(args) {
-                Resp::Error(e)
+                Reply::Error(e)
                     if (e.contains("in progress")
                         || e.contains("has caught up")
                         || e.contains("retry in"))
@@ -468,7 +401,7 @@ impl Cluster {
 
     /// Runs a command against the cluster, following MOVED and retrying
     /// CLUSTERDOWN and connection errors, like `redis-cli -c` with retries.
-    pub fn exec(&self, args: &[&str]) -> Resp {
+    pub fn exec(&self, args: &[&str]) -> Reply {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut target = self
             .members
@@ -479,11 +412,11 @@ impl Cluster {
         loop {
             let r = self.open(target).and_then(|mut c| c.cmd(args));
             match r {
-                Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
+                Ok(Reply::Error(e)) if e.starts_with("MOVED ") => {
                     target = e.rsplit(' ').next().unwrap().parse().unwrap();
                     continue;
                 }
-                Ok(Resp::Error(e))
+                Ok(Reply::Error(e))
                     if e.starts_with("CLUSTERDOWN") || e.contains("leadership lost") => {}
                 Ok(r) => return r,
                 Err(_) => {
@@ -549,12 +482,12 @@ pub fn wait_exit(c: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-pub fn ok() -> Resp {
-    Resp::Simple("OK".into())
+pub fn ok() -> Reply {
+    Reply::Simple("OK".into())
 }
 
-pub fn bulk(s: &str) -> Resp {
-    Resp::Bulk(Some(s.as_bytes().to_vec()))
+pub fn bulk(s: &str) -> Reply {
+    Reply::Bulk(Some(s.as_bytes().to_vec()))
 }
 
 pub fn fd_count(pid: u32) -> usize {
@@ -672,11 +605,7 @@ pub mod insider {
     /// A TCP connection to `to` from `from_ip`, without Nagle's delay (a
     /// frame written right after the proof must not wait for its ACK).
     pub fn connect_from(from_ip: IpAddr, to: SocketAddr) -> TcpStream {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.bind(&SocketAddr::new(from_ip, 0).into()).unwrap();
-        s.connect_timeout(&to.into(), Duration::from_secs(2))
-            .unwrap();
-        let s: TcpStream = s.into();
+        let s = tools::net::connect_from(from_ip, to, Duration::from_secs(2)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.set_nodelay(true).unwrap();
         s

@@ -225,7 +225,7 @@ impl Cluster {
     fn leader(&self) -> Option<u64> {
         (1..=MEMBERS).find(|&i| {
             let Ok(mut c) = Conn::connect(client_addr(i), Duration::from_millis(300)) else { return false };
-            matches!(c.cmd(&[b"INFO", b"raft"]), Ok(Reply::Bulk(Some(b))) if String::from_utf8_lossy(&b).contains("raft_role:leader"))
+            matches!(c.cmd_bytes(&[b"INFO", b"raft"]), Ok(Reply::Bulk(Some(b))) if String::from_utf8_lossy(&b).contains("raft_role:leader"))
         })
     }
 
@@ -588,7 +588,7 @@ fn send(conn: &mut Option<Conn>, target: &mut u64, args: &[&[u8]]) -> Outcome {
         let Some(c) = conn.as_mut() else {
             return Outcome::Refused;
         };
-        match c.cmd(args) {
+        match c.cmd_bytes(args) {
             Ok(r) => match r
                 .moved_to()
                 .and_then(|a| (1..=MEMBERS).find(|&i| client_addr(i) == a))
@@ -697,12 +697,15 @@ fn client(id: u64, seed: u64, keys: u64, start: Instant, stop: &AtomicBool) -> C
                 let member = 1 + rng.range(0, MEMBERS);
                 ro_conn = Conn::connect(client_addr(member), OP_TIMEOUT)
                     .ok()
-                    .and_then(|mut c| match c.cmd(&[b"READONLY"]) {
+                    .and_then(|mut c| match c.cmd_bytes(&[b"READONLY"]) {
                         Ok(Reply::Simple(_)) => Some(c),
                         _ => None,
                     });
             }
-            match ro_conn.as_mut().map(|c| c.cmd(&[b"GET", k.as_bytes()])) {
+            match ro_conn
+                .as_mut()
+                .map(|c| c.cmd_bytes(&[b"GET", k.as_bytes()]))
+            {
                 Some(Ok(Reply::Bulk(v))) => {
                     let value = v.and_then(|b| String::from_utf8_lossy(&b).parse().ok());
                     r.ok += 1;
@@ -1057,12 +1060,12 @@ fn cas_increment(conn: &mut Option<Conn>, target: &mut u64, r: &mut RedisReport)
     let Some(c) = connect(conn, *target) else {
         return false;
     };
-    match c.cmd(&[b"WATCH", CAS]) {
+    match c.cmd_bytes(&[b"WATCH", CAS]) {
         Ok(Reply::Simple(_)) => {}
         Ok(other) => return follow(conn, target, &other),
         Err(_) => return false,
     }
-    let current = match c.cmd(&[b"GET", CAS]) {
+    let current = match c.cmd_bytes(&[b"GET", CAS]) {
         Ok(Reply::Bulk(None)) => 0,
         Ok(Reply::Bulk(Some(b))) => String::from_utf8_lossy(&b).parse::<i64>().unwrap_or(-1),
         Ok(other) => return follow(conn, target, &other),
@@ -1075,9 +1078,8 @@ fn cas_increment(conn: &mut Option<Conn>, target: &mut u64, r: &mut RedisReport)
             r.cas.acked.push(current + 1);
             true
         }
-        // `*-1`: a watched key changed; the tools' client reads it as an
-        // empty array.
-        Effect::Reply(Reply::Array(_)) => {
+        // `*-1`: a watched key changed.
+        Effect::Reply(Reply::NilArray | Reply::Array(_)) => {
             r.aborted += 1;
             true
         }
@@ -1174,7 +1176,7 @@ fn transaction(conn: &mut Option<Conn>, target: &mut u64, cmds: &[&[&[u8]]]) -> 
     let Some(c) = connect(conn, *target) else {
         return Effect::None;
     };
-    match c.cmd(&[b"MULTI"]) {
+    match c.cmd_bytes(&[b"MULTI"]) {
         Ok(Reply::Simple(_)) => {}
         Ok(other) => {
             follow(conn, target, &other);
@@ -1186,7 +1188,7 @@ fn transaction(conn: &mut Option<Conn>, target: &mut u64, cmds: &[&[&[u8]]]) -> 
         }
     }
     for cmd in cmds {
-        match c.cmd(cmd) {
+        match c.cmd_bytes(cmd) {
             Ok(Reply::Simple(s)) if s == "QUEUED" => {}
             Ok(other) => {
                 follow(conn, target, &other);
@@ -1198,7 +1200,7 @@ fn transaction(conn: &mut Option<Conn>, target: &mut u64, cmds: &[&[&[u8]]]) -> 
             }
         }
     }
-    match c.cmd(&[b"EXEC"]) {
+    match c.cmd_bytes(&[b"EXEC"]) {
         Ok(r) => {
             if r.moved_to().is_some() {
                 follow(conn, target, &r);

@@ -61,6 +61,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use tools::net::connect_from;
 
 /// Largest chunk read (and delayed) at once.
 const CHUNK: usize = 16 * 1024;
@@ -174,7 +175,7 @@ fn proxy(
     delay: Delay,
     seed: u64,
 ) -> io::Result<()> {
-    let server = connect_from(bind_ip, to)?;
+    let server = connect_from(bind_ip, to, CONNECT_TIMEOUT)?;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let up = pump(client.try_clone()?, server.try_clone()?, delay, seed)?;
@@ -183,17 +184,6 @@ fn proxy(
         let _ = h.join();
     }
     Ok(())
-}
-
-/// Connects to `to` from `bind_ip` (port 0).
-fn connect_from(bind_ip: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    if !bind_ip.is_unspecified() {
-        socket.bind(&SockAddr::from(SocketAddr::new(bind_ip, 0)))?;
-    }
-    socket.connect_timeout(&SockAddr::from(to), CONNECT_TIMEOUT)?;
-    Ok(socket.into())
 }
 
 /// Starts the reader and writer of one direction, `from` → `to`.

@@ -530,7 +530,7 @@ impl Cluster {
         let mut c =
             Conn::connect_timeouts(self.member(id).client_addr, CONNECT_TIMEOUT, IO_TIMEOUT)
                 .map_err(|e| format!("member {id}: {e}"))?;
-        match c.call(&["INFO", "raft"]) {
+        match c.cmd(&["INFO", "raft"]) {
             Ok(Reply::Bulk(Some(b))) => Ok(Info::parse(&String::from_utf8_lossy(&b))),
             Ok(r) => Err(format!("member {id}: INFO raft: unexpected reply {r:?}")),
             Err(e) => Err(format!("member {id}: INFO raft: {e}")),
@@ -768,7 +768,7 @@ fn check_healthy(cl: &Cluster, tag: &str, n: &mut u64) -> Result<Healthy, String
     *n += 1;
     let mut c = Conn::connect_timeouts(cl.member(*leader).client_addr, CONNECT_TIMEOUT, IO_TIMEOUT)
         .map_err(|e| format!("leader {leader}: {e}"))?;
-    match c.call(&["SET", &format!("drill:health:{tag}"), &n.to_string()]) {
+    match c.cmd(&["SET", &format!("drill:health:{tag}"), &n.to_string()]) {
         Ok(Reply::Simple(s)) if s == "OK" => {}
         other => return Err(format!("health write via {leader}: {other:?}")),
     }
@@ -829,7 +829,7 @@ fn writer(cl: &Cluster, start: u64, old_leader: u64, t0: Instant, trial: u32, w:
             },
         };
         let key = format!("drill:{trial}:{start}");
-        match c.call(&["SET", &key, &seq.to_string()]) {
+        match c.cmd(&["SET", &key, &seq.to_string()]) {
             Ok(Reply::Simple(s)) if s == "OK" => {
                 let at = t0.elapsed();
                 let mut first = w.first_ack.lock().unwrap_or_else(|p| p.into_inner());
@@ -1492,7 +1492,7 @@ mod membership {
                         }
                     },
                 };
-                match c.call(&["SET", &key, &value]) {
+                match c.cmd(&["SET", &key, &value]) {
                     Ok(Reply::Simple(s)) if s == "OK" => {
                         log.acks.push(Ack {
                             seq,
@@ -1689,7 +1689,7 @@ mod membership {
                 let addr = self.cl.member(l).client_addr;
                 let mut c = Conn::connect_timeouts(addr, CONNECT_TIMEOUT, ADMIN_IO_TIMEOUT)
                     .map_err(|e| format!("leader {l}: {e}"))?;
-                match c.call(cmd) {
+                match c.cmd(cmd) {
                     Ok(Reply::Error(e))
                         if e.starts_with("MOVED")
                             || e.starts_with("CLUSTERDOWN")
@@ -2054,7 +2054,7 @@ mod membership {
         )
         .map_err(|e| e.to_string())?;
         if readonly {
-            match c.call(&["READONLY"]) {
+            match c.cmd(&["READONLY"]) {
                 Ok(Reply::Simple(_)) => {}
                 other => return Err(format!("READONLY: {other:?}")),
             }

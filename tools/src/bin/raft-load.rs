@@ -27,7 +27,7 @@
 //! memory stays bounded however long the run is.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::Barrier;
@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use raft_proto::Rng;
+use tools::resp::{encode_command, Conn, ReadError, Reply};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,134 +106,12 @@ const RETRY_SLEEP: Duration = Duration::from_millis(50);
 /// Rounds of redirects or failed connects for one batch before its requests
 /// count as errors (with [`RETRY_SLEEP`] between most of them).
 const MAX_RETRIES: u32 = 50;
-/// A reply larger than this is treated as a protocol error.
-const MAX_BULK_LEN: usize = 64 << 20;
-/// Elements in one array reply at most.
-const MAX_ARRAY_LEN: usize = 1 << 20;
-/// Nesting of array replies at most.
-const MAX_DEPTH: u32 = 8;
 /// Distinct error messages kept for the report.
 const MAX_ERROR_SAMPLES: usize = 5;
 /// Commands per batch when writing the keys before a GET or mixed run.
 const POPULATE_PIPELINE: usize = 64;
 /// Time allowed for writing the keys before a GET or mixed run.
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(120);
-
-// ---------------------------------------------------------------------------
-// RESP2
-
-/// One RESP2 reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    /// `None` is the nil bulk string.
-    Bulk(Option<Vec<u8>>),
-    /// `None` is the nil array.
-    Array(Option<Vec<Reply>>),
-}
-
-/// The peer sent something that is not RESP2.
-#[derive(Debug, PartialEq, Eq)]
-struct ProtocolError(String);
-
-/// Appends `args` as a RESP2 array of bulk strings.
-fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    let _ = write!(out, "*{}\r\n", args.len());
-    for a in args {
-        let _ = write!(out, "${}\r\n", a.len());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Parses one reply from the front of `buf`: `Ok(None)` if more bytes are
-/// needed, else the reply and the bytes it took.
-fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
-    parse_at(buf, 0, 0)
-}
-
-fn parse_at(buf: &[u8], pos: usize, depth: u32) -> Result<Option<(Reply, usize)>, ProtocolError> {
-    if depth > MAX_DEPTH {
-        return Err(ProtocolError("arrays nested too deep".into()));
-    }
-    let Some(&kind) = buf.get(pos) else {
-        return Ok(None);
-    };
-    let Some(line_end) = find_crlf(buf, pos + 1) else {
-        if buf.len() - pos > 64 * 1024 {
-            return Err(ProtocolError("header line too long".into()));
-        }
-        return Ok(None);
-    };
-    let line = &buf[pos + 1..line_end];
-    let after = line_end + 2;
-    let text = || String::from_utf8_lossy(line).into_owned();
-    match kind {
-        b'+' => Ok(Some((Reply::Simple(text()), after))),
-        b'-' => Ok(Some((Reply::Error(text()), after))),
-        b':' => Ok(Some((Reply::Integer(parse_int(line)?), after))),
-        b'$' => {
-            let n = parse_int(line)?;
-            if n == -1 {
-                return Ok(Some((Reply::Bulk(None), after)));
-            }
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= MAX_BULK_LEN)
-                .ok_or_else(|| ProtocolError(format!("bad bulk length {n}")))?;
-            let end = after + n;
-            if buf.len() < end + 2 {
-                return Ok(None);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(ProtocolError("bulk string not followed by CRLF".into()));
-            }
-            Ok(Some((Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)))
-        }
-        b'*' => {
-            let n = parse_int(line)?;
-            if n == -1 {
-                return Ok(Some((Reply::Array(None), after)));
-            }
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= MAX_ARRAY_LEN)
-                .ok_or_else(|| ProtocolError(format!("bad array length {n}")))?;
-            let mut items = Vec::new();
-            let mut at = after;
-            for _ in 0..n {
-                match parse_at(buf, at, depth + 1)? {
-                    Some((item, next)) => {
-                        items.push(item);
-                        at = next;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Reply::Array(Some(items)), at)))
-        }
-        other => Err(ProtocolError(format!(
-            "unknown reply type byte {other:#04x}"
-        ))),
-    }
-}
-
-/// Index of the first `\r\n` at or after `from`.
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|i| from + i)
-}
-
-fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ProtocolError(format!("bad integer {:?}", String::from_utf8_lossy(line))))
-}
 
 // ---------------------------------------------------------------------------
 // Histogram
@@ -383,82 +262,22 @@ struct Request {
     first_sent: Option<Instant>,
 }
 
-/// Why a read gave up.
-enum ReadError {
-    Io(io::Error),
-    Eof,
-    Protocol(ProtocolError),
-    TimedOut,
+/// Connects to `addr` (a name or an address, as `--addr` and `-MOVED` give
+/// it) with the load's timeouts: reads wake every [`READ_POLL`] to look at
+/// the clock; a write stuck for [`GRACE`] fails.
+fn connect(addr: &str) -> io::Result<Conn> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_POLL))?;
+    stream.set_write_timeout(Some(GRACE))?;
+    Ok(Conn::new(stream))
 }
 
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Io(e) => write!(f, "connection error: {e}"),
-            ReadError::Eof => write!(f, "connection closed by server"),
-            ReadError::Protocol(e) => write!(f, "protocol error: {}", e.0),
-            ReadError::TimedOut => write!(f, "no reply before the end of the grace period"),
-        }
-    }
-}
-
-/// One blocking connection with its read buffer.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Bytes of `buf` already parsed.
-    start: usize,
-}
-
-impl Conn {
-    fn connect(addr: &str) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(READ_POLL))?;
-        stream.set_write_timeout(Some(GRACE))?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(64 * 1024),
-            start: 0,
-        })
-    }
-
-    /// Reads one reply, giving up at `hard_deadline`.
-    fn read_reply(&mut self, hard_deadline: Instant) -> Result<Reply, ReadError> {
-        loop {
-            match parse_reply(&self.buf[self.start..]) {
-                Ok(Some((reply, used))) => {
-                    self.start += used;
-                    if self.start == self.buf.len() {
-                        self.buf.clear();
-                        self.start = 0;
-                    }
-                    return Ok(reply);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ReadError::Protocol(e)),
-            }
-            if Instant::now() >= hard_deadline {
-                return Err(ReadError::TimedOut);
-            }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(ReadError::Eof),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(ReadError::Io(e)),
-            }
-        }
+/// What a failed read is reported as.
+fn read_failure(e: &ReadError) -> String {
+    match e {
+        ReadError::TimedOut => "no reply before the end of the grace period".into(),
+        e => e.to_string(),
     }
 }
 
@@ -500,10 +319,10 @@ impl<'a> Client<'a> {
         if self.conn.is_some() {
             return true;
         }
-        let connected = Conn::connect(&self.target).and_then(|mut c| {
+        let connected = connect(&self.target).and_then(|mut c| {
             if self.readonly {
-                c.stream.write_all(b"*1\r\n$8\r\nREADONLY\r\n")?;
-                match c.read_reply(Instant::now() + GRACE) {
+                c.send(&[b"READONLY"])?;
+                match c.read_before(Instant::now() + GRACE) {
                     Ok(Reply::Simple(_)) => {}
                     Ok(other) => {
                         return Err(io::Error::other(format!("READONLY answered {other:?}")))
@@ -569,7 +388,7 @@ impl<'a> Client<'a> {
                 }
             }
             let conn = self.conn.as_mut().expect("connected above");
-            if let Err(e) = conn.stream.write_all(&self.out) {
+            if let Err(e) = conn.write_all(&self.out) {
                 // Nothing or part of the batch reached the server: every
                 // outcome is unknown.
                 self.stats
@@ -582,10 +401,11 @@ impl<'a> Client<'a> {
             let mut moved_to: Option<String> = None;
             let mut cluster_down = false;
             for (i, r) in batch.iter().enumerate() {
-                let reply = match conn.read_reply(hard_deadline) {
+                let reply = match conn.read_before(hard_deadline) {
                     Ok(reply) => reply,
                     Err(e) => {
-                        self.stats.error((batch.len() - i) as u64, &e.to_string());
+                        self.stats
+                            .error((batch.len() - i) as u64, &read_failure(&e));
                         self.conn = None;
                         batch.clear();
                         return;
@@ -877,64 +697,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encodes_commands_as_bulk_arrays() {
-        let mut out = Vec::new();
-        encode_command(&mut out, &[b"SET", b"k", b""]);
-        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
-    }
-
-    #[test]
-    fn parses_every_reply_type() {
-        let buf = b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n:-3\r\n$4\r\na\r\nb\r\n$-1\r\n*2\r\n:1\r\n$-1\r\n*-1\r\n";
-        let mut at = 0;
-        let mut got = Vec::new();
-        while at < buf.len() {
-            let (r, used) = parse_reply(&buf[at..]).unwrap().unwrap();
-            got.push(r);
-            at += used;
-        }
-        assert_eq!(
-            got,
-            vec![
-                Reply::Simple("OK".into()),
-                Reply::Error("MOVED 0 127.0.0.1:6401".into()),
-                Reply::Integer(-3),
-                Reply::Bulk(Some(b"a\r\nb".to_vec())),
-                Reply::Bulk(None),
-                Reply::Array(Some(vec![Reply::Integer(1), Reply::Bulk(None)])),
-                Reply::Array(None),
-            ]
-        );
-    }
-
-    #[test]
-    fn partial_replies_ask_for_more() {
-        let full = b"*2\r\n$3\r\nabc\r\n:7\r\n";
-        for n in 0..full.len() {
-            assert_eq!(parse_reply(&full[..n]), Ok(None), "prefix of {n} bytes");
-        }
-        assert!(parse_reply(full).unwrap().is_some());
-    }
-
-    #[test]
-    fn malformed_replies_are_errors() {
-        for bad in [
-            &b"?x\r\n"[..],
-            b":12a\r\n",
-            b"$-2\r\n",
-            b"$3\r\nabcd\r\n",
-            b"*-5\r\n",
-            b"$99999999999\r\n",
-        ] {
-            assert!(
-                parse_reply(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn redirects_are_classified() {
