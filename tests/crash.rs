@@ -25,6 +25,7 @@ use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
+use raft_proto::Rng;
 
 /// Writers of the load, each with its own keys (so that its writes to a key
 /// are ordered by its own sequence).
@@ -98,7 +99,7 @@ fn writer(t: usize, seed: u64, addrs: &[SocketAddr], stop: &AtomicBool) -> Vec<W
     let mut history = Vec::new();
     let mut target = t % addrs.len();
     let mut conn: Option<Conn> = None;
-    let mut x = seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     for seq in 0..MAX_WRITES {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -119,10 +120,7 @@ fn writer(t: usize, seed: u64, addrs: &[SocketAddr], stop: &AtomicBool) -> Vec<W
                 }
             },
         };
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let pad = 60 + (x >> 33) as usize % 540;
+        let pad = 60 + rng.range(0, 540) as usize;
         let key = format!("w{t}k{}", seq % KEYS);
         let value = format!("{t}-{seq}-{}", "v".repeat(pad));
         match c.cmd(&["SET", &key, &value]) {
