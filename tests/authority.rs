@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -545,7 +545,7 @@ fn failed_auth_closes_the_connection_and_is_rate_limited_per_address() {
 /// an address that is not loopback. The member inside is killed and the
 /// namespace deleted when this is dropped, also on a panic.
 struct Netns {
-    name: String,
+    ns: tools::netns::Netns,
     member: Option<Child>,
 }
 
@@ -553,71 +553,40 @@ const NETNS_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 impl Netns {
     fn new() -> Netns {
-        // SAFETY: geteuid(2) has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            root,
+            tools::netns::is_root(),
             "this test needs root to create a network namespace (ip netns add); CI runs it \
              as root"
         );
-        let name = format!("raft-auth-{}", std::process::id());
-        let ns = Netns { name, member: None };
-        ns.ip(&["netns", "add", &ns.name]);
+        let ns = tools::netns::Netns::create(&format!("raft-auth-{}", std::process::id()))
+            .unwrap_or_else(|e| panic!("{e}"));
         // Loopback's own addresses are 127/8; 192.0.2.1 is not one of them
         // (a dummy device would do too, where the kernel has the module).
-        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns.ip(&["-n", &ns.name, "addr", "add", "192.0.2.1/32", "dev", "lo"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `ip` (install iproute2): {e}"));
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: sockets it
-    /// opens belong to the namespace, wherever they are used afterwards.
-    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = fs::File::open(&path).unwrap();
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns(2) on a descriptor we own; it changes this
-            // thread's network namespace only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
+        ns.add_loopback_addr("192.0.2.1/32")
+            .unwrap_or_else(|e| panic!("{e}"));
+        Netns { ns, member: None }
     }
 
     /// A client connection to `to` from `from`, inside the namespace;
     /// retried while nothing listens yet (the member is starting).
     fn connect(&self, from: Ipv4Addr, to: SocketAddr) -> Conn {
-        self.inside(move || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match open_from(IpAddr::V4(from), to) {
-                    Ok(c) => {
-                        c.stream()
-                            .set_read_timeout(Some(Duration::from_secs(5)))
-                            .unwrap();
-                        return c;
+        self.ns
+            .on_thread(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match open_from(IpAddr::V4(from), to) {
+                        Ok(c) => {
+                            c.stream()
+                                .set_read_timeout(Some(Duration::from_secs(5)))
+                                .unwrap();
+                            return c;
+                        }
+                        Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
+                        Err(e) => panic!("connect {from} -> {to}: {e}"),
                     }
-                    Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
-                    Err(e) => panic!("connect {from} -> {to}: {e}"),
                 }
-            }
-        })
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts a single-member cluster inside, with `extra` in its file;
@@ -651,8 +620,10 @@ impl Netns {
             .append(true)
             .open(dir.join("node1.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, BIN, "--config"])
+        let child = self
+            .ns
+            .command(BIN)
+            .arg("--config")
             .arg(&config)
             .args(["--id", "1", "--data-dir"])
             .arg(dir.join("node1"))
@@ -676,11 +647,9 @@ impl Netns {
 }
 
 impl Drop for Netns {
+    /// The member first; then the namespace goes (its own drop).
     fn drop(&mut self) {
         self.stop_member();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

@@ -29,6 +29,7 @@
 //! sudo target/release/raft-chaos --seed 7 --duration-secs 60
 //! ```
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -43,6 +44,7 @@ use raft_proto::Rng;
 use tools::checks::{
     self, Acquired, Counter, ExpiryRead, FencedOutcome, FencedRead, FencedWrite, NxOutcome,
 };
+use tools::netns::{is_root, on_path, Netns};
 use tools::resp::{Conn, Reply};
 
 #[derive(Parser, Debug, Clone)]
@@ -108,8 +110,7 @@ fn main() -> ExitCode {
 
 /// Creates the namespace, runs the check inside it, cleans up.
 fn outside(args: &Args) -> ExitCode {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!(
             "raft-chaos needs root (it creates a network namespace and iptables rules inside it)"
         );
@@ -137,42 +138,41 @@ fn outside(args: &Args) -> ExitCode {
         }
     };
     let pid = std::process::id();
-    let ns = format!("raft-chaos-{pid}");
     let dir = std::env::temp_dir().join(format!("raft-chaos-{pid}"));
     let _ = std::fs::create_dir_all(&dir);
-    let sh = |cmd: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .is_ok_and(|s| s.success())
+    let ns = match Netns::create(&format!("raft-chaos-{pid}")) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("could not create network namespace: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    if !sh(&format!(
-        "ip netns add {ns} && ip netns exec {ns} ip link set lo up"
-    )) {
-        eprintln!("could not create network namespace {ns}");
-        return ExitCode::FAILURE;
+    let inside_args: Vec<OsString> = vec![
+        "--inside".into(),
+        dir.clone().into(),
+        "--netns".into(),
+        ns.name().into(),
+        "--raft-node".into(),
+        raft_node.into(),
+        "--seed".into(),
+        args.seed.to_string().into(),
+        "--duration-secs".into(),
+        args.duration_secs.to_string().into(),
+        "--clients".into(),
+        args.clients.to_string().into(),
+        "--keys".into(),
+        args.keys.to_string().into(),
+        "--redis-clients".into(),
+        args.redis_clients.to_string().into(),
+    ];
+    let status = ns.run_self(&inside_args, &[]);
+    if let Err(e) = &status {
+        eprintln!("raft-chaos: {e}");
     }
-    let me = std::env::current_exe().expect("own path");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(me)
-        .arg("--inside")
-        .arg(&dir)
-        .arg("--netns")
-        .arg(&ns)
-        .arg("--raft-node")
-        .arg(&raft_node)
-        .args(["--seed", &args.seed.to_string()])
-        .args(["--duration-secs", &args.duration_secs.to_string()])
-        .args(["--clients", &args.clients.to_string()])
-        .args(["--keys", &args.keys.to_string()])
-        .args(["--redis-clients", &args.redis_clients.to_string()])
-        .status();
     // Whatever happened inside: nothing of it may outlive the run.
-    sh(&format!(
-        "for p in $(ip netns pids {ns}); do kill -9 $p; done; sleep 0.2; ip netns del {ns}"
-    ));
+    if let Err(e) = ns.delete() {
+        eprintln!("raft-chaos: {e}");
+    }
     let passed = status.is_ok_and(|s| s.success());
     if passed && !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
@@ -244,17 +244,6 @@ fn read_pid(dir: &Path, member: u64) -> Option<i32> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Whether an executable of this name is on PATH.
-fn on_path(tool: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(tool))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
 }
 
 /// What the nemesis did and undid, for the report, and how many faults

@@ -69,6 +69,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
+use tools::netns::{is_root, on_path, Netns};
 use tools::resp::{Conn, Reply};
 
 /// Set in the environment of the copy of the drill that runs inside the
@@ -196,7 +197,13 @@ fn main() -> ExitCode {
     let result = if args.start && !inside {
         start_outside(&args)
     } else if let (Some(ns), false) = (&args.netns, inside) {
-        reexec_inside(ns, &[])
+        if !is_root() {
+            Err(format!(
+                "--netns {ns}: needs root (ip netns exec); run it with sudo"
+            ))
+        } else {
+            Netns::existing(ns).and_then(|ns| reexec_inside(&ns, &[]))
+        }
     } else if args.membership {
         membership::run(&args).map(|ok| if ok { 0 } else { 1 })
     } else {
@@ -213,59 +220,17 @@ fn main() -> ExitCode {
 
 // ----- namespaces -------------------------------------------------------------
 
-/// Whether an executable of this name is on PATH.
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(tool)).is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-    })
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Runs this program again inside network namespace `ns` with the same
 /// arguments (plus `extra`), and returns its exit status.
-fn reexec_inside(ns: &str, extra: &[OsString]) -> Result<u8, String> {
-    if !is_root() {
-        return Err(format!(
-            "--netns {ns}: needs root (ip netns exec); run it with sudo"
-        ));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .args(extra)
-        .env(INSIDE_ENV, ns)
-        .spawn()
-        .map_err(|e| format!("ip netns exec {ns}: {e}"))?;
-    // Ctrl-C reaches the child too (same process group); this process
-    // stays to clean up after it. spawn() returned after the exec, so the
-    // child keeps the default disposition.
-    ignore_interrupts();
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for the drill inside {ns}: {e}"))?;
+fn reexec_inside(ns: &Netns, extra: &[OsString]) -> Result<u8, String> {
+    let args: Vec<OsString> = std::env::args_os()
+        .skip(1)
+        .chain(extra.iter().cloned())
+        .collect();
+    let status = ns.run_self(&args, &[(INSIDE_ENV, ns.name())])?;
     Ok(status
         .code()
         .map_or(1, |c| u8::try_from(c).unwrap_or(1).max(u8::from(c != 0))))
-}
-
-fn ignore_interrupts() {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no
-    // preconditions; no handler code runs.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-    }
 }
 
 /// `--start`, outside the namespace: creates it and a data dir, runs the
@@ -276,22 +241,10 @@ fn start_outside(args: &Args) -> Result<u8, String> {
             "--start: needs root (it creates a network namespace); run it with sudo".into(),
         );
     }
-    let ns = args
+    let name = args
         .netns
         .clone()
         .unwrap_or_else(|| format!("raft-drill-{}", std::process::id()));
-    let existing = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map_err(|e| format!("ip netns list: {e}"))?;
-    if String::from_utf8_lossy(&existing.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
-    {
-        return Err(format!(
-            "--start: network namespace {ns} already exists; name a fresh one (it is deleted afterwards)"
-        ));
-    }
     let (data, temp) = match &args.data {
         Some(d) => (absolute(d)?, false),
         None => (
@@ -305,24 +258,16 @@ fn start_outside(args: &Args) -> Result<u8, String> {
             data.display()
         ));
     }
+    let ns = Netns::create(&name).map_err(|e| format!("--start: {e}"))?;
     fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
-    let script = fault_script(args)?;
-    let up = Command::new(&script)
-        .args(["netns-up", &ns])
-        .status()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !up.success() {
-        return Err(format!("could not create network namespace {ns}"));
-    }
     let extra: Vec<OsString> = if args.data.is_none() {
         vec!["--data".into(), data.clone().into()]
     } else {
         Vec::new()
     };
     let code = reexec_inside(&ns, &extra);
-    let down = Command::new(&script).args(["netns-down", &ns]).status();
-    if !matches!(down, Ok(s) if s.success()) {
-        eprintln!("raft-drill: could not delete network namespace {ns}: delete it with `ip netns delete {ns}`");
+    if let Err(e) = ns.delete() {
+        eprintln!("raft-drill: could not delete network namespace {name}: {e}; delete it with `ip netns delete {name}`");
     }
     let code = code?;
     if code == 0 && temp && !args.keep {
