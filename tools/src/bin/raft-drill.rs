@@ -69,6 +69,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
 use tools::netns::{is_root, on_path, Netns};
 use tools::resp::{Conn, Reply};
 
@@ -322,77 +323,88 @@ struct Cluster {
     bin: Option<PathBuf>,
 }
 
+/// The parts of `cluster.toml` the drill reads and writes (the whole format
+/// is raft-server/src/config.rs's `ClusterFile`); every other setting is
+/// kept as read and written back as it was.
+#[derive(Debug, Deserialize, Serialize)]
+struct ClusterFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    election_timeout_ms: Option<[u64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_transfer: Option<bool>,
+    /// Every other top-level setting (`secret_file`, ...).
+    #[serde(flatten)]
+    other: toml::Table,
+    /// Serialised last: a TOML array of tables ends the top level.
+    #[serde(rename = "node", default)]
+    nodes: Vec<NodeEntry>,
+}
+
+/// One `[[node]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+struct NodeEntry {
+    id: u64,
+    peer_addr: String,
+    client_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
+}
+
+impl ClusterFile {
+    fn path(data: &Path) -> PathBuf {
+        data.join("cluster.toml")
+    }
+
+    fn read(data: &Path) -> Result<ClusterFile, String> {
+        let file = ClusterFile::path(data);
+        let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// Writes the file back, `comment` (lines starting with `#`) first.
+    fn write(&self, data: &Path, comment: &str) -> Result<(), String> {
+        let file = ClusterFile::path(data);
+        let text = toml::to_string(self).map_err(|e| format!("{}: {e}", file.display()))?;
+        fs::write(&file, format!("{comment}{text}")).map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
 impl Cluster {
     fn load(data: &Path, script: PathBuf, bin: Option<PathBuf>) -> Result<Cluster, String> {
-        let file = data.join("cluster.toml");
-        let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let mut members = Vec::new();
-        let (mut heartbeat_ms, mut election_timeout_ms) = (50, (300, 600));
-        let mut current: Option<(Option<u64>, Option<String>)> = None;
-        let mut finish = |m: Option<(Option<u64>, Option<String>)>| -> Result<(), String> {
-            if let Some((id, client)) = m {
-                let id = id.ok_or_else(|| format!("{}: a [[node]] without id", file.display()))?;
-                let client = client
-                    .ok_or_else(|| format!("{}: member {id} has no client_addr", file.display()))?;
-                let client_addr = client
+        let file = ClusterFile::read(data)?;
+        let members = file
+            .nodes
+            .iter()
+            .map(|n| {
+                let client_addr = n
+                    .client_addr
                     .to_socket_addrs()
                     .ok()
                     .and_then(|mut a| a.next())
-                    .ok_or_else(|| format!("member {id}: bad client_addr {client}"))?;
-                members.push(Member {
-                    id,
+                    .ok_or_else(|| format!("member {}: bad client_addr {}", n.id, n.client_addr))?;
+                Ok(Member {
+                    id: n.id,
                     client_addr,
-                    pid_file: data.join(format!("node{id}.pid")),
-                    log: data.join(format!("node{id}")).join("node.log"),
-                });
-            }
-            Ok(())
-        };
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with("[[node]]") {
-                finish(current.take())?;
-                current = Some((None, None));
-                continue;
-            }
-            if line.starts_with('[') {
-                finish(current.take())?;
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let value = strip_value(value);
-            match (key.trim(), current.as_mut()) {
-                ("id", Some(m)) => m.0 = value.parse().ok(),
-                ("client_addr", Some(m)) => m.1 = Some(value),
-                ("heartbeat_ms", None) => heartbeat_ms = value.parse().unwrap_or(heartbeat_ms),
-                ("election_timeout_ms", None) => {
-                    let v: Vec<u64> = value
-                        .trim_matches(|c| c == '[' || c == ']')
-                        .split(',')
-                        .filter_map(|x| x.trim().parse().ok())
-                        .collect();
-                    if let [a, b] = v[..] {
-                        election_timeout_ms = (a, b);
-                    }
-                }
-                _ => {}
-            }
-        }
-        finish(current.take())?;
+                    pid_file: data.join(format!("node{}.pid", n.id)),
+                    log: data.join(format!("node{}", n.id)).join("node.log"),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         if members.len() < 3 {
             return Err(format!(
                 "{}: {} members; the drill needs at least 3",
-                file.display(),
+                ClusterFile::path(data).display(),
                 members.len()
             ));
         }
+        let [min, max] = file.election_timeout_ms.unwrap_or([300, 600]);
         Ok(Cluster {
             data: data.to_path_buf(),
             members,
-            heartbeat_ms,
-            election_timeout_ms,
+            heartbeat_ms: file.heartbeat_ms.unwrap_or(50),
+            election_timeout_ms: (min, max),
             script,
             bin,
         })
@@ -494,16 +506,6 @@ impl Cluster {
             }
         }
         restarted
-    }
-}
-
-/// A value from the cluster file, without quotes and trailing comment.
-fn strip_value(v: &str) -> String {
-    let v = v.trim();
-    if let Some(rest) = v.strip_prefix('"') {
-        rest.split('"').next().unwrap_or("").to_string()
-    } else {
-        v.split('#').next().unwrap_or("").trim().to_string()
     }
 }
 
@@ -2035,32 +2037,30 @@ mod membership {
 
     /// Adds [[node]] entries for `ids` to the cluster file, unless present.
     fn add_to_cluster_file(data: &Path, ids: &[u64]) -> Result<(), String> {
-        let file = data.join("cluster.toml");
-        let mut text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut file = ClusterFile::read(data)?;
         for &id in ids {
-            if text
-                .lines()
-                .any(|l| l.replace(' ', "") == format!("id={id}"))
-            {
+            if file.nodes.iter().any(|n| n.id == id) {
                 continue;
             }
-            let (peer, client, metrics) = addrs_of(id);
-            text.push_str(&format!(
-                "\n[[node]]\nid = {id}\npeer_addr = \"{peer}\"\nclient_addr = \"{client}\"\nmetrics_addr = \"{metrics}\"\n"
-            ));
+            let (peer_addr, client_addr, metrics_addr) = addrs_of(id);
+            file.nodes.push(NodeEntry {
+                id,
+                peer_addr,
+                client_addr,
+                metrics_addr: Some(metrics_addr),
+            });
         }
-        fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))
+        file.write(data, "")
     }
 
-    /// Puts `shutdown_transfer = false` at the top of the cluster file
-    /// (top-level keys must come before the first [[node]]).
+    /// Sets `shutdown_transfer = false` in the cluster file.
     fn disable_hand_over(data: &Path) -> Result<(), String> {
-        let file = data.join("cluster.toml");
-        let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let text = format!(
-            "# The membership drill's baseline: no hand-over at SIGTERM.\nshutdown_transfer = false\n{text}"
-        );
-        fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))
+        let mut file = ClusterFile::read(data)?;
+        file.shutdown_transfer = Some(false);
+        file.write(
+            data,
+            "# The membership drill's baseline: no hand-over at SIGTERM.\n",
+        )
     }
 
     /// Replaces member `old` by `new` (see the module doc).
@@ -2584,9 +2584,48 @@ mod tests {
     }
 
     #[test]
+    fn cluster_file_round_trip_keeps_other_settings() {
+        let dir = std::env::temp_dir().join(format!("raft-drill-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            ClusterFile::path(&dir),
+            "# Generated by make cluster.\nheartbeat_ms = 50\nelection_timeout_ms = [300, 600]\n\
+             secret_file = \"cluster.secret\"\n\n[[node]]\nid = 1\npeer_addr = \"127.0.0.1:7001\"\n\
+             client_addr = \"127.0.0.1:6401\"\n",
+        )
+        .unwrap();
+        let mut f = ClusterFile::read(&dir).unwrap();
+        assert_eq!(
+            (f.heartbeat_ms, f.election_timeout_ms),
+            (Some(50), Some([300, 600]))
+        );
+        f.shutdown_transfer = Some(false);
+        f.nodes.push(NodeEntry {
+            id: 4,
+            peer_addr: "127.0.0.4:7004".into(),
+            client_addr: "127.0.0.4:6404".into(),
+            metrics_addr: Some("127.0.0.4:9404".into()),
+        });
+        f.write(&dir, "# c\n").unwrap();
+        let text = fs::read_to_string(ClusterFile::path(&dir)).unwrap();
+        // Top-level keys before the first [[node]]: after it they would
+        // belong to that node.
+        let first_node = text.find("[[node]]").unwrap();
+        for key in ["shutdown_transfer", "secret_file", "heartbeat_ms"] {
+            assert!(text.find(key).unwrap() < first_node, "{key} in:\n{text}");
+        }
+        let g = ClusterFile::read(&dir).unwrap();
+        assert_eq!(g.nodes, f.nodes);
+        assert_eq!(g.shutdown_transfer, Some(false));
+        assert_eq!(
+            g.other.get("secret_file").and_then(|v| v.as_str()),
+            Some("cluster.secret")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn reads_cluster_values() {
-        assert_eq!(strip_value(" \"127.0.0.1:6401\"   # c"), "127.0.0.1:6401");
-        assert_eq!(strip_value(" 3 # c"), "3");
         let i = Info::parse(
             "raft_node_id:1\r\nraft_role:leader\r\nraft_term:7\r\nraft_leader_id:1\r\n",
         );
