@@ -23,8 +23,9 @@
 //! `get` and `mixed` first write every key once (not measured), so a nil
 //! reply to a GET means a write was lost and is counted as an error.
 //!
-//! Latencies go into a log-linear histogram (under 0.8% relative error), so
-//! memory stays bounded however long the run is.
+//! Latencies go into an HDR histogram (`hdrhistogram`, two significant
+//! digits: under 0.8% relative error) of fixed size, so memory stays
+//! bounded however long the run is.
 
 use std::fmt::Write as _;
 use std::io;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use raft_proto::Rng;
+use serde::Serialize;
 use tools::resp::{encode_command, Conn, ReadError, Reply};
 
 #[derive(Parser, Debug)]
@@ -116,84 +118,20 @@ const POPULATE_TIMEOUT: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------
 // Histogram
 
-/// Sub-buckets per power of two: values are kept to 8 significant bits.
-const SUB_BITS: u32 = 7;
-const SUB: u64 = 1 << SUB_BITS;
-/// Buckets needed to cover every `u64`.
-const BUCKETS: usize = ((64 - SUB_BITS as usize) * SUB as usize) + SUB as usize;
+/// Latencies in nanoseconds, from 1 ns to an hour (longer ones are recorded
+/// as an hour), to two significant digits: 4,608 counters (36 KiB) per
+/// client.
+type Histogram = hdrhistogram::Histogram<u64>;
 
-/// A log-linear histogram of nanoseconds: exact below 256 ns, then 128
-/// buckets per power of two (relative error under 0.8%). Fixed size, so a
-/// long run costs no more memory than a short one.
-#[derive(Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-    max: u64,
+/// The longest latency the histogram tells apart, in nanoseconds.
+const HISTOGRAM_MAX_NS: u64 = 3_600 * 1_000_000_000;
+
+fn histogram() -> Histogram {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_NS, 2).expect("valid histogram bounds")
 }
 
-impl Histogram {
-    fn new() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS],
-            total: 0,
-            max: 0,
-        }
-    }
-
-    fn index(v: u64) -> usize {
-        if v < 2 * SUB {
-            return v as usize;
-        }
-        let shift = (63 - v.leading_zeros()) - SUB_BITS;
-        (shift as u64 * SUB + (v >> shift)) as usize
-    }
-
-    /// Lowest and highest value of bucket `i`.
-    fn bounds(i: usize) -> (u64, u64) {
-        let i = i as u64;
-        if i < 2 * SUB {
-            return (i, i);
-        }
-        let shift = i / SUB - 1;
-        let low = (i - shift * SUB) << shift;
-        (low, low + ((1u64 << shift) - 1))
-    }
-
-    fn record(&mut self, d: Duration) {
-        let v = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.counts[Self::index(v)] += 1;
-        self.total += 1;
-        self.max = self.max.max(v);
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.total += other.total;
-        self.max = self.max.max(other.max);
-    }
-
-    /// The value at quantile `q` (0..=1), in nanoseconds; 0 if empty.
-    fn quantile(&self, q: f64) -> u64 {
-        if self.total == 0 {
-            return 0;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        if rank == self.total {
-            return self.max;
-        }
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let (low, high) = Self::bounds(i);
-                return (low + (high - low) / 2).min(self.max);
-            }
-        }
-        self.max
-    }
+fn record(h: &mut Histogram, d: Duration) {
+    h.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
 }
 
 // ---------------------------------------------------------------------------
@@ -211,7 +149,7 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Stats {
-            hist: Histogram::new(),
+            hist: histogram(),
             ops: 0,
             errors: 0,
             redirects: 0,
@@ -236,7 +174,9 @@ impl Stats {
     }
 
     fn merge(&mut self, other: &Stats) {
-        self.hist.merge(&other.hist);
+        self.hist
+            .add(&other.hist)
+            .expect("histograms of the same bounds");
         self.ops += other.ops;
         self.errors += other.errors;
         self.redirects += other.redirects;
@@ -415,7 +355,7 @@ impl<'a> Client<'a> {
                     Outcome::Ok => {
                         if measure {
                             let sent = r.first_sent.expect("stamped before writing");
-                            self.stats.hist.record(sent.elapsed());
+                            record(&mut self.stats.hist, sent.elapsed());
                             self.stats.ops += 1;
                         }
                     }
@@ -570,7 +510,7 @@ impl Report<'_> {
     }
 
     fn ms(&self, q: f64) -> f64 {
-        self.stats.hist.quantile(q) as f64 / 1e6
+        self.stats.hist.value_at_quantile(q) as f64 / 1e6
     }
 
     fn text(&self) -> String {
@@ -593,54 +533,53 @@ impl Report<'_> {
 
     fn json(&self) -> String {
         let a = self.args;
-        let samples: Vec<String> = self
-            .stats
-            .error_samples
-            .iter()
-            .map(|e| json_string(e))
-            .collect();
-        format!(
-            concat!(
-                "{{\"op\":\"{}\",\"clients\":{},\"pipeline\":{},\"value_size\":{},",
-                "\"keys\":{},\"duration_secs\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},",
-                "\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},",
-                "\"max_ms\":{:.3},\"errors\":{},\"redirects\":{},\"error_samples\":[{}]}}"
-            ),
-            a.op.as_str(),
-            a.clients,
-            a.pipeline,
-            a.value_size,
-            a.keys,
-            self.elapsed.as_secs_f64(),
-            self.stats.ops,
-            self.ops_per_sec(),
-            self.ms(0.50),
-            self.ms(0.90),
-            self.ms(0.99),
-            self.ms(0.999),
-            self.stats.hist.max as f64 / 1e6,
-            self.stats.errors,
-            self.stats.redirects,
-            samples.join(",")
-        )
+        // Rounded as the text report rounds, so the numbers read the same.
+        let round = |x: f64, places: i32| {
+            let p = 10f64.powi(places);
+            (x * p).round() / p
+        };
+        let report = JsonReport {
+            op: a.op.as_str(),
+            clients: a.clients,
+            pipeline: a.pipeline,
+            value_size: a.value_size,
+            keys: a.keys,
+            duration_secs: round(self.elapsed.as_secs_f64(), 3),
+            ops: self.stats.ops,
+            ops_per_sec: round(self.ops_per_sec(), 1),
+            p50_ms: round(self.ms(0.50), 3),
+            p90_ms: round(self.ms(0.90), 3),
+            p99_ms: round(self.ms(0.99), 3),
+            p999_ms: round(self.ms(0.999), 3),
+            max_ms: round(self.stats.hist.max() as f64 / 1e6, 3),
+            errors: self.stats.errors,
+            redirects: self.stats.redirects,
+            error_samples: &self.stats.error_samples,
+        };
+        serde_json::to_string(&report).expect("a report serialises")
     }
 }
 
-fn json_string(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+/// `--json`: one object on one line, in this field order (tools/bench-server.sh
+/// reads fields by name, and `error_samples` last).
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    op: &'a str,
+    clients: u32,
+    pipeline: u32,
+    value_size: u32,
+    keys: u64,
+    duration_secs: f64,
+    ops: u64,
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    errors: u64,
+    redirects: u64,
+    error_samples: &'a [String],
 }
 
 fn main() -> ExitCode {
@@ -714,32 +653,68 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_contiguous_and_tight() {
-        let mut prev_high = None;
-        for i in 0..BUCKETS {
-            let (low, high) = Histogram::bounds(i);
-            assert!(low <= high);
-            if let Some(p) = prev_high {
-                assert_eq!(low, p + 1, "bucket {i}");
-            }
-            assert_eq!(Histogram::index(low), i);
-            assert_eq!(Histogram::index(high), i);
-            assert!((high - low) as f64 <= low as f64 / 128.0 + 1.0);
-            prev_high = Some(high);
+    fn histogram_quantiles() {
+        let mut h = histogram();
+        assert_eq!(h.distinct_values(), 4608, "the size the doc states");
+        for us in 1..=1000u64 {
+            record(&mut h, Duration::from_micros(us));
         }
-        assert_eq!(prev_high, Some(u64::MAX));
+        let p50 = h.value_at_quantile(0.5) as f64 / 1e3;
+        let p99 = h.value_at_quantile(0.99) as f64 / 1e3;
+        assert!((p50 - 500.0).abs() < 500.0 * 0.01, "p50 {p50}");
+        assert!((p99 - 990.0).abs() < 990.0 * 0.01, "p99 {p99}");
+        let max = h.max() as f64 / 1e3;
+        assert!((max - 1000.0).abs() < 1000.0 * 0.01, "max {max}");
+        record(&mut h, Duration::from_secs(7200));
+        assert!(h.max() >= HISTOGRAM_MAX_NS);
     }
 
     #[test]
-    fn histogram_quantiles() {
-        let mut h = Histogram::new();
-        for us in 1..=1000u64 {
-            h.record(Duration::from_micros(us));
-        }
-        let p50 = h.quantile(0.5) as f64 / 1e3;
-        let p99 = h.quantile(0.99) as f64 / 1e3;
-        assert!((p50 - 500.0).abs() < 500.0 * 0.01, "p50 {p50}");
-        assert!((p99 - 990.0).abs() < 990.0 * 0.01, "p99 {p99}");
-        assert_eq!(h.quantile(1.0), 1_000_000);
+    fn json_report_keeps_its_fields_in_order() {
+        let args = Args::parse_from(["raft-load", "--addr", "127.0.0.1:6401"]);
+        let mut stats = Stats::new();
+        stats.ops = 3;
+        record(&mut stats.hist, Duration::from_millis(2));
+        stats.error_samples.push("a \"quoted\" error".into());
+        let r = Report {
+            args: &args,
+            stats,
+            elapsed: Duration::from_millis(1500),
+        };
+        let json = r.json();
+        let fields = [
+            "op",
+            "clients",
+            "pipeline",
+            "value_size",
+            "keys",
+            "duration_secs",
+            "ops",
+            "ops_per_sec",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "p999_ms",
+            "max_ms",
+            "errors",
+            "redirects",
+            "error_samples",
+        ];
+        let at: Vec<usize> = fields
+            .iter()
+            .map(|f| {
+                json.find(&format!("\"{f}\":"))
+                    .unwrap_or_else(|| panic!("{f}: {json}"))
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert!(
+            json.starts_with(r#"{"op":"set","clients":1,"pipeline":1,"value_size":100,"keys":10000,"duration_secs":1.5,"ops":3,"ops_per_sec":2.0,"p50_ms":2.0"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#""errors":0,"redirects":0,"error_samples":["a \"quoted\" error"]}"#),
+            "{json}"
+        );
     }
 }
