@@ -184,6 +184,16 @@ struct TrialResult {
     term_elected: Option<u64>,
     term_after: Option<u64>,
     failures: Vec<String>,
+    /// How long injecting the fault took (fault.sh for isolate).
+    injected_ms: u128,
+    /// The detection line that says why (`n2: link to leader 1 lost: ...`).
+    detected_by: String,
+    /// The member that logged `became leader` first.
+    elected: Option<u64>,
+    /// The survivor through which the first write was acknowledged.
+    acked_via: Option<u64>,
+    /// How the old leader came back (`member 1 follower again after ...`).
+    rejoin: String,
 }
 
 pub fn run(args: &Args) -> Result<bool, String> {
@@ -290,6 +300,8 @@ fn trials(args: &Args, cl: &Cluster) -> Result<bool, String> {
         && results.iter().all(|r| r.failures.is_empty()))
 }
 
+/// One trial: wait for health, break the leader, measure, recover, check,
+/// print.
 fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
     let h = wait_healthy(cl, &t.to_string())?;
     let l = h.leader;
@@ -300,24 +312,70 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         .filter(|&id| id != l)
         .collect();
     let offsets: HashMap<u64, u64> = cl.members.iter().map(|m| (m.id, log_len(&m.log))).collect();
+    let mut r = TrialResult {
+        term_before: h.term,
+        ..TrialResult::default()
+    };
+    let timeout = Duration::from_secs(args.failover_timeout_secs);
+    let attempts = fail_over(args, cl, t, l, &survivors, &offsets, &mut r)?;
+    if r.detection_ms.is_none() {
+        r.failures.push(format!(
+            "no survivor logged losing leader {l} within {} s",
+            timeout.as_secs()
+        ));
+    }
+    if r.elected.is_none() {
+        r.failures.push(format!(
+            "no survivor logged `became leader` within {} s",
+            timeout.as_secs()
+        ));
+    }
+    if r.unavailable_ms.is_none() {
+        r.failures.push(format!(
+            "no write through a survivor acknowledged within {} s ({attempts} attempts)",
+            timeout.as_secs(),
+        ));
+    }
+    let recover_ms = recover(args, cl, l, &survivors, &mut r);
+    // Any member that died since the trial began is a failure, whatever
+    // the fault was.
+    for m in &cl.members {
+        if !cl.alive(m.id) {
+            r.failures.push(format!(
+                "member {} exited: {}",
+                m.id,
+                crash_summary(&m.log, offsets[&m.id])
+            ));
+        }
+    }
+    print_trial(args, cl, t, l, &r, offsets[&l], recover_ms);
+    Ok(r)
+}
+
+/// Injects the fault on leader `l` (T0 is when it is in place), then
+/// writes through the survivors and polls their logs until both an
+/// election and an acknowledged write are seen, or the failover timeout
+/// passes. Fills in what it measured; returns the write attempts made.
+fn fail_over(
+    args: &Args,
+    cl: &Cluster,
+    t: u32,
+    l: u64,
+    survivors: &[u64],
+    offsets: &HashMap<u64, u64>,
+    r: &mut TrialResult,
+) -> Result<u64, String> {
     let writes = Writes {
         stop: AtomicBool::new(false),
         attempts: AtomicU64::new(0),
         first_ack: Mutex::new(None),
     };
     let write_via: Vec<u64> = match args.writes_via {
-        WritesVia::All => survivors.clone(),
+        WritesVia::All => survivors.to_vec(),
         WritesVia::One => survivors[..1].to_vec(),
     };
     let timeout = Duration::from_secs(args.failover_timeout_secs);
-    let mut r = TrialResult {
-        term_before: h.term,
-        ..TrialResult::default()
-    };
-    let mut detected_by = String::new();
-    let mut elected = None;
-
-    let injected_ms = thread::scope(|s| -> Result<u128, String> {
+    thread::scope(|s| -> Result<(), String> {
         // T0 is the moment the fault is in place. A signal takes effect at
         // once; fault.sh installs the isolation rules in one transaction as
         // its last step, so T0 is when it returns (the tens of ms of bash
@@ -331,13 +389,11 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         let t0_ms = now_ms();
         let t0 = Instant::now();
         injected?;
-        let injected_ms = started.elapsed().as_millis();
+        r.injected_ms = started.elapsed().as_millis();
         for &via in &write_via {
             let w = &writes;
             s.spawn(move || writer(cl, via, l, t0, t, w));
         }
-        // Poll the survivors' logs until both the election and a write are
-        // seen, or the deadline passes.
         loop {
             let mut lines: Vec<LogLine> = survivors
                 .iter()
@@ -345,66 +401,57 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
                 .filter(|x| x.at_ms >= t0_ms)
                 .collect();
             lines.sort_by_key(|x| x.at_ms);
-            if r.detection_ms.is_none() {
-                if let Some(d) = lines.iter().find(|x| is_detection(&x.msg, l)) {
-                    r.detection_ms = Some(d.at_ms - t0_ms);
-                    // Of the lines in that millisecond, show the one that
-                    // says why (`no leader known` comes first, but says less).
-                    let why = lines
-                        .iter()
-                        .filter(|x| x.at_ms == d.at_ms && is_detection(&x.msg, l))
-                        .find(|x| !x.msg.starts_with("no leader known"))
-                        .unwrap_or(d);
-                    detected_by = format!("n{}: {}", why.node, why.msg);
-                }
-            }
-            if elected.is_none() {
-                if let Some((x, term)) = lines
-                    .iter()
-                    .find_map(|x| leader_term(&x.msg).map(|term| (x, term)))
-                {
-                    r.election_ms = Some(x.at_ms - t0_ms);
-                    r.term_elected = Some(term);
-                    elected = Some(x.node);
-                }
-            }
+            observe(&lines, l, t0_ms, r);
             let acked = writes
                 .first_ack
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_some();
-            if (elected.is_some() && acked) || t0.elapsed() > timeout {
+            if (r.elected.is_some() && acked) || t0.elapsed() > timeout {
                 break;
             }
             thread::sleep(POLL);
         }
         writes.stop.store(true, Ordering::SeqCst);
-        Ok(injected_ms)
+        Ok(())
     })?;
-
     let ack = *writes.first_ack.lock().unwrap_or_else(|p| p.into_inner());
     r.unavailable_ms = ack.map(|(d, _)| d.as_millis() as i64);
-    if r.detection_ms.is_none() {
-        r.failures.push(format!(
-            "no survivor logged losing leader {l} within {} s",
-            timeout.as_secs()
-        ));
-    }
-    if elected.is_none() {
-        r.failures.push(format!(
-            "no survivor logged `became leader` within {} s",
-            timeout.as_secs()
-        ));
-    }
-    if ack.is_none() {
-        r.failures.push(format!(
-            "no write through a survivor acknowledged within {} s ({} attempts)",
-            timeout.as_secs(),
-            writes.attempts.load(Ordering::Relaxed)
-        ));
-    }
+    r.acked_via = ack.map(|(_, via)| via);
+    Ok(writes.attempts.load(Ordering::Relaxed))
+}
 
-    // Recover, and check the old leader rejoins quietly.
+/// Notes the first detection and the first election in the survivors'
+/// log `lines` since T0 (sorted by time), unless already noted.
+fn observe(lines: &[LogLine], l: u64, t0_ms: i64, r: &mut TrialResult) {
+    if r.detection_ms.is_none() {
+        if let Some(d) = lines.iter().find(|x| is_detection(&x.msg, l)) {
+            r.detection_ms = Some(d.at_ms - t0_ms);
+            // Of the lines in that millisecond, show the one that says why
+            // (`no leader known` comes first, but says less).
+            let why = lines
+                .iter()
+                .filter(|x| x.at_ms == d.at_ms && is_detection(&x.msg, l))
+                .find(|x| !x.msg.starts_with("no leader known"))
+                .unwrap_or(d);
+            r.detected_by = format!("n{}: {}", why.node, why.msg);
+        }
+    }
+    if r.elected.is_none() {
+        if let Some((x, term)) = lines
+            .iter()
+            .find_map(|x| leader_term(&x.msg).map(|term| (x, term)))
+        {
+            r.election_ms = Some(x.at_ms - t0_ms);
+            r.term_elected = Some(term);
+            r.elected = Some(x.node);
+        }
+    }
+}
+
+/// Undoes the fault on the old leader `l` and checks that it rejoins
+/// quietly; returns the wall-clock time (ms) recovery began.
+fn recover(args: &Args, cl: &Cluster, l: u64, survivors: &[u64], r: &mut TrialResult) -> i64 {
     let recover_ms = now_ms();
     let recover_at = Instant::now();
     let recovered = match args.fault() {
@@ -412,29 +459,31 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         Fault::Freeze => cl.signal(l, libc::SIGCONT),
         Fault::Isolate => cl.fault_sh(&["heal"]).map(|_| ()),
     };
-    let mut rejoin = String::new();
     match recovered {
         Err(e) => r.failures.push(format!("recovery failed: {e}")),
-        Ok(()) => match check_rejoin(args, cl, l, &survivors, recover_at) {
+        Ok(()) => match check_rejoin(args, cl, l, survivors, recover_at) {
             Ok((ms, term)) => {
                 r.term_after = Some(term);
-                rejoin = format!("member {l} follower again after {ms} ms");
+                r.rejoin = format!("member {l} follower again after {ms} ms");
             }
             Err(e) => r.failures.push(e),
         },
     }
-    // Any member that died since the trial began is a failure, whatever
-    // the fault was.
-    for m in &cl.members {
-        if !cl.alive(m.id) {
-            r.failures.push(format!(
-                "member {} exited: {}",
-                m.id,
-                crash_summary(&m.log, offsets[&m.id])
-            ));
-        }
-    }
+    recover_ms
+}
 
+/// The trial's line, then what the old leader `l` logged since recovery
+/// (its log read from `log_from`): its role lines when all went well, the
+/// first lines and every failed check otherwise.
+fn print_trial(
+    args: &Args,
+    cl: &Cluster,
+    t: u32,
+    l: u64,
+    r: &TrialResult,
+    log_from: u64,
+    recover_ms: i64,
+) {
     let fmt = |v: Option<i64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
     let term_change = match (r.term_elected, r.term_after) {
         (Some(e), Some(a)) if a != e => {
@@ -443,19 +492,23 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         (Some(e), _) => format!("term {} -> {e} (+{})", r.term_before, e - r.term_before),
         _ => format!("term {} -> ?", r.term_before),
     };
-    let took = if injected_ms > 1 {
-        format!(" (fault.sh took {injected_ms} ms)")
+    let took = if r.injected_ms > 1 {
+        format!(" (fault.sh took {} ms)", r.injected_ms)
     } else {
         String::new()
     };
-    let by = elected
+    let by = r
+        .elected
         .map(|n| format!(" (member {n})"))
         .unwrap_or_default();
-    let via = ack.map(|(_, v)| format!(" (via {v})")).unwrap_or_default();
-    let rejoin = if rejoin.is_empty() {
-        rejoin
+    let via = r
+        .acked_via
+        .map(|v| format!(" (via {v})"))
+        .unwrap_or_default();
+    let rejoin = if r.rejoin.is_empty() {
+        String::new()
     } else {
-        format!(" | {rejoin}")
+        format!(" | {}", r.rejoin)
     };
     println!(
         "trial {t}/{}: leader {l} {}{took} | detection {} | election {}{by} \
@@ -466,14 +519,18 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         fmt(r.election_ms),
         fmt(r.unavailable_ms),
     );
-    if !detected_by.is_empty() {
-        println!("  detected: {detected_by}");
+    if !r.detected_by.is_empty() {
+        println!("  detected: {}", r.detected_by);
     }
+    let since = || {
+        read_log_from(&cl.member(l).log, log_from)
+            .into_iter()
+            .filter(move |x| x.at_ms >= recover_ms)
+    };
     if r.failures.is_empty() && args.fault() != Fault::Kill {
         // What the old leader said on its way back: how quiet it was.
-        let raft_lines: Vec<String> = read_log_from(&cl.member(l).log, offsets[&l])
-            .into_iter()
-            .filter(|x| x.at_ms >= recover_ms && is_role_line(&x.msg))
+        let raft_lines: Vec<String> = since()
+            .filter(|x| is_role_line(&x.msg))
             .map(|x| x.msg)
             .collect();
         let shown = raft_lines.iter().take(4).cloned().collect::<Vec<_>>();
@@ -492,17 +549,11 @@ fn trial(args: &Args, cl: &Cluster, t: u32) -> Result<TrialResult, String> {
         for f in &r.failures {
             println!("  CHECK FAILED: {f}");
         }
-        let since: Vec<String> = read_log_from(&cl.member(l).log, offsets[&l])
-            .into_iter()
-            .filter(|x| x.at_ms >= recover_ms)
-            .take(12)
-            .map(|x| format!("    {}", x.msg))
-            .collect();
-        if !since.is_empty() {
-            println!("  member {l}'s log after recovery:\n{}", since.join("\n"));
+        let lines: Vec<String> = since().take(12).map(|x| format!("    {}", x.msg)).collect();
+        if !lines.is_empty() {
+            println!("  member {l}'s log after recovery:\n{}", lines.join("\n"));
         }
     }
-    Ok(r)
 }
 
 /// After recovery: the old leader `l` must show up as a follower of the

@@ -93,28 +93,8 @@ fn replace(d: &Drill, tag: &str, old: u64, new: u64, leads: u64) -> Run {
             return;
         }
         let (peer, client, _) = addrs_of(new);
-        let log_from = log_len(&d.cl.member(new).log);
         if !step(steps, format!("start member {new} --join"), || {
-            if d.alive(new) {
-                return Err(format!("member {new} is running already"));
-            }
-            let (argv, cwd) = d.command_line(old)?;
-            let mut new_argv = vec![argv[0].clone()];
-            let data = &d.cl.data;
-            for a in [
-                "--config".into(),
-                data.join("cluster.toml").into_os_string(),
-                "--id".into(),
-                new.to_string().into(),
-                "--data-dir".into(),
-                data.join(format!("node{new}")).into_os_string(),
-                "--join".into(),
-            ] {
-                new_argv.push(a);
-            }
-            d.launch(new, &new_argv, &cwd)?;
-            d.wait_answers(new, log_from)?;
-            Ok("answers INFO".into())
+            start_joining(d, new, old)
         }) {
             return;
         }
@@ -144,31 +124,8 @@ fn replace(d: &Drill, tag: &str, old: u64, new: u64, leads: u64) -> Run {
         } else {
             "follower"
         };
-        let old_s = old.to_string();
         if !step(steps, format!("RAFT.REMOVE {old} ({role})"), || {
-            match d.admin(&["RAFT.REMOVE", &old_s], &["in progress"]) {
-                Ok(r) => {
-                    let summary = members_summary(&r);
-                    if member_ids(&r).contains(&old) {
-                        return Err(format!("the reply still lists member {old}: {summary}"));
-                    }
-                    Ok(summary)
-                }
-                // The server's own words: the change may have been
-                // committed by the next leader. The configuration
-                // says which; either way the reply is reported.
-                Err(e) if e.contains("may still take effect") => {
-                    let r = d.admin(&["RAFT.MEMBERS"], &[])?;
-                    if member_ids(&r).contains(&old) {
-                        return Err(format!("{e}; RAFT.MEMBERS still lists {old}"));
-                    }
-                    Ok(format!(
-                        "ANOMALY: the removal took effect ({}) but the reply was {e}",
-                        members_summary(&r)
-                    ))
-                }
-                Err(e) => Err(e),
-            }
+            remove(d, old)
         }) {
             return;
         }
@@ -181,6 +138,58 @@ fn replace(d: &Drill, tag: &str, old: u64, new: u64, leads: u64) -> Run {
             ))
         });
     })
+}
+
+/// Starts member `new` with `--join`, with the binary and working
+/// directory member `model` runs with.
+fn start_joining(d: &Drill, new: u64, model: u64) -> Result<String, String> {
+    if d.alive(new) {
+        return Err(format!("member {new} is running already"));
+    }
+    let log_from = log_len(&d.cl.member(new).log);
+    let (argv, cwd) = d.command_line(model)?;
+    let data = &d.cl.data;
+    let new_argv = vec![
+        argv[0].clone(),
+        "--config".into(),
+        data.join("cluster.toml").into_os_string(),
+        "--id".into(),
+        new.to_string().into(),
+        "--data-dir".into(),
+        data.join(format!("node{new}")).into_os_string(),
+        "--join".into(),
+    ];
+    d.launch(new, &new_argv, &cwd)?;
+    d.wait_answers(new, log_from)?;
+    Ok("answers INFO".into())
+}
+
+/// `RAFT.REMOVE old`; the configuration it answers must no longer list
+/// `old`.
+fn remove(d: &Drill, old: u64) -> Result<String, String> {
+    match d.admin(&["RAFT.REMOVE", &old.to_string()], &["in progress"]) {
+        Ok(r) => {
+            let summary = members_summary(&r);
+            if member_ids(&r).contains(&old) {
+                return Err(format!("the reply still lists member {old}: {summary}"));
+            }
+            Ok(summary)
+        }
+        // The server's own words: the change may have been committed by
+        // the next leader. The configuration says which; either way the
+        // reply is reported.
+        Err(e) if e.contains("may still take effect") => {
+            let r = d.admin(&["RAFT.MEMBERS"], &[])?;
+            if member_ids(&r).contains(&old) {
+                return Err(format!("{e}; RAFT.MEMBERS still lists {old}"));
+            }
+            Ok(format!(
+                "ANOMALY: the removal took effect ({}) but the reply was {e}",
+                members_summary(&r)
+            ))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Restarts every running member in turn, followers first, the leader
