@@ -81,6 +81,19 @@ impl ClusterFile {
 }
 
 impl Cluster {
+    /// The cluster before its file exists: enough to run fault.sh
+    /// (`cluster-start`, `cluster-stop`) on it.
+    pub fn unloaded(data: &Path, script: &Path, bin: &Option<PathBuf>) -> Cluster {
+        Cluster {
+            data: data.to_path_buf(),
+            members: Vec::new(),
+            heartbeat_ms: 0,
+            election_timeout_ms: (0, 0),
+            script: script.to_path_buf(),
+            bin: bin.clone(),
+        }
+    }
+
     pub fn load(data: &Path, script: PathBuf, bin: Option<PathBuf>) -> Result<Cluster, String> {
         let file = ClusterFile::read(data)?;
         let members = file

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread;
@@ -18,8 +17,8 @@ use crate::logs::{
     crash_summary, is_detection, is_role_line, leader_term, log_len, now_ms, read_log_from, LogLine,
 };
 use crate::{
-    absolute, fault_script, Args, Fault, WritesVia, CONNECT_TIMEOUT, HEALTH_TIMEOUT, INSIDE_ENV,
-    IO_TIMEOUT, POLL,
+    cluster_paths, wait_until, Args, Fault, WritesVia, CONNECT_TIMEOUT, INSIDE_ENV, IO_TIMEOUT,
+    POLL,
 };
 
 /// Pause between write attempts that did not succeed.
@@ -36,20 +35,8 @@ struct Healthy {
 /// Waits until every member answers, exactly one leads and the others
 /// follow it in its term, a write commits and every member applied it.
 fn wait_healthy(cl: &Cluster, tag: &str) -> Result<Healthy, String> {
-    let deadline = Instant::now() + HEALTH_TIMEOUT;
-    let mut last = String::from("not checked yet");
     let mut n = 0u64;
-    while Instant::now() < deadline {
-        match check_healthy(cl, tag, &mut n) {
-            Ok(h) => return Ok(h),
-            Err(e) => last = e,
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "cluster not healthy within {} s: {last}",
-        HEALTH_TIMEOUT.as_secs()
-    ))
+    wait_until("healthy", || check_healthy(cl, tag, &mut n))
 }
 
 fn check_healthy(cl: &Cluster, tag: &str, n: &mut u64) -> Result<Healthy, String> {
@@ -197,17 +184,7 @@ struct TrialResult {
 }
 
 pub fn run(args: &Args) -> Result<bool, String> {
-    let data = match &args.data {
-        Some(d) => absolute(d)?,
-        None => return Err("--data DIR is required (or --start)".into()),
-    };
-    let script = fault_script(args)?;
-    let bin = args
-        .bin
-        .clone()
-        .or_else(|| std::env::var_os("RAFT_NODE").map(PathBuf::from))
-        .map(|b| absolute(&b))
-        .transpose()?;
+    let (data, script, bin) = cluster_paths(args, "or --start")?;
     if args.fault() == Fault::Isolate && !is_root() {
         return Err("--fault isolate: needs root (iptables)".into());
     }
@@ -226,14 +203,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
         }
     }
     if args.start {
-        let cl = Cluster {
-            data: data.clone(),
-            members: Vec::new(),
-            heartbeat_ms: 0,
-            election_timeout_ms: (0, 0),
-            script: script.clone(),
-            bin: bin.clone(),
-        };
+        let cl = Cluster::unloaded(&data, &script, &bin);
         let out = cl.fault_sh(&["cluster-start"])?;
         println!(
             "{}",

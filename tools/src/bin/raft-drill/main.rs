@@ -65,7 +65,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use tools::netns::{is_root, Netns};
@@ -280,6 +281,45 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
             .map(|d| d.join(p))
             .map_err(|e| format!("current dir: {e}"))
     }
+}
+
+/// Where the cluster lives and how to act on it, from the arguments: the
+/// data dir, tools/fault.sh, and the raft-node binary for restarts
+/// (`--bin`, else $RAFT_NODE, else fault.sh's default). `no_data` says
+/// why a missing `--data` is an error.
+fn cluster_paths(
+    args: &Args,
+    no_data: &str,
+) -> Result<(PathBuf, PathBuf, Option<PathBuf>), String> {
+    let data = match &args.data {
+        Some(d) => absolute(d)?,
+        None => return Err(format!("--data DIR is required ({no_data})")),
+    };
+    let bin = args
+        .bin
+        .clone()
+        .or_else(|| std::env::var_os("RAFT_NODE").map(PathBuf::from))
+        .map(|b| absolute(&b))
+        .transpose()?;
+    Ok((data, fault_script(args)?, bin))
+}
+
+/// Calls `f` every 50 ms until it succeeds or [`HEALTH_TIMEOUT`] passes;
+/// the error then says the cluster was not `what`, with `f`'s last error.
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    let mut last = String::from("not checked yet");
+    while Instant::now() < deadline {
+        match f() {
+            Ok(t) => return Ok(t),
+            Err(e) => last = e,
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "cluster not {what} within {} s: {last}",
+        HEALTH_TIMEOUT.as_secs()
+    ))
 }
 
 fn fault_script(args: &Args) -> Result<PathBuf, String> {

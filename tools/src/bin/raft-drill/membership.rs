@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use crate::cluster::{Cluster, ClusterFile, NodeEntry};
 use crate::logs::log_len;
-use crate::{absolute, fault_script, Args, INSIDE_ENV};
+use crate::{cluster_paths, Args, INSIDE_ENV};
 use control::Drill;
 use load::{step, under_load, Run};
 use report::{member_ids, members_summary, print_results};
@@ -259,25 +259,8 @@ pub fn run(args: &Args) -> Result<bool, String> {
                 .into(),
         );
     }
-    let data = match &args.data {
-        Some(d) => absolute(d)?,
-        None => return Err("--data DIR is required (--start passes it)".into()),
-    };
-    let script = fault_script(args)?;
-    let bin = args
-        .bin
-        .clone()
-        .or_else(|| std::env::var_os("RAFT_NODE").map(PathBuf::from))
-        .map(|b| absolute(&b))
-        .transpose()?;
-    let boot = Cluster {
-        data: data.clone(),
-        members: Vec::new(),
-        heartbeat_ms: 0,
-        election_timeout_ms: (0, 0),
-        script: script.clone(),
-        bin: bin.clone(),
-    };
+    let (data, script, bin) = cluster_paths(args, "--start passes it")?;
+    let boot = Cluster::unloaded(&data, &script, &bin);
     boot.fault_sh(&["cluster-start"])?;
     let result = drill(args, &data, script, bin);
     // Every member with a pid file, joined ones included; whatever is

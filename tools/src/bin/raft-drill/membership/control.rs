@@ -15,7 +15,7 @@ use tools::resp::{Conn, Reply};
 
 use crate::cluster::{Cluster, Info};
 use crate::logs::crash_summary;
-use crate::{CONNECT_TIMEOUT, HEALTH_TIMEOUT, POLL};
+use crate::{wait_until, CONNECT_TIMEOUT, POLL};
 
 /// RAFT.ADD and the like answer when the change commits.
 pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -248,19 +248,7 @@ impl Drill {
     /// Every running member follows one leader in its term and applied
     /// what it had committed.
     pub fn wait_ready(&self) -> Result<u64, String> {
-        let deadline = Instant::now() + HEALTH_TIMEOUT;
-        let mut last = String::from("not checked");
-        while Instant::now() < deadline {
-            match self.ready() {
-                Ok(l) => return Ok(l),
-                Err(e) => last = e,
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "cluster not ready within {} s: {last}",
-            HEALTH_TIMEOUT.as_secs()
-        ))
+        wait_until("ready", || self.ready())
     }
 
     pub fn ready(&self) -> Result<u64, String> {
