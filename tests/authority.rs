@@ -112,13 +112,6 @@ fn nowhere(n: u8) -> String {
     l.local_addr().unwrap().to_string()
 }
 
-/// Starts member `id` with `--join` and the cluster file as it is now.
-fn start_joining(c: &mut Cluster, id: u64) {
-    let mut cmd = c.command(id);
-    let log = fs::File::create(&c.m(id).log).unwrap();
-    c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
-}
-
 /// Whether reading `conn` finds it closed (EOF or reset) rather than
 /// still open when the read times out.
 fn closed(conn: &mut Conn) -> bool {
@@ -596,15 +589,7 @@ impl Netns {
         let client = SocketAddr::new(IpAddr::V4(NETNS_IP), 7001);
         let secret = dir.join("cluster.secret");
         if !secret.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&secret)
-                .unwrap()
-                .write_all(SECRET)
-                .unwrap();
+            write_private(&secret, SECRET);
         }
         let config = dir.join("cluster.toml");
         fs::write(
@@ -815,8 +800,7 @@ fn a_forged_term_leaves_the_cluster_a_leader(forge: impl Fn(u64) -> u64) {
         f[at..at + 8].copy_from_slice(&forged.to_be_bytes());
         s.write_all(&f).unwrap();
         // Until the member has read it (and closed the link, or not).
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let _ = insider::closed(&mut s);
+        let _ = closed_by_server(&s, Duration::from_secs(1));
     }
 
     // Members 1 and 2, a quorum, elect a leader within a few election
@@ -909,7 +893,7 @@ fn force_new_cluster_makes_a_survivor_the_only_voter_and_others_can_rejoin() {
     );
 
     // Member 2 again, from nothing.
-    start_joining(&mut c, 2);
+    c.start_joining(2);
     let (peer, client) = (c.m(2).peer.to_string(), c.m(2).client.to_string());
     let r = c.admin(&["RAFT.ADD", "2", &peer, &client]);
     assert_eq!(voters(&r), [1, 2], "{r:?}");

@@ -15,26 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether the server closed this connection (EOF or reset), waiting up to
-/// `timeout` for it to happen.
-fn closed_by_server(mut s: &TcpStream, timeout: Duration) -> bool {
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 fn pong() -> Reply {
     Reply::Simple("PONG".into())
 }

@@ -447,15 +447,6 @@ fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
 /// how to get it.
 #[test]
 fn redis_py_works_with_its_defaults() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = Command::new(&python)
-        .args(["-c", "import redis"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{python} with redis-py not found: pip install redis (or set PYTHON)"
-    );
     let mut c = Cluster::new(3);
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
@@ -480,16 +471,7 @@ print("ok")
         ip = addr.ip(),
         port = addr.port()
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "redis-py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    redis_py("redis-py", &script);
 }
 
 /// redis-benchmark against the leader: it fetches `CONFIG GET save` and
@@ -529,7 +511,6 @@ fn redis_benchmark_runs_without_warnings() {
 /// `redis-cli --cluster check` finds all 16384 slots covered.
 #[test]
 fn cluster_clients_route_to_the_leader_and_follow_a_failover() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut c = Cluster::new(3);
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
@@ -566,21 +547,12 @@ print("ok")
 "#,
         pid = c.pid(leader)
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("run python");
+    redis_py("RedisCluster", &script);
     // The script killed the leader behind the harness' back.
     c.members[leader as usize - 1]
         .child
         .take()
         .map(|mut ch| ch.wait());
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "RedisCluster failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let check = Command::new("redis-cli")
         .args(["--cluster", "check", &addr.to_string()])
         .output()

@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn num(c: &Cluster, id: u64, key: &str) -> u64 {
-    c.field(id, key)
-        .unwrap_or_else(|| panic!("INFO of {id} has no {key}"))
-        .parse()
-        .unwrap_or(0)
-}
-
 /// The cluster file with only the first `n` [[node]] tables: what the
 /// initial members bootstrap from.
 fn file_of_first(c: &Cluster, n: usize) -> std::path::PathBuf {
@@ -74,13 +67,6 @@ fn members(r: &Reply) -> Vec<(i64, String)> {
         .collect()
 }
 
-/// Starts member `id` with `--join` and the cluster file as it is now.
-fn start_joining(c: &mut Cluster, id: u64) {
-    let mut cmd = c.command(id);
-    let log = fs::File::create(&c.m(id).log).unwrap();
-    c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
-}
-
 #[test]
 fn a_member_that_joins_replaces_one_that_leaves() {
     let mut c = Cluster::new(4);
@@ -94,15 +80,11 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         );
     }
     // Member 4 joins: it does not bootstrap, does not campaign, waits.
-    start_joining(&mut c, 4);
+    c.start_joining(4);
     sleep(Duration::from_millis(800));
     assert_eq!(c.field(4, "raft_role").as_deref(), Some("follower"));
-    assert_eq!(
-        num(&c, 4, "raft_term"),
-        0,
-        "a joining member never campaigns"
-    );
-    assert_eq!(num(&c, 4, "raft_last_log_index"), 0);
+    assert_eq!(c.num(4, "raft_term"), 0, "a joining member never campaigns");
+    assert_eq!(c.num(4, "raft_last_log_index"), 0);
 
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
     let r = c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
@@ -287,7 +269,7 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
     assert_eq!(c.exec(&["SET", "before", "1"]), Reply::Simple("OK".into()));
     // Member 3 stops before 4 joins; the two others commit without it.
     assert!(c.terminate(3).success());
-    start_joining(&mut c, 4);
+    c.start_joining(4);
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
     c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
     let r = c.admin(&["RAFT.PROMOTE", "4"]);
@@ -346,7 +328,7 @@ fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
         }
     }
     for id in [4u64, 5] {
-        start_joining(&mut c, id);
+        c.start_joining(id);
         let (peer, client) = (c.m(id).peer.to_string(), c.m(id).client.to_string());
         let n = id.to_string();
         c.admin(&["RAFT.ADD", &n, &peer, &client, "LEARNER"]);

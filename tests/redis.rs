@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -15,31 +14,13 @@ use common::*;
 /// Runs a redis-py script with `HOST` and `PORT` bound to `addr` (and
 /// `PASSWORD` if given); it must print `ok`.
 fn python(addr: std::net::SocketAddr, password: Option<&str>, body: &str) {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = Command::new(&python)
-        .args(["-c", "import redis"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{python} with redis-py not found: pip install redis (or set PYTHON)"
-    );
     let script = format!(
         "import redis, time, threading\nHOST = {:?}\nPORT = {}\nPASSWORD = {}\n{body}",
         addr.ip().to_string(),
         addr.port(),
         password.map_or("None".into(), |p| format!("{p:?}")),
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "redis-py script failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    redis_py("redis-py script", &script);
 }
 
 fn leader_cluster() -> (Cluster, u64) {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -40,6 +40,64 @@ pub fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Conn> {
 fn wrap(s: TcpStream) -> std::io::Result<Conn> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     Ok(Conn::new(s))
+}
+
+/// Whether the other side closed this connection (EOF or reset), waiting
+/// up to `timeout` for it to happen, rather than leaving it open.
+pub fn closed_by_server(mut s: &TcpStream, timeout: Duration) -> bool {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to a new file at `path` readable by its owner only (mode
+/// 0600), as raft-node wants its secret and password files.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .write_all(bytes)
+        .unwrap();
+}
+
+/// Runs `script` with redis-py (`$PYTHON`, else python3; a Python without
+/// redis-py fails the test and says how to get it). The script must print
+/// `ok`; `what` names it in the failure.
+pub fn redis_py(what: &str, script: &str) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = Command::new(&python)
+        .args(["-c", "import redis"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{python} with redis-py not found: pip install redis (or set PYTHON)"
+    );
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Member {
@@ -95,17 +153,7 @@ impl Cluster {
     /// The one place that writes a test cluster's file (and its secret).
     pub fn with_options(n: usize, opts: Options) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("cluster.secret");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&secret)
-                .unwrap();
-            f.write_all(SECRET).unwrap();
-        }
+        write_private(&dir.path().join("cluster.secret"), SECRET);
         let mut toml = "secret_file = \"cluster.secret\"\n".to_string();
         if let Some(ms) = opts.idle_timeout_ms {
             toml.push_str(&format!("client_idle_timeout_ms = {ms}\n"));
@@ -118,25 +166,11 @@ impl Cluster {
             toml.push('\n');
         }
         if let Some(pw) = &opts.client_password {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(dir.path().join("clients.password"))
-                .unwrap();
-            f.write_all(pw.as_bytes()).unwrap();
+            write_private(&dir.path().join("clients.password"), pw.as_bytes());
             toml.push_str("client_password_file = \"clients.password\"\n");
         }
         if let Some(users) = &opts.users {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(dir.path().join("users.acl"))
-                .unwrap();
-            f.write_all(users.as_bytes()).unwrap();
+            write_private(&dir.path().join("users.acl"), users.as_bytes());
             toml.push_str("users_file = \"users.acl\"\n");
         }
         toml.push('\n');
@@ -229,14 +263,9 @@ impl Cluster {
         c.try_wait().unwrap().is_none()
     }
 
+    /// Starts member `id`, appending to its log.
     pub fn start(&mut self, id: u64) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.m(id).log)
-            .unwrap();
-        let child = self.command(id).stderr(log).spawn().unwrap();
-        self.members[id as usize - 1].child = Some(child);
+        self.start_with_env(id, &[]);
     }
 
     /// Starts member `id` like [`Cluster::start`], with `env` added to its
@@ -253,6 +282,14 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .unwrap();
+        self.members[id as usize - 1].child = Some(child);
+    }
+
+    /// Starts member `id` with `--join` and the cluster file as it is now
+    /// (its log starts afresh).
+    pub fn start_joining(&mut self, id: u64) {
+        let log = fs::File::create(&self.m(id).log).unwrap();
+        let child = self.command(id).arg("--join").stderr(log).spawn().unwrap();
         self.members[id as usize - 1].child = Some(child);
     }
 
@@ -321,6 +358,15 @@ impl Cluster {
             .into_iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v)
+    }
+
+    /// An `INFO raft` field that holds a number (0 if it does not parse);
+    /// panics if member `id` does not report `key`.
+    pub fn num(&self, id: u64, key: &str) -> u64 {
+        self.field(id, key)
+            .unwrap_or_else(|| panic!("INFO of {id} has no {key}"))
+            .parse()
+            .unwrap_or(0)
     }
 
     /// Waits until member `id` has applied everything the leader had
@@ -644,23 +690,5 @@ pub mod insider {
         let mut b = BytesMut::new();
         codec::encode(msg, &mut b);
         b.to_vec()
-    }
-
-    /// Whether the other side closes the connection (EOF or reset) within
-    /// the read timeout, rather than leaving it open.
-    pub fn closed(s: &mut TcpStream) -> bool {
-        let mut buf = [0u8; 128];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) => {
-                    return !matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    )
-                }
-            }
-        }
     }
 }
