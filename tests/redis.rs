@@ -23,6 +23,13 @@ fn python(addr: std::net::SocketAddr, password: Option<&str>, body: &str) {
     redis_py("redis-py script", &script);
 }
 
+/// Runs a redis-py script (see [`python`]) against the leader of a fresh
+/// three-member cluster.
+fn python_on_a_leader(body: &str) {
+    let (c, leader) = leader_cluster();
+    python(c.m(leader).client, None, body);
+}
+
 fn leader_cluster() -> (Cluster, u64) {
     let mut c = Cluster::new(3);
     c.start_all();
@@ -36,10 +43,7 @@ fn leader_cluster() -> (Cluster, u64) {
 /// exceptions.
 #[test]
 fn redis_py_strings_expiry_incr_and_scan() {
-    let (c, leader) = leader_cluster();
-    python(
-        c.m(leader).client,
-        None,
+    python_on_a_leader(
         r#"
 r = redis.Redis(host=HOST, port=PORT)
 assert r.set("a", "1", ex=100)
@@ -119,10 +123,7 @@ print("ok")
 /// concurrent clients ends exact.
 #[test]
 fn redis_py_transactions_and_watch() {
-    let (c, leader) = leader_cluster();
-    python(
-        c.m(leader).client,
-        None,
+    python_on_a_leader(
         r#"
 r = redis.Redis(host=HOST, port=PORT)
 r2 = redis.Redis(host=HOST, port=PORT)
@@ -270,10 +271,7 @@ fn transaction_errors_like_redis() {
 /// paused has its fenced write refused; the new holder's write stays.
 #[test]
 fn locks_fence_a_paused_clients_write() {
-    let (c, leader) = leader_cluster();
-    python(
-        c.m(leader).client,
-        None,
+    python_on_a_leader(
         r#"
 r = redis.Redis(host=HOST, port=PORT)
 OK = (b"OK", "OK", True)
