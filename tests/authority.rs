@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -31,25 +31,25 @@ fn admin_login() -> Option<(String, String)> {
     Some(("admin".into(), "adminpw".into()))
 }
 
-fn err(s: &str) -> Resp {
-    Resp::Error(s.into())
+fn err(s: &str) -> Reply {
+    Reply::Error(s.into())
 }
 
 /// The `[id, role]` pairs of a RAFT.MEMBERS-shaped reply, and on the
 /// leader each member's link (`up`, `down`, `self`).
-fn members(r: &Resp) -> Vec<(i64, String, Option<String>)> {
-    let Resp::Array(entries) = r else {
+fn members(r: &Reply) -> Vec<(i64, String, Option<String>)> {
+    let Reply::Array(entries) = r else {
         panic!("not a member list: {r:?}")
     };
-    let text = |v: &Resp| match v {
-        Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+    let text = |v: &Reply| match v {
+        Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
         other => panic!("field {other:?}"),
     };
     entries
         .iter()
         .map(|e| match e {
-            Resp::Array(f) => match &f[0] {
-                Resp::Int(id) => (*id, text(&f[3]), f.get(5).map(text)),
+            Reply::Array(f) => match &f[0] {
+                Reply::Integer(id) => (*id, text(&f[3]), f.get(5).map(text)),
                 other => panic!("entry {other:?}"),
             },
             other => panic!("entry {other:?}"),
@@ -58,15 +58,15 @@ fn members(r: &Resp) -> Vec<(i64, String, Option<String>)> {
 }
 
 /// A reply as text, bulk strings as strings (for failure messages).
-fn show(r: &Resp) -> String {
+fn show(r: &Reply) -> String {
     match r {
-        Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-        Resp::Array(v) => format!("[{}]", v.iter().map(show).collect::<Vec<_>>().join(", ")),
+        Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        Reply::Array(v) => format!("[{}]", v.iter().map(show).collect::<Vec<_>>().join(", ")),
         other => format!("{other:?}"),
     }
 }
 
-fn voters(r: &Resp) -> Vec<i64> {
+fn voters(r: &Reply) -> Vec<i64> {
     members(r)
         .into_iter()
         .filter(|m| m.1 == "voter")
@@ -74,7 +74,7 @@ fn voters(r: &Resp) -> Vec<i64> {
         .collect()
 }
 
-fn ids(r: &Resp) -> Vec<i64> {
+fn ids(r: &Reply) -> Vec<i64> {
     members(r).into_iter().map(|m| m.0).collect()
 }
 
@@ -82,7 +82,7 @@ fn ids(r: &Resp) -> Vec<i64> {
 fn info_all(c: &Cluster, id: u64) -> HashMap<String, String> {
     let mut conn = c.conn(id);
     match conn.cmd(&["INFO"]).unwrap() {
-        Resp::Bulk(Some(b)) => String::from_utf8(b)
+        Reply::Bulk(Some(b)) => String::from_utf8(b)
             .unwrap()
             .lines()
             .filter_map(|l| l.split_once(':'))
@@ -110,13 +110,6 @@ fn term(c: &Cluster, id: u64) -> u64 {
 fn nowhere(n: u8) -> String {
     let l = TcpListener::bind((Ipv4Addr::new(127, 0, 0, n), 0)).unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-/// Starts member `id` with `--join` and the cluster file as it is now.
-fn start_joining(c: &mut Cluster, id: u64) {
-    let mut cmd = c.command(id);
-    let log = fs::File::create(&c.m(id).log).unwrap();
-    c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
 }
 
 /// Whether reading `conn` finds it closed (EOF or reset) rather than
@@ -155,7 +148,7 @@ fn only_an_operator_may_change_the_cluster_or_wipe_the_store() {
     let (peer9, client9) = (nowhere(9), nowhere(9));
 
     // Nobody is anybody before AUTH: no user file line names `default`.
-    let mut anon = Conn::open(addr).unwrap();
+    let mut anon = open(addr).unwrap();
     for args in [
         &["GET", "k"][..],
         &["SET", "k", "v"],
@@ -169,7 +162,7 @@ fn only_an_operator_may_change_the_cluster_or_wipe_the_store() {
         );
     }
 
-    let mut app = Conn::open(addr).unwrap();
+    let mut app = open(addr).unwrap();
     assert_eq!(app.cmd(&["AUTH", "app", "apppw"]).unwrap(), ok());
     assert_eq!(app.cmd(&["SET", "k", "v"]).unwrap(), ok());
     assert_eq!(app.cmd(&["GET", "k"]).unwrap(), bulk("v"));
@@ -188,7 +181,7 @@ fn only_an_operator_may_change_the_cluster_or_wipe_the_store() {
     for (args, name) in denied {
         assert_eq!(
             app.cmd(args).unwrap(),
-            Resp::Error(format!(
+            Reply::Error(format!(
                 "NOPERM User app has no permissions to run the '{name}' command"
             )),
             "{args:?} as app"
@@ -197,7 +190,7 @@ fn only_an_operator_may_change_the_cluster_or_wipe_the_store() {
     // CLIENT LIST shows other clients' addresses; CLIENT SETNAME is the
     // connection's own business.
     match app.cmd(&["CLIENT", "LIST"]).unwrap() {
-        Resp::Error(e) => assert!(
+        Reply::Error(e) => assert!(
             e.starts_with("NOPERM User app has no permissions to run the 'client"),
             "{e}"
         ),
@@ -223,7 +216,7 @@ fn only_an_operator_may_change_the_cluster_or_wipe_the_store() {
     assert_eq!(c.admin(&["RAFT.TRANSFER"]), ok());
     assert_ne!(c.wait_leader(Duration::from_secs(10)), leader);
     assert_eq!(c.exec(&["FLUSHALL"]), ok());
-    assert_eq!(c.exec(&["GET", "k"]), Resp::Bulk(None));
+    assert_eq!(c.exec(&["GET", "k"]), Reply::Bulk(None));
 }
 
 // ----- Finding 1: RAFT.ADD of members that do not exist ----------------
@@ -272,7 +265,7 @@ fn adding_voters_that_never_connect_leaves_the_configuration_as_it_was() {
             c.admin(&["RAFT.ADD", &n, &peer, &client])
         };
         match reply {
-            Resp::Error(e) => assert!(
+            Reply::Error(e) => assert!(
                 e.starts_with(&format!("ERR member {id} never connected within 1000 ms"))
                     && e.ends_with("it was removed again"),
                 "RAFT.ADD {id}: {e}"
@@ -327,18 +320,18 @@ fn a_client_looping_on_transfer_moves_leadership_at_most_once_per_election_timeo
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) && requests < 20_000 {
         requests += 1;
-        match Conn::open(target).and_then(|mut k| k.cmd(&["RAFT.TRANSFER"])) {
-            Ok(Resp::Simple(s)) if s == "OK" => handed_over += 1,
-            Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
+        match open(target).and_then(|mut k| k.cmd(&["RAFT.TRANSFER"])) {
+            Ok(Reply::Simple(s)) if s == "OK" => handed_over += 1,
+            Ok(Reply::Error(e)) if e.starts_with("MOVED ") => {
                 target = e.rsplit(' ').next().unwrap().parse().unwrap()
             }
-            Ok(Resp::Error(e)) if e.contains("leadership moves at most once") => too_soon.push(e),
+            Ok(Reply::Error(e)) if e.contains("leadership moves at most once") => too_soon.push(e),
             // An election the load caused went elsewhere, or the target
             // did not win in time: the term counts what happened.
-            Ok(Resp::Error(e))
+            Ok(Reply::Error(e))
                 if e.contains("leadership went to member") || e.contains("given up") => {}
             // Between leaders.
-            Ok(Resp::Error(e)) if e.starts_with("CLUSTERDOWN") || e.contains("in progress") => {
+            Ok(Reply::Error(e)) if e.starts_with("CLUSTERDOWN") || e.contains("in progress") => {
                 sleep(Duration::from_millis(5))
             }
             other => panic!("RAFT.TRANSFER: {other:?}"),
@@ -425,7 +418,7 @@ fn removing_a_voter_while_another_is_down_is_refused() {
     // Asked of the leader itself, with a bound on the wait: a change it
     // took could never commit, and would never be answered.
     let mut conn = c.conn(leader);
-    conn.w
+    conn.stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     match conn.cmd(&["RAFT.REMOVE", "2"]) {
@@ -478,12 +471,12 @@ fn failed_auth_closes_the_connection_and_is_rate_limited_per_address() {
     let guesser: IpAddr = [127, 0, 0, 9].into();
     let first_failure = Instant::now();
 
-    let mut conn = Conn::open_from(guesser, addr).unwrap();
+    let mut conn = open_from(guesser, addr).unwrap();
     for i in 1..=5 {
         let r = conn.cmd(&["AUTH", &format!("guess{i}")]).unwrap();
         assert_eq!(r, err(WRONGPASS), "guess {i}");
     }
-    conn.w
+    conn.stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     assert!(closed(&mut conn), "still open after 5 failed AUTH");
@@ -493,11 +486,11 @@ fn failed_auth_closes_the_connection_and_is_rate_limited_per_address() {
     let mut failures = 5u64;
     let mut refusal = None;
     'guessing: for _ in 0..40 {
-        let mut conn = Conn::open_from(guesser, addr).unwrap();
+        let mut conn = open_from(guesser, addr).unwrap();
         for _ in 0..4 {
             match conn.cmd(&["AUTH", "guess"]).unwrap() {
-                Resp::Error(e) if e == WRONGPASS => failures += 1,
-                Resp::Error(e) if e.starts_with("ERR too many failed AUTH attempts") => {
+                Reply::Error(e) if e == WRONGPASS => failures += 1,
+                Reply::Error(e) if e.starts_with("ERR too many failed AUTH attempts") => {
                     refusal = Some(e);
                     break 'guessing;
                 }
@@ -514,8 +507,8 @@ fn failed_auth_closes_the_connection_and_is_rate_limited_per_address() {
         "{failures} failures in {secs:.1} s before the refusal"
     );
     // Even the right password is not checked now.
-    let mut conn = Conn::open_from(guesser, addr).unwrap();
-    let Resp::Error(e) = conn.cmd(&["AUTH", PASSWORD]).unwrap() else {
+    let mut conn = open_from(guesser, addr).unwrap();
+    let Reply::Error(e) = conn.cmd(&["AUTH", PASSWORD]).unwrap() else {
         panic!("the right password was checked while the address is limited")
     };
     let wait_s: u64 = e
@@ -525,7 +518,7 @@ fn failed_auth_closes_the_connection_and_is_rate_limited_per_address() {
         .unwrap_or_else(|| panic!("{e} (first refusal: {refusal})"));
     assert!((1..=10).contains(&wait_s), "{e}");
     // Another address is not limited by this one's failures.
-    let mut other = Conn::open_from([127, 0, 0, 10].into(), addr).unwrap();
+    let mut other = open_from([127, 0, 0, 10].into(), addr).unwrap();
     assert_eq!(other.cmd(&["AUTH", PASSWORD]).unwrap(), ok());
 
     let info = info_all(&c, 1);
@@ -545,7 +538,7 @@ fn failed_auth_closes_the_connection_and_is_rate_limited_per_address() {
 /// an address that is not loopback. The member inside is killed and the
 /// namespace deleted when this is dropped, also on a panic.
 struct Netns {
-    name: String,
+    ns: tools::netns::Netns,
     member: Option<Child>,
 }
 
@@ -553,69 +546,40 @@ const NETNS_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 impl Netns {
     fn new() -> Netns {
-        // SAFETY: geteuid(2) has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            root,
+            tools::netns::is_root(),
             "this test needs root to create a network namespace (ip netns add); CI runs it \
              as root"
         );
-        let name = format!("raft-auth-{}", std::process::id());
-        let ns = Netns { name, member: None };
-        ns.ip(&["netns", "add", &ns.name]);
+        let ns = tools::netns::Netns::create(&format!("raft-auth-{}", std::process::id()))
+            .unwrap_or_else(|e| panic!("{e}"));
         // Loopback's own addresses are 127/8; 192.0.2.1 is not one of them
         // (a dummy device would do too, where the kernel has the module).
-        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns.ip(&["-n", &ns.name, "addr", "add", "192.0.2.1/32", "dev", "lo"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `ip` (install iproute2): {e}"));
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: sockets it
-    /// opens belong to the namespace, wherever they are used afterwards.
-    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = fs::File::open(&path).unwrap();
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns(2) on a descriptor we own; it changes this
-            // thread's network namespace only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
+        ns.add_loopback_addr("192.0.2.1/32")
+            .unwrap_or_else(|e| panic!("{e}"));
+        Netns { ns, member: None }
     }
 
     /// A client connection to `to` from `from`, inside the namespace;
     /// retried while nothing listens yet (the member is starting).
     fn connect(&self, from: Ipv4Addr, to: SocketAddr) -> Conn {
-        self.inside(move || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match Conn::open_from(IpAddr::V4(from), to) {
-                    Ok(c) => {
-                        c.w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                        return c;
+        self.ns
+            .on_thread(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match open_from(IpAddr::V4(from), to) {
+                        Ok(c) => {
+                            c.stream()
+                                .set_read_timeout(Some(Duration::from_secs(5)))
+                                .unwrap();
+                            return c;
+                        }
+                        Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
+                        Err(e) => panic!("connect {from} -> {to}: {e}"),
                     }
-                    Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
-                    Err(e) => panic!("connect {from} -> {to}: {e}"),
                 }
-            }
-        })
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts a single-member cluster inside, with `extra` in its file;
@@ -625,15 +589,7 @@ impl Netns {
         let client = SocketAddr::new(IpAddr::V4(NETNS_IP), 7001);
         let secret = dir.join("cluster.secret");
         if !secret.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&secret)
-                .unwrap()
-                .write_all(SECRET)
-                .unwrap();
+            write_private(&secret, SECRET);
         }
         let config = dir.join("cluster.toml");
         fs::write(
@@ -649,8 +605,10 @@ impl Netns {
             .append(true)
             .open(dir.join("node1.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, BIN, "--config"])
+        let child = self
+            .ns
+            .command(BIN)
+            .arg("--config")
             .arg(&config)
             .args(["--id", "1", "--data-dir"])
             .arg(dir.join("node1"))
@@ -674,21 +632,19 @@ impl Netns {
 }
 
 impl Drop for Netns {
+    /// The member first; then the namespace goes (its own drop).
     fn drop(&mut self) {
         self.stop_member();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
 /// Until the member answers `args` on `conn` with something other than
 /// CLUSTERDOWN (a single member elects itself within an election timeout).
-fn when_up(conn: &mut Conn, args: &[&str]) -> Resp {
+fn when_up(conn: &mut Conn, args: &[&str]) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match conn.cmd(args).unwrap() {
-            Resp::Error(e) if e.starts_with("CLUSTERDOWN") && Instant::now() < deadline => {
+            Reply::Error(e) if e.starts_with("CLUSTERDOWN") && Instant::now() < deadline => {
                 sleep(Duration::from_millis(50))
             }
             r => return r,
@@ -717,7 +673,7 @@ fn without_a_password_only_loopback_clients_are_served() {
     // The refusal comes at once, before the client says anything...
     let mut outsider = ns.connect(NETNS_IP, client);
     let line = outsider.read();
-    let Ok(Resp::Error(e)) = line else {
+    let Ok(Reply::Error(e)) = line else {
         dump();
         panic!("a client from {NETNS_IP} was not refused: {line:?}")
     };
@@ -727,7 +683,7 @@ fn without_a_password_only_loopback_clients_are_served() {
     let mut outsider = ns.connect(NETNS_IP, client);
     let r = outsider.cmd(&["RAFT.ADD", "9", "127.0.0.9:1", "127.0.0.9:2"]);
     assert!(
-        matches!(&r, Ok(Resp::Error(e)) if e.starts_with("DENIED Running in protected mode")),
+        matches!(&r, Ok(Reply::Error(e)) if e.starts_with("DENIED Running in protected mode")),
         "{r:?}"
     );
     assert!(closed(&mut outsider), "still open after DENIED");
@@ -735,7 +691,7 @@ fn without_a_password_only_loopback_clients_are_served() {
     // A loopback client of the same member is served, and sees the count.
     let mut local = ns.connect(Ipv4Addr::LOCALHOST, client);
     assert_eq!(when_up(&mut local, &["SET", "k", "v"]), ok());
-    let Resp::Bulk(Some(info)) = local.cmd(&["INFO", "stats"]).unwrap() else {
+    let Reply::Bulk(Some(info)) = local.cmd(&["INFO", "stats"]).unwrap() else {
         panic!("INFO stats")
     };
     let info = String::from_utf8(info).unwrap();
@@ -756,7 +712,7 @@ fn without_a_password_only_loopback_clients_are_served() {
     assert_eq!(when_up(&mut outsider, &["GET", "k"]), bulk("v"));
     assert_eq!(
         outsider.cmd(&["PING"]).unwrap(),
-        Resp::Simple("PONG".into())
+        Reply::Simple("PONG".into())
     );
 }
 
@@ -844,8 +800,7 @@ fn a_forged_term_leaves_the_cluster_a_leader(forge: impl Fn(u64) -> u64) {
         f[at..at + 8].copy_from_slice(&forged.to_be_bytes());
         s.write_all(&f).unwrap();
         // Until the member has read it (and closed the link, or not).
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let _ = insider::closed(&mut s);
+        let _ = closed_by_server(&s, Duration::from_secs(1));
     }
 
     // Members 1 and 2, a quorum, elect a leader within a few election
@@ -938,7 +893,7 @@ fn force_new_cluster_makes_a_survivor_the_only_voter_and_others_can_rejoin() {
     );
 
     // Member 2 again, from nothing.
-    start_joining(&mut c, 2);
+    c.start_joining(2);
     let (peer, client) = (c.m(2).peer.to_string(), c.m(2).client.to_string());
     let r = c.admin(&["RAFT.ADD", "2", &peer, &client]);
     assert_eq!(voters(&r), [1, 2], "{r:?}");
@@ -947,7 +902,7 @@ fn force_new_cluster_makes_a_survivor_the_only_voter_and_others_can_rejoin() {
     assert_eq!(conn.cmd(&["READONLY"]).unwrap(), ok());
     for key in ["k0", "k49", "after"] {
         assert!(
-            matches!(conn.cmd(&["GET", key]).unwrap(), Resp::Bulk(Some(_))),
+            matches!(conn.cmd(&["GET", key]).unwrap(), Reply::Bulk(Some(_))),
             "{key} on member 2"
         );
     }
@@ -1059,7 +1014,7 @@ fn removing_a_member_being_added_ends_the_add() {
     let r = c.admin(&["RAFT.REMOVE", "9"]);
     assert!(!ids(&r).contains(&9), "{}", show(&r));
     adding
-        .w
+        .stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     assert_eq!(
@@ -1071,7 +1026,7 @@ fn removing_a_member_being_added_ends_the_add() {
     let mut next = c.conn(leader);
     next.send(&[b"RAFT.ADD", b"10", p10.as_bytes(), c10.as_bytes()])
         .unwrap();
-    next.w
+    next.stream()
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     assert!(

@@ -8,35 +8,15 @@
 mod common;
 
 use std::fs;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether the server closed this connection (EOF or reset), waiting up to
-/// `timeout` for it to happen.
-fn closed_by_server(mut s: &TcpStream, timeout: Duration) -> bool {
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
-fn pong() -> Resp {
-    Resp::Simple("PONG".into())
+fn pong() -> Reply {
+    Reply::Simple("PONG".into())
 }
 
 /// The tracker's first finding: a client pipelining GETs of a 512 KiB value
@@ -62,7 +42,7 @@ fn never_reading_big_gets_keep_the_leaders_memory_bounded() {
     // The value as a GET returns it once, so that the baseline includes
     // whatever a first read allocates.
     l.send(&[b"GET", b"big"]).unwrap();
-    assert_eq!(l.read().unwrap(), Resp::Bulk(Some(big.clone())));
+    assert_eq!(l.read().unwrap(), Reply::Bulk(Some(big.clone())));
     let pid = c.pid(leader);
     let hwm_before = status_kib(pid, "VmHWM:");
 
@@ -99,7 +79,7 @@ fn never_reading_big_gets_keep_the_leaders_memory_bounded() {
     while Instant::now() < until {
         assert_eq!(
             other.cmd(&["GET", "small"]).unwrap(),
-            Resp::Bulk(Some(b"x".to_vec()))
+            Reply::Bulk(Some(b"x".to_vec()))
         );
         assert_eq!(other.cmd(&["PING"]).unwrap(), pong());
         served += 1;
@@ -121,18 +101,15 @@ fn never_reading_big_gets_keep_the_leaders_memory_bounded() {
         "peak RSS grew from {hwm_before} KiB to {hwm_after} KiB"
     );
     assert!(c.alive(leader));
-    assert_eq!(c.exec(&["GET", "small"]), Resp::Bulk(Some(b"y".to_vec())));
+    assert_eq!(c.exec(&["GET", "small"]), Reply::Bulk(Some(b"y".to_vec())));
     // The hogs were paused, not disconnected: they still get their replies
     // once they read.
     for (s, _) in hogs {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut hog = Conn {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        };
+        let mut hog = Conn::new(s);
         for i in 0..3 {
             let r = hog.read().expect("a hog was disconnected");
-            assert!(r == Resp::Bulk(Some(big.clone())), "reply {i} of a hog");
+            assert!(r == Reply::Bulk(Some(big.clone())), "reply {i} of a hog");
         }
     }
 }
@@ -156,13 +133,13 @@ fn half_closed_client_gets_every_reply() {
     }
     // A partial request at EOF can never complete: it is dropped.
     input.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$2\r\nk");
-    conn.w.write_all(&input).unwrap();
-    conn.w.shutdown(Shutdown::Write).unwrap();
+    conn.write_all(&input).unwrap();
+    conn.stream().shutdown(Shutdown::Write).unwrap();
     for i in 0..N {
         assert_eq!(conn.read().unwrap(), ok(), "SET {i}");
         assert_eq!(
             conn.read().unwrap(),
-            Resp::Bulk(Some(format!("v{i}").into_bytes())),
+            Reply::Bulk(Some(format!("v{i}").into_bytes())),
             "GET {i}"
         );
         assert_eq!(conn.read().unwrap(), pong(), "PING {i}");
@@ -194,14 +171,14 @@ fn clients_up_to_the_fd_limit_leave_storage_working() {
     let mut held = Vec::new();
     let mut refusal = None;
     for _ in 0..400 {
-        let mut conn = match Conn::open(addr) {
+        let mut conn = match open(addr) {
             Ok(conn) => conn,
             Err(e) => {
                 refusal = Some(format!("connect: {e}"));
                 break;
             }
         };
-        conn.w
+        conn.stream()
             .set_read_timeout(Some(Duration::from_secs(3)))
             .unwrap();
         match conn.cmd(&["PING"]) {
@@ -281,7 +258,7 @@ fn clients_up_to_the_fd_limit_leave_storage_working() {
     // It serves again, and its storage works: a write commits.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(r) = Conn::open(addr).and_then(|mut conn| conn.cmd(&["PING"])) {
+        if let Ok(r) = open(addr).and_then(|mut conn| conn.cmd(&["PING"])) {
             if r == pong() {
                 break;
             }
@@ -333,7 +310,7 @@ fn accept_out_of_descriptors_retries_without_losing_connections() {
     set_limit(fds + 3);
 
     // Three fit; the next ones wait in the backlog, unanswered.
-    let mut conns: Vec<Conn> = (0..8).map(|_| Conn::open(addr).unwrap()).collect();
+    let mut conns: Vec<Conn> = (0..8).map(|_| open(addr).unwrap()).collect();
     for conn in &mut conns {
         conn.send(&[b"PING"]).unwrap();
     }
@@ -380,7 +357,7 @@ fn idle_timeout_closes_an_idle_client() {
         sleep(Duration::from_millis(100));
     }
     assert!(
-        closed_by_server(&idle.w, Duration::from_secs(10)),
+        closed_by_server(idle.stream(), Duration::from_secs(10)),
         "the idle client is still open"
     );
     assert_eq!(busy.cmd(&["PING"]).unwrap(), pong());
@@ -457,9 +434,9 @@ fn partial_requests_over_the_budget_evict_the_largest() {
             s
         })
         .collect();
-    let mut fresh = Conn::open(addr).unwrap();
+    let mut fresh = open(addr).unwrap();
     fresh
-        .w
+        .stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     assert_eq!(fresh.cmd(&["PING"]).unwrap(), pong());

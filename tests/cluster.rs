@@ -19,12 +19,12 @@ fn elects_a_leader_serves_writes_and_redirects() {
     let leader = c.wait_leader(Duration::from_secs(10));
 
     let mut l = c.conn(leader);
-    assert_eq!(l.cmd(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
+    assert_eq!(l.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
     assert_eq!(l.cmd(&["SET", "k", "v1"]).unwrap(), ok());
     assert_eq!(l.cmd(&["GET", "k"]).unwrap(), bulk("v1"));
-    assert_eq!(l.cmd(&["GET", "nope"]).unwrap(), Resp::Bulk(None));
-    assert_eq!(l.cmd(&["DEL", "k", "nope"]).unwrap(), Resp::Int(1));
-    assert_eq!(l.cmd(&["GET", "k"]).unwrap(), Resp::Bulk(None));
+    assert_eq!(l.cmd(&["GET", "nope"]).unwrap(), Reply::Bulk(None));
+    assert_eq!(l.cmd(&["DEL", "k", "nope"]).unwrap(), Reply::Integer(1));
+    assert_eq!(l.cmd(&["GET", "k"]).unwrap(), Reply::Bulk(None));
 
     // Pipelined requests are answered in order.
     for i in 0..50 {
@@ -36,7 +36,7 @@ fn elects_a_leader_serves_writes_and_redirects() {
     for i in 0..50 {
         assert_eq!(l.read().unwrap(), ok());
         assert_eq!(l.read().unwrap(), bulk(&format!("v{i}")));
-        assert_eq!(l.read().unwrap(), Resp::Simple("PONG".into()));
+        assert_eq!(l.read().unwrap(), Reply::Simple("PONG".into()));
     }
 
     let follower = (1..=3).find(|&i| i != leader).unwrap();
@@ -45,22 +45,22 @@ fn elects_a_leader_serves_writes_and_redirects() {
     // Cluster's (CRC16 of the key mod 16384; Redis documents "foo" as 12182).
     assert_eq!(
         f.cmd(&["CLUSTER", "KEYSLOT", "foo"]).unwrap(),
-        Resp::Int(12182)
+        Reply::Integer(12182)
     );
     let moved = |f: &mut Conn, key: &str| {
-        let Resp::Int(slot) = f.cmd(&["CLUSTER", "KEYSLOT", key]).unwrap() else {
+        let Reply::Integer(slot) = f.cmd(&["CLUSTER", "KEYSLOT", key]).unwrap() else {
             panic!("CLUSTER KEYSLOT")
         };
-        Resp::Error(format!("MOVED {slot} {}", c.m(leader).client))
+        Reply::Error(format!("MOVED {slot} {}", c.m(leader).client))
     };
     let want = moved(&mut f, "p");
     assert_eq!(f.cmd(&["GET", "p"]).unwrap(), want);
     let want = moved(&mut f, "x");
     assert_eq!(f.cmd(&["SET", "x", "y"]).unwrap(), want);
-    assert_eq!(f.cmd(&["PING"]).unwrap(), Resp::Simple("PONG".into()));
+    assert_eq!(f.cmd(&["PING"]).unwrap(), Reply::Simple("PONG".into()));
     assert_eq!(
         f.cmd(&["GET"]).unwrap(),
-        Resp::Error("ERR wrong number of arguments for 'get' command".into())
+        Reply::Error("ERR wrong number of arguments for 'get' command".into())
     );
     assert_eq!(c.exec(&["GET", "p"]), bulk("v49"));
 
@@ -128,13 +128,13 @@ fn acknowledged_writes_survive_killing_everyone() {
     for i in 0..30 {
         assert_eq!(c.exec(&["SET", &format!("k{i}"), &format!("v{i}")]), ok());
     }
-    assert_eq!(c.exec(&["DEL", "k0"]), Resp::Int(1));
+    assert_eq!(c.exec(&["DEL", "k0"]), Reply::Integer(1));
     for id in 1..=3 {
         c.kill(id);
     }
     c.start_all();
     c.wait_leader(Duration::from_secs(10));
-    assert_eq!(c.exec(&["GET", "k0"]), Resp::Bulk(None));
+    assert_eq!(c.exec(&["GET", "k0"]), Reply::Bulk(None));
     for i in 1..30 {
         assert_eq!(c.exec(&["GET", &format!("k{i}")]), bulk(&format!("v{i}")));
     }
@@ -334,7 +334,7 @@ fn a_lonely_member_keeps_fds_and_memory_bounded() {
     // It still answers.
     assert_eq!(
         c.conn(1).cmd(&["PING"]).unwrap(),
-        Resp::Simple("PONG".into())
+        Reply::Simple("PONG".into())
     );
     let role = c.field(1, "raft_role").unwrap();
     assert!(role == "follower" || role == "precandidate", "{role}");
@@ -392,7 +392,7 @@ fn redis_cli_follows_moved_to_the_leader() {
     assert_eq!(run(&["GET", "via"]), "follower");
     assert_eq!(run(&["DEL", "via"]), "1");
     // And the write really went through the leader's log.
-    assert_eq!(c.exec(&["GET", "via"]), Resp::Bulk(None));
+    assert_eq!(c.exec(&["GET", "via"]), Reply::Bulk(None));
 }
 
 /// `+OK` means committed: a leader whose followers are all stopped must not
@@ -412,7 +412,7 @@ fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
         signal(f, libc::SIGSTOP);
     }
     let mut conn = c.conn(leader);
-    conn.w
+    conn.stream()
         .set_read_timeout(Some(Duration::from_millis(800)))
         .unwrap();
     conn.send(&[b"SET", b"k", b"during"]).unwrap();
@@ -421,20 +421,20 @@ fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
         signal(f, libc::SIGCONT);
     }
     match early {
-        Ok(Resp::Simple(s)) => panic!("acknowledged {s} with no follower running"),
-        Ok(other) => assert!(matches!(other, Resp::Error(_)), "{other:?}"),
+        Ok(Reply::Simple(s)) => panic!("acknowledged {s} with no follower running"),
+        Ok(other) => assert!(matches!(other, Reply::Error(_)), "{other:?}"),
         Err(_) => {
             // No answer while the followers were stopped; now it commits
             // (or the leader lost its lease and says so).
-            conn.w
+            conn.stream()
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             match conn.read().unwrap() {
-                Resp::Simple(s) => {
+                Reply::Simple(s) => {
                     assert_eq!(s, "OK");
                     assert_eq!(c.exec(&["GET", "k"]), bulk("during"));
                 }
-                Resp::Error(e) => assert!(e.contains("leadership lost"), "{e}"),
+                Reply::Error(e) => assert!(e.contains("leadership lost"), "{e}"),
                 other => panic!("{other:?}"),
             }
         }
@@ -447,15 +447,6 @@ fn a_write_is_acknowledged_only_once_a_majority_holds_it() {
 /// how to get it.
 #[test]
 fn redis_py_works_with_its_defaults() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = Command::new(&python)
-        .args(["-c", "import redis"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{python} with redis-py not found: pip install redis (or set PYTHON)"
-    );
     let mut c = Cluster::new(3);
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
@@ -480,16 +471,7 @@ print("ok")
         ip = addr.ip(),
         port = addr.port()
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "redis-py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    redis_py("redis-py", &script);
 }
 
 /// redis-benchmark against the leader: it fetches `CONFIG GET save` and
@@ -529,7 +511,6 @@ fn redis_benchmark_runs_without_warnings() {
 /// `redis-cli --cluster check` finds all 16384 slots covered.
 #[test]
 fn cluster_clients_route_to_the_leader_and_follow_a_failover() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut c = Cluster::new(3);
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
@@ -566,21 +547,12 @@ print("ok")
 "#,
         pid = c.pid(leader)
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("run python");
+    redis_py("RedisCluster", &script);
     // The script killed the leader behind the harness' back.
     c.members[leader as usize - 1]
         .child
         .take()
         .map(|mut ch| ch.wait());
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "RedisCluster failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let check = Command::new("redis-cli")
         .args(["--cluster", "check", &addr.to_string()])
         .output()

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,13 +26,6 @@ fn cluster() -> Cluster {
     c
 }
 
-fn num(c: &Cluster, id: u64, key: &str) -> u64 {
-    c.field(id, key)
-        .unwrap_or_else(|| panic!("INFO of {id} has no {key}"))
-        .parse()
-        .unwrap_or(0)
-}
-
 /// Writes `n` SETs of 100-byte values over `keys` keys to the leader,
 /// pipelined 64 at a time; returns the value written last to each key.
 fn write_many(c: &Cluster, leader: u64, n: u64, keys: u64, tag: &str) -> Vec<String> {
@@ -49,7 +41,7 @@ fn write_many(c: &Cluster, leader: u64, n: u64, keys: u64, tag: &str) -> Vec<Str
             buf.extend(encode(&[b"SET", format!("k{k}").as_bytes(), v.as_bytes()]));
             last[k as usize] = v;
         }
-        conn.w.write_all(&buf).unwrap();
+        conn.write_all(&buf).unwrap();
         for _ in 0..batch {
             assert_eq!(conn.read().unwrap(), ok());
         }
@@ -101,13 +93,13 @@ fn a_member_stopped_during_writes_rejoins_by_snapshot_and_serves_the_same_data()
         &c,
         Duration::from_secs(10),
         || {
-            num(&c, leader, "raft_snapshots_taken") >= 2
-                && num(&c, leader, "raft_log_first_index") > 100
+            c.num(leader, "raft_snapshots_taken") >= 2
+                && c.num(leader, "raft_log_first_index") > 100
         },
     );
     let log_text_before = c.log_text(away);
     c.start(away);
-    let commit = num(&c, leader, "raft_commit_index");
+    let commit = c.num(leader, "raft_commit_index");
     wait_for(
         "the member to catch up",
         &c,
@@ -119,10 +111,10 @@ fn a_member_stopped_during_writes_rejoins_by_snapshot_and_serves_the_same_data()
         },
     );
     assert!(
-        num(&c, away, "raft_snapshots_installed") >= 1,
+        c.num(away, "raft_snapshots_installed") >= 1,
         "it caught up by snapshot"
     );
-    assert!(num(&c, leader, "raft_snapshots_sent") >= 1);
+    assert!(c.num(leader, "raft_snapshots_sent") >= 1);
     let log = c.log_text(away);
     assert!(
         log[log_text_before.len()..].contains("installed the leader's snapshot"),
@@ -131,12 +123,12 @@ fn a_member_stopped_during_writes_rejoins_by_snapshot_and_serves_the_same_data()
     check_values(&c, away, &expected);
     // And it follows the log from there on.
     let more = write_many(&c, leader, 200, 50, "b");
-    let commit = num(&c, leader, "raft_commit_index");
+    let commit = c.num(leader, "raft_commit_index");
     wait_for(
         "the member to apply the new writes",
         &c,
         Duration::from_secs(10),
-        || num(&c, away, "raft_last_applied") >= commit,
+        || c.num(away, "raft_last_applied") >= commit,
     );
     check_values(&c, away, &more);
 }
@@ -146,7 +138,7 @@ fn every_member_restarts_from_its_snapshot_and_the_log_after_it() {
     let mut c = cluster();
     let leader = c.wait_leader(Duration::from_secs(10));
     let expected = write_many(&c, leader, 12_000, 40, "r");
-    let commit = num(&c, leader, "raft_commit_index");
+    let commit = c.num(leader, "raft_commit_index");
     let ids: Vec<u64> = c.members.iter().map(|m| m.id).collect();
     wait_for(
         "every member to snapshot",
@@ -154,15 +146,15 @@ fn every_member_restarts_from_its_snapshot_and_the_log_after_it() {
         Duration::from_secs(10),
         || {
             ids.iter().all(|&i| {
-                num(&c, i, "raft_snapshot_index") > 0 && num(&c, i, "raft_last_applied") >= commit
+                c.num(i, "raft_snapshot_index") > 0 && c.num(i, "raft_last_applied") >= commit
             })
         },
     );
     for &i in &ids {
-        let segments = num(&c, i, "raft_log_segments");
+        let segments = c.num(i, "raft_log_segments");
         assert!(segments >= 1);
         assert!(
-            num(&c, i, "raft_log_first_index") > 1,
+            c.num(i, "raft_log_first_index") > 1,
             "member {i} compacted its log"
         );
         assert_eq!(c.terminate(i).code(), Some(0));
@@ -182,10 +174,7 @@ fn every_member_restarts_from_its_snapshot_and_the_log_after_it() {
         "every member to apply its log again",
         &c,
         Duration::from_secs(10),
-        || {
-            ids.iter()
-                .all(|&i| num(&c, i, "raft_last_applied") >= commit)
-        },
+        || ids.iter().all(|&i| c.num(i, "raft_last_applied") >= commit),
     );
     for &i in &ids {
         check_values(&c, i, &expected);

@@ -25,6 +25,7 @@ use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
+use raft_proto::Rng;
 
 /// Writers of the load, each with its own keys (so that its writes to a key
 /// are ordered by its own sequence).
@@ -98,16 +99,18 @@ fn writer(t: usize, seed: u64, addrs: &[SocketAddr], stop: &AtomicBool) -> Vec<W
     let mut history = Vec::new();
     let mut target = t % addrs.len();
     let mut conn: Option<Conn> = None;
-    let mut x = seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     for seq in 0..MAX_WRITES {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match Conn::open(addrs[target]) {
+            None => match open(addrs[target]) {
                 Ok(c) => {
-                    c.w.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    c.stream()
+                        .set_read_timeout(Some(Duration::from_secs(3)))
+                        .unwrap();
                     conn.insert(c)
                 }
                 Err(_) => {
@@ -117,24 +120,21 @@ fn writer(t: usize, seed: u64, addrs: &[SocketAddr], stop: &AtomicBool) -> Vec<W
                 }
             },
         };
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let pad = 60 + (x >> 33) as usize % 540;
+        let pad = 60 + rng.range(0, 540) as usize;
         let key = format!("w{t}k{}", seq % KEYS);
         let value = format!("{t}-{seq}-{}", "v".repeat(pad));
         match c.cmd(&["SET", &key, &value]) {
-            Ok(Resp::Simple(s)) if s == "OK" => history.push(Write {
+            Ok(Reply::Simple(s)) if s == "OK" => history.push(Write {
                 key,
                 value,
                 acked: true,
             }),
-            Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
+            Ok(Reply::Error(e)) if e.starts_with("MOVED ") => {
                 let to: SocketAddr = e.rsplit(' ').next().unwrap().parse().unwrap();
                 target = addrs.iter().position(|a| *a == to).unwrap();
                 conn = None;
             }
-            Ok(Resp::Error(_)) => {
+            Ok(Reply::Error(_)) => {
                 history.push(Write {
                     key,
                     value,
@@ -172,8 +172,8 @@ fn check_acknowledged(c: &Cluster, history: &[Write]) {
         let allowed = &writes[last_acked.unwrap_or(0)..];
         let got = c.exec(&["GET", key]);
         let ok = match &got {
-            Resp::Bulk(Some(v)) => allowed.iter().any(|w| w.value.as_bytes() == v),
-            Resp::Bulk(None) => last_acked.is_none(),
+            Reply::Bulk(Some(v)) => allowed.iter().any(|w| w.value.as_bytes() == v),
+            Reply::Bulk(None) => last_acked.is_none(),
             _ => false,
         };
         assert!(
@@ -181,7 +181,7 @@ fn check_acknowledged(c: &Cluster, history: &[Write]) {
             "acknowledged write lost: {key} was last acknowledged as {:?}, but GET returned {}",
             last_acked.map(|i| short(&writes[i].value)),
             match &got {
-                Resp::Bulk(Some(v)) => short(&String::from_utf8_lossy(v)),
+                Reply::Bulk(Some(v)) => short(&String::from_utf8_lossy(v)),
                 other => format!("{other:?}"),
             }
         );
@@ -468,7 +468,7 @@ fn deposed_leader_truncates_its_unacknowledged_tail() {
     restart(&mut c, old, seed.wrapping_add(30));
     c.wait_caught_up(old);
     for i in 0..10 {
-        assert_eq!(c.exec(&["GET", &format!("lost{i}")]), Resp::Bulk(None));
+        assert_eq!(c.exec(&["GET", &format!("lost{i}")]), Reply::Bulk(None));
     }
     // The old leader's own log: stop the others, so that it must serve
     // from what it recovered.

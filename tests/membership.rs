@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn num(c: &Cluster, id: u64, key: &str) -> u64 {
-    c.field(id, key)
-        .unwrap_or_else(|| panic!("INFO of {id} has no {key}"))
-        .parse()
-        .unwrap_or(0)
-}
-
 /// The cluster file with only the first `n` [[node]] tables: what the
 /// initial members bootstrap from.
 fn file_of_first(c: &Cluster, n: usize) -> std::path::PathBuf {
@@ -56,15 +49,15 @@ fn start_bootstrap(c: &mut Cluster, n: usize) {
 }
 
 /// The ids in a RAFT.MEMBERS-shaped reply, with their roles.
-fn members(r: &Resp) -> Vec<(i64, String)> {
-    let Resp::Array(entries) = r else {
+fn members(r: &Reply) -> Vec<(i64, String)> {
+    let Reply::Array(entries) = r else {
         panic!("not a member list: {r:?}")
     };
     entries
         .iter()
         .map(|e| match e {
-            Resp::Array(f) => match (&f[0], &f[3]) {
-                (Resp::Int(id), Resp::Bulk(Some(role))) => {
+            Reply::Array(f) => match (&f[0], &f[3]) {
+                (Reply::Integer(id), Reply::Bulk(Some(role))) => {
                     (*id, String::from_utf8_lossy(role).into_owned())
                 }
                 other => panic!("entry {other:?}"),
@@ -72,13 +65,6 @@ fn members(r: &Resp) -> Vec<(i64, String)> {
             other => panic!("entry {other:?}"),
         })
         .collect()
-}
-
-/// Starts member `id` with `--join` and the cluster file as it is now.
-fn start_joining(c: &mut Cluster, id: u64) {
-    let mut cmd = c.command(id);
-    let log = fs::File::create(&c.m(id).log).unwrap();
-    c.members[id as usize - 1].child = Some(cmd.arg("--join").stderr(log).spawn().unwrap());
 }
 
 #[test]
@@ -90,19 +76,15 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         let v = format!("v{i}");
         assert_eq!(
             c.exec(&["SET", &format!("k{i}"), &v]),
-            Resp::Simple("OK".into())
+            Reply::Simple("OK".into())
         );
     }
     // Member 4 joins: it does not bootstrap, does not campaign, waits.
-    start_joining(&mut c, 4);
+    c.start_joining(4);
     sleep(Duration::from_millis(800));
     assert_eq!(c.field(4, "raft_role").as_deref(), Some("follower"));
-    assert_eq!(
-        num(&c, 4, "raft_term"),
-        0,
-        "a joining member never campaigns"
-    );
-    assert_eq!(num(&c, 4, "raft_last_log_index"), 0);
+    assert_eq!(c.num(4, "raft_term"), 0, "a joining member never campaigns");
+    assert_eq!(c.num(4, "raft_last_log_index"), 0);
 
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
     let r = c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
@@ -121,7 +103,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     // Removing 1 (whichever role it has) leaves 2, 3 and 4.
     // The hard case: the leader removes itself. It leads until the change
     // commits (its followers must still answer it), then hands over.
-    assert_eq!(c.admin(&["RAFT.TRANSFER", "1"]), Resp::Simple("OK".into()));
+    assert_eq!(c.admin(&["RAFT.TRANSFER", "1"]), Reply::Simple("OK".into()));
     assert_eq!(c.wait_leader(Duration::from_secs(5)), 1);
     let r = c.admin(&["RAFT.REMOVE", "1"]);
     let ids: Vec<i64> = members(&r).iter().map(|m| m.0).collect();
@@ -139,7 +121,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         let v = format!("v{i}");
         assert_eq!(
             c.exec(&["SET", &format!("k{i}"), &v]),
-            Resp::Simple("OK".into())
+            Reply::Simple("OK".into())
         );
     }
     let leader = c.wait_leader(Duration::from_secs(10));
@@ -147,11 +129,11 @@ fn a_member_that_joins_replaces_one_that_leaves() {
     // Every write is on member 4, served by it (READONLY: its own read).
     c.wait_caught_up(4);
     let mut conn = c.conn(4);
-    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Reply::Simple("OK".into()));
     for i in (0..300).step_by(37) {
         assert_eq!(
             conn.cmd(&["GET", &format!("k{i}")]).unwrap(),
-            Resp::Bulk(Some(format!("v{i}").into_bytes())),
+            Reply::Bulk(Some(format!("v{i}").into_bytes())),
             "k{i} on member 4"
         );
     }
@@ -169,7 +151,7 @@ fn a_member_that_joins_replaces_one_that_leaves() {
         (vec!["RAFT.REMOVE"], "wrong number of arguments"),
     ] {
         match c.exec(&args) {
-            Resp::Error(e) => assert!(e.contains(want), "{args:?}: {e}"),
+            Reply::Error(e) => assert!(e.contains(want), "{args:?}: {e}"),
             other => panic!("{args:?}: {other:?}"),
         }
     }
@@ -206,16 +188,16 @@ fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("w{i}");
-                let r = Conn::open(target).and_then(|mut conn| conn.cmd(&["SET", &key, "x"]));
+                let r = open(target).and_then(|mut conn| conn.cmd(&["SET", &key, "x"]));
                 match r {
-                    Ok(Resp::Simple(s)) if s == "OK" => {
+                    Ok(Reply::Simple(s)) if s == "OK" => {
                         acked.push(key);
                         i += 1;
                     }
-                    Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
+                    Ok(Reply::Error(e)) if e.starts_with("MOVED ") => {
                         target = e.rsplit(' ').next().unwrap().parse().unwrap();
                     }
-                    Ok(Resp::Error(e)) if e.starts_with("CLUSTERDOWN") => {
+                    Ok(Reply::Error(e)) if e.starts_with("CLUSTERDOWN") => {
                         sleep(Duration::from_millis(5))
                     }
                     // The member is restarting: try the next one.
@@ -269,7 +251,7 @@ fn a_rolling_restart_hands_leadership_over_and_fails_no_write() {
     for key in acked.iter().step_by(17).chain(acked.last()) {
         assert_eq!(
             c.exec(&["GET", key]),
-            Resp::Bulk(Some(b"x".to_vec())),
+            Reply::Bulk(Some(b"x".to_vec())),
             "{key} lost"
         );
     }
@@ -284,16 +266,16 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
     let mut c = Cluster::new(4);
     start_bootstrap(&mut c, 3);
     c.wait_leader(Duration::from_secs(10));
-    assert_eq!(c.exec(&["SET", "before", "1"]), Resp::Simple("OK".into()));
+    assert_eq!(c.exec(&["SET", "before", "1"]), Reply::Simple("OK".into()));
     // Member 3 stops before 4 joins; the two others commit without it.
     assert!(c.terminate(3).success());
-    start_joining(&mut c, 4);
+    c.start_joining(4);
     let (peer, client) = (c.m(4).peer.to_string(), c.m(4).client.to_string());
     c.admin(&["RAFT.ADD", "4", &peer, &client, "LEARNER"]);
     let r = c.admin(&["RAFT.PROMOTE", "4"]);
     assert!(members(&r).contains(&(4, "voter".into())), "{r:?}");
-    assert_eq!(c.admin(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));
-    assert_eq!(c.exec(&["SET", "after", "2"]), Resp::Simple("OK".into()));
+    assert_eq!(c.admin(&["RAFT.TRANSFER", "4"]), Reply::Simple("OK".into()));
+    assert_eq!(c.exec(&["SET", "after", "2"]), Reply::Simple("OK".into()));
     // Member 3 returns, with the bootstrap file and a log from before 4.
     c.config = file_of_first(&c, 3);
     c.start(3);
@@ -318,10 +300,10 @@ fn a_member_behind_the_configuration_catches_up_from_a_leader_it_never_knew() {
         .log_text(3)
         .contains("not in this member's configuration, connected from"));
     let mut conn = c.conn(3);
-    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Reply::Simple("OK".into()));
     assert_eq!(
         conn.cmd(&["GET", "after"]).unwrap(),
-        Resp::Bulk(Some(b"2".to_vec()))
+        Reply::Bulk(Some(b"2".to_vec()))
     );
 }
 
@@ -342,18 +324,18 @@ fn a_member_that_joins_behind_a_long_log_catches_up_from_a_later_leader() {
                 .unwrap();
         }
         for _ in 0..600 {
-            assert_eq!(conn.read().unwrap(), Resp::Simple("OK".into()));
+            assert_eq!(conn.read().unwrap(), Reply::Simple("OK".into()));
         }
     }
     for id in [4u64, 5] {
-        start_joining(&mut c, id);
+        c.start_joining(id);
         let (peer, client) = (c.m(id).peer.to_string(), c.m(id).client.to_string());
         let n = id.to_string();
         c.admin(&["RAFT.ADD", &n, &peer, &client, "LEARNER"]);
         c.wait_caught_up(id);
         if id == 4 {
             c.admin(&["RAFT.PROMOTE", "4"]);
-            assert_eq!(c.admin(&["RAFT.TRANSFER", "4"]), Resp::Simple("OK".into()));
+            assert_eq!(c.admin(&["RAFT.TRANSFER", "4"]), Reply::Simple("OK".into()));
         }
     }
     assert_eq!(c.field(5, "raft_leader_id").as_deref(), Some("4"));

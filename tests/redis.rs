@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -15,31 +14,20 @@ use common::*;
 /// Runs a redis-py script with `HOST` and `PORT` bound to `addr` (and
 /// `PASSWORD` if given); it must print `ok`.
 fn python(addr: std::net::SocketAddr, password: Option<&str>, body: &str) {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = Command::new(&python)
-        .args(["-c", "import redis"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{python} with redis-py not found: pip install redis (or set PYTHON)"
-    );
     let script = format!(
         "import redis, time, threading\nHOST = {:?}\nPORT = {}\nPASSWORD = {}\n{body}",
         addr.ip().to_string(),
         addr.port(),
         password.map_or("None".into(), |p| format!("{p:?}")),
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "redis-py script failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    redis_py("redis-py script", &script);
+}
+
+/// Runs a redis-py script (see [`python`]) against the leader of a fresh
+/// three-member cluster.
+fn python_on_a_leader(body: &str) {
+    let (c, leader) = leader_cluster();
+    python(c.m(leader).client, None, body);
 }
 
 fn leader_cluster() -> (Cluster, u64) {
@@ -55,10 +43,7 @@ fn leader_cluster() -> (Cluster, u64) {
 /// exceptions.
 #[test]
 fn redis_py_strings_expiry_incr_and_scan() {
-    let (c, leader) = leader_cluster();
-    python(
-        c.m(leader).client,
-        None,
+    python_on_a_leader(
         r#"
 r = redis.Redis(host=HOST, port=PORT)
 assert r.set("a", "1", ex=100)
@@ -138,10 +123,7 @@ print("ok")
 /// concurrent clients ends exact.
 #[test]
 fn redis_py_transactions_and_watch() {
-    let (c, leader) = leader_cluster();
-    python(
-        c.m(leader).client,
-        None,
+    python_on_a_leader(
         r#"
 r = redis.Redis(host=HOST, port=PORT)
 r2 = redis.Redis(host=HOST, port=PORT)
@@ -215,8 +197,8 @@ print("ok")
 fn transaction_errors_like_redis() {
     let (c, leader) = leader_cluster();
     let mut k = c.conn(leader);
-    let err = |s: &str| Resp::Error(s.into());
-    let queued = || Resp::Simple("QUEUED".into());
+    let err = |s: &str| Reply::Error(s.into());
+    let queued = || Reply::Simple("QUEUED".into());
     assert_eq!(k.cmd(&["EXEC"]).unwrap(), err("ERR EXEC without MULTI"));
     assert_eq!(
         k.cmd(&["DISCARD"]).unwrap(),
@@ -242,7 +224,7 @@ fn transaction_errors_like_redis() {
     );
     assert_eq!(
         k.cmd(&["GET", "a"]).unwrap(),
-        Resp::Bulk(None),
+        Reply::Bulk(None),
         "nothing ran"
     );
     // A good one: replies in order, an error inside does not stop the rest.
@@ -252,7 +234,7 @@ fn transaction_errors_like_redis() {
     }
     assert_eq!(
         k.cmd(&["EXEC"]).unwrap(),
-        Resp::Array(vec![
+        Reply::Array(vec![
             ok(),
             err("ERR value is not an integer or out of range"),
             bulk("x")
@@ -269,17 +251,14 @@ fn transaction_errors_like_redis() {
     assert_eq!(c.exec(&["SET", "a", "z"]), ok());
     assert_eq!(k.cmd(&["MULTI"]).unwrap(), ok());
     assert_eq!(k.cmd(&["SET", "a", "w"]).unwrap(), queued());
-    k.send(&[b"EXEC"]).unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut k.r, &mut line).unwrap();
-    assert_eq!(line, "*-1\r\n");
+    assert_eq!(k.cmd(&["EXEC"]).unwrap(), Reply::NilArray);
     assert_eq!(k.cmd(&["GET", "a"]).unwrap(), bulk("z"));
     // A follower refuses to queue: MOVED, and the transaction is doomed.
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let mut f = c.conn(follower);
     assert_eq!(f.cmd(&["MULTI"]).unwrap(), ok());
     assert!(
-        matches!(f.cmd(&["SET", "a", "1"]).unwrap(), Resp::Error(e) if e.starts_with("MOVED ")),
+        matches!(f.cmd(&["SET", "a", "1"]).unwrap(), Reply::Error(e) if e.starts_with("MOVED ")),
         "a follower redirects"
     );
     assert_eq!(
@@ -292,10 +271,7 @@ fn transaction_errors_like_redis() {
 /// paused has its fenced write refused; the new holder's write stays.
 #[test]
 fn locks_fence_a_paused_clients_write() {
-    let (c, leader) = leader_cluster();
-    python(
-        c.m(leader).client,
-        None,
+    python_on_a_leader(
         r#"
 r = redis.Redis(host=HOST, port=PORT)
 OK = (b"OK", "OK", True)
@@ -346,21 +322,21 @@ fn a_client_password_is_required_once_configured() {
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(10));
     let addr = c.m(leader).client;
-    let mut k = Conn::open(addr).unwrap();
-    let noauth = Resp::Error("NOAUTH Authentication required.".into());
+    let mut k = open(addr).unwrap();
+    let noauth = Reply::Error("NOAUTH Authentication required.".into());
     assert_eq!(k.cmd(&["GET", "a"]).unwrap(), noauth);
     assert_eq!(k.cmd(&["PING"]).unwrap(), noauth);
     assert!(
-        matches!(k.cmd(&["HELLO", "3"]).unwrap(), Resp::Error(e) if e.starts_with("NOAUTH HELLO must be called"))
+        matches!(k.cmd(&["HELLO", "3"]).unwrap(), Reply::Error(e) if e.starts_with("NOAUTH HELLO must be called"))
     );
     let wrongpass =
-        Resp::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
     assert_eq!(k.cmd(&["AUTH", "nope"]).unwrap(), wrongpass);
     assert_eq!(k.cmd(&["AUTH", "bob", "correct horse"]).unwrap(), wrongpass);
     assert_eq!(k.cmd(&["AUTH", "correct horse"]).unwrap(), ok());
     assert_eq!(k.cmd(&["SET", "a", "1"]).unwrap(), ok());
     // RESET forgets the authentication.
-    assert_eq!(k.cmd(&["RESET"]).unwrap(), Resp::Simple("RESET".into()));
+    assert_eq!(k.cmd(&["RESET"]).unwrap(), Reply::Simple("RESET".into()));
     assert_eq!(k.cmd(&["GET", "a"]).unwrap(), noauth);
     assert_eq!(k.cmd(&["AUTH", "default", "correct horse"]).unwrap(), ok());
     assert_eq!(k.cmd(&["GET", "a"]).unwrap(), bulk("1"));
@@ -413,11 +389,11 @@ fn expired_keys_are_removed_everywhere_and_stay_gone_after_a_failover() {
     );
     c.kill(leader);
     c.wait_leader(Duration::from_secs(10));
-    assert_eq!(c.exec(&["GET", "short3"]), Resp::Bulk(None));
-    assert_eq!(c.exec(&["EXISTS", "short0", "short19"]), Resp::Int(0));
+    assert_eq!(c.exec(&["GET", "short3"]), Reply::Bulk(None));
+    assert_eq!(c.exec(&["EXISTS", "short0", "short19"]), Reply::Integer(0));
     assert_eq!(c.exec(&["GET", "long"]), bulk("v"));
     match c.exec(&["TTL", "long"]) {
-        Resp::Int(t) => assert!((90..=100).contains(&t), "TTL {t}"),
+        Reply::Integer(t) => assert!((90..=100).contains(&t), "TTL {t}"),
         other => panic!("{other:?}"),
     }
 }
@@ -466,7 +442,7 @@ fn a_read_after_the_deadline_never_sees_the_key() {
                 late_reads += 1;
                 assert_eq!(
                     r,
-                    Resp::Bulk(None),
+                    Reply::Bulk(None),
                     "round {round}: read {}ms after the deadline",
                     sent - d
                 );
@@ -490,11 +466,11 @@ fn time_answers_this_members_clock() {
             .unwrap()
             .as_secs();
         let r = c.conn(id).cmd(&["TIME"]).unwrap();
-        let Resp::Array(parts) = r else {
+        let Reply::Array(parts) = r else {
             panic!("TIME on member {id}: {r:?}")
         };
-        let num = |p: &Resp| match p {
-            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).parse::<u64>().unwrap(),
+        let num = |p: &Reply| match p {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).parse::<u64>().unwrap(),
             other => panic!("{other:?}"),
         };
         assert_eq!(parts.len(), 2);

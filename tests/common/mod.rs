@@ -1,10 +1,10 @@
 //! What the process-level tests share: a cluster of real `raft-node`
 //! processes on loopback (127.0.0.1, .2, .3) in a temporary directory, and
-//! a minimal RESP client. Each test binary uses a different part of it.
+//! the tools' RESP client. Each test binary uses a different part of it.
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,99 +16,88 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 /// needs it to authenticate).
 pub const SECRET: &[u8] = b"test-cluster-secret-0123456789abcdef";
 
-/// A RESP value as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Resp>),
+#[allow(unused_imports)]
+pub use tools::resp::{encode, Conn, Reply};
+
+/// A client connection as the tests open it: 2 s to connect, 10 s for
+/// each read.
+pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    wrap(s)
 }
 
-/// A request as RESP: an array of bulk strings.
-pub fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+/// A connection from the local address `from` (any 127.x address is
+/// local): limits kept per source address then see this test's
+/// connections apart from the harness's own.
+pub fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Conn> {
+    wrap(tools::net::connect_from(
+        from,
+        addr,
+        Duration::from_secs(2),
+    )?)
 }
 
-pub struct Conn {
-    pub r: BufReader<TcpStream>,
-    pub w: TcpStream,
+fn wrap(s: TcpStream) -> std::io::Result<Conn> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(Conn::new(s))
 }
 
-impl Conn {
-    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        Conn::wrap(s)
-    }
-
-    /// A connection from the local address `from` (any 127.x address is
-    /// local): limits kept per source address then see this test's
-    /// connections apart from the harness's own.
-    pub fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.bind(&SocketAddr::new(from, 0).into())?;
-        s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
-        Conn::wrap(s.into())
-    }
-
-    fn wrap(s: TcpStream) -> std::io::Result<Conn> {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Conn {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-        })
-    }
-
-    pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        self.w.write_all(&encode(args))
-    }
-
-    pub fn read(&mut self) -> std::io::Result<Resp> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+/// Whether the other side closed this connection (EOF or reset), waiting
+/// up to `timeout` for it to happen, rather than leaving it open.
+pub fn closed_by_server(mut s: &TcpStream, timeout: Duration) -> bool {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
         }
-        let body = line.trim_end_matches("\r\n").to_string();
-        let (t, rest) = body.split_at(1);
-        Ok(match t {
-            "+" => Resp::Simple(rest.into()),
-            "-" => Resp::Error(rest.into()),
-            ":" => Resp::Int(rest.parse().unwrap()),
-            "$" => {
-                let n: i64 = rest.parse().unwrap();
-                if n < 0 {
-                    Resp::Bulk(None)
-                } else {
-                    let mut b = vec![0; n as usize + 2];
-                    self.r.read_exact(&mut b)?;
-                    b.truncate(n as usize);
-                    Resp::Bulk(Some(b))
-                }
-            }
-            "*" => {
-                let n: usize = rest.parse().unwrap();
-                let mut v = Vec::new();
-                for _ in 0..n {
-                    v.push(self.read()?);
-                }
-                Resp::Array(v)
-            }
-            _ => panic!("bad reply line {line:?}"),
-        })
     }
+}
 
-    pub fn cmd(&mut self, args: &[&str]) -> std::io::Result<Resp> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a)?;
-        self.read()
-    }
+/// Writes `bytes` to a new file at `path` readable by its owner only (mode
+/// 0600), as raft-node wants its secret and password files.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .write_all(bytes)
+        .unwrap();
+}
+
+/// Runs `script` with redis-py (`$PYTHON`, else python3; a Python without
+/// redis-py fails the test and says how to get it). The script must print
+/// `ok`; `what` names it in the failure.
+pub fn redis_py(what: &str, script: &str) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = Command::new(&python)
+        .args(["-c", "import redis"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{python} with redis-py not found: pip install redis (or set PYTHON)"
+    );
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Member {
@@ -164,17 +153,7 @@ impl Cluster {
     /// The one place that writes a test cluster's file (and its secret).
     pub fn with_options(n: usize, opts: Options) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("cluster.secret");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&secret)
-                .unwrap();
-            f.write_all(SECRET).unwrap();
-        }
+        write_private(&dir.path().join("cluster.secret"), SECRET);
         let mut toml = "secret_file = \"cluster.secret\"\n".to_string();
         if let Some(ms) = opts.idle_timeout_ms {
             toml.push_str(&format!("client_idle_timeout_ms = {ms}\n"));
@@ -187,25 +166,11 @@ impl Cluster {
             toml.push('\n');
         }
         if let Some(pw) = &opts.client_password {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(dir.path().join("clients.password"))
-                .unwrap();
-            f.write_all(pw.as_bytes()).unwrap();
+            write_private(&dir.path().join("clients.password"), pw.as_bytes());
             toml.push_str("client_password_file = \"clients.password\"\n");
         }
         if let Some(users) = &opts.users {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(dir.path().join("users.acl"))
-                .unwrap();
-            f.write_all(users.as_bytes()).unwrap();
+            write_private(&dir.path().join("users.acl"), users.as_bytes());
             toml.push_str("users_file = \"users.acl\"\n");
         }
         toml.push('\n');
@@ -298,14 +263,9 @@ impl Cluster {
         c.try_wait().unwrap().is_none()
     }
 
+    /// Starts member `id`, appending to its log.
     pub fn start(&mut self, id: u64) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.m(id).log)
-            .unwrap();
-        let child = self.command(id).stderr(log).spawn().unwrap();
-        self.members[id as usize - 1].child = Some(child);
+        self.start_with_env(id, &[]);
     }
 
     /// Starts member `id` like [`Cluster::start`], with `env` added to its
@@ -322,6 +282,14 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .unwrap();
+        self.members[id as usize - 1].child = Some(child);
+    }
+
+    /// Starts member `id` with `--join` and the cluster file as it is now
+    /// (its log starts afresh).
+    pub fn start_joining(&mut self, id: u64) {
+        let log = fs::File::create(&self.m(id).log).unwrap();
+        let child = self.command(id).arg("--join").stderr(log).spawn().unwrap();
         self.members[id as usize - 1].child = Some(child);
     }
 
@@ -356,22 +324,24 @@ impl Cluster {
     /// A connection, authenticated if the cluster has a client password
     /// or a login.
     pub fn open(&self, addr: SocketAddr) -> std::io::Result<Conn> {
-        let mut c = Conn::open(addr)?;
+        let mut c = open(addr)?;
         if let Some((user, pw)) = &self.login {
             let r = c.cmd(&["AUTH", user, pw])?;
-            assert_eq!(r, Resp::Simple("OK".into()), "AUTH {user}");
+            assert_eq!(r, Reply::Simple("OK".into()), "AUTH {user}");
         } else if let Some(pw) = &self.client_password {
             let r = c.cmd(&["AUTH", pw])?;
-            assert_eq!(r, Resp::Simple("OK".into()), "AUTH");
+            assert_eq!(r, Reply::Simple("OK".into()), "AUTH");
         }
         Ok(c)
     }
 
     pub fn info(&self, id: u64) -> Option<Vec<(String, String)>> {
         let mut c = self.open(self.m(id).client).ok()?;
-        c.w.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .ok()?;
         match c.cmd(&["INFO", "raft"]).ok()? {
-            Resp::Bulk(Some(b)) => Some(
+            Reply::Bulk(Some(b)) => Some(
                 String::from_utf8(b)
                     .unwrap()
                     .lines()
@@ -388,6 +358,15 @@ impl Cluster {
             .into_iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v)
+    }
+
+    /// An `INFO raft` field that holds a number (0 if it does not parse);
+    /// panics if member `id` does not report `key`.
+    pub fn num(&self, id: u64, key: &str) -> u64 {
+        self.field(id, key)
+            .unwrap_or_else(|| panic!("INFO of {id} has no {key}"))
+            .parse()
+            .unwrap_or(0)
     }
 
     /// Waits until member `id` has applied everything the leader had
@@ -449,11 +428,11 @@ impl Cluster {
     /// Runs `args` on the leader until it stops answering "retry": a
     /// configuration change in progress, a learner still catching up, or
     /// a leader too new to transfer leadership.
-    pub fn admin(&self, args: &[&str]) -> Resp {
+    pub fn admin(&self, args: &[&str]) -> Reply {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match self.exec(args) {
-                Resp::Error(e)
+                Reply::Error(e)
                     if (e.contains("in progress")
                         || e.contains("has caught up")
                         || e.contains("retry in"))
@@ -468,7 +447,7 @@ impl Cluster {
 
     /// Runs a command against the cluster, following MOVED and retrying
     /// CLUSTERDOWN and connection errors, like `redis-cli -c` with retries.
-    pub fn exec(&self, args: &[&str]) -> Resp {
+    pub fn exec(&self, args: &[&str]) -> Reply {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut target = self
             .members
@@ -479,11 +458,11 @@ impl Cluster {
         loop {
             let r = self.open(target).and_then(|mut c| c.cmd(args));
             match r {
-                Ok(Resp::Error(e)) if e.starts_with("MOVED ") => {
+                Ok(Reply::Error(e)) if e.starts_with("MOVED ") => {
                     target = e.rsplit(' ').next().unwrap().parse().unwrap();
                     continue;
                 }
-                Ok(Resp::Error(e))
+                Ok(Reply::Error(e))
                     if e.starts_with("CLUSTERDOWN") || e.contains("leadership lost") => {}
                 Ok(r) => return r,
                 Err(_) => {
@@ -549,12 +528,12 @@ pub fn wait_exit(c: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-pub fn ok() -> Resp {
-    Resp::Simple("OK".into())
+pub fn ok() -> Reply {
+    Reply::Simple("OK".into())
 }
 
-pub fn bulk(s: &str) -> Resp {
-    Resp::Bulk(Some(s.as_bytes().to_vec()))
+pub fn bulk(s: &str) -> Reply {
+    Reply::Bulk(Some(s.as_bytes().to_vec()))
 }
 
 pub fn fd_count(pid: u32) -> usize {
@@ -672,11 +651,7 @@ pub mod insider {
     /// A TCP connection to `to` from `from_ip`, without Nagle's delay (a
     /// frame written right after the proof must not wait for its ACK).
     pub fn connect_from(from_ip: IpAddr, to: SocketAddr) -> TcpStream {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.bind(&SocketAddr::new(from_ip, 0).into()).unwrap();
-        s.connect_timeout(&to.into(), Duration::from_secs(2))
-            .unwrap();
-        let s: TcpStream = s.into();
+        let s = tools::net::connect_from(from_ip, to, Duration::from_secs(2)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.set_nodelay(true).unwrap();
         s
@@ -715,23 +690,5 @@ pub mod insider {
         let mut b = BytesMut::new();
         codec::encode(msg, &mut b);
         b.to_vec()
-    }
-
-    /// Whether the other side closes the connection (EOF or reset) within
-    /// the read timeout, rather than leaving it open.
-    pub fn closed(s: &mut TcpStream) -> bool {
-        let mut buf = [0u8; 128];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) => {
-                    return !matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    )
-                }
-            }
-        }
     }
 }

@@ -1,6 +1,8 @@
-//! Shared pieces of the tools: a small blocking RESP2 client for talking to
-//! raft-node from load, drill and chaos programs, and the chaos checker's
-//! checks of the Redis workloads.
+//! Shared pieces of the tools and the process-level tests: the one RESP2
+//! client, sockets bound to a chosen source address, network namespaces,
+//! and the chaos checker's checks of the Redis workloads.
 
 pub mod checks;
+pub mod net;
+pub mod netns;
 pub mod resp;

@@ -61,6 +61,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use raft_proto::Rng;
+use tools::net::connect_from;
 
 /// Largest chunk read (and delayed) at once.
 const CHUNK: usize = 16 * 1024;
@@ -130,11 +132,15 @@ fn main() -> ExitCode {
     );
     let active = Arc::new(AtomicUsize::new(0));
     let max = usize::try_from(args.max_conns).unwrap_or(usize::MAX);
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        ^ u64::from(std::process::id());
+    // Jitter needs no reproducibility: the clock seeds it, and each
+    // direction of each connection draws from a generator of its own.
+    let mut seeds = Rng::new(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ u64::from(std::process::id()),
+    );
     for conn in listener.incoming() {
         let client = match conn {
             Ok(c) => c,
@@ -150,11 +156,11 @@ fn main() -> ExitCode {
             eprintln!("raft-delay-proxy: {max} connections already; closing a new one");
             continue;
         }
-        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let seeds = [seeds.next_u64(), seeds.next_u64()];
         active.fetch_add(1, Ordering::SeqCst);
         let (to, active) = (args.to, Arc::clone(&active));
         let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
-            if let Err(e) = proxy(client, to, bind_ip, delay, seed) {
+            if let Err(e) = proxy(client, to, bind_ip, delay, seeds) {
                 eprintln!("raft-delay-proxy: connection to {to}: {e}");
             }
             active.fetch_sub(1, Ordering::SeqCst);
@@ -172,28 +178,17 @@ fn proxy(
     to: SocketAddr,
     bind_ip: IpAddr,
     delay: Delay,
-    seed: u64,
+    seeds: [u64; 2],
 ) -> io::Result<()> {
-    let server = connect_from(bind_ip, to)?;
+    let server = connect_from(bind_ip, to, CONNECT_TIMEOUT)?;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let up = pump(client.try_clone()?, server.try_clone()?, delay, seed)?;
-    let down = pump(server, client, delay, seed ^ 0xD1B5_4A32_D192_ED03)?;
+    let up = pump(client.try_clone()?, server.try_clone()?, delay, seeds[0])?;
+    let down = pump(server, client, delay, seeds[1])?;
     for h in up.into_iter().chain(down) {
         let _ = h.join();
     }
     Ok(())
-}
-
-/// Connects to `to` from `bind_ip` (port 0).
-fn connect_from(bind_ip: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    if !bind_ip.is_unspecified() {
-        socket.bind(&SockAddr::from(SocketAddr::new(bind_ip, 0)))?;
-    }
-    socket.connect_timeout(&SockAddr::from(to), CONNECT_TIMEOUT)?;
-    Ok(socket.into())
 }
 
 /// Starts the reader and writer of one direction, `from` → `to`.
@@ -218,7 +213,8 @@ fn pump(
 
 /// Reads chunks and stamps each with its due time. The due time never goes
 /// backwards, so jitter cannot reorder chunks.
-fn read_side(mut from: TcpStream, tx: SyncSender<Item>, delay: Delay, mut seed: u64) {
+fn read_side(mut from: TcpStream, tx: SyncSender<Item>, delay: Delay, seed: u64) {
+    let mut rng = Rng::new(seed);
     let mut buf = vec![0u8; CHUNK];
     let mut last_due = Instant::now();
     loop {
@@ -231,12 +227,7 @@ fn read_side(mut from: TcpStream, tx: SyncSender<Item>, delay: Delay, mut seed: 
             Err(_) => return,
         };
         let now = Instant::now();
-        let jitter = if delay.jitter_ms > 0 {
-            seed = xorshift(seed);
-            Duration::from_millis(seed % (delay.jitter_ms + 1))
-        } else {
-            Duration::ZERO
-        };
+        let jitter = Duration::from_millis(rng.range(0, delay.jitter_ms + 1));
         let due = (now + delay.base + jitter).max(last_due);
         last_due = due;
         let item = if n == 0 {
@@ -280,15 +271,4 @@ fn write_side(mut to: TcpStream, from: TcpStream, rx: Receiver<Item>) {
     }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
-}
-
-/// One step of xorshift64: enough randomness for jitter.
-fn xorshift(mut x: u64) -> u64 {
-    if x == 0 {
-        x = 0x2545_F491_4F6C_DD1D;
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
 }

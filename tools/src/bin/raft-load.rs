@@ -23,11 +23,12 @@
 //! `get` and `mixed` first write every key once (not measured), so a nil
 //! reply to a GET means a write was lost and is counted as an error.
 //!
-//! Latencies go into a log-linear histogram (under 0.8% relative error), so
-//! memory stays bounded however long the run is.
+//! Latencies go into an HDR histogram (`hdrhistogram`, two significant
+//! digits: under 0.8% relative error) of fixed size, so memory stays
+//! bounded however long the run is.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::Barrier;
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use raft_proto::Rng;
+use serde::Serialize;
+use tools::resp::{encode_command, Conn, ReadError, Reply};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,12 +108,6 @@ const RETRY_SLEEP: Duration = Duration::from_millis(50);
 /// Rounds of redirects or failed connects for one batch before its requests
 /// count as errors (with [`RETRY_SLEEP`] between most of them).
 const MAX_RETRIES: u32 = 50;
-/// A reply larger than this is treated as a protocol error.
-const MAX_BULK_LEN: usize = 64 << 20;
-/// Elements in one array reply at most.
-const MAX_ARRAY_LEN: usize = 1 << 20;
-/// Nesting of array replies at most.
-const MAX_DEPTH: u32 = 8;
 /// Distinct error messages kept for the report.
 const MAX_ERROR_SAMPLES: usize = 5;
 /// Commands per batch when writing the keys before a GET or mixed run.
@@ -119,202 +116,22 @@ const POPULATE_PIPELINE: usize = 64;
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------
-// RESP2
-
-/// One RESP2 reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    /// `None` is the nil bulk string.
-    Bulk(Option<Vec<u8>>),
-    /// `None` is the nil array.
-    Array(Option<Vec<Reply>>),
-}
-
-/// The peer sent something that is not RESP2.
-#[derive(Debug, PartialEq, Eq)]
-struct ProtocolError(String);
-
-/// Appends `args` as a RESP2 array of bulk strings.
-fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    let _ = write!(out, "*{}\r\n", args.len());
-    for a in args {
-        let _ = write!(out, "${}\r\n", a.len());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Parses one reply from the front of `buf`: `Ok(None)` if more bytes are
-/// needed, else the reply and the bytes it took.
-fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
-    parse_at(buf, 0, 0)
-}
-
-fn parse_at(buf: &[u8], pos: usize, depth: u32) -> Result<Option<(Reply, usize)>, ProtocolError> {
-    if depth > MAX_DEPTH {
-        return Err(ProtocolError("arrays nested too deep".into()));
-    }
-    let Some(&kind) = buf.get(pos) else {
-        return Ok(None);
-    };
-    let Some(line_end) = find_crlf(buf, pos + 1) else {
-        if buf.len() - pos > 64 * 1024 {
-            return Err(ProtocolError("header line too long".into()));
-        }
-        return Ok(None);
-    };
-    let line = &buf[pos + 1..line_end];
-    let after = line_end + 2;
-    let text = || String::from_utf8_lossy(line).into_owned();
-    match kind {
-        b'+' => Ok(Some((Reply::Simple(text()), after))),
-        b'-' => Ok(Some((Reply::Error(text()), after))),
-        b':' => Ok(Some((Reply::Integer(parse_int(line)?), after))),
-        b'$' => {
-            let n = parse_int(line)?;
-            if n == -1 {
-                return Ok(Some((Reply::Bulk(None), after)));
-            }
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= MAX_BULK_LEN)
-                .ok_or_else(|| ProtocolError(format!("bad bulk length {n}")))?;
-            let end = after + n;
-            if buf.len() < end + 2 {
-                return Ok(None);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(ProtocolError("bulk string not followed by CRLF".into()));
-            }
-            Ok(Some((Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)))
-        }
-        b'*' => {
-            let n = parse_int(line)?;
-            if n == -1 {
-                return Ok(Some((Reply::Array(None), after)));
-            }
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= MAX_ARRAY_LEN)
-                .ok_or_else(|| ProtocolError(format!("bad array length {n}")))?;
-            let mut items = Vec::new();
-            let mut at = after;
-            for _ in 0..n {
-                match parse_at(buf, at, depth + 1)? {
-                    Some((item, next)) => {
-                        items.push(item);
-                        at = next;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Reply::Array(Some(items)), at)))
-        }
-        other => Err(ProtocolError(format!(
-            "unknown reply type byte {other:#04x}"
-        ))),
-    }
-}
-
-/// Index of the first `\r\n` at or after `from`.
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|i| from + i)
-}
-
-fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ProtocolError(format!("bad integer {:?}", String::from_utf8_lossy(line))))
-}
-
-// ---------------------------------------------------------------------------
 // Histogram
 
-/// Sub-buckets per power of two: values are kept to 8 significant bits.
-const SUB_BITS: u32 = 7;
-const SUB: u64 = 1 << SUB_BITS;
-/// Buckets needed to cover every `u64`.
-const BUCKETS: usize = ((64 - SUB_BITS as usize) * SUB as usize) + SUB as usize;
+/// Latencies in nanoseconds, from 1 ns to an hour (longer ones are recorded
+/// as an hour), to two significant digits: 4,608 counters (36 KiB) per
+/// client.
+type Histogram = hdrhistogram::Histogram<u64>;
 
-/// A log-linear histogram of nanoseconds: exact below 256 ns, then 128
-/// buckets per power of two (relative error under 0.8%). Fixed size, so a
-/// long run costs no more memory than a short one.
-#[derive(Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-    max: u64,
+/// The longest latency the histogram tells apart, in nanoseconds.
+const HISTOGRAM_MAX_NS: u64 = 3_600 * 1_000_000_000;
+
+fn histogram() -> Histogram {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_NS, 2).expect("valid histogram bounds")
 }
 
-impl Histogram {
-    fn new() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS],
-            total: 0,
-            max: 0,
-        }
-    }
-
-    fn index(v: u64) -> usize {
-        if v < 2 * SUB {
-            return v as usize;
-        }
-        let shift = (63 - v.leading_zeros()) - SUB_BITS;
-        (shift as u64 * SUB + (v >> shift)) as usize
-    }
-
-    /// Lowest and highest value of bucket `i`.
-    fn bounds(i: usize) -> (u64, u64) {
-        let i = i as u64;
-        if i < 2 * SUB {
-            return (i, i);
-        }
-        let shift = i / SUB - 1;
-        let low = (i - shift * SUB) << shift;
-        (low, low + ((1u64 << shift) - 1))
-    }
-
-    fn record(&mut self, d: Duration) {
-        let v = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.counts[Self::index(v)] += 1;
-        self.total += 1;
-        self.max = self.max.max(v);
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.total += other.total;
-        self.max = self.max.max(other.max);
-    }
-
-    /// The value at quantile `q` (0..=1), in nanoseconds; 0 if empty.
-    fn quantile(&self, q: f64) -> u64 {
-        if self.total == 0 {
-            return 0;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        if rank == self.total {
-            return self.max;
-        }
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let (low, high) = Self::bounds(i);
-                return (low + (high - low) / 2).min(self.max);
-            }
-        }
-        self.max
-    }
+fn record(h: &mut Histogram, d: Duration) {
+    h.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
 }
 
 // ---------------------------------------------------------------------------
@@ -332,7 +149,7 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Stats {
-            hist: Histogram::new(),
+            hist: histogram(),
             ops: 0,
             errors: 0,
             redirects: 0,
@@ -357,7 +174,9 @@ impl Stats {
     }
 
     fn merge(&mut self, other: &Stats) {
-        self.hist.merge(&other.hist);
+        self.hist
+            .add(&other.hist)
+            .expect("histograms of the same bounds");
         self.ops += other.ops;
         self.errors += other.errors;
         self.redirects += other.redirects;
@@ -383,82 +202,22 @@ struct Request {
     first_sent: Option<Instant>,
 }
 
-/// Why a read gave up.
-enum ReadError {
-    Io(io::Error),
-    Eof,
-    Protocol(ProtocolError),
-    TimedOut,
+/// Connects to `addr` (a name or an address, as `--addr` and `-MOVED` give
+/// it) with the load's timeouts: reads wake every [`READ_POLL`] to look at
+/// the clock; a write stuck for [`GRACE`] fails.
+fn connect(addr: &str) -> io::Result<Conn> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_POLL))?;
+    stream.set_write_timeout(Some(GRACE))?;
+    Ok(Conn::new(stream))
 }
 
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Io(e) => write!(f, "connection error: {e}"),
-            ReadError::Eof => write!(f, "connection closed by server"),
-            ReadError::Protocol(e) => write!(f, "protocol error: {}", e.0),
-            ReadError::TimedOut => write!(f, "no reply before the end of the grace period"),
-        }
-    }
-}
-
-/// One blocking connection with its read buffer.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Bytes of `buf` already parsed.
-    start: usize,
-}
-
-impl Conn {
-    fn connect(addr: &str) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(READ_POLL))?;
-        stream.set_write_timeout(Some(GRACE))?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(64 * 1024),
-            start: 0,
-        })
-    }
-
-    /// Reads one reply, giving up at `hard_deadline`.
-    fn read_reply(&mut self, hard_deadline: Instant) -> Result<Reply, ReadError> {
-        loop {
-            match parse_reply(&self.buf[self.start..]) {
-                Ok(Some((reply, used))) => {
-                    self.start += used;
-                    if self.start == self.buf.len() {
-                        self.buf.clear();
-                        self.start = 0;
-                    }
-                    return Ok(reply);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ReadError::Protocol(e)),
-            }
-            if Instant::now() >= hard_deadline {
-                return Err(ReadError::TimedOut);
-            }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(ReadError::Eof),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(ReadError::Io(e)),
-            }
-        }
+/// What a failed read is reported as.
+fn read_failure(e: &ReadError) -> String {
+    match e {
+        ReadError::TimedOut => "no reply before the end of the grace period".into(),
+        e => e.to_string(),
     }
 }
 
@@ -500,10 +259,10 @@ impl<'a> Client<'a> {
         if self.conn.is_some() {
             return true;
         }
-        let connected = Conn::connect(&self.target).and_then(|mut c| {
+        let connected = connect(&self.target).and_then(|mut c| {
             if self.readonly {
-                c.stream.write_all(b"*1\r\n$8\r\nREADONLY\r\n")?;
-                match c.read_reply(Instant::now() + GRACE) {
+                c.send(&[b"READONLY"])?;
+                match c.read_before(Instant::now() + GRACE) {
                     Ok(Reply::Simple(_)) => {}
                     Ok(other) => {
                         return Err(io::Error::other(format!("READONLY answered {other:?}")))
@@ -569,7 +328,7 @@ impl<'a> Client<'a> {
                 }
             }
             let conn = self.conn.as_mut().expect("connected above");
-            if let Err(e) = conn.stream.write_all(&self.out) {
+            if let Err(e) = conn.write_all(&self.out) {
                 // Nothing or part of the batch reached the server: every
                 // outcome is unknown.
                 self.stats
@@ -582,10 +341,11 @@ impl<'a> Client<'a> {
             let mut moved_to: Option<String> = None;
             let mut cluster_down = false;
             for (i, r) in batch.iter().enumerate() {
-                let reply = match conn.read_reply(hard_deadline) {
+                let reply = match conn.read_before(hard_deadline) {
                     Ok(reply) => reply,
                     Err(e) => {
-                        self.stats.error((batch.len() - i) as u64, &e.to_string());
+                        self.stats
+                            .error((batch.len() - i) as u64, &read_failure(&e));
                         self.conn = None;
                         batch.clear();
                         return;
@@ -595,7 +355,7 @@ impl<'a> Client<'a> {
                     Outcome::Ok => {
                         if measure {
                             let sent = r.first_sent.expect("stamped before writing");
-                            self.stats.hist.record(sent.elapsed());
+                            record(&mut self.stats.hist, sent.elapsed());
                             self.stats.ops += 1;
                         }
                     }
@@ -750,7 +510,7 @@ impl Report<'_> {
     }
 
     fn ms(&self, q: f64) -> f64 {
-        self.stats.hist.quantile(q) as f64 / 1e6
+        self.stats.hist.value_at_quantile(q) as f64 / 1e6
     }
 
     fn text(&self) -> String {
@@ -773,54 +533,53 @@ impl Report<'_> {
 
     fn json(&self) -> String {
         let a = self.args;
-        let samples: Vec<String> = self
-            .stats
-            .error_samples
-            .iter()
-            .map(|e| json_string(e))
-            .collect();
-        format!(
-            concat!(
-                "{{\"op\":\"{}\",\"clients\":{},\"pipeline\":{},\"value_size\":{},",
-                "\"keys\":{},\"duration_secs\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},",
-                "\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},",
-                "\"max_ms\":{:.3},\"errors\":{},\"redirects\":{},\"error_samples\":[{}]}}"
-            ),
-            a.op.as_str(),
-            a.clients,
-            a.pipeline,
-            a.value_size,
-            a.keys,
-            self.elapsed.as_secs_f64(),
-            self.stats.ops,
-            self.ops_per_sec(),
-            self.ms(0.50),
-            self.ms(0.90),
-            self.ms(0.99),
-            self.ms(0.999),
-            self.stats.hist.max as f64 / 1e6,
-            self.stats.errors,
-            self.stats.redirects,
-            samples.join(",")
-        )
+        // Rounded as the text report rounds, so the numbers read the same.
+        let round = |x: f64, places: i32| {
+            let p = 10f64.powi(places);
+            (x * p).round() / p
+        };
+        let report = JsonReport {
+            op: a.op.as_str(),
+            clients: a.clients,
+            pipeline: a.pipeline,
+            value_size: a.value_size,
+            keys: a.keys,
+            duration_secs: round(self.elapsed.as_secs_f64(), 3),
+            ops: self.stats.ops,
+            ops_per_sec: round(self.ops_per_sec(), 1),
+            p50_ms: round(self.ms(0.50), 3),
+            p90_ms: round(self.ms(0.90), 3),
+            p99_ms: round(self.ms(0.99), 3),
+            p999_ms: round(self.ms(0.999), 3),
+            max_ms: round(self.stats.hist.max() as f64 / 1e6, 3),
+            errors: self.stats.errors,
+            redirects: self.stats.redirects,
+            error_samples: &self.stats.error_samples,
+        };
+        serde_json::to_string(&report).expect("a report serialises")
     }
 }
 
-fn json_string(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+/// `--json`: one object on one line, in this field order (tools/bench-server.sh
+/// reads fields by name, and `error_samples` last).
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    op: &'a str,
+    clients: u32,
+    pipeline: u32,
+    value_size: u32,
+    keys: u64,
+    duration_secs: f64,
+    ops: u64,
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    errors: u64,
+    redirects: u64,
+    error_samples: &'a [String],
 }
 
 fn main() -> ExitCode {
@@ -879,64 +638,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_commands_as_bulk_arrays() {
-        let mut out = Vec::new();
-        encode_command(&mut out, &[b"SET", b"k", b""]);
-        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
-    }
-
-    #[test]
-    fn parses_every_reply_type() {
-        let buf = b"+OK\r\n-MOVED 0 127.0.0.1:6401\r\n:-3\r\n$4\r\na\r\nb\r\n$-1\r\n*2\r\n:1\r\n$-1\r\n*-1\r\n";
-        let mut at = 0;
-        let mut got = Vec::new();
-        while at < buf.len() {
-            let (r, used) = parse_reply(&buf[at..]).unwrap().unwrap();
-            got.push(r);
-            at += used;
-        }
-        assert_eq!(
-            got,
-            vec![
-                Reply::Simple("OK".into()),
-                Reply::Error("MOVED 0 127.0.0.1:6401".into()),
-                Reply::Integer(-3),
-                Reply::Bulk(Some(b"a\r\nb".to_vec())),
-                Reply::Bulk(None),
-                Reply::Array(Some(vec![Reply::Integer(1), Reply::Bulk(None)])),
-                Reply::Array(None),
-            ]
-        );
-    }
-
-    #[test]
-    fn partial_replies_ask_for_more() {
-        let full = b"*2\r\n$3\r\nabc\r\n:7\r\n";
-        for n in 0..full.len() {
-            assert_eq!(parse_reply(&full[..n]), Ok(None), "prefix of {n} bytes");
-        }
-        assert!(parse_reply(full).unwrap().is_some());
-    }
-
-    #[test]
-    fn malformed_replies_are_errors() {
-        for bad in [
-            &b"?x\r\n"[..],
-            b":12a\r\n",
-            b"$-2\r\n",
-            b"$3\r\nabcd\r\n",
-            b"*-5\r\n",
-            b"$99999999999\r\n",
-        ] {
-            assert!(
-                parse_reply(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
     fn redirects_are_classified() {
         let moved = Reply::Error("MOVED 0 127.0.0.2:6402".into());
         assert!(
@@ -952,32 +653,68 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_contiguous_and_tight() {
-        let mut prev_high = None;
-        for i in 0..BUCKETS {
-            let (low, high) = Histogram::bounds(i);
-            assert!(low <= high);
-            if let Some(p) = prev_high {
-                assert_eq!(low, p + 1, "bucket {i}");
-            }
-            assert_eq!(Histogram::index(low), i);
-            assert_eq!(Histogram::index(high), i);
-            assert!((high - low) as f64 <= low as f64 / 128.0 + 1.0);
-            prev_high = Some(high);
+    fn histogram_quantiles() {
+        let mut h = histogram();
+        assert_eq!(h.distinct_values(), 4608, "the size the doc states");
+        for us in 1..=1000u64 {
+            record(&mut h, Duration::from_micros(us));
         }
-        assert_eq!(prev_high, Some(u64::MAX));
+        let p50 = h.value_at_quantile(0.5) as f64 / 1e3;
+        let p99 = h.value_at_quantile(0.99) as f64 / 1e3;
+        assert!((p50 - 500.0).abs() < 500.0 * 0.01, "p50 {p50}");
+        assert!((p99 - 990.0).abs() < 990.0 * 0.01, "p99 {p99}");
+        let max = h.max() as f64 / 1e3;
+        assert!((max - 1000.0).abs() < 1000.0 * 0.01, "max {max}");
+        record(&mut h, Duration::from_secs(7200));
+        assert!(h.max() >= HISTOGRAM_MAX_NS);
     }
 
     #[test]
-    fn histogram_quantiles() {
-        let mut h = Histogram::new();
-        for us in 1..=1000u64 {
-            h.record(Duration::from_micros(us));
-        }
-        let p50 = h.quantile(0.5) as f64 / 1e3;
-        let p99 = h.quantile(0.99) as f64 / 1e3;
-        assert!((p50 - 500.0).abs() < 500.0 * 0.01, "p50 {p50}");
-        assert!((p99 - 990.0).abs() < 990.0 * 0.01, "p99 {p99}");
-        assert_eq!(h.quantile(1.0), 1_000_000);
+    fn json_report_keeps_its_fields_in_order() {
+        let args = Args::parse_from(["raft-load", "--addr", "127.0.0.1:6401"]);
+        let mut stats = Stats::new();
+        stats.ops = 3;
+        record(&mut stats.hist, Duration::from_millis(2));
+        stats.error_samples.push("a \"quoted\" error".into());
+        let r = Report {
+            args: &args,
+            stats,
+            elapsed: Duration::from_millis(1500),
+        };
+        let json = r.json();
+        let fields = [
+            "op",
+            "clients",
+            "pipeline",
+            "value_size",
+            "keys",
+            "duration_secs",
+            "ops",
+            "ops_per_sec",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "p999_ms",
+            "max_ms",
+            "errors",
+            "redirects",
+            "error_samples",
+        ];
+        let at: Vec<usize> = fields
+            .iter()
+            .map(|f| {
+                json.find(&format!("\"{f}\":"))
+                    .unwrap_or_else(|| panic!("{f}: {json}"))
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert!(
+            json.starts_with(r#"{"op":"set","clients":1,"pipeline":1,"value_size":100,"keys":10000,"duration_secs":1.5,"ops":3,"ops_per_sec":2.0,"p50_ms":2.0"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#""errors":0,"redirects":0,"error_samples":["a \"quoted\" error"]}"#),
+            "{json}"
+        );
     }
 }
