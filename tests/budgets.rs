@@ -9,7 +9,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Resp};
+use common::{Cluster, Reply};
 
 /// Keys in the store: `KEYS *` over this many took the loop about a second
 /// before walks ran off it (two to three election timeouts by default).
@@ -37,7 +37,7 @@ fn load(c: &Cluster, leader: u64, n: usize) {
             window += 1;
         }
         for _ in 0..window {
-            assert_eq!(conn.read().unwrap(), Resp::Simple("OK".into()));
+            assert_eq!(conn.read().unwrap(), Reply::Simple("OK".into()));
         }
     }
 }
@@ -94,7 +94,7 @@ fn keys_over_a_large_store_causes_no_election_and_loses_no_write() {
             let mut acked = Vec::new();
             for i in 0..200 {
                 let key = format!("w{i}");
-                if conn.cmd(&["SET", &key, "1"]).ok() == Some(Resp::Simple("OK".into())) {
+                if conn.cmd(&["SET", &key, "1"]).ok() == Some(Reply::Simple("OK".into())) {
                     acked.push(key);
                 }
                 thread::sleep(Duration::from_millis(10));
@@ -106,11 +106,16 @@ fn keys_over_a_large_store_causes_no_election_and_loses_no_write() {
     let walkers: Vec<_> = (0..4)
         .map(|_| {
             let mut conn = c.conn(leader);
+            // Walks queue on one thread: the last of eight waits for the
+            // seven before it, longer on a loaded machine.
+            conn.stream()
+                .set_read_timeout(Some(Duration::from_secs(120)))
+                .unwrap();
             thread::spawn(move || {
                 for _ in 0..2 {
                     let started = Instant::now();
                     let keys = match conn.cmd(&["KEYS", "k*"]).unwrap() {
-                        Resp::Array(keys) => keys,
+                        Reply::Array(keys) => keys,
                         // An election answers "moved" or "write lost".
                         other => panic!("KEYS answered {other:?}"),
                     };
@@ -142,7 +147,7 @@ fn keys_over_a_large_store_causes_no_election_and_loses_no_write() {
     for key in &acked {
         assert_eq!(
             conn.cmd(&["GET", key]).unwrap(),
-            Resp::Bulk(Some(b"1".to_vec())),
+            Reply::Bulk(Some(b"1".to_vec())),
             "acknowledged write {key} lost"
         );
     }
@@ -154,17 +159,17 @@ fn keys_cannot_be_queued_in_a_transaction() {
     c.start_all();
     let leader = c.wait_leader(Duration::from_secs(15));
     let mut conn = c.conn(leader);
-    assert_eq!(conn.cmd(&["MULTI"]).unwrap(), Resp::Simple("OK".into()));
-    let Resp::Error(e) = conn.cmd(&["KEYS", "*"]).unwrap() else {
+    assert_eq!(conn.cmd(&["MULTI"]).unwrap(), Reply::Simple("OK".into()));
+    let Reply::Error(e) = conn.cmd(&["KEYS", "*"]).unwrap() else {
         panic!("KEYS was queued");
     };
     assert!(e.contains("cannot be queued in a transaction"), "{e}");
     // A small SCAN page still runs inside EXEC.
     assert_eq!(
         conn.cmd(&["SCAN", "0", "COUNT", "10"]).unwrap(),
-        Resp::Simple("QUEUED".into())
+        Reply::Simple("QUEUED".into())
     );
-    let Resp::Error(e) = conn.cmd(&["EXEC"]).unwrap() else {
+    let Reply::Error(e) = conn.cmd(&["EXEC"]).unwrap() else {
         panic!("EXEC ran a doomed transaction");
     };
     assert!(e.starts_with("EXECABORT"), "{e}");
@@ -179,7 +184,7 @@ fn clients_that_pipeline_big_gets_and_never_read_cause_no_election() {
     let mut conn = c.conn(leader);
     assert_eq!(
         conn.cmd(&["SET", "big", &value]).unwrap(),
-        Resp::Simple("OK".into())
+        Reply::Simple("OK".into())
     );
     for id in 1..=3 {
         c.wait_caught_up(id);
@@ -206,7 +211,7 @@ fn clients_that_pipeline_big_gets_and_never_read_cause_no_election() {
     while Instant::now() < until {
         let key = format!("w{i}");
         i += 1;
-        if conn.cmd(&["SET", &key, "1"]).ok() == Some(Resp::Simple("OK".into())) {
+        if conn.cmd(&["SET", &key, "1"]).ok() == Some(Reply::Simple("OK".into())) {
             acked.push(key);
         }
         thread::sleep(Duration::from_millis(20));
@@ -228,7 +233,7 @@ fn clients_that_pipeline_big_gets_and_never_read_cause_no_election() {
     for key in &acked {
         assert_eq!(
             conn.cmd(&["GET", key]).unwrap(),
-            Resp::Bulk(Some(b"1".to_vec())),
+            Reply::Bulk(Some(b"1".to_vec())),
             "acknowledged write {key} lost"
         );
     }
@@ -294,10 +299,10 @@ fn a_follower_loads_a_large_snapshot_off_the_loop() {
     assert_eq!(before, after, "an election happened during the install");
     // What it serves is the leader's store.
     let mut conn = c.conn(away);
-    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Resp::Simple("OK".into()));
-    assert_eq!(conn.cmd(&["DBSIZE"]).unwrap(), Resp::Int(KEYS as i64));
+    assert_eq!(conn.cmd(&["READONLY"]).unwrap(), Reply::Simple("OK".into()));
+    assert_eq!(conn.cmd(&["DBSIZE"]).unwrap(), Reply::Integer(KEYS as i64));
     assert_eq!(
         conn.cmd(&["GET", "k0999999"]).unwrap(),
-        Resp::Bulk(Some(b"v".to_vec()))
+        Reply::Bulk(Some(b"v".to_vec()))
     );
 }
