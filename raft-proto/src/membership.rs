@@ -124,7 +124,7 @@ impl Node {
         change: MembershipChange,
         context: Bytes,
     ) -> Result<EntryId, ProposeError> {
-        if self.installing.is_some() || self.shut_down {
+        if self.installing_snapshot() || self.shut_down {
             return Err(ProposeError::NotLeader { leader: None });
         }
         let RoleState::Leader(ls) = &self.role else {
@@ -212,7 +212,7 @@ impl Node {
         now: Time,
         target: Option<NodeId>,
     ) -> Result<NodeId, TransferError> {
-        if self.installing.is_some() || self.shut_down {
+        if self.installing_snapshot() || self.shut_down {
             return Err(TransferError::NotLeader { leader: None });
         }
         let me = self.config.id;

@@ -40,6 +40,7 @@ use crate::action::{
 };
 use crate::codec;
 use crate::config::{Config, ConfigError};
+use crate::follower::{FollowerState, IncomingSnapshot};
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
 use crate::progress::Progress;
@@ -99,44 +100,21 @@ pub struct Status {
     pub snapshot: Option<SnapshotMeta>,
 }
 
-/// A snapshot being received from the leader: which, and how much of it.
-#[derive(Clone, Debug)]
-pub(crate) struct IncomingSnapshot {
-    pub(crate) leader: NodeId,
-    pub(crate) term: Term,
-    pub(crate) meta: SnapshotMeta,
-    /// Bytes handed to the driver so far, from offset 0.
-    pub(crate) received: u64,
-}
-
-/// A linearizable read served by this follower: waiting for the leader's
-/// read index, then for the state machine to apply up to it.
-#[derive(Clone, Debug)]
-pub(crate) struct RemoteRead {
-    pub(crate) read_index: Option<LogIndex>,
-    /// `leader_messages` when the request was (last) sent: one lost on
-    /// the way is sent again once the leader has been heard from twice.
-    pub(crate) asked_at: u64,
-}
-
-/// A received snapshot handed to the driver to check and install.
-#[derive(Clone, Debug)]
-pub(crate) struct Installing {
-    pub(crate) from: NodeId,
-    pub(crate) meta: SnapshotMeta,
-    pub(crate) round: u64,
-}
-
 /// Role-specific state lives in the role's variant (STYLE §6).
 #[derive(Debug)]
 pub(crate) enum RoleState {
-    Follower,
+    Follower(FollowerState),
     PreCandidate {
         votes: VoteTally,
         /// The real votes of this term's election, when this node
         /// campaigned in it and its timer ran out: late grants still count
         /// (on a slow network they arrive after the timeout).
         election: Option<VoteTally>,
+        /// The snapshot this node was receiving as a follower of this
+        /// term. A pre-vote keeps the term: if it fails and the same
+        /// leader goes on, the transfer resumes where it stopped
+        /// (`Node::become_follower` hands it back).
+        incoming: Option<IncomingSnapshot>,
     },
     Candidate {
         votes: VoteTally,
@@ -231,17 +209,6 @@ pub struct Node {
     /// nothing at or below its start, which is at most this snapshot's
     /// last index.
     pub(crate) snapshot: Option<SnapshotMeta>,
-    /// A snapshot being received from the leader.
-    pub(crate) incoming: Option<IncomingSnapshot>,
-    /// Set between `Action::InstallSnapshot` and the driver's
-    /// `handle_snapshot_installed`. Inputs in between (a driver that feeds
-    /// several messages before it drains) are dropped or refused: a
-    /// message as if lost, a proposal as if sent to a follower.
-    pub(crate) installing: Option<Installing>,
-    /// Reads this follower serves, by the caller's id (thesis §6.4).
-    pub(crate) remote_reads: BTreeMap<u64, RemoteRead>,
-    /// AppendEntries received from a leader so far (paces read retries).
-    pub(crate) leader_messages: u64,
 
     // Volatile state.
     pub(crate) commit_index: LogIndex,
@@ -348,14 +315,10 @@ impl Node {
             log,
             persisted_index,
             snapshot: state.snapshot,
-            incoming: None,
-            installing: None,
-            remote_reads: BTreeMap::new(),
-            leader_messages: 0,
             commit_index: applied,
             last_applied: applied,
             unpersisted_since: None,
-            role: RoleState::Follower,
+            role: RoleState::Follower(FollowerState::default()),
             leader: None,
             election_deadline: now,
             election_reason: None,
@@ -386,7 +349,7 @@ impl Node {
     /// correct member sends is dropped whole and reported as
     /// [`Event::PeerFault`]; nothing a peer sends makes the node panic.
     pub fn handle_message(&mut self, now: Time, msg: Message) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Lost, as far as the protocol can tell: it is sent again.
             return;
         }
@@ -407,7 +370,7 @@ impl Node {
     /// candidates, heartbeats and CheckQuorum for the leader. Early or
     /// repeated calls do nothing.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Fired at the next call, after the install.
             return;
         }
@@ -438,7 +401,7 @@ impl Node {
     /// timeout. The pre-vote only succeeds if a majority also lost the
     /// leader, so one broken link never forces an election.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             return;
         }
         if self.shut_down || !self.replication_targets().contains(&peer) {
@@ -450,7 +413,7 @@ impl Node {
                     pr.become_probe();
                 }
             }
-            RoleState::Follower if self.leader == Some(peer) => {
+            RoleState::Follower(_) if self.leader == Some(peer) => {
                 self.set_leader(None);
                 self.last_leader_contact = None;
                 if self.config.fast_failover {
@@ -485,7 +448,7 @@ impl Node {
     /// the peer at once, so a restarted follower hears from it before its
     /// own election timeout.
     pub fn handle_link_up(&mut self, now: Time, peer: NodeId) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             return;
         }
         if self.shut_down || !self.replication_targets().contains(&peer) {
@@ -510,7 +473,7 @@ impl Node {
     /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
     /// [`ProposeError::TooLarge`] on any node, before anything is appended.
     pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Only a follower installs.
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -557,7 +520,7 @@ impl Node {
     /// refuses, the read fails with [`ReadError::NotLeader`]. A driver
     /// that wants reads on the leader only checks [`Node::role`] first.
     pub fn read_index(&mut self, now: Time, id: u64) -> Result<(), ReadError> {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             return Err(ReadError::Busy);
         }
         let _ = now;
@@ -593,7 +556,7 @@ impl Node {
     /// holds (it was truncated since) is ignored. The leader counts itself
     /// in commits only up to the durable index.
     pub fn handle_log_persisted(&mut self, now: Time, index: LogIndex, term: Term) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Only a leader needs it, and only a follower installs.
             return;
         }
@@ -630,7 +593,7 @@ impl Node {
     /// last term is not the term of that entry in the log.
     /// Its `membership` must be [`Node::membership_at`] its last index.
     pub fn handle_snapshot_saved(&mut self, now: Time, meta: SnapshotMeta) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // The leader's snapshot, newer, is being installed.
             return;
         }
@@ -676,154 +639,6 @@ impl Node {
             self.persist.push_back(Action::CompactLog { through });
         }
         self.debug_check_invariants();
-    }
-
-    /// The driver carried out [`Action::InstallSnapshot`]: `installed`
-    /// says whether the snapshot was valid and is now this member's, with
-    /// §7's rule applied to the stored log. Until it comes, the node drops
-    /// messages (as if lost) and refuses proposals and reads. It then takes the snapshot as its state (log, commit
-    /// and applied index) and tells the leader; an invalid one is reported
-    /// as [`Event::PeerFault`] and the transfer starts again.
-    pub fn handle_snapshot_installed(&mut self, now: Time, installed: bool) {
-        let inst = self
-            .installing
-            .take()
-            .expect("handle_snapshot_installed without Action::InstallSnapshot");
-        self.incoming = None;
-        if self.shut_down {
-            return;
-        }
-        let meta = inst.meta;
-        let round = inst.round;
-        if !installed {
-            let fault = PeerFault::BadSnapshot {
-                last_index: meta.last_index,
-            };
-            self.peer_fault(inst.from, fault);
-            return;
-        }
-        assert!(
-            meta.last_index > self.commit_index,
-            "only a snapshot beyond the commit index is installed"
-        );
-        self.log
-            .install_snapshot(meta.last_index, meta.last_term, (*meta.membership).clone());
-        self.persisted_index = self.persisted_index.min(self.log.last_index());
-        self.commit_index = meta.last_index;
-        // Entries waiting to be applied are older than the snapshot, which
-        // replaces the state they would build.
-        self.applies.clear();
-        self.last_applied = meta.last_index;
-        let (last_index, len) = (meta.last_index, meta.len);
-        self.snapshot = Some(meta);
-        self.advance_remote_reads();
-        self.send_snapshot_response(inst.from, last_index, len, round);
-        self.sync_membership(now);
-        self.note_removal(now);
-        self.debug_check_invariants();
-    }
-
-    /// A read on a follower: ask the leader for a read index.
-    fn follower_read(&mut self, id: u64) -> Result<(), ReadError> {
-        if self.is_removed() {
-            // Not part of the cluster any more: its leader may stop
-            // answering at any time.
-            return Err(ReadError::NotLeader { leader: None });
-        }
-        let leader = match (&self.role, self.leader) {
-            (RoleState::Follower, Some(l)) => l,
-            _ => {
-                return Err(ReadError::NotLeader {
-                    leader: self.leader,
-                })
-            }
-        };
-        if self.remote_reads.len() >= self.config.max_pending_reads {
-            return Err(ReadError::Busy);
-        }
-        let read = RemoteRead {
-            read_index: None,
-            asked_at: self.leader_messages,
-        };
-        let dup = self.remote_reads.insert(id, read);
-        assert!(dup.is_none(), "read_index: id {id} is already pending");
-        self.send(
-            leader,
-            MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
-        );
-        self.debug_check_invariants();
-        Ok(())
-    }
-
-    /// The leader's answer to one of this follower's read requests.
-    pub(crate) fn handle_read_index_response(
-        &mut self,
-        from: NodeId,
-        r: crate::message::ReadIndexResponse,
-    ) {
-        if self.leader != Some(from) {
-            return;
-        }
-        let Some(read) = self.remote_reads.get_mut(&r.id) else {
-            // Answered already (a resent request), or failed since.
-            return;
-        };
-        match r.read_index {
-            Some(index) => {
-                read.read_index.get_or_insert(index);
-                self.advance_remote_reads();
-            }
-            None => {
-                self.remote_reads.remove(&r.id);
-                self.read_results.push_back(Action::ReadFailed {
-                    id: r.id,
-                    error: ReadError::NotLeader {
-                        leader: self.leader,
-                    },
-                });
-            }
-        }
-    }
-
-    /// Serves the follower's reads whose read index is applied.
-    pub(crate) fn advance_remote_reads(&mut self) {
-        if self.remote_reads.is_empty() {
-            return;
-        }
-        let applied = self.last_applied;
-        let ready: Vec<u64> = self
-            .remote_reads
-            .iter()
-            .filter(|(_, r)| r.read_index.is_some_and(|i| i <= applied))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ready {
-            self.remote_reads.remove(&id);
-            self.read_results.push_back(Action::ReadReady { id });
-        }
-    }
-
-    /// The leader was heard from: requests it has not answered after two
-    /// of its messages were lost on the way (a link broke); ask again.
-    pub(crate) fn retry_remote_reads(&mut self) {
-        self.leader_messages += 1;
-        let Some(leader) = self.leader else {
-            return;
-        };
-        let now = self.leader_messages;
-        let mut again = Vec::new();
-        for (&id, r) in self.remote_reads.iter_mut() {
-            if r.read_index.is_none() && now >= r.asked_at + 2 {
-                r.asked_at = now;
-                again.push(id);
-            }
-        }
-        for id in again {
-            self.send(
-                leader,
-                MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
-            );
-        }
     }
 
     /// Stops the node: no more actions, no more deadlines. Pending output
@@ -908,7 +723,7 @@ impl Node {
     /// The current role.
     pub fn role(&self) -> Role {
         match self.role {
-            RoleState::Follower => Role::Follower,
+            RoleState::Follower(_) => Role::Follower,
             RoleState::PreCandidate { .. } => Role::PreCandidate,
             RoleState::Candidate { .. } => Role::Candidate,
             RoleState::Leader(_) => Role::Leader,
@@ -1003,14 +818,16 @@ impl Node {
             return;
         }
         self.removal_reported = true;
-        for (id, _) in std::mem::take(&mut self.remote_reads) {
-            self.read_results.push_back(Action::ReadFailed {
-                id,
-                error: ReadError::NotLeader { leader: None },
-            });
+        if let RoleState::Follower(follower) = &mut self.role {
+            for (id, _) in std::mem::take(&mut follower.remote_reads) {
+                self.read_results.push_back(Action::ReadFailed {
+                    id,
+                    error: ReadError::NotLeader { leader: None },
+                });
+            }
         }
         let reason = RoleChangeReason::RemovedFromConfiguration;
-        if matches!(self.role, RoleState::Follower) {
+        if matches!(self.role, RoleState::Follower(_)) {
             self.events.push_back(Event::RoleChanged {
                 role: Role::Follower,
                 term: self.current_term,
@@ -1066,7 +883,7 @@ impl Node {
             RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 self.step_candidate(now, msg)
             }
-            RoleState::Follower => self.step_follower(now, msg),
+            RoleState::Follower(_) => self.step_follower(now, msg),
         }
     }
 
@@ -1327,8 +1144,6 @@ impl Node {
             self.hard_state_dirty = true;
             // Claims at or below our term are met.
             self.term_claims.retain(|_, t| *t > term);
-            // A transfer belongs to its leader's term.
-            self.incoming = None;
         }
         if let RoleState::Leader(ls) = &mut self.role {
             let leader_hint = leader;
@@ -1348,7 +1163,25 @@ impl Node {
                 self.send_read_index_response(peer, id, None);
             }
         }
-        self.role = RoleState::Follower;
+        // The follower's own state: a follower keeps its own, a
+        // pre-candidate back in its term the snapshot it was receiving;
+        // whatever else the old role held goes with it.
+        let mut follower = match std::mem::replace(
+            &mut self.role,
+            RoleState::Follower(FollowerState::default()),
+        ) {
+            RoleState::Follower(follower) => follower,
+            RoleState::PreCandidate { incoming, .. } => FollowerState {
+                incoming,
+                ..FollowerState::default()
+            },
+            RoleState::Candidate { .. } | RoleState::Leader(_) => FollowerState::default(),
+        };
+        if new_term {
+            // A transfer belongs to its leader's term.
+            follower.incoming = None;
+        }
+        self.role = RoleState::Follower(follower);
         self.unpersisted_since = None;
         self.set_leader(leader);
         if leader.is_some() {
@@ -1371,12 +1204,13 @@ impl Node {
         if self.leader != leader {
             // Reads this follower serves were confirmed by the old leader,
             // or not at all: the new one knows nothing of them.
-            let failed = std::mem::take(&mut self.remote_reads);
-            for (id, _) in failed {
-                self.read_results.push_back(Action::ReadFailed {
-                    id,
-                    error: ReadError::NotLeader { leader },
-                });
+            if let RoleState::Follower(follower) = &mut self.role {
+                for (id, _) in std::mem::take(&mut follower.remote_reads) {
+                    self.read_results.push_back(Action::ReadFailed {
+                        id,
+                        error: ReadError::NotLeader { leader },
+                    });
+                }
             }
             self.leader = leader;
             if leader.is_some() {
@@ -1504,18 +1338,6 @@ impl Node {
             snapshot_index <= self.last_applied,
             "invariant: a snapshot covers only applied entries"
         );
-        if !self.remote_reads.is_empty() {
-            assert!(
-                matches!(self.role, RoleState::Follower) && self.leader.is_some(),
-                "invariant: only a follower with a leader serves reads"
-            );
-        }
-        if let Some(inc) = &self.incoming {
-            assert!(
-                inc.received < inc.meta.len,
-                "invariant: a complete snapshot is installed, not still incoming"
-            );
-        }
         assert!(
             self.membership_epoch == self.log.config_epoch()
                 && self.membership == *self.log.membership(),
@@ -1574,18 +1396,26 @@ impl Node {
                 );
                 assert_eq!(self.leader, None, "invariant: a candidate knows no leader");
             }
-            RoleState::PreCandidate { .. } => {
+            RoleState::PreCandidate { incoming, .. } => {
                 assert_eq!(
                     self.leader, None,
                     "invariant: a pre-candidate knows no leader"
                 );
+                if let Some(inc) = incoming {
+                    inc.check_invariants();
+                }
             }
-            RoleState::Follower => {
+            RoleState::Follower(follower) => {
                 assert_ne!(
                     self.leader,
                     Some(self.config.id),
                     "invariant: a follower does not lead"
                 );
+                assert!(
+                    follower.remote_reads.is_empty() || self.leader.is_some(),
+                    "invariant: only a follower with a leader serves reads"
+                );
+                follower.check_invariants();
             }
         }
     }
