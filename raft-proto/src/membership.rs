@@ -51,8 +51,9 @@
 use bytes::Bytes;
 
 use crate::action::{Event, MembershipError, ProposeError, RoleChangeReason, TransferError};
+use crate::leader::{Departing, LeaderState, Transfer};
 use crate::message::MessageBody;
-use crate::node::{Departing, Node, RoleState, Transfer};
+use crate::node::{Node, RoleState};
 use crate::progress::{Progress, ProgressState};
 use crate::types::{EntryId, EntryPayload, LogIndex, Membership, MembershipChange, NodeId, Time};
 
@@ -290,18 +291,6 @@ impl Node {
         }
     }
 
-    /// Gives the transfer up once its deadline passed.
-    pub(crate) fn leader_expire_transfer(&mut self, now: Time) {
-        let RoleState::Leader(ls) = &mut self.role else {
-            return;
-        };
-        if let Some(t) = ls.transfer.filter(|t| now >= t.deadline) {
-            ls.transfer = None;
-            self.events
-                .push_back(Event::TransferAborted { target: t.target });
-        }
-    }
-
     /// TimeoutNow from the leader: campaign at once, past PreVote (the
     /// leader itself asked; its followers grant past their lease).
     pub(crate) fn handle_timeout_now(&mut self, now: Time, from: NodeId) {
@@ -420,5 +409,15 @@ impl Node {
         let me = self.config.id;
         let m = self.log.membership();
         m.voters.iter().copied().filter(|&v| v != me).collect()
+    }
+}
+
+impl LeaderState {
+    /// Gives the transfer up once its deadline passed; its target, to
+    /// report ([`Event::TransferAborted`]).
+    pub(crate) fn expire_transfer(&mut self, now: Time) -> Option<NodeId> {
+        let t = self.transfer.filter(|t| now >= t.deadline)?;
+        self.transfer = None;
+        Some(t.target)
     }
 }

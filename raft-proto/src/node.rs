@@ -41,11 +41,10 @@ use crate::action::{
 use crate::codec;
 use crate::config::{Config, ConfigError};
 use crate::follower::{FollowerState, IncomingSnapshot};
+use crate::leader::LeaderState;
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
-use crate::progress::Progress;
 use crate::quorum::{self, VoteTally};
-use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::types::{
     Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term,
@@ -122,63 +121,6 @@ pub(crate) enum RoleState {
     Leader(Box<LeaderState>),
 }
 
-#[derive(Debug)]
-pub(crate) struct LeaderState {
-    pub(crate) progress: BTreeMap<NodeId, Progress>,
-    /// Heartbeat round: bumped for each broadcast that confirms leadership
-    /// for reads; every AppendEntries carries the current value.
-    pub(crate) round: u64,
-    /// Reads wait for `round + 1`, to be sent at the next drain.
-    pub(crate) round_pending: bool,
-    /// Entries were appended or a follower's answer moved its window:
-    /// send what flow control allows at the next drain. Deferred so that
-    /// every proposal and answer fed between two drains goes out as one
-    /// AppendEntries per follower, not one each (etcd batches the same
-    /// way, per `Ready`).
-    pub(crate) replicate_pending: bool,
-    pub(crate) reads: ReadQueue,
-    pub(crate) heartbeat_deadline: Time,
-    pub(crate) check_quorum_deadline: Time,
-    /// A leadership transfer under way (thesis §3.10).
-    pub(crate) transfer: Option<Transfer>,
-    /// Members a configuration of this leader removed that are still
-    /// being told so (see [`Departing`]). Their progress stays in
-    /// `progress`; they count for nothing.
-    pub(crate) departing: BTreeMap<NodeId, Departing>,
-}
-
-/// A member the configuration in force removed. It would never learn
-/// that its removal committed if the leader stopped sending to it at
-/// once, and would take itself for a voter: so the leader keeps
-/// replicating to it (log and commit index) until it acknowledges an
-/// append, sent after the removal committed, that reaches the removing
-/// configuration, or for [`DEPARTING_GRACE_TIMEOUTS`] maximum election
-/// timeouts after the commit, whichever comes first: a member that is
-/// away then does not learn, by design (it cannot disrupt: its pre-votes
-/// carry a log without the removal, which the voters refuse).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Departing {
-    /// Index of the configuration that removed it.
-    pub(crate) config_index: LogIndex,
-    /// Once that configuration is committed: the first heartbeat round all
-    /// of whose appends carry a commit index at or past it, and when the
-    /// leader stops trying.
-    pub(crate) committed: Option<(u64, Time)>,
-}
-
-/// How long, in maximum election timeouts after a removal commits, the
-/// leader keeps telling the removed member: a member that is up answers
-/// within a round trip; one that is away would need a whole catch-up.
-pub(crate) const DEPARTING_GRACE_TIMEOUTS: u32 = 2;
-
-/// A leadership transfer: proposals are refused until it succeeds (this
-/// leader hears of the target's newer term) or `deadline` passes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Transfer {
-    pub(crate) target: NodeId,
-    pub(crate) deadline: Time,
-}
-
 /// One member of a Raft cluster, with no I/O of its own. See the crate
 /// documentation for the driver's contract.
 #[derive(Debug)]
@@ -201,10 +143,6 @@ pub struct Node {
     /// counts itself in commits only up to here (thesis §10.2.1: it may
     /// replicate entries before its own fsync completes).
     pub(crate) persisted_index: LogIndex,
-    /// Since when this leader has held appends not yet reported durable
-    /// with no durability report since (debug check that the driver calls
-    /// `handle_log_persisted` at all).
-    pub(crate) unpersisted_since: Option<Time>,
     /// The latest snapshot the driver saved or installed. The log holds
     /// nothing at or below its start, which is at most this snapshot's
     /// last index.
@@ -317,7 +255,6 @@ impl Node {
             snapshot: state.snapshot,
             commit_index: applied,
             last_applied: applied,
-            unpersisted_since: None,
             role: RoleState::Follower(FollowerState::default()),
             leader: None,
             election_deadline: now,
@@ -534,16 +471,9 @@ impl Node {
         let RoleState::Leader(ls) = &mut self.role else {
             return self.follower_read(id);
         };
-        if ls.reads.len() >= max_reads {
+        if !ls.queue_read(id, None, read_index, max_reads) {
             return Err(ReadError::Busy);
         }
-        ls.round_pending = true;
-        ls.reads.push(crate::read::PendingRead {
-            id,
-            round: ls.round + 1,
-            read_index,
-            from: None,
-        });
         // A single-node cluster confirms itself.
         self.advance_reads();
         self.debug_check_invariants();
@@ -566,13 +496,16 @@ impl Node {
             return;
         }
         self.persisted_index = index;
-        if self.persisted_index >= self.log.last_index() {
-            self.unpersisted_since = None;
-        } else if self.unpersisted_since.is_some() {
-            // Progress: the driver does report. Under a steady write load
-            // the durable index may trail the log for good; only a driver
-            // that stops reporting altogether is what the check is for.
-            self.unpersisted_since = Some(now);
+        if let RoleState::Leader(ls) = &mut self.role {
+            if self.persisted_index >= self.log.last_index() {
+                ls.unpersisted_since = None;
+            } else if ls.unpersisted_since.is_some() {
+                // Progress: the driver does report. Under a steady write
+                // load the durable index may trail the log for good; only
+                // a driver that stops reporting altogether is what the
+                // check is for.
+                ls.unpersisted_since = Some(now);
+            }
         }
         self.leader_maybe_commit(now);
         self.note_removal(now);
@@ -878,8 +811,20 @@ impl Node {
         if !self.apply_term_rules(now, &msg) {
             return;
         }
-        match self.role {
-            RoleState::Leader(_) => self.step_leader(now, msg),
+        match &mut self.role {
+            // The leader's state is borrowed here once: it takes the
+            // message in, with the parts of the node it reads, and says
+            // what the node must do next.
+            RoleState::Leader(leader) => {
+                // What a read arriving now waits for: the commit index,
+                // once this leader committed an entry of its term (§6.4).
+                let read_index = || {
+                    (self.log.term_at(self.commit_index) == Some(self.current_term))
+                        .then_some(self.commit_index)
+                };
+                let next = leader.step(msg, &self.log, read_index, &self.config);
+                self.step_leader(now, next)
+            }
             RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 self.step_candidate(now, msg)
             }
@@ -1182,7 +1127,6 @@ impl Node {
             follower.incoming = None;
         }
         self.role = RoleState::Follower(follower);
-        self.unpersisted_since = None;
         self.set_leader(leader);
         if leader.is_some() {
             self.last_leader_contact = Some(now);
