@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::action::{Action, PeerFault, ReadError};
+use crate::action::{Action, Event, PeerFault, ReadError, Role, RoleChangeReason};
 use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
     Message, MessageBody, ReadIndexRequest, ReadIndexResponse,
@@ -135,6 +135,84 @@ impl FollowerState {
 }
 
 impl Node {
+    /// Makes this node a follower in `term` (at least the current one),
+    /// of `leader` if it is known: what a leader (its reads fail) or a
+    /// candidate held goes; the follower's own state stays with a
+    /// follower, and a transfer of this term comes back from a pre-vote.
+    pub(crate) fn become_follower(
+        &mut self,
+        now: Time,
+        term: Term,
+        leader: Option<NodeId>,
+        reason: RoleChangeReason,
+    ) {
+        assert!(
+            term >= self.current_term,
+            "term invariant: terms never decrease"
+        );
+        let was = self.role();
+        let new_term = term > self.current_term;
+        if new_term {
+            self.current_term = term;
+            self.voted_for = None;
+            self.hard_state_dirty = true;
+            // Claims at or below our term are met.
+            self.term_claims.retain(|_, t| *t > term);
+        }
+        if let RoleState::Leader(ls) = &mut self.role {
+            let leader_hint = leader;
+            let mut refused = Vec::new();
+            for read in ls.reads.drain() {
+                match read.from {
+                    None => self.read_results.push_back(Action::ReadFailed {
+                        id: read.id,
+                        error: ReadError::NotLeader {
+                            leader: leader_hint,
+                        },
+                    }),
+                    Some(peer) => refused.push((peer, read.id)),
+                }
+            }
+            for (peer, id) in refused {
+                self.send_read_index_response(peer, id, None);
+            }
+        }
+        // The follower's own state: a follower keeps its own, a
+        // pre-candidate back in its term the snapshot it was receiving;
+        // whatever else the old role held goes with it.
+        let mut follower = match std::mem::replace(
+            &mut self.role,
+            RoleState::Follower(FollowerState::default()),
+        ) {
+            RoleState::Follower(follower) => follower,
+            RoleState::PreCandidate { incoming, .. } => FollowerState {
+                incoming,
+                ..FollowerState::default()
+            },
+            RoleState::Candidate { .. } | RoleState::Leader(_) => FollowerState::default(),
+        };
+        if new_term {
+            // A transfer belongs to its leader's term.
+            follower.incoming = None;
+        }
+        self.role = RoleState::Follower(follower);
+        self.set_leader(leader);
+        if leader.is_some() {
+            self.last_leader_contact = Some(now);
+        }
+        self.election_reason = None;
+        self.reset_election_deadline(now);
+        // A follower that moves to a newer term says so too, so that every
+        // term change shows in the logs.
+        if was != Role::Follower || new_term {
+            self.events.push_back(Event::RoleChanged {
+                role: Role::Follower,
+                term: self.current_term,
+                reason,
+            });
+        }
+    }
+
     /// A follower's messages, after the term rules (their term is ours, or
     /// for a pre-vote request the next one).
     pub(crate) fn step_follower(&mut self, now: Time, msg: Message) {

@@ -177,6 +177,49 @@ impl LeaderState {
         }
     }
 
+    /// The leader's invariants, on top of the node's
+    /// (`Node::check_invariants`).
+    pub(crate) fn check_invariants(&self, node: &Node) {
+        assert_eq!(
+            node.leader,
+            Some(node.config.id),
+            "invariant: a leader knows it leads"
+        );
+        assert!(
+            self.progress
+                .keys()
+                .filter(|p| !self.departing.contains_key(p))
+                .eq(node.peers.iter()),
+            "invariant: the leader tracks exactly the other members, and departing ones"
+        );
+        assert!(
+            self.departing
+                .iter()
+                .all(|(p, d)| self.progress.contains_key(p)
+                    && !node.membership.contains(*p)
+                    && d.config_index <= node.log.last_index()),
+            "invariant: a departing member has progress and is no member"
+        );
+        assert!(
+            node.membership.is_voter(node.config.id)
+                || node.log.membership_index() > node.commit_index,
+            "invariant: a leader is a voter, or its removal is not committed yet"
+        );
+        assert!(
+            self.transfer
+                .is_none_or(|t| node.membership.is_voter(t.target) && t.target != node.config.id),
+            "invariant: a leadership transfer targets another voter"
+        );
+        assert_eq!(
+            node.voted_for,
+            Some(node.config.id),
+            "invariant: a leader voted for itself"
+        );
+        for pr in self.progress.values() {
+            pr.check_invariants(node.log.last_index(), node.config.max_inflight_appends);
+        }
+    }
+
     /// Queues a read (the leader's own, or a follower's: `from`) for the
     /// next heartbeat round, unless `max_reads` are pending already.
     pub(crate) fn queue_read(
