@@ -48,7 +48,7 @@ pub struct FuzzStats {
     pub delivered: u64,
     /// Frames the codec refused.
     pub refused: u64,
-    /// [`Event::PeerFault`]s reported.
+    /// [`Event::PeerFault`](crate::Event::PeerFault)s reported.
     pub faults: u64,
     /// How many of each kind (the `PeerFault` variant's name).
     pub fault_kinds: BTreeMap<String, u64>,
