@@ -38,14 +38,23 @@ impl Node {
         votes.record(self.config.id, true);
         // A pre-vote keeps the term, so an election this node ran in it
         // is still open: its votes are the voters' durable word for this
-        // term, and a majority of them elects it whenever they arrive.
-        let election = match &mut self.role {
-            RoleState::Candidate { votes } => Some(votes.clone()),
-            RoleState::PreCandidate { election, .. } => election.take(),
-            _ => None,
+        // term, and a majority of them elects it whenever they arrive. So
+        // is a snapshot transfer of this term it was receiving.
+        let (election, incoming) = match &mut self.role {
+            RoleState::Candidate { votes } => (Some(votes.clone()), None),
+            RoleState::PreCandidate {
+                election, incoming, ..
+            } => (election.take(), incoming.take()),
+            RoleState::Follower(follower) => (None, follower.incoming.take()),
+            RoleState::Leader(_) => (None, None),
         };
-        self.role = RoleState::PreCandidate { votes, election };
+        // While still a follower: the reads it serves fail with the leader.
         self.set_leader(None);
+        self.role = RoleState::PreCandidate {
+            votes,
+            election,
+            incoming,
+        };
         self.last_leader_contact = None;
         self.reset_election_deadline(now);
         let term = self.current_term.next();
@@ -70,8 +79,10 @@ impl Node {
         self.hard_state_dirty = true;
         let mut votes = VoteTally::new(self.log.membership().voters.clone());
         votes.record(self.config.id, true);
-        self.role = RoleState::Candidate { votes };
+        // While still a follower, if it was one: the reads it serves fail
+        // with the leader.
         self.set_leader(None);
+        self.role = RoleState::Candidate { votes };
         self.last_leader_contact = None;
         self.reset_election_deadline(now);
         self.events.push_back(Event::ElectionStarted {

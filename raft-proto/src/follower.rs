@@ -1,16 +1,218 @@
-//! The follower (§5.2, §5.3): its step function, and AppendEntries on the
-//! receiving side, which a candidate also reaches once it hears from the
-//! leader of its term.
+//! The follower (§5.2, §5.3): its state, its step function, AppendEntries
+//! on the receiving side (which a candidate also reaches once it hears
+//! from the leader of its term), the leader's snapshot coming in (§7), and
+//! the reads a follower serves by asking its leader for a read index
+//! (thesis §6.4).
 
-use crate::action::{Action, PeerFault};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::action::{Action, Event, PeerFault, ReadError, Role, RoleChangeReason};
 use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
-    Message, MessageBody,
+    Message, MessageBody, ReadIndexRequest, ReadIndexResponse,
 };
-use crate::node::{IncomingSnapshot, Installing, Node};
-use crate::types::{LogIndex, NodeId, Time};
+use crate::node::{Node, RoleState};
+use crate::types::{LogIndex, NodeId, SnapshotMeta, Term, Time};
+
+/// What only a follower holds (STYLE §6): it goes when the node stops
+/// following, but for the snapshot being received, which a pre-vote in
+/// the same term keeps (`RoleState::PreCandidate`).
+#[derive(Debug, Default)]
+pub(crate) struct FollowerState {
+    /// A snapshot being received from the leader.
+    pub(crate) incoming: Option<IncomingSnapshot>,
+    /// Set between `Action::InstallSnapshot` and the driver's
+    /// `handle_snapshot_installed`. Inputs in between (a driver that feeds
+    /// several messages before it drains) are dropped or refused: a
+    /// message as if lost, a proposal as if sent to a follower. Nothing
+    /// changes the role meanwhile.
+    pub(crate) installing: Option<Installing>,
+    /// Reads this follower serves, by the caller's id (thesis §6.4).
+    pub(crate) remote_reads: BTreeMap<u64, RemoteRead>,
+    /// AppendEntries received from its leader so far (paces read retries;
+    /// only differences count, and every read is of this follower state).
+    pub(crate) leader_messages: u64,
+}
+
+/// A snapshot being received from the leader: which, and how much of it.
+#[derive(Clone, Debug)]
+pub(crate) struct IncomingSnapshot {
+    pub(crate) leader: NodeId,
+    pub(crate) term: Term,
+    pub(crate) meta: SnapshotMeta,
+    /// Bytes handed to the driver so far, from offset 0.
+    pub(crate) received: u64,
+}
+
+/// A linearizable read served by this follower: waiting for the leader's
+/// read index, then for the state machine to apply up to it.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteRead {
+    pub(crate) read_index: Option<LogIndex>,
+    /// `leader_messages` when the request was (last) sent: one lost on
+    /// the way is sent again once the leader has been heard from twice.
+    pub(crate) asked_at: u64,
+}
+
+/// A received snapshot handed to the driver to check and install.
+#[derive(Clone, Debug)]
+pub(crate) struct Installing {
+    pub(crate) from: NodeId,
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) round: u64,
+}
+
+impl IncomingSnapshot {
+    pub(crate) fn check_invariants(&self) {
+        assert!(
+            self.received < self.meta.len,
+            "invariant: a complete snapshot is installed, not still incoming"
+        );
+    }
+}
+
+impl FollowerState {
+    pub(crate) fn check_invariants(&self) {
+        if let Some(inc) = &self.incoming {
+            inc.check_invariants();
+        }
+        assert!(
+            self.installing.is_none() || self.incoming.is_none(),
+            "invariant: a snapshot being installed is no longer incoming"
+        );
+    }
+
+    /// Takes a chunk of the leader's snapshot in (see
+    /// [`Node::handle_install_snapshot`]) and hands what it carries to the
+    /// driver. Returns the offset to answer with, or `None` once the
+    /// snapshot is complete and handed over to be installed: it is
+    /// answered when the driver reports the install.
+    fn receive_chunk(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        is: InstallSnapshot,
+        persist: &mut VecDeque<Action>,
+    ) -> Option<u64> {
+        let meta = is.meta;
+        let same =
+            |inc: &IncomingSnapshot| inc.leader == from && inc.term == term && inc.meta == meta;
+        if is.offset == 0 && !self.incoming.as_ref().is_some_and(same) {
+            self.incoming = Some(IncomingSnapshot {
+                leader: from,
+                term,
+                meta: meta.clone(),
+                received: 0,
+            });
+        }
+        let Some(inc) = self.incoming.as_mut().filter(|inc| same(inc)) else {
+            // A chunk of a transfer this node is not receiving (it
+            // restarted, or another one began): start from the beginning.
+            return Some(0);
+        };
+        if is.offset == inc.received && !is.data.is_empty() {
+            inc.received += is.data.len() as u64;
+            let complete = inc.received == meta.len;
+            persist.push_back(Action::WriteSnapshotChunk {
+                meta: meta.clone(),
+                offset: is.offset,
+                data: is.data,
+            });
+            if complete {
+                // Answered once the driver has checked and installed it.
+                self.incoming = None;
+                self.installing = Some(Installing {
+                    from,
+                    meta: meta.clone(),
+                    round: is.round,
+                });
+                persist.push_back(Action::InstallSnapshot { meta });
+                return None;
+            }
+        }
+        Some(inc.received)
+    }
+}
 
 impl Node {
+    /// Makes this node a follower in `term` (at least the current one),
+    /// of `leader` if it is known: what a leader (its reads fail) or a
+    /// candidate held goes; the follower's own state stays with a
+    /// follower, and a transfer of this term comes back from a pre-vote.
+    pub(crate) fn become_follower(
+        &mut self,
+        now: Time,
+        term: Term,
+        leader: Option<NodeId>,
+        reason: RoleChangeReason,
+    ) {
+        assert!(
+            term >= self.current_term,
+            "term invariant: terms never decrease"
+        );
+        let was = self.role();
+        let new_term = term > self.current_term;
+        if new_term {
+            self.current_term = term;
+            self.voted_for = None;
+            self.hard_state_dirty = true;
+            // Claims at or below our term are met.
+            self.term_claims.retain(|_, t| *t > term);
+        }
+        if let RoleState::Leader(ls) = &mut self.role {
+            let leader_hint = leader;
+            let mut refused = Vec::new();
+            for read in ls.reads.drain() {
+                match read.from {
+                    None => self.read_results.push_back(Action::ReadFailed {
+                        id: read.id,
+                        error: ReadError::NotLeader {
+                            leader: leader_hint,
+                        },
+                    }),
+                    Some(peer) => refused.push((peer, read.id)),
+                }
+            }
+            for (peer, id) in refused {
+                self.send_read_index_response(peer, id, None);
+            }
+        }
+        // The follower's own state: a follower keeps its own, a
+        // pre-candidate back in its term the snapshot it was receiving;
+        // whatever else the old role held goes with it.
+        let mut follower = match std::mem::replace(
+            &mut self.role,
+            RoleState::Follower(FollowerState::default()),
+        ) {
+            RoleState::Follower(follower) => follower,
+            RoleState::PreCandidate { incoming, .. } => FollowerState {
+                incoming,
+                ..FollowerState::default()
+            },
+            RoleState::Candidate { .. } | RoleState::Leader(_) => FollowerState::default(),
+        };
+        if new_term {
+            // A transfer belongs to its leader's term.
+            follower.incoming = None;
+        }
+        self.role = RoleState::Follower(follower);
+        self.set_leader(leader);
+        if leader.is_some() {
+            self.last_leader_contact = Some(now);
+        }
+        self.election_reason = None;
+        self.reset_election_deadline(now);
+        // A follower that moves to a newer term says so too, so that every
+        // term change shows in the logs.
+        if was != Role::Follower || new_term {
+            self.events.push_back(Event::RoleChanged {
+                role: Role::Follower,
+                term: self.current_term,
+                reason,
+            });
+        }
+    }
+
     /// A follower's messages, after the term rules (their term is ours, or
     /// for a pre-vote request the next one).
     pub(crate) fn step_follower(&mut self, now: Time, msg: Message) {
@@ -212,50 +414,72 @@ impl Node {
     /// only what this node has committed already is not needed: the answer
     /// says "done" at once, and the entries after it stay.
     pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, is: InstallSnapshot) {
-        let meta = is.meta;
-        if meta.last_index <= self.commit_index {
-            self.send_snapshot_response(from, meta.last_index, meta.len, is.round);
+        let (last_index, len, round) = (is.meta.last_index, is.meta.len, is.round);
+        if last_index <= self.commit_index {
+            self.send_snapshot_response(from, last_index, len, round);
             return;
         }
         let term = self.current_term;
-        let same =
-            |inc: &IncomingSnapshot| inc.leader == from && inc.term == term && inc.meta == meta;
-        if is.offset == 0 && !self.incoming.as_ref().is_some_and(same) {
-            self.incoming = Some(IncomingSnapshot {
-                leader: from,
-                term,
-                meta: meta.clone(),
-                received: 0,
-            });
-        }
-        let Some(inc) = self.incoming.as_mut().filter(|inc| same(inc)) else {
-            // A chunk of a transfer this node is not receiving (it
-            // restarted, or another one began): start from the beginning.
-            self.send_snapshot_response(from, meta.last_index, 0, is.round);
-            return;
+        let RoleState::Follower(follower) = &mut self.role else {
+            unreachable!("only a follower takes a snapshot in: a candidate steps down first");
         };
-        if is.offset == inc.received && !is.data.is_empty() {
-            inc.received += is.data.len() as u64;
-            let complete = inc.received == meta.len;
-            self.persist.push_back(Action::WriteSnapshotChunk {
-                meta: meta.clone(),
-                offset: is.offset,
-                data: is.data,
-            });
-            if complete {
-                // Answered once the driver has checked and installed it.
-                self.incoming = None;
-                self.installing = Some(Installing {
-                    from,
-                    meta: meta.clone(),
-                    round: is.round,
-                });
-                self.persist.push_back(Action::InstallSnapshot { meta });
-                return;
-            }
+        if let Some(next_offset) = follower.receive_chunk(from, term, is, &mut self.persist) {
+            self.send_snapshot_response(from, last_index, next_offset, round);
         }
-        let next_offset = inc.received;
-        self.send_snapshot_response(from, meta.last_index, next_offset, is.round);
+    }
+
+    /// Whether a received snapshot is with the driver to be installed
+    /// (`FollowerState::installing`): inputs wait for the install.
+    pub(crate) fn installing_snapshot(&self) -> bool {
+        matches!(&self.role, RoleState::Follower(f) if f.installing.is_some())
+    }
+
+    /// The driver carried out [`Action::InstallSnapshot`]: `installed`
+    /// says whether the snapshot was valid and is now this member's, with
+    /// §7's rule applied to the stored log. Until it comes, the node drops
+    /// messages (as if lost) and refuses proposals and reads. It then takes the snapshot as its state (log, commit
+    /// and applied index) and tells the leader; an invalid one is reported
+    /// as [`Event::PeerFault`] and the transfer starts again.
+    pub fn handle_snapshot_installed(&mut self, now: Time, installed: bool) {
+        let inst = match &mut self.role {
+            RoleState::Follower(follower) => {
+                follower.incoming = None;
+                follower.installing.take()
+            }
+            _ => None,
+        }
+        .expect("handle_snapshot_installed without Action::InstallSnapshot");
+        if self.shut_down {
+            return;
+        }
+        let meta = inst.meta;
+        let round = inst.round;
+        if !installed {
+            let fault = PeerFault::BadSnapshot {
+                last_index: meta.last_index,
+            };
+            self.peer_fault(inst.from, fault);
+            return;
+        }
+        assert!(
+            meta.last_index > self.commit_index,
+            "only a snapshot beyond the commit index is installed"
+        );
+        self.log
+            .install_snapshot(meta.last_index, meta.last_term, (*meta.membership).clone());
+        self.persisted_index = self.persisted_index.min(self.log.last_index());
+        self.commit_index = meta.last_index;
+        // Entries waiting to be applied are older than the snapshot, which
+        // replaces the state they would build.
+        self.applies.clear();
+        self.last_applied = meta.last_index;
+        let (last_index, len) = (meta.last_index, meta.len);
+        self.snapshot = Some(meta);
+        self.advance_remote_reads();
+        self.send_snapshot_response(inst.from, last_index, len, round);
+        self.sync_membership(now);
+        self.note_removal(now);
+        self.debug_check_invariants();
     }
 
     pub(crate) fn send_snapshot_response(
@@ -274,15 +498,171 @@ impl Node {
             }),
         );
     }
+
+    // ----- Reads served by this follower (thesis §6.4) -----------------
+
+    /// A read on a follower: ask the leader for a read index.
+    pub(crate) fn follower_read(&mut self, id: u64) -> Result<(), ReadError> {
+        if self.is_removed() {
+            // Not part of the cluster any more: its leader may stop
+            // answering at any time.
+            return Err(ReadError::NotLeader { leader: None });
+        }
+        let max_reads = self.config.max_pending_reads;
+        let (RoleState::Follower(follower), Some(leader)) = (&mut self.role, self.leader) else {
+            return Err(ReadError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if follower.remote_reads.len() >= max_reads {
+            return Err(ReadError::Busy);
+        }
+        let read = RemoteRead {
+            read_index: None,
+            asked_at: follower.leader_messages,
+        };
+        let dup = follower.remote_reads.insert(id, read);
+        assert!(dup.is_none(), "read_index: id {id} is already pending");
+        self.send(
+            leader,
+            MessageBody::ReadIndexRequest(ReadIndexRequest { id }),
+        );
+        self.debug_check_invariants();
+        Ok(())
+    }
+
+    /// The leader's answer to one of this follower's read requests.
+    pub(crate) fn handle_read_index_response(&mut self, from: NodeId, r: ReadIndexResponse) {
+        if self.leader != Some(from) {
+            return;
+        }
+        // Only a follower asks (this is step_follower's).
+        let RoleState::Follower(follower) = &mut self.role else {
+            return;
+        };
+        let Some(read) = follower.remote_reads.get_mut(&r.id) else {
+            // Answered already (a resent request), or failed since.
+            return;
+        };
+        match r.read_index {
+            Some(index) => {
+                read.read_index.get_or_insert(index);
+                self.advance_remote_reads();
+            }
+            None => {
+                follower.remote_reads.remove(&r.id);
+                self.read_results.push_back(Action::ReadFailed {
+                    id: r.id,
+                    error: ReadError::NotLeader {
+                        leader: self.leader,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Serves the follower's reads whose read index is applied.
+    pub(crate) fn advance_remote_reads(&mut self) {
+        let RoleState::Follower(follower) = &mut self.role else {
+            return;
+        };
+        if follower.remote_reads.is_empty() {
+            return;
+        }
+        let applied = self.last_applied;
+        let ready: Vec<u64> = follower
+            .remote_reads
+            .iter()
+            .filter(|(_, r)| r.read_index.is_some_and(|i| i <= applied))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ready {
+            follower.remote_reads.remove(&id);
+            self.read_results.push_back(Action::ReadReady { id });
+        }
+    }
+
+    /// The leader was heard from: requests it has not answered after two
+    /// of its messages were lost on the way (a link broke); ask again.
+    pub(crate) fn retry_remote_reads(&mut self) {
+        let RoleState::Follower(follower) = &mut self.role else {
+            return;
+        };
+        follower.leader_messages += 1;
+        let Some(leader) = self.leader else {
+            return;
+        };
+        let now = follower.leader_messages;
+        let mut again = Vec::new();
+        for (&id, r) in follower.remote_reads.iter_mut() {
+            if r.read_index.is_none() && now >= r.asked_at + 2 {
+                r.asked_at = now;
+                again.push(id);
+            }
+        }
+        for id in again {
+            self.send(
+                leader,
+                MessageBody::ReadIndexRequest(ReadIndexRequest { id }),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::log::RaftLog;
     use crate::{
-        AppendEntries, Config, Event, LogIndex, Message, MessageBody, Node, NodeId, PeerFault,
-        PersistentState, Term, Time,
+        Action, AppendEntries, Config, Event, LogIndex, Message, MessageBody, Node, NodeId,
+        PeerFault, PersistentState, ReadError, Role, Term, Time,
     };
+
+    /// A read this follower serves fails when it stops following: at its
+    /// pre-vote it knows no leader any more, so no read index will come.
+    #[test]
+    fn a_follower_read_fails_when_its_pre_vote_starts() {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let config = Config::new(NodeId(1), voters);
+        let mut node = Node::new(config, PersistentState::default(), Time::ZERO).unwrap();
+        let heartbeat = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: Term(1),
+            body: MessageBody::AppendEntries(AppendEntries {
+                prev_log_index: LogIndex(0),
+                prev_log_term: Term(0),
+                entries: vec![],
+                leader_commit: LogIndex(0),
+                round: 0,
+            }),
+        };
+        node.handle_message(Time::ZERO, heartbeat);
+        while node.poll_action().is_some() {}
+        node.read_index(Time::ZERO, 7).unwrap();
+        let sent: Vec<String> = std::iter::from_fn(|| node.poll_action())
+            .filter_map(|a| match a {
+                Action::Send(m) => Some(m.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, ["n1->n2 t1 ReadIndexRequest id=7"]);
+        let t = node.poll_timeout().unwrap();
+        node.handle_timeout(t);
+        assert_eq!(node.role(), Role::PreCandidate);
+        let failed: Vec<Action> = std::iter::from_fn(|| node.poll_action())
+            .filter(|a| matches!(a, Action::ReadReady { .. } | Action::ReadFailed { .. }))
+            .collect();
+        assert!(
+            matches!(
+                failed.as_slice(),
+                [Action::ReadFailed {
+                    id: 7,
+                    error: ReadError::NotLeader { leader: None }
+                }]
+            ),
+            "{failed:?}"
+        );
+    }
 
     /// Below the start of the log everything is committed and compacted:
     /// a late AppendEntries that reaches down there is answered for what

@@ -1,24 +1,425 @@
-//! The leader: no-op on election, replication with flow control (§5.3),
-//! the commit rule (§5.4.2), heartbeats, CheckQuorum and ReadIndex (§6.4).
+//! The leader: its state, no-op on election, replication with flow
+//! control (§5.3), the commit rule (§5.4.2), heartbeats, CheckQuorum and
+//! ReadIndex (§6.4).
 
 use std::collections::BTreeMap;
 
 use crate::action::{Action, Event, PeerFault, Role, RoleChangeReason};
+use crate::config::Config;
+use crate::log::RaftLog;
 use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse,
-    Message, MessageBody,
+    Message, MessageBody, RequestVote,
 };
-use crate::node::{LeaderState, Node, RoleState};
+use crate::node::{Node, RoleState};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{majority, quorum_index};
-use crate::read::ReadQueue;
-use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Time};
+use crate::read::{PendingRead, ReadQueue};
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Term, Time};
 
 /// How long a leader may hold appends without any durability report
 /// before a debug build calls it a driver bug. A disk that stalls this long
 /// trips it too: the check cannot tell the two apart, and a minute-long
 /// stall in a test is worth a loud failure as well.
 const UNREPORTED_DURABILITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What only a leader holds (STYLE §6), from its election to its step
+/// down.
+#[derive(Debug)]
+pub(crate) struct LeaderState {
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Heartbeat round: bumped for each broadcast that confirms leadership
+    /// for reads; every AppendEntries carries the current value.
+    pub(crate) round: u64,
+    /// Reads wait for `round + 1`, to be sent at the next drain.
+    pub(crate) round_pending: bool,
+    /// Entries were appended or a follower's answer moved its window:
+    /// send what flow control allows at the next drain. Deferred so that
+    /// every proposal and answer fed between two drains goes out as one
+    /// AppendEntries per follower, not one each (etcd batches the same
+    /// way, per `Ready`).
+    pub(crate) replicate_pending: bool,
+    pub(crate) reads: ReadQueue,
+    pub(crate) heartbeat_deadline: Time,
+    pub(crate) check_quorum_deadline: Time,
+    /// A leadership transfer under way (thesis §3.10).
+    pub(crate) transfer: Option<Transfer>,
+    /// Members a configuration of this leader removed that are still
+    /// being told so (see [`Departing`]). Their progress stays in
+    /// `progress`; they count for nothing.
+    pub(crate) departing: BTreeMap<NodeId, Departing>,
+    /// Since when this leader has held appends not yet reported durable
+    /// with no durability report since (debug check that the driver calls
+    /// `handle_log_persisted` at all).
+    pub(crate) unpersisted_since: Option<Time>,
+}
+
+/// A member the configuration in force removed. It would never learn
+/// that its removal committed if the leader stopped sending to it at
+/// once, and would take itself for a voter: so the leader keeps
+/// replicating to it (log and commit index) until it acknowledges an
+/// append, sent after the removal committed, that reaches the removing
+/// configuration, or for [`DEPARTING_GRACE_TIMEOUTS`] maximum election
+/// timeouts after the commit, whichever comes first: a member that is
+/// away then does not learn, by design (it cannot disrupt: its pre-votes
+/// carry a log without the removal, which the voters refuse).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Departing {
+    /// Index of the configuration that removed it.
+    pub(crate) config_index: LogIndex,
+    /// Once that configuration is committed: the first heartbeat round all
+    /// of whose appends carry a commit index at or past it, and when the
+    /// leader stops trying.
+    pub(crate) committed: Option<(u64, Time)>,
+}
+
+/// How long, in maximum election timeouts after a removal commits, the
+/// leader keeps telling the removed member: a member that is up answers
+/// within a round trip; one that is away would need a whole catch-up.
+pub(crate) const DEPARTING_GRACE_TIMEOUTS: u32 = 2;
+
+/// A leadership transfer: proposals are refused until it succeeds (this
+/// leader hears of the target's newer term) or `deadline` passes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Transfer {
+    pub(crate) target: NodeId,
+    pub(crate) deadline: Time,
+}
+
+/// What the node does once the leader's state took a message in
+/// ([`LeaderState::step`]).
+#[derive(Debug)]
+pub(crate) enum LeaderNext {
+    /// Nothing more.
+    Nothing,
+    /// A (pre-)vote request, answered as in any role.
+    Vote {
+        from: NodeId,
+        term: Term,
+        rv: RequestVote,
+    },
+    /// A message no correct member sends: dropped and reported.
+    Fault { from: NodeId, fault: PeerFault },
+    /// A message only a leader sends, in this leader's term (§5.2).
+    SecondLeader { from: NodeId, term: Term },
+    /// A follower's answer to appends, applied to its progress: `matched`
+    /// if its match index moved; `reprobe` if it needs a probe now.
+    AppendAnswered {
+        from: NodeId,
+        matched: bool,
+        reprobe: bool,
+    },
+    /// The follower holds the snapshot: replicate the log after it.
+    SnapshotDone { from: NodeId },
+    /// The follower took more of the snapshot (or lost it): send on.
+    SnapshotMoved { from: NodeId },
+    /// A follower's read waits for the next round.
+    ReadQueued,
+    /// A follower's read refused: too many reads are pending.
+    ReadRefused { from: NodeId, id: u64 },
+}
+
+impl LeaderState {
+    /// A leader's messages, after the term rules (their term is ours, or
+    /// for a pre-vote request the next one): what the leader's own state
+    /// (progress, reads) takes in, reading the `log` and, for a read,
+    /// the `read_index` it gets now. The node then does what the answer
+    /// says (`Node::step_leader`). There is no case for an AppendEntries:
+    /// this term has no other leader (§5.2).
+    pub(crate) fn step(
+        &mut self,
+        msg: Message,
+        log: &RaftLog,
+        read_index: impl FnOnce() -> Option<LogIndex>,
+        config: &Config,
+    ) -> LeaderNext {
+        let from = msg.from;
+        let member = self.progress.contains_key(&from);
+        match msg.body {
+            // Answers from a node that is not a member (any more): its
+            // progress is gone with the configuration that removed it.
+            MessageBody::AppendEntriesResponse(_)
+            | MessageBody::InstallSnapshotResponse(_)
+            | MessageBody::ReadIndexRequest(_)
+                if !member =>
+            {
+                LeaderNext::Nothing
+            }
+            MessageBody::RequestVote(rv) => LeaderNext::Vote {
+                from,
+                term: msg.term,
+                rv,
+            },
+            MessageBody::AppendEntriesResponse(r) => self.take_append_response(log, from, r),
+            MessageBody::InstallSnapshotResponse(r) => self.take_snapshot_response(from, r),
+            // A follower asks for a read index: confirmed like the
+            // leader's own reads (by a heartbeat round a majority
+            // acknowledges, §6.4), then sent back without waiting for
+            // this leader's state machine.
+            MessageBody::ReadIndexRequest(r) => {
+                if self.queue_read(r.id, Some(from), read_index(), config.max_pending_reads) {
+                    LeaderNext::ReadQueued
+                } else {
+                    LeaderNext::ReadRefused { from, id: r.id }
+                }
+            }
+            // Late answers from the election this leader won, or to reads
+            // this node asked for while it followed.
+            MessageBody::RequestVoteResponse(_) | MessageBody::ReadIndexResponse(_) => {
+                LeaderNext::Nothing
+            }
+            MessageBody::AppendEntries(_)
+            | MessageBody::InstallSnapshot(_)
+            | MessageBody::TimeoutNow => LeaderNext::SecondLeader {
+                from,
+                term: msg.term,
+            },
+        }
+    }
+
+    /// The leader's invariants, on top of the node's
+    /// (`Node::check_invariants`).
+    pub(crate) fn check_invariants(&self, node: &Node) {
+        assert_eq!(
+            node.leader,
+            Some(node.config.id),
+            "invariant: a leader knows it leads"
+        );
+        assert!(
+            self.progress
+                .keys()
+                .filter(|p| !self.departing.contains_key(p))
+                .eq(node.peers.iter()),
+            "invariant: the leader tracks exactly the other members, and departing ones"
+        );
+        assert!(
+            self.departing
+                .iter()
+                .all(|(p, d)| self.progress.contains_key(p)
+                    && !node.membership.contains(*p)
+                    && d.config_index <= node.log.last_index()),
+            "invariant: a departing member has progress and is no member"
+        );
+        assert!(
+            node.membership.is_voter(node.config.id)
+                || node.log.membership_index() > node.commit_index,
+            "invariant: a leader is a voter, or its removal is not committed yet"
+        );
+        assert!(
+            self.transfer
+                .is_none_or(|t| node.membership.is_voter(t.target) && t.target != node.config.id),
+            "invariant: a leadership transfer targets another voter"
+        );
+        assert_eq!(
+            node.voted_for,
+            Some(node.config.id),
+            "invariant: a leader voted for itself"
+        );
+        for pr in self.progress.values() {
+            pr.check_invariants(node.log.last_index(), node.config.max_inflight_appends);
+        }
+    }
+
+    /// Queues a read (the leader's own, or a follower's: `from`) for the
+    /// next heartbeat round, unless `max_reads` are pending already.
+    pub(crate) fn queue_read(
+        &mut self,
+        id: u64,
+        from: Option<NodeId>,
+        read_index: Option<LogIndex>,
+        max_reads: usize,
+    ) -> bool {
+        if self.reads.len() >= max_reads {
+            return false;
+        }
+        self.round_pending = true;
+        self.reads.push(PendingRead {
+            id,
+            round: self.round + 1,
+            read_index,
+            from,
+        });
+        true
+    }
+
+    /// What makes an answer impossible: it echoes a round this leader has
+    /// not started, or names an index beyond anything it sent that peer.
+    /// Followers answer only what they were sent, in the round it was sent.
+    fn check_append_response(
+        &self,
+        from: NodeId,
+        r: &AppendEntriesResponse,
+    ) -> Result<(), PeerFault> {
+        if r.round > self.round {
+            return Err(PeerFault::RoundNeverSent {
+                round: r.round,
+                current_round: self.round,
+            });
+        }
+        let sent_index = self.progress[&from].sent_index;
+        match r.result {
+            AppendResult::Success { match_index } if match_index > sent_index => {
+                Err(PeerFault::MatchNeverSent {
+                    match_index,
+                    sent_index,
+                })
+            }
+            AppendResult::Conflict { rejected_index, .. } if rejected_index > sent_index => {
+                Err(PeerFault::RejectNeverSent {
+                    rejected_index,
+                    sent_index,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A member's answer to appends: its progress moves (or a departing
+    /// member is done with).
+    fn take_append_response(
+        &mut self,
+        log: &RaftLog,
+        from: NodeId,
+        r: AppendEntriesResponse,
+    ) -> LeaderNext {
+        if let Err(fault) = self.check_append_response(from, &r) {
+            return LeaderNext::Fault { from, fault };
+        }
+        if let Some(d) = self.departing.get(&from) {
+            // This answer proves the departing member holds the removing
+            // configuration and a commit index at or past it (its append
+            // left after the removal committed, carrying that commit
+            // index up to the index matched): it knows; forget it.
+            let told = match (d.committed, &r.result) {
+                (Some((round, _)), AppendResult::Success { match_index }) => {
+                    r.round >= round && *match_index >= d.config_index
+                }
+                _ => false,
+            };
+            if told {
+                self.departing.remove(&from);
+                self.progress.remove(&from);
+                return LeaderNext::Nothing;
+            }
+        }
+        let pr = self
+            .progress
+            .get_mut(&from)
+            .expect("progress for every peer");
+        pr.recent_active = true;
+        pr.acked_round = pr.acked_round.max(r.round);
+        let mut matched = false;
+        match r.result {
+            AppendResult::Success { match_index } => {
+                matched = pr.on_success(match_index);
+                if !matched {
+                    // A heartbeat's answer (or a duplicate).
+                    pr.on_answer_without_progress();
+                }
+            }
+            AppendResult::Conflict {
+                rejected_index,
+                conflict_term,
+                conflict_index,
+                ..
+            } => {
+                let hint_next = match conflict_term {
+                    Some(t) => match log.last_index_of_term(t, rejected_index) {
+                        Some(k) => k.next(),
+                        None => conflict_index,
+                    },
+                    None => conflict_index,
+                };
+                if !pr.on_conflict(rejected_index, hint_next) {
+                    // A stale rejection, or one of a heartbeat anchored at
+                    // the log start: it moves nothing, but it is an
+                    // answer, so a probe may be retried (one may have been
+                    // lost).
+                    pr.on_answer_without_progress();
+                }
+            }
+        }
+        // In-order links: an append of an earlier round still unanswered
+        // now was lost; resend from the match index.
+        pr.detect_loss(r.round);
+        // A probe that is not outstanding any more (this answer moved
+        // nothing, or the probe was lost or dropped) while the follower
+        // lacks entries: ask again now. Without new entries to carry, the
+        // next drain sends nothing, and heartbeats (anchored at the match
+        // index) never find where its log ends: an idle leader left a
+        // member whose probe was lost behind for good.
+        let reprobe = !matched
+            && matches!(pr.state, ProgressState::Probe { paused: false })
+            && pr.match_index < log.last_index();
+        LeaderNext::AppendAnswered {
+            from,
+            matched,
+            reprobe,
+        }
+    }
+
+    /// An answer about a snapshot chunk: where the follower stands in the
+    /// transfer, or that it is done (installed, or not needed).
+    fn take_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) -> LeaderNext {
+        if r.round > self.round {
+            let fault = PeerFault::RoundNeverSent {
+                round: r.round,
+                current_round: self.round,
+            };
+            return LeaderNext::Fault { from, fault };
+        }
+        let pr = self
+            .progress
+            .get_mut(&from)
+            .expect("progress for every peer");
+        let ProgressState::Snapshot {
+            meta,
+            acked,
+            sent,
+            sent_max,
+            ..
+        } = &mut pr.state
+        else {
+            // About a transfer that is over: nothing to do.
+            pr.recent_active = true;
+            pr.acked_round = pr.acked_round.max(r.round);
+            return LeaderNext::Nothing;
+        };
+        if meta.last_index != r.last_index {
+            pr.recent_active = true;
+            pr.acked_round = pr.acked_round.max(r.round);
+            return LeaderNext::Nothing;
+        }
+        let done = r.next_offset == meta.len;
+        if !done && r.next_offset > *sent_max {
+            let fault = PeerFault::ChunkNeverSent {
+                next_offset: r.next_offset,
+                sent: *sent_max,
+            };
+            return LeaderNext::Fault { from, fault };
+        }
+        pr.recent_active = true;
+        pr.acked_round = pr.acked_round.max(r.round);
+        if done {
+            // The follower's log now matches ours up to the snapshot's
+            // last index: replicate the rest of the log from there.
+            let last_index = meta.last_index;
+            pr.match_index = pr.match_index.max(last_index);
+            pr.sent_index = pr.sent_index.max(pr.match_index);
+            pr.become_replicate();
+            return LeaderNext::SnapshotDone { from };
+        }
+        if r.next_offset < *acked {
+            // It lost what it had (a restart): go back to where it is.
+            *acked = r.next_offset;
+            *sent = r.next_offset;
+        } else {
+            *acked = r.next_offset;
+            *sent = (*sent).max(*acked);
+        }
+        LeaderNext::SnapshotMoved { from }
+    }
+}
 
 impl Node {
     /// Takes the lead, `granted` being the voters whose votes won it.
@@ -49,6 +450,7 @@ impl Node {
             // A removal of an earlier leader's term is not told by this
             // one: best effort, see `Departing`.
             departing: BTreeMap::new(),
+            unpersisted_since: None,
         }));
         self.election_reason = None;
         self.set_leader(Some(self.config.id));
@@ -76,7 +478,9 @@ impl Node {
     /// ([`Node::handle_log_persisted`]); until then the AppendEntries that
     /// carry it may already be on their way (thesis §10.2.1).
     pub(crate) fn leader_append(&mut self, now: Time, payload: EntryPayload) -> EntryId {
-        self.unpersisted_since.get_or_insert(now);
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.unpersisted_since.get_or_insert(now);
+        }
         let entry = Entry {
             term: self.current_term,
             index: self.log.last_index().next(),
@@ -306,22 +710,22 @@ impl Node {
     }
 
     pub(crate) fn leader_tick(&mut self, now: Time) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         // Caller misuse, not a protocol fault: a driver that never reports
         // its log durable leaves the leader unable to count itself, and it
         // stops committing whenever one follower is away. Loud in debug
         // builds (the simulator, tests); a disk can be slow, so the bound
         // is generous.
         debug_assert!(
-            self.unpersisted_since
+            ls.unpersisted_since
                 .is_none_or(|t| now.saturating_since(t) < UNREPORTED_DURABILITY_LIMIT),
             "node {}: appends waited {:?} with no durability report: the driver must call \
              Node::handle_log_persisted after each sync (raft_proto::driver::Driver does)",
             self.config.id,
             UNREPORTED_DURABILITY_LIMIT
         );
-        let RoleState::Leader(ls) = &mut self.role else {
-            return;
-        };
         if now >= ls.check_quorum_deadline {
             // CheckQuorum (§6.2): step down if a majority of the voters was
             // silent for a whole election timeout; a partitioned leader
@@ -342,10 +746,9 @@ impl Node {
             }
             ls.check_quorum_deadline = now + self.config.election_timeout_min;
         }
-        self.leader_expire_transfer(now);
-        let RoleState::Leader(ls) = &mut self.role else {
-            return;
-        };
+        if let Some(target) = ls.expire_transfer(now) {
+            self.events.push_back(Event::TransferAborted { target });
+        }
         if now >= ls.heartbeat_deadline {
             ls.heartbeat_deadline = now + self.config.heartbeat_interval;
             // Departing members that did not answer in time are given up.
@@ -373,263 +776,51 @@ impl Node {
         }
     }
 
-    /// A leader's messages, after the term rules (their term is ours, or
-    /// for a pre-vote request the next one). There is no case for an
-    /// AppendEntries: this term has no other leader (§5.2).
-    pub(crate) fn step_leader(&mut self, now: Time, msg: Message) {
-        let RoleState::Leader(ls) = &self.role else {
-            unreachable!("step_leader runs for leaders only");
-        };
-        let member = ls.progress.contains_key(&msg.from);
-        match msg.body {
-            // Answers from a node that is not a member (any more): its
-            // progress is gone with the configuration that removed it.
-            MessageBody::AppendEntriesResponse(_)
-            | MessageBody::InstallSnapshotResponse(_)
-            | MessageBody::ReadIndexRequest(_)
-                if !member => {}
-            MessageBody::RequestVote(rv) => self.handle_request_vote(now, msg.from, msg.term, rv),
-            MessageBody::AppendEntriesResponse(r) => self.handle_append_response(now, msg.from, r),
-            MessageBody::InstallSnapshotResponse(r) => {
-                self.handle_snapshot_response(now, msg.from, r)
-            }
-            MessageBody::ReadIndexRequest(r) => self.handle_read_index_request(msg.from, r.id),
-            // Late answers from the election this leader won, or to reads
-            // this node asked for while it followed.
-            MessageBody::RequestVoteResponse(_) | MessageBody::ReadIndexResponse(_) => {}
-            MessageBody::AppendEntries(_)
-            | MessageBody::InstallSnapshot(_)
-            | MessageBody::TimeoutNow => {
-                debug_assert_eq!(
-                    msg.term, self.current_term,
-                    "term rules: a newer term deposes"
-                );
+    /// Does what a leader's message calls for once the leader's state took
+    /// it in ([`LeaderState::step`]).
+    pub(crate) fn step_leader(&mut self, now: Time, next: LeaderNext) {
+        match next {
+            LeaderNext::Nothing => {}
+            LeaderNext::Vote { from, term, rv } => self.handle_request_vote(now, from, term, rv),
+            LeaderNext::Fault { from, fault } => self.peer_fault(from, fault),
+            LeaderNext::SecondLeader { from, term } => {
+                debug_assert_eq!(term, self.current_term, "term rules: a newer term deposes");
                 let fault = PeerFault::SecondLeader {
-                    term: msg.term,
+                    term,
                     leader: self.config.id,
                 };
-                self.peer_fault(msg.from, fault);
+                self.peer_fault(from, fault);
             }
-        }
-    }
-
-    /// What makes an answer impossible: it echoes a round this leader has
-    /// not started, or names an index beyond anything it sent that peer.
-    /// Followers answer only what they were sent, in the round it was sent.
-    fn check_append_response(
-        ls: &LeaderState,
-        from: NodeId,
-        r: &AppendEntriesResponse,
-    ) -> Result<(), PeerFault> {
-        if r.round > ls.round {
-            return Err(PeerFault::RoundNeverSent {
-                round: r.round,
-                current_round: ls.round,
-            });
-        }
-        let sent_index = ls.progress[&from].sent_index;
-        match r.result {
-            AppendResult::Success { match_index } if match_index > sent_index => {
-                Err(PeerFault::MatchNeverSent {
-                    match_index,
-                    sent_index,
-                })
-            }
-            AppendResult::Conflict { rejected_index, .. } if rejected_index > sent_index => {
-                Err(PeerFault::RejectNeverSent {
-                    rejected_index,
-                    sent_index,
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    pub(crate) fn handle_append_response(
-        &mut self,
-        now: Time,
-        from: NodeId,
-        r: AppendEntriesResponse,
-    ) {
-        let RoleState::Leader(ls) = &mut self.role else {
-            unreachable!("step_leader runs for leaders only");
-        };
-        if let Err(fault) = Self::check_append_response(ls, from, &r) {
-            self.peer_fault(from, fault);
-            return;
-        }
-        if let Some(d) = ls.departing.get(&from) {
-            // This answer proves the departing member holds the removing
-            // configuration and a commit index at or past it (its append
-            // left after the removal committed, carrying that commit
-            // index up to the index matched): it knows; forget it.
-            let told = match (d.committed, &r.result) {
-                (Some((round, _)), AppendResult::Success { match_index }) => {
-                    r.round >= round && *match_index >= d.config_index
-                }
-                _ => false,
-            };
-            if told {
-                ls.departing.remove(&from);
-                ls.progress.remove(&from);
-                return;
-            }
-        }
-        let pr = ls.progress.get_mut(&from).expect("progress for every peer");
-        pr.recent_active = true;
-        pr.acked_round = pr.acked_round.max(r.round);
-        let mut matched = false;
-        match r.result {
-            AppendResult::Success { match_index } => {
-                matched = pr.on_success(match_index);
-                if !matched {
-                    // A heartbeat's answer (or a duplicate).
-                    pr.on_answer_without_progress();
-                }
-            }
-            AppendResult::Conflict {
-                rejected_index,
-                conflict_term,
-                conflict_index,
-                ..
+            LeaderNext::AppendAnswered {
+                from,
+                matched,
+                reprobe,
             } => {
-                let hint_next = match conflict_term {
-                    Some(t) => match self.log.last_index_of_term(t, rejected_index) {
-                        Some(k) => k.next(),
-                        None => conflict_index,
-                    },
-                    None => conflict_index,
-                };
-                if !pr.on_conflict(rejected_index, hint_next) {
-                    // A stale rejection, or one of a heartbeat anchored at
-                    // the log start: it moves nothing, but it is an
-                    // answer, so a probe may be retried (one may have been
-                    // lost).
-                    pr.on_answer_without_progress();
+                if reprobe {
+                    self.send_append(from, true);
                 }
+                if matched {
+                    self.leader_maybe_commit(now);
+                    self.leader_maybe_send_timeout_now(from);
+                }
+                self.advance_reads();
+                // The window moved: what it allows goes at the drain,
+                // together with what was proposed and what other answers
+                // let through.
+                self.replicate_at_drain();
             }
+            LeaderNext::SnapshotDone { from } => {
+                self.leader_maybe_commit(now);
+                self.advance_reads();
+                self.send_append(from, false);
+            }
+            LeaderNext::SnapshotMoved { from } => {
+                self.advance_reads();
+                self.send_snapshot_chunks(from, false);
+            }
+            LeaderNext::ReadQueued => self.advance_reads(),
+            LeaderNext::ReadRefused { from, id } => self.send_read_index_response(from, id, None),
         }
-        // In-order links: an append of an earlier round still unanswered
-        // now was lost; resend from the match index.
-        pr.detect_loss(r.round);
-        // A probe that is not outstanding any more (this answer moved
-        // nothing, or the probe was lost or dropped) while the follower
-        // lacks entries: ask again now. Without new entries to carry, the
-        // next drain sends nothing, and heartbeats (anchored at the match
-        // index) never find where its log ends: an idle leader left a
-        // member whose probe was lost behind for good.
-        let reprobe = !matched
-            && matches!(pr.state, ProgressState::Probe { paused: false })
-            && pr.match_index < self.log.last_index();
-        if reprobe {
-            self.send_append(from, true);
-        }
-        if matched {
-            self.leader_maybe_commit(now);
-            self.leader_maybe_send_timeout_now(from);
-        }
-        self.advance_reads();
-        // The window moved: what it allows goes at the drain, together
-        // with what was proposed and what other answers let through.
-        self.replicate_at_drain();
-    }
-
-    /// An answer about a snapshot chunk: where the follower stands in the
-    /// transfer, or that it is done (installed, or not needed).
-    pub(crate) fn handle_snapshot_response(
-        &mut self,
-        now: Time,
-        from: NodeId,
-        r: InstallSnapshotResponse,
-    ) {
-        let RoleState::Leader(ls) = &mut self.role else {
-            unreachable!("step_leader runs for leaders only");
-        };
-        if r.round > ls.round {
-            let fault = PeerFault::RoundNeverSent {
-                round: r.round,
-                current_round: ls.round,
-            };
-            self.peer_fault(from, fault);
-            return;
-        }
-        let pr = ls.progress.get_mut(&from).expect("progress for every peer");
-        let ProgressState::Snapshot {
-            meta,
-            acked,
-            sent,
-            sent_max,
-            ..
-        } = &mut pr.state
-        else {
-            // About a transfer that is over: nothing to do.
-            pr.recent_active = true;
-            pr.acked_round = pr.acked_round.max(r.round);
-            return;
-        };
-        if meta.last_index != r.last_index {
-            pr.recent_active = true;
-            pr.acked_round = pr.acked_round.max(r.round);
-            return;
-        }
-        let done = r.next_offset == meta.len;
-        if !done && r.next_offset > *sent_max {
-            let fault = PeerFault::ChunkNeverSent {
-                next_offset: r.next_offset,
-                sent: *sent_max,
-            };
-            self.peer_fault(from, fault);
-            return;
-        }
-        pr.recent_active = true;
-        pr.acked_round = pr.acked_round.max(r.round);
-        if done {
-            // The follower's log now matches ours up to the snapshot's
-            // last index: replicate the rest of the log from there.
-            let last_index = meta.last_index;
-            pr.match_index = pr.match_index.max(last_index);
-            pr.sent_index = pr.sent_index.max(pr.match_index);
-            pr.become_replicate();
-            self.leader_maybe_commit(now);
-            self.advance_reads();
-            self.send_append(from, false);
-            return;
-        }
-        if r.next_offset < *acked {
-            // It lost what it had (a restart): go back to where it is.
-            *acked = r.next_offset;
-            *sent = r.next_offset;
-        } else {
-            *acked = r.next_offset;
-            *sent = (*sent).max(*acked);
-        }
-        self.advance_reads();
-        self.send_snapshot_chunks(from, false);
-    }
-
-    /// A follower asks for a read index: confirmed like the leader's own
-    /// reads (by a heartbeat round a majority acknowledges, §6.4), then
-    /// sent back without waiting for this leader's state machine.
-    fn handle_read_index_request(&mut self, from: NodeId, id: u64) {
-        let max_reads = self.config.max_pending_reads;
-        let read_index = self
-            .committed_in_current_term()
-            .then_some(self.commit_index);
-        let RoleState::Leader(ls) = &mut self.role else {
-            unreachable!("step_leader runs for leaders only");
-        };
-        if ls.reads.len() >= max_reads {
-            self.send_read_index_response(from, id, None);
-            return;
-        }
-        ls.round_pending = true;
-        ls.reads.push(crate::read::PendingRead {
-            id,
-            round: ls.round + 1,
-            read_index,
-            from: Some(from),
-        });
-        self.advance_reads();
     }
 
     /// §5.4.2: commit the highest index a majority of the voters holds,
@@ -655,7 +846,7 @@ impl Node {
         let n = quorum_index(matches);
         if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
             self.advance_commit(n);
-            let grace = self.config.election_timeout_max * crate::node::DEPARTING_GRACE_TIMEOUTS;
+            let grace = self.config.election_timeout_max * DEPARTING_GRACE_TIMEOUTS;
             if let RoleState::Leader(ls) = &mut self.role {
                 // Appends of the next round carry a commit index past the
                 // removal (this round's earlier ones may not).

@@ -113,6 +113,7 @@ mod progress;
 mod quorum;
 mod read;
 mod rng;
+mod term_rules;
 mod types;
 
 #[cfg(feature = "sim")]

@@ -51,8 +51,9 @@
 use bytes::Bytes;
 
 use crate::action::{Event, MembershipError, ProposeError, RoleChangeReason, TransferError};
+use crate::leader::{Departing, LeaderState, Transfer};
 use crate::message::MessageBody;
-use crate::node::{Departing, Node, RoleState, Transfer};
+use crate::node::{Node, RoleState};
 use crate::progress::{Progress, ProgressState};
 use crate::types::{EntryId, EntryPayload, LogIndex, Membership, MembershipChange, NodeId, Time};
 
@@ -124,7 +125,7 @@ impl Node {
         change: MembershipChange,
         context: Bytes,
     ) -> Result<EntryId, ProposeError> {
-        if self.installing.is_some() || self.shut_down {
+        if self.installing_snapshot() || self.shut_down {
             return Err(ProposeError::NotLeader { leader: None });
         }
         let RoleState::Leader(ls) = &self.role else {
@@ -212,7 +213,7 @@ impl Node {
         now: Time,
         target: Option<NodeId>,
     ) -> Result<NodeId, TransferError> {
-        if self.installing.is_some() || self.shut_down {
+        if self.installing_snapshot() || self.shut_down {
             return Err(TransferError::NotLeader { leader: None });
         }
         let me = self.config.id;
@@ -287,18 +288,6 @@ impl Node {
                 .is_some_and(|p| p.match_index == last);
         if caught_up {
             self.send(peer, MessageBody::TimeoutNow);
-        }
-    }
-
-    /// Gives the transfer up once its deadline passed.
-    pub(crate) fn leader_expire_transfer(&mut self, now: Time) {
-        let RoleState::Leader(ls) = &mut self.role else {
-            return;
-        };
-        if let Some(t) = ls.transfer.filter(|t| now >= t.deadline) {
-            ls.transfer = None;
-            self.events
-                .push_back(Event::TransferAborted { target: t.target });
         }
     }
 
@@ -420,5 +409,15 @@ impl Node {
         let me = self.config.id;
         let m = self.log.membership();
         m.voters.iter().copied().filter(|&v| v != me).collect()
+    }
+}
+
+impl LeaderState {
+    /// Gives the transfer up once its deadline passed; its target, to
+    /// report ([`Event::TransferAborted`]).
+    pub(crate) fn expire_transfer(&mut self, now: Time) -> Option<NodeId> {
+        let t = self.transfer.filter(|t| now >= t.deadline)?;
+        self.transfer = None;
+        Some(t.target)
     }
 }

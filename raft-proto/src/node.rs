@@ -1,34 +1,8 @@
-//! The Raft node: state, inputs, outputs and the term rules. The per-role
-//! message handlers live in `follower.rs`, `candidate.rs` and `leader.rs`.
-//!
-//! # How far one message moves the term
-//!
-//! Before the term rules (§5.1), a message whose term is more than
-//! [`Term::MAX_JUMP`] beyond this node's is dropped, and its term kept as
-//! a claim of its sender if that is a voter (the highest per voter, so at
-//! most one per voter). Then:
-//!
-//! - if at least two voters other than this node, that make with this
-//!   node (if it votes) a majority of the voters, claim a term beyond
-//!   ours, the node moves to the highest such term (three of five: itself
-//!   and two others; both others of three; two of a learner's three
-//!   voters). Their claims come with the leader's messages and with the
-//!   refusals of this node's pre-votes, which carry the voters' terms;
-//! - otherwise, if the claim comes from a voter (or from anyone, for a
-//!   member that joins and has no configuration yet, so no voter to ask),
-//!   and this node is no leader, has heard no leader for a minimum
-//!   election timeout and did not do so within the last one, it moves by
-//!   the bound. The leader's next message is then within it.
-//!
-//! What one message can still do: move a node that has no leader by the
-//! bound, as a forged message within the bound does anyway; the members
-//! then meet again by the terms their answers carry. What it can no longer
-//! do is take anyone to [`Term::MAX`]: a node with a live leader, or that
-//! leads, is not moved at all, and quorum vouching never takes a term
-//! above a second voter's claim. Beyond one message: a member that keeps
-//! forging moves leaderless nodes by the bound once per election timeout
-//! (2^30 timeouts before the ceiling: a persistent insider is outside the
-//! threat model, and it can refuse every vote anyway).
+//! The Raft node: its state, its inputs and outputs, and `step`, where
+//! every peer message is validated, goes through the term rules once
+//! (`term_rules.rs`) and is then handed to the step function of the role
+//! (`follower.rs`, `candidate.rs`, `leader.rs`, each also holding its
+//! role's state).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -40,11 +14,11 @@ use crate::action::{
 };
 use crate::codec;
 use crate::config::{Config, ConfigError};
+use crate::follower::{FollowerState, IncomingSnapshot};
+use crate::leader::LeaderState;
 use crate::log::RaftLog;
-use crate::message::{AppendResult, Message, MessageBody, RequestVoteResponse};
-use crate::progress::Progress;
-use crate::quorum::{self, VoteTally};
-use crate::read::ReadQueue;
+use crate::message::{Message, MessageBody, RequestVoteResponse};
+use crate::quorum::VoteTally;
 use crate::rng::Rng;
 use crate::types::{
     Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term,
@@ -99,106 +73,26 @@ pub struct Status {
     pub snapshot: Option<SnapshotMeta>,
 }
 
-/// A snapshot being received from the leader: which, and how much of it.
-#[derive(Clone, Debug)]
-pub(crate) struct IncomingSnapshot {
-    pub(crate) leader: NodeId,
-    pub(crate) term: Term,
-    pub(crate) meta: SnapshotMeta,
-    /// Bytes handed to the driver so far, from offset 0.
-    pub(crate) received: u64,
-}
-
-/// A linearizable read served by this follower: waiting for the leader's
-/// read index, then for the state machine to apply up to it.
-#[derive(Clone, Debug)]
-pub(crate) struct RemoteRead {
-    pub(crate) read_index: Option<LogIndex>,
-    /// `leader_messages` when the request was (last) sent: one lost on
-    /// the way is sent again once the leader has been heard from twice.
-    pub(crate) asked_at: u64,
-}
-
-/// A received snapshot handed to the driver to check and install.
-#[derive(Clone, Debug)]
-pub(crate) struct Installing {
-    pub(crate) from: NodeId,
-    pub(crate) meta: SnapshotMeta,
-    pub(crate) round: u64,
-}
-
 /// Role-specific state lives in the role's variant (STYLE §6).
 #[derive(Debug)]
 pub(crate) enum RoleState {
-    Follower,
+    Follower(FollowerState),
     PreCandidate {
         votes: VoteTally,
         /// The real votes of this term's election, when this node
         /// campaigned in it and its timer ran out: late grants still count
         /// (on a slow network they arrive after the timeout).
         election: Option<VoteTally>,
+        /// The snapshot this node was receiving as a follower of this
+        /// term. A pre-vote keeps the term: if it fails and the same
+        /// leader goes on, the transfer resumes where it stopped
+        /// (`Node::become_follower` hands it back).
+        incoming: Option<IncomingSnapshot>,
     },
     Candidate {
         votes: VoteTally,
     },
     Leader(Box<LeaderState>),
-}
-
-#[derive(Debug)]
-pub(crate) struct LeaderState {
-    pub(crate) progress: BTreeMap<NodeId, Progress>,
-    /// Heartbeat round: bumped for each broadcast that confirms leadership
-    /// for reads; every AppendEntries carries the current value.
-    pub(crate) round: u64,
-    /// Reads wait for `round + 1`, to be sent at the next drain.
-    pub(crate) round_pending: bool,
-    /// Entries were appended or a follower's answer moved its window:
-    /// send what flow control allows at the next drain. Deferred so that
-    /// every proposal and answer fed between two drains goes out as one
-    /// AppendEntries per follower, not one each (etcd batches the same
-    /// way, per `Ready`).
-    pub(crate) replicate_pending: bool,
-    pub(crate) reads: ReadQueue,
-    pub(crate) heartbeat_deadline: Time,
-    pub(crate) check_quorum_deadline: Time,
-    /// A leadership transfer under way (thesis §3.10).
-    pub(crate) transfer: Option<Transfer>,
-    /// Members a configuration of this leader removed that are still
-    /// being told so (see [`Departing`]). Their progress stays in
-    /// `progress`; they count for nothing.
-    pub(crate) departing: BTreeMap<NodeId, Departing>,
-}
-
-/// A member the configuration in force removed. It would never learn
-/// that its removal committed if the leader stopped sending to it at
-/// once, and would take itself for a voter: so the leader keeps
-/// replicating to it (log and commit index) until it acknowledges an
-/// append, sent after the removal committed, that reaches the removing
-/// configuration, or for [`DEPARTING_GRACE_TIMEOUTS`] maximum election
-/// timeouts after the commit, whichever comes first: a member that is
-/// away then does not learn, by design (it cannot disrupt: its pre-votes
-/// carry a log without the removal, which the voters refuse).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Departing {
-    /// Index of the configuration that removed it.
-    pub(crate) config_index: LogIndex,
-    /// Once that configuration is committed: the first heartbeat round all
-    /// of whose appends carry a commit index at or past it, and when the
-    /// leader stops trying.
-    pub(crate) committed: Option<(u64, Time)>,
-}
-
-/// How long, in maximum election timeouts after a removal commits, the
-/// leader keeps telling the removed member: a member that is up answers
-/// within a round trip; one that is away would need a whole catch-up.
-pub(crate) const DEPARTING_GRACE_TIMEOUTS: u32 = 2;
-
-/// A leadership transfer: proposals are refused until it succeeds (this
-/// leader hears of the target's newer term) or `deadline` passes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Transfer {
-    pub(crate) target: NodeId,
-    pub(crate) deadline: Time,
 }
 
 /// One member of a Raft cluster, with no I/O of its own. See the crate
@@ -223,25 +117,10 @@ pub struct Node {
     /// counts itself in commits only up to here (thesis §10.2.1: it may
     /// replicate entries before its own fsync completes).
     pub(crate) persisted_index: LogIndex,
-    /// Since when this leader has held appends not yet reported durable
-    /// with no durability report since (debug check that the driver calls
-    /// `handle_log_persisted` at all).
-    pub(crate) unpersisted_since: Option<Time>,
     /// The latest snapshot the driver saved or installed. The log holds
     /// nothing at or below its start, which is at most this snapshot's
     /// last index.
     pub(crate) snapshot: Option<SnapshotMeta>,
-    /// A snapshot being received from the leader.
-    pub(crate) incoming: Option<IncomingSnapshot>,
-    /// Set between `Action::InstallSnapshot` and the driver's
-    /// `handle_snapshot_installed`. Inputs in between (a driver that feeds
-    /// several messages before it drains) are dropped or refused: a
-    /// message as if lost, a proposal as if sent to a follower.
-    pub(crate) installing: Option<Installing>,
-    /// Reads this follower serves, by the caller's id (thesis §6.4).
-    pub(crate) remote_reads: BTreeMap<u64, RemoteRead>,
-    /// AppendEntries received from a leader so far (paces read retries).
-    pub(crate) leader_messages: u64,
 
     // Volatile state.
     pub(crate) commit_index: LogIndex,
@@ -348,14 +227,9 @@ impl Node {
             log,
             persisted_index,
             snapshot: state.snapshot,
-            incoming: None,
-            installing: None,
-            remote_reads: BTreeMap::new(),
-            leader_messages: 0,
             commit_index: applied,
             last_applied: applied,
-            unpersisted_since: None,
-            role: RoleState::Follower,
+            role: RoleState::Follower(FollowerState::default()),
             leader: None,
             election_deadline: now,
             election_reason: None,
@@ -386,7 +260,7 @@ impl Node {
     /// correct member sends is dropped whole and reported as
     /// [`Event::PeerFault`]; nothing a peer sends makes the node panic.
     pub fn handle_message(&mut self, now: Time, msg: Message) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Lost, as far as the protocol can tell: it is sent again.
             return;
         }
@@ -407,7 +281,7 @@ impl Node {
     /// candidates, heartbeats and CheckQuorum for the leader. Early or
     /// repeated calls do nothing.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Fired at the next call, after the install.
             return;
         }
@@ -438,7 +312,7 @@ impl Node {
     /// timeout. The pre-vote only succeeds if a majority also lost the
     /// leader, so one broken link never forces an election.
     pub fn handle_link_down(&mut self, now: Time, peer: NodeId) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             return;
         }
         if self.shut_down || !self.replication_targets().contains(&peer) {
@@ -450,7 +324,7 @@ impl Node {
                     pr.become_probe();
                 }
             }
-            RoleState::Follower if self.leader == Some(peer) => {
+            RoleState::Follower(_) if self.leader == Some(peer) => {
                 self.set_leader(None);
                 self.last_leader_contact = None;
                 if self.config.fast_failover {
@@ -485,7 +359,7 @@ impl Node {
     /// the peer at once, so a restarted follower hears from it before its
     /// own election timeout.
     pub fn handle_link_up(&mut self, now: Time, peer: NodeId) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             return;
         }
         if self.shut_down || !self.replication_targets().contains(&peer) {
@@ -510,7 +384,7 @@ impl Node {
     /// leader is. A command longer than [`MAX_ENTRY_LEN`] is refused with
     /// [`ProposeError::TooLarge`] on any node, before anything is appended.
     pub fn propose(&mut self, now: Time, command: Bytes) -> Result<EntryId, ProposeError> {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Only a follower installs.
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -557,7 +431,7 @@ impl Node {
     /// refuses, the read fails with [`ReadError::NotLeader`]. A driver
     /// that wants reads on the leader only checks [`Node::role`] first.
     pub fn read_index(&mut self, now: Time, id: u64) -> Result<(), ReadError> {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             return Err(ReadError::Busy);
         }
         let _ = now;
@@ -571,16 +445,9 @@ impl Node {
         let RoleState::Leader(ls) = &mut self.role else {
             return self.follower_read(id);
         };
-        if ls.reads.len() >= max_reads {
+        if !ls.queue_read(id, None, read_index, max_reads) {
             return Err(ReadError::Busy);
         }
-        ls.round_pending = true;
-        ls.reads.push(crate::read::PendingRead {
-            id,
-            round: ls.round + 1,
-            read_index,
-            from: None,
-        });
         // A single-node cluster confirms itself.
         self.advance_reads();
         self.debug_check_invariants();
@@ -593,7 +460,7 @@ impl Node {
     /// holds (it was truncated since) is ignored. The leader counts itself
     /// in commits only up to the durable index.
     pub fn handle_log_persisted(&mut self, now: Time, index: LogIndex, term: Term) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // Only a leader needs it, and only a follower installs.
             return;
         }
@@ -603,13 +470,16 @@ impl Node {
             return;
         }
         self.persisted_index = index;
-        if self.persisted_index >= self.log.last_index() {
-            self.unpersisted_since = None;
-        } else if self.unpersisted_since.is_some() {
-            // Progress: the driver does report. Under a steady write load
-            // the durable index may trail the log for good; only a driver
-            // that stops reporting altogether is what the check is for.
-            self.unpersisted_since = Some(now);
+        if let RoleState::Leader(ls) = &mut self.role {
+            if self.persisted_index >= self.log.last_index() {
+                ls.unpersisted_since = None;
+            } else if ls.unpersisted_since.is_some() {
+                // Progress: the driver does report. Under a steady write
+                // load the durable index may trail the log for good; only
+                // a driver that stops reporting altogether is what the
+                // check is for.
+                ls.unpersisted_since = Some(now);
+            }
         }
         self.leader_maybe_commit(now);
         self.note_removal(now);
@@ -630,7 +500,7 @@ impl Node {
     /// last term is not the term of that entry in the log.
     /// Its `membership` must be [`Node::membership_at`] its last index.
     pub fn handle_snapshot_saved(&mut self, now: Time, meta: SnapshotMeta) {
-        if self.installing.is_some() {
+        if self.installing_snapshot() {
             // The leader's snapshot, newer, is being installed.
             return;
         }
@@ -676,154 +546,6 @@ impl Node {
             self.persist.push_back(Action::CompactLog { through });
         }
         self.debug_check_invariants();
-    }
-
-    /// The driver carried out [`Action::InstallSnapshot`]: `installed`
-    /// says whether the snapshot was valid and is now this member's, with
-    /// §7's rule applied to the stored log. Until it comes, the node drops
-    /// messages (as if lost) and refuses proposals and reads. It then takes the snapshot as its state (log, commit
-    /// and applied index) and tells the leader; an invalid one is reported
-    /// as [`Event::PeerFault`] and the transfer starts again.
-    pub fn handle_snapshot_installed(&mut self, now: Time, installed: bool) {
-        let inst = self
-            .installing
-            .take()
-            .expect("handle_snapshot_installed without Action::InstallSnapshot");
-        self.incoming = None;
-        if self.shut_down {
-            return;
-        }
-        let meta = inst.meta;
-        let round = inst.round;
-        if !installed {
-            let fault = PeerFault::BadSnapshot {
-                last_index: meta.last_index,
-            };
-            self.peer_fault(inst.from, fault);
-            return;
-        }
-        assert!(
-            meta.last_index > self.commit_index,
-            "only a snapshot beyond the commit index is installed"
-        );
-        self.log
-            .install_snapshot(meta.last_index, meta.last_term, (*meta.membership).clone());
-        self.persisted_index = self.persisted_index.min(self.log.last_index());
-        self.commit_index = meta.last_index;
-        // Entries waiting to be applied are older than the snapshot, which
-        // replaces the state they would build.
-        self.applies.clear();
-        self.last_applied = meta.last_index;
-        let (last_index, len) = (meta.last_index, meta.len);
-        self.snapshot = Some(meta);
-        self.advance_remote_reads();
-        self.send_snapshot_response(inst.from, last_index, len, round);
-        self.sync_membership(now);
-        self.note_removal(now);
-        self.debug_check_invariants();
-    }
-
-    /// A read on a follower: ask the leader for a read index.
-    fn follower_read(&mut self, id: u64) -> Result<(), ReadError> {
-        if self.is_removed() {
-            // Not part of the cluster any more: its leader may stop
-            // answering at any time.
-            return Err(ReadError::NotLeader { leader: None });
-        }
-        let leader = match (&self.role, self.leader) {
-            (RoleState::Follower, Some(l)) => l,
-            _ => {
-                return Err(ReadError::NotLeader {
-                    leader: self.leader,
-                })
-            }
-        };
-        if self.remote_reads.len() >= self.config.max_pending_reads {
-            return Err(ReadError::Busy);
-        }
-        let read = RemoteRead {
-            read_index: None,
-            asked_at: self.leader_messages,
-        };
-        let dup = self.remote_reads.insert(id, read);
-        assert!(dup.is_none(), "read_index: id {id} is already pending");
-        self.send(
-            leader,
-            MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
-        );
-        self.debug_check_invariants();
-        Ok(())
-    }
-
-    /// The leader's answer to one of this follower's read requests.
-    pub(crate) fn handle_read_index_response(
-        &mut self,
-        from: NodeId,
-        r: crate::message::ReadIndexResponse,
-    ) {
-        if self.leader != Some(from) {
-            return;
-        }
-        let Some(read) = self.remote_reads.get_mut(&r.id) else {
-            // Answered already (a resent request), or failed since.
-            return;
-        };
-        match r.read_index {
-            Some(index) => {
-                read.read_index.get_or_insert(index);
-                self.advance_remote_reads();
-            }
-            None => {
-                self.remote_reads.remove(&r.id);
-                self.read_results.push_back(Action::ReadFailed {
-                    id: r.id,
-                    error: ReadError::NotLeader {
-                        leader: self.leader,
-                    },
-                });
-            }
-        }
-    }
-
-    /// Serves the follower's reads whose read index is applied.
-    pub(crate) fn advance_remote_reads(&mut self) {
-        if self.remote_reads.is_empty() {
-            return;
-        }
-        let applied = self.last_applied;
-        let ready: Vec<u64> = self
-            .remote_reads
-            .iter()
-            .filter(|(_, r)| r.read_index.is_some_and(|i| i <= applied))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ready {
-            self.remote_reads.remove(&id);
-            self.read_results.push_back(Action::ReadReady { id });
-        }
-    }
-
-    /// The leader was heard from: requests it has not answered after two
-    /// of its messages were lost on the way (a link broke); ask again.
-    pub(crate) fn retry_remote_reads(&mut self) {
-        self.leader_messages += 1;
-        let Some(leader) = self.leader else {
-            return;
-        };
-        let now = self.leader_messages;
-        let mut again = Vec::new();
-        for (&id, r) in self.remote_reads.iter_mut() {
-            if r.read_index.is_none() && now >= r.asked_at + 2 {
-                r.asked_at = now;
-                again.push(id);
-            }
-        }
-        for id in again {
-            self.send(
-                leader,
-                MessageBody::ReadIndexRequest(crate::message::ReadIndexRequest { id }),
-            );
-        }
     }
 
     /// Stops the node: no more actions, no more deadlines. Pending output
@@ -908,7 +630,7 @@ impl Node {
     /// The current role.
     pub fn role(&self) -> Role {
         match self.role {
-            RoleState::Follower => Role::Follower,
+            RoleState::Follower(_) => Role::Follower,
             RoleState::PreCandidate { .. } => Role::PreCandidate,
             RoleState::Candidate { .. } => Role::Candidate,
             RoleState::Leader(_) => Role::Leader,
@@ -1003,14 +725,16 @@ impl Node {
             return;
         }
         self.removal_reported = true;
-        for (id, _) in std::mem::take(&mut self.remote_reads) {
-            self.read_results.push_back(Action::ReadFailed {
-                id,
-                error: ReadError::NotLeader { leader: None },
-            });
+        if let RoleState::Follower(follower) = &mut self.role {
+            for (id, _) in std::mem::take(&mut follower.remote_reads) {
+                self.read_results.push_back(Action::ReadFailed {
+                    id,
+                    error: ReadError::NotLeader { leader: None },
+                });
+            }
         }
         let reason = RoleChangeReason::RemovedFromConfiguration;
-        if matches!(self.role, RoleState::Follower) {
+        if matches!(self.role, RoleState::Follower(_)) {
             self.events.push_back(Event::RoleChanged {
                 role: Role::Follower,
                 term: self.current_term,
@@ -1061,12 +785,24 @@ impl Node {
         if !self.apply_term_rules(now, &msg) {
             return;
         }
-        match self.role {
-            RoleState::Leader(_) => self.step_leader(now, msg),
+        match &mut self.role {
+            // The leader's state is borrowed here once: it takes the
+            // message in, with the parts of the node it reads, and says
+            // what the node must do next.
+            RoleState::Leader(leader) => {
+                // What a read arriving now waits for: the commit index,
+                // once this leader committed an entry of its term (§6.4).
+                let read_index = || {
+                    (self.log.term_at(self.commit_index) == Some(self.current_term))
+                        .then_some(self.commit_index)
+                };
+                let next = leader.step(msg, &self.log, read_index, &self.config);
+                self.step_leader(now, next)
+            }
             RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 self.step_candidate(now, msg)
             }
-            RoleState::Follower => self.step_follower(now, msg),
+            RoleState::Follower(_) => self.step_follower(now, msg),
         }
     }
 
@@ -1093,290 +829,24 @@ impl Node {
         }
     }
 
-    /// The bound on how far one message moves this node's term
-    /// ([`Term::MAX_JUMP`]). A message whose term is beyond it is dropped
-    /// and its term kept as its sender's claim, if the sender is a voter;
-    /// then, if enough voters vouch for a term beyond ours
-    /// ([`Node::vouched_term`]), this node moves to it. If none can, a
-    /// node that has heard no leader for a while steps by the bound
-    /// ([`Node::may_step_term`]). Returns whether the message goes on to
-    /// the term rules: its term is within the bound, or is the vouched
-    /// term just moved to.
-    ///
-    /// A node whose configuration has no voter at all (a member that joins
-    /// and has not received one yet) has nobody to ask: it steps by the
-    /// bound on anyone's word, under the same conditions. So one forged
-    /// message moves it by the bound at most too, and a cluster whose term
-    /// went past the bound (a forged jump within it, then elections) can
-    /// still add members: they get there a bound at a time.
-    fn within_term_bound(&mut self, now: Time, msg: &Message) -> bool {
-        if msg.term <= self.current_term.plus_max_jump() {
-            return true;
-        }
-        let m = self.log.membership();
-        let joining = m.voters.is_empty();
-        let claim = match &msg.body {
-            // A pre-candidate asks for the term after its own: it is in
-            // the one before.
-            MessageBody::RequestVote(rv) if rv.pre_vote => Term(msg.term.0 - 1),
-            // A granted pre-vote carries the term its candidate asked for,
-            // nobody's term: no honest one is beyond the bound, and it
-            // claims nothing.
-            MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => return false,
-            _ => msg.term,
-        };
-        let voter = m.is_voter(msg.from) && msg.from != self.config.id;
-        if voter {
-            let held = self.term_claims.entry(msg.from).or_insert(claim);
-            *held = (*held).max(claim);
-        }
-        if let Some(term) = self.vouched_term() {
-            self.become_follower(now, term, None, RoleChangeReason::TermVouched { term });
-            // Only a message of the vouched term itself goes on: one
-            // message moves the term to a vouched one or by the bound,
-            // never both (its sender alone would add a jump on top).
-            return msg.term == self.current_term;
-        }
-        if (voter || joining) && self.may_step_term(now) {
-            // Below the claim, which is at most Term::MAX.
-            let term = self.current_term.plus_max_jump();
-            self.last_term_step = Some(now);
-            self.become_follower(now, term, None, RoleChangeReason::TermStepped { term });
-        }
-        false
-    }
-
-    /// Whether this node may move its term by [`Term::MAX_JUMP`] on one
-    /// voter's claim, when no quorum vouches: it is not a leader, it has
-    /// heard no leader for a minimum election timeout, and it did not step
-    /// within the last one.
-    ///
-    /// For the members that no quorum can vouch for: of three voters with
-    /// one down, a member that was away while the other two went past the
-    /// bound (a forged jump takes them to the bound, and one election
-    /// beyond); of two voters; a member whose log still holds a stale
-    /// configuration; a learner, which does not campaign and so hears only
-    /// the leader. Such a member takes one step, and then the leader's next
-    /// message is within the bound.
-    ///
-    /// What it costs: a forged claim moves a node that has no leader by
-    /// the bound, as a forged message within the bound does anyway. A
-    /// member with a live leader, or that leads, is not moved at all, and
-    /// one that keeps forging moves a leaderless node by the bound once
-    /// per election timeout at most: 2^30 election timeouts, a decade at
-    /// 300 ms, before anyone nears [`Term::MAX`].
-    pub(crate) fn may_step_term(&self, now: Time) -> bool {
-        let quiet = self.config.election_timeout_min;
-        !matches!(self.role, RoleState::Leader(_))
-            && self
-                .last_leader_contact
-                .is_none_or(|t| now.saturating_since(t) >= quiet)
-            && self
-                .last_term_step
-                .is_none_or(|t| now.saturating_since(t) >= quiet)
-    }
-
-    /// The highest term beyond ours that enough voters claim
-    /// ([`Term::MAX_JUMP`]): at least two voters other than this node,
-    /// and, counting this node if it is a voter, a majority of the voters.
-    ///
-    /// Two, so that one faulty member never moves anyone past the bound:
-    /// whatever it claims, the term taken is at most what some other
-    /// voter claims. A majority with this node, so that the voters that
-    /// can elect a leader with it can also bring it along: in a cluster of
-    /// five, this node and two others; of three, both others. Where that
-    /// many voices cannot be heard (of three with one down, of two, or for
-    /// a learner that hears only the leader), [`Node::may_step_term`]
-    /// takes over, a bound at a time.
-    pub(crate) fn vouched_term(&self) -> Option<Term> {
-        let m = self.log.membership();
-        let me = self.config.id;
-        let needed = (quorum::majority(m.voters.len()) - usize::from(m.is_voter(me))).max(2);
-        let mut claims: Vec<Term> = self
-            .term_claims
-            .iter()
-            .filter(|(&id, _)| id != me && m.is_voter(id))
-            .map(|(_, &t)| t)
-            .collect();
-        claims.sort_unstable_by(|a, b| b.cmp(a));
-        claims
-            .get(needed - 1)
-            .copied()
-            .filter(|&t| t > self.current_term)
-    }
-
-    /// The term rules (§5.1). A newer term makes this node a follower in
-    /// it (unless CheckQuorum's lease says the current leader is alive);
-    /// an older one is stale and at most answered with our term. Returns
-    /// whether the message goes on to the role's step function.
-    fn apply_term_rules(&mut self, now: Time, msg: &Message) -> bool {
-        if msg.term > self.current_term {
-            match &msg.body {
-                MessageBody::RequestVote(rv) => {
-                    // A transfer's election was asked for by the leader
-                    // itself: the lease protects that leader, not from it.
-                    if self.in_lease(now) && !rv.leadership_transfer {
-                        // CheckQuorum's stickiness: we heard from a live
-                        // leader within the minimum election timeout, so a
-                        // candidate must not depose it. Keep our term.
-                        if rv.pre_vote {
-                            self.send_vote_response(msg.from, self.current_term, true, false);
-                        }
-                        return false;
-                    }
-                    if !rv.pre_vote {
-                        self.become_follower(
-                            now,
-                            msg.term,
-                            None,
-                            RoleChangeReason::HigherTerm { from: msg.from },
-                        );
-                    }
-                }
-                // A granted pre-vote carries the term the candidate asked
-                // for; it is not a newer term anyone is in.
-                MessageBody::RequestVoteResponse(r) if r.pre_vote && r.granted => {}
-                MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
-                    self.become_follower(
-                        now,
-                        msg.term,
-                        Some(msg.from),
-                        RoleChangeReason::LeaderHeard { leader: msg.from },
-                    );
-                }
-                _ => {
-                    self.become_follower(
-                        now,
-                        msg.term,
-                        None,
-                        RoleChangeReason::HigherTerm { from: msg.from },
-                    );
-                }
-            }
-            true
-        } else if msg.term < self.current_term {
-            match &msg.body {
-                // A deposed leader that was cut off learns our term from this
-                // answer and steps down (needed with CheckQuorum/PreVote,
-                // where our term may have moved on without it). Only the term
-                // matters: "match at index 0" is trivially true and moves no
-                // leader's progress, like etcd's empty MsgAppResp.
-                MessageBody::AppendEntries(_) => {
-                    let reply = AppendResult::Success {
-                        match_index: LogIndex(0),
-                    };
-                    self.send_append_response(msg.from, 0, reply);
-                }
-                // Likewise for a deposed leader's snapshot chunk: "expect
-                // offset 0" moves nothing.
-                MessageBody::InstallSnapshot(is) => {
-                    self.send_snapshot_response(msg.from, is.meta.last_index, 0, 0);
-                }
-                // A stale (pre-)candidate learns our term from the refusal
-                // (Figure 2). Besides, a member that fell behind by more
-                // than the bound learns the voters' terms this way: their
-                // refusals are the claims that bring it back (see
-                // `within_term_bound`).
-                MessageBody::RequestVote(rv) => {
-                    self.send_vote_response(msg.from, self.current_term, rv.pre_vote, false);
-                }
-                _ => {}
-            }
-            false
-        } else {
-            true
-        }
-    }
-
     /// Drops a message that came from `peer` and reports why.
     pub(crate) fn peer_fault(&mut self, peer: NodeId, fault: PeerFault) {
         self.events.push_back(Event::PeerFault { peer, fault });
     }
 
-    /// Whether a leader is known to be alive: this node leads, or heard from
-    /// its leader within the minimum election timeout.
-    pub(crate) fn in_lease(&self, now: Time) -> bool {
-        if !self.config.check_quorum {
-            return false;
-        }
-        match (&self.role, self.leader, self.last_leader_contact) {
-            (RoleState::Leader(_), _, _) => true,
-            (_, Some(_), Some(t)) => now.saturating_since(t) < self.config.election_timeout_min,
-            _ => false,
-        }
-    }
-
-    // ----- Role transitions ---------------------------------------------
-
-    pub(crate) fn become_follower(
-        &mut self,
-        now: Time,
-        term: Term,
-        leader: Option<NodeId>,
-        reason: RoleChangeReason,
-    ) {
-        assert!(
-            term >= self.current_term,
-            "term invariant: terms never decrease"
-        );
-        let was = self.role();
-        let new_term = term > self.current_term;
-        if new_term {
-            self.current_term = term;
-            self.voted_for = None;
-            self.hard_state_dirty = true;
-            // Claims at or below our term are met.
-            self.term_claims.retain(|_, t| *t > term);
-            // A transfer belongs to its leader's term.
-            self.incoming = None;
-        }
-        if let RoleState::Leader(ls) = &mut self.role {
-            let leader_hint = leader;
-            let mut refused = Vec::new();
-            for read in ls.reads.drain() {
-                match read.from {
-                    None => self.read_results.push_back(Action::ReadFailed {
-                        id: read.id,
-                        error: ReadError::NotLeader {
-                            leader: leader_hint,
-                        },
-                    }),
-                    Some(peer) => refused.push((peer, read.id)),
-                }
-            }
-            for (peer, id) in refused {
-                self.send_read_index_response(peer, id, None);
-            }
-        }
-        self.role = RoleState::Follower;
-        self.unpersisted_since = None;
-        self.set_leader(leader);
-        if leader.is_some() {
-            self.last_leader_contact = Some(now);
-        }
-        self.election_reason = None;
-        self.reset_election_deadline(now);
-        // A follower that moves to a newer term says so too, so that every
-        // term change shows in the logs.
-        if was != Role::Follower || new_term {
-            self.events.push_back(Event::RoleChanged {
-                role: Role::Follower,
-                term: self.current_term,
-                reason,
-            });
-        }
-    }
+    // ----- For the role transitions (each `become_*` lives with its role) --
 
     pub(crate) fn set_leader(&mut self, leader: Option<NodeId>) {
         if self.leader != leader {
             // Reads this follower serves were confirmed by the old leader,
             // or not at all: the new one knows nothing of them.
-            let failed = std::mem::take(&mut self.remote_reads);
-            for (id, _) in failed {
-                self.read_results.push_back(Action::ReadFailed {
-                    id,
-                    error: ReadError::NotLeader { leader },
-                });
+            if let RoleState::Follower(follower) = &mut self.role {
+                for (id, _) in std::mem::take(&mut follower.remote_reads) {
+                    self.read_results.push_back(Action::ReadFailed {
+                        id,
+                        error: ReadError::NotLeader { leader },
+                    });
+                }
             }
             self.leader = leader;
             if leader.is_some() {
@@ -1504,18 +974,6 @@ impl Node {
             snapshot_index <= self.last_applied,
             "invariant: a snapshot covers only applied entries"
         );
-        if !self.remote_reads.is_empty() {
-            assert!(
-                matches!(self.role, RoleState::Follower) && self.leader.is_some(),
-                "invariant: only a follower with a leader serves reads"
-            );
-        }
-        if let Some(inc) = &self.incoming {
-            assert!(
-                inc.received < inc.meta.len,
-                "invariant: a complete snapshot is installed, not still incoming"
-            );
-        }
         assert!(
             self.membership_epoch == self.log.config_epoch()
                 && self.membership == *self.log.membership(),
@@ -1527,45 +985,7 @@ impl Node {
             "invariant: the peers are the configuration's other members"
         );
         match &self.role {
-            RoleState::Leader(ls) => {
-                assert_eq!(
-                    self.leader,
-                    Some(self.config.id),
-                    "invariant: a leader knows it leads"
-                );
-                assert!(
-                    ls.progress
-                        .keys()
-                        .filter(|p| !ls.departing.contains_key(p))
-                        .eq(self.peers.iter()),
-                    "invariant: the leader tracks exactly the other members, and departing ones"
-                );
-                assert!(
-                    ls.departing.iter().all(|(p, d)| ls.progress.contains_key(p)
-                        && !self.membership.contains(*p)
-                        && d.config_index <= self.log.last_index()),
-                    "invariant: a departing member has progress and is no member"
-                );
-                assert!(
-                    self.membership.is_voter(self.config.id)
-                        || self.log.membership_index() > self.commit_index,
-                    "invariant: a leader is a voter, or its removal is not committed yet"
-                );
-                assert!(
-                    ls.transfer.is_none_or(
-                        |t| self.membership.is_voter(t.target) && t.target != self.config.id
-                    ),
-                    "invariant: a leadership transfer targets another voter"
-                );
-                assert_eq!(
-                    self.voted_for,
-                    Some(self.config.id),
-                    "invariant: a leader voted for itself"
-                );
-                for pr in ls.progress.values() {
-                    pr.check_invariants(self.log.last_index(), self.config.max_inflight_appends);
-                }
-            }
+            RoleState::Leader(leader) => leader.check_invariants(self),
             RoleState::Candidate { .. } => {
                 assert_eq!(
                     self.voted_for,
@@ -1574,18 +994,26 @@ impl Node {
                 );
                 assert_eq!(self.leader, None, "invariant: a candidate knows no leader");
             }
-            RoleState::PreCandidate { .. } => {
+            RoleState::PreCandidate { incoming, .. } => {
                 assert_eq!(
                     self.leader, None,
                     "invariant: a pre-candidate knows no leader"
                 );
+                if let Some(inc) = incoming {
+                    inc.check_invariants();
+                }
             }
-            RoleState::Follower => {
+            RoleState::Follower(follower) => {
                 assert_ne!(
                     self.leader,
                     Some(self.config.id),
                     "invariant: a follower does not lead"
                 );
+                assert!(
+                    follower.remote_reads.is_empty() || self.leader.is_some(),
+                    "invariant: only a follower with a leader serves reads"
+                );
+                follower.check_invariants();
             }
         }
     }

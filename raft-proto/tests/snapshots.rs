@@ -8,8 +8,8 @@ use std::time::Duration;
 use raft_proto::sim::{encode_write, Cluster};
 use raft_proto::{
     Action, Bytes, Config, Entry, EntryPayload, Event, HardState, InstallSnapshot, LogIndex,
-    Membership, Message, MessageBody, Node, NodeId, PeerFault, PersistentState, Role, SnapshotMeta,
-    Term, Time,
+    Membership, Message, MessageBody, Node, NodeId, PeerFault, PersistentState,
+    RequestVoteResponse, Role, SnapshotMeta, Term, Time,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -424,6 +424,50 @@ fn an_invalid_snapshot_is_reported_and_changes_nothing() {
     assert_eq!(
         sent(&drain(&mut n)),
         ["n1->n2 t2 InstallSnapshotResponse snap=5 next_offset=0 round=0"]
+    );
+}
+
+/// A pre-vote keeps the term: a follower whose timer ran out in the middle
+/// of a transfer, and whose pre-vote failed (the leader is alive), takes
+/// the leader's next chunk where the transfer stopped.
+#[test]
+fn a_transfer_resumes_after_a_failed_pre_vote() {
+    let mut n = node_with(1, 2, &[1, 1], 1);
+    n.handle_message(Time::ZERO, chunk(2, meta(5, 2, 6), 0, b"abc"));
+    drain(&mut n);
+    let t = n.poll_timeout().expect("an election deadline");
+    n.handle_timeout(t);
+    assert_eq!(n.role(), Role::PreCandidate);
+    drain(&mut n);
+    for from in [2, 3] {
+        let refusal = RequestVoteResponse {
+            pre_vote: true,
+            granted: false,
+        };
+        let msg = Message {
+            from: NodeId(from),
+            to: NodeId(1),
+            term: Term(2),
+            body: MessageBody::RequestVoteResponse(refusal),
+        };
+        n.handle_message(t, msg);
+    }
+    assert_eq!((n.role(), n.term()), (Role::Follower, Term(2)));
+    drain(&mut n);
+    n.handle_message(t, chunk(2, meta(5, 2, 6), 3, b"def"));
+    let actions: Vec<Action> = drain(&mut n)
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Event(_)))
+        .collect();
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                Action::WriteSnapshotChunk { offset: 3, .. },
+                Action::InstallSnapshot { .. }
+            ]
+        ),
+        "{actions:?}"
     );
 }
 

@@ -1,81 +1,31 @@
 //! An in-memory cluster of real [`Node`]s on a virtual clock and a seeded,
-//! faulty network.
+//! faulty network. This file holds the cluster and its run loop; the
+//! network model and the hostile peer are in `network`, the faults a test
+//! injects in `faults`, the state machine each member runs in `machine`,
+//! and the checks after every step in `checks`.
+
+mod checks;
+mod faults;
+mod machine;
+mod network;
+
+pub use checks::describe;
+pub use machine::encode_write;
+use machine::{decode_machine, machine_hash};
+pub use network::{forge_frame, NetConfig};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::checker::{Checker, Violation};
 use super::disk::{CheckedDisk, SimDisk};
-use crate::codec;
 use crate::driver::{Driver, Transport};
 use crate::{
-    Action, Config, Entry, EntryId, EntryPayload, Event, HardState, LogIndex, MembershipChange,
-    Message, MessageBody, Node, NodeId, ProposeError, ReadError, Rng, Role, SnapshotMeta, Term,
-    Time, TransferError,
+    Action, Config, Entry, EntryId, Event, HardState, LogIndex, MembershipChange, Message, Node,
+    NodeId, ProposeError, ReadError, Rng, Role, Term, Time, TransferError,
 };
-
-/// The network's behaviour.
-#[derive(Clone, Debug)]
-pub struct NetConfig {
-    /// One-way delay is uniform in `[min_delay, max_delay)`; different delays
-    /// reorder messages.
-    pub min_delay: Duration,
-    /// Upper bound of the delay.
-    pub max_delay: Duration,
-    /// Probability that a message is lost.
-    pub loss: f64,
-    /// Probability that a message is delivered twice.
-    pub duplicate: f64,
-    /// How long after a process dies its peers see the connection close.
-    pub eof_delay: Duration,
-    /// A sync of a member's disk takes uniformly up to this.
-    pub fsync_delay: Duration,
-    /// Probability that a restart finds one durable record corrupt (a read
-    /// fault): the member must refuse to start.
-    pub corrupt_on_restart: f64,
-    /// A member snapshots its state machine once it has applied this many
-    /// entries since its last snapshot (0: never), and compacts its log.
-    pub snapshot_every: u64,
-    /// Probability that an answer (a vote, an append or snapshot answer,
-    /// a read index) takes the long way: a delay uniform in
-    /// `slow_reply_delay` instead (a congested or far network).
-    pub slow_replies: f64,
-    /// The range of a slow answer's delay.
-    pub slow_reply_delay: (Duration, Duration),
-    /// A member that receives a message also takes every other message
-    /// for it due within this window before draining (zero: one message
-    /// per drain). `raft-node` reads all its sockets, then drains once a
-    /// loop turn: several answers, appends and read requests reach the
-    /// node between two drains, which is what the leader's one
-    /// AppendEntries per follower per drain is built on.
-    pub batch_window: Duration,
-    /// A member's timer fires up to this late (zero: exactly at its
-    /// deadline), by an amount fixed by the seed, the member and the
-    /// deadline: a real loop wakes late by varying amounts, so deadlines
-    /// set from its clock drift apart, which exact wake-ups never show.
-    pub timer_lateness: Duration,
-}
-
-impl Default for NetConfig {
-    fn default() -> NetConfig {
-        NetConfig {
-            min_delay: Duration::from_micros(200),
-            max_delay: Duration::from_millis(2),
-            loss: 0.0,
-            duplicate: 0.0,
-            eof_delay: Duration::from_millis(1),
-            fsync_delay: Duration::from_millis(2),
-            corrupt_on_restart: 0.0,
-            snapshot_every: 0,
-            slow_replies: 0.0,
-            slow_reply_delay: (Duration::from_millis(200), Duration::from_millis(2200)),
-            batch_window: Duration::ZERO,
-            timer_lateness: Duration::ZERO,
-        }
-    }
-}
 
 /// What the cluster reports to a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,55 +78,6 @@ enum Scheduled {
         node: NodeId,
         peer: NodeId,
     },
-}
-
-/// The sim's state machine: a register per key. Commands are 16 bytes:
-/// key and value, big-endian.
-pub fn encode_write(key: u64, value: u64) -> Bytes {
-    let mut v = Vec::with_capacity(16);
-    v.extend_from_slice(&key.to_be_bytes());
-    v.extend_from_slice(&value.to_be_bytes());
-    Bytes::from(v)
-}
-
-/// The sim state machine's snapshot: a version byte, then each key and
-/// value big-endian, in key order.
-fn encode_machine(machine: &BTreeMap<u64, u64>) -> Bytes {
-    let mut v = Vec::with_capacity(1 + 16 * machine.len());
-    v.push(1);
-    for (k, val) in machine {
-        v.extend_from_slice(&k.to_be_bytes());
-        v.extend_from_slice(&val.to_be_bytes());
-    }
-    Bytes::from(v)
-}
-
-fn decode_machine(data: &[u8]) -> BTreeMap<u64, u64> {
-    assert_eq!(data.first(), Some(&1), "sim snapshot version");
-    assert_eq!((data.len() - 1) % 16, 0, "sim snapshot length");
-    data[1..]
-        .chunks(16)
-        .map(|c| decode_write(c).expect("16 bytes"))
-        .collect()
-}
-
-/// A fingerprint of a state machine, for the checker.
-fn machine_hash(machine: &BTreeMap<u64, u64>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in encode_machine(machine).iter() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-fn decode_write(cmd: &[u8]) -> Option<(u64, u64)> {
-    if cmd.len() != 16 {
-        return None;
-    }
-    let key = u64::from_be_bytes(cmd[..8].try_into().ok()?);
-    let value = u64::from_be_bytes(cmd[8..].try_into().ok()?);
-    Some((key, value))
 }
 
 struct Member {
@@ -517,255 +418,6 @@ impl Cluster {
         r
     }
 
-    // ----- Faults -------------------------------------------------------------
-
-    /// Kills the process: what was not persisted is lost, peers see the
-    /// connection close after `net.eof_delay`.
-    pub fn crash(&mut self, id: NodeId) {
-        let m = self.members.get_mut(&id).expect("member");
-        if m.node.is_none() {
-            return;
-        }
-        m.node = None;
-        m.frozen = false;
-        m.reads.clear();
-        m.held.clear();
-        self.removal_reported.remove(&id);
-        // Messages the driver held for a sync never left; of the writes
-        // not yet synced, the disk keeps a prefix (maybe torn).
-        m.driver.crash();
-        let (kept, unsynced) = m
-            .disk
-            .crash(&mut self.rng, self.checker.committed_entries());
-        self.log_line(|| format!("n{id} crashed ({kept} of {unsynced} unsynced writes survived)"));
-        self.completions.push(Completion::Crashed { node: id });
-        for peer in self.ids.clone() {
-            if peer != id {
-                // Like TCP, the close arrives after all data sent before it.
-                let at = self.last_delivery(id, peer).max(self.now) + self.net.eof_delay;
-                self.schedule(
-                    at,
-                    Scheduled::LinkDown {
-                        node: peer,
-                        peer: id,
-                    },
-                );
-            }
-        }
-    }
-
-    /// When the last message in flight from `from` to `to` arrives.
-    fn last_delivery(&self, from: NodeId, to: NodeId) -> Time {
-        self.queue
-            .iter()
-            .filter_map(|(&(t, _), s)| match s {
-                Scheduled::Deliver(m) if m.from == from && m.to == to => Some(t),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(self.now)
-    }
-
-    /// Starts a crashed process again from what it persisted; links come up
-    /// shortly after, as the driver reconnects.
-    pub fn restart(&mut self, id: NodeId) {
-        if self.members[&id].node.is_some() {
-            return;
-        }
-        let others_refused = self.members.values().any(|m| m.refused.is_some());
-        if !others_refused && self.rng.chance(self.net.corrupt_on_restart) {
-            let m = self.members.get_mut(&id).expect("member");
-            if let Some(index) = m.disk.corrupt_a_record(&mut self.rng) {
-                self.log_line(|| format!("n{id} disk: record of entry {index} corrupted"));
-            }
-        }
-        if !self.boot(id) {
-            let index = self.members[&id].refused.expect("refused");
-            self.log_line(|| format!("n{id} refused to start: entry {index} fails its checksum"));
-            return;
-        }
-        self.log_line(|| format!("n{id} restarted"));
-        let at = self.now + self.net.eof_delay;
-        for peer in self.ids.clone() {
-            if peer != id {
-                self.schedule(
-                    at,
-                    Scheduled::LinkUp {
-                        node: peer,
-                        peer: id,
-                    },
-                );
-                self.schedule(at, Scheduled::LinkUp { node: id, peer });
-            }
-        }
-    }
-
-    /// Stops the process without closing its sockets (SIGSTOP): it neither
-    /// handles timers nor messages; messages to it wait in its buffers.
-    pub fn freeze(&mut self, id: NodeId) {
-        if let Some(m) = self.members.get_mut(&id) {
-            if m.node.is_some() {
-                m.frozen = true;
-            }
-        }
-        self.log_line(|| format!("n{id} frozen"));
-    }
-
-    /// Resumes a frozen process (SIGCONT).
-    pub fn thaw(&mut self, id: NodeId) {
-        let held = match self.members.get_mut(&id) {
-            Some(m) => {
-                m.frozen = false;
-                std::mem::take(&mut m.held)
-            }
-            None => Vec::new(),
-        };
-        // What waited in the socket buffers comes first, in order.
-        for (i, msg) in held.into_iter().enumerate() {
-            let at = self.now + Duration::from_nanos(i as u64);
-            self.schedule(at, Scheduled::Deliver(msg));
-        }
-        self.log_line(|| format!("n{id} thawed"));
-    }
-
-    /// Drops every message from `from` to `to` (one direction).
-    pub fn block(&mut self, from: NodeId, to: NodeId) {
-        self.blocked.insert((from, to));
-    }
-
-    /// Cuts `id` off from everyone, both directions, silently (DROP).
-    pub fn isolate(&mut self, id: NodeId) {
-        for peer in self.ids.clone() {
-            if peer != id {
-                self.blocked.insert((id, peer));
-                self.blocked.insert((peer, id));
-            }
-        }
-        self.log_line(|| format!("n{id} isolated"));
-    }
-
-    /// Splits the cluster: no traffic between `group` and the rest. With
-    /// `reset`, both sides see their connections reset (REJECT with TCP RST).
-    pub fn partition(&mut self, group: &[NodeId], reset: bool) {
-        for &a in group {
-            for b in self.ids.clone() {
-                if !group.contains(&b) {
-                    self.blocked.insert((a, b));
-                    self.blocked.insert((b, a));
-                    if reset {
-                        let at = self.now + self.net.eof_delay;
-                        self.schedule(at, Scheduled::LinkDown { node: a, peer: b });
-                        self.schedule(at, Scheduled::LinkDown { node: b, peer: a });
-                    }
-                }
-            }
-        }
-        self.log_line(|| format!("partition {group:?} | rest (reset: {reset})"));
-    }
-
-    /// Removes every partition and block; links that were reset come back.
-    pub fn heal(&mut self) {
-        let at = self.now + self.net.eof_delay;
-        for (a, b) in std::mem::take(&mut self.blocked) {
-            self.schedule(at, Scheduled::LinkUp { node: a, peer: b });
-        }
-        self.log_line(|| "network healed".to_string());
-    }
-
-    // ----- A hostile peer, a hostile network ---------------------------------
-
-    /// Hands `msg` to `msg.to` now, as a broken or hostile peer would: it
-    /// skips the codec (like a driver that builds messages itself), so it
-    /// may be anything. Unlike honest traffic, after which a
-    /// [`Event::PeerFault`] is a violation (a correct member was taken for
-    /// a faulty one), what it makes the node report is collected in
-    /// [`Cluster::peer_faults`]. Returns false if the addressee is down or
-    /// frozen, and nothing happened.
-    pub fn inject(&mut self, msg: Message) -> bool {
-        let to = msg.to;
-        if !self.is_up(to) {
-            return false;
-        }
-        self.log_line(|| format!("{msg} (forged)"));
-        let now = self.now;
-        self.forging = true;
-        self.members
-            .get_mut(&to)
-            .and_then(|m| m.node.as_mut())
-            .expect("up")
-            .handle_message(now, msg);
-        self.after_input(to);
-        self.forging = false;
-        true
-    }
-
-    /// Like [`Cluster::inject`], but the forged message arrives as a frame
-    /// on the wire ([`forge_frame`]) and goes through [`codec::decode`]
-    /// first, as in the server: `Err` if the codec refused it (nothing was
-    /// delivered), else whether the addressee was up.
-    pub fn inject_frame(&mut self, mut frame: BytesMut) -> Result<bool, codec::DecodeError> {
-        match codec::decode(&mut frame)? {
-            Some(msg) => Ok(self.inject(msg)),
-            None => unreachable!("a whole frame decodes to a message or an error"),
-        }
-    }
-
-    /// The [`Event::PeerFault`]s reported on messages from
-    /// [`Cluster::inject`], with the node that reported each.
-    pub fn peer_faults(&self) -> &[(NodeId, Event)] {
-        &self.peer_faults
-    }
-
-    /// From now on the caller is the network: every message sent waits in
-    /// [`Cluster::in_flight`] until the caller delivers it (in any order,
-    /// as often as it likes, with [`Cluster::deliver_in_flight`]) or drops
-    /// it. Messages already scheduled still arrive; nothing else changes.
-    pub fn take_network(&mut self) {
-        self.in_flight.get_or_insert_with(Vec::new);
-    }
-
-    /// Messages sent and not yet delivered or dropped, after
-    /// [`Cluster::take_network`].
-    pub fn in_flight(&self) -> &[Message] {
-        self.in_flight.as_deref().unwrap_or(&[])
-    }
-
-    /// Delivers the in-flight message at `i` now. With `keep`, a copy stays
-    /// in flight (the network duplicates it). Out of range does nothing.
-    pub fn deliver_in_flight(&mut self, i: usize, keep: bool) {
-        let Some(pool) = self.in_flight.as_mut().filter(|p| i < p.len()) else {
-            return;
-        };
-        let msg = if keep {
-            pool[i].clone()
-        } else {
-            pool.swap_remove(i)
-        };
-        self.handle_scheduled(Scheduled::Deliver(msg));
-    }
-
-    /// Gives the network back to the simulator, fair again: what is in
-    /// flight arrives shortly, in order, and later messages follow `net`.
-    pub fn release_network(&mut self) {
-        for (i, m) in self
-            .in_flight
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            let at = self.now + self.net.min_delay + Duration::from_nanos(i as u64);
-            self.schedule(at, Scheduled::Deliver(m));
-        }
-    }
-
-    /// Loses the in-flight message at `i`. Out of range does nothing.
-    pub fn drop_in_flight(&mut self, i: usize) {
-        if let Some(pool) = self.in_flight.as_mut().filter(|p| i < p.len()) {
-            pool.swap_remove(i);
-        }
-    }
-
     // ----- Running ------------------------------------------------------------
 
     fn schedule(&mut self, at: Time, what: Scheduled) {
@@ -864,24 +516,7 @@ impl Cluster {
                 let before = (node.role(), node.term());
                 node.handle_timeout(now);
                 let sent = self.after_input_with(id, Vec::new());
-                // A leader's only timer is its heartbeat: a wake-up that
-                // sends nothing (issue 12: a member at rest wakes only to
-                // send or receive) while it stays leader with someone to
-                // send to is a timer that costs a wake-up for nothing.
-                let node = self.members[&id].node.as_ref().expect("up");
-                let m = node.membership();
-                let others = m.voters.iter().chain(&m.learners).any(|&p| p != id);
-                if before.0 == Role::Leader
-                    && (node.role(), node.term()) == before
-                    && others
-                    && sent == 0
-                    && self.violation.is_none()
-                {
-                    self.violation = Some(Violation(format!(
-                        "at {}: leader n{id} woke at its deadline and sent nothing",
-                        self.now
-                    )));
-                }
+                self.check_leader_wake_up(id, before, sent);
                 return;
             }
         }
@@ -1028,147 +663,21 @@ impl Cluster {
     /// released (on a sync's completion) to send first. Returns how many
     /// messages the member sent.
     fn after_input_with(&mut self, id: NodeId, released: Vec<Message>) -> usize {
-        let now = self.now;
-        let member = self.members.get_mut(&id).expect("member");
-        let node = member.node.as_mut().expect("running");
-        let mut result = Ok(());
-        let mut outbox = Outbox(released);
-        let mut out = Vec::new();
+        let sync_was_in_flight = self.members[&id].disk.sync_in_flight();
+        let (actions, outbox, mut result) = self.drain(id, released);
         let mut removal_reports = 0;
-        let sync_was_in_flight = member.disk.sync_in_flight();
-        let mut disk = CheckedDisk {
-            id,
-            disk: &mut member.disk,
-            checker: &mut self.checker,
-            result: &mut result,
-        };
-        let drained = member
-            .driver
-            .drain(node, now, &mut disk, &mut outbox, &mut out);
-        match drained {
-            Ok(()) => {}
-            Err(never) => match never {},
-        }
-        for action in out {
-            let r = match action {
-                Action::Apply(e) => {
-                    if let EntryPayload::Command(c) = &e.payload {
-                        if let Some((k, v)) = decode_write(c) {
-                            member.machine.insert(k, v);
-                        }
-                    }
-                    member.applied = (e.index, e.term);
-                    let r = self.checker.on_apply(id, &e);
-                    self.completions
-                        .push(Completion::Applied { node: id, entry: e });
-                    r
-                }
-                Action::InstallSnapshot { meta } => {
-                    let (m, data) = member.disk.written_snapshot.as_ref().expect("installed");
-                    assert_eq!(*m, meta, "the driver installed another snapshot");
-                    member.machine = decode_machine(data);
-                    member.applied = (meta.last_index, meta.last_term);
-                    member.snapshot_index = meta.last_index;
-                    self.snapshots_installed += 1;
-                    if let Some(t) = &mut self.trace {
-                        t.push(format!(
-                            "{} n{id} installed snapshot {}@t{}",
-                            self.now, meta.last_index, meta.last_term
-                        ));
-                    }
-                    self.checker
-                        .on_restore(id, &meta, machine_hash(&member.machine))
-                }
-                Action::ReadReady { id: read_id } => {
-                    let key = member.reads.remove(&read_id).expect("read registered");
-                    let value = member.machine.get(&key).copied();
-                    self.completions.push(Completion::ReadReady {
-                        node: id,
-                        id: read_id,
-                        value,
-                    });
-                    Ok(())
-                }
-                Action::ReadFailed { id: read_id, .. } => {
-                    member.reads.remove(&read_id);
-                    self.completions.push(Completion::ReadFailed {
-                        node: id,
-                        id: read_id,
-                    });
-                    Ok(())
-                }
-                Action::Event(ev) => {
-                    if let Some(t) = &mut self.trace {
-                        t.push(format!("{} n{id} {}", self.now, describe(&ev)));
-                    }
-                    match ev {
-                        Event::PeerFault { .. } if self.forging => {
-                            self.peer_faults.push((id, ev));
-                            Ok(())
-                        }
-                        // The network here only delays, loses, duplicates
-                        // and reorders what correct members send.
-                        Event::PeerFault { .. } => Err(Violation(format!(
-                            "n{id} took a correct member's message for a fault: {}",
-                            describe(&ev)
-                        ))),
-                        Event::ElectionStarted {
-                            reason: crate::ElectionReason::LeadershipTransfer { .. },
-                            ..
-                        } => {
-                            self.transfer_elections += 1;
-                            Ok(())
-                        }
-                        Event::RoleChanged {
-                            reason: crate::RoleChangeReason::RemovedFromConfiguration,
-                            ..
-                        } => {
-                            removal_reports += 1;
-                            Ok(())
-                        }
-                        _ => Ok(()),
-                    }
-                }
-                other => unreachable!("the driver carries out {other:?} itself"),
-            };
+        for action in actions {
+            let r = self.carry_out(id, action, &mut removal_reports);
             if result.is_ok() {
                 result = r;
             }
         }
-        let node = member.node.as_ref().expect("running");
-        node.check_invariants();
-        let (role, term, commit) = (node.role(), node.term(), node.commit_index());
-        // A member knows its removal once its removing configuration is
-        // committed: it reports that once, and never campaigns after.
-        let removed = node.is_removed();
-        self.removals += removal_reports;
-        if removal_reports > 0 && (!removed || !self.removal_reported.insert(id)) {
-            result = result.and(Err(Violation(format!(
-                "n{id} reported a removal {removal_reports} time(s) (removed: {removed}, reported before: {})",
-                self.removal_reported.contains(&id)
-            ))));
-        }
-        if !removed {
-            self.removal_reported.remove(&id);
-        } else if role != Role::Follower {
-            result = result.and(Err(Violation(format!(
-                "n{id} knows it was removed and is {role}"
-            ))));
-        }
-        if result.is_ok() {
-            result = self
-                .checker
-                .after_step(id, role, term, commit, &member.disk.written_log);
-        }
-        for m in &outbox.0 {
-            if result.is_ok() {
-                result = self.checker.on_send(m);
-            }
-        }
+        let result = self.check_after_input(id, result, removal_reports, &outbox);
         if let Err(v) = result {
             self.violation
                 .get_or_insert(Violation(format!("at {}: {v}", self.now)));
         }
+        let member = &self.members[&id];
         if member.disk.sync_in_flight() && !sync_was_in_flight {
             let incarnation = member.incarnation;
             let d = self
@@ -1183,99 +692,43 @@ impl Cluster {
                 },
             );
         }
-        let sent = outbox.0.len();
-        for m in outbox.0 {
+        let sent = outbox.len();
+        for m in outbox {
             self.transmit(m);
         }
         self.maybe_snapshot(id);
         sent
     }
 
-    /// Takes a snapshot of `id`'s state machine once it applied
-    /// `net.snapshot_every` entries since the last one, as a server would
-    /// on its threshold: durable first, then the node is told (and
-    /// compacts its log).
-    fn maybe_snapshot(&mut self, id: NodeId) {
-        let every = self.net.snapshot_every;
-        let member = self.members.get_mut(&id).expect("member");
-        let (index, term) = member.applied;
-        if every == 0 || index.0 < member.snapshot_index.0 + every || member.node.is_none() {
-            return;
-        }
-        let data = encode_machine(&member.machine);
-        let membership = member
-            .node
-            .as_ref()
-            .expect("running")
-            .membership_at(index)
-            .expect("the applied index is not below the log start")
-            .clone();
-        let meta = SnapshotMeta {
-            last_index: index,
-            last_term: term,
-            len: data.len() as u64,
-            membership: Box::new(membership),
-        };
-        member.snapshot_index = index;
-        member.disk.save_snapshot((meta.clone(), data));
-        self.snapshots_taken += 1;
-        let r = self
-            .checker
-            .on_snapshot(id, &meta, machine_hash(&member.machine));
-        if let Err(v) = r {
-            self.violation
-                .get_or_insert(Violation(format!("at {}: {v}", self.now)));
-        }
+    /// Drains `id`'s node through the production driver onto its disk,
+    /// the checker watching every write: the actions the driver hands
+    /// back to carry out, the messages to send (after `released`), and
+    /// the checker's verdict on the writes.
+    fn drain(
+        &mut self,
+        id: NodeId,
+        released: Vec<Message>,
+    ) -> (Vec<Action>, Vec<Message>, Result<(), Violation>) {
         let now = self.now;
-        member
-            .node
-            .as_mut()
-            .expect("running")
-            .handle_snapshot_saved(now, meta);
-        self.log_line(|| format!("n{id} snapshot {index}@t{term}"));
-        self.after_input(id);
-    }
-
-    fn transmit(&mut self, m: Message) {
-        *self.sent.entry(m.kind()).or_insert(0) += 1;
-        // Every message crosses the wire format, as in the real server: a
-        // message the codec refuses is a bug in the node.
-        let mut frame = bytes::BytesMut::new();
-        crate::codec::encode(&m, &mut frame);
-        let decoded = crate::codec::decode(&mut frame);
-        assert!(
-            matches!(&decoded, Ok(Some(d)) if *d == m) && frame.is_empty(),
-            "codec round trip changed {m:?} into {decoded:?}"
-        );
-        if let Some(pool) = &mut self.in_flight {
-            pool.push(m);
-            return;
-        }
-        if self.rng.chance(self.net.loss) {
-            return;
-        }
-        let copies = if self.rng.chance(self.net.duplicate) {
-            2
-        } else {
-            1
+        let member = self.members.get_mut(&id).expect("member");
+        let node = member.node.as_mut().expect("running");
+        let mut result = Ok(());
+        let mut outbox = Outbox(released);
+        let mut out = Vec::new();
+        let mut disk = CheckedDisk {
+            id,
+            disk: &mut member.disk,
+            checker: &mut self.checker,
+            result: &mut result,
         };
-        let reply = matches!(
-            m.body,
-            MessageBody::RequestVoteResponse(_)
-                | MessageBody::AppendEntriesResponse(_)
-                | MessageBody::InstallSnapshotResponse(_)
-                | MessageBody::ReadIndexResponse(_)
-        );
-        for _ in 0..copies {
-            let (lo, hi) = if reply && self.rng.chance(self.net.slow_replies) {
-                self.net.slow_reply_delay
-            } else {
-                (self.net.min_delay, self.net.max_delay)
-            };
-            let d = self.rng.range(lo.as_nanos() as u64, hi.as_nanos() as u64);
-            let at = self.now + Duration::from_nanos(d);
-            self.schedule(at, Scheduled::Deliver(m.clone()));
+        let drained = member
+            .driver
+            .drain(node, now, &mut disk, &mut outbox, &mut out);
+        match drained {
+            Ok(()) => {}
+            Err(never) => match never {},
         }
+        (out, outbox.0, result)
     }
 
     /// Whether `id` holds appends it wrote but has not synced yet.
@@ -1283,36 +736,10 @@ impl Cluster {
         self.members[&id].disk.has_unsynced_entries()
     }
 
-    /// Stalls (or resumes) `id`'s disk: its syncs do not complete while
-    /// stalled.
-    pub fn stall_disk(&mut self, id: NodeId, stalled: bool) {
-        self.members.get_mut(&id).expect("member").disk_stalled = stalled;
-    }
-
     /// If `id` refused to start because a durable record failed its
     /// checksum: the entry whose record it was.
     pub fn refused(&self, id: NodeId) -> Option<LogIndex> {
         self.members[&id].refused
-    }
-
-    /// Moves the durable term of `id`, which must be down, to `term` (no
-    /// vote in it), as if it had taken part in elections up to there. For
-    /// tests of terms an honest cluster reaches only after ages (see
-    /// [`Term::MAX_JUMP`]).
-    ///
-    /// # Panics
-    ///
-    /// If `id` is running, or `term` is not above its durable term.
-    pub fn set_persisted_term(&mut self, id: NodeId, term: Term) {
-        let m = self.members.get_mut(&id).expect("member");
-        assert!(m.node.is_none(), "n{id} must be down");
-        assert!(term > m.disk.durable_hs.current_term, "terms only grow");
-        let hs = HardState {
-            current_term: term,
-            voted_for: None,
-        };
-        m.disk.durable_hs = hs;
-        m.disk.written_hs = hs;
     }
 
     /// The durable hard state of `id`.
@@ -1332,51 +759,5 @@ impl Cluster {
         // The snapshot's last entry counts: with no trailing log kept, a
         // member may compact exactly through the entry asked about.
         self.members[&id].disk.durable_term_at(index)
-    }
-}
-
-/// `msg` as a frame on the wire, whatever its term: [`codec::encode`]
-/// refuses to write a term above [`Term::MAX`], so the frame is encoded
-/// with `Term::MAX` in its place and the term field overwritten. What a
-/// hostile or broken peer can put on a link; [`codec::decode`] judges it.
-pub fn forge_frame(msg: &Message) -> BytesMut {
-    // len:u32 version:u8 tag:u8 from:u64 to:u64, then term:u64.
-    const TERM_AT: usize = codec::FRAME_HEADER_LEN + 1 + 8 + 8;
-    let mut as_max = msg.clone();
-    as_max.term = Term::MAX;
-    let mut frame = BytesMut::new();
-    codec::encode(&as_max, &mut frame);
-    frame[TERM_AT..TERM_AT + 8].copy_from_slice(&msg.term.0.to_be_bytes());
-    frame
-}
-
-/// One line for an event, as the server logs it.
-pub fn describe(ev: &Event) -> String {
-    match ev {
-        Event::ElectionStarted {
-            term,
-            pre_vote,
-            reason,
-        } => {
-            let what = if *pre_vote { "pre-vote" } else { "election" };
-            format!("{what} for term {term} ({reason})")
-        }
-        Event::RoleChanged { role, term, reason } => {
-            format!("became {role} in term {term} ({reason})")
-        }
-        Event::LeaderChanged {
-            leader: Some(l),
-            term,
-        } => format!("leader is n{l} (term {term})"),
-        Event::LeaderChanged { leader: None, term } => format!("no leader (term {term})"),
-        Event::PeerFault { peer, fault } => format!("dropped a message from n{peer}: {fault}"),
-        Event::MembershipChanged { index, membership } => format!(
-            "configuration at {index}: voters {:?} learners {:?}",
-            membership.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
-            membership.learners.iter().map(|v| v.0).collect::<Vec<_>>()
-        ),
-        Event::TransferAborted { target } => {
-            format!("leadership transfer to n{target} given up")
-        }
     }
 }

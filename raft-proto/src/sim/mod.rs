@@ -15,6 +15,7 @@ mod cluster;
 mod disk;
 pub mod fuzz;
 pub mod linearizability;
+mod nemesis;
 mod run;
 
 pub use checker::{Checker, Violation};

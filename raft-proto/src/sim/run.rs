@@ -4,16 +4,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::cluster::{encode_write, forge_frame, Cluster, Completion, NetConfig};
+use super::cluster::{encode_write, Cluster, Completion, NetConfig};
 use super::linearizability::{self, Op, OpKind};
-use crate::{
-    AppendEntries, AppendEntriesResponse, AppendResult, Config, EntryId, InstallSnapshot,
-    InstallSnapshotResponse, LogIndex, MembershipChange, Message, MessageBody, NodeId,
-    ProposeError, ReadError, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
-    Rng, SnapshotMeta, Term, Time,
-};
+use super::nemesis::{forge_one, inject_fault};
+use crate::{Config, EntryId, NodeId, ProposeError, ReadError, Rng, Time};
 
 /// Knobs of one run.
 #[derive(Clone, Debug)]
@@ -101,264 +95,332 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// non-linearizable history, or no recovery after healing. Node assertions
 /// panic; the caller may catch them.
 pub fn run_seed(seed: u64, opts: &RunOptions) -> Result<RunReport, String> {
-    let mut rng = Rng::new(seed);
-    let n = opts.nodes.unwrap_or([3, 5, 7][rng.range(0, 3) as usize]);
-    let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
-    // Spare nodes start outside the cluster; configuration changes bring
-    // them in and take others out, so majorities really change.
-    let spares: Vec<NodeId> = (n + 1..=n + rng.range(0, 3)).map(NodeId).collect();
-    let ids: Vec<NodeId> = voters.iter().chain(&spares).copied().collect();
-    let mut config = Config::new(NodeId(1), voters);
-    // Small batches and windows make flow control and batching bite.
-    config.max_entries_per_append = 1 + rng.range(0, 64) as usize;
-    config.max_inflight_appends = 1 + rng.range(0, 8) as usize;
-    // Every run compacts: snapshots every few dozen entries, a short
-    // trailing log, and chunks small enough that a transfer takes several.
-    config.compaction_trailing_entries = [0, 3, 20][rng.range(0, 3) as usize];
-    config.snapshot_chunk_bytes = 16 + rng.range(0, 100) as usize;
-    let snapshot_every = [10, 25, 60][rng.range(0, 3) as usize];
-    let mut cluster = Cluster::with_spares(config, &spares, seed);
-    cluster.net.snapshot_every = snapshot_every;
-    // Two seeds in three feed a member every message due within a window
-    // before it drains, as raft-node's loop turns do; the window comes
-    // from its own stream so the rest of the seed's choices stay as they
-    // were.
-    let mut batching = Rng::new(seed ^ 0xBA7C_4ED0_0000_0001);
-    if batching.range(0, 3) > 0 {
-        cluster.net.batch_window = Duration::from_micros(batching.range(50, 1000));
-    }
-    // Half the seeds wake their members up to 0.1-3 ms late, as a loop
-    // turn does (its own stream too): timers set from a late clock drift
-    // apart, and the cluster checks a leader never wakes to send nothing.
-    let mut lateness = Rng::new(seed ^ 0x1A7E_0000_0000_0002);
-    if lateness.chance(0.5) {
-        cluster.net.timer_lateness = Duration::from_micros(lateness.range(100, 3000));
-    }
-    if opts.trace {
-        cluster.enable_trace();
-    }
-    let mut report = RunReport {
-        nodes: n,
-        ..RunReport::default()
-    };
+    let mut run = Run::new(seed, opts);
+    run.under_faults(seed)?;
+    let healed_at = run.heal();
+    run.recover(healed_at)?;
+    run.finish()
+}
 
-    let mut clients: Vec<Client> = (0..opts.clients)
-        .map(|i| Client {
-            id: i + 1,
-            leader_guess: None,
-            next_at: Time::ZERO,
-            op: None,
-        })
-        .collect();
-    let mut history: Vec<Op> = Vec::new();
-    let mut next_value: u64 = 1;
-    let mut next_read_id: u64 = 1;
+/// One run's state, from one phase to the next: the cluster, the seed's
+/// choices, the clients and the history they make.
+struct Run<'a> {
+    opts: &'a RunOptions,
+    cluster: Cluster,
+    rng: Rng,
+    /// Every node, members and spares.
+    ids: Vec<NodeId>,
+    report: RunReport,
+    clients: Vec<Client>,
+    history: Vec<Op>,
+    next_value: u64,
+    next_read_id: u64,
+    crashed: Vec<NodeId>,
+    frozen: Vec<NodeId>,
+}
 
-    let fault_end = Time::ZERO + opts.fault_time;
-    let mut next_fault = Time::ZERO + Duration::from_millis(rng.range(500, 2000));
-    // Half the seeds also have one member send one forged message with an
-    // arbitrary term, then stop (see `forge_one`). From its own stream,
-    // so the rest of the seed's choices stay as they were.
-    let mut forgery = Rng::new(seed ^ 0xF0A6_ED00_0000_0003);
-    let mut forge_at = forgery.chance(0.5).then(|| {
-        let ms = opts.fault_time.as_millis() as u64;
-        Time::ZERO + Duration::from_millis(forgery.range(500, ms.max(501)))
-    });
-    let mut crashed: Vec<NodeId> = Vec::new();
-    let mut frozen: Vec<NodeId> = Vec::new();
-
-    while cluster.now() < fault_end {
-        // Nemesis.
-        if cluster.now() >= next_fault {
-            let text = inject_fault(&mut cluster, &mut rng, &ids, &mut crashed, &mut frozen);
-            report.faults.push(format!("{} {text}", cluster.now()));
-            next_fault = cluster.now() + Duration::from_millis(rng.range(200, 3000));
+impl<'a> Run<'a> {
+    /// The cluster the seed chooses (size, spares, batching, compaction,
+    /// a late timer, ...) and idle clients.
+    fn new(seed: u64, opts: &'a RunOptions) -> Run<'a> {
+        let mut rng = Rng::new(seed);
+        let n = opts.nodes.unwrap_or([3, 5, 7][rng.range(0, 3) as usize]);
+        let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        // Spare nodes start outside the cluster; configuration changes bring
+        // them in and take others out, so majorities really change.
+        let spares: Vec<NodeId> = (n + 1..=n + rng.range(0, 3)).map(NodeId).collect();
+        let ids: Vec<NodeId> = voters.iter().chain(&spares).copied().collect();
+        let mut config = Config::new(NodeId(1), voters);
+        // Small batches and windows make flow control and batching bite.
+        config.max_entries_per_append = 1 + rng.range(0, 64) as usize;
+        config.max_inflight_appends = 1 + rng.range(0, 8) as usize;
+        // Every run compacts: snapshots every few dozen entries, a short
+        // trailing log, and chunks small enough that a transfer takes several.
+        config.compaction_trailing_entries = [0, 3, 20][rng.range(0, 3) as usize];
+        config.snapshot_chunk_bytes = 16 + rng.range(0, 100) as usize;
+        let snapshot_every = [10, 25, 60][rng.range(0, 3) as usize];
+        let mut cluster = Cluster::with_spares(config, &spares, seed);
+        cluster.net.snapshot_every = snapshot_every;
+        // Two seeds in three feed a member every message due within a window
+        // before it drains, as raft-node's loop turns do; the window comes
+        // from its own stream so the rest of the seed's choices stay as they
+        // were.
+        let mut batching = Rng::new(seed ^ 0xBA7C_4ED0_0000_0001);
+        if batching.range(0, 3) > 0 {
+            cluster.net.batch_window = Duration::from_micros(batching.range(50, 1000));
         }
-        if forge_at.is_some_and(|t| cluster.now() >= t) {
-            forge_at = None;
-            let (text, refused) = forge_one(&mut cluster, &mut forgery, &ids, &mut crashed);
-            report.forged += 1;
-            report.forged_refused += u64::from(refused);
-            report.faults.push(format!("{} {text}", cluster.now()));
+        // Half the seeds wake their members up to 0.1-3 ms late, as a loop
+        // turn does (its own stream too): timers set from a late clock drift
+        // apart, and the cluster checks a leader never wakes to send nothing.
+        let mut lateness = Rng::new(seed ^ 0x1A7E_0000_0000_0002);
+        if lateness.chance(0.5) {
+            cluster.net.timer_lateness = Duration::from_micros(lateness.range(100, 3000));
         }
-        // Clients.
-        let now = cluster.now();
-        for c in clients.iter_mut() {
-            if c.op.is_none() && now >= c.next_at {
-                start_op(
-                    &mut cluster,
-                    &mut rng,
-                    c,
-                    opts.keys,
-                    &mut next_value,
-                    &mut next_read_id,
-                );
-            }
-            if let Some((op, _, started)) = &c.op {
-                if now >= *started + OP_TIMEOUT {
-                    // Timed out: a write's outcome is unknown; a read had no effect.
-                    if let OpKind::Write(_) = op.kind {
-                        history.push(*op);
-                        report.unknown += 1;
-                    } else {
-                        report.failed += 1;
-                    }
-                    c.op = None;
-                    c.leader_guess = None;
-                }
-            }
+        if opts.trace {
+            cluster.enable_trace();
         }
-        let wake = clients
-            .iter()
-            .map(|c| match &c.op {
-                None => c.next_at,
-                Some((_, _, started)) => *started + OP_TIMEOUT,
+        let report = RunReport {
+            nodes: n,
+            ..RunReport::default()
+        };
+        let clients: Vec<Client> = (0..opts.clients)
+            .map(|i| Client {
+                id: i + 1,
+                leader_guess: None,
+                next_at: Time::ZERO,
+                op: None,
             })
-            .chain([next_fault, fault_end])
-            .chain(forge_at)
-            .min()
-            .expect("some deadline")
-            .max(cluster.now());
-        if !cluster.run_until(wake) {
-            break;
+            .collect();
+        Run {
+            opts,
+            cluster,
+            rng,
+            ids,
+            report,
+            clients,
+            history: Vec::new(),
+            next_value: 1,
+            next_read_id: 1,
+            crashed: Vec::new(),
+            frozen: Vec::new(),
         }
-        for done in cluster.take_completions() {
-            complete_ops(
-                &cluster,
-                &mut clients,
-                &done,
-                &mut history,
-                &mut report,
-                &mut rng,
-            );
-        }
-    }
-    if let Some(v) = cluster.violation().map(|v| v.to_string()) {
-        return Err(fail(&mut cluster, &report, &v));
     }
 
-    // Heal: every process up, network whole and reliable.
-    cluster.heal();
-    for id in frozen.drain(..) {
-        cluster.thaw(id);
-    }
-    for id in crashed.drain(..) {
-        cluster.restart(id);
-    }
-    cluster.net = NetConfig::default();
-    let healed_at = cluster.now();
-    // Outstanding client operations end with unknown outcome.
-    for c in clients.iter_mut() {
-        if let Some((op, _, _)) = c.op.take() {
-            if let OpKind::Write(_) = op.kind {
-                history.push(op);
-                report.unknown += 1;
+    /// For `opts.fault_time`: the nemesis injects faults while the clients
+    /// read and write. `Err` on a safety violation.
+    fn under_faults(&mut self, seed: u64) -> Result<(), String> {
+        let fault_end = Time::ZERO + self.opts.fault_time;
+        let mut next_fault = Time::ZERO + Duration::from_millis(self.rng.range(500, 2000));
+        // Half the seeds also have one member send one forged message with an
+        // arbitrary term, then stop (see `forge_one`). From its own stream,
+        // so the rest of the seed's choices stay as they were.
+        let mut forgery = Rng::new(seed ^ 0xF0A6_ED00_0000_0003);
+        let mut forge_at = forgery.chance(0.5).then(|| {
+            let ms = self.opts.fault_time.as_millis() as u64;
+            Time::ZERO + Duration::from_millis(forgery.range(500, ms.max(501)))
+        });
+        let cluster = &mut self.cluster;
+        while cluster.now() < fault_end {
+            // Nemesis.
+            if cluster.now() >= next_fault {
+                let text = inject_fault(
+                    cluster,
+                    &mut self.rng,
+                    &self.ids,
+                    &mut self.crashed,
+                    &mut self.frozen,
+                );
+                self.report.faults.push(format!("{} {text}", cluster.now()));
+                next_fault = cluster.now() + Duration::from_millis(self.rng.range(200, 3000));
             }
-        }
-    }
-
-    // Liveness: a leader, and a fresh write applied on every node, in bound
-    // (10 s by default: some 16 maximum election timeouts). The heal above
-    // undoes every kind of fault the nemesis injects (crashes, crash-all,
-    // freezes, partitions, blocks, isolations, a lossy network, and the
-    // member that forged a message, crashed or cut off), so this is the
-    // "a leader within a bound of the last fault" check for all of them;
-    // a member a configuration change removed is not expected to hear.
-    let deadline = healed_at + opts.recovery_bound;
-    let probe_value = next_value;
-    let mut probe: Option<(NodeId, EntryId)> = None;
-    let mut recovered = false;
-    while cluster.now() < deadline {
-        if probe.is_none() {
-            if let Some(l) = cluster.leader() {
-                match cluster.propose(l, encode_write(u64::MAX, probe_value)) {
-                    Ok(id) => probe = Some((l, id)),
-                    Err(ProposeError::NotLeader { .. })
-                    | Err(ProposeError::Busy)
-                    | Err(ProposeError::TransferInProgress { .. }) => {}
-                    Err(e @ ProposeError::TooLarge { .. })
-                    | Err(e @ ProposeError::Membership(_)) => unreachable!("16-byte write: {e}"),
+            if forge_at.is_some_and(|t| cluster.now() >= t) {
+                forge_at = None;
+                let (text, refused) =
+                    forge_one(cluster, &mut forgery, &self.ids, &mut self.crashed);
+                self.report.forged += 1;
+                self.report.forged_refused += u64::from(refused);
+                self.report.faults.push(format!("{} {text}", cluster.now()));
+            }
+            // Clients.
+            let now = cluster.now();
+            for c in self.clients.iter_mut() {
+                if c.op.is_none() && now >= c.next_at {
+                    start_op(
+                        cluster,
+                        &mut self.rng,
+                        c,
+                        self.opts.keys,
+                        &mut self.next_value,
+                        &mut self.next_read_id,
+                    );
+                }
+                if let Some((op, _, started)) = &c.op {
+                    if now >= *started + OP_TIMEOUT {
+                        // Timed out: a write's outcome is unknown; a read had no effect.
+                        if let OpKind::Write(_) = op.kind {
+                            self.history.push(*op);
+                            self.report.unknown += 1;
+                        } else {
+                            self.report.failed += 1;
+                        }
+                        c.op = None;
+                        c.leader_guess = None;
+                    }
                 }
             }
-        }
-        if let Some((l, id)) = probe {
-            // Every member of the configuration: one the nemesis removed
-            // hears nothing more, by design.
-            let members: Vec<NodeId> = cluster
-                .node(l)
-                .map(|n| n.membership().members().collect())
-                .unwrap_or_default();
-            let everywhere = members.iter().all(|&n| {
-                cluster
-                    .node(n)
-                    .is_some_and(|node| node.last_applied() >= id.index)
-                    && cluster.persisted_term_at(n, id.index) == Some(id.term)
-            });
-            if everywhere {
-                recovered = true;
+            let wake = self
+                .clients
+                .iter()
+                .map(|c| match &c.op {
+                    None => c.next_at,
+                    Some((_, _, started)) => *started + OP_TIMEOUT,
+                })
+                .chain([next_fault, fault_end])
+                .chain(forge_at)
+                .min()
+                .expect("some deadline")
+                .max(cluster.now());
+            if !cluster.run_until(wake) {
                 break;
             }
-            // The node we proposed to no longer leads that term (a stale
-            // leader that was frozen, say): the probe may be lost, so
-            // propose again on the current leader.
-            let (l, _) = probe.expect("set");
-            if cluster
-                .node(l)
-                .is_none_or(|n| n.role() != crate::Role::Leader || n.term() != id.term)
-            {
-                probe = None;
+            for done in cluster.take_completions() {
+                complete_ops(
+                    cluster,
+                    &mut self.clients,
+                    &done,
+                    &mut self.history,
+                    &mut self.report,
+                    &mut self.rng,
+                );
             }
         }
-        let step_to = cluster.now() + Duration::from_millis(10);
-        if !cluster.run_for(step_to - cluster.now()) {
-            break;
+        if let Some(v) = cluster.violation().map(|v| v.to_string()) {
+            return Err(fail(cluster, &self.report, &v));
         }
+        Ok(())
     }
-    if let Some(v) = cluster.violation().map(|v| v.to_string()) {
-        return Err(fail(&mut cluster, &report, &v));
-    }
-    if !recovered {
-        let mut msg = format!(
-            "liveness: no leader with a new commit on every node within {} ms of healing (probe {probe:?})",
-            opts.recovery_bound.as_millis()
-        );
-        for &id in &ids {
-            let _ = write!(msg, "\n  n{id}: {:?}", cluster.node(id).map(|n| n.status()));
-        }
 
-        return Err(fail(&mut cluster, &report, &msg));
-    }
-    report.recovery = cluster.now() - healed_at;
-
-    // Every acknowledged write must be in the final state or overwritten,
-    // which the linearizability check covers: it includes a final read of
-    // every key from the leader after recovery.
-    if let Some(l) = cluster.leader() {
-        let t = cluster.now().as_nanos();
-        for key in 0..opts.keys {
-            history.push(Op {
-                client: 0,
-                key,
-                kind: OpKind::Read(cluster.value(l, key)),
-                invoke: t,
-                complete: Some(t),
-            });
+    /// Heal: every process up, network whole and reliable. Returns when.
+    fn heal(&mut self) -> Time {
+        let cluster = &mut self.cluster;
+        cluster.heal();
+        for id in self.frozen.drain(..) {
+            cluster.thaw(id);
         }
+        for id in self.crashed.drain(..) {
+            cluster.restart(id);
+        }
+        cluster.net = NetConfig::default();
+        let healed_at = cluster.now();
+        // Outstanding client operations end with unknown outcome.
+        for c in self.clients.iter_mut() {
+            if let Some((op, _, _)) = c.op.take() {
+                if let OpKind::Write(_) = op.kind {
+                    self.history.push(op);
+                    self.report.unknown += 1;
+                }
+            }
+        }
+        healed_at
     }
-    if let Err(e) = linearizability::check(&history) {
-        return Err(fail(&mut cluster, &report, &e.to_string()));
+
+    /// Liveness: a leader, and a fresh write applied on every node, in bound
+    /// (10 s by default: some 16 maximum election timeouts). The heal
+    /// undoes every kind of fault the nemesis injects (crashes, crash-all,
+    /// freezes, partitions, blocks, isolations, a lossy network, and the
+    /// member that forged a message, crashed or cut off), so this is the
+    /// "a leader within a bound of the last fault" check for all of them;
+    /// a member a configuration change removed is not expected to hear.
+    fn recover(&mut self, healed_at: Time) -> Result<(), String> {
+        let cluster = &mut self.cluster;
+        let deadline = healed_at + self.opts.recovery_bound;
+        let probe_value = self.next_value;
+        let mut probe: Option<(NodeId, EntryId)> = None;
+        let mut recovered = false;
+        while cluster.now() < deadline {
+            if probe.is_none() {
+                if let Some(l) = cluster.leader() {
+                    match cluster.propose(l, encode_write(u64::MAX, probe_value)) {
+                        Ok(id) => probe = Some((l, id)),
+                        Err(ProposeError::NotLeader { .. })
+                        | Err(ProposeError::Busy)
+                        | Err(ProposeError::TransferInProgress { .. }) => {}
+                        Err(e @ ProposeError::TooLarge { .. })
+                        | Err(e @ ProposeError::Membership(_)) => {
+                            unreachable!("16-byte write: {e}")
+                        }
+                    }
+                }
+            }
+            if let Some((l, id)) = probe {
+                if applied_everywhere(cluster, l, id) {
+                    recovered = true;
+                    break;
+                }
+                // The node we proposed to no longer leads that term (a stale
+                // leader that was frozen, say): the probe may be lost, so
+                // propose again on the current leader.
+                if cluster
+                    .node(l)
+                    .is_none_or(|n| n.role() != crate::Role::Leader || n.term() != id.term)
+                {
+                    probe = None;
+                }
+            }
+            let step_to = cluster.now() + Duration::from_millis(10);
+            if !cluster.run_for(step_to - cluster.now()) {
+                break;
+            }
+        }
+        if let Some(v) = cluster.violation().map(|v| v.to_string()) {
+            return Err(fail(cluster, &self.report, &v));
+        }
+        if !recovered {
+            let mut msg = format!(
+                "liveness: no leader with a new commit on every node within {} ms of healing (probe {probe:?})",
+                self.opts.recovery_bound.as_millis()
+            );
+            for &id in &self.ids {
+                let _ = write!(msg, "\n  n{id}: {:?}", cluster.node(id).map(|n| n.status()));
+            }
+
+            return Err(fail(cluster, &self.report, &msg));
+        }
+        self.report.recovery = cluster.now() - healed_at;
+        Ok(())
     }
-    report.committed = cluster.checker().committed_len();
-    report.leader_terms = cluster.checker().leader_terms();
-    (report.snapshots_taken, report.snapshots_installed) = cluster.snapshot_counts();
-    report.config_changes = cluster
-        .checker()
-        .committed_configurations()
-        .saturating_sub(1);
-    report.transfer_elections = cluster.transfer_elections();
-    report.removals_reported = cluster.removals_reported();
-    report.trace = cluster.take_trace();
-    Ok(report)
+
+    /// The history must be linearizable; the report.
+    fn finish(mut self) -> Result<RunReport, String> {
+        let cluster = &mut self.cluster;
+        let history = &mut self.history;
+        let report = &mut self.report;
+        // Every acknowledged write must be in the final state or overwritten,
+        // which the linearizability check covers: it includes a final read of
+        // every key from the leader after recovery.
+        if let Some(l) = cluster.leader() {
+            let t = cluster.now().as_nanos();
+            for key in 0..self.opts.keys {
+                history.push(Op {
+                    client: 0,
+                    key,
+                    kind: OpKind::Read(cluster.value(l, key)),
+                    invoke: t,
+                    complete: Some(t),
+                });
+            }
+        }
+        if let Err(e) = linearizability::check(history) {
+            return Err(fail(cluster, report, &e.to_string()));
+        }
+        report.committed = cluster.checker().committed_len();
+        report.leader_terms = cluster.checker().leader_terms();
+        (report.snapshots_taken, report.snapshots_installed) = cluster.snapshot_counts();
+        report.config_changes = cluster
+            .checker()
+            .committed_configurations()
+            .saturating_sub(1);
+        report.transfer_elections = cluster.transfer_elections();
+        report.removals_reported = cluster.removals_reported();
+        report.trace = cluster.take_trace();
+        Ok(self.report)
+    }
+}
+
+/// Whether the probe `id`, proposed on `l`, is applied and durable on
+/// every member of `l`'s configuration: one the nemesis removed hears
+/// nothing more, by design.
+fn applied_everywhere(cluster: &Cluster, l: NodeId, id: EntryId) -> bool {
+    let members: Vec<NodeId> = cluster
+        .node(l)
+        .map(|n| n.membership().members().collect())
+        .unwrap_or_default();
+    members.iter().all(|&n| {
+        cluster
+            .node(n)
+            .is_some_and(|node| node.last_applied() >= id.index)
+            && cluster.persisted_term_at(n, id.index) == Some(id.term)
+    })
 }
 
 /// Election liveness on a slow, lossy network, in the shape of the MIT
@@ -421,294 +483,6 @@ fn fail(cluster: &mut Cluster, report: &RunReport, what: &str) -> String {
         }
     }
     s
-}
-
-/// One single-server configuration change on the leader, of the kinds an
-/// operator makes: add a node as a learner or directly as a voter,
-/// promote a learner, remove a voter (the leader itself now and then) or
-/// a learner. At least two voters stay. Refusals (a change in progress, a
-/// learner behind) are part of the test.
-fn reconfigure(cluster: &mut Cluster, rng: &mut Rng, ids: &[NodeId]) -> String {
-    let Some(l) = cluster.leader() else {
-        return "reconfigure: no leader".into();
-    };
-    let m = cluster.node(l).expect("up").membership().clone();
-    let outside: Vec<NodeId> = ids.iter().copied().filter(|&id| !m.contains(id)).collect();
-    let any = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
-    let mut options = Vec::new();
-    if !outside.is_empty() {
-        let id = any(rng, &outside);
-        options.push(MembershipChange::AddLearner(id));
-        options.push(MembershipChange::AddVoter(id));
-    }
-    if !m.learners.is_empty() {
-        let id = any(rng, &m.learners);
-        options.push(MembershipChange::Promote(id));
-        options.push(MembershipChange::Promote(id));
-        options.push(MembershipChange::Remove(id));
-    }
-    if m.voters.len() > 2 {
-        options.push(MembershipChange::Remove(any(rng, &m.voters)));
-    }
-    if options.is_empty() {
-        return format!("reconfigure: nothing to change in {m:?}");
-    }
-    let change = options[rng.range(0, options.len() as u64) as usize];
-    match cluster.propose_membership(l, change) {
-        Ok(id) => format!("n{l}: {change:?} at {}", id.index),
-        Err(e) => format!("n{l}: {change:?} refused: {e}"),
-    }
-}
-
-/// One member sends one forged message with an arbitrary term, then is
-/// crashed or cut off (a member with a memory fault, or a compromised one,
-/// caught at once): the run must still end with a leader and a new commit
-/// on every member once it heals. The frame goes through the codec as in
-/// the server, so terms above `Term::MAX` are refused there. Terms are
-/// what is forged: the contents are ones that cannot break safety by
-/// themselves (an AppendEntries anchored at index 0, a snapshot the
-/// addressee has committed, answers to nothing), since Raft does not
-/// survive a member that lies about its log; and a term the addressee
-/// could honestly share with a real leader (a small step up) is never
-/// used for the kinds only a leader sends. Returns what happened, and
-/// whether the codec refused the frame.
-fn forge_one(
-    cluster: &mut Cluster,
-    rng: &mut Rng,
-    ids: &[NodeId],
-    crashed: &mut Vec<NodeId>,
-) -> (String, bool) {
-    let any = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
-    let from = any(rng, ids);
-    let targets: Vec<NodeId> = ids
-        .iter()
-        .copied()
-        .filter(|&id| id != from && cluster.is_up(id))
-        .collect();
-    if targets.is_empty() {
-        return (format!("forge from n{from}: no target"), false);
-    }
-    let to = any(rng, &targets);
-    let node = cluster.node(to).expect("up");
-    let current = node.term();
-    let commit = node.commit_index();
-    let membership = node.membership().clone();
-    let term = match rng.range(0, 8) {
-        0 => current.plus_max_jump().0,
-        1 => current.plus_max_jump().0 + 1,
-        2 => Term::MAX.0 - 1,
-        3 => Term::MAX.0,
-        4 => Term::MAX.0 + 1,
-        5 => u64::MAX - 1,
-        6 => u64::MAX,
-        _ => rng.next_u64().max(current.plus_max_jump().0),
-    };
-    let rv = |pre_vote, leadership_transfer| {
-        MessageBody::RequestVote(RequestVote {
-            pre_vote,
-            leadership_transfer,
-            last_log_index: LogIndex(0),
-            last_log_term: Term(0),
-        })
-    };
-    let vote = |pre_vote, granted| {
-        MessageBody::RequestVoteResponse(RequestVoteResponse { pre_vote, granted })
-    };
-    let body = match rng.range(0, 12) {
-        0 => rv(false, false),
-        1 => rv(true, false),
-        2 => rv(false, true),
-        3 => vote(rng.chance(0.5), rng.chance(0.5)),
-        4 => MessageBody::AppendEntries(AppendEntries {
-            prev_log_index: LogIndex(0),
-            prev_log_term: Term(0),
-            entries: Vec::new(),
-            leader_commit: LogIndex(0),
-            round: 0,
-        }),
-        5 => MessageBody::AppendEntriesResponse(AppendEntriesResponse {
-            round: 0,
-            result: AppendResult::Success {
-                match_index: LogIndex(0),
-            },
-        }),
-        6 if commit.0 > 0 => MessageBody::InstallSnapshot(InstallSnapshot {
-            meta: SnapshotMeta {
-                last_index: commit,
-                last_term: Term(1),
-                len: 1,
-                membership: Box::new(membership),
-            },
-            offset: 0,
-            data: Bytes::new(),
-            round: 0,
-        }),
-        7 => MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
-            last_index: LogIndex(1),
-            next_offset: 0,
-            round: 0,
-        }),
-        8 => MessageBody::ReadIndexRequest(ReadIndexRequest { id: rng.next_u64() }),
-        9 => MessageBody::ReadIndexResponse(ReadIndexResponse {
-            id: rng.next_u64(),
-            read_index: None,
-        }),
-        _ => MessageBody::TimeoutNow,
-    };
-    let msg = Message {
-        from,
-        to,
-        term: Term(term),
-        body,
-    };
-    let what = format!("{msg}");
-    let (outcome, refused) = match cluster.inject_frame(forge_frame(&msg)) {
-        Ok(_) => {
-            let now_at = cluster.node(to).map_or(Term(0), |n| n.term());
-            (format!("n{to} now at term {now_at}"), false)
-        }
-        Err(e) => (format!("refused by the codec: {e}"), true),
-    };
-    let stop = if rng.chance(0.5) {
-        cluster.crash(from);
-        if !crashed.contains(&from) {
-            crashed.push(from);
-        }
-        "crashed"
-    } else {
-        cluster.isolate(from);
-        "isolated"
-    };
-    (
-        format!("forged {what} ({outcome}); n{from} {stop}"),
-        refused,
-    )
-}
-
-fn inject_fault(
-    cluster: &mut Cluster,
-    rng: &mut Rng,
-    ids: &[NodeId],
-    crashed: &mut Vec<NodeId>,
-    frozen: &mut Vec<NodeId>,
-) -> String {
-    let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64) as usize];
-    match rng.range(0, 16) {
-        13 => reconfigure(cluster, rng, ids),
-        14 => {
-            // Changes in a burst (all but the first must be refused while
-            // it is uncommitted), then the leader is cut off, so that a
-            // new leader may start from a log without them: the case the
-            // single-server rules exist for.
-            let mut s: Vec<String> = (0..rng.range(2, 4))
-                .map(|_| reconfigure(cluster, rng, ids))
-                .collect();
-            if let Some(l) = cluster.leader().filter(|_| rng.chance(0.5)) {
-                cluster.isolate(l);
-                s.push(format!("isolate n{l}"));
-            }
-            s.join("; ")
-        }
-        15 => {
-            let Some(l) = cluster.leader() else {
-                return "transfer leadership: no leader".into();
-            };
-            let target = rng.chance(0.5).then(|| pick(rng));
-            match cluster.transfer_leadership(l, target) {
-                Ok(t) => format!("transfer leadership n{l} -> n{t}"),
-                Err(e) => format!("transfer leadership n{l} -> {target:?}: {e}"),
-            }
-        }
-        12 => {
-            // Crash the leader at the worst moment for §10.2.1: while it
-            // holds entries it sent but has not fsynced.
-            let Some(id) = cluster.leader() else {
-                return "crash leader with unsynced entries: no leader".into();
-            };
-            let until = cluster.now() + Duration::from_millis(200);
-            cluster.run_until_pred(until - cluster.now(), |c| c.has_unsynced_entries(id));
-            let unsynced = cluster.has_unsynced_entries(id);
-            cluster.crash(id);
-            crashed.push(id);
-            format!("crash leader n{id} (unsynced entries: {unsynced})")
-        }
-        0 | 1 => {
-            let id = cluster.leader().unwrap_or_else(|| pick(rng));
-            cluster.crash(id);
-            crashed.push(id);
-            format!("crash n{id} (leader: {})", cluster.leader().is_none())
-        }
-        2 => {
-            let id = pick(rng);
-            cluster.crash(id);
-            crashed.push(id);
-            format!("crash n{id}")
-        }
-        3 | 4 => {
-            let mut s = Vec::new();
-            for id in crashed.drain(..) {
-                cluster.restart(id);
-                s.push(format!("n{id}"));
-            }
-            format!("restart {}", s.join(" "))
-        }
-        5 => {
-            let id = cluster.leader().unwrap_or_else(|| pick(rng));
-            cluster.isolate(id);
-            format!("isolate n{id}")
-        }
-        6 => {
-            let mut group: Vec<NodeId> = ids.iter().copied().filter(|_| rng.chance(0.5)).collect();
-            if group.is_empty() {
-                group.push(pick(rng));
-            }
-            let reset = rng.chance(0.5);
-            cluster.partition(&group, reset);
-            format!("partition {group:?} reset={reset}")
-        }
-        7 => {
-            let (a, b) = (pick(rng), pick(rng));
-            if a != b {
-                cluster.block(a, b);
-            }
-            format!("block n{a} -> n{b}")
-        }
-        8 => {
-            let id = cluster.leader().unwrap_or_else(|| pick(rng));
-            cluster.freeze(id);
-            frozen.push(id);
-            format!("freeze n{id}")
-        }
-        9 => {
-            for id in frozen.drain(..) {
-                cluster.thaw(id);
-            }
-            cluster.heal();
-            "heal + thaw".to_string()
-        }
-        10 => {
-            cluster.net.loss = [0.0, 0.01, 0.05, 0.2][rng.range(0, 4) as usize];
-            cluster.net.duplicate = [0.0, 0.02, 0.1][rng.range(0, 3) as usize];
-            cluster.net.max_delay = Duration::from_millis([2, 10, 50][rng.range(0, 3) as usize]);
-            format!(
-                "net loss={} dup={} max_delay={:?}",
-                cluster.net.loss, cluster.net.duplicate, cluster.net.max_delay
-            )
-        }
-        _ => {
-            // Kill everything, then bring it all back: only what was
-            // persisted survives.
-            for &id in ids {
-                cluster.crash(id);
-            }
-            for &id in ids {
-                cluster.restart(id);
-            }
-            crashed.clear();
-            frozen.clear();
-            "crash all + restart all".to_string()
-        }
-    }
 }
 
 fn start_op(
