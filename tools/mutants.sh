@@ -32,7 +32,7 @@ command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 if [ $# -gt 0 ]; then
     files=("$@")
 else
-    files=(driver.rs leader.rs follower.rs candidate.rs progress.rs quorum.rs node.rs)
+    files=(driver.rs leader.rs follower.rs candidate.rs progress.rs quorum.rs node.rs term_rules.rs)
 fi
 budget=${MUTANTS_BUDGET_SECS:-3000}
 test_timeout=${MUTANTS_TIMEOUT:-30}
