@@ -68,6 +68,18 @@ fn report(c: &Cluster, row: &str, before: &[String], after: &[String]) {
     }
 }
 
+/// Every acknowledged write (`SET key 1`) reads back from the leader.
+fn all_there(c: &Cluster, acked: &[String]) {
+    let mut conn = c.conn(c.wait_leader(Duration::from_secs(5)));
+    for key in acked {
+        assert_eq!(
+            conn.cmd(&["GET", key]).unwrap(),
+            Reply::Bulk(Some(b"1".to_vec())),
+            "acknowledged write {key} lost"
+        );
+    }
+}
+
 fn terms(c: &Cluster) -> Vec<String> {
     (1..=3)
         .map(|id| c.field(id, "raft_term").expect("INFO answers"))
@@ -143,14 +155,7 @@ fn keys_over_a_large_store_causes_no_election_and_loses_no_write() {
     );
     assert_eq!(before, after, "an election happened during the walks");
     assert_eq!(c.wait_leader(Duration::from_secs(5)), leader);
-    let mut conn = c.conn(leader);
-    for key in &acked {
-        assert_eq!(
-            conn.cmd(&["GET", key]).unwrap(),
-            Reply::Bulk(Some(b"1".to_vec())),
-            "acknowledged write {key} lost"
-        );
-    }
+    all_there(&c, &acked);
 }
 
 #[test]
@@ -229,14 +234,7 @@ fn clients_that_pipeline_big_gets_and_never_read_cause_no_election() {
         !acked.is_empty(),
         "no write was acknowledged during the flood"
     );
-    let mut conn = c.conn(c.wait_leader(Duration::from_secs(5)));
-    for key in &acked {
-        assert_eq!(
-            conn.cmd(&["GET", key]).unwrap(),
-            Reply::Bulk(Some(b"1".to_vec())),
-            "acknowledged write {key} lost"
-        );
-    }
+    all_there(&c, &acked);
 }
 
 #[test]

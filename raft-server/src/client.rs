@@ -801,6 +801,17 @@ mod tests {
         (poll, Client::new(1, sock, addr, Instant::now()), peer)
     }
 
+    /// 64 KiB socket buffers on both ends: a peer that does not read
+    /// stops the writes early.
+    fn small_buffers(c: &Client, peer: &std::net::TcpStream) {
+        socket2::SockRef::from(&c.sock)
+            .set_send_buffer_size(64 * 1024)
+            .unwrap();
+        socket2::SockRef::from(peer)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+    }
+
     fn flush(poll: &mio::Poll, c: &mut Client) -> bool {
         c.flush(poll.registry(), Token(7), Instant::now()).unwrap()
     }
@@ -898,12 +909,7 @@ mod tests {
     fn replies_are_encoded_lazily() {
         let (poll, mut c, peer) = pair();
         // Small socket buffers, so that the kernel cannot take it all.
-        socket2::SockRef::from(&c.sock)
-            .set_send_buffer_size(64 * 1024)
-            .unwrap();
-        socket2::SockRef::from(&peer)
-            .set_recv_buffer_size(64 * 1024)
-            .unwrap();
+        small_buffers(&c, &peer);
         let big = Bytes::from(vec![b'v'; 512 * 1024]);
         for _ in 0..8 {
             let seq = c.reserve(Kind::Read, resp::bulk_len(big.len()));
@@ -933,12 +939,7 @@ mod tests {
         check_accounting(&c);
         // Small socket buffers: the kernel takes little before the peer
         // reads, and what it does not take must not be copied yet.
-        socket2::SockRef::from(&c.sock)
-            .set_send_buffer_size(64 * 1024)
-            .unwrap();
-        socket2::SockRef::from(&peer)
-            .set_recv_buffer_size(64 * 1024)
-            .unwrap();
+        small_buffers(&c, &peer);
         assert!(flush(&poll, &mut c));
         check_accounting(&c);
         assert!(c.out.len() <= ENCODE_AHEAD, "copied past the window");
