@@ -45,9 +45,7 @@ use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use raft_proto::codec;
-use raft_proto::{EntryPayload, Message, MessageBody, NodeId};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use raft_proto::{EntryPayload, Message, MessageBody, NodeId, Rng};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -139,13 +137,13 @@ impl LinkTiming {
     /// The delay before reconnect attempt `attempt` (0-based): exponential,
     /// capped, and jittered to `[d/2, d]` so that members do not redial in
     /// lockstep.
-    pub fn backoff(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+    pub fn backoff(&self, attempt: u32, rng: &mut Rng) -> Duration {
         let exp = self
             .backoff_min
             .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
         let d = exp.min(self.backoff_max);
         let nanos = d.as_nanos() as u64;
-        Duration::from_nanos(rng.gen_range(nanos / 2..=nanos))
+        Duration::from_nanos(rng.range(nanos / 2, nanos + 1))
     }
 }
 
@@ -344,7 +342,10 @@ pub struct PeerSet {
     members: Vec<NodeId>,
     /// This member's peer address, sent in every handshake.
     listen: SocketAddr,
-    rng: StdRng,
+    /// Backoff jitter: the node's seeded PRNG (STYLE §4), seeded from the
+    /// seed the start line logs. (Handshake nonces are not drawn from it:
+    /// they must be unpredictable, and come from the OS, see `auth.rs`.)
+    rng: Rng,
     /// Every inbound link reads through this one buffer, zeroed once:
     /// reading straight into a link's buffer zeroed a whole read chunk
     /// (64 KiB) per read, most of an idle follower's CPU after the kernel's
@@ -361,6 +362,7 @@ impl PeerSet {
         listener_token: Token,
         registry: &Registry,
         now: Instant,
+        seed: u64,
     ) -> io::Result<PeerSet> {
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         let own_ip = settings.me().peer_addr.ip();
@@ -400,7 +402,7 @@ impl PeerSet {
             inbound_of: HashMap::new(),
             members: settings.voters(),
             listen: settings.me().peer_addr,
-            rng: StdRng::from_entropy(),
+            rng: Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15),
             scratch: vec![0u8; conn::READ_CHUNK].into_boxed_slice(),
         })
     }
@@ -769,7 +771,7 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_jitters() {
         let t = timing();
-        let mut rng = StdRng::seed_from_u64(1);
+        let mut rng = Rng::new(1);
         for attempt in 0..100 {
             let d = t.backoff(attempt, &mut rng);
             let cap = (Duration::from_millis(10) * 2u32.pow(attempt.min(20))).min(t.backoff_max);

@@ -237,8 +237,15 @@ impl Server {
             .map(|l| MetricsServer::new(l, METRICS_LISTENER, METRICS_BASE, registry))
             .transpose()
             .map_err(StartError::Io)?;
-        let peers = PeerSet::new(&settings, peer_listener, PEER_LISTENER, registry, start)
-            .map_err(StartError::Io)?;
+        let peers = PeerSet::new(
+            &settings,
+            peer_listener,
+            PEER_LISTENER,
+            registry,
+            start,
+            seed,
+        )
+        .map_err(StartError::Io)?;
 
         let max_clients = client_limits(&settings);
         let budget = Budget::new(settings.client_memory_budget);
