@@ -180,6 +180,7 @@ impl LeaderState {
     /// The leader's invariants, on top of the node's
     /// (`Node::check_invariants`).
     pub(crate) fn check_invariants(&self, node: &Node) {
+        self.reads.check_invariants();
         assert_eq!(
             node.leader,
             Some(node.config.id),
@@ -230,6 +231,9 @@ impl LeaderState {
         max_reads: usize,
     ) -> bool {
         if self.reads.len() >= max_reads {
+            return false;
+        }
+        if from.is_some_and(|p| self.reads.queued_for(p) >= ReadQueue::peer_share(max_reads)) {
             return false;
         }
         self.round_pending = true;

@@ -1,6 +1,6 @@
 //! Pending linearizable reads (ReadIndex, §6.4).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::types::{LogIndex, NodeId};
 
@@ -28,6 +28,10 @@ pub(crate) struct PendingRead {
 #[derive(Debug, Default)]
 pub(crate) struct ReadQueue {
     reads: VecDeque<PendingRead>,
+    /// Reads queued per asking follower: one member may hold only a share
+    /// of the queue ([`ReadQueue::peer_share`]), so a member flooding
+    /// ReadIndex requests cannot take the room of the leader's own clients.
+    per_peer: BTreeMap<NodeId, usize>,
 }
 
 impl ReadQueue {
@@ -35,11 +39,46 @@ impl ReadQueue {
         self.reads.len()
     }
 
+    /// Reads one follower may have queued at most, of `max_reads` in all:
+    /// a quarter.
+    pub(crate) fn peer_share(max_reads: usize) -> usize {
+        (max_reads / 4).max(1)
+    }
+
+    /// Reads queued for `peer`.
+    pub(crate) fn queued_for(&self, peer: NodeId) -> usize {
+        self.per_peer.get(&peer).copied().unwrap_or(0)
+    }
+
     pub(crate) fn push(&mut self, read: PendingRead) {
         if let Some(last) = self.reads.back() {
             assert!(last.round <= read.round, "read invariant: rounds ascend");
         }
+        if let Some(p) = read.from {
+            *self.per_peer.entry(p).or_insert(0) += 1;
+        }
         self.reads.push_back(read);
+    }
+
+    fn forget(&mut self, read: &PendingRead) {
+        if let Some(p) = read.from {
+            let n = self.per_peer.get_mut(&p).expect("read invariant: counted");
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&p);
+            }
+        }
+    }
+
+    /// The per-peer counts match the queue.
+    pub(crate) fn check_invariants(&self) {
+        let mut counted: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for r in &self.reads {
+            if let Some(p) = r.from {
+                *counted.entry(p).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(counted, self.per_peer, "read invariant: per-peer counts");
     }
 
     /// Gives reads that were waiting for the term's first commit their read
@@ -68,12 +107,15 @@ impl ReadQueue {
             if !ok {
                 break;
             }
-            ready.extend(self.reads.pop_front());
+            let read = self.reads.pop_front().expect("front checked");
+            self.forget(&read);
+            ready.push(read);
         }
         ready
     }
 
     pub(crate) fn drain(&mut self) -> Vec<PendingRead> {
+        self.per_peer.clear();
         self.reads.drain(..).collect()
     }
 }

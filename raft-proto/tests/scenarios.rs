@@ -1446,3 +1446,39 @@ fn a_corrupt_record_is_refused_at_restart_never_applied() {
         .all(|x| !matches!(x, Completion::Applied { node, .. } if *node == f)));
     assert!(c.violation().is_none(), "{:?}", c.violation());
 }
+
+/// A member flooding the leader with ReadIndex requests takes at most a
+/// quarter of the leader's read queue: the rest of its requests are
+/// refused at once, and the leader's own clients still find room.
+#[test]
+fn one_member_takes_at_most_a_share_of_the_read_queue() {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut config = Config::new(NodeId(1), ids);
+    config.max_pending_reads = 64;
+    let mut c = Cluster::with_config(config, 9);
+    let l = elect(&mut c);
+    commit_everywhere(&mut c, 1);
+    // No heartbeat round completes while the flood arrives: the reads stay
+    // queued.
+    let others: Vec<NodeId> = c.ids().iter().copied().filter(|&n| n != l).collect();
+    for &n in &others {
+        c.block(l, n);
+    }
+    let f = others[0];
+    let term = c.node(l).unwrap().term();
+    for id in 0..1_000u64 {
+        let msg = Message {
+            from: f,
+            to: l,
+            term,
+            body: MessageBody::ReadIndexRequest(raft_proto::ReadIndexRequest { id }),
+        };
+        assert!(c.inject(msg));
+    }
+    // The leader's own reads: everything but the member's quarter.
+    for id in 0..48u64 {
+        assert_eq!(c.read(l, 10_000 + id, 1), Ok(()), "own read {id} refused");
+    }
+    assert!(c.read(l, 20_000, 1).is_err(), "the queue has a bound");
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+}
