@@ -304,3 +304,70 @@ fn a_follower_loads_a_large_snapshot_off_the_loop() {
         Reply::Bulk(Some(b"v".to_vec()))
     );
 }
+
+/// A member holding the secret announces a snapshot of 2^63 bytes and
+/// streams 8 MiB chunks of it (before: 344 MB written, a 6 s stall). The
+/// follower refuses it before a byte is written, stays up, and the cluster
+/// goes on committing.
+#[test]
+fn a_snapshot_announced_larger_than_any_disk_is_refused_unwritten() {
+    use common::{closed_by_server, insider, SECRET};
+    use raft_proto::{InstallSnapshot, LogIndex, Membership, Message, MessageBody, NodeId};
+    use raft_proto::{SnapshotMeta, Term};
+    use std::io::Write;
+
+    let mut c = Cluster::new(3);
+    c.start_all();
+    c.wait_leader(Duration::from_secs(15));
+    // The insider poses as member 3 (the real one stopped).
+    c.kill(3);
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let target = if leader == 1 { 2 } else { 1 };
+    let term: u64 = c.field(target, "raft_term").unwrap().parse().unwrap();
+    let meta = SnapshotMeta {
+        last_index: LogIndex(1_000_000),
+        last_term: Term(term + 1),
+        len: 1 << 63,
+        membership: Box::new(Membership {
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            learners: Vec::new(),
+            context: bytes::Bytes::new(),
+        }),
+    };
+    let chunk = bytes::Bytes::from(vec![0xAB; 8 << 20]);
+    let mut s = insider::authenticate(&c, 3, target, SECRET).expect("insider handshake");
+    for i in 0..8u64 {
+        let f = insider::frame(&Message {
+            from: NodeId(3),
+            to: NodeId(target),
+            term: Term(term + 1),
+            body: MessageBody::InstallSnapshot(InstallSnapshot {
+                meta: meta.clone(),
+                offset: i * chunk.len() as u64,
+                data: chunk.clone(),
+                round: i,
+            }),
+        });
+        if s.write_all(&f).is_err() {
+            break; // the member closed the link: also a refusal
+        }
+    }
+    let _ = closed_by_server(&s, Duration::from_secs(2));
+    let incoming = c.m(target).data.join("snapshot.incoming");
+    let written = std::fs::metadata(&incoming).map_or(0, |m| m.len());
+    assert_eq!(
+        written, 0,
+        "{} bytes of the announced snapshot written",
+        written
+    );
+    assert!(c.alive(target), "the member stopped");
+    let refused: u64 = c
+        .field(target, "raft_snapshots_refused")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused >= 1, "the snapshot was not refused");
+    // The cluster goes on.
+    c.wait_leader(Duration::from_secs(15));
+    assert_eq!(c.exec(&["SET", "after", "1"]), Reply::Simple("OK".into()));
+}
